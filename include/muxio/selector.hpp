@@ -1,0 +1,475 @@
+// SelectorKey, ReadyKey, SelectorMap and BaseSelector: Python's selectors, in C++.
+#pragma once
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "muxio/detail/poller.hpp"
+#include "muxio/error.hpp"
+#include "muxio/events.hpp"
+#include "muxio/file_object.hpp"
+
+namespace muxio {
+
+/// What a selector knows of one registration: the file object as registered,
+/// its descriptor, the events watched and the caller's data.
+///
+/// Keys live at stable addresses inside their selector from register_() to
+/// unregister(). The selector never reads `data`, so it stays yours to change
+/// in place, even through the const keys that select() and get_key() return;
+/// change `events` only through modify().
+template <class Data>
+struct SelectorKey {
+    FileObject fileobj;
+    int fd = -1;
+    Events events;
+    mutable Data data;
+};
+
+/// One entry of select()'s result: a key and the subset of its events that
+/// is ready. Destructures like Python's tuple: `for (auto [key, events] : s.select())`.
+template <class Data>
+class ReadyKey {
+public:
+    ReadyKey(const SelectorKey<Data>& key, Events events, std::uint64_t token) noexcept
+        : key_{&key}, events_{events}, token_{token} {}
+
+    [[nodiscard]] const SelectorKey<Data>& key() const noexcept { return *key_; }
+    [[nodiscard]] Events events() const noexcept { return events_; }
+    /// Identifies the registration this readiness belongs to; see
+    /// BaseSelector::is_current().
+    [[nodiscard]] std::uint64_t token() const noexcept { return token_; }
+
+    template <std::size_t I>
+    [[nodiscard]] decltype(auto) get() const noexcept {
+        static_assert(I < 2);
+        if constexpr (I == 0) {
+            return key();
+        } else {
+            return events();
+        }
+    }
+
+private:
+    const SelectorKey<Data>* key_;
+    Events events_;
+    std::uint64_t token_;
+};
+
+template <class Data>
+class BaseSelector;
+
+/// A read-only view of a selector's registrations (Python's `get_map()`):
+/// size, lookup by file object, iteration in descriptor order.
+///
+/// Valid while its selector is alive and open; iterators are invalidated by
+/// register_() and unregister().
+template <class Data>
+class SelectorMap {
+public:
+    class iterator {
+    public:
+        using iterator_category = std::forward_iterator_tag;
+        using value_type = SelectorKey<Data>;
+        using difference_type = std::ptrdiff_t;
+        using pointer = const SelectorKey<Data>*;
+        using reference = const SelectorKey<Data>&;
+
+        iterator() = default;
+        reference operator*() const { return *(*slot_).key; }
+        pointer operator->() const { return &*(*slot_).key; }
+        iterator& operator++() {
+            ++slot_;
+            skip_empty();
+            return *this;
+        }
+        iterator operator++(int) {
+            auto before = *this;
+            ++*this;
+            return before;
+        }
+        friend bool operator==(const iterator& a, const iterator& b) noexcept { return a.slot_ == b.slot_; }
+
+    private:
+        friend class SelectorMap;
+        using SlotIterator = typename BaseSelector<Data>::SlotTable::const_iterator;
+        iterator(SlotIterator slot, SlotIterator end) : slot_{slot}, end_{end} { skip_empty(); }
+        void skip_empty() {
+            while (slot_ != end_ && !(*slot_).key) {
+                ++slot_;
+            }
+        }
+        SlotIterator slot_{};
+        SlotIterator end_{};
+    };
+
+    [[nodiscard]] std::size_t size() const noexcept { return selector_->size_; }
+    [[nodiscard]] bool empty() const noexcept { return size() == 0; }
+    /// True when `fileobj` is registered. Never throws for an invalid file
+    /// object: it is simply not there.
+    [[nodiscard]] bool contains(const FileObject& fileobj) const noexcept { return find(fileobj) != nullptr; }
+    /// The key of `fileobj`, or nullptr.
+    [[nodiscard]] const SelectorKey<Data>* find(const FileObject& fileobj) const noexcept {
+        return selector_->find_key(fileobj);
+    }
+    /// The key of `fileobj`; KeyError if it is not registered.
+    [[nodiscard]] const SelectorKey<Data>& at(const FileObject& fileobj) const {
+        if (const auto* key = find(fileobj)) {
+            return *key;
+        }
+        throw KeyError(fmt::format("{} is not registered", BaseSelector<Data>::describe(fileobj)));
+    }
+    [[nodiscard]] const SelectorKey<Data>& operator[](const FileObject& fileobj) const { return at(fileobj); }
+
+    [[nodiscard]] iterator begin() const { return {selector_->slots_.begin(), selector_->slots_.end()}; }
+    [[nodiscard]] iterator end() const { return {selector_->slots_.end(), selector_->slots_.end()}; }
+
+private:
+    friend class BaseSelector<Data>;
+    explicit SelectorMap(const BaseSelector<Data>& selector) noexcept : selector_{&selector} {}
+    const BaseSelector<Data>* selector_;
+};
+
+/// The selector: register file objects with the events to watch and some data,
+/// then select() the ready ones. The contract of Python's `selectors`, with
+/// C++ errors:
+///  - `std::invalid_argument`: an empty events mask or one with bits other
+///    than EVENT_READ | EVENT_WRITE; a negative descriptor; an object whose
+///    fileno() fails and which is not registered; a descriptor the mechanism
+///    cannot represent (select: FD_SETSIZE and above).
+///  - `KeyError`: not registered, or already registered.
+///  - `std::system_error`: the kernel refused; the message names the call and fd.
+///  - `std::logic_error`: any use after close(), except close() itself.
+///
+/// Not thread-safe: one selector belongs to one thread at a time.
+/// Not copyable or movable: keys and views point into it.
+template <class Data>
+class BaseSelector {
+public:
+    using Key = SelectorKey<Data>;
+    using Ready = ReadyKey<Data>;
+    using Map = SelectorMap<Data>;
+
+    BaseSelector(const BaseSelector&) = delete;
+    BaseSelector& operator=(const BaseSelector&) = delete;
+    /// Closes the selector (see close()).
+    virtual ~BaseSelector() { close(); }
+
+    /// Registers `fileobj` for `events` with `data`; returns the new key.
+    /// Throws as listed above; when the kernel refuses, the selector is left
+    /// exactly as it was.
+    const Key& register_(const FileObject& fileobj, Events events, Data data) {
+        ensure_open("register_");
+        check_events(events);
+        const int fd = fd_of(fileobj);
+        if (slot_of(fd) != nullptr) {
+            throw KeyError(fmt::format("{} (fd {}) is already registered", describe(fileobj), fd));
+        }
+        grow_to(fd);
+        Slot& slot = slots_[static_cast<std::size_t>(fd)];
+        const std::uint32_t generation = slot.generation + 1;
+        // The kernel is asked before anything is recorded, so a refusal leaves
+        // no trace.
+        poller_->add(fd, events, make_token(fd, generation));
+        slot.generation = generation;
+        slot.key.emplace(Key{fileobj, fd, events, std::move(data)});
+        ++size_;
+        return *slot.key;
+    }
+
+    /// Registers with a value-initialized `Data`.
+    const Key& register_(const FileObject& fileobj, Events events) requires std::default_initializable<Data> {
+        return register_(fileobj, events, Data{});
+    }
+
+    /// Unregisters `fileobj` and returns its key, data included. KeyError if it
+    /// is not registered. Succeeds when the descriptor was closed since it was
+    /// registered, also for an object whose fileno() now fails: it is found by
+    /// identity.
+    Key unregister(const FileObject& fileobj) {
+        ensure_open("unregister");
+        const int fd = fd_of(fileobj);
+        Slot* slot = slot_of(fd);
+        if (slot == nullptr) {
+            throw KeyError(fmt::format("{} is not registered", describe(fileobj)));
+        }
+        // The descriptor may already be closed; the kernel forgot it then.
+        (void)poller_->remove(fd, slot->key->events);
+        Key removed = std::move(*slot->key);
+        slot->key.reset();
+        --size_;
+        return removed;
+    }
+
+    /// Changes the events and data of a registered file object. Only what
+    /// changed is changed: new data with the same events makes no system
+    /// call. If the kernel refuses the new events, the file object is
+    /// unregistered and the error rethrown (Python's rule: the key would
+    /// otherwise claim events the kernel does not watch).
+    const Key& modify(const FileObject& fileobj, Events events, Data data) {
+        const Key& key = modify(fileobj, events);
+        key.data = std::move(data);
+        return key;
+    }
+
+    /// Changes only the events; the data stays. (C++ has no `None` to reset
+    /// it to, so leaving `data` out keeps it rather than clearing it.)
+    const Key& modify(const FileObject& fileobj, Events events) {
+        ensure_open("modify");
+        check_events(events);
+        const int fd = fd_of(fileobj);
+        Slot* slot = slot_of(fd);
+        if (slot == nullptr) {
+            throw KeyError(fmt::format("{} is not registered", describe(fileobj)));
+        }
+        Key& key = *slot->key;
+        if (events != key.events) {
+            try {
+                poller_->modify(fd, key.events, events, make_token(fd, slot->generation));
+            } catch (...) {
+                (void)poller_->remove(fd, key.events);
+                slot->key.reset();
+                --size_;
+                throw;
+            }
+            key.events = events;
+        }
+        return key;
+    }
+
+    /// Waits until some registered file object is ready or the timeout expires.
+    /// `std::nullopt` blocks; zero or negative polls; positive waits at least
+    /// that long (rounded up to what the kernel can express). A signal does
+    /// not end the wait early. Returns the ready keys, each with its ready
+    /// events masked by the key's events; errors and hang-ups count as ready.
+    /// The span is reused: valid until the next select(), and an entry only
+    /// while its key stays registered (see is_current()).
+    std::span<const Ready> select(detail::Timeout timeout) {
+        ensure_open("select");
+        ready_.clear();
+        for (const detail::PollEvent& event : poller_->wait(timeout)) {
+            const int fd = static_cast<int>(event.token & 0xffff'ffffU);
+            const Slot* slot = slot_of(fd);
+            // Drop events of a registration that no longer exists: the
+            // descriptor was unregistered, or unregistered and registered
+            // again (a new generation), after the kernel queued the event.
+            if (slot == nullptr || slot->generation != static_cast<std::uint32_t>(event.token >> 32U)) {
+                continue;
+            }
+            if (const Events ready = event.events & slot->key->events) {
+                ready_.emplace_back(*slot->key, ready, event.token);
+            }
+        }
+        return ready_;
+    }
+
+    /// Blocks until something is ready.
+    std::span<const Ready> select() { return select(detail::Timeout{}); }
+
+    /// Any std::chrono duration; fractional durations round up.
+    template <class Rep, class Period>
+    std::span<const Ready> select(std::chrono::duration<Rep, Period> timeout) {
+        return select(detail::Timeout{ceil_nanoseconds(timeout)});
+    }
+
+    /// True while the registration `ready` came from is still in place: a
+    /// callback run for an earlier entry of the same select() result may have
+    /// unregistered it, or replaced it with a new registration of the same
+    /// descriptor. Does not touch the key, so it is safe to call for any entry.
+    [[nodiscard]] bool is_current(const Ready& ready) const noexcept {
+        const Slot* slot = slot_of(static_cast<int>(ready.token() & 0xffff'ffffU));
+        return slot != nullptr && slot->generation == static_cast<std::uint32_t>(ready.token() >> 32U);
+    }
+
+    /// The key of a registered file object; KeyError if it is not registered.
+    [[nodiscard]] const Key& get_key(const FileObject& fileobj) const {
+        ensure_open("get_key");
+        return get_map().at(fileobj);
+    }
+
+    /// A read-only view of all registrations.
+    [[nodiscard]] Map get_map() const {
+        ensure_open("get_map");
+        return Map{*this};
+    }
+
+    /// Frees the kernel resources and forgets every key (their data is
+    /// destroyed). Afterwards every call but close() throws std::logic_error.
+    /// Closing twice is harmless; never throws.
+    void close() noexcept {
+        if (closed_) {
+            return;
+        }
+        closed_ = true;
+        poller_->close();
+        slots_.clear();
+        ready_.clear();
+        size_ = 0;
+    }
+
+    [[nodiscard]] bool is_closed() const noexcept { return closed_; }
+
+    /// The kernel object behind the selector (epoll, io_uring, kqueue or
+    /// /dev/poll descriptor), or -1 for select and poll, which own none.
+    [[nodiscard]] int fileno() const noexcept { return closed_ ? -1 : poller_->fileno(); }
+
+    /// The mechanism's name: "select", "poll", "epoll", "io_uring", "kqueue", "devpoll".
+    [[nodiscard]] std::string_view name() const noexcept { return poller_->name(); }
+
+protected:
+    /// Takes the mechanism to drive; named selectors pass theirs, tests may
+    /// pass a fake one.
+    explicit BaseSelector(std::unique_ptr<detail::Poller> poller) : poller_{std::move(poller)} {
+        if (!poller_) {
+            throw std::invalid_argument("muxio: a selector needs a poller");
+        }
+    }
+
+private:
+    friend class SelectorMap<Data>;
+
+    struct Slot {
+        std::optional<Key> key;
+        std::uint32_t generation = 0;
+    };
+    // Indexed by descriptor. A deque grows without moving its elements, which
+    // keeps keys at stable addresses.
+    using SlotTable = std::deque<Slot>;
+
+    static std::uint64_t make_token(int fd, std::uint32_t generation) noexcept {
+        return (std::uint64_t{generation} << 32U) | static_cast<std::uint32_t>(fd);
+    }
+
+    template <class Rep, class Period>
+    static std::chrono::nanoseconds ceil_nanoseconds(std::chrono::duration<Rep, Period> timeout) {
+        using Wide = std::chrono::duration<long double, std::nano>;
+        const Wide wide{timeout};
+        if (wide >= Wide{std::chrono::nanoseconds::max()}) {
+            return std::chrono::nanoseconds::max();
+        }
+        if (wide <= Wide::zero()) {
+            return std::chrono::nanoseconds::zero();
+        }
+        return std::chrono::ceil<std::chrono::nanoseconds>(wide);
+    }
+
+    static void check_events(Events events) {
+        if (!events.is_valid()) {
+            throw std::invalid_argument(fmt::format("invalid events: {}", events));
+        }
+    }
+
+    static std::string describe(const FileObject& fileobj) {
+        if (fileobj.is_descriptor()) {
+            return fmt::format("fd {}", fileobj.fileno());
+        }
+        return "file object";
+    }
+
+    void ensure_open(std::string_view operation) const {
+        if (closed_) {
+            throw std::logic_error(fmt::format("{}: selector is closed", operation));
+        }
+    }
+
+    const Slot* slot_of(int fd) const noexcept {
+        if (fd < 0 || static_cast<std::size_t>(fd) >= slots_.size()) {
+            return nullptr;
+        }
+        const Slot& slot = slots_[static_cast<std::size_t>(fd)];
+        return slot.key ? &slot : nullptr;
+    }
+    Slot* slot_of(int fd) noexcept { return const_cast<Slot*>(std::as_const(*this).slot_of(fd)); }
+
+    void grow_to(int fd) {
+        while (slots_.size() <= static_cast<std::size_t>(fd)) {
+            slots_.emplace_back();
+        }
+    }
+
+    // The descriptor behind `fileobj`. A bare descriptor must not be negative.
+    // For an object, fileno() is asked first; if it fails (throws or returns a
+    // negative number, as a closed socket object does) the object may still be
+    // registered, so it is searched for by identity, as Python does.
+    int fd_of(const FileObject& fileobj) const {
+        if (fileobj.is_descriptor()) {
+            const int fd = fileobj.fileno();
+            if (fd < 0) {
+                throw std::invalid_argument(fmt::format("invalid file descriptor: {}", fd));
+            }
+            return fd;
+        }
+        int fd = -1;
+        try {
+            fd = fileobj.fileno();
+        } catch (const std::exception&) {
+            fd = -1;
+        }
+        if (fd >= 0) {
+            return fd;
+        }
+        for (const Key& key : Map{*this}) {
+            if (key.fileobj == fileobj) {
+                return key.fd;
+            }
+        }
+        throw std::invalid_argument("invalid file object: its fileno() failed and it is not registered");
+    }
+
+    const Key* find_key(const FileObject& fileobj) const noexcept {
+        try {
+            const Slot* slot = slot_of(fd_of(fileobj));
+            return slot != nullptr ? &*slot->key : nullptr;
+        } catch (const std::invalid_argument&) {
+            return nullptr;
+        }
+    }
+
+    std::unique_ptr<detail::Poller> poller_;
+    SlotTable slots_;
+    std::vector<Ready> ready_;
+    std::size_t size_ = 0;
+    bool closed_ = false;
+};
+
+}  // namespace muxio
+
+template <class Data>
+struct std::tuple_size<muxio::ReadyKey<Data>> : std::integral_constant<std::size_t, 2> {};
+template <class Data>
+struct std::tuple_element<0, muxio::ReadyKey<Data>> {
+    using type = const muxio::SelectorKey<Data>&;
+};
+template <class Data>
+struct std::tuple_element<1, muxio::ReadyKey<Data>> {
+    using type = muxio::Events;
+};
+
+/// Formats as `SelectorKey(fd=5, events=READ)`, with `data=...` when Data is formattable.
+template <class Data>
+struct fmt::formatter<muxio::SelectorKey<Data>> : fmt::formatter<fmt::string_view> {
+    template <class FormatContext>
+    auto format(const muxio::SelectorKey<Data>& key, FormatContext& ctx) const -> decltype(ctx.out()) {
+        if constexpr (fmt::is_formattable<Data>::value) {
+            return fmt::format_to(ctx.out(), "SelectorKey(fd={}, events={}, data={})", key.fd, key.events, key.data);
+        } else {
+            return fmt::format_to(ctx.out(), "SelectorKey(fd={}, events={})", key.fd, key.events);
+        }
+    }
+};

@@ -1,0 +1,55 @@
+// Per-descriptor bookkeeping the portable pollers share.
+#pragma once
+
+#include <fcntl.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <string_view>
+#include <vector>
+
+#include "muxio/error.hpp"
+
+namespace muxio::detail {
+
+// select(2) and poll(2) take any number without complaint and only fail at
+// wait time (EBADF for the whole select() call, POLLNVAL for poll). Checking
+// at add() time gives the caller the error where the mistake was made.
+inline void require_open_descriptor(int fd, std::string_view operation) {
+    if (::fcntl(fd, F_GETFD) == -1) {
+        throw_system_error(errno, operation, fd);
+    }
+}
+
+// A vector indexed by descriptor that grows on demand; reads past the end see
+// `fill`.
+template <class T>
+class DescriptorTable {
+public:
+    explicit DescriptorTable(T fill) : fill_{fill} {}
+
+    [[nodiscard]] const T& operator[](int fd) const noexcept {
+        const auto index = static_cast<std::size_t>(fd);
+        return index < values_.size() ? values_[index] : fill_;
+    }
+    T& at_growing(int fd) {
+        const auto index = static_cast<std::size_t>(fd);
+        if (index >= values_.size()) {
+            values_.resize(index + 1, fill_);
+        }
+        return values_[index];
+    }
+    void reset(int fd) noexcept {
+        const auto index = static_cast<std::size_t>(fd);
+        if (index < values_.size()) {
+            values_[index] = fill_;
+        }
+    }
+    void clear() noexcept { values_.clear(); }
+
+private:
+    std::vector<T> values_;
+    T fill_;
+};
+
+}  // namespace muxio::detail
