@@ -1,0 +1,102 @@
+#include "support/support.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+#include <doctest/doctest.h>
+
+namespace muxio::test {
+
+int count_open_fds() {
+    DIR* dir = ::opendir("/proc/self/fd");
+    REQUIRE(dir != nullptr);
+    int count = 0;
+    while (const dirent* entry = ::readdir(dir)) {
+        if (entry->d_name[0] != '.') {
+            ++count;
+        }
+    }
+    ::closedir(dir);
+    return count - 1;  // the directory stream's own descriptor
+}
+
+FdLeakCheck::FdLeakCheck() : before_{count_open_fds()} {}
+
+FdLeakCheck::~FdLeakCheck() {
+    CHECK_MESSAGE(count_open_fds() == before_, "descriptors leaked");
+}
+
+void UniqueFd::reset(int fd) noexcept {
+    if (fd_ >= 0) {
+        ::close(fd_);
+    }
+    fd_ = fd;
+}
+
+SocketPair::SocketPair() {
+    std::array<int, 2> fds{-1, -1};
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds.data()) == 0);
+    left.reset(fds[0]);
+    right.reset(fds[1]);
+}
+
+Pipe::Pipe() {
+    std::array<int, 2> fds{-1, -1};
+    REQUIRE(::pipe2(fds.data(), O_NONBLOCK | O_CLOEXEC) == 0);
+    read_end.reset(fds[0]);
+    write_end.reset(fds[1]);
+}
+
+void write_all(int fd, std::string_view bytes) {
+    while (!bytes.empty()) {
+        const ssize_t written = ::write(fd, bytes.data(), bytes.size());
+        REQUIRE_MESSAGE(written > 0, "write failed: ", std::strerror(errno));
+        bytes.remove_prefix(static_cast<std::size_t>(written));
+    }
+}
+
+std::size_t drain(int fd) {
+    std::array<char, 4096> buffer{};
+    std::size_t total = 0;
+    for (;;) {
+        const ssize_t got = ::read(fd, buffer.data(), buffer.size());
+        if (got <= 0) {
+            return total;
+        }
+        total += static_cast<std::size_t>(got);
+    }
+}
+
+void fill_until_blocked(int fd) {
+    std::array<char, 65536> buffer{};
+    for (int round = 0; round < 10'000; ++round) {
+        const ssize_t written = ::write(fd, buffer.data(), buffer.size());
+        if (written < 0) {
+            REQUIRE((errno == EAGAIN || errno == EWOULDBLOCK));
+            return;
+        }
+    }
+    FAIL("the send buffer never filled");
+}
+
+long raise_fd_limit(long wanted) {
+    rlimit limit{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
+    const auto target = static_cast<rlim_t>(wanted);
+    if (limit.rlim_cur < target) {
+        limit.rlim_cur = std::min(target, limit.rlim_max);
+        ::setrlimit(RLIMIT_NOFILE, &limit);
+        REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
+    }
+    return static_cast<long>(limit.rlim_cur);
+}
+
+}  // namespace muxio::test

@@ -1,0 +1,76 @@
+// Helpers shared by the test suites: owned descriptors, socket pairs, pipes
+// and the fd-leak check every test runs.
+#pragma once
+
+#include <cstddef>
+#include <string_view>
+#include <utility>
+
+namespace muxio::test {
+
+/// Number of descriptors open in this process (from /proc/self/fd).
+int count_open_fds();
+
+/// Checks, when it goes out of scope, that the process has as many open
+/// descriptors as when it was made. Put one at the top of every test.
+class FdLeakCheck {
+public:
+    FdLeakCheck();
+    ~FdLeakCheck();
+    FdLeakCheck(const FdLeakCheck&) = delete;
+    FdLeakCheck& operator=(const FdLeakCheck&) = delete;
+
+private:
+    int before_;
+};
+
+/// An owned descriptor, closed on destruction.
+class UniqueFd {
+public:
+    UniqueFd() = default;
+    explicit UniqueFd(int fd) noexcept : fd_{fd} {}
+    UniqueFd(UniqueFd&& other) noexcept : fd_{std::exchange(other.fd_, -1)} {}
+    UniqueFd& operator=(UniqueFd&& other) noexcept {
+        if (this != &other) {
+            reset(std::exchange(other.fd_, -1));
+        }
+        return *this;
+    }
+    ~UniqueFd() { reset(); }
+
+    [[nodiscard]] int get() const noexcept { return fd_; }
+    /// Same as get(): lets a UniqueFd be registered as a file object.
+    [[nodiscard]] int fileno() const noexcept { return fd_; }
+    [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
+    void reset(int fd = -1) noexcept;
+
+private:
+    int fd_ = -1;
+};
+
+/// A connected non-blocking AF_UNIX stream socket pair.
+struct SocketPair {
+    SocketPair();
+    UniqueFd left;
+    UniqueFd right;
+};
+
+/// A non-blocking pipe.
+struct Pipe {
+    Pipe();
+    UniqueFd read_end;
+    UniqueFd write_end;
+};
+
+/// Writes all of `bytes` to `fd` (which must have room); fails the test otherwise.
+void write_all(int fd, std::string_view bytes);
+/// Reads and discards whatever is readable on non-blocking `fd`; returns the byte count.
+std::size_t drain(int fd);
+/// Fills non-blocking `fd`'s send buffer until it would block.
+void fill_until_blocked(int fd);
+
+/// Raises RLIMIT_NOFILE's soft limit towards `wanted` (bounded by the hard
+/// limit); returns the soft limit now in force.
+long raise_fd_limit(long wanted);
+
+}  // namespace muxio::test
