@@ -9,6 +9,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <ratio>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -181,16 +182,23 @@ public:
         if (slot_of(fd) != nullptr) {
             throw KeyError(fmt::format("{} (fd {}) is already registered", describe(fileobj), fd));
         }
-        grow_to(fd);
-        Slot& slot = slots_[static_cast<std::size_t>(fd)];
-        const std::uint32_t generation = slot.generation + 1;
+        const auto index = static_cast<std::size_t>(fd);
+        const std::uint32_t generation = (index < slots_.size() ? slots_[index].generation : 0U) + 1U;
         // The kernel is asked before anything is recorded, so a refusal leaves
-        // no trace.
+        // no trace, and an absurd descriptor number is refused (EBADF) before
+        // the table grows to reach it.
         poller_->add(fd, events, make_token(fd, generation));
-        slot.generation = generation;
-        slot.key.emplace(Key{fileobj, fd, events, std::move(data)});
+        try {
+            grow_to(fd);
+            Slot& slot = slots_[index];
+            slot.key.emplace(Key{fileobj, fd, events, std::move(data)});
+            slot.generation = generation;
+        } catch (...) {
+            (void)poller_->remove(fd, events);
+            throw;
+        }
         ++size_;
-        return *slot.key;
+        return *slots_[index].key;
     }
 
     /// Registers with a value-initialized `Data`.
@@ -358,6 +366,19 @@ private:
 
     template <class Rep, class Period>
     static std::chrono::nanoseconds ceil_nanoseconds(std::chrono::duration<Rep, Period> timeout) {
+        using std::chrono::nanoseconds;
+        if constexpr (std::is_integral_v<Rep> && std::ratio_less_equal_v<std::nano, Period>) {
+            // Whole units of a nanosecond or coarser: exact, saturating at the
+            // largest nanosecond count instead of overflowing.
+            using Input = std::chrono::duration<Rep, Period>;
+            if (timeout <= Input::zero()) {
+                return nanoseconds::zero();
+            }
+            if (timeout >= std::chrono::duration_cast<Input>(nanoseconds::max())) {
+                return nanoseconds::max();
+            }
+            return std::chrono::duration_cast<nanoseconds>(timeout);
+        }
         using Wide = std::chrono::duration<long double, std::nano>;
         const Wide wide{timeout};
         if (wide >= Wide{std::chrono::nanoseconds::max()}) {
