@@ -300,9 +300,17 @@ public:
     /// callback run for an earlier entry of the same select() result may have
     /// unregistered it, or replaced it with a new registration of the same
     /// descriptor. Does not touch the key, so it is safe to call for any entry.
-    [[nodiscard]] bool is_current(const Ready& ready) const noexcept {
-        const Slot* slot = slot_of(static_cast<int>(ready.token() & 0xffff'ffffU));
-        return slot != nullptr && slot->generation == static_cast<std::uint32_t>(ready.token() >> 32U);
+    [[nodiscard]] bool is_current(const Ready& ready) const noexcept { return find_current(ready.token()) != nullptr; }
+
+    /// The key of the registration `token` (from ReadyKey::token()) names, or
+    /// nullptr once that registration is gone. How an event loop re-checks an
+    /// entry before each callback without a lookup by file object.
+    [[nodiscard]] const Key* find_current(std::uint64_t token) const noexcept {
+        const Slot* slot = slot_of(static_cast<int>(token & 0xffff'ffffU));
+        if (slot == nullptr || slot->generation != static_cast<std::uint32_t>(token >> 32U)) {
+            return nullptr;
+        }
+        return &*slot->key;
     }
 
     /// The key of a registered file object; KeyError if it is not registered.

@@ -1,0 +1,211 @@
+// Reactor: an event loop whose selector keys carry the fd's callbacks, with
+// timers, thread-safe wakeups, signal handlers and an embeddable descriptor.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string_view>
+
+#include "muxio/detail/unique_function.hpp"
+#include "muxio/selector.hpp"
+
+namespace muxio {
+
+/// A move-only callback; captures up to six pointers' worth are stored
+/// without allocating.
+using Callback = detail::UniqueFunction<void()>;
+
+class Reactor;
+
+/// Cancels a callback scheduled with call_soon(), call_later() or call_at().
+///
+/// A plain value: copying it copies the right to cancel. Cancelling twice,
+/// after the callback ran, or through a default-constructed handle does
+/// nothing. A handle must not be used after its reactor is destroyed.
+class TimerHandle {
+public:
+    TimerHandle() = default;
+
+    /// Cancels the callback if it has not run yet; its captures are destroyed
+    /// now. Returns true if this call cancelled it.
+    bool cancel() noexcept;
+    /// True while the callback is scheduled and has neither run nor been cancelled.
+    [[nodiscard]] bool pending() const noexcept;
+
+private:
+    friend class Reactor;
+    TimerHandle(Reactor* reactor, std::uint32_t slot, std::uint32_t generation) noexcept
+        : reactor_{reactor}, slot_{slot}, generation_{generation} {}
+
+    Reactor* reactor_ = nullptr;
+    std::uint32_t slot_ = 0;
+    std::uint32_t generation_ = 0;
+};
+
+/// Options for constructing a Reactor.
+struct ReactorOptions {
+    /// A mechanism name from available_selectors(); empty picks DefaultSelector's choice.
+    std::string_view selector;
+    /// The clock for time(), call_later() and timers; steady_clock::now when
+    /// empty. Tests inject a manual clock here.
+    std::function<std::chrono::steady_clock::time_point()> clock;
+};
+
+/// An event loop in the model of asyncio's selector loop.
+///
+/// Threading: one thread runs the reactor and calls its methods; only
+/// call_soon_threadsafe() and stop_threadsafe() may be called from others.
+///
+/// Errors: std::invalid_argument for a bad argument (negative fd, bad signal
+/// number), std::system_error when the kernel refuses (the message names the
+/// call and fd), std::logic_error when the reactor is closed, running when it
+/// must not be, or used in a process forked after it was created.
+///
+/// One iteration (run_once) in order: compute the wait from the ready queue
+/// and the nearest timer; select; queue the I/O callbacks; queue the due
+/// timers; run exactly the callbacks queued so far. Callbacks scheduled while
+/// they run go to the next iteration, so nothing starves I/O.
+class Reactor {
+public:
+    using Clock = std::chrono::steady_clock;
+    using TimePoint = Clock::time_point;
+    using Duration = Clock::duration;
+    /// Receives an exception that escaped a callback.
+    using ExceptionHandler = std::function<void(std::exception_ptr)>;
+
+    /// Creates the selector (std::system_error if the kernel refuses every
+    /// mechanism, std::invalid_argument for an unknown name) and the wakeup
+    /// descriptor.
+    explicit Reactor(ReactorOptions options = {});
+    /// Closes the reactor (see close()).
+    ~Reactor();
+    Reactor(const Reactor&) = delete;
+    Reactor& operator=(const Reactor&) = delete;
+
+    // ----- I/O --------------------------------------------------------------
+
+    /// Calls `callback` each iteration in which `fd` is readable (level-
+    /// triggered: until the data is consumed or the reader removed). Replaces
+    /// an earlier reader of `fd`. The reactor does not own `fd`; remove the
+    /// reader before closing it.
+    void add_reader(int fd, Callback callback);
+    /// Like add_reader() for writability.
+    void add_writer(int fd, Callback callback);
+    /// Removes the reader of `fd`; returns whether there was one. The fd is
+    /// unregistered when it has neither reader nor writer. Works after `fd`
+    /// was closed. A callback removed during an iteration is not called again
+    /// in that iteration.
+    bool remove_reader(int fd);
+    /// Like remove_reader() for the writer.
+    bool remove_writer(int fd);
+
+    // ----- Callbacks and timers ---------------------------------------------
+
+    /// Runs `callback` in the next iteration, after those scheduled before it.
+    TimerHandle call_soon(Callback callback);
+    /// Runs `callback` once `delay` has passed: never earlier; callbacks due at
+    /// the same instant run in the order they were scheduled.
+    TimerHandle call_later(Duration delay, Callback callback);
+    /// Runs `callback` at `when` or as soon after as the loop can.
+    TimerHandle call_at(TimePoint when, Callback callback);
+    /// Any std::chrono duration; fractional ones round up.
+    template <class Rep, class Period>
+    TimerHandle call_later(std::chrono::duration<Rep, Period> delay, Callback callback) {
+        return call_later(std::chrono::ceil<Duration>(delay), std::move(callback));
+    }
+    /// The reactor's clock now.
+    [[nodiscard]] TimePoint time() const;
+
+    /// Schedules `callback` from any thread and wakes the loop if it is
+    /// blocked. Wakeups coalesce: many calls before the loop wakes cost one
+    /// write. Throws std::logic_error once the reactor is closed (the callback
+    /// is then destroyed on the calling thread).
+    void call_soon_threadsafe(Callback callback);
+    /// stop(), from any thread.
+    void stop_threadsafe();
+
+    // ----- Signals ----------------------------------------------------------
+
+    /// Runs `callback` in the loop (never in signal context) after `signo` is
+    /// delivered; deliveries between two iterations coalesce into one call.
+    /// Replaces an earlier handler of this reactor. The previous disposition
+    /// is saved and restored by remove_signal_handler() and close(). One
+    /// reactor per signal: std::logic_error if another reactor handles it.
+    /// std::invalid_argument for SIGKILL, SIGSTOP or a number out of range.
+    void add_signal_handler(int signo, Callback callback);
+    /// Removes the handler and restores the previous disposition; returns
+    /// whether there was a handler.
+    bool remove_signal_handler(int signo);
+
+    // ----- Running ----------------------------------------------------------
+
+    /// Runs iterations until stop(). If stop() was called before, runs one
+    /// iteration that polls without blocking, then returns. std::logic_error
+    /// if already running, closed, or in a forked child.
+    void run();
+    /// Runs one iteration, waiting at most `timeout` for something to do
+    /// (nullopt: as long as needed; zero: poll). Returns the number of
+    /// callbacks run.
+    std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
+    /// Makes run() return after the current iteration. Harmless when not running.
+    void stop() noexcept;
+    [[nodiscard]] bool is_running() const noexcept { return running_; }
+
+    /// Releases everything: the selector, the wakeup descriptor, signal
+    /// handlers (previous dispositions restored), and every callback still
+    /// queued, registered or scheduled (their captures destroyed, none run).
+    /// std::logic_error while running; harmless when already closed.
+    void close();
+    [[nodiscard]] bool is_closed() const noexcept { return closed_; }
+
+    // ----- Errors -----------------------------------------------------------
+
+    /// Replaces the handler of exceptions escaping callbacks; an empty
+    /// function restores the default, which logs the exception through the
+    /// `muxio` logger and goes on. Other callbacks of the iteration still run.
+    void set_exception_handler(ExceptionHandler handler);
+
+    // ----- Embedding --------------------------------------------------------
+
+    /// A descriptor that polls readable whenever the reactor has work (I/O
+    /// ready, a timer due, a callback queued), so another loop can watch it
+    /// and call run_once(0). Needs a selector that owns a kernel object
+    /// (epoll, io_uring, kqueue): std::logic_error with select or poll.
+    [[nodiscard]] int embed_fd();
+    /// How long until the reactor has work: zero if callbacks are queued, the
+    /// time to the nearest timer, or nullopt if nothing is scheduled.
+    [[nodiscard]] std::optional<Duration> time_to_next_work() const;
+
+    /// The selector's mechanism name.
+    [[nodiscard]] std::string_view selector_name() const noexcept;
+
+    /// Number of callbacks scheduled (queued or on timers) and not yet run.
+    [[nodiscard]] std::size_t scheduled_count() const noexcept;
+
+private:
+    friend class TimerHandle;
+    struct Impl;
+
+    void check_usable(std::string_view operation) const;
+    void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
+    std::size_t dispatch_io(std::uint64_t token, Events events);
+    void invoke(Callback& callback) noexcept;
+    void report(std::exception_ptr error) noexcept;
+    void add_handler(int fd, Events side, Callback callback);
+    bool remove_handler(int fd, Events side);
+    void drain_wakeups();
+    void run_signal_handler(int signo);
+    void rearm_embedding();
+
+    std::unique_ptr<Impl> impl_;
+    bool running_ = false;
+    bool stopping_ = false;
+    bool closed_ = false;
+};
+
+}  // namespace muxio

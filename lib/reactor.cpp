@@ -1,0 +1,679 @@
+// The reactor. Reading order: the iteration (Reactor::run_iteration), then
+// the I/O registration helpers, then wakeups, signals and embedding.
+#include "muxio/reactor.hpp"
+
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "muxio/error.hpp"
+#include "muxio/log.hpp"
+#include "muxio/selectors.hpp"
+#include "ring_queue.hpp"
+#include "scheduler.hpp"
+
+namespace muxio {
+
+namespace {
+
+// ----- Fork detection ---------------------------------------------------------
+// A forked child shares the parent's epoll or io_uring instance: running the
+// parent's reactor there would steal the parent's events. Each fork bumps a
+// counter in the child; a reactor refuses to run when the counter moved
+// since it was built. One atomic load per iteration, no getpid() syscall.
+std::atomic<std::uint64_t> fork_generation{0};
+
+std::uint64_t current_fork_generation() {
+    static std::once_flag registered;
+    std::call_once(registered, [] {
+        ::pthread_atfork(nullptr, nullptr, [] { fork_generation.fetch_add(1, std::memory_order_relaxed); });
+    });
+    return fork_generation.load(std::memory_order_relaxed);
+}
+
+// ----- Signal routing -----------------------------------------------------------
+// The handler only records the signal and pokes the owning reactor's wakeup
+// descriptor; the callback runs later in the loop. Lock-free atomics and
+// write(2) are async-signal-safe.
+struct SignalRoute {
+    std::atomic<int> wake_fd{-1};
+    std::atomic<bool> pending{false};
+    const void* owner = nullptr;  // guarded by signal_owners_mutex
+};
+constexpr int signal_limit = 65;  // NSIG on Linux; checked below where defined
+#ifdef NSIG
+static_assert(NSIG <= signal_limit, "signal table too small for this platform");
+#endif
+std::array<SignalRoute, signal_limit> signal_routes;
+std::mutex signal_owners_mutex;
+
+extern "C" void muxio_on_signal(int signo) {
+    const int saved_errno = errno;
+    SignalRoute& route = signal_routes[static_cast<std::size_t>(signo)];
+    route.pending.store(true, std::memory_order_release);
+    if (const int fd = route.wake_fd.load(std::memory_order_acquire); fd >= 0) {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
+    }
+    errno = saved_errno;
+}
+
+void write_wakeup(int fd) noexcept {
+    const std::uint64_t one = 1;
+    // EAGAIN means the counter is already non-zero: the loop is woken anyway.
+    [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
+}
+
+void drain_wakeup(int fd) noexcept {
+    std::uint64_t count = 0;
+    [[maybe_unused]] const ssize_t ignored = ::read(fd, &count, sizeof count);
+}
+
+void default_exception_handler(std::exception_ptr error) {
+    try {
+        std::rethrow_exception(std::move(error));
+    } catch (const std::exception& e) {
+        logger().error("reactor: exception in callback: {}", e.what());
+    } catch (...) {
+        logger().error("reactor: unknown exception in callback");
+    }
+}
+
+}  // namespace
+
+// The selector's key data: the fd's pair of handlers. Which of them exists is
+// told by the key's events (READ: a reader, WRITE: a writer), not by whether
+// the callback is empty, because a running callback is moved out of its slot.
+struct FdHandlers {
+    Callback reader;
+    Callback writer;
+};
+
+struct Reactor::Impl {
+    // One queued piece of work. I/O: the selector token and the ready events.
+    // Scheduled callback: events empty, token = generation << 32 | slot.
+    struct Work {
+        std::uint64_t token = 0;
+        Events events;
+    };
+
+    std::function<TimePoint()> clock;
+    std::unique_ptr<BaseSelector<FdHandlers>> selector;
+    detail::Scheduler scheduler;
+    detail::RingQueue<Work> ready;
+    ExceptionHandler exception_handler = default_exception_handler;
+    std::uint64_t fork_generation = 0;
+
+    // Thread-safe wakeups: an eventfd registered in the selector, drained by
+    // the iteration itself (not by a callback), so threadsafe callbacks run in
+    // the iteration that woke up.
+    int wake_fd = -1;
+    std::mutex incoming_mutex;
+    std::vector<Callback> incoming;  // guarded by incoming_mutex
+    std::vector<Callback> incoming_spare;
+    bool wake_pending = false;     // guarded by incoming_mutex; coalesces writes
+    bool incoming_closed = false;  // guarded by incoming_mutex
+
+    // Signals handled by this reactor and what was installed before.
+    std::array<Callback, signal_limit> signal_handlers;
+    std::array<std::optional<struct sigaction>, signal_limit> previous_actions;
+
+    // The callback running now, moved out of its key: which fd and side, and
+    // whether the callback replaced or removed itself meanwhile.
+    int running_fd = -1;
+    Events running_side;
+    bool running_disturbed = false;
+
+    // Embedding: a timerfd in the selector, armed so the selector's own
+    // descriptor polls readable whenever there is work.
+    int embed_timer_fd = -1;
+    std::optional<TimePoint> embed_armed_for;
+    // io_uring re-arms the polls of reported descriptors only at the next
+    // wait, so its descriptor does not poll readable for them in between.
+    bool rearms_at_wait = false;
+    bool reported_last_wait = false;
+
+    TimePoint now() const { return clock ? clock() : Clock::now(); }
+};
+
+namespace {
+
+constexpr std::uint64_t scheduled_token(detail::Scheduler::Id id) noexcept {
+    return (std::uint64_t{id.generation} << 32U) | id.slot;
+}
+constexpr detail::Scheduler::Id scheduled_id(std::uint64_t token) noexcept {
+    return {static_cast<std::uint32_t>(token & 0xffff'ffffU), static_cast<std::uint32_t>(token >> 32U)};
+}
+
+}  // namespace
+
+// ----- Construction -----------------------------------------------------------------
+
+Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
+    impl_->clock = std::move(options.clock);
+    impl_->fork_generation = current_fork_generation();
+    auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
+    impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
+    impl_->rearms_at_wait = impl_->selector->name() == "io_uring";
+    impl_->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (impl_->wake_fd < 0) {
+        throw_system_error(errno, "eventfd");
+    }
+    try {
+        impl_->selector->register_(impl_->wake_fd, EVENT_READ);
+    } catch (...) {
+        ::close(impl_->wake_fd);
+        throw;
+    }
+}
+
+Reactor::~Reactor() {
+    running_ = false;  // a destructor cannot refuse; close() must not throw here
+    close();
+}
+
+void Reactor::check_usable(std::string_view operation) const {
+    if (closed_) {
+        throw std::logic_error(fmt::format("{}: reactor is closed", operation));
+    }
+    if (fork_generation.load(std::memory_order_relaxed) != impl_->fork_generation) {
+        throw std::logic_error(fmt::format(
+            "{}: this reactor was created before a fork(); a child process must create its own", operation));
+    }
+}
+
+// ----- The iteration ----------------------------------------------------------------
+
+void Reactor::run() {
+    check_usable("run");
+    if (running_) {
+        throw std::logic_error("run: reactor is already running");
+    }
+    running_ = true;
+    std::size_t ran = 0;
+    try {
+        do {
+            run_iteration(std::nullopt, ran);
+        } while (!stopping_);
+    } catch (...) {
+        running_ = false;
+        stopping_ = false;
+        throw;
+    }
+    running_ = false;
+    stopping_ = false;
+}
+
+std::size_t Reactor::run_once(std::optional<Duration> timeout) {
+    check_usable("run_once");
+    if (running_) {
+        throw std::logic_error("run_once: reactor is already running");
+    }
+    running_ = true;
+    std::size_t ran = 0;
+    try {
+        run_iteration(timeout, ran);
+    } catch (...) {
+        running_ = false;
+        throw;
+    }
+    running_ = false;
+    return ran;
+}
+
+void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
+    Impl& impl = *impl_;
+
+    // 1. How long to wait: not at all if work is queued or a stop is pending;
+    //    else until the nearest timer, bounded by the caller's timeout.
+    detail::Timeout wait = timeout;
+    if (!impl.ready.empty() || stopping_) {
+        wait = Duration::zero();
+    } else if (const auto deadline = impl.scheduler.next_deadline()) {
+        const Duration until = std::max(Duration::zero(), *deadline - impl.now());
+        if (!wait || until < *wait) {
+            wait = until;
+        }
+    }
+
+    // 2-3. Select, and queue the I/O callbacks. The wakeup and embedding
+    //      descriptors are handled here, so threadsafe callbacks and signal
+    //      handlers join this iteration's queue.
+    const auto selected = impl.selector->select(wait);
+    impl.reported_last_wait = !selected.empty();
+    for (const auto& ready : selected) {
+        const int fd = ready.key().fd;
+        if (fd == impl.wake_fd) {
+            drain_wakeups();
+        } else if (fd == impl.embed_timer_fd) {
+            drain_wakeup(fd);
+            impl.embed_armed_for.reset();
+        } else {
+            impl.ready.push({ready.token(), ready.events()});
+        }
+    }
+
+    // 4. Queue the due timers, in deadline order, ties in scheduling order.
+    //    The clock is read after the wait, so nothing runs before its deadline.
+    const TimePoint now = impl.now();
+    while (const auto due = impl.scheduler.pop_due(now)) {
+        impl.ready.push({scheduled_token(*due), Events{}});
+    }
+
+    // 5. Run exactly what is queued now; whatever these callbacks schedule
+    //    waits for the next iteration.
+    for (std::size_t count = impl.ready.size(); count > 0; --count) {
+        const Impl::Work work = impl.ready.pop();
+        if (work.events.empty()) {
+            if (Callback callback = impl.scheduler.take(scheduled_id(work.token))) {
+                invoke(callback);
+                ++ran;
+            }
+        } else {
+            ran += dispatch_io(work.token, work.events);
+        }
+    }
+
+    if (impl.embed_timer_fd >= 0) {
+        rearm_embedding();
+    }
+}
+
+void Reactor::invoke(Callback& callback) noexcept {
+    try {
+        callback();
+    } catch (...) {
+        report(std::current_exception());
+    }
+}
+
+void Reactor::report(std::exception_ptr error) noexcept {
+    try {
+        impl_->exception_handler(std::move(error));
+    } catch (...) {
+        default_exception_handler(std::current_exception());
+    }
+}
+
+std::size_t Reactor::dispatch_io(std::uint64_t token, Events events) {
+    Impl& impl = *impl_;
+    std::size_t ran = 0;
+    for (const Events side : {EVENT_READ, EVENT_WRITE}) {
+        if (!events.contains(side)) {
+            continue;
+        }
+        // Re-checked before each callback: an earlier one may have removed
+        // this fd, or removed and added it again (a new registration).
+        const auto* key = impl.selector->find_current(token);
+        if (key == nullptr || !key->events.contains(side)) {
+            continue;
+        }
+        Callback& slot = side == EVENT_READ ? key->data.reader : key->data.writer;
+        // Moved out while it runs, so that replacing or removing itself (or
+        // unregistering the fd) cannot destroy the callable under its feet.
+        Callback running = std::move(slot);
+        impl.running_fd = key->fd;
+        impl.running_side = side;
+        impl.running_disturbed = false;
+        invoke(running);
+        ++ran;
+        if (!impl.running_disturbed) {
+            if (const auto* still = impl.selector->find_current(token)) {
+                (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
+            }
+        }
+        impl.running_fd = -1;
+    }
+    return ran;
+}
+
+// ----- I/O registration ---------------------------------------------------------------
+
+void Reactor::add_handler(int fd, Events side, Callback callback) {
+    check_usable(side == EVENT_READ ? "add_reader" : "add_writer");
+    if (fd < 0) {
+        throw std::invalid_argument(fmt::format("invalid file descriptor: {}", fd));
+    }
+    Impl& impl = *impl_;
+    if (fd == impl.wake_fd || fd == impl.embed_timer_fd) {
+        throw std::invalid_argument(fmt::format("fd {} belongs to the reactor itself", fd));
+    }
+    const auto map = impl.selector->get_map();
+    const auto* key = map.find(fd);
+    if (key == nullptr) {
+        FdHandlers handlers;
+        (side == EVENT_READ ? handlers.reader : handlers.writer) = std::move(callback);
+        impl.selector->register_(fd, side, std::move(handlers));
+        return;
+    }
+    if (fd == impl.running_fd && side == impl.running_side) {
+        impl.running_disturbed = true;
+    }
+    if (!key->events.contains(side)) {
+        impl.selector->modify(fd, key->events | side);
+    }
+    (side == EVENT_READ ? key->data.reader : key->data.writer) = std::move(callback);
+}
+
+bool Reactor::remove_handler(int fd, Events side) {
+    if (closed_ || fd < 0) {
+        return false;  // removal must be safe from destructors running at close
+    }
+    Impl& impl = *impl_;
+    const auto* key = impl.selector->get_map().find(fd);
+    if (key == nullptr || !key->events.contains(side) || fd == impl.wake_fd || fd == impl.embed_timer_fd) {
+        return false;
+    }
+    if (fd == impl.running_fd && side == impl.running_side) {
+        impl.running_disturbed = true;
+    }
+    const Events remaining = key->events & ~side;
+    if (remaining.empty()) {
+        // The returned key, and the callbacks in it, die here.
+        (void)impl.selector->unregister(fd);
+    } else {
+        (side == EVENT_READ ? key->data.reader : key->data.writer) = nullptr;
+        impl.selector->modify(fd, remaining);
+    }
+    return true;
+}
+
+void Reactor::add_reader(int fd, Callback callback) {
+    add_handler(fd, EVENT_READ, std::move(callback));
+}
+void Reactor::add_writer(int fd, Callback callback) {
+    add_handler(fd, EVENT_WRITE, std::move(callback));
+}
+bool Reactor::remove_reader(int fd) {
+    return remove_handler(fd, EVENT_READ);
+}
+bool Reactor::remove_writer(int fd) {
+    return remove_handler(fd, EVENT_WRITE);
+}
+
+// ----- Callbacks and timers -------------------------------------------------------------
+
+TimerHandle Reactor::call_soon(Callback callback) {
+    check_usable("call_soon");
+    const auto id = impl_->scheduler.add(std::move(callback));
+    impl_->ready.push({scheduled_token(id), Events{}});
+    if (impl_->embed_timer_fd >= 0 && !running_) {
+        rearm_embedding();
+    }
+    return {this, id.slot, id.generation};
+}
+
+TimerHandle Reactor::call_later(Duration delay, Callback callback) {
+    // The clock is read now, not at the last iteration, so a timer never
+    // fires less than `delay` after this call.
+    return call_at(impl_->now() + std::max(delay, Duration::zero()), std::move(callback));
+}
+
+TimerHandle Reactor::call_at(TimePoint when, Callback callback) {
+    check_usable("call_at");
+    const auto id = impl_->scheduler.add_timer(when, std::move(callback));
+    if (impl_->embed_timer_fd >= 0 && !running_) {
+        rearm_embedding();
+    }
+    return {this, id.slot, id.generation};
+}
+
+Reactor::TimePoint Reactor::time() const {
+    return impl_->now();
+}
+
+std::size_t Reactor::scheduled_count() const noexcept {
+    return closed_ ? 0 : impl_->scheduler.size();
+}
+
+bool TimerHandle::cancel() noexcept {
+    if (reactor_ == nullptr || reactor_->closed_) {
+        return false;
+    }
+    return reactor_->impl_->scheduler.cancel({slot_, generation_});
+}
+
+bool TimerHandle::pending() const noexcept {
+    return reactor_ != nullptr && !reactor_->closed_ && reactor_->impl_->scheduler.pending({slot_, generation_});
+}
+
+// ----- Stopping and closing ---------------------------------------------------------------
+
+void Reactor::stop() noexcept {
+    stopping_ = true;
+}
+
+void Reactor::stop_threadsafe() {
+    call_soon_threadsafe([this] { stop(); });
+}
+
+void Reactor::close() {
+    if (closed_) {
+        return;
+    }
+    if (running_) {
+        throw std::logic_error("close: reactor is running; stop() it first");
+    }
+    Impl& impl = *impl_;
+    for (int signo = 1; signo < signal_limit; ++signo) {
+        remove_signal_handler(signo);
+    }
+    {
+        std::lock_guard lock{impl.incoming_mutex};
+        impl.incoming_closed = true;
+        impl.incoming.clear();
+    }
+    closed_ = true;
+    // Destroying the keys destroys the fd callbacks; a destructor among them
+    // that calls remove_reader() sees a closed reactor and gets false.
+    impl.selector->close();
+    impl.scheduler.clear();
+    impl.ready.clear();
+    impl.incoming_spare.clear();
+    for (int* fd : {&impl.wake_fd, &impl.embed_timer_fd}) {
+        if (*fd >= 0) {
+            ::close(*fd);
+            *fd = -1;
+        }
+    }
+}
+
+void Reactor::set_exception_handler(ExceptionHandler handler) {
+    impl_->exception_handler = handler ? std::move(handler) : ExceptionHandler{default_exception_handler};
+}
+
+std::string_view Reactor::selector_name() const noexcept {
+    return impl_->selector->name();
+}
+
+// ----- Thread-safe wakeups ------------------------------------------------------------------
+
+void Reactor::call_soon_threadsafe(Callback callback) {
+    Impl& impl = *impl_;
+    std::lock_guard lock{impl.incoming_mutex};
+    if (impl.incoming_closed) {
+        throw std::logic_error("call_soon_threadsafe: reactor is closed");
+    }
+    impl.incoming.push_back(std::move(callback));
+    // Written under the lock: close() cannot close the descriptor between the
+    // check above and this write.
+    if (!impl.wake_pending) {
+        impl.wake_pending = true;
+        write_wakeup(impl.wake_fd);
+    }
+}
+
+void Reactor::drain_wakeups() {
+    Impl& impl = *impl_;
+    drain_wakeup(impl.wake_fd);
+    {
+        std::lock_guard lock{impl.incoming_mutex};
+        // Cleared before taking the queue: a callback added after this point
+        // writes a new wakeup, so none is left behind without one.
+        impl.wake_pending = false;
+        impl.incoming.swap(impl.incoming_spare);
+    }
+    for (Callback& callback : impl.incoming_spare) {
+        const auto id = impl.scheduler.add(std::move(callback));
+        impl.ready.push({scheduled_token(id), Events{}});
+    }
+    impl.incoming_spare.clear();
+    for (int signo = 1; signo < signal_limit; ++signo) {
+        if (!impl.signal_handlers[static_cast<std::size_t>(signo)]) {
+            continue;
+        }
+        if (signal_routes[static_cast<std::size_t>(signo)].pending.exchange(false, std::memory_order_acq_rel)) {
+            const auto id = impl.scheduler.add([this, signo] { run_signal_handler(signo); });
+            impl.ready.push({scheduled_token(id), Events{}});
+        }
+    }
+}
+
+// ----- Signals ----------------------------------------------------------------------------------
+
+void Reactor::add_signal_handler(int signo, Callback callback) {
+    check_usable("add_signal_handler");
+    if (signo <= 0 || signo >= signal_limit || signo == SIGKILL || signo == SIGSTOP) {
+        throw std::invalid_argument(fmt::format("invalid signal number: {}", signo));
+    }
+    Impl& impl = *impl_;
+    const auto index = static_cast<std::size_t>(signo);
+    std::lock_guard lock{signal_owners_mutex};
+    SignalRoute& route = signal_routes[index];
+    if (route.owner != nullptr && route.owner != this) {
+        throw std::logic_error(fmt::format("add_signal_handler: signal {} is handled by another reactor", signo));
+    }
+    if (!impl.previous_actions[index]) {
+        struct sigaction action {};
+        action.sa_handler = muxio_on_signal;
+        sigemptyset(&action.sa_mask);
+        // SA_RESTART: other threads' blocking calls are not disturbed; this
+        // loop is woken by the descriptor write, not by EINTR.
+        action.sa_flags = SA_RESTART;
+        struct sigaction previous {};
+        route.pending.store(false);
+        route.wake_fd.store(impl.wake_fd, std::memory_order_release);
+        if (::sigaction(signo, &action, &previous) == -1) {
+            route.wake_fd.store(-1);
+            throw_system_error(errno, fmt::format("sigaction({})", signo));
+        }
+        impl.previous_actions[index] = previous;
+        route.owner = this;
+    }
+    impl.signal_handlers[index] = std::move(callback);
+}
+
+bool Reactor::remove_signal_handler(int signo) {
+    if (signo <= 0 || signo >= signal_limit || closed_) {
+        return false;
+    }
+    Impl& impl = *impl_;
+    const auto index = static_cast<std::size_t>(signo);
+    if (!impl.previous_actions[index]) {
+        return false;
+    }
+    std::lock_guard lock{signal_owners_mutex};
+    ::sigaction(signo, &*impl.previous_actions[index], nullptr);
+    impl.previous_actions[index].reset();
+    impl.signal_handlers[index] = nullptr;
+    SignalRoute& route = signal_routes[index];
+    route.wake_fd.store(-1, std::memory_order_release);
+    route.pending.store(false);
+    route.owner = nullptr;
+    return true;
+}
+
+void Reactor::run_signal_handler(int signo) {
+    Callback& slot = impl_->signal_handlers[static_cast<std::size_t>(signo)];
+    if (!slot) {
+        return;
+    }
+    // Same precaution as for fd callbacks: the handler may remove itself.
+    Callback running = std::move(slot);
+    invoke(running);
+    if (!slot && impl_->previous_actions[static_cast<std::size_t>(signo)]) {
+        slot = std::move(running);
+    }
+}
+
+// ----- Embedding ------------------------------------------------------------------------------------
+
+int Reactor::embed_fd() {
+    check_usable("embed_fd");
+    Impl& impl = *impl_;
+    const int selector_fd = impl.selector->fileno();
+    if (selector_fd < 0) {
+        throw std::logic_error(
+            fmt::format("embed_fd: the {} selector has no pollable descriptor; use epoll, io_uring or kqueue",
+                        impl.selector->name()));
+    }
+    if (impl.embed_timer_fd < 0) {
+        const int timer = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (timer < 0) {
+            throw_system_error(errno, "timerfd_create");
+        }
+        try {
+            impl.selector->register_(timer, EVENT_READ);
+        } catch (...) {
+            ::close(timer);
+            throw;
+        }
+        impl.embed_timer_fd = timer;
+        rearm_embedding();
+    }
+    return selector_fd;
+}
+
+void Reactor::rearm_embedding() {
+    Impl& impl = *impl_;
+    // Work queued, or descriptors reported in the last wait that a one-shot
+    // mechanism re-arms only at the next wait: fire at once. Otherwise at the
+    // nearest timer (the timerfd shares steady_clock's CLOCK_MONOTONIC).
+    std::optional<TimePoint> target;
+    if (!impl.ready.empty() || (impl.rearms_at_wait && impl.reported_last_wait)) {
+        target = TimePoint{Duration{1}};
+    } else {
+        target = impl.scheduler.next_deadline();
+        if (target && *target <= TimePoint{Duration{1}}) {
+            target = TimePoint{Duration{1}};
+        }
+    }
+    if (target == impl.embed_armed_for) {
+        return;
+    }
+    itimerspec spec{};
+    if (target) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(target->time_since_epoch()).count();
+        spec.it_value.tv_sec = static_cast<std::time_t>(ns / 1'000'000'000);
+        spec.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    }
+    if (::timerfd_settime(impl.embed_timer_fd, TFD_TIMER_ABSTIME, &spec, nullptr) == -1) {
+        throw_system_error(errno, "timerfd_settime", impl.embed_timer_fd);
+    }
+    impl.embed_armed_for = target;
+}
+
+std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
+    if (closed_) {
+        return std::nullopt;
+    }
+    if (!impl_->ready.empty()) {
+        return Duration::zero();
+    }
+    if (const auto deadline = impl_->scheduler.next_deadline()) {
+        return std::max(Duration::zero(), *deadline - impl_->now());
+    }
+    return std::nullopt;
+}
+
+}  // namespace muxio

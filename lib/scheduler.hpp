@@ -1,0 +1,216 @@
+// The reactor's scheduled callbacks: records in a slot map with generations,
+// and the timers among them in a 4-ary min-heap that knows each record's
+// position, so cancel is O(log n) and a stale handle is harmless.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "muxio/reactor.hpp"
+
+namespace muxio::detail {
+
+class Scheduler {
+public:
+    using TimePoint = Reactor::TimePoint;
+
+    /// Names one scheduled callback; stale once it ran or was cancelled.
+    struct Id {
+        std::uint32_t slot;
+        std::uint32_t generation;
+    };
+
+    /// Stores a callback that is not on a timer (call_soon).
+    Id add(Callback callback) {
+        const std::uint32_t slot = acquire();
+        Record& record = records_[slot];
+        record.callback = std::move(callback);
+        return {slot, record.generation};
+    }
+
+    /// Stores a callback due at `deadline`. Equal deadlines keep scheduling
+    /// order through a sequence number, as libuv does.
+    Id add_timer(TimePoint deadline, Callback callback) {
+        const Id id = add(std::move(callback));
+        heap_.push_back({deadline, next_sequence_++, id.slot});
+        records_[id.slot].heap_index = static_cast<std::uint32_t>(heap_.size() - 1);
+        sift_up(heap_.size() - 1);
+        return id;
+    }
+
+    [[nodiscard]] bool pending(Id id) const noexcept {
+        return id.slot < records_.size() && records_[id.slot].generation == id.generation && records_[id.slot].in_use;
+    }
+
+    /// Forgets the callback (destroying its captures now) if it is still
+    /// pending; returns whether it was.
+    bool cancel(Id id) noexcept {
+        if (!pending(id)) {
+            return false;
+        }
+        Record& record = records_[id.slot];
+        if (record.heap_index != not_in_heap) {
+            erase_from_heap(record.heap_index);
+        }
+        release(id.slot);
+        return true;
+    }
+
+    /// Moves the callback out and frees its record, so the callback may
+    /// cancel its own handle harmlessly while it runs. Empty if stale.
+    Callback take(Id id) noexcept {
+        if (!pending(id)) {
+            return {};
+        }
+        Callback callback = std::move(records_[id.slot].callback);
+        release(id.slot);
+        return callback;
+    }
+
+    [[nodiscard]] std::optional<TimePoint> next_deadline() const noexcept {
+        if (heap_.empty()) {
+            return std::nullopt;
+        }
+        return heap_.front().deadline;
+    }
+
+    /// Removes the earliest timer if it is due at `now`; its record stays
+    /// pending until take().
+    std::optional<Id> pop_due(TimePoint now) noexcept {
+        if (heap_.empty() || heap_.front().deadline > now) {
+            return std::nullopt;
+        }
+        const std::uint32_t slot = heap_.front().slot;
+        erase_from_heap(0);
+        return Id{slot, records_[slot].generation};
+    }
+
+    [[nodiscard]] std::size_t size() const noexcept { return live_; }
+    [[nodiscard]] std::size_t timer_count() const noexcept { return heap_.size(); }
+
+    /// Destroys every callback.
+    void clear() noexcept {
+        records_.clear();
+        free_.clear();
+        heap_.clear();
+        live_ = 0;
+    }
+
+private:
+    static constexpr std::uint32_t not_in_heap = UINT32_MAX;
+    static constexpr std::size_t arity = 4;
+
+    struct Record {
+        Callback callback;
+        std::uint32_t heap_index = not_in_heap;
+        std::uint32_t generation = 0;
+        bool in_use = false;
+    };
+    // Kept apart from the records so sifting touches 24-byte entries only.
+    struct HeapEntry {
+        TimePoint deadline;
+        std::uint64_t sequence;
+        std::uint32_t slot;
+    };
+
+    static bool earlier(const HeapEntry& a, const HeapEntry& b) noexcept {
+        return a.deadline != b.deadline ? a.deadline < b.deadline : a.sequence < b.sequence;
+    }
+
+    std::uint32_t acquire() {
+        std::uint32_t slot = 0;
+        if (!free_.empty()) {
+            slot = free_.back();
+            free_.pop_back();
+        } else {
+            records_.emplace_back();
+            // release() runs in noexcept paths; room for every slot in the
+            // free list is made here, where allocation may throw.
+            free_.reserve(records_.size());
+            slot = static_cast<std::uint32_t>(records_.size() - 1);
+        }
+        records_[slot].in_use = true;
+        ++live_;
+        return slot;
+    }
+
+    void release(std::uint32_t slot) noexcept {
+        Record& record = records_[slot];
+        record.callback.reset();
+        record.in_use = false;
+        record.heap_index = not_in_heap;
+        ++record.generation;  // every outstanding Id of this slot is now stale
+        free_.push_back(slot);
+        --live_;
+    }
+
+    void place(std::size_t index, const HeapEntry& entry) noexcept {
+        heap_[index] = entry;
+        records_[entry.slot].heap_index = static_cast<std::uint32_t>(index);
+    }
+
+    void sift_up(std::size_t index) noexcept {
+        const HeapEntry moving = heap_[index];
+        while (index > 0) {
+            const std::size_t parent = (index - 1) / arity;
+            if (!earlier(moving, heap_[parent])) {
+                break;
+            }
+            place(index, heap_[parent]);
+            index = parent;
+        }
+        place(index, moving);
+    }
+
+    void sift_down(std::size_t index) noexcept {
+        const HeapEntry moving = heap_[index];
+        const std::size_t size = heap_.size();
+        for (;;) {
+            const std::size_t first_child = index * arity + 1;
+            if (first_child >= size) {
+                break;
+            }
+            std::size_t best = first_child;
+            const std::size_t last_child = std::min(first_child + arity, size);
+            for (std::size_t child = first_child + 1; child < last_child; ++child) {
+                if (earlier(heap_[child], heap_[best])) {
+                    best = child;
+                }
+            }
+            if (!earlier(heap_[best], moving)) {
+                break;
+            }
+            place(index, heap_[best]);
+            index = best;
+        }
+        place(index, moving);
+    }
+
+    void erase_from_heap(std::size_t index) noexcept {
+        records_[heap_[index].slot].heap_index = not_in_heap;
+        const HeapEntry last = heap_.back();
+        heap_.pop_back();
+        if (index == heap_.size()) {
+            return;
+        }
+        heap_[index] = last;
+        records_[last.slot].heap_index = static_cast<std::uint32_t>(index);
+        if (index > 0 && earlier(last, heap_[(index - 1) / arity])) {
+            sift_up(index);
+        } else {
+            sift_down(index);
+        }
+    }
+
+    std::vector<Record> records_;
+    std::vector<std::uint32_t> free_;
+    std::vector<HeapEntry> heap_;
+    std::uint64_t next_sequence_ = 0;
+    std::size_t live_ = 0;
+};
+
+}  // namespace muxio::detail
