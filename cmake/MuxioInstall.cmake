@@ -17,6 +17,23 @@ install(EXPORT muxioTargets
   NAMESPACE muxio::
   DESTINATION "${MUXIO_INSTALL_CMAKEDIR}")
 
+# A static libmuxio carries no record of liburing: whoever links it must
+# link liburing too. The CMake package then looks liburing up (the exported
+# target names PkgConfig::LIBURING), and muxio.pc lists it in Requires rather
+# than Requires.private so a plain `pkg-config --libs muxio` links.
+get_target_property(muxio_library_type muxio TYPE)
+set(MUXIO_CONFIG_FIND_LIBURING 0)
+set(MUXIO_PC_REQUIRES "fmt spdlog")
+set(MUXIO_PC_PRIVATE_REQUIRES "")
+if(MUXIO_HAS_IO_URING)
+  if(muxio_library_type STREQUAL "STATIC_LIBRARY")
+    set(MUXIO_CONFIG_FIND_LIBURING 1)
+    string(APPEND MUXIO_PC_REQUIRES " liburing")
+  else()
+    set(MUXIO_PC_PRIVATE_REQUIRES "liburing")
+  endif()
+endif()
+
 configure_package_config_file("${PROJECT_SOURCE_DIR}/cmake/muxioConfig.cmake.in"
   "${PROJECT_BINARY_DIR}/muxioConfig.cmake"
   INSTALL_DESTINATION "${MUXIO_INSTALL_CMAKEDIR}")
@@ -25,9 +42,19 @@ write_basic_package_version_file("${PROJECT_BINARY_DIR}/muxioConfigVersion.cmake
 install(FILES "${PROJECT_BINARY_DIR}/muxioConfig.cmake" "${PROJECT_BINARY_DIR}/muxioConfigVersion.cmake"
   DESTINATION "${MUXIO_INSTALL_CMAKEDIR}")
 
-set(MUXIO_PC_PRIVATE_REQUIRES "")
-if(MUXIO_HAS_IO_URING)
-  set(MUXIO_PC_PRIVATE_REQUIRES "liburing")
+# muxio.pc finds the prefix from its own location (${pcfiledir}), so the
+# install can be moved, and `cmake --install --prefix` elsewhere than
+# CMAKE_INSTALL_PREFIX works (the install test relies on it).
+if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}" OR IS_ABSOLUTE "${CMAKE_INSTALL_INCLUDEDIR}")
+  set(MUXIO_PC_PREFIX "${CMAKE_INSTALL_PREFIX}")
+  set(MUXIO_PC_LIBDIR "${CMAKE_INSTALL_FULL_LIBDIR}")
+  set(MUXIO_PC_INCLUDEDIR "${CMAKE_INSTALL_FULL_INCLUDEDIR}")
+else()
+  file(RELATIVE_PATH pc_to_prefix "/muxio-prefix/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/muxio-prefix")
+  string(REGEX REPLACE "/$" "" pc_to_prefix "${pc_to_prefix}")
+  set(MUXIO_PC_PREFIX "\${pcfiledir}/${pc_to_prefix}")
+  set(MUXIO_PC_LIBDIR "\${prefix}/${CMAKE_INSTALL_LIBDIR}")
+  set(MUXIO_PC_INCLUDEDIR "\${prefix}/${CMAKE_INSTALL_INCLUDEDIR}")
 endif()
 configure_file("${PROJECT_SOURCE_DIR}/cmake/muxio.pc.in" "${PROJECT_BINARY_DIR}/muxio.pc" @ONLY)
 install(FILES "${PROJECT_BINARY_DIR}/muxio.pc" DESTINATION "${CMAKE_INSTALL_LIBDIR}/pkgconfig")

@@ -1,11 +1,12 @@
 # Which kernel mechanisms this platform offers; each becomes MUXIO_HAS_<NAME>
 # (0 or 1) in the generated muxio/config.hpp.
-include(CheckIncludeFileCXX)
 include(CheckCXXSymbolExists)
 
 check_cxx_symbol_exists(epoll_create1 "sys/epoll.h" MUXIO_HAVE_EPOLL_CREATE1)
 check_cxx_symbol_exists(kqueue "sys/types.h;sys/event.h;sys/time.h" MUXIO_HAVE_KQUEUE_CALL)
-check_include_file_cxx("sys/devpoll.h" MUXIO_HAVE_SYS_DEVPOLL_H)
+# illumos' <sys/devpoll.h> uses sigset_t without declaring it, so the header
+# alone does not compile: include what it needs first.
+check_cxx_symbol_exists(DP_POLL "sys/types.h;signal.h;sys/devpoll.h" MUXIO_HAVE_DEVPOLL_DP_POLL)
 
 set(MUXIO_HAS_EPOLL 0)
 set(MUXIO_HAS_IO_URING 0)
@@ -17,7 +18,7 @@ endif()
 if(MUXIO_HAVE_KQUEUE_CALL)
   set(MUXIO_HAS_KQUEUE 1)
 endif()
-if(MUXIO_HAVE_SYS_DEVPOLL_H)
+if(MUXIO_HAVE_DEVPOLL_DP_POLL)
   set(MUXIO_HAS_DEVPOLL 1)
 endif()
 

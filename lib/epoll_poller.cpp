@@ -76,17 +76,7 @@ public:
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
         const int capacity = static_cast<int>(std::min<std::size_t>(events_.size(), INT32_MAX));
-        int count = -1;
-        if (kernel_has_epoll_pwait2.load(std::memory_order_relaxed)) {
-            const auto spec = to_timespec(timeout);
-            count = ::epoll_pwait2(epfd_, events_.data(), capacity, spec ? &*spec : nullptr, nullptr);
-            if (count < 0 && errno == ENOSYS) {
-                kernel_has_epoll_pwait2.store(false, std::memory_order_relaxed);
-            }
-        }
-        if (!kernel_has_epoll_pwait2.load(std::memory_order_relaxed)) {
-            count = ::epoll_wait(epfd_, events_.data(), capacity, to_milliseconds(timeout));
-        }
+        const int count = wait_kernel(timeout, capacity);
         if (count < 0) {
             return errno;
         }
@@ -108,6 +98,23 @@ protected:
     }
 
 private:
+    int wait_kernel(Timeout timeout, int capacity) noexcept {
+        // epoll_pwait2 costs more per call than epoll_wait (it copies in a
+        // timespec and sets up an hrtimer), so it is used only when the
+        // timeout has a sub-millisecond part that epoll_wait would round up.
+        const bool needs_fine_timeout = timeout && *timeout > std::chrono::nanoseconds::zero() &&
+                                        *timeout % std::chrono::milliseconds{1} != std::chrono::nanoseconds::zero();
+        if (needs_fine_timeout && kernel_has_epoll_pwait2.load(std::memory_order_relaxed)) {
+            const auto spec = to_timespec(timeout);
+            const int count = ::epoll_pwait2(epfd_, events_.data(), capacity, spec ? &*spec : nullptr, nullptr);
+            if (count >= 0 || errno != ENOSYS) {
+                return count;
+            }
+            kernel_has_epoll_pwait2.store(false, std::memory_order_relaxed);
+        }
+        return ::epoll_wait(epfd_, events_.data(), capacity, to_milliseconds(timeout));
+    }
+
     void control(int op, int fd, Events events, std::uint64_t token, std::string_view operation) {
         epoll_event event{};
         event.events = to_epoll_mask(events);

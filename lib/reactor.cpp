@@ -13,6 +13,8 @@
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
+#include <system_error>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -203,7 +205,9 @@ void Reactor::run() {
     std::size_t ran = 0;
     try {
         do {
-            run_iteration(std::nullopt, ran);
+            // A stop() that came before run() leaves room for one polling
+            // iteration; later iterations block as long as they need.
+            run_iteration(stopping_ ? std::optional<Duration>{Duration::zero()} : std::nullopt, ran);
         } while (!stopping_);
     } catch (...) {
         running_ = false;
@@ -234,10 +238,12 @@ std::size_t Reactor::run_once(std::optional<Duration> timeout) {
 void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     Impl& impl = *impl_;
 
-    // 1. How long to wait: not at all if work is queued or a stop is pending;
-    //    else until the nearest timer, bounded by the caller's timeout.
+    // 1. How long to wait: not at all if work is queued; else until the
+    //    nearest timer, bounded by the caller's timeout. (A pending stop is
+    //    run()'s business: it passes a zero timeout. Here it would make every
+    //    later run_once() poll, a busy loop for a caller driving run_once().)
     detail::Timeout wait = timeout;
-    if (!impl.ready.empty() || stopping_) {
+    if (!impl.ready.empty()) {
         wait = Duration::zero();
     } else if (const auto deadline = impl.scheduler.next_deadline()) {
         const Duration until = std::max(Duration::zero(), *deadline - impl.now());
@@ -362,7 +368,10 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
     if (!key->events.contains(side)) {
         impl.selector->modify(fd, key->events | side);
     }
-    (side == EVENT_READ ? key->data.reader : key->data.writer) = std::move(callback);
+    // The replaced callback dies last, once the key is consistent: its
+    // captures' destructors may call back into the reactor, even remove `fd`.
+    const Callback replaced =
+        std::exchange(side == EVENT_READ ? key->data.reader : key->data.writer, std::move(callback));
 }
 
 bool Reactor::remove_handler(int fd, Events side) {
@@ -382,8 +391,18 @@ bool Reactor::remove_handler(int fd, Events side) {
         // The returned key, and the callbacks in it, die here.
         (void)impl.selector->unregister(fd);
     } else {
-        (side == EVENT_READ ? key->data.reader : key->data.writer) = nullptr;
-        impl.selector->modify(fd, remaining);
+        // Dies at the end of this block, after the modify, for the same
+        // reason as in add_handler().
+        const Callback removed = std::move(side == EVENT_READ ? key->data.reader : key->data.writer);
+        try {
+            impl.selector->modify(fd, remaining);
+        } catch (const std::system_error& error) {
+            // The fd was closed: the selector dropped its registration, the
+            // other side with it. Removal must still work after a close.
+            if (error.code() != std::errc::bad_file_descriptor) {
+                throw;
+            }
+        }
     }
     return true;
 }
@@ -415,8 +434,11 @@ TimerHandle Reactor::call_soon(Callback callback) {
 
 TimerHandle Reactor::call_later(Duration delay, Callback callback) {
     // The clock is read now, not at the last iteration, so a timer never
-    // fires less than `delay` after this call.
-    return call_at(impl_->now() + std::max(delay, Duration::zero()), std::move(callback));
+    // fires less than `delay` after this call. A deadline past the end of the
+    // clock's range saturates: wrapping around would put it in the past.
+    const TimePoint now = impl_->now();
+    const bool overflows = now > TimePoint{} && delay > TimePoint::max() - now;
+    return call_at(overflows ? TimePoint::max() : now + std::max(delay, Duration::zero()), std::move(callback));
 }
 
 TimerHandle Reactor::call_at(TimePoint when, Callback callback) {

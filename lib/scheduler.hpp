@@ -129,8 +129,10 @@ private:
         } else {
             records_.emplace_back();
             // release() runs in noexcept paths; room for every slot in the
-            // free list is made here, where allocation may throw.
-            free_.reserve(records_.size());
+            // free list is made here, where allocation may throw. Following
+            // records_' capacity keeps the growth geometric: reserving the
+            // exact size would reallocate the free list for every new slot.
+            free_.reserve(records_.capacity());
             slot = static_cast<std::uint32_t>(records_.size() - 1);
         }
         records_[slot].in_use = true;
@@ -140,7 +142,9 @@ private:
 
     void release(std::uint32_t slot) noexcept {
         Record& record = records_[slot];
-        record.callback.reset();
+        // Destroyed last, once the slot is free: the captures' destructors may
+        // schedule or cancel callbacks, which can grow records_ and move `record`.
+        const Callback doomed = std::move(record.callback);
         record.in_use = false;
         record.heap_index = not_in_heap;
         ++record.generation;  // every outstanding Id of this slot is now stale

@@ -24,16 +24,21 @@ concept HasFileno = requires(const T& object) {
 /// descriptor is already closed is still found in a selector's map.
 class FileObject {
 public:
+    // Both constructors are implicit on purpose: register_(fd, ...) and
+    // register_(socket, ...) should read alike.
+    // NOLINTBEGIN(google-explicit-constructor,hicpp-explicit-conversions)
+
     /// A bare descriptor. Negative values are representable and refused by
     /// selectors with `std::invalid_argument`.
-    constexpr FileObject(int fd) noexcept : fd_{fd} {}  // NOLINT(google-explicit-constructor)
+    constexpr FileObject(int fd) noexcept : fd_{fd} {}
 
     /// An object with `fileno()`; the selector calls it each time it needs the
     /// descriptor of a file object not yet registered.
     template <HasFileno T>
-    requires(!std::convertible_to<T, int>) constexpr FileObject(
-        T& object) noexcept  // NOLINT(google-explicit-constructor)
+    requires(!std::convertible_to<T, int>) constexpr FileObject(T& object) noexcept
         : object_{std::addressof(object)}, fileno_{&call_fileno<T>}, type_{&type_tag<T>} {}
+
+    // NOLINTEND(google-explicit-constructor,hicpp-explicit-conversions)
 
     /// True when this refers to a bare descriptor rather than an object.
     [[nodiscard]] constexpr bool is_descriptor() const noexcept { return object_ == nullptr; }

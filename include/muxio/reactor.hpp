@@ -113,9 +113,19 @@ public:
     TimerHandle call_later(Duration delay, Callback callback);
     /// Runs `callback` at `when` or as soon after as the loop can.
     TimerHandle call_at(TimePoint when, Callback callback);
-    /// Any std::chrono duration; fractional ones round up.
+    /// Any std::chrono duration; fractional ones round up, and one too large
+    /// for Duration saturates (never fires) instead of overflowing.
     template <class Rep, class Period>
     TimerHandle call_later(std::chrono::duration<Rep, Period> delay, Callback callback) {
+        // Compared in long double, where no conversion of a duration overflows.
+        using Wide = std::chrono::duration<long double, Duration::period>;
+        const Wide wide{delay};
+        if (wide >= Wide{Duration::max()}) {
+            return call_later(Duration::max(), std::move(callback));
+        }
+        if (wide <= Wide::zero()) {
+            return call_later(Duration::zero(), std::move(callback));
+        }
         return call_later(std::chrono::ceil<Duration>(delay), std::move(callback));
     }
     /// The reactor's clock now.

@@ -5,7 +5,6 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -21,6 +20,7 @@
 
 #include <fmt/format.h>
 
+#include "muxio/detail/chunked_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
 #include "muxio/events.hpp"
@@ -364,9 +364,9 @@ private:
         std::optional<Key> key;
         std::uint32_t generation = 0;
     };
-    // Indexed by descriptor. A deque grows without moving its elements, which
-    // keeps keys at stable addresses.
-    using SlotTable = std::deque<Slot>;
+    // Indexed by descriptor; grows without moving its elements, which keeps
+    // keys at stable addresses.
+    using SlotTable = detail::ChunkedTable<Slot>;
 
     static std::uint64_t make_token(int fd, std::uint32_t generation) noexcept {
         return (std::uint64_t{generation} << 32U) | static_cast<std::uint32_t>(fd);
@@ -426,11 +426,7 @@ private:
     }
     Slot* slot_of(int fd) noexcept { return const_cast<Slot*>(std::as_const(*this).slot_of(fd)); }
 
-    void grow_to(int fd) {
-        while (slots_.size() <= static_cast<std::size_t>(fd)) {
-            slots_.emplace_back();
-        }
-    }
+    void grow_to(int fd) { slots_.grow_to(static_cast<std::size_t>(fd)); }
 
     // The descriptor behind `fileobj`. A bare descriptor must not be negative.
     // For an object, fileno() is asked first; if it fails (throws or returns a

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include <doctest/doctest.h>
@@ -97,6 +98,35 @@ long raise_fd_limit(long wanted) {
         REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
     }
     return static_cast<long>(limit.rlim_cur);
+}
+
+UniqueFd dup_at_or_above(int fd, int lowest) {
+    const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, lowest);
+    REQUIRE_MESSAGE(copy >= lowest, "fcntl(F_DUPFD_CLOEXEC, ", lowest, ") failed: ", std::strerror(errno));
+    return UniqueFd{copy};
+}
+
+bool is_open_fd(int fd) {
+    return ::fcntl(fd, F_GETFD) != -1;
+}
+
+ScopedEnv::ScopedEnv(std::string name, const std::optional<std::string>& value) : name_{std::move(name)} {
+    if (const char* old = std::getenv(name_.c_str())) {
+        saved_ = old;
+    }
+    if (value) {
+        REQUIRE(::setenv(name_.c_str(), value->c_str(), 1) == 0);
+    } else {
+        REQUIRE(::unsetenv(name_.c_str()) == 0);
+    }
+}
+
+ScopedEnv::~ScopedEnv() {
+    if (saved_) {
+        ::setenv(name_.c_str(), saved_->c_str(), 1);
+    } else {
+        ::unsetenv(name_.c_str());
+    }
 }
 
 }  // namespace muxio::test

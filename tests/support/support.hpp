@@ -2,7 +2,10 @@
 // and the fd-leak check every test runs.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
+#include <optional>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -72,5 +75,36 @@ void fill_until_blocked(int fd);
 /// Raises RLIMIT_NOFILE's soft limit towards `wanted` (bounded by the hard
 /// limit); returns the soft limit now in force.
 long raise_fd_limit(long wanted);
+
+/// A close-on-exec duplicate of `fd` numbered `lowest` or above (the lowest
+/// free number there); fails the test if there is none.
+UniqueFd dup_at_or_above(int fd, int lowest);
+
+/// True while `fd` is an open descriptor of this process.
+bool is_open_fd(int fd);
+
+/// Sets (or, with nullopt, removes) an environment variable for its lifetime
+/// and restores the previous state afterwards.
+class ScopedEnv {
+public:
+    ScopedEnv(std::string name, const std::optional<std::string>& value);
+    ~ScopedEnv();
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+private:
+    std::string name_;
+    std::optional<std::string> saved_;
+};
+
+/// Time elapsed on std::chrono::steady_clock since construction.
+class Stopwatch {
+public:
+    Stopwatch() : start_{std::chrono::steady_clock::now()} {}
+    [[nodiscard]] std::chrono::nanoseconds elapsed() const { return std::chrono::steady_clock::now() - start_; }
+
+private:
+    std::chrono::steady_clock::time_point start_;
+};
 
 }  // namespace muxio::test
