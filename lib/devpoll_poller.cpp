@@ -24,20 +24,10 @@
 #include "descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
+#include "poll_mask.hpp"
 
 namespace muxio::detail {
 namespace {
-
-short to_poll_mask(Events events) noexcept {
-    short mask = 0;
-    if (events.contains(EVENT_READ)) {
-        mask |= POLLIN;
-    }
-    if (events.contains(EVENT_WRITE)) {
-        mask |= POLLOUT;
-    }
-    return mask;
-}
 
 int open_device() noexcept {
 #ifdef O_CLOEXEC
@@ -141,17 +131,7 @@ protected:
             if (!registration.registered) {
                 continue;
             }
-            Events events;
-            if ((result.revents & POLLIN) != 0) {
-                events |= EVENT_READ;
-            }
-            if ((result.revents & POLLOUT) != 0) {
-                events |= EVENT_WRITE;
-            }
-            if ((result.revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
-                events |= EVENT_READ_WRITE;
-            }
-            ready.push_back({registration.token, events});
+            ready.push_back({registration.token, from_poll_mask(result.revents)});
         }
         return 0;
     }

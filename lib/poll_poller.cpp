@@ -6,20 +6,10 @@
 
 #include "descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
+#include "poll_mask.hpp"
 
 namespace muxio::detail {
 namespace {
-
-short to_poll_mask(Events events) noexcept {
-    short mask = 0;
-    if (events.contains(EVENT_READ)) {
-        mask |= POLLIN;
-    }
-    if (events.contains(EVENT_WRITE)) {
-        mask |= POLLOUT;
-    }
-    return mask;
-}
 
 class PollPoller final : public Poller {
 public:
@@ -74,17 +64,7 @@ protected:
                 continue;
             }
             --left;
-            Events events;
-            if ((revents & POLLIN) != 0) {
-                events |= EVENT_READ;
-            }
-            if ((revents & POLLOUT) != 0) {
-                events |= EVENT_WRITE;
-            }
-            if ((revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
-                events |= EVENT_READ_WRITE;
-            }
-            ready.push_back({tokens_[i], events});
+            ready.push_back({tokens_[i], from_poll_mask(revents)});
         }
         return 0;
     }

@@ -140,10 +140,6 @@ struct Reactor::Impl {
     // descriptor polls readable whenever there is work.
     int embed_timer_fd = -1;
     std::optional<TimePoint> embed_armed_for;
-    // io_uring re-arms the polls of reported descriptors only at the next
-    // wait, so its descriptor does not poll readable for them in between.
-    bool rearms_at_wait = false;
-    bool reported_last_wait = false;
 
     TimePoint now() const { return clock ? clock() : Clock::now(); }
 };
@@ -166,7 +162,6 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     impl_->fork_generation = current_fork_generation();
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
-    impl_->rearms_at_wait = impl_->selector->name() == "io_uring";
     impl_->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (impl_->wake_fd < 0) {
         throw_system_error(errno, "eventfd");
@@ -255,9 +250,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     // 2-3. Select, and queue the I/O callbacks. The wakeup and embedding
     //      descriptors are handled here, so threadsafe callbacks and signal
     //      handlers join this iteration's queue.
-    const auto selected = impl.selector->select(wait);
-    impl.reported_last_wait = !selected.empty();
-    for (const auto& ready : selected) {
+    for (const auto& ready : impl.selector->select(wait)) {
         const int fd = ready.key().fd;
         if (fd == impl.wake_fd) {
             drain_wakeups();
@@ -490,11 +483,15 @@ void Reactor::close() {
     for (int signo = 1; signo < signal_limit; ++signo) {
         remove_signal_handler(signo);
     }
+    std::vector<Callback> never_run;
     {
         std::lock_guard lock{impl.incoming_mutex};
         impl.incoming_closed = true;
-        impl.incoming.clear();
+        never_run.swap(impl.incoming);
     }
+    // Destroyed outside the lock: a capture's destructor may call
+    // call_soon_threadsafe() and get its logic_error instead of a deadlock.
+    never_run.clear();
     closed_ = true;
     // Destroying the keys destroys the fd callbacks; a destructor among them
     // that calls remove_reader() sees a closed reactor and gets false.
@@ -570,7 +567,7 @@ void Reactor::add_signal_handler(int signo, Callback callback) {
     }
     Impl& impl = *impl_;
     const auto index = static_cast<std::size_t>(signo);
-    std::lock_guard lock{signal_owners_mutex};
+    std::unique_lock lock{signal_owners_mutex};
     SignalRoute& route = signal_routes[index];
     if (route.owner != nullptr && route.owner != this) {
         throw std::logic_error(fmt::format("add_signal_handler: signal {} is handled by another reactor", signo));
@@ -592,7 +589,10 @@ void Reactor::add_signal_handler(int signo, Callback callback) {
         impl.previous_actions[index] = previous;
         route.owner = this;
     }
-    impl.signal_handlers[index] = std::move(callback);
+    // The replaced handler dies after the lock is released (its captures'
+    // destructors may add or remove signal handlers).
+    Callback replaced = std::exchange(impl.signal_handlers[index], std::move(callback));
+    lock.unlock();
 }
 
 bool Reactor::remove_signal_handler(int signo) {
@@ -604,10 +604,11 @@ bool Reactor::remove_signal_handler(int signo) {
     if (!impl.previous_actions[index]) {
         return false;
     }
+    // Declared before the lock so the handler dies after it is released.
+    const Callback removed = std::move(impl.signal_handlers[index]);
     std::lock_guard lock{signal_owners_mutex};
     ::sigaction(signo, &*impl.previous_actions[index], nullptr);
     impl.previous_actions[index].reset();
-    impl.signal_handlers[index] = nullptr;
     SignalRoute& route = signal_routes[index];
     route.wake_fd.store(-1, std::memory_order_release);
     route.pending.store(false);
@@ -658,11 +659,11 @@ int Reactor::embed_fd() {
 
 void Reactor::rearm_embedding() {
     Impl& impl = *impl_;
-    // Work queued, or descriptors reported in the last wait that a one-shot
-    // mechanism re-arms only at the next wait: fire at once. Otherwise at the
-    // nearest timer (the timerfd shares steady_clock's CLOCK_MONOTONIC).
+    // Work queued: fire at once. Otherwise at the nearest timer (the timerfd
+    // shares steady_clock's CLOCK_MONOTONIC). Ready descriptors make the
+    // selector's own descriptor readable without help.
     std::optional<TimePoint> target;
-    if (!impl.ready.empty() || (impl.rearms_at_wait && impl.reported_last_wait)) {
+    if (!impl.ready.empty()) {
         target = TimePoint{Duration{1}};
     } else {
         target = impl.scheduler.next_deadline();

@@ -26,11 +26,6 @@ std::map<int, Events> ready_by_fd(std::span<const ReadyKey<Data>> ready) {
     return result;
 }
 
-/// How many times operator new (any non-aligned form) has been called in
-/// this process. Defined next to the replacement operator new, in
-/// selector/fake_poller_test.cpp, which is linked into selector_tests only.
-[[nodiscard]] std::size_t allocation_count() noexcept;
-
 }  // namespace muxio::test
 
 // Readable assertion messages: `READ|WRITE` and `{5: READ, 7: WRITE}`.

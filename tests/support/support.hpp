@@ -9,6 +9,19 @@
 #include <string_view>
 #include <utility>
 
+// 1 in a ThreadSanitizer build, whose runtime defines operator new itself:
+// the allocation-counting replacements are left out there.
+#if defined(__SANITIZE_THREAD__)
+#define MUXIO_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MUXIO_TEST_TSAN 1
+#endif
+#endif
+#ifndef MUXIO_TEST_TSAN
+#define MUXIO_TEST_TSAN 0
+#endif
+
 namespace muxio::test {
 
 /// Number of descriptors open in this process (from /proc/self/fd).
@@ -71,6 +84,12 @@ void write_all(int fd, std::string_view bytes);
 std::size_t drain(int fd);
 /// Fills non-blocking `fd`'s send buffer until it would block.
 void fill_until_blocked(int fd);
+
+/// How many times a non-aligned operator new has run in this process
+/// (tests/support/allocation_counter.cpp). Always 0 under ThreadSanitizer.
+[[nodiscard]] std::size_t allocation_count() noexcept;
+/// Whether allocation_count() counts (not under ThreadSanitizer).
+inline constexpr bool counts_allocations = MUXIO_TEST_TSAN == 0;
 
 /// Raises RLIMIT_NOFILE's soft limit towards `wanted` (bounded by the hard
 /// limit); returns the soft limit now in force.
