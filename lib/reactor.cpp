@@ -400,6 +400,25 @@ bool Reactor::remove_handler(int fd, Events side) {
     return true;
 }
 
+bool Reactor::has_handler(int fd, Events side) const noexcept {
+    if (closed_ || fd < 0) {
+        return false;
+    }
+    const Impl& impl = *impl_;
+    if (fd == impl.wake_fd || fd == impl.embed_timer_fd) {
+        return false;
+    }
+    const auto* key = impl.selector->get_map().find(fd);
+    return key != nullptr && key->events.contains(side);
+}
+
+bool Reactor::has_reader(int fd) const noexcept {
+    return has_handler(fd, EVENT_READ);
+}
+bool Reactor::has_writer(int fd) const noexcept {
+    return has_handler(fd, EVENT_WRITE);
+}
+
 void Reactor::add_reader(int fd, Callback callback) {
     add_handler(fd, EVENT_READ, std::move(callback));
 }

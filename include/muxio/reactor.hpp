@@ -103,6 +103,13 @@ public:
     bool remove_reader(int fd);
     /// Like remove_reader() for the writer.
     bool remove_writer(int fd);
+    /// True if `fd` has a reader now (added and not removed). False for a
+    /// negative fd, the reactor's own descriptors, and once the reactor is
+    /// closed. Lets a caller refuse to replace someone else's reader, as the
+    /// coroutine awaits do.
+    [[nodiscard]] bool has_reader(int fd) const noexcept;
+    /// Like has_reader() for the writer.
+    [[nodiscard]] bool has_writer(int fd) const noexcept;
 
     // ----- Callbacks and timers ---------------------------------------------
 
@@ -208,6 +215,7 @@ private:
     void report(std::exception_ptr error) noexcept;
     void add_handler(int fd, Events side, Callback callback);
     bool remove_handler(int fd, Events side);
+    [[nodiscard]] bool has_handler(int fd, Events side) const noexcept;
     void drain_wakeups();
     void run_signal_handler(int signo);
     void rearm_embedding();

@@ -207,6 +207,28 @@ TEST_CASE("remove_reader and remove_writer return whether something was removed"
     }
 }
 
+TEST_CASE("has_reader and has_writer tell which sides of an fd have a callback") {
+    FdLeakCheck leak_check;
+    MUXIO_FOR_EACH_SELECTOR(selector) {
+        Reactor reactor{with_selector(selector)};
+        SocketPair pair;
+        const int fd = pair.left.get();
+        CHECK_FALSE(reactor.has_reader(fd));
+        CHECK_FALSE(reactor.has_writer(fd));
+        reactor.add_reader(fd, [] {});
+        CHECK(reactor.has_reader(fd));
+        CHECK_FALSE(reactor.has_writer(fd));
+        reactor.add_writer(fd, [] {});
+        CHECK(reactor.has_writer(fd));
+        reactor.remove_reader(fd);
+        CHECK_FALSE(reactor.has_reader(fd));
+        CHECK(reactor.has_writer(fd));
+        CHECK_FALSE(reactor.has_reader(-1));
+        reactor.close();
+        CHECK_FALSE(reactor.has_writer(fd));
+    }
+}
+
 TEST_CASE("removing one side keeps the other side of the fd") {
     FdLeakCheck leak_check;
     MUXIO_FOR_EACH_SELECTOR(name) {

@@ -1,0 +1,150 @@
+// What a coroutine awaits on a Reactor: fd readiness, time, the next
+// iteration, and its own stop token. Every await is cancellable.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stop_token>
+
+#include "muxio/reactor.hpp"
+#include "muxio/task.hpp"
+
+namespace muxio {
+
+namespace detail {
+
+// One pending await on the reactor: a reader, a writer or a timer, resumed
+// exactly once, either by the reactor (ready) or by a stop request
+// (cancelled).
+//
+// Who resumes is decided by one atomic exchange on `claimed_`, because a stop
+// request may come from another thread at any moment. A stop request never
+// resumes inline: it posts the resumption to the loop with
+// call_soon_threadsafe(), so request_stop() on the loop thread returns before
+// the coroutine runs, and no stop callback ever runs a coroutine on a foreign
+// thread. Until the post runs, the registration stays (a reader that fires
+// meanwhile finds the wait claimed and does nothing); the post removes it.
+//
+// The wait lives in the awaiting coroutine's frame, which may be destroyed
+// while suspended: the destructor then removes the registration and disarms
+// a posted cancellation (the one allocation, made only when cancelled).
+class ReactorWait {
+public:
+    enum class Kind : std::uint8_t { read, write, timer, soon };
+
+    ReactorWait(Reactor& reactor, Kind kind, int fd, Reactor::TimePoint when, std::stop_token token) noexcept
+        : reactor_{&reactor}, token_{std::move(token)}, when_{when}, fd_{fd}, kind_{kind} {}
+    ReactorWait(const ReactorWait&) = delete;
+    ReactorWait& operator=(const ReactorWait&) = delete;
+    ReactorWait(ReactorWait&&) = delete;
+    ReactorWait& operator=(ReactorWait&&) = delete;
+    ~ReactorWait();
+
+    [[nodiscard]] bool await_ready() const noexcept { return false; }
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        return start(awaiter, ambient_stop_token(awaiter));
+    }
+    /// Throws Cancelled if a stop token ended the wait.
+    void await_resume() const;
+
+private:
+    struct OnStop {
+        ReactorWait* wait;
+        void operator()() const noexcept { wait->on_stop(); }
+    };
+
+    bool start(std::coroutine_handle<> awaiter, std::stop_token ambient);
+    void on_ready();
+    void on_stop() noexcept;
+    void finish_cancel();
+    void disarm();
+    bool claim() noexcept { return !claimed_.exchange(true, std::memory_order_acq_rel); }
+
+    Reactor* reactor_;
+    std::stop_token token_;
+    Reactor::TimePoint when_;
+    std::coroutine_handle<> awaiter_;
+    TimerHandle timer_;
+    std::optional<std::stop_callback<OnStop>> on_token_stop_;
+    std::optional<std::stop_callback<OnStop>> on_ambient_stop_;
+    std::shared_ptr<bool> cancel_posted_;  // *cancel_posted_: the post may still resume
+    std::atomic<bool> claimed_{false};
+    int fd_;
+    Kind kind_;
+    bool registered_ = false;
+    bool cancelled_ = false;
+};
+
+// Reads the ambient stop token without suspending.
+struct StopTokenAwaiter {
+    std::stop_token token;
+    [[nodiscard]] bool await_ready() const noexcept { return false; }
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiter) noexcept {
+        token = ambient_stop_token(awaiter);
+        return false;
+    }
+    std::stop_token await_resume() noexcept { return std::move(token); }
+};
+
+}  // namespace detail
+
+/// `co_await readable(reactor, fd)` resumes, from a reactor callback, once
+/// `fd` is readable (or has an error or hang-up). The reader is registered for
+/// the wait only and removed before the coroutine resumes.
+///
+/// Throws (at the co_await) muxio::Cancelled if `token` or the awaiting
+/// task's stop token is stopped first, the registration then removed;
+/// std::logic_error if `fd` already has a reader (two coroutines cannot wait
+/// to read the same fd; one reading and one writing is fine); what
+/// Reactor::add_reader() throws.
+[[nodiscard]] inline detail::ReactorWait readable(Reactor& reactor, int fd, std::stop_token token = {}) noexcept {
+    return {reactor, detail::ReactorWait::Kind::read, fd, {}, std::move(token)};
+}
+
+/// Like readable() for writability; one writer per fd.
+[[nodiscard]] inline detail::ReactorWait writable(Reactor& reactor, int fd, std::stop_token token = {}) noexcept {
+    return {reactor, detail::ReactorWait::Kind::write, fd, {}, std::move(token)};
+}
+
+/// Resumes at `when` or as soon after as the loop can (a Reactor timer);
+/// muxio::Cancelled as readable().
+[[nodiscard]] inline detail::ReactorWait sleep_until(Reactor& reactor, Reactor::TimePoint when,
+                                                     std::stop_token token = {}) noexcept {
+    return {reactor, detail::ReactorWait::Kind::timer, -1, when, std::move(token)};
+}
+
+/// Resumes once `delay` has passed, never earlier; muxio::Cancelled as
+/// readable(). The deadline is taken when this is called.
+template <class Rep, class Period>
+[[nodiscard]] detail::ReactorWait sleep_for(Reactor& reactor, std::chrono::duration<Rep, Period> delay,
+                                            std::stop_token token = {}) {
+    const Reactor::TimePoint now = reactor.time();
+    using Wide = std::chrono::duration<long double, Reactor::Duration::period>;
+    Reactor::TimePoint when = now;
+    if (Wide{delay} >= Wide{Reactor::TimePoint::max() - now}) {
+        when = Reactor::TimePoint::max();  // saturates, like Reactor::call_later()
+    } else if (delay > delay.zero()) {
+        when = now + std::chrono::ceil<Reactor::Duration>(delay);
+    }
+    return sleep_until(reactor, when, std::move(token));
+}
+
+/// Resumes in the next iteration of the loop, after the callbacks already
+/// queued: lets other tasks and I/O run. muxio::Cancelled as readable().
+[[nodiscard]] inline detail::ReactorWait yield(Reactor& reactor, std::stop_token token = {}) noexcept {
+    return {reactor, detail::ReactorWait::Kind::soon, -1, {}, std::move(token)};
+}
+
+/// `co_await get_stop_token()` returns the awaiting task's ambient stop token
+/// (see Task), for code that passes it on or polls it. Never suspends.
+[[nodiscard]] inline detail::StopTokenAwaiter get_stop_token() noexcept {
+    return {};
+}
+
+}  // namespace muxio

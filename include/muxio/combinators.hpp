@@ -1,0 +1,242 @@
+// Combining tasks: with_timeout(), when_all(), when_any(), and the joining
+// machinery TaskGroup shares.
+#pragma once
+
+#include <chrono>
+#include <coroutine>
+#include <cstddef>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "muxio/awaitables.hpp"
+#include "muxio/error.hpp"
+#include "muxio/reactor.hpp"
+#include "muxio/task.hpp"
+
+namespace muxio {
+
+namespace detail {
+
+// Forwards a stop request from one token to a stop_source (an outer
+// cancellation reaching the children of a combinator).
+struct ForwardStop {
+    std::stop_source* target;
+    void operator()() const noexcept { target->request_stop(); }
+};
+
+// Children running concurrently under one parent: counts those still
+// running, resumes the parent (by symmetric transfer from the last child's
+// end) once none is, remembers the first failure and stops the others.
+struct Join {
+    std::size_t running = 0;
+    std::coroutine_handle<> parent;
+    std::stop_source stop;
+    std::exception_ptr first_error;
+    std::optional<std::size_t> first_done;
+    bool stop_on_first_done = false;  // when_any
+
+    std::coroutine_handle<> arrive() noexcept {
+        --running;
+        if (running == 0 && parent) {
+            return std::exchange(parent, {});
+        }
+        return std::noop_coroutine();
+    }
+
+    // Awaited by the parent: suspends until no child runs.
+    struct Wait {
+        Join* join;
+        [[nodiscard]] bool await_ready() const noexcept { return join->running == 0; }
+        void await_suspend(std::coroutine_handle<> awaiter) const noexcept { join->parent = awaiter; }
+        void await_resume() const noexcept {}
+    };
+    [[nodiscard]] Wait wait() noexcept { return {this}; }
+};
+
+// One child of a Join: awaits its task, records how it ended, and at its
+// end hands control to the parent if it was the last. Owned by the parent.
+class JoinChild {
+public:
+    struct promise_type {
+        Join* join = nullptr;
+
+        JoinChild get_return_object() noexcept {
+            return JoinChild{std::coroutine_handle<promise_type>::from_promise(*this)};
+        }
+        std::suspend_always initial_suspend() noexcept { return {}; }
+        auto final_suspend() noexcept {
+            struct Final {
+                [[nodiscard]] bool await_ready() const noexcept { return false; }
+                std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> self) const noexcept {
+                    return self.promise().join->arrive();
+                }
+                void await_resume() const noexcept {}
+            };
+            return Final{};
+        }
+        void return_void() noexcept {}
+        void unhandled_exception() noexcept { std::terminate(); }  // bodies catch everything
+    };
+
+    JoinChild(JoinChild&& other) noexcept : handle_{std::exchange(other.handle_, {})} {}
+    JoinChild& operator=(JoinChild&&) = delete;
+    JoinChild(const JoinChild&) = delete;
+    JoinChild& operator=(const JoinChild&) = delete;
+    ~JoinChild() {
+        if (handle_) {
+            handle_.destroy();  // a suspended child's task is destroyed with it
+        }
+    }
+
+    /// Counts the child in and runs it until its first suspension.
+    void start(Join& join) {
+        handle_.promise().join = &join;
+        ++join.running;
+        handle_.resume();
+    }
+
+private:
+    explicit JoinChild(std::coroutine_handle<promise_type> handle) noexcept : handle_{handle} {}
+    std::coroutine_handle<promise_type> handle_;
+};
+
+// The body of a child: `task` runs with the Join's stop token; its result
+// stays in its promise for the parent to take.
+template <class T>
+JoinChild join_child(Join& join, std::size_t index, Task<T>& task) {
+    TaskAccess::set_stop_token(task, join.stop.get_token());
+    co_await Completion<T>{TaskAccess::handle(task)};
+    if (!join.first_done) {
+        join.first_done = index;
+        if (join.stop_on_first_done) {
+            join.stop.request_stop();
+        }
+    }
+    try {
+        TaskAccess::handle(task).promise().rethrow_if_failed();
+    } catch (...) {
+        if (!join.first_error) {
+            join.first_error = std::current_exception();
+            join.stop.request_stop();
+        }
+    }
+}
+
+template <class T>
+using NonVoid = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+template <class T>
+NonVoid<T> take_non_void(Task<T>& task) {
+    if constexpr (std::is_void_v<T>) {
+        take_result(task);
+        return {};
+    } else {
+        return take_result(task);
+    }
+}
+
+}  // namespace detail
+
+/// Awaits `task` for at most `timeout`: returns its value or rethrows its
+/// exception if it ends in time; otherwise cancels it (its ambient token is
+/// stopped, so its pending await throws muxio::Cancelled), waits for it to
+/// end, and throws muxio::TimeoutError. A task that catches the cancellation
+/// and returns a value anyway has its value returned. A stop request on the
+/// awaiter's own ambient token reaches the task too, and ends in Cancelled,
+/// not TimeoutError.
+template <class T, class Rep, class Period>
+Task<T> with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeout, Task<T> task) {
+    std::stop_source inner;
+    const std::stop_token outer = co_await get_stop_token();
+    const std::stop_callback<detail::ForwardStop> forward{outer, detail::ForwardStop{&inner}};
+    bool timed_out = false;
+    TimerHandle timer = reactor.call_later(timeout, [&inner, &timed_out] {
+        timed_out = true;
+        inner.request_stop();
+    });
+    if (task.valid()) {
+        detail::TaskAccess::set_stop_token(task, inner.get_token());
+    }
+    try {
+        if constexpr (std::is_void_v<T>) {
+            co_await std::move(task);
+            timer.cancel();
+        } else {
+            T value = co_await std::move(task);
+            timer.cancel();
+            co_return std::move(value);
+        }
+    } catch (const Cancelled&) {
+        timer.cancel();
+        if (timed_out && !outer.stop_requested()) {
+            throw TimeoutError{};
+        }
+        throw;
+    }
+}
+
+/// Runs the tasks concurrently and returns their values in order (a void
+/// task gives std::monostate). The first task to fail cancels the others
+/// (their ambient tokens are stopped); once all have ended, its exception is
+/// rethrown. A stop request on the awaiter's ambient token reaches every task.
+/// std::logic_error (at the co_await) if a task is empty.
+template <class... T>
+Task<std::tuple<detail::NonVoid<T>...>> when_all(Task<T>... tasks) {
+    if (!(tasks.valid() && ...)) {
+        throw std::logic_error("when_all: empty Task");
+    }
+    detail::Join join;
+    const std::stop_token outer = co_await get_stop_token();
+    const std::stop_callback<detail::ForwardStop> forward{outer, detail::ForwardStop{&join.stop}};
+    auto children = [&]<std::size_t... I>(std::index_sequence<I...>) {
+        return std::tuple<decltype(detail::join_child(join, I, tasks))...>{detail::join_child(join, I, tasks)...};
+    }
+    (std::index_sequence_for<T...>{});
+    std::apply([&join](auto&... child) { (child.start(join), ...); }, children);
+    co_await join.wait();
+    if (join.first_error) {
+        std::rethrow_exception(join.first_error);
+    }
+    co_return std::tuple<detail::NonVoid<T>...>{detail::take_non_void(tasks)...};
+}
+
+/// What when_any() returns: which task ended first, and its value.
+template <class T>
+struct AnyResult {
+    std::size_t index;
+    detail::NonVoid<T> value;
+};
+
+/// Runs the tasks concurrently until the first one ends; cancels the others
+/// and waits for them to end; returns the first one's index and value, or
+/// rethrows its exception. How the others ended (cancelled, most likely) is
+/// not reported. All tasks return the same type. std::logic_error (at the
+/// co_await) if a task is empty.
+template <class T, class... Rest>
+requires(std::is_same_v<T, Rest>&&...) Task<AnyResult<T>> when_any(Task<T> first, Task<Rest>... rest) {
+    if (!first.valid() || !(rest.valid() && ...)) {
+        throw std::logic_error("when_any: empty Task");
+    }
+    detail::Join join;
+    const std::stop_token outer = co_await get_stop_token();
+    const std::stop_callback<detail::ForwardStop> forward{outer, detail::ForwardStop{&join.stop}};
+    join.stop_on_first_done = true;
+    auto children = [&]<std::size_t... I>(std::index_sequence<I...>) {
+        return std::tuple<detail::JoinChild, decltype(detail::join_child(join, I + 1, rest))...>{
+            detail::join_child(join, 0, first), detail::join_child(join, I + 1, rest)...};
+    }
+    (std::index_sequence_for<Rest...>{});
+    std::apply([&join](auto&... child) { (child.start(join), ...); }, children);
+    co_await join.wait();
+    const std::size_t winner = *join.first_done;
+    Task<T>* tasks[] = {&first, &rest...};
+    co_return AnyResult<T>{winner, detail::take_non_void(*tasks[winner])};
+}
+
+}  // namespace muxio

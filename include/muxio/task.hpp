@@ -1,0 +1,242 @@
+// Task<T>: the lazy, move-only coroutine type every muxio coroutine returns.
+#pragma once
+
+#include <coroutine>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <type_traits>
+#include <utility>
+
+namespace muxio {
+
+template <class T = void>
+class Task;
+
+namespace detail {
+
+struct TaskAccess;
+
+// What every Task promise has, whatever it returns: who awaits it, how it
+// ended, and the stop token its awaits listen to.
+class PromiseBase {
+public:
+    // Lazy: nothing runs until the task is awaited or started.
+    std::suspend_always initial_suspend() noexcept { return {}; }
+
+    // Symmetric transfer: the awaiter is resumed by returning its handle, a
+    // tail call, so a chain of synchronous completions uses no stack.
+    struct FinalAwaiter {
+        bool await_ready() noexcept { return false; }
+        template <class Promise>
+        std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> self) noexcept {
+            return self.promise().continuation_;
+        }
+        void await_resume() noexcept {}
+    };
+    FinalAwaiter final_suspend() noexcept { return {}; }
+
+    void unhandled_exception() noexcept { error_ = std::current_exception(); }
+
+    /// The token the awaits of this task listen to (see Task).
+    [[nodiscard]] const std::stop_token& get_stop_token() const noexcept { return stop_token_; }
+
+    /// Rethrows the exception the task ended with, if any.
+    void rethrow_if_failed() const {
+        if (error_) {
+            std::rethrow_exception(error_);
+        }
+    }
+
+private:
+    friend struct TaskAccess;
+    template <class>
+    friend class muxio::Task;
+
+    std::coroutine_handle<> continuation_ = std::noop_coroutine();
+    std::exception_ptr error_;
+    std::stop_token stop_token_;
+    bool stop_token_set_ = false;  // set explicitly: awaiting does not replace it
+};
+
+template <class T>
+class Promise final : public PromiseBase {
+public:
+    Task<T> get_return_object() noexcept;
+    template <class U = T>
+    requires std::is_convertible_v<U&&, T>
+    void return_value(U&& value) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
+        value_.emplace(std::forward<U>(value));
+    }
+    T take() {
+        rethrow_if_failed();
+        return std::move(*value_);
+    }
+
+private:
+    std::optional<T> value_;
+};
+
+template <>
+class Promise<void> final : public PromiseBase {
+public:
+    Task<void> get_return_object() noexcept;
+    void return_void() noexcept {}
+    void take() const { rethrow_if_failed(); }
+};
+
+// Reads the ambient stop token of the coroutine behind `handle`: the Task's
+// token, or an empty one for another coroutine type.
+template <class Promise>
+std::stop_token ambient_stop_token(std::coroutine_handle<Promise> handle) noexcept {
+    if constexpr (requires { handle.promise().get_stop_token(); }) {
+        return handle.promise().get_stop_token();
+    } else {
+        return {};
+    }
+}
+
+}  // namespace detail
+
+/// A lazy coroutine producing a T (or nothing, for Task<void>).
+///
+/// Created suspended; its body runs when it is awaited (`co_await
+/// std::move(task)` or `co_await task`), spawned, or given to
+/// run_until_complete(). Awaiting resumes the awaiter when the task ends, by
+/// symmetric transfer, and returns its value or rethrows its exception. A
+/// task can be awaited once. Move-only; destroying a Task destroys its
+/// coroutine frame, whether it never started or is suspended, and with it
+/// everything the frame holds (a pending await's registration included).
+///
+/// Cancellation: every task has a std::stop_token, its *ambient* token. A
+/// task awaited by another inherits the awaiter's token unless it was given
+/// one (spawn(), run_until_complete(), with_timeout() and the combinators do
+/// that). Every muxio awaitable listens to the ambient token of the task that
+/// awaits it, besides any token passed to it, and throws muxio::Cancelled when
+/// one is stopped.
+///
+/// Stack: symmetric transfer runs a chain of synchronous completions in
+/// constant stack only where the compiler makes it a tail call: clang at
+/// every level; g++ 12 with -foptimize-sibling-calls (on from -O2) and never
+/// under -fsanitize=address or thread, where such a chain grows the stack.
+///
+/// T must not be a reference.
+template <class T>
+class [[nodiscard]] Task {
+    static_assert(!std::is_reference_v<T>, "Task<T&> is not supported; return a pointer");
+
+public:
+    using promise_type = detail::Promise<T>;
+    using Handle = std::coroutine_handle<promise_type>;
+
+    Task() noexcept = default;
+    Task(Task&& other) noexcept : handle_{std::exchange(other.handle_, {})} {}
+    Task& operator=(Task&& other) noexcept {
+        if (this != &other) {
+            reset();
+            handle_ = std::exchange(other.handle_, {});
+        }
+        return *this;
+    }
+    Task(const Task&) = delete;
+    Task& operator=(const Task&) = delete;
+    ~Task() { reset(); }
+
+    /// True if the task holds a coroutine (not default-constructed or moved from).
+    [[nodiscard]] bool valid() const noexcept { return static_cast<bool>(handle_); }
+    /// True once the coroutine has finished (returned or thrown).
+    [[nodiscard]] bool done() const noexcept { return handle_ && handle_.done(); }
+
+    /// Awaits the task: starts it, and returns its value or rethrows its
+    /// exception when it ends. std::logic_error for an empty task.
+    auto operator co_await() & noexcept { return Awaiter{handle_}; }
+    auto operator co_await() && noexcept { return Awaiter{handle_}; }
+
+private:
+    friend class detail::Promise<T>;
+    friend struct detail::TaskAccess;
+
+    explicit Task(Handle handle) noexcept : handle_{handle} {}
+
+    void reset() noexcept {
+        if (handle_) {
+            std::exchange(handle_, {}).destroy();
+        }
+    }
+
+    struct Awaiter {
+        Handle handle;
+
+        [[nodiscard]] bool await_ready() const noexcept { return !handle || handle.done(); }
+        template <class Promise>
+        std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> awaiter) noexcept {
+            promise_type& promise = handle.promise();
+            promise.continuation_ = awaiter;
+            if (!promise.stop_token_set_) {
+                promise.stop_token_ = detail::ambient_stop_token(awaiter);
+            }
+            return handle;
+        }
+        T await_resume() {
+            if (!handle) {
+                throw std::logic_error("co_await on an empty Task");
+            }
+            return handle.promise().take();
+        }
+    };
+
+    Handle handle_;
+};
+
+namespace detail {
+
+template <class T>
+Task<T> Promise<T>::get_return_object() noexcept {
+    return Task<T>{std::coroutine_handle<Promise>::from_promise(*this)};
+}
+
+inline Task<void> Promise<void>::get_return_object() noexcept {
+    return Task<void>{std::coroutine_handle<Promise>::from_promise(*this)};
+}
+
+// For muxio's own drivers (spawn, run_until_complete, combinators): set the
+// token, start the coroutine with a chosen continuation, take the result.
+struct TaskAccess {
+    template <class T>
+    static void set_stop_token(Task<T>& task, std::stop_token token) noexcept {
+        auto& promise = task.handle_.promise();
+        promise.stop_token_ = std::move(token);
+        promise.stop_token_set_ = true;
+    }
+    template <class Promise>
+    static void set_continuation(std::coroutine_handle<Promise> task, std::coroutine_handle<> awaiter) noexcept {
+        task.promise().continuation_ = awaiter;
+    }
+    template <class T>
+    static typename Task<T>::Handle handle(Task<T>& task) noexcept {
+        return task.handle_;
+    }
+};
+
+// Awaits a task's end without taking its result.
+template <class T>
+struct Completion {
+    typename Task<T>::Handle task;
+    [[nodiscard]] bool await_ready() const noexcept { return task.done(); }
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiter) noexcept {
+        TaskAccess::set_continuation(task, awaiter);
+        return task;
+    }
+    void await_resume() const noexcept {}
+};
+
+// The Task's result, value or exception, once it is done.
+template <class T>
+T take_result(Task<T>& task) {
+    return TaskAccess::handle(task).promise().take();
+}
+
+}  // namespace detail
+
+}  // namespace muxio

@@ -1,0 +1,128 @@
+// TaskGroup: structured concurrency; children that cannot outlive their group.
+#pragma once
+
+#include <coroutine>
+#include <cstddef>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <utility>
+#include <vector>
+
+#include "muxio/combinators.hpp"
+#include "muxio/task.hpp"
+
+namespace muxio {
+
+namespace detail {
+
+template <class T>
+JoinChild group_child(Join& join, Task<T> task) {
+    co_await Completion<T>{TaskAccess::handle(task)};
+    try {
+        TaskAccess::handle(task).promise().rethrow_if_failed();
+    } catch (...) {
+        if (!join.first_error) {
+            join.first_error = std::current_exception();
+            join.stop.request_stop();
+        }
+    }
+}
+
+}  // namespace detail
+
+/// A scope for concurrent child tasks, trio's nursery in small:
+///
+///     TaskGroup group;
+///     group.spawn(serve(a));
+///     group.spawn(serve(b));
+///     co_await group.join();  // both ended; rethrows the first failure
+///
+/// spawn() starts a child at once (it runs until its first suspension before
+/// spawn() returns). The first child to fail stops the group's token, which
+/// every child has as its ambient token, so its siblings' pending awaits throw
+/// muxio::Cancelled; join() waits for all and rethrows that first failure.
+/// While a task awaits join(), a stop request on its own ambient token
+/// cancels the children too.
+///
+/// Children cannot outlive the group: destroying it destroys the frames of
+/// those still running (their pending awaits removed, nothing resumed), so
+/// a parent unwinding past its group leaves nothing behind. Fire-and-forget
+/// tasks that outlive their creator go through muxio::spawn() instead.
+///
+/// Ended children keep their (small) frames until the group is destroyed.
+/// Not movable: the children point to it.
+class TaskGroup {
+public:
+    TaskGroup() = default;
+    TaskGroup(const TaskGroup&) = delete;
+    TaskGroup& operator=(const TaskGroup&) = delete;
+    TaskGroup(TaskGroup&&) = delete;
+    TaskGroup& operator=(TaskGroup&&) = delete;
+    ~TaskGroup() {
+        // The frames of running children go first (the Join must outlive
+        // them), latest first.
+        while (!children_.empty()) {
+            children_.pop_back();
+        }
+    }
+
+    /// Adds `task` as a child and starts it; its value is discarded.
+    /// std::logic_error for an empty task.
+    template <class T>
+    void spawn(Task<T> task) {
+        if (!task.valid()) {
+            throw std::logic_error("TaskGroup::spawn: empty Task");
+        }
+        detail::TaskAccess::set_stop_token(task, join_.stop.get_token());
+        children_.push_back(detail::group_child(join_, std::move(task)));
+        children_.back().start(join_);
+    }
+
+    /// Stops the group's token: the children's pending awaits throw Cancelled.
+    void cancel() noexcept { join_.stop.request_stop(); }
+
+    /// Number of children still running.
+    [[nodiscard]] std::size_t running() const noexcept { return join_.running; }
+
+    /// `co_await group.join()` resumes once no child runs, and rethrows the
+    /// first failure of a child (once: a second join() does not rethrow it).
+    [[nodiscard]] auto join() noexcept { return JoinAwaiter{this}; }
+
+private:
+    class JoinAwaiter {
+    public:
+        explicit JoinAwaiter(TaskGroup* group) noexcept : group_{group} {}
+        JoinAwaiter(const JoinAwaiter&) = delete;
+        JoinAwaiter& operator=(const JoinAwaiter&) = delete;
+        JoinAwaiter(JoinAwaiter&&) = delete;
+        JoinAwaiter& operator=(JoinAwaiter&&) = delete;
+        ~JoinAwaiter() = default;
+
+        [[nodiscard]] bool await_ready() const noexcept { return group_->join_.running == 0; }
+        template <class Promise>
+        void await_suspend(std::coroutine_handle<Promise> awaiter) {
+            group_->join_.parent = awaiter;
+            const std::stop_token outer = detail::ambient_stop_token(awaiter);
+            if (outer.stop_possible()) {
+                forward_.emplace(outer, detail::ForwardStop{&group_->join_.stop});
+            }
+        }
+        void await_resume() {
+            forward_.reset();
+            if (group_->join_.first_error) {
+                std::rethrow_exception(std::exchange(group_->join_.first_error, nullptr));
+            }
+        }
+
+    private:
+        TaskGroup* group_;
+        std::optional<std::stop_callback<detail::ForwardStop>> forward_;
+    };
+
+    detail::Join join_;
+    std::vector<detail::JoinChild> children_;
+};
+
+}  // namespace muxio

@@ -1,0 +1,137 @@
+// The reactor awaits: registration, resumption exactly once, cancellation.
+#include <fmt/format.h>
+
+#include <memory>
+#include <stdexcept>
+#include <utility>
+
+#include "muxio/awaitables.hpp"
+#include "muxio/error.hpp"
+
+namespace muxio::detail {
+
+bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient) {
+    if (token_.stop_requested() || ambient.stop_requested()) {
+        cancelled_ = true;
+        return false;  // resumes at once and throws Cancelled
+    }
+    awaiter_ = awaiter;
+    // A reader or writer callback holds only `this`: stored inline, no allocation.
+    switch (kind_) {
+        case Kind::read:
+            if (reactor_->has_reader(fd_)) {
+                throw std::logic_error(
+                    fmt::format("readable: fd {} already has a reader (is another task reading it?)", fd_));
+            }
+            reactor_->add_reader(fd_, [this] { on_ready(); });
+            break;
+        case Kind::write:
+            if (reactor_->has_writer(fd_)) {
+                throw std::logic_error(
+                    fmt::format("writable: fd {} already has a writer (is another task writing it?)", fd_));
+            }
+            reactor_->add_writer(fd_, [this] { on_ready(); });
+            break;
+        case Kind::timer:
+            timer_ = reactor_->call_at(when_, [this] { on_ready(); });
+            break;
+        case Kind::soon:
+            timer_ = reactor_->call_soon([this] { on_ready(); });
+            break;
+    }
+    registered_ = true;
+    // Registered last: from here on a stop request may claim the wait, on
+    // any thread, even inside these constructors if it already happened.
+    if (token_.stop_possible()) {
+        on_token_stop_.emplace(token_, OnStop{this});
+    }
+    if (ambient.stop_possible()) {
+        on_ambient_stop_.emplace(std::move(ambient), OnStop{this});
+    }
+    return true;
+}
+
+void ReactorWait::on_ready() {
+    if (!claim()) {
+        return;  // a stop request won; its post resumes the coroutine
+    }
+    // Destroying a stop_callback waits for it if it runs on another thread
+    // now; that run loses the claim and does nothing.
+    on_token_stop_.reset();
+    on_ambient_stop_.reset();
+    disarm();
+    awaiter_.resume();
+}
+
+void ReactorWait::on_stop() noexcept {
+    if (!claim()) {
+        return;
+    }
+    // Written before the post, read on the loop thread after it (the
+    // reactor's queue lock orders them) or by the destructor after it has
+    // destroyed this stop_callback (which waits for this call to return).
+    cancel_posted_ = std::make_shared<bool>(true);
+    try {
+        reactor_->call_soon_threadsafe([this, still_waiting = cancel_posted_] {
+            if (*still_waiting) {
+                finish_cancel();
+            }
+        });
+    } catch (const std::logic_error&) {
+        // The reactor is closed: nothing will resume the coroutine; whoever
+        // owns its frame destroys it.
+    }
+}
+
+void ReactorWait::finish_cancel() {
+    *cancel_posted_ = false;
+    on_token_stop_.reset();
+    on_ambient_stop_.reset();
+    disarm();
+    cancelled_ = true;
+    awaiter_.resume();
+}
+
+void ReactorWait::disarm() {
+    if (!registered_) {
+        return;
+    }
+    registered_ = false;
+    switch (kind_) {
+        case Kind::read:
+            reactor_->remove_reader(fd_);
+            break;
+        case Kind::write:
+            reactor_->remove_writer(fd_);
+            break;
+        case Kind::timer:
+        case Kind::soon:
+            timer_.cancel();
+            break;
+    }
+}
+
+ReactorWait::~ReactorWait() {
+    // The frame is destroyed while suspended here: stop listening first
+    // (waits for a stop callback running elsewhere), then neutralise a posted
+    // cancellation and remove the registration.
+    on_token_stop_.reset();
+    on_ambient_stop_.reset();
+    if (cancel_posted_) {
+        *cancel_posted_ = false;
+    }
+    try {
+        disarm();
+    } catch (...) {
+        // Only a kernel refusing to drop the fd gets here; a destructor
+        // cannot report it, and the fd's owner will close it anyway.
+    }
+}
+
+void ReactorWait::await_resume() const {
+    if (cancelled_) {
+        throw Cancelled{};
+    }
+}
+
+}  // namespace muxio::detail
