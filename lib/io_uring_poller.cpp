@@ -17,6 +17,7 @@
 
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
+#include "poll_mask.hpp"
 
 namespace muxio::detail {
 namespace {
@@ -68,18 +69,7 @@ Events from_poll_result(std::int32_t result) noexcept {
         // re-arm finds the descriptor closed) is an error condition.
         return result == -ECANCELED ? Events{} : EVENT_READ_WRITE;
     }
-    const auto mask = static_cast<unsigned>(result);
-    Events events;
-    if ((mask & POLLIN) != 0) {
-        events |= EVENT_READ;
-    }
-    if ((mask & POLLOUT) != 0) {
-        events |= EVENT_WRITE;
-    }
-    if ((mask & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
-        events |= EVENT_READ_WRITE;
-    }
-    return events;
+    return from_poll_mask(result);
 }
 
 // The kernel adds a relative timeout to the current time in signed 64-bit

@@ -1,5 +1,5 @@
 // Translation between muxio's Events and poll(2)'s masks, shared by the
-// poll and /dev/poll pollers, which speak the same struct pollfd.
+// poll and /dev/poll pollers (struct pollfd) and io_uring (POLL_ADD results).
 #pragma once
 
 #include <poll.h>
@@ -21,7 +21,7 @@ inline short to_poll_mask(Events events) noexcept {
 
 // Errors, hang-ups and a descriptor closed while watched (POLLNVAL) are
 // ready for both directions, as the backend contract requires.
-inline Events from_poll_mask(short revents) noexcept {
+inline Events from_poll_mask(int revents) noexcept {
     Events events;
     if ((revents & POLLIN) != 0) {
         events |= EVENT_READ;
