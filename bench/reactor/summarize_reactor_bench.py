@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Turns a results file of bench/reactor/run_reactor_bench.sh into Markdown
+tables: the median over the rounds of every figure, ratios against raw epoll
+and against the best peer (libuv, libevent, asio), and the spread.
+
+    python3 bench/reactor/summarize_reactor_bench.py bench/results/reactor_bench-*.txt
+"""
+import collections
+import math
+import statistics
+import sys
+
+PEERS = ("libuv", "libevent", "asio")
+SERVER_ORDER = ("epoll", "muxio") + PEERS
+LIB_ORDER = ("muxio",) + PEERS
+
+
+def load(path):
+    """Rows of key=value pairs, numbers converted."""
+    rows = []
+    for line in open(path):
+        if line.startswith("#") or not line.strip():
+            continue
+        row = {}
+        for pair in line.split():
+            key, _, value = pair.partition("=")
+            try:
+                row[key] = float(value)
+            except ValueError:
+                row[key] = value
+        rows.append(row)
+    return rows
+
+
+def fmt(value, digits=0):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}".replace(",", " ")
+
+
+def table(title, columns, rows):
+    print(f"| {title} | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for label, cells in rows:
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+
+
+class Series:
+    """Values of one figure per (name, column) across rounds."""
+
+    def __init__(self):
+        self.values = collections.defaultdict(list)
+
+    def add(self, name, column, value):
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            self.values[(name, column)].append(value)
+
+    def median(self, name, column):
+        values = self.values.get((name, column))
+        return statistics.median(values) if values else None
+
+    def spread(self, name, column):
+        values = self.values.get((name, column))
+        if not values:
+            return None
+        middle = statistics.median(values)
+        return (max(values) - min(values)) / middle if middle else None
+
+    def rounds(self):
+        return max((len(v) for v in self.values.values()), default=0)
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def best_peer(series, column, lower_is_better):
+    """(name, value) of the best peer in `column`."""
+    candidates = [(series.median(p, column), p) for p in PEERS if series.median(p, column) is not None]
+    if not candidates:
+        return None, None
+    value, name = (min if lower_is_better else max)(candidates)
+    return name, value
+
+
+def echo_section(rows):
+    rows = [r for r in rows if r.get("bench") == "echo"]
+    if not rows:
+        return
+    metrics = {key: Series() for key in ("msgs_per_s", "p50_us", "p99_us", "server_cpu_ns_per_msg",
+                                         "server_ticks_ns_per_msg", "client_cpu_ns_per_msg")}
+    conns = sorted({int(r["connections"]) for r in rows})
+    for r in rows:
+        for key, series in metrics.items():
+            series.add(r["impl"], int(r["connections"]), r.get(key))
+    names = [n for n in SERVER_ORDER if any(metrics["msgs_per_s"].median(n, c) is not None for c in conns)]
+    columns = [f"{c:,} conn.".replace(",", " ") for c in conns]
+
+    print("### Echo server: ping-pong, 64-byte messages\n")
+    for key, title, digits, lower in (
+        ("server_cpu_ns_per_msg", "server CPU ns per message", 0, True),
+        ("msgs_per_s", "messages per second", 0, False),
+        ("p99_us", "p99 latency µs", 1, True),
+        ("p50_us", "p50 latency µs", 1, True),
+        ("client_cpu_ns_per_msg", "load generator CPU ns per message", 0, True),
+    ):
+        table(title, columns, [(n, [fmt(metrics[key].median(n, c), digits) for c in conns]) for n in names])
+
+    ratio_rows = []
+    for key, label, lower in (("server_cpu_ns_per_msg", "server CPU/msg", True),
+                              ("msgs_per_s", "msgs/s", False), ("p99_us", "p99", True)):
+        for n in names:
+            if n == "epoll":
+                continue
+            ratio_rows.append((f"{n} / epoll, {label}",
+                               [fmt(ratio(metrics[key].median(n, c), metrics[key].median("epoll", c)), 3)
+                                for c in conns]))
+        cells = []
+        for c in conns:
+            peer, value = best_peer(metrics[key], c, lower)
+            r = ratio(metrics["msgs_per_s" if key == "msgs_per_s" else key].median("muxio", c), value)
+            cells.append(f"{fmt(r, 3)} ({peer})" if peer else "-")
+        ratio_rows.append((f"**muxio / best peer, {label}**", cells))
+    table("ratio (lower is better except msgs/s)", columns, ratio_rows)
+
+    table("spread of server CPU/msg (max-min)/median", columns,
+          [(n, [fmt((metrics["server_cpu_ns_per_msg"].spread(n, c) or 0) * 100, 1) + " %" for c in conns])
+           for n in names])
+    table("cross-check: server CPU ns/msg from /proc/PID/stat ticks", columns,
+          [(n, [fmt(metrics["server_ticks_ns_per_msg"].median(n, c)) for c in conns]) for n in names])
+
+
+def simple_section(rows, bench, heading, figures, group_key=None):
+    """One table: rows = libraries, columns = figures (and groups)."""
+    rows = [r for r in rows if r.get("bench") == bench]
+    if not rows:
+        return
+    groups = sorted({r.get(group_key) for r in rows}, reverse=True) if group_key else [None]
+    series = {key: Series() for key, *_ in figures}
+    for r in rows:
+        for key in series:
+            series[key].add(r["impl"], r.get(group_key) if group_key else None, r.get(key))
+    names = [n for n in LIB_ORDER if any(series[figures[0][0]].median(n, g) is not None for g in groups)]
+    columns = []
+    cells = {n: [] for n in names}
+    best_cells = []
+    spread_cells = {n: [] for n in names}
+    for g in groups:
+        for key, title, digits, lower in figures:
+            columns.append(title if g is None else f"{title}, {group_key} = {fmt(g)}")
+            for n in names:
+                cells[n].append(fmt(series[key].median(n, g), digits))
+                spread = series[key].spread(n, g)
+                spread_cells[n].append("-" if spread is None else f"{spread * 100:.0f} %")
+            peer, value = best_peer(series[key], g, lower)
+            r = ratio(series[key].median("muxio", g), value)
+            best_cells.append(f"{fmt(r, 2)} ({peer})" if peer else "-")
+    print(f"### {heading}\n")
+    table("library", columns, [(n, cells[n]) for n in names] + [("**muxio / best peer**", best_cells)])
+    table("spread (max-min)/median", columns, [(n, spread_cells[n]) for n in names])
+
+
+def main():
+    rows = load(sys.argv[1])
+    echo_section(rows)
+    simple_section(rows, "timers", "Timers: schedule, cancel half, run until the rest fired", (
+        ("cpu_ns_per_op", "CPU ns per operation", 1, True),
+        ("cpu_ns_per_timer", "CPU ns per timer", 1, True),
+        ("wall_ms", "wall ms per run", 0, True),
+    ))
+    simple_section(rows, "soon", "call_soon: callbacks scheduling callbacks, one thread", (
+        ("cpu_ns_per_callback", "CPU ns per callback", 1, True),
+    ), group_key="chains")
+    simple_section(rows, "threadsafe", "call_soon_threadsafe: throughput from another thread", (
+        ("wall_ns_per_callback", "wall ns per callback", 1, True),
+        ("cpu_ns_per_callback", "CPU ns per callback (both threads)", 1, True),
+    ))
+    simple_section(rows, "latency", "call_soon_threadsafe: latency, call to callback", (
+        ("p50_us", "p50 µs", 2, True),
+        ("p99_us", "p99 µs", 2, True),
+    ))
+    rounds = len({r.get("round") for r in rows})
+    print(f"Medians over {rounds} interleaved rounds; each loop-benchmark figure of a round is itself the median "
+          "of the repetitions inside its process.")
+    print("Spread: (largest - smallest) / median over the rounds.")
+
+
+if __name__ == "__main__":
+    main()
