@@ -67,6 +67,51 @@ inline constexpr std::size_t echo_buffer_size = 64 * 1024;
 /// Listen backlog of every echo server (the kernel caps it at somaxconn).
 inline constexpr int echo_backlog = 4096;
 
+/// One connection of the echo servers that share their echo steps (raw epoll
+/// and muxio): written once, so those two differ only in their loops.
+struct EchoConnection {
+    int fd;
+    std::vector<char> pending;  // what the socket did not take yet
+    std::size_t written = 0;
+};
+
+/// What the loop must do after an echo step.
+enum class EchoNext { nothing, watch_writable, watch_readable, close };
+
+/// Reads what is there and writes it back; keeps what the socket did not take.
+inline EchoNext echo_on_readable(EchoConnection& connection, char* buffer, std::size_t size) {
+    const ssize_t got = ::read(connection.fd, buffer, size);
+    if (got <= 0) {
+        return got == 0 || (errno != EAGAIN && errno != EINTR) ? EchoNext::close : EchoNext::nothing;
+    }
+    const ssize_t sent = ::write(connection.fd, buffer, static_cast<std::size_t>(got));
+    if (sent == got) {
+        return EchoNext::nothing;
+    }
+    if (sent < 0 && errno != EAGAIN) {
+        return EchoNext::close;
+    }
+    const auto taken = static_cast<std::size_t>(std::max<ssize_t>(sent, 0));
+    connection.pending.assign(buffer + taken, buffer + got);
+    connection.written = 0;
+    return EchoNext::watch_writable;
+}
+
+/// Writes more of what is pending; back to reading once it is all out.
+inline EchoNext echo_on_writable(EchoConnection& connection) {
+    const std::size_t left = connection.pending.size() - connection.written;
+    const ssize_t sent = ::write(connection.fd, connection.pending.data() + connection.written, left);
+    if (sent < 0) {
+        return errno != EAGAIN ? EchoNext::close : EchoNext::nothing;
+    }
+    connection.written += static_cast<std::size_t>(sent);
+    if (connection.written == connection.pending.size()) {
+        connection.pending.clear();
+        return EchoNext::watch_readable;
+    }
+    return EchoNext::nothing;
+}
+
 inline void set_nodelay(int fd) {
     const int one = 1;
     if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == -1) {

@@ -17,11 +17,7 @@ namespace {
 
 char echo_buffer[echo_buffer_size];
 
-struct Connection {
-    int fd;
-    std::vector<char> pending;  // what the socket did not take yet
-    std::size_t written = 0;
-};
+using Connection = EchoConnection;
 
 class EpollEcho {
 public:
@@ -83,40 +79,24 @@ private:
     }
 
     void on_readable(Connection* connection) {
-        const ssize_t got = ::read(connection->fd, echo_buffer, sizeof echo_buffer);
-        if (got <= 0) {
-            if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
-                close(connection);
-            }
-            return;
-        }
-        const ssize_t sent = ::write(connection->fd, echo_buffer, static_cast<std::size_t>(got));
-        if (sent == got) {
-            return;
-        }
-        if (sent < 0 && errno != EAGAIN) {
-            close(connection);
-            return;
-        }
-        const auto taken = static_cast<std::size_t>(std::max<ssize_t>(sent, 0));
-        connection->pending.assign(echo_buffer + taken, echo_buffer + got);
-        connection->written = 0;
-        control(EPOLL_CTL_MOD, connection, EPOLLOUT);
+        apply(connection, echo_on_readable(*connection, echo_buffer, sizeof echo_buffer));
     }
 
-    void on_writable(Connection* connection) {
-        const std::size_t left = connection->pending.size() - connection->written;
-        const ssize_t sent = ::write(connection->fd, connection->pending.data() + connection->written, left);
-        if (sent < 0) {
-            if (errno != EAGAIN) {
+    void on_writable(Connection* connection) { apply(connection, echo_on_writable(*connection)); }
+
+    void apply(Connection* connection, EchoNext next) {
+        switch (next) {
+            case EchoNext::nothing:
+                break;
+            case EchoNext::watch_writable:
+                control(EPOLL_CTL_MOD, connection, EPOLLOUT);
+                break;
+            case EchoNext::watch_readable:
+                control(EPOLL_CTL_MOD, connection, EPOLLIN);
+                break;
+            case EchoNext::close:
                 close(connection);
-            }
-            return;
-        }
-        connection->written += static_cast<std::size_t>(sent);
-        if (connection->written == connection->pending.size()) {
-            connection->pending.clear();
-            control(EPOLL_CTL_MOD, connection, EPOLLIN);
+                break;
         }
     }
 
