@@ -103,21 +103,17 @@ struct FdHandlers {
 };
 
 struct Reactor::Impl {
-    // One queued piece of work. I/O: the selector token and the ready events.
-    // Scheduled callback: token = generation << 32 | slot. Threadsafe batch:
-    // the callbacks drained into incoming_spare, which have no handle and so
-    // need no scheduler record; they run in place.
-    enum class Kind : std::uint8_t { io, scheduled, threadsafe_batch };
-    struct Work {
-        std::uint64_t token = 0;
-        Events events;
-        Kind kind = Kind::scheduled;
-    };
+    using Key = SelectorKey<FdHandlers>;
 
     std::function<TimePoint()> clock;
     std::unique_ptr<BaseSelector<FdHandlers>> selector;
+    // Timers only. A call_soon() callback lives in `soon` itself, named by
+    // its queue position, and is cancelled by emptying it in place (asyncio's
+    // handle with a cancelled flag): no record to allocate and free.
     detail::Scheduler scheduler;
-    detail::RingQueue<Work> ready;
+    detail::RingQueue<Callback> soon;
+    std::size_t soon_live = 0;  // entries of `soon` not yet run or cancelled
+    std::vector<detail::Scheduler::Id> due;  // this iteration's due timers
     ExceptionHandler exception_handler = default_exception_handler;
     std::uint64_t fork_generation = 0;
 
@@ -136,11 +132,14 @@ struct Reactor::Impl {
     std::array<Callback, signal_limit> signal_handlers;
     std::array<std::optional<struct sigaction>, signal_limit> previous_actions;
 
-    // The callback running now, moved out of its key: which fd and side, and
-    // whether the callback replaced or removed itself meanwhile.
+    // The fd callback running now, moved out of its key: which fd and side;
+    // whether it changed its fd's registration meanwhile (then the key must
+    // be looked up again), and whether it replaced or removed itself (then
+    // it must not be put back).
     int running_fd = -1;
     Events running_side;
-    bool running_disturbed = false;
+    bool running_touched = false;
+    bool running_replaced = false;
 
     // Embedding: a timerfd in the selector, armed so the selector's own
     // descriptor polls readable whenever there is work.
@@ -148,15 +147,65 @@ struct Reactor::Impl {
     std::optional<TimePoint> embed_armed_for;
 
     TimePoint now() const { return clock ? clock() : Clock::now(); }
+
+    std::uint64_t queue_soon(Callback callback) {
+        const std::uint64_t position = soon.push(std::move(callback));
+        ++soon_live;
+        return position;
+    }
+
+    // Notes that the running fd callback's registration is being changed.
+    void touching(int fd, Events side) noexcept {
+        if (fd == running_fd) {
+            running_touched = true;
+            running_replaced = running_replaced || side == running_side;
+        }
+    }
+
+    // Runs the `side` callback of `key`. Returns whether `key` is still the
+    // fd's registration without a new lookup: true unless the callback
+    // touched it. The keys live at stable addresses, so an untouched key
+    // needs neither a second lookup nor a check.
+    bool run_handler(Reactor& reactor, const Key& key, Events side, std::uint64_t token) {
+        Callback& slot = side == EVENT_READ ? key.data.reader : key.data.writer;
+        // Moved out while it runs, so that replacing or removing itself (or
+        // unregistering the fd) cannot destroy the callable under its feet.
+        Callback running = std::move(slot);
+        running_fd = key.fd;
+        running_side = side;
+        running_touched = false;
+        running_replaced = false;
+        reactor.invoke(running);
+        running_fd = -1;
+        if (!running_touched) {
+            slot = std::move(running);
+            return true;
+        }
+        if (!running_replaced) {
+            if (const Key* still = selector->find_current(token)) {
+                (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
+            }
+        }
+        return false;
+    }
 };
 
 namespace {
 
-constexpr std::uint64_t scheduled_token(detail::Scheduler::Id id) noexcept {
+constexpr std::uint64_t timer_token(detail::Scheduler::Id id) noexcept {
     return (std::uint64_t{id.generation} << 32U) | id.slot;
 }
-constexpr detail::Scheduler::Id scheduled_id(std::uint64_t token) noexcept {
+constexpr detail::Scheduler::Id timer_id(std::uint64_t token) noexcept {
     return {static_cast<std::uint32_t>(token & 0xffff'ffffU), static_cast<std::uint32_t>(token >> 32U)};
+}
+constexpr int fd_of_token(std::uint64_t token) noexcept {
+    return static_cast<int>(token & 0xffff'ffffU);
+}
+
+void require_callback(const Callback& callback, std::string_view operation) {
+    if (!callback) {
+        throw std::invalid_argument(fmt::format("{}: empty callback", operation));
+    }
 }
 
 }  // namespace
@@ -239,12 +288,12 @@ std::size_t Reactor::run_once(std::optional<Duration> timeout) {
 void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     Impl& impl = *impl_;
 
-    // 1. How long to wait: not at all if work is queued; else until the
+    // 1. How long to wait: not at all if callbacks are queued; else until the
     //    nearest timer, bounded by the caller's timeout. (A pending stop is
     //    run()'s business: it passes a zero timeout. Here it would make every
     //    later run_once() poll, a busy loop for a caller driving run_once().)
     detail::Timeout wait = timeout;
-    if (!impl.ready.empty()) {
+    if (!impl.soon.empty()) {
         wait = Duration::zero();
     } else if (const auto deadline = impl.scheduler.next_deadline()) {
         const Duration until = std::max(Duration::zero(), *deadline - impl.now());
@@ -253,50 +302,61 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         }
     }
 
-    // 2-3. Select, and queue the I/O callbacks. The wakeup and embedding
-    //      descriptors are handled here, so threadsafe callbacks and signal
-    //      handlers join this iteration's queue.
-    for (const auto& ready : impl.selector->select(wait)) {
-        const int fd = ready.key().fd;
+    // 2. Select. The reactor's own descriptors are serviced first, so that
+    //    threadsafe callbacks and signal handlers join this iteration. The
+    //    ready span stays valid through step 4: nothing else selects.
+    const auto ready = impl.selector->select(wait);
+    for (const auto& entry : ready) {
+        const int fd = fd_of_token(entry.token());
         if (fd == impl.wake_fd) {
             drain_wakeups();
         } else if (fd == impl.embed_timer_fd) {
             drain_wakeup(fd);
             impl.embed_armed_for.reset();
-        } else {
-            impl.ready.push({ready.token(), ready.events(), Impl::Kind::io});
         }
     }
 
-    // 4. Queue the due timers, in deadline order, ties in scheduling order.
-    //    The clock is read after the wait, so nothing runs before its deadline.
-    //    No timer, no clock read (23 ns on the benchmark machine).
+    // 3. Take the due timers, in deadline order, ties in scheduling order.
+    //    The clock is read after the wait, so nothing runs before its
+    //    deadline. No timer, no clock read (23 ns on the benchmark machine).
+    impl.due.clear();
     if (impl.scheduler.timer_count() != 0) {
         const TimePoint now = impl.now();
         while (const auto due = impl.scheduler.pop_due(now)) {
-            impl.ready.push({scheduled_token(*due), Events{}});
+            impl.due.push_back(*due);
         }
     }
 
-    // 5. Run exactly what is queued now; whatever these callbacks schedule
-    //    waits for the next iteration.
-    for (std::size_t count = impl.ready.size(); count > 0; --count) {
-        const Impl::Work work = impl.ready.pop();
-        if (work.kind == Impl::Kind::threadsafe_batch) {
-            // Run in place: only drain_wakeups() touches incoming_spare, and
-            // not before the next select.
-            for (Callback& callback : impl.incoming_spare) {
-                invoke(callback);
-                ++ran;
-            }
-            impl.incoming_spare.clear();
-        } else if (work.kind == Impl::Kind::scheduled) {
-            if (Callback callback = impl.scheduler.take(scheduled_id(work.token))) {
-                invoke(callback);
-                ++ran;
-            }
-        } else {
-            ran += dispatch_io(work.token, work.events);
+    // 4. Run exactly what is queued now, oldest first: call_soon callbacks
+    //    (signal handlers among them), the threadsafe batch, I/O callbacks,
+    //    due timers. What these callbacks schedule waits for the next
+    //    iteration.
+    for (std::size_t count = impl.soon.size(); count > 0; --count) {
+        if (Callback callback = impl.soon.pop()) {
+            --impl.soon_live;
+            invoke(callback);
+            ++ran;
+        }
+    }
+    if (!impl.incoming_spare.empty()) {
+        // Run in place: only drain_wakeups() touches incoming_spare, and not
+        // before the next select.
+        for (Callback& callback : impl.incoming_spare) {
+            invoke(callback);
+            ++ran;
+        }
+        impl.incoming_spare.clear();
+    }
+    for (const auto& entry : ready) {
+        const int fd = fd_of_token(entry.token());
+        if (fd != impl.wake_fd && fd != impl.embed_timer_fd) {
+            ran += dispatch_io(entry.token(), entry.events());
+        }
+    }
+    for (const detail::Scheduler::Id id : impl.due) {
+        if (Callback callback = impl.scheduler.take(id)) {
+            invoke(callback);
+            ++ran;
         }
     }
 
@@ -323,32 +383,20 @@ void Reactor::report(std::exception_ptr error) noexcept {
 
 std::size_t Reactor::dispatch_io(std::uint64_t token, Events events) {
     Impl& impl = *impl_;
+    // Checked before each callback: an earlier one of this iteration may
+    // have removed this fd, or removed and added it again (a new
+    // registration, which the token's generation tells apart).
+    const Impl::Key* key = impl.selector->find_current(token);
     std::size_t ran = 0;
-    for (const Events side : {EVENT_READ, EVENT_WRITE}) {
-        if (!events.contains(side)) {
-            continue;
-        }
-        // Re-checked before each callback: an earlier one may have removed
-        // this fd, or removed and added it again (a new registration).
-        const auto* key = impl.selector->find_current(token);
-        if (key == nullptr || !key->events.contains(side)) {
-            continue;
-        }
-        Callback& slot = side == EVENT_READ ? key->data.reader : key->data.writer;
-        // Moved out while it runs, so that replacing or removing itself (or
-        // unregistering the fd) cannot destroy the callable under its feet.
-        Callback running = std::move(slot);
-        impl.running_fd = key->fd;
-        impl.running_side = side;
-        impl.running_disturbed = false;
-        invoke(running);
+    if (key != nullptr && events.contains(EVENT_READ) && key->events.contains(EVENT_READ)) {
         ++ran;
-        if (!impl.running_disturbed) {
-            if (const auto* still = impl.selector->find_current(token)) {
-                (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
-            }
+        if (!impl.run_handler(*this, *key, EVENT_READ, token)) {
+            key = impl.selector->find_current(token);
         }
-        impl.running_fd = -1;
+    }
+    if (key != nullptr && events.contains(EVENT_WRITE) && key->events.contains(EVENT_WRITE)) {
+        ++ran;
+        impl.run_handler(*this, *key, EVENT_WRITE, token);
     }
     return ran;
 }
@@ -356,7 +404,9 @@ std::size_t Reactor::dispatch_io(std::uint64_t token, Events events) {
 // ----- I/O registration ---------------------------------------------------------------
 
 void Reactor::add_handler(int fd, Events side, Callback callback) {
-    check_usable(side == EVENT_READ ? "add_reader" : "add_writer");
+    const std::string_view operation = side == EVENT_READ ? "add_reader" : "add_writer";
+    check_usable(operation);
+    require_callback(callback, operation);
     if (fd < 0) {
         throw std::invalid_argument(fmt::format("invalid file descriptor: {}", fd));
     }
@@ -366,14 +416,12 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
     }
     const auto map = impl.selector->get_map();
     const auto* key = map.find(fd);
+    impl.touching(fd, side);
     if (key == nullptr) {
         FdHandlers handlers;
         (side == EVENT_READ ? handlers.reader : handlers.writer) = std::move(callback);
         impl.selector->register_(fd, side, std::move(handlers));
         return;
-    }
-    if (fd == impl.running_fd && side == impl.running_side) {
-        impl.running_disturbed = true;
     }
     if (!key->events.contains(side)) {
         impl.selector->modify(fd, key->events | side);
@@ -393,9 +441,7 @@ bool Reactor::remove_handler(int fd, Events side) {
     if (key == nullptr || !key->events.contains(side) || fd == impl.wake_fd || fd == impl.embed_timer_fd) {
         return false;
     }
-    if (fd == impl.running_fd && side == impl.running_side) {
-        impl.running_disturbed = true;
-    }
+    impl.touching(fd, side);
     const Events remaining = key->events & ~side;
     if (remaining.empty()) {
         // The returned key, and the callbacks in it, die here.
@@ -453,12 +499,12 @@ bool Reactor::remove_writer(int fd) {
 
 TimerHandle Reactor::call_soon(Callback callback) {
     check_usable("call_soon");
-    const auto id = impl_->scheduler.add(std::move(callback));
-    impl_->ready.push({scheduled_token(id), Events{}});
+    require_callback(callback, "call_soon");
+    const std::uint64_t position = impl_->queue_soon(std::move(callback));
     if (impl_->embed_timer_fd >= 0 && !running_) {
         rearm_embedding();
     }
-    return {this, id.slot, id.generation};
+    return {this, position, true};
 }
 
 TimerHandle Reactor::call_later(Duration delay, Callback callback) {
@@ -472,11 +518,12 @@ TimerHandle Reactor::call_later(Duration delay, Callback callback) {
 
 TimerHandle Reactor::call_at(TimePoint when, Callback callback) {
     check_usable("call_at");
+    require_callback(callback, "call_at");
     const auto id = impl_->scheduler.add_timer(when, std::move(callback));
     if (impl_->embed_timer_fd >= 0 && !running_) {
         rearm_embedding();
     }
-    return {this, id.slot, id.generation};
+    return {this, timer_token(id), false};
 }
 
 Reactor::TimePoint Reactor::time() const {
@@ -484,18 +531,38 @@ Reactor::TimePoint Reactor::time() const {
 }
 
 std::size_t Reactor::scheduled_count() const noexcept {
-    return closed_ ? 0 : impl_->scheduler.size();
+    return closed_ ? 0 : impl_->scheduler.size() + impl_->soon_live;
 }
 
 bool TimerHandle::cancel() noexcept {
     if (reactor_ == nullptr || reactor_->closed_) {
         return false;
     }
-    return reactor_->impl_->scheduler.cancel({slot_, generation_});
+    Reactor::Impl& impl = *reactor_->impl_;
+    if (!queued_) {
+        return impl.scheduler.cancel(timer_id(id_));
+    }
+    Callback* queued = impl.soon.find(id_);
+    if (queued == nullptr || !*queued) {
+        return false;
+    }
+    // Destroyed once the entry is empty: the captures' destructors may
+    // schedule callbacks, which can grow the queue and move the entry.
+    const Callback doomed = std::move(*queued);
+    --impl.soon_live;
+    return true;
 }
 
 bool TimerHandle::pending() const noexcept {
-    return reactor_ != nullptr && !reactor_->closed_ && reactor_->impl_->scheduler.pending({slot_, generation_});
+    if (reactor_ == nullptr || reactor_->closed_) {
+        return false;
+    }
+    const Reactor::Impl& impl = *reactor_->impl_;
+    if (!queued_) {
+        return impl.scheduler.pending(timer_id(id_));
+    }
+    const Callback* queued = impl.soon.find(id_);
+    return queued != nullptr && static_cast<bool>(*queued);
 }
 
 // ----- Stopping and closing ---------------------------------------------------------------
@@ -536,7 +603,9 @@ void Reactor::close() {
     // that calls remove_reader() sees a closed reactor and gets false.
     impl.selector->close();
     impl.scheduler.clear();
-    impl.ready.clear();
+    impl.soon.clear();
+    impl.soon_live = 0;
+    impl.due.clear();
     impl.incoming_spare.clear();
     for (int* fd : {&impl.wake_fd, &impl.embed_timer_fd}) {
         if (*fd >= 0) {
@@ -557,6 +626,7 @@ std::string_view Reactor::selector_name() const noexcept {
 // ----- Thread-safe wakeups ------------------------------------------------------------------
 
 void Reactor::call_soon_threadsafe(Callback callback) {
+    require_callback(callback, "call_soon_threadsafe");
     Impl& impl = *impl_;
     int wake_fd = -1;
     {
@@ -590,18 +660,14 @@ void Reactor::drain_wakeups() {
         impl.wake_pending = false;
         impl.incoming.swap(impl.incoming_spare);
     }
-    // The batch joins the ready queue as one entry: these callbacks have no
-    // handle to cancel them, so they need no record in the scheduler.
-    if (!impl.incoming_spare.empty()) {
-        impl.ready.push({0, Events{}, Impl::Kind::threadsafe_batch});
-    }
+    // The batch runs in place in this iteration (run_iteration step 4):
+    // these callbacks have no handle to cancel them.
     for (int signo = 1; signo < signal_limit; ++signo) {
         if (!impl.signal_handlers[static_cast<std::size_t>(signo)]) {
             continue;
         }
         if (signal_routes[static_cast<std::size_t>(signo)].pending.exchange(false, std::memory_order_acq_rel)) {
-            const auto id = impl.scheduler.add([this, signo] { run_signal_handler(signo); });
-            impl.ready.push({scheduled_token(id), Events{}});
+            impl.queue_soon([this, signo] { run_signal_handler(signo); });
         }
     }
 }
@@ -610,6 +676,7 @@ void Reactor::drain_wakeups() {
 
 void Reactor::add_signal_handler(int signo, Callback callback) {
     check_usable("add_signal_handler");
+    require_callback(callback, "add_signal_handler");
     if (signo <= 0 || signo >= signal_limit || signo == SIGKILL || signo == SIGSTOP) {
         throw std::invalid_argument(fmt::format("invalid signal number: {}", signo));
     }
@@ -711,7 +778,7 @@ void Reactor::rearm_embedding() {
     // shares steady_clock's CLOCK_MONOTONIC). Ready descriptors make the
     // selector's own descriptor readable without help.
     std::optional<TimePoint> target;
-    if (!impl.ready.empty()) {
+    if (!impl.soon.empty()) {
         target = TimePoint{Duration{1}};
     } else {
         target = impl.scheduler.next_deadline();
@@ -738,7 +805,7 @@ std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
     if (closed_) {
         return std::nullopt;
     }
-    if (!impl_->ready.empty()) {
+    if (!impl_->soon.empty()) {
         return Duration::zero();
     }
     if (const auto deadline = impl_->scheduler.next_deadline()) {

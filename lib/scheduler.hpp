@@ -1,6 +1,6 @@
-// The reactor's scheduled callbacks: records in a slot map with generations,
-// and the timers among them in a 4-ary min-heap that knows each record's
-// position, so cancel is O(log n) and a stale handle is harmless.
+// The reactor's timers: records in a slot map with generations, ordered by a
+// 4-ary min-heap that knows each record's position, so cancel is O(log n)
+// and a stale handle is harmless.
 #pragma once
 
 #include <algorithm>
@@ -24,22 +24,25 @@ public:
         std::uint32_t generation;
     };
 
-    /// Stores a callback that is not on a timer (call_soon).
-    Id add(Callback callback) {
-        const std::uint32_t slot = acquire();
-        Record& record = records_[slot];
-        record.callback = std::move(callback);
-        return {slot, record.generation};
-    }
-
     /// Stores a callback due at `deadline`. Equal deadlines keep scheduling
     /// order through a sequence number, as libuv does.
     Id add_timer(TimePoint deadline, Callback callback) {
-        const Id id = add(std::move(callback));
-        heap_.push_back({deadline, next_sequence_++, id.slot});
-        heap_pos_[id.slot] = static_cast<std::uint32_t>(heap_.size() - 1);
+        // The heap grows first: if either allocation throws, nothing is recorded.
+        heap_.push_back({deadline, next_sequence_, 0});
+        std::uint32_t slot = 0;
+        try {
+            slot = acquire();
+        } catch (...) {
+            heap_.pop_back();
+            throw;
+        }
+        ++next_sequence_;
+        Record& record = records_[slot];
+        record.callback = std::move(callback);
+        heap_.back().slot = slot;
+        heap_pos_[slot] = static_cast<std::uint32_t>(heap_.size() - 1);
         sift_up(heap_.size() - 1);
-        return id;
+        return {slot, record.generation};
     }
 
     [[nodiscard]] bool pending(Id id) const noexcept {

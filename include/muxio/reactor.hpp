@@ -39,12 +39,14 @@ public:
 
 private:
     friend class Reactor;
-    TimerHandle(Reactor* reactor, std::uint32_t slot, std::uint32_t generation) noexcept
-        : reactor_{reactor}, slot_{slot}, generation_{generation} {}
+    // A call_soon() callback is named by its position in the ready queue
+    // (`queued`), a timer by its scheduler slot and generation.
+    TimerHandle(Reactor* reactor, std::uint64_t id, bool queued) noexcept
+        : reactor_{reactor}, id_{id}, queued_{queued} {}
 
     Reactor* reactor_ = nullptr;
-    std::uint32_t slot_ = 0;
-    std::uint32_t generation_ = 0;
+    std::uint64_t id_ = 0;
+    bool queued_ = false;
 };
 
 /// Options for constructing a Reactor.
@@ -62,14 +64,15 @@ struct ReactorOptions {
 /// call_soon_threadsafe() and stop_threadsafe() may be called from others.
 ///
 /// Errors: std::invalid_argument for a bad argument (negative fd, bad signal
-/// number), std::system_error when the kernel refuses (the message names the
+/// number, an empty callback), std::system_error when the kernel refuses (the message names the
 /// call and fd), std::logic_error when the reactor is closed, running when it
 /// must not be, or used in a process forked after it was created.
 ///
-/// One iteration (run_once) in order: compute the wait from the ready queue
-/// and the nearest timer; select; queue the I/O callbacks; queue the due
-/// timers; run exactly the callbacks queued so far. Callbacks scheduled while
-/// they run go to the next iteration, so nothing starves I/O.
+/// One iteration (run_once) in order: compute the wait from the queued
+/// callbacks and the nearest timer; select; take the due timers; run exactly
+/// what is queued so far: call_soon callbacks, threadsafe ones, I/O
+/// callbacks, due timers. Callbacks scheduled while they run go to the next
+/// iteration, so nothing starves I/O.
 class Reactor {
 public:
     using Clock = std::chrono::steady_clock;

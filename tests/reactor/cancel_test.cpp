@@ -1,6 +1,7 @@
 // Cancelling scheduled callbacks through TimerHandle, in every state a
 // callback can be in: queued, on a timer, due in the running iteration,
 // running, run, cancelled, its slot reused, its reactor closed.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -260,4 +261,52 @@ TEST_CASE("cancelling a callback whose captures cancel another on destruction") 
     clock.advance(3s);
     CHECK(reactor.run_once(0s) == 0);
     CHECK_FALSE(other_ran);
+}
+
+TEST_CASE("a call_soon handle still cancels its callback after the queue grew") {
+    FdLeakCheck leak_check;
+    ManualClock clock;
+    Reactor reactor{clock.options()};
+    std::vector<int> order;
+    // The first few are run, so the queue's positions no longer start at 0
+    // when it grows past its first capacity below.
+    for (int i = 0; i < 10; ++i) {
+        reactor.call_soon([] {});
+    }
+    CHECK(reactor.run_once(0s) == 10);
+    std::vector<TimerHandle> handles;
+    for (int i = 0; i < 1000; ++i) {
+        handles.push_back(reactor.call_soon([&order, i] { order.push_back(i); }));
+    }
+    for (int i = 0; i < 1000; i += 3) {
+        CHECK(handles[static_cast<std::size_t>(i)].cancel());
+    }
+    for (int i = 0; i < 1000; ++i) {
+        CHECK(handles[static_cast<std::size_t>(i)].pending() == (i % 3 != 0));
+    }
+    CHECK(reactor.scheduled_count() == 666);
+    CHECK(reactor.run_once(0s) == 666);
+    REQUIRE(order.size() == 666);
+    CHECK(std::is_sorted(order.begin(), order.end()));
+    CHECK(std::none_of(order.begin(), order.end(), [](int i) { return i % 3 == 0; }));
+    CHECK(reactor.scheduled_count() == 0);
+    for (TimerHandle& handle : handles) {
+        CHECK_FALSE(handle.pending());
+        CHECK_FALSE(handle.cancel());
+    }
+}
+
+TEST_CASE("the handle of a call_soon callback that ran does not name a later one") {
+    FdLeakCheck leak_check;
+    ManualClock clock;
+    Reactor reactor{clock.options()};
+    TimerHandle old_handle = reactor.call_soon([] {});
+    CHECK(reactor.run_once(0s) == 1);
+    bool ran = false;
+    TimerHandle fresh = reactor.call_soon([&] { ran = true; });
+    CHECK_FALSE(old_handle.pending());
+    CHECK_FALSE(old_handle.cancel());
+    CHECK(fresh.pending());
+    CHECK(reactor.run_once(0s) == 1);
+    CHECK(ran);
 }

@@ -699,3 +699,80 @@ TEST_CASE("a timer callback adds and removes readers") {
         CHECK(reactor.remove_reader(b.right.get()));
     }
 }
+
+TEST_CASE("a reader that closes its fd and removes the writer is dropped, not put back") {
+    // With epoll the removal's modify fails on the closed fd and the selector
+    // unregisters the fd: the key the reader was taken from is gone, and the
+    // reader must be destroyed rather than written back into it.
+    FdLeakCheck leak_check;
+    MUXIO_FOR_EACH_SELECTOR(name) {
+        Reactor reactor{with_selector(name)};
+        SocketPair pair;
+        std::atomic<int> destroyed{0};
+        int calls = 0;
+        const int fd = pair.right.get();
+        reactor.add_writer(fd, [] {});
+        reactor.add_reader(fd, [&, tracked = Tracked{destroyed}] {
+            ++calls;
+            pair.right.reset();
+            CHECK(reactor.remove_writer(fd));
+        });
+        write_all(pair.left.get(), "x");
+        CHECK(reactor.run_once(1s) >= 1);
+        CHECK(calls == 1);
+        // select and poll keep watching a closed fd; epoll and io_uring forgot it.
+        if (reactor.has_reader(fd)) {
+            CHECK(destroyed == 0);
+            CHECK(reactor.remove_reader(fd));
+        }
+        CHECK(destroyed == 1);
+        CHECK_NOTHROW(reactor.run_once(0s));
+        CHECK(calls == 1);
+    }
+}
+
+TEST_CASE("a reader that adds a writer to its own fd keeps running next iteration") {
+    // Touching its own fd's other side makes the reactor look the key up
+    // again before putting the reader back: the reader must survive it.
+    FdLeakCheck leak_check;
+    MUXIO_FOR_EACH_SELECTOR(name) {
+        Reactor reactor{with_selector(name)};
+        SocketPair pair;
+        int reads = 0;
+        int writes = 0;
+        const int fd = pair.right.get();
+        reactor.add_reader(fd, [&] {
+            ++reads;
+            if (!reactor.has_writer(fd)) {
+                reactor.add_writer(fd, [&] {
+                    ++writes;
+                    reactor.remove_writer(fd);
+                });
+            }
+        });
+        write_all(pair.left.get(), "x");
+        CHECK(reactor.run_once(1s) == 1);
+        CHECK(reads == 1);
+        CHECK(reactor.run_once(1s) == 2);
+        CHECK(reads == 2);
+        CHECK(writes == 1);
+        CHECK(reactor.has_reader(fd));
+        CHECK_FALSE(reactor.has_writer(fd));
+        CHECK(reactor.remove_reader(fd));
+    }
+}
+
+TEST_CASE("empty callbacks are refused with invalid_argument") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    SocketPair pair;
+    CHECK_THROWS_AS(reactor.add_reader(pair.right.get(), muxio::Callback{}), std::invalid_argument);
+    CHECK_THROWS_AS(reactor.add_writer(pair.right.get(), muxio::Callback{}), std::invalid_argument);
+    CHECK_FALSE(reactor.has_reader(pair.right.get()));
+    CHECK_THROWS_AS(reactor.call_soon(muxio::Callback{}), std::invalid_argument);
+    CHECK_THROWS_AS(reactor.call_later(1s, muxio::Callback{}), std::invalid_argument);
+    CHECK_THROWS_AS(reactor.call_at(reactor.time(), muxio::Callback{}), std::invalid_argument);
+    CHECK_THROWS_AS(reactor.call_soon_threadsafe(muxio::Callback{}), std::invalid_argument);
+    CHECK_THROWS_AS(reactor.add_signal_handler(SIGUSR2, muxio::Callback{}), std::invalid_argument);
+    CHECK(reactor.scheduled_count() == 0);
+}
