@@ -582,6 +582,10 @@ void Reactor::close() {
     if (running_) {
         throw std::logic_error("close: reactor is running; stop() it first");
     }
+    // Each destroyed frame unlinks itself (its promise's destructor).
+    while (frames_ != nullptr) {
+        frames_->frame.destroy();
+    }
     Impl& impl = *impl_;
     for (int signo = 1; signo < signal_limit; ++signo) {
         remove_signal_handler(signo);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -21,6 +22,26 @@ namespace muxio {
 using Callback = detail::UniqueFunction<void()>;
 
 class Reactor;
+
+namespace detail {
+
+// A detached coroutine frame (a spawned task's driver) that the reactor
+// destroys at close() if it is still suspended there, so that no spawned
+// task outlives its reactor or leaks. The link lives in the frame's promise,
+// which unlinks it when the frame is destroyed, whoever destroys it.
+struct FrameLink {
+    std::coroutine_handle<> frame;
+    FrameLink* prev = nullptr;
+    FrameLink* next = nullptr;
+};
+
+// The coroutine layer's access to the reactor's list of frames.
+struct FrameRegistry {
+    static void adopt(Reactor& reactor, FrameLink& link, std::coroutine_handle<> frame) noexcept;
+    static void forget(Reactor& reactor, FrameLink& link) noexcept;
+};
+
+}  // namespace detail
 
 /// Cancels a callback scheduled with call_soon(), call_later() or call_at().
 ///
@@ -176,10 +197,13 @@ public:
     void stop() noexcept;
     [[nodiscard]] bool is_running() const noexcept { return running_; }
 
-    /// Releases everything: the selector, the wakeup descriptor, signal
-    /// handlers (previous dispositions restored), and every callback still
-    /// queued, registered or scheduled (their captures destroyed, none run).
-    /// std::logic_error while running; harmless when already closed.
+    /// Releases everything: the frames of spawned tasks that have not ended
+    /// (destroyed first, while the reactor still works, so their pending
+    /// awaits remove their registrations), signal handlers (previous
+    /// dispositions restored), every callback still queued, registered or
+    /// scheduled (their captures destroyed, none run), the selector and the
+    /// wakeup descriptor. std::logic_error while running; harmless when
+    /// already closed.
     void close();
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
 
@@ -209,6 +233,7 @@ public:
 
 private:
     friend class TimerHandle;
+    friend struct detail::FrameRegistry;
     struct Impl;
 
     void check_usable(std::string_view operation) const;
@@ -224,9 +249,34 @@ private:
     void rearm_embedding();
 
     std::unique_ptr<Impl> impl_;
+    detail::FrameLink* frames_ = nullptr;  // spawned tasks' frames, newest first
     bool running_ = false;
     bool stopping_ = false;
     bool closed_ = false;
 };
+
+inline void detail::FrameRegistry::adopt(Reactor& reactor, FrameLink& link, std::coroutine_handle<> frame) noexcept {
+    link.frame = frame;
+    link.prev = nullptr;
+    link.next = reactor.frames_;
+    if (link.next != nullptr) {
+        link.next->prev = &link;
+    }
+    reactor.frames_ = &link;
+}
+
+inline void detail::FrameRegistry::forget(Reactor& reactor, FrameLink& link) noexcept {
+    if (link.prev != nullptr) {
+        link.prev->next = link.next;
+    } else if (reactor.frames_ == &link) {
+        reactor.frames_ = link.next;
+    } else {
+        return;  // not linked
+    }
+    if (link.next != nullptr) {
+        link.next->prev = link.prev;
+    }
+    link.prev = link.next = nullptr;
+}
 
 }  // namespace muxio

@@ -21,6 +21,19 @@ class Driver {
 public:
     struct promise_type {
         bool detached = false;
+        // Set once a detached driver starts: the reactor then destroys the
+        // frame at close() if the task has not ended.
+        Reactor* owner = nullptr;
+        FrameLink link;
+
+        promise_type() = default;
+        promise_type(const promise_type&) = delete;
+        promise_type& operator=(const promise_type&) = delete;
+        ~promise_type() {
+            if (owner != nullptr) {
+                FrameRegistry::forget(*owner, link);
+            }
+        }
 
         Driver get_return_object() noexcept { return Driver{std::coroutine_handle<promise_type>::from_promise(*this)}; }
         std::suspend_always initial_suspend() noexcept { return {}; }
@@ -50,9 +63,13 @@ public:
     }
 
     void start() { handle_.resume(); }
-    /// Hands the frame to itself: it is freed when the coroutine ends.
-    [[nodiscard]] std::coroutine_handle<promise_type> detach() noexcept {
-        handle_.promise().detached = true;
+    /// Hands the frame to itself: it is freed when the coroutine ends, or
+    /// by `reactor`'s close() if it has not ended by then.
+    [[nodiscard]] std::coroutine_handle<promise_type> detach(Reactor& reactor) noexcept {
+        promise_type& promise = handle_.promise();
+        promise.detached = true;
+        promise.owner = &reactor;
+        FrameRegistry::adopt(reactor, promise.link, handle_);
         return std::exchange(handle_, {});
     }
 
@@ -75,15 +92,16 @@ Driver drive_detached(Reactor& reactor, Task<T> task) {
 // the reactor is closed first.
 class StartDriver {
 public:
-    explicit StartDriver(Driver driver) noexcept : driver_{std::move(driver)} {}
+    StartDriver(Reactor& reactor, Driver driver) noexcept : reactor_{&reactor}, driver_{std::move(driver)} {}
     StartDriver(StartDriver&&) noexcept = default;
     StartDriver& operator=(StartDriver&&) = delete;
     StartDriver(const StartDriver&) = delete;
     StartDriver& operator=(const StartDriver&) = delete;
     ~StartDriver() = default;
-    void operator()() { driver_.detach().resume(); }
+    void operator()() { driver_.detach(*reactor_).resume(); }
 
 private:
+    Reactor* reactor_;
     Driver driver_;
 };
 
@@ -96,9 +114,9 @@ private:
 ///
 /// `token` becomes the task's ambient stop token (see Task): stopping it
 /// cancels the await pending in the task. A task that has not ended when
-/// the reactor closes is destroyed with the reactor only if it never started;
-/// a started one must be cancelled and let finish first (or awaited in a
-/// TaskGroup), else its frame is leaked.
+/// the reactor closes is destroyed by close(), before anything else is
+/// released: its pending await removes its registration or timer, and the
+/// destructors of its locals run, as when a suspended Task is destroyed.
 ///
 /// std::logic_error for an empty task or a closed reactor.
 template <class T>
@@ -107,7 +125,7 @@ void spawn(Reactor& reactor, Task<T> task, std::stop_token token = {}) {
         throw std::logic_error("spawn: empty Task");
     }
     detail::TaskAccess::set_stop_token(task, std::move(token));
-    reactor.call_soon(detail::StartDriver{detail::drive_detached(reactor, std::move(task))});
+    reactor.call_soon(detail::StartDriver{reactor, detail::drive_detached(reactor, std::move(task))});
 }
 
 /// Runs `reactor` until `task` ends, and returns its value or rethrows its
