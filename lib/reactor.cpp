@@ -304,10 +304,11 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
 
     // 2. Select. The reactor's own descriptors are serviced first, so that
     //    threadsafe callbacks and signal handlers join this iteration. The
-    //    ready span stays valid through step 4: nothing else selects.
-    const auto ready = impl.selector->select(wait);
-    for (const auto& entry : ready) {
-        const int fd = fd_of_token(entry.token());
+    //    ready span stays valid through step 4: nothing else selects. Its
+    //    entries are unchecked; dispatch_io() looks each one up.
+    const auto ready = impl.selector->select_tokens(wait);
+    for (const detail::PollEvent& entry : ready) {
+        const int fd = fd_of_token(entry.token);
         if (fd == impl.wake_fd) {
             drain_wakeups();
         } else if (fd == impl.embed_timer_fd) {
@@ -347,10 +348,10 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         }
         impl.incoming_spare.clear();
     }
-    for (const auto& entry : ready) {
-        const int fd = fd_of_token(entry.token());
+    for (const detail::PollEvent& entry : ready) {
+        const int fd = fd_of_token(entry.token);
         if (fd != impl.wake_fd && fd != impl.embed_timer_fd) {
-            ran += dispatch_io(entry.token(), entry.events());
+            ran += dispatch_io(entry.token, entry.events);
         }
     }
     for (const detail::Scheduler::Id id : impl.due) {

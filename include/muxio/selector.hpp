@@ -290,6 +290,19 @@ public:
     /// Blocks until something is ready.
     std::span<const Ready> select() { return select(detail::Timeout{}); }
 
+    /// select() for an event loop that looks each entry up itself anyway
+    /// (the reactor does, before every callback): the kernel's readiness as
+    /// (token, events) pairs, neither filtered nor masked. An entry may name
+    /// a registration that is gone (find_current() returns nullptr) and
+    /// carry events its key does not watch; errors and hang-ups set both
+    /// events. Saves select()'s per-entry lookup and copy. The span is valid
+    /// until the next select() or select_tokens().
+    std::span<const detail::PollEvent> select_tokens(detail::Timeout timeout) {
+        ensure_open("select");
+        ready_.clear();
+        return poller_->wait(timeout);
+    }
+
     /// Any std::chrono duration; fractional durations round up.
     template <class Rep, class Period>
     std::span<const Ready> select(std::chrono::duration<Rep, Period> timeout) {

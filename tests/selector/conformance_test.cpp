@@ -1178,6 +1178,32 @@ TEST_CASE_TEMPLATE("is_current tells whether the registration of a ready entry r
     CHECK(selector.is_current(again[1]));
 }
 
+TEST_CASE_TEMPLATE("select_tokens reports raw readiness that find_current resolves", B, MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    SocketPair pair;
+    SelectorOf<B> selector;
+    const auto& left_key = selector.register_(pair.left.get(), EVENT_READ_WRITE, 1);
+    (void)selector.register_(pair.right.get(), EVENT_READ, 2);
+    muxio::test::write_all(pair.right.get(), "x");  // left: readable and writable; right: neither
+    const auto ready = selector.select_tokens(5s);
+    REQUIRE(ready.size() == 1);
+    CHECK(selector.find_current(ready[0].token) == &left_key);
+    CHECK(ready[0].events == EVENT_READ_WRITE);
+
+    // Unfiltered: after an unregister the entry stays, and find_current tells
+    // it is stale; the select() that follows reports the new state.
+    const std::uint64_t token = ready[0].token;
+    (void)selector.unregister(pair.left.get());
+    CHECK(selector.find_current(token) == nullptr);
+    (void)selector.register_(pair.left.get(), EVENT_WRITE, 3);
+    CHECK(selector.find_current(token) == nullptr);  // a new registration, a new token
+    const auto again = selector.select_tokens(5s);
+    REQUIRE(again.size() == 1);
+    REQUIRE(selector.find_current(again[0].token) != nullptr);
+    CHECK(selector.find_current(again[0].token)->data == 3);
+    CHECK(again[0].events.contains(EVENT_WRITE));
+}
+
 TEST_CASE_TEMPLATE("data may be move-only", B, MUXIO_TEST_BACKENDS) {
     FdLeakCheck leak_check;
     SocketPair pair;
