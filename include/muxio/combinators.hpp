@@ -60,11 +60,26 @@ struct Join {
 };
 
 // One child of a Join: awaits its task, records how it ended, and at its
-// end hands control to the parent if it was the last. Owned by the parent.
+// end hands control to the parent if it was the last. Owned by the parent,
+// or (TaskGroup) by a list it leaves when it ends, freeing its own frame.
 class JoinChild {
 public:
     struct promise_type {
         Join* join = nullptr;
+        // Set for a TaskGroup child: the list of the group's running
+        // children, newest first. Such a child unlinks and frees itself at
+        // its end, so a long-lived group does not pile up ended frames.
+        promise_type** list = nullptr;
+        promise_type* prev = nullptr;
+        promise_type* next = nullptr;
+
+        void unlink() noexcept {
+            (prev != nullptr ? prev->next : *list) = next;
+            if (next != nullptr) {
+                next->prev = prev;
+            }
+            prev = next = nullptr;
+        }
 
         JoinChild get_return_object() noexcept {
             return JoinChild{std::coroutine_handle<promise_type>::from_promise(*this)};
@@ -74,7 +89,13 @@ public:
             struct Final {
                 [[nodiscard]] bool await_ready() const noexcept { return false; }
                 std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> self) const noexcept {
-                    return self.promise().join->arrive();
+                    promise_type& promise = self.promise();
+                    const std::coroutine_handle<> next = promise.join->arrive();
+                    if (promise.list != nullptr) {
+                        promise.unlink();
+                        self.destroy();  // suspended here, so it may go; nothing touches it after
+                    }
+                    return next;
                 }
                 void await_resume() const noexcept {}
             };
@@ -99,6 +120,29 @@ public:
         handle_.promise().join = &join;
         ++join.running;
         handle_.resume();
+    }
+
+    /// Like start(), handing the frame to `list` (see promise_type::list).
+    void start_in(Join& join, promise_type*& list) {
+        promise_type& promise = handle_.promise();
+        promise.list = &list;
+        promise.next = list;
+        if (list != nullptr) {
+            list->prev = &promise;
+        }
+        list = &promise;
+        promise.join = &join;
+        ++join.running;
+        std::exchange(handle_, {}).resume();
+    }
+
+    /// Destroys the frames of a list's children, newest first.
+    static void destroy_all(promise_type*& list) noexcept {
+        while (list != nullptr) {
+            promise_type& child = *list;
+            child.unlink();
+            std::coroutine_handle<promise_type>::from_promise(child).destroy();
+        }
     }
 
 private:

@@ -8,7 +8,6 @@
 #include <stdexcept>
 #include <stop_token>
 #include <utility>
-#include <vector>
 
 #include "muxio/combinators.hpp"
 #include "muxio/task.hpp"
@@ -51,7 +50,8 @@ JoinChild group_child(Join& join, Task<T> task) {
 /// a parent unwinding past its group leaves nothing behind. Fire-and-forget
 /// tasks that outlive their creator go through muxio::spawn() instead.
 ///
-/// Ended children keep their (small) frames until the group is destroyed.
+/// A child's frame is freed as soon as it ends, so a group may serve an
+/// unbounded stream of children (one per connection, say).
 /// Not movable: the children point to it.
 class TaskGroup {
 public:
@@ -63,9 +63,7 @@ public:
     ~TaskGroup() {
         // The frames of running children go first (the Join must outlive
         // them), latest first.
-        while (!children_.empty()) {
-            children_.pop_back();
-        }
+        detail::JoinChild::destroy_all(children_);
     }
 
     /// Adds `task` as a child and starts it; its value is discarded.
@@ -76,8 +74,7 @@ public:
             throw std::logic_error("TaskGroup::spawn: empty Task");
         }
         detail::TaskAccess::set_stop_token(task, join_.stop.get_token());
-        children_.push_back(detail::group_child(join_, std::move(task)));
-        children_.back().start(join_);
+        detail::group_child(join_, std::move(task)).start_in(join_, children_);
     }
 
     /// Stops the group's token: the children's pending awaits throw Cancelled.
@@ -122,7 +119,7 @@ private:
     };
 
     detail::Join join_;
-    std::vector<detail::JoinChild> children_;
+    detail::JoinChild::promise_type* children_ = nullptr;  // running, newest first
 };
 
 }  // namespace muxio

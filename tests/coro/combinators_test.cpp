@@ -1,5 +1,6 @@
 // when_all, when_any and TaskGroup: results, first failure cancelling the
 // siblings, losers cancelled and awaited, children not outliving the group.
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 #include <stop_token>
@@ -194,4 +195,34 @@ TEST_CASE("cancelling the task awaiting a group cancels its children") {
     CHECK_THROWS_AS(muxio::run_until_complete(reactor, parent(reactor, cancelled), source.get_token()),
                     muxio::Cancelled);
     CHECK(cancelled == 2);
+}
+
+TEST_CASE("a task group frees each child's frame as it ends") {
+    // A server's group lives as long as the server: ended children must not
+    // pile up. Counted with Live: a frame alive holds one.
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto child = [](Reactor& loop, int rounds, Live /*held*/) -> Task<void> {
+        for (int i = 0; i < rounds; ++i) {
+            co_await muxio::yield(loop);
+        }
+    };
+    auto parent = [&child](Reactor& loop) -> Task<void> {
+        muxio::TaskGroup group;
+        const int before = Live::count();
+        for (int wave = 0; wave < 50; ++wave) {
+            for (int i = 0; i < 20; ++i) {
+                group.spawn(child(loop, 1 + i % 3, Live{}));
+            }
+            group.spawn(child(loop, 0, Live{}));  // ends inside spawn()
+            for (int i = 0; i < 4; ++i) {
+                co_await muxio::yield(loop);
+            }
+            CHECK(group.running() == 0);
+            CHECK(Live::count() == before);  // every ended child's frame is gone
+        }
+        co_await group.join();
+    };
+    muxio::run_until_complete(reactor, parent(reactor));
 }
