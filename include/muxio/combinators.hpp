@@ -90,12 +90,12 @@ public:
                 [[nodiscard]] bool await_ready() const noexcept { return false; }
                 std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> self) const noexcept {
                     promise_type& promise = self.promise();
-                    const std::coroutine_handle<> next = promise.join->arrive();
+                    const std::coroutine_handle<> successor = promise.join->arrive();
                     if (promise.list != nullptr) {
                         promise.unlink();
                         self.destroy();  // suspended here, so it may go; nothing touches it after
                     }
-                    return next;
+                    return successor;
                 }
                 void await_resume() const noexcept {}
             };

@@ -8,6 +8,7 @@
 #include "muxio/events.hpp"
 #include "muxio/file_object.hpp"
 #include "muxio/log.hpp"
+#include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/run.hpp"
 #include "muxio/selector.hpp"

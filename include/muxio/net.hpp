@@ -1,0 +1,540 @@
+// Sockets for coroutines: addresses; TCP, UDP and Unix-domain sockets whose
+// operations are awaitable; name resolution off the loop.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "muxio/awaitables.hpp"
+#include "muxio/reactor.hpp"
+#include "muxio/task.hpp"
+
+namespace muxio {
+
+// ----- Addresses ----------------------------------------------------------------
+
+/// A socket address by value: IPv4, IPv6 or Unix-domain (a path, or a name in
+/// Linux's abstract namespace), over `sockaddr_storage`. Trivially copyable.
+///
+/// A default-constructed address is *unspecified* (family AF_UNSPEC, size 0).
+/// Formatted with fmt or to_string() as `127.0.0.1:80`, `[::1]:80`,
+/// `[fe80::1%2]:80`, `unix:/run/app.sock`, `unix:@name` (abstract) or
+/// `unix:<unnamed>`; parse() reads all of these back but the last.
+class SocketAddress {
+public:
+    /// The unspecified address.
+    SocketAddress() noexcept;
+    /// Copies `size` bytes of an address the kernel filled in.
+    /// std::invalid_argument if `size` exceeds capacity().
+    SocketAddress(const sockaddr* address, socklen_t size);
+
+    /// A numeric IPv4 address ("127.0.0.1") and port. std::invalid_argument
+    /// if `host` is not one; never resolves names (see resolve()).
+    [[nodiscard]] static SocketAddress ipv4(std::string_view host, std::uint16_t port);
+    /// A numeric IPv6 address ("::1", "fe80::1%eth0" or "fe80::1%2", without
+    /// brackets) and port. std::invalid_argument if `host` is not one.
+    [[nodiscard]] static SocketAddress ipv6(std::string_view host, std::uint16_t port);
+    /// A Unix-domain socket path. std::invalid_argument if it is empty, holds
+    /// a NUL byte or is longer than `sun_path` allows (107 bytes on Linux).
+    [[nodiscard]] static SocketAddress unix_path(std::string_view path);
+    /// A name in Linux's abstract Unix-domain namespace (no file; gone with
+    /// its last socket). std::invalid_argument if longer than 107 bytes.
+    [[nodiscard]] static SocketAddress unix_abstract(std::string_view name);
+
+    /// Reads what to_string() writes: "1.2.3.4:80", "[::1]:80", "unix:/path",
+    /// "unix:@abstract". nullopt for anything else (a name to resolve, a
+    /// missing or out-of-range port).
+    [[nodiscard]] static std::optional<SocketAddress> parse(std::string_view text) noexcept;
+    /// parse(), throwing std::invalid_argument (naming `text`) on failure.
+    [[nodiscard]] static SocketAddress from_string(std::string_view text);
+
+    /// AF_INET, AF_INET6, AF_UNIX, or AF_UNSPEC when unspecified.
+    [[nodiscard]] int family() const noexcept;
+    [[nodiscard]] bool is_ipv4() const noexcept { return family() == AF_INET; }
+    [[nodiscard]] bool is_ipv6() const noexcept { return family() == AF_INET6; }
+    [[nodiscard]] bool is_unix() const noexcept { return family() == AF_UNIX; }
+    /// 127.0.0.0/8, ::1, or an IPv4-mapped 127.0.0.0/8.
+    [[nodiscard]] bool is_loopback() const noexcept;
+
+    /// The port in host order; 0 for a Unix-domain or unspecified address.
+    [[nodiscard]] std::uint16_t port() const noexcept;
+    /// A copy with another port; a non-IP address is returned unchanged.
+    [[nodiscard]] SocketAddress with_port(std::uint16_t port) const noexcept;
+    /// The numeric host ("127.0.0.1", "::1", "fe80::1%2"); empty if not IP.
+    [[nodiscard]] std::string host() const;
+    /// A Unix-domain path, or an abstract name with its leading NUL byte;
+    /// empty otherwise. Valid as long as this object.
+    [[nodiscard]] std::string_view path() const noexcept;
+    /// True for a name in the abstract namespace.
+    [[nodiscard]] bool is_abstract() const noexcept;
+
+    [[nodiscard]] std::string to_string() const;
+
+    /// The raw address, for system calls.
+    [[nodiscard]] const sockaddr* data() const noexcept;
+    [[nodiscard]] sockaddr* data() noexcept;
+    [[nodiscard]] socklen_t size() const noexcept { return size_; }
+    [[nodiscard]] static constexpr socklen_t capacity() noexcept { return sizeof(sockaddr_storage); }
+    /// Sets size() after the kernel wrote into data() (accept, recvfrom).
+    /// std::invalid_argument if `size` exceeds capacity().
+    void resize(socklen_t size);
+
+    /// Same family, host, port (and IPv6 scope), or same Unix path or name.
+    /// IPv6 flow labels are ignored.
+    friend bool operator==(const SocketAddress& a, const SocketAddress& b) noexcept;
+    /// Consistent with ==.
+    [[nodiscard]] std::size_t hash() const noexcept;
+
+private:
+    sockaddr_storage storage_;
+    socklen_t size_ = 0;
+};
+
+// ----- Errors ---------------------------------------------------------------------
+
+/// read_exact() met the end of the stream before its buffer was full.
+class IncompleteRead : public std::runtime_error {
+public:
+    IncompleteRead(const std::string& message, std::size_t received, std::size_t expected)
+        : std::runtime_error{message}, received_{received}, expected_{expected} {}
+    /// Bytes read (and stored at the start of the buffer) before the end.
+    [[nodiscard]] std::size_t received() const noexcept { return received_; }
+    [[nodiscard]] std::size_t expected() const noexcept { return expected_; }
+
+private:
+    std::size_t received_;
+    std::size_t expected_;
+};
+
+/// The category of getaddrinfo's EAI_* codes (EAI_SYSTEM errors use
+/// std::system_category instead); messages come from gai_strerror().
+[[nodiscard]] const std::error_category& resolver_category() noexcept;
+
+// ----- Sockets --------------------------------------------------------------------
+
+/// What the sockets share: an owned non-blocking, close-on-exec descriptor
+/// and the Reactor whose awaits it uses. Not used on its own.
+///
+/// Contract for every socket type:
+/// - Move-only. Destruction (or close()) removes any reader or writer the
+///   reactor has for the descriptor, then closes it. A socket must be
+///   destroyed before its reactor, and not while an operation of its own is
+///   pending (cancel the operation first: the awaiting task holds `this`).
+/// - Awaitable operations return a lazy Task that refers to the socket and
+///   to the buffer passed in: both must outlive it. They try the system
+///   call first and wait for readiness only when it would block, so a
+///   ready socket costs no reactor round trip.
+/// - At most one pending read-side and one pending write-side operation per
+///   socket (full duplex is fine); a second one throws std::logic_error, as
+///   muxio::readable() does.
+/// - Cancellation: each operation listens to its `token` and to the ambient
+///   token of the task awaiting it, and throws muxio::Cancelled when one is
+///   stopped while it waits; its reactor registration is removed. How much
+///   of a partly done transfer (read_exact, write_all) was moved is then
+///   unspecified.
+/// - Errors: std::system_error naming the operation and the address
+///   ("connect 127.0.0.1:1: Connection refused", "read from 10.0.0.2:80 on
+///   fd 7: Connection reset by peer"); std::logic_error for an operation on
+///   a closed socket. Writes never raise SIGPIPE: a vanished peer surfaces
+///   as EPIPE or ECONNRESET.
+/// - The try_* forms never throw or wait: they return the result, or
+///   nullopt with `error` cleared when the call would block, or nullopt
+///   with `error` set when it failed.
+class Socket {
+public:
+    /// The descriptor, -1 once closed or released.
+    [[nodiscard]] int fileno() const noexcept { return fd_; }
+    [[nodiscard]] bool is_open() const noexcept { return fd_ >= 0; }
+    /// The reactor the socket waits on. Precondition: not default-constructed.
+    [[nodiscard]] Reactor& reactor() const noexcept { return *reactor_; }
+
+    /// Removes the descriptor's reactor registrations and closes it.
+    /// Harmless when already closed.
+    void close() noexcept;
+    /// Gives up the descriptor without closing it or touching the reactor;
+    /// the socket is then closed. Returns -1 if it already was.
+    [[nodiscard]] int release() noexcept;
+
+    /// getsockname(). std::system_error on failure.
+    [[nodiscard]] SocketAddress local_address() const;
+
+    /// `co_await socket.readable()`: muxio::readable() on this descriptor,
+    /// for loops over the try_* forms that allocate nothing. Precondition:
+    /// the socket is open.
+    [[nodiscard]] detail::ReactorWait readable(std::stop_token token = {}) const noexcept {
+        return muxio::readable(*reactor_, fd_, std::move(token));
+    }
+    /// Like readable() for writability.
+    [[nodiscard]] detail::ReactorWait writable(std::stop_token token = {}) const noexcept {
+        return muxio::writable(*reactor_, fd_, std::move(token));
+    }
+
+protected:
+    Socket() noexcept = default;
+    Socket(Reactor& reactor, int fd) noexcept : reactor_{&reactor}, fd_{fd} {}
+    Socket(Socket&& other) noexcept : reactor_{other.reactor_}, fd_{std::exchange(other.fd_, -1)} {}
+    Socket& operator=(Socket&& other) noexcept;
+    Socket(const Socket&) = delete;
+    Socket& operator=(const Socket&) = delete;
+    // Protected and non-virtual: a socket is never deleted through a Socket*.
+    ~Socket() { close(); }
+
+    /// std::logic_error("<operation>: socket is closed") unless open.
+    void require_open(std::string_view operation) const;
+
+private:
+    Reactor* reactor_ = nullptr;
+    int fd_ = -1;
+};
+
+/// How shutdown() ends a stream.
+enum class ShutdownHow { read, write, both };
+
+/// A connected byte stream: what TcpStream and UnixStream share.
+class StreamSocket : public Socket {
+public:
+    /// Reads what is there, at most `buffer.size()` bytes, waiting until at
+    /// least one byte (or the end) arrives. Returns the byte count; 0 means
+    /// the peer ended the stream (or `buffer` is empty).
+    Task<std::size_t> read_some(std::span<std::byte> buffer, std::stop_token token = {});
+    /// Fills `buffer` completely. muxio::IncompleteRead if the stream ends first.
+    Task<void> read_exact(std::span<std::byte> buffer, std::stop_token token = {});
+    /// Writes what fits now, at least one byte: returns the byte count.
+    Task<std::size_t> write_some(std::span<const std::byte> buffer, std::stop_token token = {});
+    /// Writes all of `buffer`, waiting for room as needed.
+    Task<void> write_all(std::span<const std::byte> buffer, std::stop_token token = {});
+    /// write_all() of text; `text` must outlive the task.
+    Task<void> write_all(std::string_view text, std::stop_token token = {});
+
+    /// One recv(): bytes read (0 at the end of the stream), or nullopt (see Socket).
+    std::optional<std::size_t> try_read(std::span<std::byte> buffer, std::error_code& error) noexcept;
+    /// One send() with MSG_NOSIGNAL: bytes written, or nullopt (see Socket).
+    std::optional<std::size_t> try_write(std::span<const std::byte> buffer, std::error_code& error) noexcept;
+
+    /// shutdown(2): ends the reading side, the writing side (the peer reads
+    /// the end of the stream) or both. std::system_error on failure.
+    void shutdown(ShutdownHow how = ShutdownHow::write);
+
+    /// The peer, as known when the stream was connected, accepted or adopted
+    /// (unspecified if the kernel could not tell then). Stays available after
+    /// the connection broke, for messages.
+    [[nodiscard]] const SocketAddress& peer_address() const noexcept { return peer_; }
+
+protected:
+    StreamSocket() noexcept = default;
+    StreamSocket(Reactor& reactor, int fd, const SocketAddress& peer) noexcept : Socket{reactor, fd}, peer_{peer} {}
+    StreamSocket(StreamSocket&&) noexcept = default;
+    StreamSocket& operator=(StreamSocket&&) noexcept = default;
+    ~StreamSocket() = default;
+
+    /// std::system_error "<verb> <peer> on fd N: <errno text>".
+    [[noreturn]] void fail(int errnum, std::string_view verb) const;
+
+private:
+    SocketAddress peer_;
+};
+
+/// A TCP connection (IPv4 or IPv6).
+class TcpStream final : public StreamSocket {
+public:
+    /// A closed stream, to assign to later.
+    TcpStream() noexcept = default;
+    TcpStream(TcpStream&&) noexcept = default;
+    TcpStream& operator=(TcpStream&&) noexcept = default;
+    ~TcpStream() = default;
+
+    /// Opens a socket of `address`'s family and connects it: a non-blocking
+    /// connect(), a wait for writability, then SO_ERROR. On failure or
+    /// cancellation the half-open socket is closed. A task already cancelled
+    /// opens nothing. std::system_error "connect <address>: <reason>";
+    /// std::invalid_argument if `address` is not IPv4 or IPv6.
+    static Task<TcpStream> connect(Reactor& reactor, SocketAddress address, std::stop_token token = {});
+    /// Resolves `host` (muxio::resolve) and tries each address in the
+    /// resolver's order until one connects. If none does, std::system_error
+    /// with the last failure's code, naming the host and each address tried.
+    static Task<TcpStream> connect(Reactor& reactor, std::string host, std::uint16_t port, std::stop_token token = {});
+    /// Takes ownership of a connected TCP socket (made non-blocking here;
+    /// its close-on-exec flag is left as it is). std::invalid_argument, the
+    /// caller still owning `fd`, if it is not an IPv4 or IPv6 stream socket.
+    [[nodiscard]] static TcpStream adopt(Reactor& reactor, int fd);
+
+    /// TCP_NODELAY: send small writes at once instead of coalescing them.
+    void set_nodelay(bool enabled);
+    [[nodiscard]] bool nodelay() const;
+
+private:
+    friend class TcpListener;
+    TcpStream(Reactor& reactor, int fd, const SocketAddress& peer) noexcept : StreamSocket{reactor, fd, peer} {}
+};
+
+/// A connected Unix-domain stream socket.
+class UnixStream final : public StreamSocket {
+public:
+    UnixStream() noexcept = default;
+    UnixStream(UnixStream&&) noexcept = default;
+    UnixStream& operator=(UnixStream&&) noexcept = default;
+    ~UnixStream() = default;
+
+    /// Connects to a listening Unix-domain socket. A Unix connect does not
+    /// wait for the listener: a full backlog fails at once with EAGAIN
+    /// rather than waiting. std::system_error "connect unix:/path: <reason>";
+    /// std::invalid_argument if `address` is not Unix-domain.
+    static Task<UnixStream> connect(Reactor& reactor, SocketAddress address, std::stop_token token = {});
+    /// Two connected streams (socketpair(2)). std::system_error on failure.
+    [[nodiscard]] static std::pair<UnixStream, UnixStream> pair(Reactor& reactor);
+    /// Takes ownership of a connected Unix-domain stream socket, as
+    /// TcpStream::adopt() does.
+    [[nodiscard]] static UnixStream adopt(Reactor& reactor, int fd);
+
+private:
+    friend class UnixListener;
+    UnixStream(Reactor& reactor, int fd, const SocketAddress& peer) noexcept : StreamSocket{reactor, fd, peer} {}
+};
+
+/// How TcpListener::bind() sets up its socket.
+struct ListenOptions {
+    /// SO_REUSEADDR: rebind a port whose old connections linger in TIME_WAIT.
+    bool reuse_address = true;
+    /// SO_REUSEPORT: several listeners on one port, the kernel balancing.
+    bool reuse_port = false;
+    /// IPV6_V6ONLY for an IPv6 address: false lets "::" accept IPv4 too.
+    bool ipv6_only = false;
+    /// listen(2)'s backlog; the kernel caps it at net.core.somaxconn.
+    int backlog = SOMAXCONN;
+};
+
+/// A listening TCP socket.
+class TcpListener final : public Socket {
+public:
+    TcpListener() noexcept = default;
+    TcpListener(TcpListener&&) noexcept = default;
+    TcpListener& operator=(TcpListener&&) noexcept = default;
+    ~TcpListener() = default;
+
+    /// socket(), the options, bind(), listen(). Port 0 lets the kernel pick
+    /// one (see local_address()). std::system_error "bind 127.0.0.1:80:
+    /// Address already in use" and the like; std::invalid_argument if
+    /// `address` is not IPv4 or IPv6.
+    [[nodiscard]] static TcpListener bind(Reactor& reactor, const SocketAddress& address,
+                                          const ListenOptions& options = {});
+
+    /// Accepts the next connection, waiting for one if none is queued; the
+    /// stream's peer_address() says who it is. Connections the peer aborted
+    /// while queued are skipped. std::system_error "accept on <address>:
+    /// <reason>" otherwise, notably EMFILE/ENFILE (out of descriptors): it
+    /// is thrown, never retried, so a server cannot spin on it.
+    Task<TcpStream> accept(std::stop_token token = {});
+    /// One accept4(): for callback servers driven by Reactor::add_reader.
+    /// EMFILE/ENFILE come back in `error`; retrying at once would spin, as
+    /// the connection stays queued.
+    std::optional<TcpStream> try_accept(std::error_code& error) noexcept;
+
+    /// The bound address, with the port the kernel chose. No system call.
+    [[nodiscard]] const SocketAddress& local_address() const noexcept { return local_; }
+
+private:
+    TcpListener(Reactor& reactor, int fd) noexcept : Socket{reactor, fd} {}
+    SocketAddress local_;
+};
+
+/// How UnixListener::bind() sets up its socket.
+struct UnixListenOptions {
+    /// listen(2)'s backlog.
+    int backlog = SOMAXCONN;
+    /// Before binding a path, remove what is there if it is a socket (a
+    /// previous run's leftover); anything else at the path is left and
+    /// bind() fails with EADDRINUSE.
+    bool remove_stale = true;
+    /// When the listener closes, remove its path if it is still the socket
+    /// this listener created.
+    bool unlink_on_close = true;
+};
+
+/// A listening Unix-domain stream socket, bound to a path or an abstract name.
+class UnixListener final : public Socket {
+public:
+    UnixListener() noexcept = default;
+    UnixListener(UnixListener&& other) noexcept;
+    UnixListener& operator=(UnixListener&& other) noexcept;
+    ~UnixListener();
+
+    /// socket(), bind(), listen(), with the options above.
+    /// std::system_error "bind unix:/path: <reason>"; std::invalid_argument
+    /// if `address` is not Unix-domain.
+    [[nodiscard]] static UnixListener bind(Reactor& reactor, const SocketAddress& address,
+                                           const UnixListenOptions& options = {});
+
+    /// As TcpListener::accept(). The peer of a Unix stream is usually unnamed.
+    Task<UnixStream> accept(std::stop_token token = {});
+    /// As TcpListener::try_accept().
+    std::optional<UnixStream> try_accept(std::error_code& error) noexcept;
+
+    /// Removes the path (see UnixListenOptions::unlink_on_close), then
+    /// closes as Socket::close() does.
+    void close() noexcept;
+
+    [[nodiscard]] const SocketAddress& local_address() const noexcept { return local_; }
+
+private:
+    UnixListener(Reactor& reactor, int fd) noexcept : Socket{reactor, fd} {}
+    void unlink_path() noexcept;
+
+    SocketAddress local_;
+    // The file this listener created, to unlink only that one.
+    std::uint64_t device_ = 0;
+    std::uint64_t inode_ = 0;
+    bool owns_path_ = false;
+};
+
+/// How UdpSocket::bind() sets up its socket.
+struct UdpOptions {
+    bool reuse_address = false;
+    bool reuse_port = false;
+    bool ipv6_only = false;
+    /// SO_BROADCAST: allow sending to broadcast addresses.
+    bool broadcast = false;
+};
+
+/// One received datagram.
+struct Datagram {
+    /// Bytes stored in the buffer.
+    std::size_t size = 0;
+    /// The sender.
+    SocketAddress peer;
+    /// The datagram was longer than the buffer; the rest is lost.
+    bool truncated = false;
+};
+
+/// A UDP socket (IPv4 or IPv6).
+class UdpSocket final : public Socket {
+public:
+    UdpSocket() noexcept = default;
+    UdpSocket(UdpSocket&&) noexcept = default;
+    UdpSocket& operator=(UdpSocket&&) noexcept = default;
+    ~UdpSocket() = default;
+
+    /// A socket bound to `address` (port 0: the kernel picks).
+    /// std::system_error "bind <address>: <reason>"; std::invalid_argument
+    /// if `address` is not IPv4 or IPv6.
+    [[nodiscard]] static UdpSocket bind(Reactor& reactor, const SocketAddress& address, const UdpOptions& options = {});
+    /// An unbound socket of `family` (AF_INET or AF_INET6), bound by the
+    /// kernel on its first send. std::invalid_argument for another family.
+    [[nodiscard]] static UdpSocket open(Reactor& reactor, int family);
+
+    /// Sets the default destination of send() and receives only from
+    /// `peer`. Does not wait: UDP has no handshake. std::system_error.
+    void connect(const SocketAddress& peer);
+    /// The address given to connect(); unspecified before.
+    [[nodiscard]] const SocketAddress& peer_address() const noexcept { return peer_; }
+
+    /// Sends one datagram to `destination`; returns its size.
+    Task<std::size_t> send_to(std::span<const std::byte> buffer, SocketAddress destination, std::stop_token token = {});
+    /// Sends one datagram to the connected peer.
+    Task<std::size_t> send(std::span<const std::byte> buffer, std::stop_token token = {});
+    /// Receives one datagram, waiting for one.
+    Task<Datagram> recv_from(std::span<std::byte> buffer, std::stop_token token = {});
+
+    std::optional<std::size_t> try_send_to(std::span<const std::byte> buffer, const SocketAddress& destination,
+                                           std::error_code& error) noexcept;
+    std::optional<std::size_t> try_send(std::span<const std::byte> buffer, std::error_code& error) noexcept;
+    std::optional<Datagram> try_recv_from(std::span<std::byte> buffer, std::error_code& error) noexcept;
+
+private:
+    UdpSocket(Reactor& reactor, int fd) noexcept : Socket{reactor, fd} {}
+    SocketAddress peer_;
+};
+
+// ----- Name resolution --------------------------------------------------------------
+
+/// getaddrinfo(3)'s hints.
+struct ResolveHints {
+    /// AF_UNSPEC (both), AF_INET or AF_INET6.
+    int family = AF_UNSPEC;
+    /// SOCK_STREAM, SOCK_DGRAM, or 0 for any (duplicates are dropped).
+    int socktype = SOCK_STREAM;
+    int protocol = 0;
+    /// AI_* flags, e.g. AI_PASSIVE for an empty host meaning "any address".
+    int flags = 0;
+};
+
+/// Runs getaddrinfo(3) on worker threads of its own, so the loop never
+/// blocks on DNS. Threads start on demand, at most `max_threads` of them,
+/// and are joined by the destructor (which waits for lookups in progress and
+/// fails queued ones with ECANCELED). muxio::resolve() uses one shared by
+/// the process; own one to control when its threads end.
+///
+/// Thread-safe: any number of reactors may use one resolver.
+class Resolver {
+public:
+    /// std::invalid_argument if `max_threads` is 0.
+    explicit Resolver(std::size_t max_threads = 1);
+    ~Resolver();
+    Resolver(const Resolver&) = delete;
+    Resolver& operator=(const Resolver&) = delete;
+    Resolver(Resolver&&) = delete;
+    Resolver& operator=(Resolver&&) = delete;
+
+    /// Resolves `host` (a name or a numeric address; empty: the loopback, or
+    /// the wildcard with AI_PASSIVE) and `service` (a port number or a
+    /// service name; may be empty) to addresses, in getaddrinfo's order,
+    /// without duplicates. A numeric host and port are resolved on the loop
+    /// thread at once; anything else on a worker, the coroutine resuming on
+    /// `reactor` through Reactor::call_soon_threadsafe.
+    ///
+    /// Cancellation (muxio::Cancelled) resumes the coroutine at once; the
+    /// lookup in progress finishes on its worker and its result is dropped.
+    /// A stop requested after the lookup finished but before the coroutine
+    /// resumed also ends in Cancelled. A task already cancelled resolves
+    /// nothing.
+    ///
+    /// std::system_error "resolve <host>:<service>: <reason>", its code in
+    /// resolver_category() (EAI_NONAME, ...) or std::system_category().
+    Task<std::vector<SocketAddress>> resolve(Reactor& reactor, std::string host, std::string service,
+                                             ResolveHints hints = {}, std::stop_token token = {});
+
+    struct Pool;  // lib/resolver.cpp
+
+private:
+    std::unique_ptr<Pool> pool_;
+};
+
+/// Resolver::resolve() on the process's shared resolver (at most four
+/// threads, started on demand, joined at exit; a forked child gets its own).
+Task<std::vector<SocketAddress>> resolve(Reactor& reactor, std::string host, std::string service,
+                                         ResolveHints hints = {}, std::stop_token token = {});
+/// resolve() with a port number.
+Task<std::vector<SocketAddress>> resolve(Reactor& reactor, std::string host, std::uint16_t port,
+                                         ResolveHints hints = {}, std::stop_token token = {});
+
+}  // namespace muxio
+
+template <>
+struct std::hash<muxio::SocketAddress> {
+    std::size_t operator()(const muxio::SocketAddress& address) const noexcept { return address.hash(); }
+};
+
+/// `fmt::format("{}", address)` writes to_string(); string format specs
+/// (width, alignment) apply.
+template <>
+struct fmt::formatter<muxio::SocketAddress> : fmt::formatter<std::string_view> {
+    auto format(const muxio::SocketAddress& address, fmt::format_context& context) const
+        -> fmt::format_context::iterator {
+        const std::string text = address.to_string();
+        return fmt::formatter<std::string_view>::format(text, context);
+    }
+};
