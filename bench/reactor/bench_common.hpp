@@ -141,29 +141,58 @@ inline int make_listener(std::uint16_t port) {
     return fd;
 }
 
-/// A connected AF_UNIX socket pair that nobody writes to. The call_soon,
-/// threadsafe and latency benchmarks watch `idle()` for reading in every
-/// library, so each loop polls I/O as a loop with any connection does (asio,
-/// for one, creates its epoll reactor only once something needs it).
-class IdlePair {
+/// A connected, non-blocking AF_UNIX stream socket pair, closed on destruction.
+class SocketPair {
 public:
-    IdlePair() {
+    SocketPair() {
         if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds_) == -1) {
             fail_errno("socketpair");
         }
     }
-    ~IdlePair() {
+    ~SocketPair() {
         ::close(fds_[0]);
         ::close(fds_[1]);
     }
-    IdlePair(const IdlePair&) = delete;
-    IdlePair& operator=(const IdlePair&) = delete;
+    SocketPair(const SocketPair&) = delete;
+    SocketPair& operator=(const SocketPair&) = delete;
 
-    [[nodiscard]] int idle() const { return fds_[0]; }
+    [[nodiscard]] int first() const { return fds_[0]; }
+    [[nodiscard]] int second() const { return fds_[1]; }
 
 private:
     int fds_[2] = {-1, -1};
 };
+
+/// A socket pair that nobody writes to. The call_soon, threadsafe, latency
+/// and spawn benchmarks watch `idle()` for reading in every library, so each
+/// loop polls I/O as a loop with any connection does (asio, for one, creates
+/// its epoll reactor only once something needs it).
+class IdlePair : SocketPair {
+public:
+    [[nodiscard]] int idle() const { return first(); }
+};
+
+/// One byte each way for the ping-pong benchmarks (plain system calls, the
+/// same for every library): a short count or an error is a failed run.
+inline void write_byte(int fd, char byte) {
+    if (::write(fd, &byte, 1) != 1) {
+        fail_errno("write");
+    }
+}
+inline char read_byte(int fd) {
+    char byte = 0;
+    if (::read(fd, &byte, 1) != 1) {
+        fail_errno("read");
+    }
+    return byte;
+}
+
+/// Median of a run's repetitions.
+inline double median(std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    const std::size_t n = values.size();
+    return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
 
 // ----- Echo servers ------------------------------------------------------------------------
 // Each accepts on 127.0.0.1:port, sets TCP_NODELAY on every connection, reads
@@ -180,6 +209,16 @@ struct EchoConfig {
 [[noreturn]] void echo_libuv(const EchoConfig& config);
 [[noreturn]] void echo_libevent(const EchoConfig& config);
 [[noreturn]] void echo_asio(const EchoConfig& config);
+// The coroutine servers: one task per connection awaiting readability (and
+// writability for what the socket did not take), the accept loop a task too.
+// muxio-coro awaits muxio::readable()/writable() on the raw fd and makes the
+// same read/write calls as echo_muxio; asio-coro is the textbook
+// asio::awaitable session (co_await async_read_some, then async_write).
+[[noreturn]] void echo_muxio_coro(const EchoConfig& config);
+[[noreturn]] void echo_asio_coro(const EchoConfig& config);
+// Diagnostic: muxio-coro with a reader kept registered between awaits (a
+// bench-side awaitable, not a muxio API; see muxio_impl.cpp).
+[[noreturn]] void echo_muxio_coro_sticky(const EchoConfig& config);
 
 // ----- Timers ---------------------------------------------------------------------------------
 // Schedule `delays_ms.size()` one-shot timers with these delays (whole
@@ -266,6 +305,35 @@ std::vector<std::int64_t> latency_muxio(const LatencyWorkload& workload);
 std::vector<std::int64_t> latency_libuv(const LatencyWorkload& workload);
 std::vector<std::int64_t> latency_libevent(const LatencyWorkload& workload);
 std::vector<std::int64_t> latency_asio(const LatencyWorkload& workload);
+
+// ----- Coroutines (reactor_coro_bench) -------------------------------------------------------
+
+/// Ping-pong of one byte over an AF_UNIX socket pair, one thread: the pinger
+/// writes a byte to its end and waits until its end is readable, reads the
+/// echo; the ponger waits until its end is readable, reads, writes the byte
+/// back. `round_trips` times. The writes and reads are plain system calls
+/// (write_byte, read_byte) in every variant; what differs is how each side
+/// waits: a coroutine awaiting readability (muxio::readable, asio's
+/// async_read_some with use_awaitable) or a callback.
+struct PingPongWorkload {
+    std::size_t round_trips = 0;
+};
+
+Measurement pingpong_muxio_coro(const PingPongWorkload& workload);
+Measurement pingpong_muxio_coro_sticky(const PingPongWorkload& workload);  // diagnostic, as the echo server
+Measurement pingpong_muxio(const PingPongWorkload& workload);
+Measurement pingpong_asio_coro(const PingPongWorkload& workload);
+Measurement pingpong_asio(const PingPongWorkload& workload);
+
+/// Spawn `tasks` trivial tasks (each increments a counter and returns) on a
+/// loop that is not running, then run it until they have all completed.
+/// muxio::spawn against asio::co_spawn(..., asio::detached).
+struct SpawnWorkload {
+    std::size_t tasks = 0;
+};
+
+Measurement spawn_muxio_coro(const SpawnWorkload& workload);
+Measurement spawn_asio_coro(const SpawnWorkload& workload);
 
 // ----- Helpers for the cross-thread benchmarks ----------------------------------------------------
 

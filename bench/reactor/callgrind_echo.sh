@@ -14,9 +14,10 @@
 # run_reactor_bench.sh's nanoseconds.
 #
 # Environment (all optional): BUILD_DIR (default: build/bench-reactor),
-# SERVERS (default: epoll,muxio,libuv,libevent,asio), CONNECTIONS (default:
-# 1,64,1000), DURATION (default: 3), PORT_BASE (default: 30000),
-# KEEP (a directory to keep the callgrind files in, for callgrind_annotate).
+# SERVERS (default: epoll,muxio,libuv,libevent,asio; the coroutine servers
+# muxio-coro and asio-coro can be named too), CONNECTIONS (default: 1,64,1000),
+# DURATION (default: 3), PORT_BASE (default: 30000), KEEP (a directory to keep
+# the callgrind files in, for callgrind_annotate).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -76,7 +77,7 @@ import sys
 rows = [line.split() for line in open(sys.argv[1])]
 per = {(s, int(n)): int(i) / int(m) for s, n, i, m in rows}
 conns = sorted({n for _, n in per})
-order = ["epoll", "muxio", "libuv", "libevent", "asio"]
+order = ["epoll", "muxio", "muxio-coro", "muxio-coro-sticky", "libuv", "libevent", "asio", "asio-coro"]
 names = [s for s in order if any((s, n) in per for n in conns)]
 peers = [s for s in ("libuv", "libevent", "asio") if s in names]
 print("| user-space instructions per message | " + " | ".join(f"{n:,} conn.".replace(",", " ") for n in conns) + " |")

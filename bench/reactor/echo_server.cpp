@@ -1,7 +1,8 @@
 // reactor_echo_server --impl NAME --port PORT
 //
-// One of the five echo servers the echo benchmark compares (see
-// bench_common.hpp for the behaviour they share). Runs until killed; the load
+// One of the echo servers the echo benchmark compares (see bench_common.hpp
+// for the behaviour they share): five callback servers and two coroutine
+// servers (muxio-coro, asio-coro), and the diagnostic muxio-coro-sticky. Runs until killed; the load
 // generator reads its CPU time from /proc.
 #include <cstdio>
 #include <exception>
@@ -13,7 +14,10 @@
 namespace {
 
 void usage() {
-    std::fputs("usage: reactor_echo_server --impl epoll|muxio|libuv|libevent|asio --port PORT\n", stderr);
+    std::fputs(
+        "usage: reactor_echo_server --impl epoll|muxio|libuv|libevent|asio|muxio-coro|asio-coro|muxio-coro-sticky "
+        "--port PORT\n",
+        stderr);
 }
 
 }  // namespace
@@ -43,6 +47,12 @@ int main(int argc, char** argv) {
             bench::echo_libevent(config);
         } else if (impl == "asio") {
             bench::echo_asio(config);
+        } else if (impl == "muxio-coro") {
+            bench::echo_muxio_coro(config);
+        } else if (impl == "asio-coro") {
+            bench::echo_asio_coro(config);
+        } else if (impl == "muxio-coro-sticky") {
+            bench::echo_muxio_coro_sticky(config);
         }
     } catch (const std::exception& error) {
         std::fprintf(stderr, "reactor_echo_server: %s\n", error.what());

@@ -44,11 +44,7 @@ struct Options {
     std::uint64_t seed = 42;
 };
 
-double median(std::vector<double> values) {
-    std::sort(values.begin(), values.end());
-    const std::size_t n = values.size();
-    return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
+using bench::median;
 
 template <class F>
 F pick(const std::string& impl, F muxio, F libuv, F libevent, F asio) {

@@ -1,18 +1,29 @@
 // The muxio side of every reactor benchmark: muxio::Reactor with its default
 // selector (epoll here), callbacks capturing one or two pointers (stored
-// inline, no allocation).
+// inline, no allocation); and the coroutine side (muxio::Task, spawn(),
+// readable()/writable() on raw descriptors) of the echo server and of
+// reactor_coro_bench.
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <coroutine>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "bench_common.hpp"
+#include "muxio/awaitables.hpp"
 #include "muxio/reactor.hpp"
+#include "muxio/run.hpp"
+#include "muxio/task.hpp"
 
 namespace bench {
 
@@ -85,6 +96,147 @@ void echo_muxio(const EchoConfig& config) {
     muxio::Reactor reactor;
     MuxioEcho server{reactor};
     server.listen(make_listener(config.port));
+    for (;;) {
+        reactor.run();
+    }
+}
+
+// ----- Echo server, coroutines ----------------------------------------------------------
+// The same steps as MuxioEcho (echo_on_readable / echo_on_writable into the
+// same static buffer: a read and its write never straddle a suspension), but
+// each connection is a task that awaits readability, and writability while
+// the socket has not taken everything.
+
+namespace {
+
+muxio::Task<void> serve_connection(muxio::Reactor& reactor, int fd) {
+    EchoConnection connection{fd, {}, 0};
+    for (;;) {
+        co_await muxio::readable(reactor, fd);
+        EchoNext next = echo_on_readable(connection, echo_buffer, sizeof echo_buffer);
+        if (next == EchoNext::watch_writable) {
+            do {
+                co_await muxio::writable(reactor, fd);
+                next = echo_on_writable(connection);
+            } while (next == EchoNext::nothing);
+        }
+        if (next == EchoNext::close) {
+            break;
+        }
+    }
+    ::close(fd);
+}
+
+muxio::Task<void> accept_connections(muxio::Reactor& reactor, int listener) {
+    for (;;) {
+        co_await muxio::readable(reactor, listener);
+        for (;;) {
+            const int fd = ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                break;  // EAGAIN: accepted them all (other errors: the client retries)
+            }
+            set_nodelay(fd);
+            muxio::spawn(reactor, serve_connection(reactor, fd));
+        }
+    }
+}
+
+// Diagnostic, not a muxio API: an await of readability whose reader stays
+// registered between awaits, so a task that comes back to wait on the same fd
+// makes no epoll_ctl. Removed lazily, when the fd is readable and nobody
+// waits (level-triggered: it would fire every iteration), and at the end. No
+// cancellation. Measures what keeping the registration would save
+// (docs/BENCHMARKS.md, "Coroutines").
+class StickyReader {
+public:
+    StickyReader(muxio::Reactor& reactor, int fd) noexcept : reactor_{reactor}, fd_{fd} {}
+    ~StickyReader() {
+        if (registered_) {
+            reactor_.remove_reader(fd_);
+        }
+    }
+    StickyReader(const StickyReader&) = delete;
+    StickyReader& operator=(const StickyReader&) = delete;
+
+    struct Awaiter {
+        StickyReader* reader;
+        [[nodiscard]] bool await_ready() const noexcept { return false; }
+        void await_suspend(std::coroutine_handle<> awaiter) { reader->arm(awaiter); }
+        void await_resume() const noexcept {}
+    };
+    [[nodiscard]] Awaiter readable() noexcept { return Awaiter{this}; }
+
+private:
+    void arm(std::coroutine_handle<> awaiter) {
+        waiter_ = awaiter;
+        if (!registered_) {
+            reactor_.add_reader(fd_, [this] { on_readable(); });
+            registered_ = true;
+        }
+    }
+    void on_readable() {
+        if (!waiter_) {
+            reactor_.remove_reader(fd_);
+            registered_ = false;
+            return;
+        }
+        std::exchange(waiter_, {}).resume();
+    }
+
+    muxio::Reactor& reactor_;
+    std::coroutine_handle<> waiter_;
+    int fd_;
+    bool registered_ = false;
+};
+
+muxio::Task<void> serve_connection_sticky(muxio::Reactor& reactor, int fd) {
+    {
+        StickyReader reader{reactor, fd};
+        EchoConnection connection{fd, {}, 0};
+        for (;;) {
+            co_await reader.readable();
+            EchoNext next = echo_on_readable(connection, echo_buffer, sizeof echo_buffer);
+            if (next == EchoNext::watch_writable) {
+                do {
+                    co_await muxio::writable(reactor, fd);
+                    next = echo_on_writable(connection);
+                } while (next == EchoNext::nothing);
+            }
+            if (next == EchoNext::close) {
+                break;
+            }
+        }
+    }
+    ::close(fd);
+}
+
+muxio::Task<void> accept_connections_sticky(muxio::Reactor& reactor, int listener) {
+    for (;;) {
+        co_await muxio::readable(reactor, listener);
+        for (;;) {
+            const int fd = ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                break;
+            }
+            set_nodelay(fd);
+            muxio::spawn(reactor, serve_connection_sticky(reactor, fd));
+        }
+    }
+}
+
+}  // namespace
+
+void echo_muxio_coro_sticky(const EchoConfig& config) {
+    muxio::Reactor reactor;
+    muxio::spawn(reactor, accept_connections_sticky(reactor, make_listener(config.port)));
+    for (;;) {
+        reactor.run();
+    }
+}
+
+void echo_muxio_coro(const EchoConfig& config) {
+    muxio::Reactor reactor;
+    muxio::spawn(reactor, accept_connections(reactor, make_listener(config.port)));
     for (;;) {
         reactor.run();
     }
@@ -239,6 +391,156 @@ std::vector<std::int64_t> latency_muxio(const LatencyWorkload& workload) {
     reactor.run();
     producer.join();
     return std::move(state.latencies);
+}
+
+// ----- Coroutine micro-benchmarks --------------------------------------------------------------
+
+namespace {
+
+// A failed check in a callback or a spawned task would otherwise be logged
+// and leave the other side waiting forever.
+void abort_on_exception(std::exception_ptr error) {
+    try {
+        std::rethrow_exception(std::move(error));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "reactor_coro_bench: %s\n", e.what());
+    }
+    std::abort();
+}
+
+muxio::Task<void> ping(muxio::Reactor& reactor, int fd, std::size_t round_trips, std::size_t& completed) {
+    for (std::size_t i = 0; i < round_trips; ++i) {
+        write_byte(fd, static_cast<char>(i));
+        co_await muxio::readable(reactor, fd);
+        if (read_byte(fd) != static_cast<char>(i)) {
+            throw std::runtime_error("ping: wrong byte echoed");
+        }
+        ++completed;
+    }
+}
+
+muxio::Task<void> ping_sticky(muxio::Reactor& reactor, int fd, std::size_t round_trips, std::size_t& completed) {
+    StickyReader reader{reactor, fd};
+    for (std::size_t i = 0; i < round_trips; ++i) {
+        write_byte(fd, static_cast<char>(i));
+        co_await reader.readable();
+        if (read_byte(fd) != static_cast<char>(i)) {
+            throw std::runtime_error("ping: wrong byte echoed");
+        }
+        ++completed;
+    }
+}
+
+muxio::Task<void> pong_sticky(muxio::Reactor& reactor, int fd, std::size_t round_trips) {
+    StickyReader reader{reactor, fd};
+    for (std::size_t i = 0; i < round_trips; ++i) {
+        co_await reader.readable();
+        write_byte(fd, read_byte(fd));
+    }
+}
+
+muxio::Task<void> pong(muxio::Reactor& reactor, int fd, std::size_t round_trips) {
+    for (std::size_t i = 0; i < round_trips; ++i) {
+        co_await muxio::readable(reactor, fd);
+        write_byte(fd, read_byte(fd));
+    }
+}
+
+// The callback version: both readers stay registered for the whole run.
+struct CallbackPingPong {
+    muxio::Reactor* reactor;
+    int ping_fd;
+    int pong_fd;
+    std::size_t round_trips;
+    std::size_t completed = 0;
+
+    void on_ping_readable() {
+        if (read_byte(ping_fd) != static_cast<char>(completed)) {
+            throw std::runtime_error("ping: wrong byte echoed");
+        }
+        if (++completed == round_trips) {
+            reactor->stop();
+        } else {
+            write_byte(ping_fd, static_cast<char>(completed));
+        }
+    }
+    void on_pong_readable() const { write_byte(pong_fd, read_byte(pong_fd)); }
+};
+
+struct SpawnState {
+    muxio::Reactor* reactor;
+    std::size_t total = 0;
+    std::size_t completed = 0;
+};
+
+muxio::Task<void> trivial_task(SpawnState& state) {
+    if (++state.completed == state.total) {
+        state.reactor->stop();
+    }
+    co_return;
+}
+
+}  // namespace
+
+Measurement pingpong_muxio_coro(const PingPongWorkload& workload) {
+    const SocketPair pair;
+    muxio::Reactor reactor;
+    reactor.set_exception_handler(abort_on_exception);
+    std::size_t completed = 0;
+
+    const std::int64_t wall_start = wall_ns();
+    const std::int64_t cpu_start = process_cpu_ns();
+    muxio::spawn(reactor, pong(reactor, pair.second(), workload.round_trips));
+    muxio::run_until_complete(reactor, ping(reactor, pair.first(), workload.round_trips, completed));
+    return {wall_ns() - wall_start, process_cpu_ns() - cpu_start, completed};
+}
+
+Measurement pingpong_muxio_coro_sticky(const PingPongWorkload& workload) {
+    const SocketPair pair;
+    muxio::Reactor reactor;
+    reactor.set_exception_handler(abort_on_exception);
+    std::size_t completed = 0;
+
+    const std::int64_t wall_start = wall_ns();
+    const std::int64_t cpu_start = process_cpu_ns();
+    muxio::spawn(reactor, pong_sticky(reactor, pair.second(), workload.round_trips));
+    muxio::run_until_complete(reactor, ping_sticky(reactor, pair.first(), workload.round_trips, completed));
+    return {wall_ns() - wall_start, process_cpu_ns() - cpu_start, completed};
+}
+
+Measurement pingpong_muxio(const PingPongWorkload& workload) {
+    const SocketPair pair;
+    muxio::Reactor reactor;
+    reactor.set_exception_handler(abort_on_exception);
+    CallbackPingPong state{&reactor, pair.first(), pair.second(), workload.round_trips};
+
+    const std::int64_t wall_start = wall_ns();
+    const std::int64_t cpu_start = process_cpu_ns();
+    reactor.add_reader(state.pong_fd, [s = &state] { s->on_pong_readable(); });
+    reactor.add_reader(state.ping_fd, [s = &state] { s->on_ping_readable(); });
+    write_byte(state.ping_fd, 0);
+    reactor.run();
+    const Measurement measured{wall_ns() - wall_start, process_cpu_ns() - cpu_start, state.completed};
+    reactor.remove_reader(state.ping_fd);
+    reactor.remove_reader(state.pong_fd);
+    return measured;
+}
+
+Measurement spawn_muxio_coro(const SpawnWorkload& workload) {
+    const IdlePair pair;
+    muxio::Reactor reactor;
+    reactor.add_reader(pair.idle(), [] {});
+    SpawnState state{&reactor, workload.tasks};
+
+    const std::int64_t wall_start = wall_ns();
+    const std::int64_t cpu_start = process_cpu_ns();
+    for (std::size_t i = 0; i < workload.tasks; ++i) {
+        muxio::spawn(reactor, trivial_task(state));
+    }
+    reactor.run();
+    const Measurement measured{wall_ns() - wall_start, process_cpu_ns() - cpu_start, state.completed};
+    reactor.remove_reader(pair.idle());
+    return measured;
 }
 
 }  // namespace bench

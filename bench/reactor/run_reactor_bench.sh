@@ -8,10 +8,17 @@
 # over the rounds as Markdown tables (docs/BENCHMARKS.md), with ratios against
 # raw epoll and against the best of libuv, libevent and asio.
 #
+# SECTIONS=coro measures the coroutine layer (not in the default set): the
+# coroutine echo servers (muxio-coro, asio-coro) next to the callback ones
+# (CORO_SERVERS), a readable() round trip (reactor_coro_bench --bench
+# readable: muxio-coro, asio-coro and the callback versions muxio, asio) and
+# task spawn + completion (--bench spawn: muxio-coro, asio-coro). With
+# SECTIONS=echo,coro an echo job both sections name runs once per round.
+#
 # Environment (all optional):
 #   BUILD_DIR     build directory                    (default: build/bench-reactor)
 #   ROUNDS        interleaved rounds                 (default: 5)
-#   SECTIONS      which benchmarks                   (default: echo,timers,soon,threadsafe,latency)
+#   SECTIONS      which benchmarks                   (default: echo,timers,soon,threadsafe,latency; also: coro)
 #   SERVERS       echo servers                       (default: epoll,muxio,libuv,libevent,asio)
 #   LIBS          libraries of the loop benchmarks   (default: muxio,libuv,libevent,asio)
 #   CONNECTIONS   echo connection counts             (default: 1,64,1000)
@@ -23,6 +30,11 @@
 #   CALLBACKS     callbacks per call_soon / threadsafe run (default: 1000000)
 #   SAMPLES       latency samples per run            (default: 20000)
 #   REPS          repetitions inside one loop-benchmark process; it reports their median (default: 3)
+#   CORO_SERVERS  echo servers of the coro section   (default: epoll,muxio,muxio-coro,asio,asio-coro)
+#   CORO_IMPLS    readable round-trip contenders     (default: muxio-coro,muxio,asio-coro,asio; empty: none)
+#   ROUND_TRIPS   round trips per readable run       (default: 100000)
+#   SPAWN_TASKS   task counts of the spawn benchmark (default: 1000,100000; empty: none)
+#   CORO_REPS     repetitions inside one reactor_coro_bench process; it reports their median (default: 5)
 #   SERVER_CPU    core of the echo server and of the loop thread (default: 0)
 #   CLIENT_CPU    core of the load generator and of the producer thread (default: 1)
 #   PORT_BASE     first TCP port used                (default: 20000)
@@ -47,18 +59,33 @@ reps="${REPS:-3}"
 server_cpu="${SERVER_CPU:-0}"
 client_cpu="${CLIENT_CPU:-1}"
 port="${PORT_BASE:-20000}"
+coro_servers="${CORO_SERVERS:-epoll,muxio,muxio-coro,asio,asio-coro}"
+coro_impls="${CORO_IMPLS-muxio-coro,muxio,asio-coro,asio}"
+round_trips="${ROUND_TRIPS:-100000}"
+spawn_tasks="${SPAWN_TASKS-1000,100000}"
+coro_reps="${CORO_REPS:-5}"
 
 generator=()
 if command -v ninja >/dev/null && [[ ! -f "$build_dir/CMakeCache.txt" ]]; then generator=(-G Ninja); fi
 cmake -S "$here" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
     -DMUXIO_WARNINGS_AS_ERRORS=ON >/dev/null
-cmake --build "$build_dir" --target reactor_echo_server reactor_echo_client reactor_loop_bench -j2 >/dev/null
+cmake --build "$build_dir" --target reactor_echo_server reactor_echo_client reactor_loop_bench reactor_coro_bench \
+    -j2 >/dev/null
 server_bin="$build_dir/reactor_echo_server"
 client_bin="$build_dir/reactor_echo_client"
 loop_bin="$build_dir/reactor_loop_bench"
+coro_bin="$build_dir/reactor_coro_bench"
 
-# Every job is one line: "echo SERVER CONNECTIONS" or "loop BENCH LIB ARGS...".
+# Every job is one line: "echo SERVER CONNECTIONS", "loop BENCH LIB ARGS..."
+# or "coro BENCH IMPL ARGS...".
 jobs=()
+add_job() {
+    local job
+    for job in "${jobs[@]}"; do
+        if [[ "$job" == "$1" ]]; then return; fi
+    done
+    jobs+=("$1")
+}
 IFS=, read -r -a section_list <<<"$sections"
 IFS=, read -r -a server_list <<<"$servers"
 IFS=, read -r -a lib_list <<<"$libs"
@@ -67,7 +94,19 @@ for section in "${section_list[@]}"; do
     case "$section" in
     echo)
         for n in "${connection_list[@]}"; do
-            for s in "${server_list[@]}"; do jobs+=("echo $s $n"); done
+            for s in "${server_list[@]}"; do add_job "echo $s $n"; done
+        done
+        ;;
+    coro)
+        IFS=, read -r -a coro_server_list <<<"$coro_servers"
+        IFS=, read -r -a coro_impl_list <<<"$coro_impls"
+        IFS=, read -r -a spawn_list <<<"$spawn_tasks"
+        for n in "${connection_list[@]}"; do
+            for s in "${coro_server_list[@]}"; do add_job "echo $s $n"; done
+        done
+        for i in "${coro_impl_list[@]}"; do add_job "coro readable $i --count $round_trips"; done
+        for t in "${spawn_list[@]}"; do
+            for i in muxio-coro asio-coro; do add_job "coro spawn $i --count $t"; done
         done
         ;;
     timers)
@@ -101,7 +140,8 @@ results="$root/bench/results/reactor_bench-$(date +%Y%m%d-%H%M%S).txt"
         "libevent $(pkg-config --modversion libevent_core); asio $(sed -n 's/^#define ASIO_VERSION \([0-9]*\).*/\1/p' \
         /usr/include/asio/version.hpp)"
     echo "# rounds: $rounds; echo: ${duration} s after ${warmup} s warm-up, ${size}-byte messages;" \
-        "server/loop on cpu $server_cpu, client/producer on cpu $client_cpu; loop benchmarks: median of $reps repetitions"
+        "server/loop on cpu $server_cpu, client/producer on cpu $client_cpu; loop benchmarks: median of $reps repetitions;" \
+        "coroutine benchmarks: median of $coro_reps repetitions"
     echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$results"
 
@@ -133,6 +173,15 @@ run_loop() {
     echo "round=$round $line"
 }
 
+run_coro() {
+    local round="$1" bench="$2" impl="$3"
+    shift 3
+    local line
+    line="$(taskset -c "$server_cpu" "$coro_bin" --bench "$bench" --impl "$impl" --reps "$coro_reps" \
+        --loop-core "$server_cpu" "$@")"
+    echo "round=$round $line"
+}
+
 start=$SECONDS
 count=${#jobs[@]}
 for ((round = 0; round < rounds; round++)); do
@@ -143,6 +192,8 @@ for ((round = 0; round < rounds; round++)); do
         read -r -a job <<<"${jobs[$(((i + offset) % count))]}"
         if [[ "${job[0]}" == echo ]]; then
             run_echo "${job[1]}" "${job[2]}" "$round" >>"$results"
+        elif [[ "${job[0]}" == coro ]]; then
+            run_coro "$round" "${job[@]:1}" >>"$results"
         else
             run_loop "$round" "${job[@]:1}" >>"$results"
         fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Turns a results file of bench/reactor/run_reactor_bench.sh into Markdown
 tables: the median over the rounds of every figure, ratios against raw epoll
-and against the best peer (libuv, libevent, asio), and the spread.
+and against the best peer (libuv, libevent, asio), and the spread. The
+coroutine rows (SECTIONS=coro) get ratios against the best coroutine peer
+(asio-coro) and against muxio's callback version.
 
     python3 bench/reactor/summarize_reactor_bench.py bench/results/reactor_bench-*.txt
 """
@@ -11,8 +13,10 @@ import statistics
 import sys
 
 PEERS = ("libuv", "libevent", "asio")
-SERVER_ORDER = ("epoll", "muxio") + PEERS
+CORO_PEERS = ("asio-coro",)
+SERVER_ORDER = ("epoll", "muxio", "muxio-coro", "muxio-coro-sticky") + PEERS + CORO_PEERS
 LIB_ORDER = ("muxio",) + PEERS
+CORO_ORDER = ("muxio-coro", "muxio-coro-sticky", "muxio", "asio-coro", "asio")
 
 
 def load(path):
@@ -75,9 +79,9 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
-def best_peer(series, column, lower_is_better):
-    """(name, value) of the best peer in `column`."""
-    candidates = [(series.median(p, column), p) for p in PEERS if series.median(p, column) is not None]
+def best_peer(series, column, lower_is_better, peers=PEERS):
+    """(name, value) of the best of `peers` in `column`."""
+    candidates = [(series.median(p, column), p) for p in peers if series.median(p, column) is not None]
     if not candidates:
         return None, None
     value, name = (min if lower_is_better else max)(candidates)
@@ -116,12 +120,22 @@ def echo_section(rows):
             ratio_rows.append((f"{n} / epoll, {label}",
                                [fmt(ratio(metrics[key].median(n, c), metrics[key].median("epoll", c)), 3)
                                 for c in conns]))
-        cells = []
-        for c in conns:
-            peer, value = best_peer(metrics[key], c, lower)
-            r = ratio(metrics["msgs_per_s" if key == "msgs_per_s" else key].median("muxio", c), value)
-            cells.append(f"{fmt(r, 3)} ({peer})" if peer else "-")
-        ratio_rows.append((f"**muxio / best peer, {label}**", cells))
+        for name, peers in (("muxio", PEERS), ("muxio-coro", CORO_PEERS)):
+            if name not in names:
+                continue
+            cells = []
+            for c in conns:
+                peer, value = best_peer(metrics[key], c, lower, peers)
+                r = ratio(metrics[key].median(name, c), value)
+                cells.append(f"{fmt(r, 3)} ({peer})" if peer else "-")
+            ratio_rows.append((f"**{name} / best {'coroutine ' if name != 'muxio' else ''}peer, {label}**", cells))
+        for a, b in (("muxio-coro", "muxio"), ("muxio-coro-sticky", "muxio"), ("asio-coro", "asio")):
+            if a in names and b in names:
+                ratio_rows.append((f"**{a} / {b} callback, {label}**",
+                                   [fmt(ratio(metrics[key].median(a, c), metrics[key].median(b, c)), 3)
+                                    for c in conns]))
+    # Rows whose reference did not run (no epoll, no peer) say nothing.
+    ratio_rows = [(label, cells) for label, cells in ratio_rows if any(not c.startswith("-") for c in cells)]
     table("ratio (lower is better except msgs/s)", columns, ratio_rows)
 
     table("spread of server CPU/msg (max-min)/median", columns,
@@ -161,6 +175,46 @@ def simple_section(rows, bench, heading, figures, group_key=None):
     table("spread (max-min)/median", columns, [(n, spread_cells[n]) for n in names])
 
 
+def coro_section(rows, bench, heading, figures, group_key=None, group_label=None):
+    """Like simple_section for the coroutine benchmarks: rows = CORO_ORDER,
+    ratios muxio-coro / best coroutine peer, muxio-coro / muxio callback and
+    asio-coro / asio callback."""
+    rows = [r for r in rows if r.get("bench") == bench]
+    if not rows:
+        return
+    groups = sorted({r.get(group_key) for r in rows}) if group_key else [None]
+    series = {key: Series() for key, *_ in figures}
+    for r in rows:
+        for key in series:
+            series[key].add(r["impl"], r.get(group_key) if group_key else None, r.get(key))
+    names = [n for n in CORO_ORDER if any(series[figures[0][0]].median(n, g) is not None for g in groups)]
+    columns = []
+    cells = {n: [] for n in names}
+    spread_cells = {n: [] for n in names}
+    ratio_specs = [("muxio-coro", CORO_PEERS, "**muxio-coro / best coroutine peer**"),
+                   ("muxio-coro", ("muxio",), "**muxio-coro / muxio callback**"),
+                   ("muxio-coro-sticky", ("muxio",), "muxio-coro-sticky (diagnostic) / muxio callback"),
+                   ("asio-coro", ("asio",), "asio-coro / asio callback")]
+    ratio_cells = {label: [] for *_, label in ratio_specs}
+    for g in groups:
+        for key, title, digits, lower in figures:
+            columns.append(title if g is None else f"{title}, {group_label or group_key} = {fmt(g)}")
+            for n in names:
+                cells[n].append(fmt(series[key].median(n, g), digits))
+                spread = series[key].spread(n, g)
+                spread_cells[n].append("-" if spread is None else f"{spread * 100:.0f} %")
+            for name, peers, label in ratio_specs:
+                peer, value = best_peer(series[key], g, lower, peers)
+                r = ratio(series[key].median(name, g), value)
+                shown = f" ({peer})" if len(peers) > 1 or peers == CORO_PEERS else ""
+                ratio_cells[label].append(f"{fmt(r, 2)}{shown}" if r is not None else "-")
+    print(f"### {heading}\n")
+    ratio_rows = [(label, ratio_cells[label]) for *_, label in ratio_specs
+                  if any(c != "-" for c in ratio_cells[label])]
+    table("implementation", columns, [(n, cells[n]) for n in names] + ratio_rows)
+    table("spread (max-min)/median", columns, [(n, spread_cells[n]) for n in names])
+
+
 def main():
     rows = load(sys.argv[1])
     echo_section(rows)
@@ -180,6 +234,13 @@ def main():
         ("p50_us", "p50 µs", 2, True),
         ("p99_us", "p99 µs", 2, True),
     ))
+    coro_section(rows, "coro_readable", "Coroutines: one readable() round trip (socket-pair ping-pong)", (
+        ("cpu_ns_per_round_trip", "CPU ns per round trip", 0, True),
+        ("wall_ns_per_round_trip", "wall ns per round trip", 0, True),
+    ))
+    coro_section(rows, "coro_spawn", "Coroutines: spawn a trivial task and run it to completion", (
+        ("cpu_ns_per_task", "CPU ns per task", 1, True),
+    ), group_key="tasks", group_label="N")
     rounds = len({r.get("round") for r in rows})
     print(f"Medians over {rounds} interleaved rounds; each loop-benchmark figure of a round is itself the median "
           "of the repetitions inside its process.")
