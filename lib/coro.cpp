@@ -19,6 +19,10 @@ bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient
     // A reader or writer callback holds only `this`: stored inline, no allocation.
     switch (kind_) {
         case Kind::read:
+            if (watch_ != nullptr) {
+                watch_->start(*this, EVENT_READ);
+                break;
+            }
             if (reactor_->has_reader(fd_)) {
                 throw std::logic_error(
                     fmt::format("readable: fd {} already has a reader (is another task reading it?)", fd_));
@@ -26,6 +30,10 @@ bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient
             reactor_->add_reader(fd_, [this] { on_ready(); });
             break;
         case Kind::write:
+            if (watch_ != nullptr) {
+                watch_->start(*this, EVENT_WRITE);
+                break;
+            }
             if (reactor_->has_writer(fd_)) {
                 throw std::logic_error(
                     fmt::format("writable: fd {} already has a writer (is another task writing it?)", fd_));
@@ -97,6 +105,10 @@ void ReactorWait::disarm() {
         return;
     }
     registered_ = false;
+    if (watch_ != nullptr) {
+        watch_->stop(*this, kind_ == Kind::read ? EVENT_READ : EVENT_WRITE);
+        return;
+    }
     switch (kind_) {
         case Kind::read:
             reactor_->remove_reader(fd_);
@@ -125,6 +137,76 @@ ReactorWait::~ReactorWait() {
     } catch (...) {
         // Only a kernel refusing to drop the fd gets here; a destructor
         // cannot report it, and the fd's owner will close it anyway.
+    }
+}
+
+// ----- FdWatch ------------------------------------------------------------------------
+
+void FdWatch::start(ReactorWait& wait, Events side) {
+    const bool reading = side == EVENT_READ;
+    ReactorWait*& slot = reading ? reader_ : writer_;
+    bool& registered = reading ? reading_ : writing_;
+    if (slot != nullptr) {
+        throw std::logic_error(fmt::format("{}: fd {} already has a waiting {} (is another task {} it?)",
+                                           reading ? "readable" : "writable", fd_, reading ? "reader" : "writer",
+                                           reading ? "reading" : "writing"));
+    }
+    if (!registered) {
+        if (reading ? reactor_->has_reader(fd_) : reactor_->has_writer(fd_)) {
+            throw std::logic_error(fmt::format("{}: fd {} has a {} callback that is not its socket's",
+                                               reading ? "readable" : "writable", fd_, reading ? "reader" : "writer"));
+        }
+        if (reading) {
+            reactor_->add_reader(fd_, [this] { ready(EVENT_READ); });
+        } else {
+            reactor_->add_writer(fd_, [this] { ready(EVENT_WRITE); });
+        }
+        registered = true;
+    }
+    slot = &wait;
+}
+
+void FdWatch::stop(const ReactorWait& wait, Events side) noexcept {
+    ReactorWait*& slot = side == EVENT_READ ? reader_ : writer_;
+    if (slot == &wait) {
+        slot = nullptr;
+    }
+}
+
+void FdWatch::ready(Events side) {
+    const bool reading = side == EVENT_READ;
+    if (ReactorWait* waiting = std::exchange(reading ? reader_ : writer_, nullptr)) {
+        waiting->on_ready();
+        return;
+    }
+    // Nobody waits: stop watching until someone does.
+    (reading ? reading_ : writing_) = false;
+    if (reading) {
+        reactor_->remove_reader(fd_);
+    } else {
+        reactor_->remove_writer(fd_);
+    }
+}
+
+FdWatch::~FdWatch() {
+    for (ReactorWait* waiting : {std::exchange(reader_, nullptr), std::exchange(writer_, nullptr)}) {
+        if (waiting != nullptr) {
+            // The wait no longer points here; it ends with Cancelled, posted.
+            waiting->watch_ = nullptr;
+            waiting->registered_ = false;
+            waiting->on_stop();
+        }
+    }
+    try {
+        if (reading_) {
+            reactor_->remove_reader(fd_);
+        }
+        if (writing_) {
+            reactor_->remove_writer(fd_);
+        }
+    } catch (...) {
+        // Only a kernel refusing to drop the fd gets here; its owner closes
+        // it next, which drops it anyway.
     }
 }
 

@@ -603,6 +603,7 @@ Socket& Socket::operator=(Socket&& other) noexcept {
         close();
         reactor_ = other.reactor_;
         fd_ = std::exchange(other.fd_, -1);
+        watch_ = std::move(other.watch_);
     }
     return *this;
 }
@@ -612,7 +613,9 @@ void Socket::close() noexcept {
         return;
     }
     // Registrations go first: once closed, the number may be reused by
-    // another descriptor whose registrations must not be touched.
+    // another descriptor whose registrations must not be touched. The watch
+    // removes its own and cancels a pending await.
+    watch_.reset();
     try {
         reactor_->remove_reader(fd_);
         reactor_->remove_writer(fd_);
@@ -626,7 +629,16 @@ void Socket::close() noexcept {
 }
 
 int Socket::release() noexcept {
+    watch_.reset();
     return std::exchange(fd_, -1);
+}
+
+detail::FdWatch& Socket::watch() const {
+    require_open("wait");
+    if (!watch_) {
+        watch_ = std::make_unique<detail::FdWatch>(*reactor_, fd_);
+    }
+    return *watch_;
 }
 
 SocketAddress Socket::local_address() const {
@@ -666,13 +678,21 @@ std::optional<std::size_t> StreamSocket::try_write(std::span<const std::byte> bu
 Task<std::size_t> StreamSocket::read_some(std::span<std::byte> buffer, std::stop_token token) {
     require_open("read_some");
     for (;;) {
-        std::error_code error;
-        if (const auto got = try_read(buffer, error)) {
-            co_return *got;
+        // After a read that emptied the socket, a read now would most likely
+        // fail with EAGAIN: a wasted system call per message in a
+        // request-response exchange. Readiness comes first then; if data did
+        // arrive meanwhile, the wait ends in the next iteration.
+        if (!drained_ || buffer.empty()) {
+            std::error_code error;
+            if (const auto got = try_read(buffer, error)) {
+                drained_ = *got < buffer.size();
+                co_return *got;
+            }
+            if (error) {
+                fail(error.value(), "read from");
+            }
         }
-        if (error) {
-            fail(error.value(), "read from");
-        }
+        drained_ = false;
         co_await readable(token);
     }
 }
@@ -681,20 +701,25 @@ Task<void> StreamSocket::read_exact(std::span<std::byte> buffer, std::stop_token
     require_open("read_exact");
     std::size_t done = 0;
     while (done < buffer.size()) {
-        std::error_code error;
-        if (const auto got = try_read(buffer.subspan(done), error)) {
-            if (*got == 0) {
-                const std::string from = peer_.family() == AF_UNSPEC ? std::string{} : " from " + peer_.to_string();
-                throw IncompleteRead{fmt::format("read_exact{} on fd {}: end of stream after {} of {} bytes", from,
-                                                 fileno(), done, buffer.size()),
-                                     done, buffer.size()};
+        if (!drained_) {  // as in read_some()
+            std::error_code error;
+            if (const auto got = try_read(buffer.subspan(done), error)) {
+                if (*got == 0) {
+                    const std::string from =
+                        peer_.family() == AF_UNSPEC ? std::string{} : " from " + peer_.to_string();
+                    throw IncompleteRead{fmt::format("read_exact{} on fd {}: end of stream after {} of {} bytes", from,
+                                                     fileno(), done, buffer.size()),
+                                         done, buffer.size()};
+                }
+                drained_ = *got < buffer.size() - done;
+                done += *got;
+                continue;
             }
-            done += *got;
-            continue;
+            if (error) {
+                fail(error.value(), "read from");
+            }
         }
-        if (error) {
-            fail(error.value(), "read from");
-        }
+        drained_ = false;
         co_await readable(token);
     }
 }
@@ -852,18 +877,33 @@ std::optional<TcpStream> TcpListener::try_accept(std::error_code& error) noexcep
     return TcpStream{reactor(), fd, peer};
 }
 
+namespace {
+
+// One accept attempt for the awaiting accept() of either listener: true
+// with `out` set, false when none is queued, std::system_error otherwise.
+template <class Listener, class Stream>
+bool accept_now(Listener& listener, Stream& out) {
+    std::error_code error;
+    std::optional<Stream> stream = listener.try_accept(error);
+    if (stream) {
+        out = std::move(*stream);
+        return true;
+    }
+    if (error) {
+        throw_system_error(error.value(), fmt::format("accept on {}", listener.local_address()), listener.fileno());
+    }
+    return false;
+}
+
+}  // namespace
+
 Task<TcpStream> TcpListener::accept(std::stop_token token) {
     require_open("accept");
-    for (;;) {
-        std::error_code error;
-        if (auto stream = try_accept(error)) {
-            co_return std::move(*stream);
-        }
-        if (error) {
-            throw_system_error(error.value(), fmt::format("accept on {}", local_), fileno());
-        }
+    TcpStream accepted;
+    while (!accept_now(*this, accepted)) {
         co_await readable(token);
     }
+    co_return accepted;
 }
 
 // ----- UnixListener ---------------------------------------------------------------
@@ -944,16 +984,11 @@ std::optional<UnixStream> UnixListener::try_accept(std::error_code& error) noexc
 
 Task<UnixStream> UnixListener::accept(std::stop_token token) {
     require_open("accept");
-    for (;;) {
-        std::error_code error;
-        if (auto stream = try_accept(error)) {
-            co_return std::move(*stream);
-        }
-        if (error) {
-            throw_system_error(error.value(), fmt::format("accept on {}", local_), fileno());
-        }
+    UnixStream accepted;
+    while (!accept_now(*this, accepted)) {
         co_await readable(token);
     }
+    co_return accepted;
 }
 
 // ----- UdpSocket --------------------------------------------------------------------

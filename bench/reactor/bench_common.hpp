@@ -218,7 +218,7 @@ struct EchoConfig {
 [[noreturn]] void echo_asio_coro(const EchoConfig& config);
 // Diagnostic: muxio-coro with a reader kept registered between awaits (a
 // bench-side awaitable, not a muxio API; see muxio_impl.cpp).
-[[noreturn]] void echo_muxio_coro_sticky(const EchoConfig& config);
+[[noreturn]] void echo_muxio_coro_raw(const EchoConfig& config);
 
 // ----- Timers ---------------------------------------------------------------------------------
 // Schedule `delays_ms.size()` one-shot timers with these delays (whole
@@ -320,7 +320,7 @@ struct PingPongWorkload {
 };
 
 Measurement pingpong_muxio_coro(const PingPongWorkload& workload);
-Measurement pingpong_muxio_coro_sticky(const PingPongWorkload& workload);  // diagnostic, as the echo server
+Measurement pingpong_muxio_coro_raw(const PingPongWorkload& workload);
 Measurement pingpong_muxio(const PingPongWorkload& workload);
 Measurement pingpong_asio_coro(const PingPongWorkload& workload);
 Measurement pingpong_asio(const PingPongWorkload& workload);

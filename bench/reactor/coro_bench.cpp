@@ -4,12 +4,13 @@
 //   readable  ping-pong of one byte over an AF_UNIX socket pair, one thread
 //             (see PingPongWorkload): COUNT round trips, each two awaits of
 //             readability, two reads and two writes. Reports CPU and wall ns
-//             per round trip. --impl muxio-coro (co_await muxio::readable),
-//             asio-coro (co_await async_read_some(..., use_awaitable)), and for
-//             reference the callback versions: muxio (add_reader, both
-//             readers registered throughout), asio (async_read_some with a
-//             handler); and the diagnostic muxio-coro-sticky (a bench-side
-//             awaitable whose reader stays registered between awaits).
+//             per round trip. --impl muxio-coro (co_await stream.readable() on
+//             a muxio::UnixStream, whose reader stays registered between
+//             awaits), muxio-coro-raw (co_await muxio::readable(fd): a reader
+//             added and removed per await), asio-coro (co_await
+//             async_read_some(..., use_awaitable)), and for reference the
+//             callback versions: muxio (add_reader, both readers registered
+//             throughout), asio (async_read_some with a handler).
 //   spawn     spawn COUNT trivial tasks, then run the loop until they have all
 //             completed (see SpawnWorkload). Reports CPU and wall ns per task.
 //             --impl muxio-coro (muxio::spawn), asio-coro (asio::co_spawn with
@@ -65,8 +66,8 @@ void run_readable(const Options& options) {
     Run<bench::PingPongWorkload> run = nullptr;
     if (options.impl == "muxio-coro") {
         run = &bench::pingpong_muxio_coro;
-    } else if (options.impl == "muxio-coro-sticky") {
-        run = &bench::pingpong_muxio_coro_sticky;
+    } else if (options.impl == "muxio-coro-raw") {
+        run = &bench::pingpong_muxio_coro_raw;
     } else if (options.impl == "muxio") {
         run = &bench::pingpong_muxio;
     } else if (options.impl == "asio-coro") {
@@ -74,7 +75,7 @@ void run_readable(const Options& options) {
     } else if (options.impl == "asio") {
         run = &bench::pingpong_asio;
     } else {
-        throw std::invalid_argument("--bench readable: --impl muxio-coro|muxio|asio-coro|asio|muxio-coro-sticky");
+        throw std::invalid_argument("--bench readable: --impl muxio-coro|muxio|asio-coro|asio|muxio-coro-raw");
     }
     const auto [cpu, wall] = measure(options, run, workload, workload.round_trips);
     std::printf("bench=coro_readable impl=%s round_trips=%zu cpu_ns_per_round_trip=%.1f wall_ns_per_round_trip=%.1f\n",

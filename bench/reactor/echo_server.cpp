@@ -2,7 +2,7 @@
 //
 // One of the echo servers the echo benchmark compares (see bench_common.hpp
 // for the behaviour they share): five callback servers and two coroutine
-// servers (muxio-coro, asio-coro), and the diagnostic muxio-coro-sticky. Runs until killed; the load
+// servers (muxio-coro, asio-coro), and muxio-coro-raw (raw fds, a reader added and removed per await). Runs until killed; the load
 // generator reads its CPU time from /proc.
 #include <cstdio>
 #include <exception>
@@ -15,7 +15,7 @@ namespace {
 
 void usage() {
     std::fputs(
-        "usage: reactor_echo_server --impl epoll|muxio|libuv|libevent|asio|muxio-coro|asio-coro|muxio-coro-sticky "
+        "usage: reactor_echo_server --impl epoll|muxio|libuv|libevent|asio|muxio-coro|asio-coro|muxio-coro-raw "
         "--port PORT\n",
         stderr);
 }
@@ -51,8 +51,8 @@ int main(int argc, char** argv) {
             bench::echo_muxio_coro(config);
         } else if (impl == "asio-coro") {
             bench::echo_asio_coro(config);
-        } else if (impl == "muxio-coro-sticky") {
-            bench::echo_muxio_coro_sticky(config);
+        } else if (impl == "muxio-coro-raw") {
+            bench::echo_muxio_coro_raw(config);
         }
     } catch (const std::exception& error) {
         std::fprintf(stderr, "reactor_echo_server: %s\n", error.what());

@@ -21,6 +21,7 @@
 
 #include "bench_common.hpp"
 #include "muxio/awaitables.hpp"
+#include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/run.hpp"
 #include "muxio/task.hpp"
@@ -102,7 +103,7 @@ void echo_muxio(const EchoConfig& config) {
 }
 
 // ----- Echo server, coroutines ----------------------------------------------------------
-// The same steps as MuxioEcho (echo_on_readable / echo_on_writable into the
+// muxio-coro-raw: the same steps as MuxioEcho (echo_on_readable / echo_on_writable into the
 // same static buffer: a read and its write never straddle a suspension), but
 // each connection is a task that awaits readability, and writability while
 // the socket has not taken everything.
@@ -141,100 +142,44 @@ muxio::Task<void> accept_connections(muxio::Reactor& reactor, int listener) {
     }
 }
 
-// Diagnostic, not a muxio API: an await of readability whose reader stays
-// registered between awaits, so a task that comes back to wait on the same fd
-// makes no epoll_ctl. Removed lazily, when the fd is readable and nobody
-// waits (level-triggered: it would fire every iteration), and at the end. No
-// cancellation. Measures what keeping the registration would save
-// (docs/BENCHMARKS.md, "Coroutines").
-class StickyReader {
-public:
-    StickyReader(muxio::Reactor& reactor, int fd) noexcept : reactor_{reactor}, fd_{fd} {}
-    ~StickyReader() {
-        if (registered_) {
-            reactor_.remove_reader(fd_);
+// The same server as the user writes it with muxio's sockets (apps/echo):
+// read_some() and write_all() on a TcpStream, whose readiness registration
+// stays from one await to the next. A buffer per connection: write_all()
+// may suspend between the read and the end of its write.
+muxio::Task<void> serve_stream(muxio::TcpStream stream) {
+    std::vector<std::byte> buffer(sizeof echo_buffer);
+    for (;;) {
+        const std::size_t got = co_await stream.read_some(buffer);
+        if (got == 0) {
+            break;
         }
+        co_await stream.write_all(std::span<const std::byte>{buffer.data(), got});
     }
-    StickyReader(const StickyReader&) = delete;
-    StickyReader& operator=(const StickyReader&) = delete;
-
-    struct Awaiter {
-        StickyReader* reader;
-        [[nodiscard]] bool await_ready() const noexcept { return false; }
-        void await_suspend(std::coroutine_handle<> awaiter) { reader->arm(awaiter); }
-        void await_resume() const noexcept {}
-    };
-    [[nodiscard]] Awaiter readable() noexcept { return Awaiter{this}; }
-
-private:
-    void arm(std::coroutine_handle<> awaiter) {
-        waiter_ = awaiter;
-        if (!registered_) {
-            reactor_.add_reader(fd_, [this] { on_readable(); });
-            registered_ = true;
-        }
-    }
-    void on_readable() {
-        if (!waiter_) {
-            reactor_.remove_reader(fd_);
-            registered_ = false;
-            return;
-        }
-        std::exchange(waiter_, {}).resume();
-    }
-
-    muxio::Reactor& reactor_;
-    std::coroutine_handle<> waiter_;
-    int fd_;
-    bool registered_ = false;
-};
-
-muxio::Task<void> serve_connection_sticky(muxio::Reactor& reactor, int fd) {
-    {
-        StickyReader reader{reactor, fd};
-        EchoConnection connection{fd, {}, 0};
-        for (;;) {
-            co_await reader.readable();
-            EchoNext next = echo_on_readable(connection, echo_buffer, sizeof echo_buffer);
-            if (next == EchoNext::watch_writable) {
-                do {
-                    co_await muxio::writable(reactor, fd);
-                    next = echo_on_writable(connection);
-                } while (next == EchoNext::nothing);
-            }
-            if (next == EchoNext::close) {
-                break;
-            }
-        }
-    }
-    ::close(fd);
 }
 
-muxio::Task<void> accept_connections_sticky(muxio::Reactor& reactor, int listener) {
+muxio::Task<void> accept_streams(muxio::Reactor& reactor, muxio::TcpListener listener) {
     for (;;) {
-        co_await muxio::readable(reactor, listener);
-        for (;;) {
-            const int fd = ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd < 0) {
-                break;
-            }
-            set_nodelay(fd);
-            muxio::spawn(reactor, serve_connection_sticky(reactor, fd));
-        }
+        muxio::TcpStream stream = co_await listener.accept();
+        stream.set_nodelay(true);
+        muxio::spawn(reactor, serve_stream(std::move(stream)));
     }
 }
 
 }  // namespace
 
-void echo_muxio_coro_sticky(const EchoConfig& config) {
+void echo_muxio_coro(const EchoConfig& config) {
     muxio::Reactor reactor;
-    muxio::spawn(reactor, accept_connections_sticky(reactor, make_listener(config.port)));
+    muxio::ListenOptions options;
+    options.backlog = echo_backlog;
+    muxio::spawn(reactor, accept_streams(reactor, muxio::TcpListener::bind(
+                                                      reactor, muxio::SocketAddress::ipv4("127.0.0.1", config.port),
+                                                      options)));
     for (;;) {
         reactor.run();
     }
 }
 
-void echo_muxio_coro(const EchoConfig& config) {
+void echo_muxio_coro_raw(const EchoConfig& config) {
     muxio::Reactor reactor;
     muxio::spawn(reactor, accept_connections(reactor, make_listener(config.port)));
     for (;;) {
@@ -419,23 +364,22 @@ muxio::Task<void> ping(muxio::Reactor& reactor, int fd, std::size_t round_trips,
     }
 }
 
-muxio::Task<void> ping_sticky(muxio::Reactor& reactor, int fd, std::size_t round_trips, std::size_t& completed) {
-    StickyReader reader{reactor, fd};
+// Through UnixStream's readable(), whose registration stays between awaits.
+muxio::Task<void> ping_stream(muxio::UnixStream& stream, std::size_t round_trips, std::size_t& completed) {
     for (std::size_t i = 0; i < round_trips; ++i) {
-        write_byte(fd, static_cast<char>(i));
-        co_await reader.readable();
-        if (read_byte(fd) != static_cast<char>(i)) {
+        write_byte(stream.fileno(), static_cast<char>(i));
+        co_await stream.readable();
+        if (read_byte(stream.fileno()) != static_cast<char>(i)) {
             throw std::runtime_error("ping: wrong byte echoed");
         }
         ++completed;
     }
 }
 
-muxio::Task<void> pong_sticky(muxio::Reactor& reactor, int fd, std::size_t round_trips) {
-    StickyReader reader{reactor, fd};
+muxio::Task<void> pong_stream(muxio::UnixStream& stream, std::size_t round_trips) {
     for (std::size_t i = 0; i < round_trips; ++i) {
-        co_await reader.readable();
-        write_byte(fd, read_byte(fd));
+        co_await stream.readable();
+        write_byte(stream.fileno(), read_byte(stream.fileno()));
     }
 }
 
@@ -483,6 +427,19 @@ muxio::Task<void> trivial_task(SpawnState& state) {
 }  // namespace
 
 Measurement pingpong_muxio_coro(const PingPongWorkload& workload) {
+    muxio::Reactor reactor;
+    reactor.set_exception_handler(abort_on_exception);
+    auto [ping_end, pong_end] = muxio::UnixStream::pair(reactor);
+    std::size_t completed = 0;
+
+    const std::int64_t wall_start = wall_ns();
+    const std::int64_t cpu_start = process_cpu_ns();
+    muxio::spawn(reactor, pong_stream(pong_end, workload.round_trips));
+    muxio::run_until_complete(reactor, ping_stream(ping_end, workload.round_trips, completed));
+    return {wall_ns() - wall_start, process_cpu_ns() - cpu_start, completed};
+}
+
+Measurement pingpong_muxio_coro_raw(const PingPongWorkload& workload) {
     const SocketPair pair;
     muxio::Reactor reactor;
     reactor.set_exception_handler(abort_on_exception);
@@ -492,19 +449,6 @@ Measurement pingpong_muxio_coro(const PingPongWorkload& workload) {
     const std::int64_t cpu_start = process_cpu_ns();
     muxio::spawn(reactor, pong(reactor, pair.second(), workload.round_trips));
     muxio::run_until_complete(reactor, ping(reactor, pair.first(), workload.round_trips, completed));
-    return {wall_ns() - wall_start, process_cpu_ns() - cpu_start, completed};
-}
-
-Measurement pingpong_muxio_coro_sticky(const PingPongWorkload& workload) {
-    const SocketPair pair;
-    muxio::Reactor reactor;
-    reactor.set_exception_handler(abort_on_exception);
-    std::size_t completed = 0;
-
-    const std::int64_t wall_start = wall_ns();
-    const std::int64_t cpu_start = process_cpu_ns();
-    muxio::spawn(reactor, pong_sticky(reactor, pair.second(), workload.round_trips));
-    muxio::run_until_complete(reactor, ping_sticky(reactor, pair.first(), workload.round_trips, completed));
     return {wall_ns() - wall_start, process_cpu_ns() - cpu_start, completed};
 }
 

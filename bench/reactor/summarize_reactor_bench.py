@@ -14,9 +14,9 @@ import sys
 
 PEERS = ("libuv", "libevent", "asio")
 CORO_PEERS = ("asio-coro",)
-SERVER_ORDER = ("epoll", "muxio", "muxio-coro", "muxio-coro-sticky") + PEERS + CORO_PEERS
+SERVER_ORDER = ("epoll", "muxio", "muxio-coro", "muxio-coro-raw") + PEERS + CORO_PEERS
 LIB_ORDER = ("muxio",) + PEERS
-CORO_ORDER = ("muxio-coro", "muxio-coro-sticky", "muxio", "asio-coro", "asio")
+CORO_ORDER = ("muxio-coro", "muxio-coro-raw", "muxio", "asio-coro", "asio")
 
 
 def load(path):
@@ -129,7 +129,7 @@ def echo_section(rows):
                 r = ratio(metrics[key].median(name, c), value)
                 cells.append(f"{fmt(r, 3)} ({peer})" if peer else "-")
             ratio_rows.append((f"**{name} / best {'coroutine ' if name != 'muxio' else ''}peer, {label}**", cells))
-        for a, b in (("muxio-coro", "muxio"), ("muxio-coro-sticky", "muxio"), ("asio-coro", "asio")):
+        for a, b in (("muxio-coro", "muxio"), ("muxio-coro-raw", "muxio"), ("asio-coro", "asio")):
             if a in names and b in names:
                 ratio_rows.append((f"**{a} / {b} callback, {label}**",
                                    [fmt(ratio(metrics[key].median(a, c), metrics[key].median(b, c)), 3)
@@ -193,7 +193,7 @@ def coro_section(rows, bench, heading, figures, group_key=None, group_label=None
     spread_cells = {n: [] for n in names}
     ratio_specs = [("muxio-coro", CORO_PEERS, "**muxio-coro / best coroutine peer**"),
                    ("muxio-coro", ("muxio",), "**muxio-coro / muxio callback**"),
-                   ("muxio-coro-sticky", ("muxio",), "muxio-coro-sticky (diagnostic) / muxio callback"),
+                   ("muxio-coro-raw", ("muxio",), "muxio-coro-raw / muxio callback"),
                    ("asio-coro", ("asio",), "asio-coro / asio callback")]
     ratio_cells = {label: [] for *_, label in ratio_specs}
     for g in groups:

@@ -17,6 +17,45 @@ namespace muxio {
 
 namespace detail {
 
+class ReactorWait;
+
+// The readiness registration of a descriptor owned by a muxio socket, kept
+// from one await to the next: a loop of reads or writes then costs no
+// epoll_ctl per await, where adding and removing a reader around each one
+// (asyncio's sock_recv) costs two. When the fd is ready and nobody waits,
+// the side is dropped, since level-triggered readiness would otherwise call
+// back every iteration; the next await adds it again.
+//
+// Lives at a stable address (the socket holds it by unique_ptr) because the
+// reactor callbacks point to it. Destroying it removes its registrations
+// and ends a pending wait with muxio::Cancelled in a later iteration.
+class FdWatch {
+public:
+    FdWatch(Reactor& reactor, int fd) noexcept : reactor_{&reactor}, fd_{fd} {}
+    FdWatch(const FdWatch&) = delete;
+    FdWatch& operator=(const FdWatch&) = delete;
+    ~FdWatch();
+
+    [[nodiscard]] int fd() const noexcept { return fd_; }
+
+private:
+    friend class ReactorWait;
+    // Takes the side's waiter slot (std::logic_error if another wait has it,
+    // or if someone else's callback holds the fd's side) and registers the
+    // side unless it still is.
+    void start(ReactorWait& wait, Events side);
+    // The wait ended or was cancelled: frees its slot; the registration stays.
+    void stop(const ReactorWait& wait, Events side) noexcept;
+    void ready(Events side);
+
+    Reactor* reactor_;
+    int fd_;
+    ReactorWait* reader_ = nullptr;
+    ReactorWait* writer_ = nullptr;
+    bool reading_ = false;  // this watch's reader is registered
+    bool writing_ = false;
+};
+
 // One pending await on the reactor: a reader, a writer or a timer, resumed
 // exactly once, either by the reactor (ready) or by a stop request
 // (cancelled).
@@ -38,6 +77,9 @@ public:
 
     ReactorWait(Reactor& reactor, Kind kind, int fd, Reactor::TimePoint when, std::stop_token token) noexcept
         : reactor_{&reactor}, token_{std::move(token)}, when_{when}, fd_{fd}, kind_{kind} {}
+    /// A read or write wait through `watch`'s lasting registration.
+    ReactorWait(Reactor& reactor, Kind kind, FdWatch& watch, std::stop_token token) noexcept
+        : reactor_{&reactor}, token_{std::move(token)}, watch_{&watch}, fd_{watch.fd()}, kind_{kind} {}
     ReactorWait(const ReactorWait&) = delete;
     ReactorWait& operator=(const ReactorWait&) = delete;
     ReactorWait(ReactorWait&&) = delete;
@@ -53,6 +95,7 @@ public:
     void await_resume() const;
 
 private:
+    friend class FdWatch;
     struct OnStop {
         ReactorWait* wait;
         void operator()() const noexcept { wait->on_stop(); }
@@ -73,6 +116,7 @@ private:
     std::optional<std::stop_callback<OnStop>> on_token_stop_;
     std::optional<std::stop_callback<OnStop>> on_ambient_stop_;
     std::shared_ptr<bool> cancel_posted_;  // *cancel_posted_: the post may still resume
+    FdWatch* watch_ = nullptr;              // set for a watched read or write
     std::atomic<bool> claimed_{false};
     int fd_;
     Kind kind_;

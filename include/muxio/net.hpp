@@ -166,28 +166,37 @@ public:
     /// Removes the descriptor's reactor registrations and closes it.
     /// Harmless when already closed.
     void close() noexcept;
-    /// Gives up the descriptor without closing it or touching the reactor;
-    /// the socket is then closed. Returns -1 if it already was.
+    /// Gives up the descriptor without closing it; the socket is then
+    /// closed. The socket's own readiness registration is removed first (a
+    /// pending await on it ends with muxio::Cancelled). Returns -1 if it
+    /// already was closed.
     [[nodiscard]] int release() noexcept;
 
     /// getsockname(). std::system_error on failure.
     [[nodiscard]] SocketAddress local_address() const;
 
-    /// `co_await socket.readable()`: muxio::readable() on this descriptor,
-    /// for loops over the try_* forms that allocate nothing. Precondition:
-    /// the socket is open.
-    [[nodiscard]] detail::ReactorWait readable(std::stop_token token = {}) const noexcept {
-        return muxio::readable(*reactor_, fd_, std::move(token));
+    /// `co_await socket.readable()`: waits until the descriptor is readable,
+    /// like muxio::readable(), for loops over the try_* forms that allocate
+    /// nothing. Unlike muxio::readable() the registration outlives the await:
+    /// the socket keeps it until it is closed or nobody waited when the fd
+    /// became ready, so a read loop makes no epoll_ctl per read. Hence the
+    /// socket's descriptor must not be given reader or writer callbacks of
+    /// one's own. Cancelled as muxio::readable(); also when the socket is
+    /// closed while the wait is pending. std::logic_error if another task
+    /// waits to read this socket. Precondition: the socket is open.
+    [[nodiscard]] detail::ReactorWait readable(std::stop_token token = {}) const {
+        return {*reactor_, detail::ReactorWait::Kind::read, watch(), std::move(token)};
     }
     /// Like readable() for writability.
-    [[nodiscard]] detail::ReactorWait writable(std::stop_token token = {}) const noexcept {
-        return muxio::writable(*reactor_, fd_, std::move(token));
+    [[nodiscard]] detail::ReactorWait writable(std::stop_token token = {}) const {
+        return {*reactor_, detail::ReactorWait::Kind::write, watch(), std::move(token)};
     }
 
 protected:
     Socket() noexcept = default;
     Socket(Reactor& reactor, int fd) noexcept : reactor_{&reactor}, fd_{fd} {}
-    Socket(Socket&& other) noexcept : reactor_{other.reactor_}, fd_{std::exchange(other.fd_, -1)} {}
+    Socket(Socket&& other) noexcept
+        : reactor_{other.reactor_}, fd_{std::exchange(other.fd_, -1)}, watch_{std::move(other.watch_)} {}
     Socket& operator=(Socket&& other) noexcept;
     Socket(const Socket&) = delete;
     Socket& operator=(const Socket&) = delete;
@@ -198,8 +207,12 @@ protected:
     void require_open(std::string_view operation) const;
 
 private:
+    detail::FdWatch& watch() const;
+
     Reactor* reactor_ = nullptr;
     int fd_ = -1;
+    // Made by the first await; at a stable address for the reactor's callbacks.
+    mutable std::unique_ptr<detail::FdWatch> watch_;
 };
 
 /// How shutdown() ends a stream.
@@ -210,7 +223,10 @@ class StreamSocket : public Socket {
 public:
     /// Reads what is there, at most `buffer.size()` bytes, waiting until at
     /// least one byte (or the end) arrives. Returns the byte count; 0 means
-    /// the peer ended the stream (or `buffer` is empty).
+    /// the peer ended the stream (or `buffer` is empty). Tries the read
+    /// first, unless the previous read emptied the socket: then it waits for
+    /// readiness first, which saves a failing read per message in a
+    /// request-response exchange.
     Task<std::size_t> read_some(std::span<std::byte> buffer, std::stop_token token = {});
     /// Fills `buffer` completely. muxio::IncompleteRead if the stream ends first.
     Task<void> read_exact(std::span<std::byte> buffer, std::stop_token token = {});
@@ -247,6 +263,9 @@ protected:
 
 private:
     SocketAddress peer_;
+    // The last read_some()/read_exact() read less than it asked for, so the
+    // socket was empty then: the next one waits for readiness before reading.
+    bool drained_ = false;
 };
 
 /// A TCP connection (IPv4 or IPv6).

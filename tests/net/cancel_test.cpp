@@ -7,6 +7,7 @@
 #include <array>
 #include <chrono>
 #include <cstddef>
+#include <cstring>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -32,7 +33,7 @@ using muxio::coro_test::Live;
 using muxio::net_test::loopback;
 using muxio::test::FdLeakCheck;
 
-TEST_CASE("cancelling accept removes its reader, and the listener accepts afterwards") {
+TEST_CASE("cancelling accept frees the listener to accept afterwards") {
     FdLeakCheck leak_check;
     FrameLeakCheck frame_check;
     Reactor reactor;
@@ -45,7 +46,6 @@ TEST_CASE("cancelling accept removes its reader, and the listener accepts afterw
             FAIL("accept returned");
         } catch (const muxio::Cancelled&) {
         }
-        CHECK_FALSE(loop.has_reader(server.fileno()));
         TcpStream client = co_await TcpStream::connect(loop, server.local_address());
         TcpStream accepted = co_await server.accept();
         CHECK(accepted.peer_address() == client.local_address());
@@ -53,7 +53,7 @@ TEST_CASE("cancelling accept removes its reader, and the listener accepts afterw
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body(reactor, listener, Live{})));
 }
 
-TEST_CASE("cancelling a read removes its reader and loses no data") {
+TEST_CASE("cancelling a read loses no data and frees the socket for the next read") {
     FdLeakCheck leak_check;
     FrameLeakCheck frame_check;
     Reactor reactor;
@@ -67,7 +67,6 @@ TEST_CASE("cancelling a read removes its reader and loses no data") {
             FAIL("read_some returned");
         } catch (const muxio::Cancelled&) {
         }
-        CHECK_FALSE(loop.has_reader(reader.fileno()));
         co_await writer.write_all(std::string_view{"after"});
         std::string got(5, '\0');
         co_await reader.read_exact(muxio::net_test::writable_bytes(got));
@@ -76,7 +75,7 @@ TEST_CASE("cancelling a read removes its reader and loses no data") {
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body(reactor, left, right, Live{})));
 }
 
-TEST_CASE("a read given a timeout ends in TimeoutError with its reader removed") {
+TEST_CASE("a read given a timeout ends in TimeoutError and closing removes the reader") {
     FdLeakCheck leak_check;
     FrameLeakCheck frame_check;
     Reactor reactor;
@@ -85,7 +84,9 @@ TEST_CASE("a read given a timeout ends in TimeoutError with its reader removed")
     CHECK_THROWS_AS(
         (void)muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 10ms, left.read_some(buffer))),
         muxio::TimeoutError);
-    CHECK_FALSE(reactor.has_reader(left.fileno()));
+    const int fd = left.fileno();
+    left.close();
+    CHECK_FALSE(reactor.has_reader(fd));
 }
 
 TEST_CASE("a stop requested from another thread ends a pending read") {
@@ -99,10 +100,12 @@ TEST_CASE("a stop requested from another thread ends a pending read") {
     std::array<std::byte, 8> buffer{};
     CHECK_THROWS_AS((void)muxio::run_until_complete(reactor, left.read_some(buffer), source.get_token()),
                     muxio::Cancelled);
-    CHECK_FALSE(reactor.has_reader(left.fileno()));
+    const int fd = left.fileno();
+    left.close();
+    CHECK_FALSE(reactor.has_reader(fd));
 }
 
-TEST_CASE("cancelling write_all on a full socket removes its writer") {
+TEST_CASE("cancelling write_all on a full socket, then closing it, removes its writer") {
     FdLeakCheck leak_check;
     FrameLeakCheck frame_check;
     Reactor reactor;
@@ -112,7 +115,9 @@ TEST_CASE("cancelling write_all on a full socket removes its writer") {
     reactor.call_soon([&] { reactor.call_soon([&] { source.request_stop(); }); });
     CHECK_THROWS_AS(muxio::run_until_complete(reactor, left.write_all(std::string_view{"more"}, source.get_token())),
                     muxio::Cancelled);
-    CHECK_FALSE(reactor.has_writer(left.fileno()));
+    const int fd = left.fileno();
+    left.close();
+    CHECK_FALSE(reactor.has_writer(fd));
 }
 
 TEST_CASE("cancelling a connect that cannot complete closes the half-open socket") {
@@ -167,4 +172,86 @@ TEST_CASE("a connect whose task is already cancelled opens no socket") {
     std::error_code error;
     CHECK_FALSE(listener.try_accept(error).has_value());  // nothing reached the listener
     CHECK_FALSE(error);
+}
+
+TEST_CASE("a socket keeps its reader from one read to the next and drops it when nobody waits") {
+    // The registration outlives each await, so a read loop makes no
+    // epoll_ctl per read; when the fd turns readable with no task waiting,
+    // the reader is dropped, so the loop does not call back every iteration.
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    auto reads = [](Reactor& loop, UnixStream& reader, int writer_fd, Live /*held*/) -> Task<void> {
+        std::array<std::byte, 1> byte{};
+        for (int i = 0; i < 3; ++i) {
+            // Written once the read below waits, so each read waits.
+            loop.call_soon([writer_fd] { muxio::test::write_all(writer_fd, "x"); });
+            CHECK(co_await reader.read_some(byte) == 1);
+            CHECK(loop.has_reader(reader.fileno()));
+        }
+    };
+    muxio::run_until_complete(reactor, reads(reactor, left, right.fileno(), Live{}));
+    CHECK(reactor.has_reader(left.fileno()));
+    muxio::test::write_all(right.fileno(), "y");
+    CHECK(reactor.run_once(1s) == 1);  // readable, nobody waits: dropped
+    CHECK_FALSE(reactor.has_reader(left.fileno()));
+    CHECK(reactor.run_once(0s) == 0);  // and not called again
+    // The next read registers again and gets the byte that waited.
+    auto read_one = [](UnixStream& reader) -> Task<std::size_t> {
+        std::array<std::byte, 4> buffer{};
+        co_await reader.readable();
+        co_return co_await reader.read_some(buffer);
+    };
+    CHECK(muxio::run_until_complete(reactor, read_one(left)) == 1);
+}
+
+TEST_CASE("closing a socket ends the read pending on it with Cancelled") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    auto body = [](Reactor& loop, UnixStream& reader, Live /*held*/) -> Task<void> {
+        loop.call_soon([&reader] { reader.close(); });  // runs once the read waits
+        std::array<std::byte, 8> buffer{};
+        CHECK_THROWS_AS((void)co_await reader.read_some(buffer), muxio::Cancelled);
+    };
+    const int fd = left.fileno();
+    muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body(reactor, left, Live{})));
+    CHECK_FALSE(reactor.has_reader(fd));
+}
+
+TEST_CASE("a raw reader on a socket's descriptor and the socket's own waits exclude each other") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    reactor.add_reader(left.fileno(), [] {});
+    auto wait = [](UnixStream& reader) -> Task<void> { co_await reader.readable(); };
+    CHECK_THROWS_AS(muxio::run_until_complete(reactor, wait(left)), std::logic_error);
+    CHECK(reactor.remove_reader(left.fileno()));
+}
+
+TEST_CASE("a read after one that emptied the socket still gets data that is already there") {
+    // After a short read, read_some() waits for readiness before reading;
+    // data that arrived in between must end that wait at once.
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    auto body = [](UnixStream& reader, int writer_fd, Live /*held*/) -> Task<std::string> {
+        std::array<std::byte, 16> buffer{};
+        muxio::test::write_all(writer_fd, "a");
+        CHECK(co_await reader.read_some(buffer) == 1);  // short: the socket is empty now
+        muxio::test::write_all(writer_fd, "bcd");         // before the next read starts
+        const std::size_t got = co_await reader.read_some(buffer);
+        std::string text(got, '\0');
+        std::memcpy(text.data(), buffer.data(), got);
+        muxio::test::write_all(writer_fd, "efgh");
+        std::string exact(4, '\0');
+        co_await reader.read_exact(muxio::net_test::writable_bytes(exact));
+        co_return text + exact;
+    };
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body(left, right.fileno(), Live{}))) ==
+          "bcdefgh");
 }

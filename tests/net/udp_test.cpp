@@ -61,8 +61,12 @@ void datagram_round_trip(int family) {
         CHECK(reply.peer == second.local_address());
     };
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body(reactor, a, b, Live{})));
-    CHECK_FALSE(reactor.has_reader(a.fileno()));
-    CHECK_FALSE(reactor.has_reader(b.fileno()));
+    const int fds[] = {a.fileno(), b.fileno()};
+    a.close();
+    b.close();
+    for (const int fd : fds) {
+        CHECK_FALSE(reactor.has_reader(fd));
+    }
 }
 
 }  // namespace
