@@ -28,11 +28,15 @@ BUILD_PACKAGES=(
     libspdlog-dev
     doctest-dev
     liburing-dev
+    libcli11-dev
+    redis-tools
+    libhttp-parser-dev
+    curl
     git
     python3
 )
 # Peer libraries, for bench/ only (never linked into the library).
-BENCH_PACKAGES=(libuv1-dev libevent-dev libasio-dev)
+BENCH_PACKAGES=(libuv1-dev libevent-dev libasio-dev wrk nginx-light redis-server)
 # Linters, for developers who want them.
 LINT_PACKAGES=(clang-format clang-tidy)
 

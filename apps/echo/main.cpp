@@ -1,0 +1,134 @@
+// muxio-echo: a TCP echo server, written twice over the same reactor, with
+// callbacks or with coroutines (--mode).
+//
+// Prints "listening on ADDRESS" as the first line of stdout (start it with
+// --port 0 and read where to connect), serves until SIGINT or SIGTERM, then
+// closes every connection and prints a one-line summary. Logs go to stderr
+// through the `muxio` logger, quiet unless MUXIO_LOG_LEVEL says otherwise.
+
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <variant>
+#include <vector>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "echo_server.hpp"
+#include "muxio/net.hpp"
+#include "muxio/reactor.hpp"
+#include "muxio/selectors.hpp"
+
+namespace {
+
+constexpr int exit_ok = 0;
+constexpr int exit_failed = 1;
+constexpr int exit_usage = 2;
+// As for muxio-demo: the kernel refused the selector asked for.
+constexpr int exit_selector_refused = 77;
+
+int run(int argc, char** argv) {
+    std::string mode = "callback";
+    std::string bind_host = "127.0.0.1";
+    std::uint16_t port = 7007;
+    std::string selector;
+    bool reuse_port = false;
+    std::vector<std::string> selectors;
+    for (const std::string_view name : muxio::available_selectors()) {
+        selectors.emplace_back(name);
+    }
+
+    CLI::App app{"muxio-echo: a TCP echo server on the muxio reactor, with callbacks or coroutines.\n"
+                 "Prints \"listening on ADDRESS\" first; stops cleanly on SIGINT or SIGTERM.",
+                 "muxio-echo"};
+    app.add_option("--mode", mode, "callback: reactor callbacks; coroutine: one task per connection")
+        ->check(CLI::IsMember({"callback", "coroutine"}))
+        ->capture_default_str();
+    app.add_option("--port", port, "TCP port; 0 lets the kernel pick one")->capture_default_str();
+    app.add_option("--bind", bind_host, "IPv4 or IPv6 address to listen on")->capture_default_str();
+    app.add_option("--selector", selector, "I/O mechanism (default: the best the kernel accepts)")
+        ->check(CLI::IsMember(selectors));
+    app.add_flag("--reuse-port", reuse_port, "set SO_REUSEPORT, to run several servers on one port");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& error) {
+        const int status = app.exit(error);
+        return status == 0 ? exit_ok : exit_usage;
+    }
+
+    const std::optional<muxio::SocketAddress> address =
+        muxio::SocketAddress::parse(bind_host.find(':') != std::string::npos ? fmt::format("[{}]:{}", bind_host, port)
+                                                                              : fmt::format("{}:{}", bind_host, port));
+    if (!address || address->is_unix()) {
+        fmt::print(stderr, "muxio-echo: --bind {}: not an IPv4 or IPv6 address\n", bind_host);
+        return exit_usage;
+    }
+
+    std::optional<muxio::Reactor> reactor;
+    try {
+        reactor.emplace(muxio::ReactorOptions{selector, {}});
+    } catch (const std::system_error& error) {
+        fmt::print(stderr, "muxio-echo: the kernel refused the selector: {}\n", error.what());
+        return exit_selector_refused;
+    }
+
+    muxio::ListenOptions options;
+    options.reuse_port = reuse_port;
+    muxio::TcpListener listener = muxio::TcpListener::bind(*reactor, *address, options);
+    const muxio::SocketAddress bound = listener.local_address();
+
+    std::variant<std::monostate, muxio::apps::CallbackEchoServer, muxio::apps::CoroutineEchoServer> server;
+    if (mode == "callback") {
+        server.emplace<muxio::apps::CallbackEchoServer>(*reactor, std::move(listener));
+    } else {
+        server.emplace<muxio::apps::CoroutineEchoServer>(*reactor, std::move(listener));
+    }
+    int signal_received = 0;
+    for (const int signo : {SIGINT, SIGTERM}) {
+        reactor->add_signal_handler(signo, [&, signo] {
+            signal_received = signo;
+            std::visit(
+                [](auto& running) {
+                    if constexpr (!std::is_same_v<std::decay_t<decltype(running)>, std::monostate>) {
+                        running.shutdown();
+                    }
+                },
+                server);
+            reactor->stop();
+        });
+    }
+
+    fmt::print("listening on {} ({} mode, {} selector)\n", bound, mode, reactor->selector_name());
+    std::fflush(stdout);
+    reactor->run();
+
+    const muxio::apps::EchoStats stats =
+        std::visit([](const auto& running) -> muxio::apps::EchoStats {
+            if constexpr (std::is_same_v<std::decay_t<decltype(running)>, std::monostate>) {
+                return {};
+            } else {
+                return running.stats();
+            }
+        }, server);
+    fmt::print("stopped by signal {}: {} connections, {} bytes echoed, {} accept errors\n", signal_received,
+               stats.accepted, stats.bytes, stats.accept_errors);
+    server.emplace<std::monostate>();
+    reactor->close();  // also ends the coroutine tasks still suspended
+    return exit_ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& error) {
+        fmt::print(stderr, "muxio-echo: {}\n", error.what());
+        return exit_failed;
+    }
+}

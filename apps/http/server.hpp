@@ -1,0 +1,119 @@
+// Server: the network side of muxio-http on a muxio::Reactor. Accepts
+// connections, feeds each one's bytes to a RequestParser, answers through a
+// Handler in request order, and closes idle connections.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "handler.hpp"
+#include "muxio/net.hpp"
+#include "muxio/reactor.hpp"
+#include "request_parser.hpp"
+
+namespace muxio::http {
+
+struct ServerConfig {
+    /// Address to listen on: numeric IPv4 or IPv6 (no name resolution).
+    std::string bind = "127.0.0.1";
+    /// 0: a port the kernel picks (see Server::port()).
+    std::uint16_t port = 0;
+    /// A connection with no byte read or written for this long is closed.
+    std::chrono::milliseconds idle_timeout{std::chrono::seconds{30}};
+    /// After the last response of a connection, how long its leftover input
+    /// is read and dropped before closing, so unread bytes do not turn the
+    /// close into a reset that could destroy the response in flight.
+    std::chrono::milliseconds linger_timeout{std::chrono::seconds{2}};
+    /// On shutdown(), how long open requests may take before every
+    /// connection is closed anyway.
+    std::chrono::milliseconds shutdown_grace{std::chrono::seconds{5}};
+    /// A connection stops parsing and reading while this many response
+    /// bytes wait to be sent.
+    std::size_t output_high_water = std::size_t{256} << 10U;
+    /// Input read but not yet parsed, at most (it waits while output is high).
+    std::size_t input_buffer_limit = std::size_t{64} << 10U;
+    ParserLimits limits;
+};
+
+/// Counters, for logs and tests.
+struct ServerStats {
+    std::uint64_t accepted = 0;
+    std::uint64_t requests = 0;
+    std::uint64_t timed_out = 0;
+    std::uint64_t accept_pauses = 0;
+};
+
+/// An HTTP/1.1 server on one reactor, in that reactor's thread.
+///
+/// Each connection has one reactor timer for its idle timeout, armed once
+/// for the full timeout and, when it fires, re-armed for what is left since
+/// the last activity: activity itself only stores a time, so a busy
+/// connection costs one timer operation per timeout period, not per read.
+class Server {
+public:
+    /// Binds and listens (std::system_error if the kernel refuses,
+    /// std::invalid_argument for an address that is not numeric) and starts
+    /// accepting on `reactor`, which must outlive the server.
+    Server(Reactor& reactor, Handler handler, ServerConfig config);
+    /// Closes the listener and every connection.
+    ~Server();
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+    Server(Server&&) = delete;
+    Server& operator=(Server&&) = delete;
+
+    /// The port listened on.
+    [[nodiscard]] std::uint16_t port() const noexcept { return listener_.local_address().port(); }
+
+    /// Stops accepting, closes idle connections, lets the others finish the
+    /// response under way (answered with `Connection: close`) and stops the
+    /// reactor when none is left, or after the grace period. A second call
+    /// closes everything at once.
+    void shutdown();
+
+    [[nodiscard]] std::size_t connection_count() const noexcept { return connections_.size(); }
+    [[nodiscard]] const ServerStats& stats() const noexcept { return stats_; }
+
+private:
+    struct Connection;
+
+    void on_acceptable();
+    void pause_accepting();
+    void resume_accepting();
+    void on_readable(Connection& connection);
+    void on_writable(Connection& connection);
+    void on_timer(Connection& connection);
+    // Parses what may be parsed, answers, writes; false if `connection` was destroyed.
+    bool pump(Connection& connection);
+    void parse_input(Connection& connection);
+    void respond(Connection& connection, const Request& request);
+    void respond_error(Connection& connection, const ParseError& error);
+    bool flush(Connection& connection);
+    bool begin_linger(Connection& connection);
+    void drain_linger(Connection& connection);
+    void update_interest(Connection& connection);
+    void arm_timer(Connection& connection, Reactor::Duration delay);
+    void destroy(Connection& connection);
+    void close_all();
+
+    Reactor& reactor_;
+    Handler handler_;
+    ServerConfig config_;
+    TcpListener listener_;
+    bool accepting_ = false;
+    bool accept_paused_ = false;
+    TimerHandle accept_retry_;
+    bool stopping_ = false;
+    TimerHandle grace_timer_;
+    std::unordered_map<int, std::unique_ptr<Connection>> connections_;
+    std::vector<char> scratch_;  // one receive buffer, shared by every connection
+    DateCache date_;
+    ServerStats stats_;
+};
+
+}  // namespace muxio::http

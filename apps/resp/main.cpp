@@ -1,0 +1,126 @@
+// muxio-resp: an in-memory key-value server speaking RESP2, the Redis
+// protocol, on a muxio::Reactor. See store.hpp, commands.hpp and server.hpp.
+//
+// Prints one line on stdout once it listens, "muxio-resp: listening on
+// HOST:PORT ...", so that a script that asked for --port 0 can read the port.
+// Runs until SIGINT or SIGTERM, then closes every connection and exits 0.
+
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include "commands.hpp"
+#include "muxio/reactor.hpp"
+#include "muxio/selectors.hpp"
+#include "server.hpp"
+#include "store.hpp"
+
+namespace {
+
+// The status CTest's SKIP_RETURN_CODE names: the kernel refused the selector
+// asked for (io_uring under seccomp), which is not muxio-resp's failure.
+constexpr int exit_selector_refused = 77;
+
+int run(int argc, char** argv) {
+    resp::ServerOptions options;
+    std::string selector;
+    std::string log_level = "warn";
+
+    CLI::App app{"muxio-resp: an in-memory key-value server speaking RESP2 (the Redis protocol) on a muxio reactor.",
+                 "muxio-resp"};
+    app.add_option("-p,--port", options.port, "TCP port; 0 lets the kernel choose (the port is printed on stdout)")
+        ->capture_default_str();
+    app.add_option("-b,--bind", options.bind,
+                   "numeric IPv4 or IPv6 address to listen on, e.g. 0.0.0.0 or :: (host names are not resolved)")
+        ->capture_default_str();
+    std::vector<std::string> selectors;
+    for (const std::string_view name : muxio::available_selectors()) {
+        selectors.emplace_back(name);
+    }
+    app.add_option("--selector", selector, "event mechanism (default: the best the kernel accepts)")
+        ->check(CLI::IsMember(selectors));
+    app.add_option("--max-bulk", options.limits.max_bulk,
+                   "longest bulk string a request may carry, in bytes (suffixes KB, MB, GB: powers of 1024)")
+        ->transform(CLI::AsSizeValue(false))
+        ->capture_default_str();
+    app.add_option("--max-query-buffer", options.max_query_buffer,
+                   "most unparsed input one connection may hold before it is closed (at least --max-bulk)")
+        ->transform(CLI::AsSizeValue(false))
+        ->capture_default_str();
+    app.add_option("--log-level", log_level, "stderr logging: trace, debug, info, warn, error, critical, off")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+        ->capture_default_str();
+    CLI11_PARSE(app, argc, argv);
+
+    if (options.limits.max_bulk == 0) {
+        fmt::print(stderr, "muxio-resp: --max-bulk must be at least 1\n");
+        return 2;
+    }
+    resp::logger().set_level(spdlog::level::from_str(log_level));
+
+    std::optional<muxio::Reactor> made;
+    try {
+        made.emplace(muxio::ReactorOptions{selector, {}});
+    } catch (const std::system_error& error) {
+        // A mechanism named on the command line that the kernel refuses is
+        // a skip for the tests; the default one refused is a failure.
+        fmt::print(stderr, "muxio-resp: {}\n", error.what());
+        return selector.empty() ? 1 : exit_selector_refused;
+    }
+    muxio::Reactor& reactor = *made;
+    try {
+        resp::Store store{[&reactor] { return reactor.time(); }};
+        resp::ExpiryTimer expiry{reactor, store};
+        resp::Dispatcher dispatcher{store, resp::ServerInfo{options.limits.max_bulk, 0}};
+        resp::Server server{reactor, dispatcher, options};
+        const std::uint16_t port = server.start();
+
+        auto shut_down = [&] {
+            resp::logger().info("signal received: shutting down");
+            server.close();
+            expiry.stop();
+            reactor.stop();
+        };
+        reactor.add_signal_handler(SIGINT, shut_down);
+        reactor.add_signal_handler(SIGTERM, shut_down);
+
+        const bool ipv6 = options.bind.find(':') != std::string::npos;
+        fmt::print("muxio-resp: listening on {}{}{}:{} (selector {})\n", ipv6 ? "[" : "", options.bind, ipv6 ? "]" : "",
+                   port, reactor.selector_name());
+        // Whoever reads the port waits for this line: no buffering.
+        (void)std::fflush(stdout);
+
+        reactor.run();
+        reactor.remove_signal_handler(SIGINT);
+        reactor.remove_signal_handler(SIGTERM);
+        resp::logger().info("stopped after {} commands", dispatcher.commands_run());
+    } catch (const std::exception& error) {
+        fmt::print(stderr, "muxio-resp: {}\n", error.what());
+        return 1;
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& error) {
+        // Nothing is expected here (the command line and the server report
+        // their own errors); this is the last line of defence.
+        fmt::print(stderr, "muxio-resp: {}\n", error.what());
+        return 1;
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# muxio-echo under muxio-loadgen, as a user runs them: start the server on an
+# ephemeral port, drive it (every echoed byte is checked by the load
+# generator), stop it with SIGTERM, and expect both to exit 0.
+#
+#   echo_loadgen.sh MUXIO_ECHO MUXIO_LOADGEN MODE
+set -euo pipefail
+echo_bin="$1" loadgen_bin="$2" mode="$3"
+work="$(mktemp -d)"
+server_pid=""
+cleanup() {
+    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then kill -KILL "$server_pid"; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$echo_bin" --mode "$mode" --port 0 >"$work/server.out" 2>"$work/server.err" &
+server_pid=$!
+port=""
+for _ in $(seq 100); do  # the first line names the port; at most 10 s
+    if line="$(head -n1 "$work/server.out" 2>/dev/null)" && [[ "$line" == listening* ]]; then
+        port="$(sed -E 's/^listening on [^ ]*:([0-9]+) .*/\1/' <<<"$line")"
+        break
+    fi
+    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.err" >&2; exit 1; }
+    sleep 0.1
+done
+[[ -n "$port" ]] || { echo "muxio-echo did not start" >&2; exit 1; }
+
+for args in "-c 1 -s 64" "-c 32 -s 64 -p 4" "-c 8 -s 4096 -p 2" "-c 4 -s 1000000"; do
+    # shellcheck disable=SC2086  # args are words on purpose
+    timeout 30 "$loadgen_bin" --port "$port" $args -d 0.5 --progress never --json "$work/result.json"
+    grep -q '"mismatches": 0' "$work/result.json"
+    grep -q '"errors": 0' "$work/result.json"
+done
+
+kill -TERM "$server_pid"
+status=0
+timeout 10 tail --pid="$server_pid" -f /dev/null || status=$?
+wait "$server_pid" || status=$?
+server_pid=""
+[[ "$status" -eq 0 ]] || { echo "muxio-echo exited with $status" >&2; cat "$work/server.err" >&2; exit 1; }
+grep -q "stopped by signal 15" "$work/server.out"
+echo "muxio-echo ($mode) under muxio-loadgen: ok"

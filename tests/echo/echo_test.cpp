@@ -1,0 +1,210 @@
+// muxio-echo's two servers in-process (every byte, back-pressure, shutdown)
+// and muxio-loadgen's engine: its histogram, its byte pattern, and a short
+// run against each server.
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <variant>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "echo_server.hpp"
+#include "histogram.hpp"
+#include "loadgen.hpp"
+#include "muxio/net.hpp"
+#include "muxio/reactor.hpp"
+#include "muxio/run.hpp"
+#include "muxio/task.hpp"
+#include "support/support.hpp"
+
+using namespace std::chrono_literals;
+using muxio::Reactor;
+using muxio::Task;
+using muxio::apps::CallbackEchoServer;
+using muxio::apps::CoroutineEchoServer;
+using muxio::apps::LatencyHistogram;
+using muxio::test::FdLeakCheck;
+
+namespace {
+
+const muxio::SocketAddress loopback = muxio::SocketAddress::ipv4("127.0.0.1", 0);
+
+// One of the two servers on `reactor`, listening on an ephemeral port.
+struct AnyServer {
+    std::variant<std::unique_ptr<CallbackEchoServer>, std::unique_ptr<CoroutineEchoServer>> server;
+    muxio::SocketAddress address;
+
+    AnyServer(Reactor& reactor, bool coroutine) {
+        muxio::TcpListener listener = muxio::TcpListener::bind(reactor, loopback);
+        address = listener.local_address();
+        if (coroutine) {
+            server = std::make_unique<CoroutineEchoServer>(reactor, std::move(listener));
+        } else {
+            server = std::make_unique<CallbackEchoServer>(reactor, std::move(listener));
+        }
+    }
+    void shutdown() {
+        std::visit([](auto& s) { s->shutdown(); }, server);
+    }
+    [[nodiscard]] muxio::apps::EchoStats stats() const {
+        return std::visit([](const auto& s) { return s->stats(); }, server);
+    }
+};
+
+// Writes all of `data` before reading anything back, so the server's
+// writes fill the socket buffers and it must hold back (back-pressure).
+Task<std::vector<std::byte>> write_then_read(Reactor& reactor, muxio::SocketAddress address,
+                                             std::vector<std::byte> data) {
+    muxio::TcpStream stream = co_await muxio::TcpStream::connect(reactor, address);
+    // The reading side runs alongside: written from a second task, read here.
+    auto writer = [](muxio::TcpStream& s, std::span<const std::byte> bytes) -> Task<void> {
+        co_await s.write_all(bytes);
+        s.shutdown(muxio::ShutdownHow::write);
+    };
+    muxio::spawn(reactor, writer(stream, data));
+    std::vector<std::byte> received;
+    std::vector<std::byte> buffer(64 * 1024);
+    for (;;) {
+        const std::size_t n = co_await stream.read_some(buffer);
+        if (n == 0) {
+            break;
+        }
+        received.insert(received.end(), buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+    co_return received;
+}
+
+}  // namespace
+
+TEST_CASE("the echo servers send back every byte, holding back for a slow reader") {
+    FdLeakCheck leak_check;
+    for (const bool coroutine : {false, true}) {
+        CAPTURE(coroutine);
+        Reactor reactor;
+        AnyServer server{reactor, coroutine};
+        std::vector<std::byte> data(8 * 1024 * 1024);
+        for (std::size_t i = 0; i < data.size(); ++i) {
+            data[i] = muxio::apps::echo_pattern(7, i);
+        }
+        const std::vector<std::byte> received =
+            muxio::run_until_complete(reactor, write_then_read(reactor, server.address, data));
+        CHECK(received.size() == data.size());
+        CHECK(received == data);
+        CHECK(server.stats().accepted == 1);
+        CHECK(server.stats().bytes == data.size());
+        server.shutdown();
+        reactor.run_once(0s);
+    }
+}
+
+TEST_CASE("the echo servers close their connections at shutdown") {
+    FdLeakCheck leak_check;
+    for (const bool coroutine : {false, true}) {
+        CAPTURE(coroutine);
+        Reactor reactor;
+        AnyServer server{reactor, coroutine};
+        auto client = [](Reactor& loop, muxio::SocketAddress address, AnyServer& s) -> Task<std::size_t> {
+            muxio::TcpStream stream = co_await muxio::TcpStream::connect(loop, address);
+            co_await stream.write_all(std::string_view{"ping"});
+            std::array<std::byte, 4> echoed{};
+            co_await stream.read_exact(echoed);
+            s.shutdown();  // the server closes this connection
+            std::array<std::byte, 16> rest{};
+            co_return co_await stream.read_some(rest);
+        };
+        CHECK(muxio::run_until_complete(reactor, client(reactor, server.address, server)) == 0);
+    }
+}
+
+TEST_CASE("loadgen drives each echo server with every byte checked") {
+    FdLeakCheck leak_check;
+    for (const bool coroutine : {false, true}) {
+        CAPTURE(coroutine);
+        Reactor reactor;
+        AnyServer server{reactor, coroutine};
+        muxio::apps::LoadConfig config;
+        config.server = server.address;
+        config.connections = 8;
+        config.message_size = 3000;  // not a divisor of the read size
+        config.pipeline = 3;
+        config.duration = 200ms;
+        const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
+        CHECK(result.errors == 0);
+        CHECK(result.mismatches == 0);
+        CHECK(result.connected == 8);
+        CHECK(result.messages > 0);
+        CHECK(result.latency_ns.count() == result.messages);
+        CHECK(result.first_error.empty());
+    }
+}
+
+TEST_CASE("loadgen counts a refused connection as an error") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    muxio::SocketAddress closed_port;
+    {
+        muxio::TcpListener listener = muxio::TcpListener::bind(reactor, loopback);
+        closed_port = listener.local_address();
+    }
+    muxio::apps::LoadConfig config;
+    config.server = closed_port;
+    config.connections = 2;
+    config.duration = 100ms;
+    const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
+    CHECK(result.errors == 2);
+    CHECK(result.connected == 0);
+    CHECK(result.first_error.find("refused") != std::string::npos);
+}
+
+TEST_CASE("the latency histogram reports values within 1/64 and exact extremes") {
+    LatencyHistogram histogram;
+    CHECK(histogram.quantile(0.5) == 0);
+    for (std::uint64_t v = 1; v <= 100'000; ++v) {
+        histogram.record(v * 1000);
+    }
+    CHECK(histogram.count() == 100'000);
+    CHECK(histogram.min() == 1000);
+    CHECK(histogram.max() == 100'000'000);
+    for (const double q : {0.5, 0.9, 0.99, 0.999}) {
+        const double exact = q * 100'000'000;
+        const auto reported = static_cast<double>(histogram.quantile(q));
+        CHECK(reported >= exact);
+        CHECK(reported <= exact * (1.0 + 1.0 / 64));
+    }
+    CHECK(histogram.quantile(1.0) == 100'000'000);
+
+    // Every value maps to a bucket whose range holds it.
+    for (std::uint64_t v : {0ULL, 1ULL, 63ULL, 64ULL, 65ULL, 127ULL, 128ULL, 129ULL, 1'000'000ULL, 1ULL << 40U}) {
+        const std::size_t index = LatencyHistogram::index_of(v);
+        CHECK(LatencyHistogram::highest_in(index) >= v);
+        if (index > 0) {
+            CHECK(LatencyHistogram::highest_in(index - 1) < v);
+        }
+    }
+
+    LatencyHistogram other;
+    other.record(5);
+    other.merge(histogram);
+    CHECK(other.count() == 100'001);
+    CHECK(other.min() == 5);
+    CHECK(other.max() == 100'000'000);
+}
+
+TEST_CASE("the echo pattern differs between connections and along a stream") {
+    std::size_t same_connection_repeats = 0;
+    std::size_t cross_connection_equal = 0;
+    for (std::uint64_t i = 0; i < 4096; ++i) {
+        same_connection_repeats += muxio::apps::echo_pattern(1, i) == muxio::apps::echo_pattern(1, i + 1) ? 1U : 0U;
+        cross_connection_equal += muxio::apps::echo_pattern(1, i) == muxio::apps::echo_pattern(2, i) ? 1U : 0U;
+    }
+    // Random bytes agree 1 time in 256: allow a few, never most.
+    CHECK(same_connection_repeats < 64);
+    CHECK(cross_connection_equal < 64);
+}

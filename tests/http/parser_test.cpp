@@ -1,0 +1,302 @@
+// RequestParser: libhttp-parser driven incrementally, one request at a time.
+
+#include <doctest/doctest.h>
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "http_test_support.hpp"
+#include "request_parser.hpp"
+#include "support/support.hpp"
+
+using muxio::http::ParserLimits;
+using muxio::http::Request;
+using muxio::http::RequestParser;
+using muxio::http::test::parse;
+using muxio::http::test::parse_pieces;
+using muxio::http::test::Parsed;
+
+namespace {
+
+constexpr std::string_view simple_get =
+    "GET /dir/file.txt?x=1 HTTP/1.1\r\n"
+    "Host: example.test\r\n"
+    "User-Agent: doctest\r\n"
+    "Accept:   */*  \r\n"
+    "\r\n";
+
+void check_simple_get(const Request& request) {
+    CHECK(request.method == "GET");
+    CHECK(request.target == "/dir/file.txt?x=1");
+    CHECK(request.version_major == 1);
+    CHECK(request.version_minor == 1);
+    CHECK(request.keep_alive);
+    CHECK_FALSE(request.upgrade);
+    REQUIRE(request.headers.size() == 3);
+    CHECK(request.headers[0].first == "Host");
+    CHECK(request.headers[0].second == "example.test");
+    CHECK(request.header("user-agent") == "doctest");
+    CHECK(request.header("ACCEPT") == "*/*  ");  // libhttp-parser strips leading whitespace only
+    CHECK_FALSE(request.header("Cookie").has_value());
+}
+
+std::string repeat(std::string_view text, std::size_t times) {
+    std::string out;
+    for (std::size_t i = 0; i < times; ++i) {
+        out += text;
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("a GET parses into method, target, version and headers") {
+    muxio::test::FdLeakCheck leak_check;
+    const Parsed parsed = parse(simple_get);
+    CHECK_FALSE(parsed.error.has_value());
+    REQUIRE(parsed.requests.size() == 1);
+    check_simple_get(parsed.requests[0]);
+}
+
+TEST_CASE("a request split at every byte boundary parses the same") {
+    muxio::test::FdLeakCheck leak_check;
+    for (std::size_t cut = 0; cut <= simple_get.size(); ++cut) {
+        CAPTURE(cut);
+        const Parsed parsed = parse(simple_get, {cut});
+        CHECK_FALSE(parsed.error.has_value());
+        REQUIRE(parsed.requests.size() == 1);
+        check_simple_get(parsed.requests[0]);
+    }
+}
+
+TEST_CASE("a request fed one byte at a time parses the same") {
+    muxio::test::FdLeakCheck leak_check;
+    std::vector<std::size_t> cuts;
+    for (std::size_t i = 1; i < simple_get.size(); ++i) {
+        cuts.push_back(i);
+    }
+    const Parsed parsed = parse(simple_get, cuts);
+    CHECK_FALSE(parsed.error.has_value());
+    REQUIRE(parsed.requests.size() == 1);
+    check_simple_get(parsed.requests[0]);
+}
+
+TEST_CASE("pipelined requests in one read come out one at a time, in order") {
+    muxio::test::FdLeakCheck leak_check;
+    const std::string input =
+        "GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+        "HEAD /two HTTP/1.1\r\nHost: a\r\n\r\n"
+        "POST /three HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+        "GET /four HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+    RequestParser parser;
+    // The first feed stops at the end of the first request's head or of the
+    // request itself, and nothing more is consumed until it is taken.
+    std::size_t used = parser.feed(input);
+    if (!parser.has_request()) {
+        used += parser.feed(std::string_view{input}.substr(used));
+    }
+    REQUIRE(parser.has_request());
+    CHECK(used == std::string_view{"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"}.size());
+    CHECK(parser.feed(std::string_view{input}.substr(used)) == 0);
+    CHECK(parser.take_request().target == "/one");
+
+    for (std::size_t cut = 0; cut <= input.size(); cut += 7) {
+        CAPTURE(cut);
+        const Parsed parsed = parse(input, {cut});
+        CHECK_FALSE(parsed.error.has_value());
+        REQUIRE(parsed.requests.size() == 4);
+        CHECK(parsed.requests[0].method == "GET");
+        CHECK(parsed.requests[0].target == "/one");
+        CHECK(parsed.requests[1].method == "HEAD");
+        CHECK(parsed.requests[1].target == "/two");
+        CHECK(parsed.requests[2].method == "POST");
+        CHECK(parsed.requests[2].target == "/three");
+        CHECK(parsed.requests[3].target == "/four");
+        CHECK(parsed.requests[2].keep_alive);
+        CHECK_FALSE(parsed.requests[3].keep_alive);
+    }
+}
+
+TEST_CASE("keep-alive follows the version and the Connection header") {
+    muxio::test::FdLeakCheck leak_check;
+    struct Case {
+        std::string_view input;
+        bool keep_alive;
+    };
+    const std::vector<Case> cases{
+        {"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true},
+        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false},
+        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n", false},
+        {"GET / HTTP/1.0\r\n\r\n", false},
+        {"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true},
+        {"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true},
+    };
+    for (const Case& item : cases) {
+        CAPTURE(item.input);
+        const Parsed parsed = parse(item.input);
+        REQUIRE(parsed.requests.size() == 1);
+        CHECK(parsed.requests[0].keep_alive == item.keep_alive);
+    }
+}
+
+TEST_CASE("a body is read and dropped, and the next request follows it") {
+    muxio::test::FdLeakCheck leak_check;
+    const std::string input =
+        "PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n0\r\n\r\n"
+        "GET /y HTTP/1.1\r\nHost: a\r\n\r\n";
+    const Parsed parsed = parse(input, {3, 40, 70, 75});
+    CHECK_FALSE(parsed.error.has_value());
+    REQUIRE(parsed.requests.size() == 2);
+    CHECK(parsed.requests[0].method == "PUT");
+    CHECK(parsed.requests[1].target == "/y");
+}
+
+TEST_CASE("malformed requests fail with 400") {
+    muxio::test::FdLeakCheck leak_check;
+    const std::vector<std::string_view> inputs{
+        "GARBAGE\r\n\r\n",
+        "GET\r\n\r\n",
+        "GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+        "GET / HTTP/1.1\r\nBad\x01Name: x\r\n\r\n",
+        "GET / FTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        "GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        "GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+        "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "GET /a b HTTP/1.1\r\n\r\n",
+        std::string_view{"GET /\0 HTTP/1.1\r\n\r\n", 19},
+    };
+    for (const std::string_view input : inputs) {
+        CAPTURE(input);
+        const Parsed parsed = parse(input);
+        CHECK(parsed.requests.empty());
+        REQUIRE(parsed.error.has_value());
+        CHECK(parsed.error->status == 400);
+        CHECK_FALSE(parsed.error->reason.empty());
+    }
+}
+
+TEST_CASE("after an error the parser consumes nothing more") {
+    muxio::test::FdLeakCheck leak_check;
+    RequestParser parser;
+    parser.feed("BAD REQUEST LINE\r\n\r\n");
+    REQUIRE(parser.failed());
+    CHECK(parser.feed("GET / HTTP/1.1\r\nHost: a\r\n\r\n") == 0);
+    CHECK_FALSE(parser.has_request());
+}
+
+TEST_CASE("a head over the size limit fails with 431, however it is sliced") {
+    muxio::test::FdLeakCheck leak_check;
+    ParserLimits limits;
+    limits.max_header_bytes = 1024;
+    // Many small headers, one big one, and one big one sent in one piece.
+    const std::string many = "GET / HTTP/1.1\r\nHost: a\r\n" + repeat("X-Filler: 0123456789\r\n", 60) + "\r\n";
+    const std::string big = "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(2000, 'v') + "\r\n\r\n";
+    for (const std::string& input : {many, big}) {
+        for (const std::size_t step : {std::size_t{1}, std::size_t{13}, input.size()}) {
+            CAPTURE(step);
+            std::vector<std::size_t> cuts;
+            for (std::size_t at = step; at < input.size(); at += step) {
+                cuts.push_back(at);
+            }
+            RequestParser parser{limits};
+            const Parsed parsed = parse_pieces(parser, input, cuts);
+            CHECK(parsed.requests.empty());
+            REQUIRE(parsed.error.has_value());
+            CHECK(parsed.error->status == 431);
+        }
+    }
+}
+
+TEST_CASE("a head just under the limit parses; the limit applies per request") {
+    muxio::test::FdLeakCheck leak_check;
+    ParserLimits limits;
+    limits.max_header_bytes = 1024;
+    const std::string one = "GET / HTTP/1.1\r\nHost: a\r\n" + repeat("X-Filler: 0123456789\r\n", 40) + "\r\n";
+    REQUIRE(one.size() < 1024);
+    RequestParser parser{limits};
+    const Parsed parsed = parse_pieces(parser, one + one + one + one);
+    CHECK_FALSE(parsed.error.has_value());
+    CHECK(parsed.requests.size() == 4);
+}
+
+TEST_CASE("endless blank lines before a request count against the head limit") {
+    muxio::test::FdLeakCheck leak_check;
+    ParserLimits limits;
+    limits.max_header_bytes = 256;
+    RequestParser parser{limits};
+    const Parsed parsed = parse_pieces(parser, repeat("\r\n", 1000));
+    REQUIRE(parsed.error.has_value());
+    CHECK(parsed.error->status == 431);
+}
+
+TEST_CASE("too many header fields fail with 431") {
+    muxio::test::FdLeakCheck leak_check;
+    ParserLimits limits;
+    limits.max_header_count = 10;
+    RequestParser parser{limits};
+    const Parsed parsed = parse_pieces(parser, "GET / HTTP/1.1\r\n" + repeat("A: b\r\n", 11) + "\r\n");
+    REQUIRE(parsed.error.has_value());
+    CHECK(parsed.error->status == 431);
+}
+
+TEST_CASE("a target over its limit fails with 414") {
+    muxio::test::FdLeakCheck leak_check;
+    ParserLimits limits;
+    limits.max_target_bytes = 100;
+    RequestParser parser{limits};
+    const Parsed parsed = parse_pieces(parser, "GET /" + std::string(200, 'a') + " HTTP/1.1\r\nHost: a\r\n\r\n");
+    REQUIRE(parsed.error.has_value());
+    CHECK(parsed.error->status == 414);
+}
+
+TEST_CASE("a body over its limit fails with 413") {
+    muxio::test::FdLeakCheck leak_check;
+    ParserLimits limits;
+    limits.max_body_bytes = 10;
+    RequestParser parser{limits};
+    const Parsed parsed =
+        parse_pieces(parser, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n" + std::string(11, 'b'));
+    REQUIRE(parsed.error.has_value());
+    CHECK(parsed.error->status == 413);
+}
+
+TEST_CASE("other versions, CONNECT and upgrades parse for the handler to judge") {
+    muxio::test::FdLeakCheck leak_check;
+    Parsed parsed = parse("GET / HTTP/2.0\r\nHost: a\r\n\r\n");
+    REQUIRE(parsed.requests.size() == 1);
+    CHECK(parsed.requests[0].version_major == 2);
+
+    parsed = parse("CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n");
+    REQUIRE(parsed.requests.size() == 1);
+    CHECK(parsed.requests[0].method == "CONNECT");
+    CHECK(parsed.requests[0].upgrade);
+
+    parsed = parse(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        "GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    REQUIRE(parsed.requests.size() == 2);
+    CHECK(parsed.requests[0].upgrade);
+    CHECK(parsed.requests[1].target == "/next");
+}
+
+TEST_CASE("in_request tells a connection between requests from one mid-request") {
+    muxio::test::FdLeakCheck leak_check;
+    RequestParser parser;
+    CHECK_FALSE(parser.in_request());
+    CHECK(parser.feed("GET / HT") == 8);
+    CHECK(parser.in_request());
+    std::size_t used = 0;
+    const std::string_view rest = "TP/1.1\r\nHost: a\r\n\r\n";
+    while (!parser.has_request() && used < rest.size()) {
+        used += parser.feed(rest.substr(used));
+    }
+    REQUIRE(parser.has_request());
+    (void)parser.take_request();
+    CHECK_FALSE(parser.in_request());
+}
