@@ -148,7 +148,7 @@ struct Reactor::Impl {
 
     TimePoint now() const { return clock ? clock() : Clock::now(); }
 
-    std::uint64_t queue_soon(Callback callback) {
+    std::uint64_t queue_soon(Callback&& callback) {
         const std::uint64_t position = soon.push(std::move(callback));
         ++soon_live;
         return position;
@@ -235,13 +235,18 @@ Reactor::~Reactor() {
 }
 
 void Reactor::check_usable(std::string_view operation) const {
+    // Inline and branch-only on the way through: call_soon() pays it per call.
+    if (closed_ || fork_generation.load(std::memory_order_relaxed) != impl_->fork_generation) [[unlikely]] {
+        refuse(operation);
+    }
+}
+
+void Reactor::refuse(std::string_view operation) const {
     if (closed_) {
         throw std::logic_error(fmt::format("{}: reactor is closed", operation));
     }
-    if (fork_generation.load(std::memory_order_relaxed) != impl_->fork_generation) {
-        throw std::logic_error(fmt::format(
-            "{}: this reactor was created before a fork(); a child process must create its own", operation));
-    }
+    throw std::logic_error(
+        fmt::format("{}: this reactor was created before a fork(); a child process must create its own", operation));
 }
 
 // ----- The iteration ----------------------------------------------------------------

@@ -237,6 +237,7 @@ private:
     struct Impl;
 
     void check_usable(std::string_view operation) const;
+    [[noreturn, gnu::cold, gnu::noinline]] void refuse(std::string_view operation) const;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);
     void invoke(Callback& callback) noexcept;
