@@ -415,6 +415,10 @@ std::optional<SocketAddress> SocketAddress::parse(std::string_view text) noexcep
     return make_ipv4(text.substr(0, colon), *port);
 }
 
+std::optional<SocketAddress> SocketAddress::ip(std::string_view host, std::uint16_t port) noexcept {
+    return host.find(':') != std::string_view::npos ? make_ipv6(host, port) : make_ipv4(host, port);
+}
+
 SocketAddress SocketAddress::from_string(std::string_view text) {
     if (auto address = parse(text)) {
         return *address;

@@ -157,10 +157,8 @@ int run(int argc, char** argv) {
         return status == 0 ? exit_ok : exit_usage;
     }
 
-    const std::optional<muxio::SocketAddress> address =
-        muxio::SocketAddress::parse(bind_host.find(':') != std::string::npos ? fmt::format("[{}]:{}", bind_host, port)
-                                                                             : fmt::format("{}:{}", bind_host, port));
-    if (!address || address->is_unix()) {
+    const std::optional<muxio::SocketAddress> address = muxio::SocketAddress::ip(bind_host, port);
+    if (!address) {
         fmt::print(stderr, "muxio-daemon: --bind {}: not an IPv4 or IPv6 address\n", bind_host);
         return exit_usage;
     }

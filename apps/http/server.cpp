@@ -42,13 +42,6 @@ IoResult io_result(std::optional<std::size_t> done, const std::error_code& error
     return {0, error ? error.value() : EAGAIN};
 }
 
-SocketAddress listen_address(const std::string& host, std::uint16_t port) {
-    if (host.find(':') != std::string::npos) {
-        return SocketAddress::ipv6(host, port);
-    }
-    return SocketAddress::ipv4(host, port);
-}
-
 IoResult read_some(StreamSocket& stream, std::span<char> buffer) {
     std::error_code error;
     const std::optional<std::size_t> got = stream.try_read(std::as_writable_bytes(buffer), error);
@@ -140,7 +133,11 @@ Server::Server(Reactor& reactor, Handler handler, ServerConfig config)
     : reactor_{reactor}, handler_{std::move(handler)}, config_{std::move(config)}, scratch_(scratch_size) {
     ListenOptions options;
     options.ipv6_only = true;  // --bind :: means IPv6 only; IPv4 has its own addresses
-    listener_ = TcpListener::bind(reactor_, listen_address(config_.bind, config_.port), options);
+    const std::optional<SocketAddress> address = SocketAddress::ip(config_.bind, config_.port);
+    if (!address) {
+        throw std::invalid_argument(fmt::format("--bind {}: not a numeric IPv4 or IPv6 address", config_.bind));
+    }
+    listener_ = TcpListener::bind(reactor_, *address, options);
     resume_accepting();
 }
 

@@ -148,16 +148,14 @@ int run(int argc, char** argv) {
         return status == 0 ? exit_ok : exit_usage;
     }
 
-    const std::string literal =
-        host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
-    const std::optional<muxio::SocketAddress> server = muxio::SocketAddress::parse(literal);
-    if (!server || server->is_unix()) {
+    const std::optional<muxio::SocketAddress> server = muxio::SocketAddress::ip(host, port);
+    if (!server) {
         fmt::print(stderr, "muxio-loadgen: --host {}: not an IPv4 or IPv6 address\n", host);
         return exit_usage;
     }
     config.mode = mode == "echo" ? muxio::apps::LoadMode::echo : muxio::apps::LoadMode::http;
     config.server = *server;
-    config.host_header = literal;
+    config.host_header = server->to_string();
     config.duration = std::chrono::duration<double>{duration};
     config.warmup = std::chrono::duration<double>{warmup};
 

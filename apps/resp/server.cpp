@@ -38,19 +38,6 @@ spdlog::logger& logger() {
 
 namespace {
 
-// The listening address: "host:port", or "[host]:port" for IPv6. nullopt
-// for anything but a numeric IP address, e.g. a host name (which would need
-// a resolver) or "unix", which SocketAddress::parse would read as a path.
-std::optional<muxio::SocketAddress> listen_address(const std::string& host, std::uint16_t port) {
-    const bool ipv6 = host.find(':') != std::string::npos;
-    std::optional<muxio::SocketAddress> address =
-        muxio::SocketAddress::parse(ipv6 ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port));
-    if (!address || !(address->is_ipv4() || address->is_ipv6())) {
-        return std::nullopt;
-    }
-    return address;
-}
-
 // accept() errors that lose only the connection being accepted. try_accept
 // already skips most of them (see accept(2), "Error handling"), but reports
 // these two: retrying at once is right, pausing would delay every client.
@@ -111,7 +98,7 @@ Server::~Server() {
 }
 
 std::uint16_t Server::start() {
-    const std::optional<muxio::SocketAddress> address = listen_address(options_.bind, options_.port);
+    const std::optional<muxio::SocketAddress> address = muxio::SocketAddress::ip(options_.bind, options_.port);
     if (!address) {
         throw std::invalid_argument(fmt::format(
             "bind address '{}' is not a numeric IPv4 or IPv6 address (such as 127.0.0.1 or ::1); host names are not "

@@ -49,6 +49,11 @@ public:
     /// A numeric IPv6 address ("::1", "fe80::1%eth0" or "fe80::1%2", without
     /// brackets) and port. std::invalid_argument if `host` is not one.
     [[nodiscard]] static SocketAddress ipv6(std::string_view host, std::uint16_t port);
+    /// A numeric IPv4 or IPv6 host, told apart by its form (an IPv6 one
+    /// without brackets), and a port: how a command line's --bind and --port
+    /// become an address. nullopt for anything else, a name included (see
+    /// resolve()).
+    [[nodiscard]] static std::optional<SocketAddress> ip(std::string_view host, std::uint16_t port) noexcept;
     /// A Unix-domain socket path. std::invalid_argument if it is empty, holds
     /// a NUL byte or is longer than `sun_path` allows (107 bytes on Linux).
     [[nodiscard]] static SocketAddress unix_path(std::string_view path);

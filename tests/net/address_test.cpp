@@ -128,3 +128,18 @@ TEST_CASE("an unnamed Unix address formats as unnamed") {
     CHECK_THROWS_AS((SocketAddress{reinterpret_cast<const sockaddr*>(&raw), SocketAddress::capacity() + 1}),
                     std::invalid_argument);
 }
+
+TEST_CASE("ip() makes an address of a numeric IPv4 or IPv6 host and a port, and nothing else") {
+    const auto v4 = SocketAddress::ip("127.0.0.1", 8080);
+    REQUIRE(v4.has_value());
+    CHECK(v4->is_ipv4());
+    CHECK(v4->to_string() == "127.0.0.1:8080");
+    const auto v6 = SocketAddress::ip("::1", 0);
+    REQUIRE(v6.has_value());
+    CHECK(v6->is_ipv6());
+    CHECK(v6->to_string() == "[::1]:0");
+    for (const char* refused : {"localhost", "", "unix", "[::1]", "1.2.3.4:5", "1.2.3.256", "::g"}) {
+        CAPTURE(refused);
+        CHECK_FALSE(SocketAddress::ip(refused, 80).has_value());
+    }
+}
