@@ -60,7 +60,8 @@ Task<void> echo_client(Reactor& reactor, Run& run, std::size_t id) {
     std::vector<std::byte> sent(batch);
     std::vector<std::byte> received(batch);
     std::uint64_t offset = 0;  // of the stream, for the pattern
-    while (reactor.time() < run.end) {
+    std::uint64_t done = 0;    // messages of this connection
+    while (reactor.time() < run.end && (config.count == 0 || done < config.count)) {
         for (std::size_t i = 0; i < batch; ++i) {
             sent[i] = echo_pattern(id, offset + i);
         }
@@ -94,6 +95,7 @@ Task<void> echo_client(Reactor& reactor, Run& run, std::size_t id) {
             throw std::runtime_error(fmt::format("{} bytes echoed wrong", differing));
         }
         offset += batch;
+        done += config.pipeline;
     }
 }
 
@@ -147,7 +149,7 @@ Task<void> http_client(Reactor& reactor, Run& run) {
     }
     std::vector<std::byte> buffer(64 * 1024);
     ResponseCounter responses;
-    while (reactor.time() < run.end) {
+    while (reactor.time() < run.end && (config.count == 0 || responses.complete() < config.count)) {
         const TimePoint sent_at = reactor.time();
         co_await stream.write_all(std::string_view{requests});
         const std::size_t target = responses.complete() + config.pipeline;

@@ -25,6 +25,7 @@ struct LoadConfig {
     std::size_t connections = 1;
     std::size_t message_size = 64;  // echo: bytes per message
     std::size_t pipeline = 1;       // requests in flight per connection
+    std::uint64_t count = 0;        // messages per connection, then it stops; 0: until the duration ends
     std::chrono::duration<double> duration{5.0};
     std::chrono::duration<double> warmup{0.0};
     std::chrono::duration<double> connect_timeout{5.0};
@@ -47,7 +48,8 @@ struct LoadResult {
 /// the measured window.
 using ProgressFn = std::function<void(double elapsed, std::uint64_t messages)>;
 
-/// Runs the load on `reactor` until the duration (after the warm-up) ends;
+/// Runs the load on `reactor` until the duration (after the warm-up) ends,
+/// or until every connection has done `count` messages if that is set;
 /// calls `progress` about once a second if given. Throws std::system_error
 /// only for setup failures; connection failures are counted in the result.
 LoadResult run_load(Reactor& reactor, const LoadConfig& config, const ProgressFn& progress = {});

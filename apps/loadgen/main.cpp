@@ -132,6 +132,9 @@ int run(int argc, char** argv) {
     app.add_option("-p,--pipeline", config.pipeline, "messages or requests in flight per connection")
         ->check(CLI::Range(1, 1024))
         ->capture_default_str();
+    app.add_option("-n,--count", config.count,
+                   "messages per connection, then stop (0: run for the whole duration, which bounds it anyway)")
+        ->capture_default_str();
     app.add_option("-d,--duration", duration, "measured seconds")->check(CLI::Range(0.01, 86400.0))->capture_default_str();
     app.add_option("-w,--warmup", warmup, "seconds run before measuring")->check(CLI::Range(0.0, 3600.0))->capture_default_str();
     app.add_option("--path", config.path, "http: the path to GET")->capture_default_str();
