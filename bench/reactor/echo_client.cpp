@@ -4,14 +4,20 @@
 // (checking the bytes), send the next. Nothing in it depends on the server.
 //
 //   reactor_echo_client --port P --connections N [--size 64] [--warmup 0.5]
-//                       [--duration 3] [--server-pid PID]
+//                       [--duration 3] [--server-pid PID] [--idle 0]
 //
 // After the warm-up it measures for DURATION seconds: messages completed,
 // their round-trip latency (steady_clock, from the write of a message to the
 // read that completes its echo), and, with --server-pid, the server's CPU time
 // over exactly that window: /proc/PID/schedstat (nanoseconds on CPU, user +
 // system, every thread) and /proc/PID/stat utime + stime (clock ticks, as a
-// cross-check). Prints one line of key=value pairs.
+// cross-check). Prints one line of key=value pairs; the last ones are the
+// idle count and, with --server-pid, the server's VmHWM and VmRSS (KiB, from
+// /proc/PID/status) read when the window closes.
+//
+// --idle M first opens M more connections that never send anything and stay
+// open until the end: the server holds them registered while the N active
+// ones play ping-pong (the soft RLIMIT_NOFILE is raised for them as needed).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
@@ -49,6 +55,7 @@ struct Options {
     double warmup_s = 0.5;
     double duration_s = 3.0;
     long server_pid = 0;
+    std::size_t idle = 0;
 };
 
 struct Connection {
@@ -99,6 +106,26 @@ CpuSample read_cpu(long pid) {
         }
     }
     return sample;
+}
+
+// A "VmHWM:" / "VmRSS:" figure of /proc/PID/status in KiB, as text ("nan"
+// when unreadable).
+std::string read_status_kb(long pid, std::string_view field) {
+    if (pid <= 0) {
+        return "nan";
+    }
+    std::ifstream status{"/proc/" + std::to_string(pid) + "/status"};
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.starts_with(field)) {
+            std::istringstream value{line.substr(field.size())};
+            long long kb = 0;
+            if (value >> kb) {
+                return std::to_string(kb);
+            }
+        }
+    }
+    return "nan";
 }
 
 std::int64_t self_cpu_ns() {
@@ -156,7 +183,12 @@ void raise_fd_limit(std::size_t needed) {
 }
 
 int run(const Options& options) {
-    raise_fd_limit(options.connections + 64);
+    raise_fd_limit(options.connections + options.idle + 64);
+    std::vector<int> idle_fds;
+    idle_fds.reserve(options.idle);
+    for (std::size_t i = 0; i < options.idle; ++i) {
+        idle_fds.push_back(connect_to(options.port));
+    }
     std::vector<char> message(options.size);
     for (std::size_t i = 0; i < message.size(); ++i) {
         message[i] = static_cast<char>('a' + i % 26);
@@ -256,9 +288,14 @@ int run(const Options& options) {
         }
     }
     const CpuSample server_after = read_cpu(options.server_pid);
+    const std::string server_hwm_kb = read_status_kb(options.server_pid, "VmHWM:");
+    const std::string server_rss_kb = read_status_kb(options.server_pid, "VmRSS:");
     const std::int64_t client_cpu = self_cpu_ns() - client_before;
     for (const auto& connection : connections) {
         ::close(connection.fd);
+    }
+    for (const int fd : idle_fds) {
+        ::close(fd);
     }
     ::close(epfd);
 
@@ -273,12 +310,14 @@ int run(const Options& options) {
     const std::int64_t p99 = percentile(latencies, 0.99);
     std::printf(
         "connections=%zu messages=%llu seconds=%.6f msgs_per_s=%.1f p50_us=%.3f p99_us=%.3f "
-        "server_cpu_ns_per_msg=%s server_ticks_ns_per_msg=%s client_cpu_ns_per_msg=%.1f\n",
+        "server_cpu_ns_per_msg=%s server_ticks_ns_per_msg=%s client_cpu_ns_per_msg=%.1f idle=%zu "
+        "server_vmhwm_kb=%s server_vmrss_kb=%s\n",
         options.connections, static_cast<unsigned long long>(messages), seconds,
         static_cast<double>(messages) / seconds, static_cast<double>(p50) / 1e3, static_cast<double>(p99) / 1e3,
         per_message(server_before.schedstat_ns, server_after.schedstat_ns).c_str(),
         per_message(server_before.ticks_ns, server_after.ticks_ns).c_str(),
-        messages == 0 ? 0.0 : static_cast<double>(client_cpu) / static_cast<double>(messages));
+        messages == 0 ? 0.0 : static_cast<double>(client_cpu) / static_cast<double>(messages), options.idle,
+        server_hwm_kb.c_str(), server_rss_kb.c_str());
     return 0;
 }
 
@@ -301,6 +340,8 @@ int main(int argc, char** argv) {
             options.duration_s = std::stod(value);
         } else if (option == "--server-pid") {
             options.server_pid = std::stol(value);
+        } else if (option == "--idle") {
+            options.idle = std::stoul(value);
         } else {
             std::fprintf(stderr, "reactor_echo_client: unknown option %s\n", argv[i]);
             return 2;
@@ -309,7 +350,7 @@ int main(int argc, char** argv) {
     if (options.port == 0 || options.connections == 0 || options.size == 0) {
         std::fputs(
             "usage: reactor_echo_client --port P --connections N [--size 64] [--warmup 0.5] "
-            "[--duration 3] [--server-pid PID]\n",
+            "[--duration 3] [--server-pid PID] [--idle 0]\n",
             stderr);
         return 2;
     }

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Turns a results file of bench/run_app_bench.sh into Markdown tables: the
+median over the rounds of every figure, the ratio of muxio's contender to the
+best peer in every row (and to raw epoll where there is one), and the spread
+of the server CPU figure.
+
+    python3 bench/summarize_app_bench.py bench/results/app_bench-*.txt
+"""
+import collections
+import math
+import statistics
+import sys
+
+# Who is muxio, who is a peer, who is the floor (not a peer).
+ECHO_ORDER = ("muxio", "muxio-coro", "epoll", "libuv", "libevent", "asio", "asio-coro")
+ECHO_PEERS = ("libuv", "libevent", "asio", "asio-coro")
+HTTP_ORDER = ("muxio-http", "epoll", "libuv", "libevent", "asio", "nginx")
+HTTP_PEERS = ("libuv", "libevent", "asio", "nginx")
+RESP_ORDER = ("muxio-resp", "redis-server")
+RESP_PEERS = ("redis-server",)
+IDLE_ORDER = ("muxio", "epoll", "libuv", "libevent", "asio")
+IDLE_PEERS = ("libuv", "libevent", "asio")
+
+
+def load(path):
+    rows = []
+    for line in open(path):
+        if line.startswith("#") or not line.strip():
+            continue
+        row = {}
+        for pair in line.split():
+            key, _, value = pair.partition("=")
+            try:
+                row[key] = float(value)
+            except ValueError:
+                row[key] = value
+        rows.append(row)
+    return rows
+
+
+def clean(values):
+    return [v for v in values if isinstance(v, float) and not math.isnan(v)]
+
+
+def median(values):
+    values = clean(values)
+    return statistics.median(values) if values else None
+
+
+def spread(values):
+    values = clean(values)
+    if not values:
+        return None
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle else None
+
+
+def fmt(value, digits=0):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}".replace(",", " ")
+
+
+def table(header, rows):
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
+    print()
+
+
+class Figures:
+    """Values per (group, name, metric) over the rounds."""
+
+    def __init__(self, rows, group_keys, metrics):
+        self.values = collections.defaultdict(list)
+        self.groups = []
+        for r in rows:
+            group = tuple(r.get(k) for k in group_keys)
+            if group not in self.groups:
+                self.groups.append(group)
+            for m in metrics:
+                self.values[(group, r["impl"], m)].append(r.get(m))
+
+    def median(self, group, name, metric):
+        return median(self.values.get((group, name, metric), []))
+
+    def spread(self, group, name, metric):
+        return spread(self.values.get((group, name, metric), []))
+
+    def names(self, group, order):
+        present = {n for (g, n, _) in self.values if g == group}
+        return [n for n in order if n in present] + sorted(present - set(order))
+
+    def best(self, group, metric, peers, lower):
+        cands = [(self.median(group, p, metric), p) for p in peers]
+        cands = [(v, p) for v, p in cands if v is not None]
+        if not cands:
+            return None, None
+        return (min if lower else max)(cands)
+
+
+def ratio_cell(a, b, peer=None):
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}" + (f" ({peer})" if peer else "")
+
+
+def block(figures, group, label, order, peers, floor, subjects, metrics, spread_metric):
+    """Rows of one configuration: contenders, then ratio rows. `metrics`:
+    (key, digits, lower_is_better)."""
+    rows = []
+    names = figures.names(group, order)
+    for n in names:
+        cells = [label, n] + [fmt(figures.median(group, n, k), d) for k, d, _ in metrics]
+        s = figures.spread(group, n, spread_metric)
+        cells.append("-" if s is None else f"{s * 100:.0f} %")
+        rows.append(cells)
+    for subject in subjects:
+        if subject not in names:
+            continue
+        cells = [label, f"**{subject} / best peer**"]
+        for k, _, lower in metrics:
+            value, peer = figures.best(group, k, peers, lower)
+            cells.append(ratio_cell(figures.median(group, subject, k), value, peer))
+        rows.append(cells + [""])
+        if floor and floor in names:
+            cells = [label, f"{subject} / {floor}"]
+            for k, _, _ in metrics:
+                cells.append(ratio_cell(figures.median(group, subject, k), figures.median(group, floor, k)))
+            rows.append(cells + [""])
+    return rows
+
+
+def echo_section(rows):
+    rows = [r for r in rows if r.get("bench") == "echo"]
+    if not rows:
+        return
+    metrics = (("msgs_per_s", 0, False), ("p99_us", 1, True), ("server_cpu_ns_per_msg", 0, True),
+               ("server_vmhwm_kb", 0, True))
+    figures = Figures(rows, ("size", "connections"), [m for m, *_ in metrics])
+    for size in sorted({g[0] for g in figures.groups}):
+        print(f"### Echo: ping-pong, {int(size)}-byte messages\n")
+        out = []
+        for group in sorted(g for g in figures.groups if g[0] == size):
+            out += block(figures, group, fmt(group[1]), ECHO_ORDER, ECHO_PEERS, "epoll", ("muxio", "muxio-coro"),
+                         metrics, "server_cpu_ns_per_msg")
+        table(["conn.", "server", "messages/s", "p99 µs", "server CPU ns/msg", "server VmHWM KiB",
+               "spread of CPU/msg"], out)
+
+
+def http_section(rows):
+    rows = [r for r in rows if r.get("bench") == "http"]
+    if not rows:
+        return
+    metrics = (("rps", 0, False), ("p50_us", 0, True), ("p99_us", 0, True), ("server_cpu_ns_per_req", 0, True),
+               ("server_vmhwm_kb", 0, True))
+    figures = Figures(rows, ("connections",), [m for m, *_ in metrics])
+    print("### HTTP hello: wrk, 1 thread, keep-alive `GET /`\n")
+    out = []
+    for group in sorted(figures.groups):
+        out += block(figures, group, fmt(group[0]), HTTP_ORDER, HTTP_PEERS, "epoll", ("muxio-http",), metrics,
+                     "server_cpu_ns_per_req")
+    table(["conn.", "server", "requests/s", "p50 µs", "p99 µs", "server CPU ns/req", "server VmHWM KiB",
+           "spread of CPU/req"], out)
+    bad = [r for r in rows if r.get("non2xx", 0) or str(r.get("socket_errors", "none")) != "none"]
+    for r in bad:
+        print(f"- round {int(r['round'])}, {r['impl']}, {int(r['connections'])} connections: "
+              f"non-2xx {int(r.get('non2xx', 0))}, socket errors {r.get('socket_errors')}")
+    if bad:
+        print()
+
+
+def resp_section(rows):
+    rows = [r for r in rows if r.get("bench") == "resp"]
+    if not rows:
+        return
+    metrics = (("rps", 0, False), ("p50_ms", 3, True), ("p99_ms", 3, True), ("server_cpu_ns_per_req", 0, True),
+               ("server_vmhwm_kb", 0, True))
+    figures = Figures(rows, ("pipeline", "test"), [m for m, *_ in metrics])
+    clients = int(rows[0].get("clients", 0))
+    print(f"### RESP: redis-benchmark -c {clients}\n")
+    out = []
+    for group in sorted(figures.groups, key=lambda g: (g[0], g[1] != "set")):
+        out += block(figures, group, f"-P {int(group[0])}, {group[1].upper()}", RESP_ORDER, RESP_PEERS, None,
+                     ("muxio-resp",), metrics, "server_cpu_ns_per_req")
+    table(["test", "server", "requests/s", "p50 ms", "p99 ms", "server CPU ns/req", "server VmHWM KiB",
+           "spread of CPU/req"], out)
+
+
+def idle_section(rows):
+    rows = [r for r in rows if r.get("bench") == "idle"]
+    if not rows:
+        return
+    metrics = (("server_cpu_ns_per_msg", 0, True), ("msgs_per_s", 0, False), ("p99_us", 1, True),
+               ("server_vmhwm_kb", 0, True))
+    figures = Figures(rows, ("idle",), [m for m, *_ in metrics])
+    active = int(rows[0].get("connections", 0))
+    print(f"### Idle scale: {active} active ping-pong connections (64 bytes) beside K idle ones\n")
+    out = []
+    for group in sorted(figures.groups):
+        out += block(figures, group, fmt(group[0]), IDLE_ORDER, IDLE_PEERS, "epoll", ("muxio",), metrics,
+                     "server_cpu_ns_per_msg")
+    table(["idle K", "server", "server CPU ns/msg", "messages/s", "p99 µs", "server VmHWM KiB", "spread of CPU/msg"],
+          out)
+    counts = sorted(g[0] for g in figures.groups)
+    if len(counts) >= 2 and counts[0] == 0:
+        low, high = (counts[0],), (counts[-1],)
+        print(f"Memory per idle connection, (VmHWM at K = {fmt(high[0])} − at K = 0) / K:\n")
+        cells = []
+        for n in figures.names(high, IDLE_ORDER):
+            a, b = figures.median(high, n, "server_vmhwm_kb"), figures.median(low, n, "server_vmhwm_kb")
+            per = None if a is None or b is None else (a - b) * 1024 / high[0]
+            cells.append([n, fmt(per)])
+        table(["server", "bytes per idle connection"], cells)
+
+
+def main():
+    rows = load(sys.argv[1])
+    echo_section(rows)
+    http_section(rows)
+    resp_section(rows)
+    idle_section(rows)
+    rounds = len({r.get("round") for r in rows})
+    print(f"Medians over {rounds} interleaved rounds. Ratios: the contender's median over the best peer's "
+          "(in parentheses); above 1 is better for messages/s and requests/s, below 1 for the others. Spread: "
+          "(largest − smallest) / median of the server CPU figure over the rounds.")
+
+
+if __name__ == "__main__":
+    main()
