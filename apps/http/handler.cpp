@@ -236,13 +236,25 @@ std::string_view DateCache::get(std::time_t now) {
 }
 
 void append_head(std::string& out, const Response& response, const HeadOptions& options) {
-    auto sink = std::back_inserter(out);
-    fmt::format_to(sink, "HTTP/1.1 {} {}\r\nServer: {}\r\nDate: {}\r\n", response.status,
-                   reason_phrase(response.status), server_name, options.date);
+    // Appended piece by piece: fmt::format_to through a back_inserter writes
+    // a character at a time, and was the largest cost per request in a
+    // callgrind profile of the hello benchmark (about half of the server's
+    // own instructions).
+    const fmt::format_int status{response.status};
+    out.append("HTTP/1.1 ")
+        .append(status.data(), status.size())
+        .append(" ")
+        .append(reason_phrase(response.status))
+        .append("\r\nServer: ")
+        .append(server_name)
+        .append("\r\nDate: ")
+        .append(options.date)
+        .append("\r\n");
     for (const auto& [name, value] : response.headers) {
-        fmt::format_to(sink, "{}: {}\r\n", name, value);
+        out.append(name).append(": ").append(value).append("\r\n");
     }
-    fmt::format_to(sink, "Content-Length: {}\r\n", response.content_length);
+    const fmt::format_int length{response.content_length};
+    out.append("Content-Length: ").append(length.data(), length.size()).append("\r\n");
     if (!options.keep_alive) {
         out += "Connection: close\r\n";
     } else if (options.http10) {
