@@ -709,8 +709,7 @@ Task<void> StreamSocket::read_exact(std::span<std::byte> buffer, std::stop_token
             std::error_code error;
             if (const auto got = try_read(buffer.subspan(done), error)) {
                 if (*got == 0) {
-                    const std::string from =
-                        peer_.family() == AF_UNSPEC ? std::string{} : " from " + peer_.to_string();
+                    const std::string from = peer_.family() == AF_UNSPEC ? std::string{} : " from " + peer_.to_string();
                     throw IncompleteRead{fmt::format("read_exact{} on fd {}: end of stream after {} of {} bytes", from,
                                                      fileno(), done, buffer.size()),
                                          done, buffer.size()};

@@ -112,7 +112,7 @@ struct Reactor::Impl {
     // handle with a cancelled flag): no record to allocate and free.
     detail::Scheduler scheduler;
     detail::RingQueue<Callback> soon;
-    std::size_t soon_live = 0;  // entries of `soon` not yet run or cancelled
+    std::size_t soon_live = 0;               // entries of `soon` not yet run or cancelled
     std::vector<detail::Scheduler::Id> due;  // this iteration's due timers
     ExceptionHandler exception_handler = default_exception_handler;
     std::uint64_t fork_generation = 0;

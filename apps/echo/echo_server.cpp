@@ -81,12 +81,11 @@ void CallbackEchoServer::pause_accepting(const std::error_code& error) {
         logger().warn("muxio-echo: accept on {}: {}", listener_.local_address(), error.message());
         return;
     }
-    logger().warn("muxio-echo: accept on {}: {}; pausing accepts for {} ms", listener_.local_address(),
-                  error.message(), accept_pause.count());
+    logger().warn("muxio-echo: accept on {}: {}; pausing accepts for {} ms", listener_.local_address(), error.message(),
+                  accept_pause.count());
     reactor_.remove_reader(listener_.fileno());
-    resume_accepting_ = reactor_.call_later(accept_pause, [this] {
-        reactor_.add_reader(listener_.fileno(), [this] { accept_ready(); });
-    });
+    resume_accepting_ = reactor_.call_later(
+        accept_pause, [this] { reactor_.add_reader(listener_.fileno(), [this] { accept_ready(); }); });
 }
 
 void CallbackEchoServer::readable(Connection& connection) {
@@ -172,8 +171,7 @@ Task<void> echo_connection(TcpStream stream, std::shared_ptr<EchoStats> stats) {
     ++stats->closed;
 }
 
-Task<void> accept_loop(Reactor& reactor, TcpListener listener, std::shared_ptr<EchoStats> stats,
-                       std::stop_token stop) {
+Task<void> accept_loop(Reactor& reactor, TcpListener listener, std::shared_ptr<EchoStats> stats, std::stop_token stop) {
     while (!stop.stop_requested()) {
         bool pause = false;
         try {

@@ -43,9 +43,10 @@ int run(int argc, char** argv) {
         selectors.emplace_back(name);
     }
 
-    CLI::App app{"muxio-echo: a TCP echo server on the muxio reactor, with callbacks or coroutines.\n"
-                 "Prints \"listening on ADDRESS\" first; stops cleanly on SIGINT or SIGTERM.",
-                 "muxio-echo"};
+    CLI::App app{
+        "muxio-echo: a TCP echo server on the muxio reactor, with callbacks or coroutines.\n"
+        "Prints \"listening on ADDRESS\" first; stops cleanly on SIGINT or SIGTERM.",
+        "muxio-echo"};
     app.add_option("--mode", mode, "callback: reactor callbacks; coroutine: one task per connection")
         ->check(CLI::IsMember({"callback", "coroutine"}))
         ->capture_default_str();
@@ -105,14 +106,15 @@ int run(int argc, char** argv) {
     std::fflush(stdout);
     reactor->run();
 
-    const muxio::apps::EchoStats stats =
-        std::visit([](const auto& running) -> muxio::apps::EchoStats {
+    const muxio::apps::EchoStats stats = std::visit(
+        [](const auto& running) -> muxio::apps::EchoStats {
             if constexpr (std::is_same_v<std::decay_t<decltype(running)>, std::monostate>) {
                 return {};
             } else {
                 return running.stats();
             }
-        }, server);
+        },
+        server);
     fmt::print("stopped by signal {}: {} connections, {} bytes echoed, {} accept errors\n", signal_received,
                stats.accepted, stats.bytes, stats.accept_errors);
     server.emplace<std::monostate>();

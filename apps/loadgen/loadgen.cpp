@@ -44,9 +44,8 @@ struct Run {
 };
 
 Task<TcpStream> connect(Reactor& reactor, Run& run) {
-    co_return co_await with_timeout(
-        reactor, std::chrono::ceil<Reactor::Duration>(run.config.connect_timeout),
-        TcpStream::connect(reactor, run.config.server));
+    co_return co_await with_timeout(reactor, std::chrono::ceil<Reactor::Duration>(run.config.connect_timeout),
+                                    TcpStream::connect(reactor, run.config.server));
 }
 
 // Echo: `pipeline` messages written back to back, then read back whole and
@@ -123,8 +122,8 @@ public:
         const std::size_t parsed =
             http_parser_execute(&parser_, &settings_, reinterpret_cast<const char*>(bytes.data()), bytes.size());
         if (parsed != bytes.size() || HTTP_PARSER_ERRNO(&parser_) != HPE_OK) {
-            throw std::runtime_error(fmt::format("malformed HTTP response: {}",
-                                                 http_errno_description(HTTP_PARSER_ERRNO(&parser_))));
+            throw std::runtime_error(
+                fmt::format("malformed HTTP response: {}", http_errno_description(HTTP_PARSER_ERRNO(&parser_))));
         }
     }
     [[nodiscard]] std::size_t complete() const noexcept { return complete_; }

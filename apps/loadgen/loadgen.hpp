@@ -20,8 +20,8 @@ enum class LoadMode { echo, http };
 struct LoadConfig {
     LoadMode mode = LoadMode::echo;
     SocketAddress server;
-    std::string host_header;    // http: the Host header
-    std::string path = "/";     // http: the target
+    std::string host_header;  // http: the Host header
+    std::string path = "/";   // http: the target
     std::size_t connections = 1;
     std::size_t message_size = 64;  // echo: bytes per message
     std::size_t pipeline = 1;       // requests in flight per connection
@@ -32,16 +32,18 @@ struct LoadConfig {
 };
 
 struct LoadResult {
-    std::uint64_t messages = 0;        // completed in the measured window
-    std::uint64_t bytes = 0;           // payload bytes received in the window
-    std::uint64_t errors = 0;          // failed connections, bad statuses
-    std::uint64_t mismatches = 0;      // echo: bytes that differed from those sent
-    std::uint64_t connected = 0;       // connections established
-    double seconds = 0;                // the measured window
-    LatencyHistogram latency_ns;       // per message, send to last byte
-    std::string first_error;           // for the report
+    std::uint64_t messages = 0;    // completed in the measured window
+    std::uint64_t bytes = 0;       // payload bytes received in the window
+    std::uint64_t errors = 0;      // failed connections, bad statuses
+    std::uint64_t mismatches = 0;  // echo: bytes that differed from those sent
+    std::uint64_t connected = 0;   // connections established
+    double seconds = 0;            // the measured window
+    LatencyHistogram latency_ns;   // per message, send to last byte
+    std::string first_error;       // for the report
 
-    [[nodiscard]] double messages_per_second() const noexcept { return seconds > 0 ? static_cast<double>(messages) / seconds : 0; }
+    [[nodiscard]] double messages_per_second() const noexcept {
+        return seconds > 0 ? static_cast<double>(messages) / seconds : 0;
+    }
 };
 
 /// Progress as the run goes: seconds since the start, messages so far in

@@ -115,9 +115,10 @@ int run(int argc, char** argv) {
         selectors.emplace_back(name);
     }
 
-    CLI::App app{"muxio-loadgen: drive an echo or HTTP server with N connections for a while, then\n"
-                 "print throughput and latency percentiles. Echoed bytes are all checked.",
-                 "muxio-loadgen"};
+    CLI::App app{
+        "muxio-loadgen: drive an echo or HTTP server with N connections for a while, then\n"
+        "print throughput and latency percentiles. Echoed bytes are all checked.",
+        "muxio-loadgen"};
     app.add_option("--mode", mode, "echo: ping-pong of --size bytes; http: keep-alive GET of --path")
         ->check(CLI::IsMember({"echo", "http"}))
         ->capture_default_str();
@@ -135,8 +136,12 @@ int run(int argc, char** argv) {
     app.add_option("-n,--count", config.count,
                    "messages per connection, then stop (0: run for the whole duration, which bounds it anyway)")
         ->capture_default_str();
-    app.add_option("-d,--duration", duration, "measured seconds")->check(CLI::Range(0.01, 86400.0))->capture_default_str();
-    app.add_option("-w,--warmup", warmup, "seconds run before measuring")->check(CLI::Range(0.0, 3600.0))->capture_default_str();
+    app.add_option("-d,--duration", duration, "measured seconds")
+        ->check(CLI::Range(0.01, 86400.0))
+        ->capture_default_str();
+    app.add_option("-w,--warmup", warmup, "seconds run before measuring")
+        ->check(CLI::Range(0.0, 3600.0))
+        ->capture_default_str();
     app.add_option("--path", config.path, "http: the path to GET")->capture_default_str();
     app.add_option("--selector", selector, "I/O mechanism (default: the best the kernel accepts)")
         ->check(CLI::IsMember(selectors));

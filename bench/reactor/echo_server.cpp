@@ -2,8 +2,8 @@
 //
 // One of the echo servers the echo benchmark compares (see bench_common.hpp
 // for the behaviour they share): five callback servers and two coroutine
-// servers (muxio-coro, asio-coro), and muxio-coro-raw (raw fds, a reader added and removed per await). Runs until killed; the load
-// generator reads its CPU time from /proc.
+// servers (muxio-coro, asio-coro), and muxio-coro-raw (raw fds, a reader added and removed per await). Runs until
+// killed; the load generator reads its CPU time from /proc.
 #include <cstdio>
 #include <exception>
 #include <string>

@@ -171,9 +171,9 @@ void echo_muxio_coro(const EchoConfig& config) {
     muxio::Reactor reactor;
     muxio::ListenOptions options;
     options.backlog = echo_backlog;
-    muxio::spawn(reactor, accept_streams(reactor, muxio::TcpListener::bind(
-                                                      reactor, muxio::SocketAddress::ipv4("127.0.0.1", config.port),
-                                                      options)));
+    muxio::spawn(reactor,
+                 accept_streams(reactor, muxio::TcpListener::bind(
+                                             reactor, muxio::SocketAddress::ipv4("127.0.0.1", config.port), options)));
     for (;;) {
         reactor.run();
     }

@@ -116,7 +116,7 @@ private:
     std::optional<std::stop_callback<OnStop>> on_token_stop_;
     std::optional<std::stop_callback<OnStop>> on_ambient_stop_;
     std::shared_ptr<bool> cancel_posted_;  // *cancel_posted_: the post may still resume
-    FdWatch* watch_ = nullptr;              // set for a watched read or write
+    FdWatch* watch_ = nullptr;             // set for a watched read or write
     std::atomic<bool> claimed_{false};
     int fd_;
     Kind kind_;

@@ -134,7 +134,7 @@ TEST_CASE("loadgen drives each echo server with every byte checked") {
         config.connections = 8;
         config.message_size = 3000;  // not a divisor of the read size
         config.pipeline = 3;
-        config.count = 30;    // a fixed amount of work: the same under TSan
+        config.count = 30;      // a fixed amount of work: the same under TSan
         config.duration = 60s;  // an upper bound only
         const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
         CHECK(result.errors == 0);

@@ -243,7 +243,7 @@ TEST_CASE("a read after one that emptied the socket still gets data that is alre
         std::array<std::byte, 16> buffer{};
         muxio::test::write_all(writer_fd, "a");
         CHECK(co_await reader.read_some(buffer) == 1);  // short: the socket is empty now
-        muxio::test::write_all(writer_fd, "bcd");         // before the next read starts
+        muxio::test::write_all(writer_fd, "bcd");       // before the next read starts
         const std::size_t got = co_await reader.read_some(buffer);
         std::string text(got, '\0');
         std::memcpy(text.data(), buffer.data(), got);
