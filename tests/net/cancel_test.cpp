@@ -255,3 +255,27 @@ TEST_CASE("a read after one that emptied the socket still gets data that is alre
     CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body(left, right.fileno(), Live{}))) ==
           "bcdefgh");
 }
+
+TEST_CASE("two tasks reading one socket is a clear error, one reading and one writing is fine") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    auto body = [](Reactor& loop, UnixStream& stream, int peer_fd, Live /*held*/) -> Task<std::string> {
+        auto first_reader = [](UnixStream& s) -> Task<void> { co_await s.readable(); };
+        muxio::spawn(loop, first_reader(stream));
+        co_await muxio::yield(loop);  // the first reader waits now
+        std::string error;
+        try {
+            co_await stream.readable();
+        } catch (const std::logic_error& e) {
+            error = e.what();
+        }
+        co_await stream.writable();            // a writer beside the waiting reader
+        muxio::test::write_all(peer_fd, "z");  // lets the first reader finish
+        co_return error;
+    };
+    const std::string error = muxio::run_until_complete(reactor, body(reactor, left, right.fileno(), Live{}));
+    CHECK(error.find("already has a waiting reader") != std::string::npos);
+    reactor.close();  // frees the first reader's frame if it has not run yet
+}
