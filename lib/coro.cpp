@@ -16,13 +16,15 @@ bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient
         return false;  // resumes at once and throws Cancelled
     }
     awaiter_ = awaiter;
+    if (watch_ != nullptr) {
+        watch_->start(*this, kind_ == Kind::read ? EVENT_READ : EVENT_WRITE);
+        registered_ = true;
+        listen_for_stop(std::move(ambient));
+        return true;
+    }
     // A reader or writer callback holds only `this`: stored inline, no allocation.
     switch (kind_) {
         case Kind::read:
-            if (watch_ != nullptr) {
-                watch_->start(*this, EVENT_READ);
-                break;
-            }
             if (reactor_->has_reader(fd_)) {
                 throw std::logic_error(
                     fmt::format("readable: fd {} already has a reader (is another task reading it?)", fd_));
@@ -30,10 +32,6 @@ bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient
             reactor_->add_reader(fd_, [this] { on_ready(); });
             break;
         case Kind::write:
-            if (watch_ != nullptr) {
-                watch_->start(*this, EVENT_WRITE);
-                break;
-            }
             if (reactor_->has_writer(fd_)) {
                 throw std::logic_error(
                     fmt::format("writable: fd {} already has a writer (is another task writing it?)", fd_));
@@ -48,20 +46,32 @@ bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient
             break;
     }
     registered_ = true;
-    // Registered last: from here on a stop request may claim the wait, on
-    // any thread, even inside these constructors if it already happened.
+    listen_for_stop(std::move(ambient));
+    return true;
+}
+
+void ReactorWait::listen_for_stop_requests(std::stop_token ambient) {
     if (token_.stop_possible()) {
         on_token_stop_.emplace(token_, OnStop{this});
     }
     if (ambient.stop_possible()) {
         on_ambient_stop_.emplace(std::move(ambient), OnStop{this});
     }
-    return true;
 }
 
 void ReactorWait::on_ready() {
     if (!claim()) {
         return;  // a stop request won; its post resumes the coroutine
+    }
+    if (attempt_ != nullptr && !attempt_(operation_)) {
+        // Would block again: wait on. A stop request meanwhile found the
+        // wait claimed and left; seq_cst on both sides (the exchange in
+        // claim(), these) means that either it claims now or this sees it.
+        claimed_.store(false);
+        if (!stop_seen_.load() || !claim()) {
+            return;
+        }
+        cancelled_ = true;  // on the loop thread, in a callback: resuming here is fine
     }
     // Destroying a stop_callback waits for it if it runs on another thread
     // now; that run loses the claim and does nothing.
@@ -72,6 +82,7 @@ void ReactorWait::on_ready() {
 }
 
 void ReactorWait::on_stop() noexcept {
+    stop_seen_.store(true);
     if (!claim()) {
         return;
     }
@@ -123,7 +134,7 @@ void ReactorWait::disarm() {
     }
 }
 
-ReactorWait::~ReactorWait() {
+void ReactorWait::abandon() noexcept {
     // The frame is destroyed while suspended here: stop listening first
     // (waits for a stop callback running elsewhere), then neutralise a posted
     // cancellation and remove the registration.
@@ -142,7 +153,7 @@ ReactorWait::~ReactorWait() {
 
 // ----- FdWatch ------------------------------------------------------------------------
 
-void FdWatch::start(ReactorWait& wait, Events side) {
+void FdWatch::start_registering(ReactorWait& wait, Events side) {
     const bool reading = side == EVENT_READ;
     ReactorWait*& slot = reading ? reader_ : writer_;
     bool& registered = reading ? reading_ : writing_;
@@ -175,7 +186,9 @@ void FdWatch::stop(const ReactorWait& wait, Events side) noexcept {
 
 void FdWatch::ready(Events side) {
     const bool reading = side == EVENT_READ;
-    if (ReactorWait* waiting = std::exchange(reading ? reader_ : writer_, nullptr)) {
+    // The slot stays taken until the wait ends (disarm() frees it): an
+    // operation that would block again keeps waiting.
+    if (ReactorWait* waiting = reading ? reader_ : writer_) {
         waiting->on_ready();
         return;
     }
@@ -210,10 +223,8 @@ FdWatch::~FdWatch() {
     }
 }
 
-void ReactorWait::await_resume() const {
-    if (cancelled_) {
-        throw Cancelled{};
-    }
+void ReactorWait::throw_cancelled() {
+    throw Cancelled{};
 }
 
 }  // namespace muxio::detail

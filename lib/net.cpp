@@ -637,11 +637,9 @@ int Socket::release() noexcept {
     return std::exchange(fd_, -1);
 }
 
-detail::FdWatch& Socket::watch() const {
+detail::FdWatch& Socket::make_watch() const {
     require_open("wait");
-    if (!watch_) {
-        watch_ = std::make_unique<detail::FdWatch>(*reactor_, fd_);
-    }
+    watch_ = std::make_unique<detail::FdWatch>(*reactor_, fd_);
     return *watch_;
 }
 
@@ -656,10 +654,8 @@ SocketAddress Socket::local_address() const {
     return address;
 }
 
-void Socket::require_open(std::string_view operation) const {
-    if (fd_ < 0) {
-        throw std::logic_error(fmt::format("{}: socket is closed", operation));
-    }
+void Socket::refuse_closed(std::string_view operation) {
+    throw std::logic_error(fmt::format("{}: socket is closed", operation));
 }
 
 // ----- StreamSocket -------------------------------------------------------------------
@@ -679,86 +675,141 @@ std::optional<std::size_t> StreamSocket::try_write(std::span<const std::byte> bu
     return transfer(error, [&] { return ::send(fileno(), buffer.data(), buffer.size(), MSG_NOSIGNAL); });
 }
 
-Task<std::size_t> StreamSocket::read_some(std::span<std::byte> buffer, std::stop_token token) {
-    require_open("read_some");
+// ----- StreamIo -----------------------------------------------------------------------
+
+namespace detail {
+
+namespace {
+
+std::string_view operation_name(StreamIo::Op op) noexcept {
+    switch (op) {
+        case StreamIo::Op::read_some:
+            return "read_some";
+        case StreamIo::Op::read_exact:
+            return "read_exact";
+        case StreamIo::Op::write_some:
+            return "write_some";
+        case StreamIo::Op::write_all:
+            return "write_all";
+    }
+    return "stream operation";
+}
+
+}  // namespace
+
+bool StreamIo::await_ready() {
+    socket_->require_open(operation_name(op_));
+    // After a read that emptied the socket, a read now would most likely
+    // fail with EAGAIN: a wasted system call per message in a
+    // request-response exchange. Readiness comes first then; if data did
+    // arrive meanwhile, the wait ends in the next iteration.
+    if (reading() && socket_->drained_ && !read_buffer_.empty()) {
+        socket_->drained_ = false;
+        return false;
+    }
+    return attempt();
+}
+
+ReactorWait& StreamIo::arm() {
+    const auto kind = reading() ? ReactorWait::Kind::read : ReactorWait::Kind::write;
+    return wait_.emplace(socket_->reactor(), kind, socket_->watch(), std::move(token_), &attempt_on_ready, this);
+}
+
+namespace {
+
+// recv() or send() of the rest of a stream operation's buffer: the byte
+// count, or -1 with `errnum` set (0 when it would block). EINTR is retried.
+template <class Call>
+ssize_t stream_call(int& errnum, Call call) noexcept {
     for (;;) {
-        // After a read that emptied the socket, a read now would most likely
-        // fail with EAGAIN: a wasted system call per message in a
-        // request-response exchange. Readiness comes first then; if data did
-        // arrive meanwhile, the wait ends in the next iteration.
-        if (!drained_ || buffer.empty()) {
-            std::error_code error;
-            if (const auto got = try_read(buffer, error)) {
-                drained_ = *got < buffer.size();
-                co_return *got;
-            }
-            if (error) {
-                fail(error.value(), "read from");
-            }
+        const ssize_t done = call();
+        if (done >= 0) {
+            return done;
         }
-        drained_ = false;
-        co_await readable(token);
+        if (errno != EINTR) {
+            errnum = would_block(errno) ? 0 : errno;
+            return -1;
+        }
     }
 }
 
-Task<void> StreamSocket::read_exact(std::span<std::byte> buffer, std::stop_token token) {
-    require_open("read_exact");
-    std::size_t done = 0;
-    while (done < buffer.size()) {
-        if (!drained_) {  // as in read_some()
-            std::error_code error;
-            if (const auto got = try_read(buffer.subspan(done), error)) {
-                if (*got == 0) {
-                    const std::string from = peer_.family() == AF_UNSPEC ? std::string{} : " from " + peer_.to_string();
-                    throw IncompleteRead{fmt::format("read_exact{} on fd {}: end of stream after {} of {} bytes", from,
-                                                     fileno(), done, buffer.size()),
-                                         done, buffer.size()};
+}  // namespace
+
+bool StreamIo::attempt() noexcept {
+    const int fd = socket_->fileno();
+    switch (op_) {
+        case Op::read_some: {
+            const ssize_t got =
+                stream_call(error_, [&] { return ::recv(fd, read_buffer_.data(), read_buffer_.size(), 0); });
+            if (got >= 0) {
+                done_ = static_cast<std::size_t>(got);
+                socket_->drained_ = done_ < read_buffer_.size();
+                return true;
+            }
+            break;
+        }
+        case Op::read_exact:
+            while (done_ < read_buffer_.size()) {
+                const std::span<std::byte> rest = read_buffer_.subspan(done_);
+                const ssize_t got = stream_call(error_, [&] { return ::recv(fd, rest.data(), rest.size(), 0); });
+                if (got < 0) {
+                    break;
                 }
-                drained_ = *got < buffer.size() - done;
-                done += *got;
-                continue;
+                if (got == 0) {
+                    end_of_stream_ = true;
+                    return true;
+                }
+                done_ += static_cast<std::size_t>(got);
+                if (done_ < read_buffer_.size()) {
+                    return false;  // the socket is empty: wait rather than fail a read
+                }
             }
-            if (error) {
-                fail(error.value(), "read from");
+            if (done_ == read_buffer_.size()) {
+                return true;
             }
+            break;
+        case Op::write_some: {
+            const ssize_t sent = stream_call(
+                error_, [&] { return ::send(fd, write_buffer_.data(), write_buffer_.size(), MSG_NOSIGNAL); });
+            if (sent >= 0) {
+                done_ = static_cast<std::size_t>(sent);
+                return true;
+            }
+            break;
         }
-        drained_ = false;
-        co_await readable(token);
+        case Op::write_all:
+            while (done_ < write_buffer_.size()) {
+                const std::span<const std::byte> rest = write_buffer_.subspan(done_);
+                const ssize_t sent =
+                    stream_call(error_, [&] { return ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL); });
+                if (sent < 0) {
+                    break;
+                }
+                done_ += static_cast<std::size_t>(sent);
+                if (done_ < write_buffer_.size()) {
+                    return false;  // the send buffer is full: wait rather than fail a write
+                }
+            }
+            if (done_ == write_buffer_.size()) {
+                return true;
+            }
+            break;
     }
+    return error_ != 0;  // failed, or would block
 }
 
-Task<std::size_t> StreamSocket::write_some(std::span<const std::byte> buffer, std::stop_token token) {
-    require_open("write_some");
-    for (;;) {
-        std::error_code error;
-        if (const auto sent = try_write(buffer, error)) {
-            co_return *sent;
-        }
-        if (error) {
-            fail(error.value(), "write to");
-        }
-        co_await writable(token);
+void StreamIo::fail() const {
+    if (error_ != 0) {
+        socket_->fail(error_, reading() ? "read from" : "write to");
     }
+    const SocketAddress& peer = socket_->peer_address();
+    const std::string from = peer.family() == AF_UNSPEC ? std::string{} : " from " + peer.to_string();
+    throw IncompleteRead{fmt::format("read_exact{} on fd {}: end of stream after {} of {} bytes", from,
+                                     socket_->fileno(), done_, read_buffer_.size()),
+                         done_, read_buffer_.size()};
 }
 
-Task<void> StreamSocket::write_all(std::span<const std::byte> buffer, std::stop_token token) {
-    require_open("write_all");
-    while (!buffer.empty()) {
-        std::error_code error;
-        if (const auto sent = try_write(buffer, error)) {
-            buffer = buffer.subspan(*sent);
-            continue;
-        }
-        if (error) {
-            fail(error.value(), "write to");
-        }
-        co_await writable(token);
-    }
-}
-
-Task<void> StreamSocket::write_all(std::string_view text, std::stop_token token) {
-    return write_all(std::as_bytes(std::span{text.data(), text.size()}), std::move(token));
-}
+}  // namespace detail
 
 void StreamSocket::shutdown(ShutdownHow how) {
     require_open("shutdown");

@@ -14,7 +14,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -147,13 +149,19 @@ muxio::Task<void> accept_connections(muxio::Reactor& reactor, int listener) {
 // stays from one await to the next. A buffer per connection: write_all()
 // may suspend between the read and the end of its write.
 muxio::Task<void> serve_stream(muxio::TcpStream stream) {
-    std::vector<std::byte> buffer(sizeof echo_buffer);
-    for (;;) {
-        const std::size_t got = co_await stream.read_some(buffer);
-        if (got == 0) {
-            break;
+    // Uninitialised, as asio-coro's: zeroing 64 KiB per connection would be
+    // charged to every accept.
+    const auto buffer = std::make_unique_for_overwrite<std::byte[]>(sizeof echo_buffer);
+    try {
+        for (;;) {
+            const std::size_t got = co_await stream.read_some({buffer.get(), sizeof echo_buffer});
+            if (got == 0) {
+                break;
+            }
+            co_await stream.write_all(std::span<const std::byte>{buffer.get(), got});
         }
-        co_await stream.write_all(std::span<const std::byte>{buffer.data(), got});
+    } catch (const std::system_error&) {
+        // a reset: the connection is over (asio-coro does the same)
     }
 }
 

@@ -42,8 +42,18 @@ private:
     friend class ReactorWait;
     // Takes the side's waiter slot (std::logic_error if another wait has it,
     // or if someone else's callback holds the fd's side) and registers the
-    // side unless it still is.
-    void start(ReactorWait& wait, Events side);
+    // side unless it still is. Inline for a read or write loop's case: the
+    // slot is free and the side still registered.
+    void start(ReactorWait& wait, Events side) {
+        const bool reading = side == EVENT_READ;
+        ReactorWait*& slot = reading ? reader_ : writer_;
+        if (slot == nullptr && (reading ? reading_ : writing_)) [[likely]] {
+            slot = &wait;
+            return;
+        }
+        start_registering(wait, side);
+    }
+    void start_registering(ReactorWait& wait, Events side);
     // The wait ended or was cancelled: frees its slot; the registration stays.
     void stop(const ReactorWait& wait, Events side) noexcept;
     void ready(Events side);
@@ -80,11 +90,32 @@ public:
     /// A read or write wait through `watch`'s lasting registration.
     ReactorWait(Reactor& reactor, Kind kind, FdWatch& watch, std::stop_token token) noexcept
         : reactor_{&reactor}, token_{std::move(token)}, watch_{&watch}, fd_{watch.fd()}, kind_{kind} {}
+
+    /// Does an operation's I/O when the fd turns ready, before the coroutine
+    /// resumes: true when the operation is over (done or failed), false when
+    /// it would block again, which keeps the wait. So a socket operation is
+    /// its own awaiter, and a spurious wakeup costs no resumption.
+    using Attempt = bool (*)(void* operation) noexcept;
+    /// A watched read or write wait that calls `attempt(operation)` on readiness.
+    ReactorWait(Reactor& reactor, Kind kind, FdWatch& watch, std::stop_token token, Attempt attempt,
+                void* operation) noexcept
+        : reactor_{&reactor},
+          token_{std::move(token)},
+          watch_{&watch},
+          attempt_{attempt},
+          operation_{operation},
+          fd_{watch.fd()},
+          kind_{kind} {}
     ReactorWait(const ReactorWait&) = delete;
     ReactorWait& operator=(const ReactorWait&) = delete;
     ReactorWait(ReactorWait&&) = delete;
     ReactorWait& operator=(ReactorWait&&) = delete;
-    ~ReactorWait();
+    ~ReactorWait() {
+        // After an ordinary resumption there is nothing left to undo.
+        if (registered_ || on_token_stop_ || on_ambient_stop_ || cancel_posted_) [[unlikely]] {
+            abandon();
+        }
+    }
 
     [[nodiscard]] bool await_ready() const noexcept { return false; }
     template <class Promise>
@@ -92,7 +123,11 @@ public:
         return start(awaiter, ambient_stop_token(awaiter));
     }
     /// Throws Cancelled if a stop token ended the wait.
-    void await_resume() const;
+    void await_resume() const {
+        if (cancelled_) [[unlikely]] {
+            throw_cancelled();
+        }
+    }
 
 private:
     friend class FdWatch;
@@ -102,11 +137,22 @@ private:
     };
 
     bool start(std::coroutine_handle<> awaiter, std::stop_token ambient);
+    // The frame is destroyed while the wait is pending or cancelled.
+    void abandon() noexcept;
+    [[noreturn]] static void throw_cancelled();
     void on_ready();
     void on_stop() noexcept;
     void finish_cancel();
     void disarm();
-    bool claim() noexcept { return !claimed_.exchange(true, std::memory_order_acq_rel); }
+    // Registered last: from here on a stop request may claim the wait, on
+    // any thread, even inside these constructors if it already happened.
+    void listen_for_stop(std::stop_token ambient) {
+        if (token_.stop_possible() || ambient.stop_possible()) {
+            listen_for_stop_requests(std::move(ambient));
+        }
+    }
+    void listen_for_stop_requests(std::stop_token ambient);
+    bool claim() noexcept { return !claimed_.exchange(true); }
 
     Reactor* reactor_;
     std::stop_token token_;
@@ -117,7 +163,13 @@ private:
     std::optional<std::stop_callback<OnStop>> on_ambient_stop_;
     std::shared_ptr<bool> cancel_posted_;  // *cancel_posted_: the post may still resume
     FdWatch* watch_ = nullptr;             // set for a watched read or write
+    Attempt attempt_ = nullptr;
+    void* operation_ = nullptr;
     std::atomic<bool> claimed_{false};
+    // A stop request came. It may find the wait claimed by an attempt that
+    // then gives the claim back (it would block): the attempt reads this
+    // afterwards, so the request is not lost.
+    std::atomic<bool> stop_seen_{false};
     int fd_;
     Kind kind_;
     bool registered_ = false;

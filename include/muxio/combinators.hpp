@@ -225,6 +225,12 @@ Task<T> with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeou
     }
 }
 
+/// with_timeout() of a socket operation (see StreamOperation), made a Task.
+template <detail::TaskConvertible A, class Rep, class Period>
+auto with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeout, A&& operation) {
+    return with_timeout(reactor, timeout, detail::into_task(std::forward<A>(operation)));
+}
+
 /// Runs the tasks concurrently and returns their values in order (a void
 /// task gives std::monostate). The first task to fail cancels the others
 /// (their ambient tokens are stopped); once all have ended, its exception is
@@ -248,6 +254,13 @@ Task<std::tuple<detail::NonVoid<T>...>> when_all(Task<T>... tasks) {
         std::rethrow_exception(join.first_error);
     }
     co_return std::tuple<detail::NonVoid<T>...>{detail::take_non_void(tasks)...};
+}
+
+/// when_all() where some arguments are socket operations (see
+/// StreamOperation): each is made a Task.
+template <class... A>
+requires(detail::TaskOrConvertible<A>&&...) && (detail::TaskConvertible<A> || ...) auto when_all(A&&... tasks) {
+    return when_all(detail::into_task(std::forward<A>(tasks))...);
 }
 
 /// What when_any() returns: which task ended first, and its value.
@@ -281,6 +294,13 @@ requires(std::is_same_v<T, Rest>&&...) Task<AnyResult<T>> when_any(Task<T> first
     const std::size_t winner = *join.first_done;
     Task<T>* tasks[] = {&first, &rest...};
     co_return AnyResult<T>{winner, detail::take_non_void(*tasks[winner])};
+}
+
+/// when_any() where some arguments are socket operations (see
+/// StreamOperation): each is made a Task.
+template <class... A>
+requires(detail::TaskOrConvertible<A>&&...) && (detail::TaskConvertible<A> || ...) auto when_any(A&&... tasks) {
+    return when_any(detail::into_task(std::forward<A>(tasks))...);
 }
 
 }  // namespace muxio

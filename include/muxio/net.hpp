@@ -132,6 +132,123 @@ private:
 
 // ----- Sockets --------------------------------------------------------------------
 
+class StreamSocket;
+
+namespace detail {
+
+// One read or write of a StreamSocket, awaited without a coroutine frame of
+// its own: it lives in the awaiting coroutine's frame (or in a Task made from
+// it), tries the system call in await_ready(), and when that would block,
+// waits on the socket's FdWatch with an Attempt that does the I/O on
+// readiness, so the coroutine resumes once, with the operation over.
+class StreamIo {
+public:
+    enum class Op : std::uint8_t { read_some, read_exact, write_some, write_all };
+
+    StreamIo(StreamSocket& socket, Op op, std::span<std::byte> buffer, std::stop_token token) noexcept
+        : socket_{&socket}, read_buffer_{buffer}, token_{std::move(token)}, op_{op} {}
+    StreamIo(StreamSocket& socket, Op op, std::span<const std::byte> buffer, std::stop_token token) noexcept
+        : socket_{&socket}, write_buffer_{buffer}, token_{std::move(token)}, op_{op} {}
+    // Precondition: not awaited yet (a Task is made of it before it runs).
+    StreamIo(StreamIo&& other) noexcept
+        : socket_{other.socket_},
+          read_buffer_{other.read_buffer_},
+          write_buffer_{other.write_buffer_},
+          token_{std::move(other.token_)},
+          op_{other.op_} {}
+    StreamIo& operator=(StreamIo&&) = delete;
+    StreamIo(const StreamIo&) = delete;
+    StreamIo& operator=(const StreamIo&) = delete;
+    ~StreamIo() = default;
+
+    // std::logic_error if the socket is closed.
+    bool await_ready();
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        return arm().await_suspend(awaiter);
+    }
+    // The bytes moved; throws what the operation ended with.
+    std::size_t await_resume() {
+        if (wait_) {
+            wait_->await_resume();  // muxio::Cancelled
+        }
+        if (error_ != 0 || end_of_stream_) [[unlikely]] {
+            fail();
+        }
+        return done_;
+    }
+
+private:
+    [[noreturn]] void fail() const;
+    [[nodiscard]] bool reading() const noexcept { return op_ == Op::read_some || op_ == Op::read_exact; }
+    ReactorWait& arm();
+    // One round of system calls: true once the operation is over.
+    bool attempt() noexcept;
+    static bool attempt_on_ready(void* self) noexcept { return static_cast<StreamIo*>(self)->attempt(); }
+
+    StreamSocket* socket_;
+    std::span<std::byte> read_buffer_;
+    std::span<const std::byte> write_buffer_;
+    std::size_t done_ = 0;
+    std::stop_token token_;
+    std::optional<ReactorWait> wait_;
+    int error_ = 0;               // errno of the failed call
+    bool end_of_stream_ = false;  // read_exact met it
+    Op op_;
+};
+
+}  // namespace detail
+
+/// What StreamSocket's reads and writes return: an awaitable, `co_await
+/// stream.read_some(buffer)`, that allocates nothing (it runs in the
+/// awaiting coroutine's frame) and converts to a Task<T> wherever one is
+/// wanted: the combinators, spawn(), run_until_complete(), or a variable.
+/// Like a Task it is lazy (nothing happens before it is awaited) and is
+/// awaited once; the socket and the buffer must outlive it.
+template <class T>
+class [[nodiscard]] StreamOperation {
+public:
+    /// The Task it converts to.
+    using task_type = Task<T>;
+
+    StreamOperation(StreamOperation&&) noexcept = default;
+    StreamOperation& operator=(StreamOperation&&) = delete;
+    StreamOperation(const StreamOperation&) = delete;
+    StreamOperation& operator=(const StreamOperation&) = delete;
+    ~StreamOperation() = default;
+
+    bool await_ready() { return io_.await_ready(); }
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        return io_.await_suspend(awaiter);
+    }
+    T await_resume() {
+        if constexpr (std::is_void_v<T>) {
+            (void)io_.await_resume();
+        } else {
+            return io_.await_resume();
+        }
+    }
+
+    /// A Task that awaits the operation. Precondition: not awaited yet.
+    // NOLINTNEXTLINE(google-explicit-constructor): usable where a Task is.
+    operator Task<T>() && { return into_task(std::move(*this)); }
+
+private:
+    friend class StreamSocket;
+    explicit StreamOperation(detail::StreamIo io) noexcept : io_{std::move(io)} {}
+
+    static Task<T> into_task(StreamOperation operation) {
+        if constexpr (std::is_void_v<T>) {
+            co_await operation;
+        } else {
+            co_return co_await operation;
+        }
+    }
+
+    detail::StreamIo io_;
+};
+
 /// What the sockets share: an owned non-blocking, close-on-exec descriptor
 /// and the Reactor whose awaits it uses. Not used on its own.
 ///
@@ -140,10 +257,11 @@ private:
 ///   reactor has for the descriptor, then closes it. A socket must be
 ///   destroyed before its reactor, and not while an operation of its own is
 ///   pending (cancel the operation first: the awaiting task holds `this`).
-/// - Awaitable operations return a lazy Task that refers to the socket and
-///   to the buffer passed in: both must outlive it. They try the system
-///   call first and wait for readiness only when it would block, so a
-///   ready socket costs no reactor round trip.
+/// - Awaitable operations return a lazy Task, or for a stream's reads and
+///   writes a StreamOperation (which becomes a Task where one is needed),
+///   that refers to the socket and to the buffer passed in: both must
+///   outlive it. They try the system call first and wait for readiness only
+///   when it would block, so a ready socket costs no reactor round trip.
 /// - At most one pending read-side and one pending write-side operation per
 ///   socket (full duplex is fine); a second one throws std::logic_error, as
 ///   muxio::readable() does.
@@ -209,10 +327,22 @@ protected:
     ~Socket() { close(); }
 
     /// std::logic_error("<operation>: socket is closed") unless open.
-    void require_open(std::string_view operation) const;
+    void require_open(std::string_view operation) const {
+        if (fd_ < 0) [[unlikely]] {
+            refuse_closed(operation);
+        }
+    }
 
 private:
-    detail::FdWatch& watch() const;
+    friend class detail::StreamIo;
+    [[noreturn]] static void refuse_closed(std::string_view operation);
+    detail::FdWatch& watch() const {
+        if (watch_) [[likely]] {
+            return *watch_;
+        }
+        return make_watch();
+    }
+    detail::FdWatch& make_watch() const;
 
     Reactor* reactor_ = nullptr;
     int fd_ = -1;
@@ -232,15 +362,25 @@ public:
     /// first, unless the previous read emptied the socket: then it waits for
     /// readiness first, which saves a failing read per message in a
     /// request-response exchange.
-    Task<std::size_t> read_some(std::span<std::byte> buffer, std::stop_token token = {});
+    StreamOperation<std::size_t> read_some(std::span<std::byte> buffer, std::stop_token token = {}) {
+        return StreamOperation<std::size_t>{{*this, detail::StreamIo::Op::read_some, buffer, std::move(token)}};
+    }
     /// Fills `buffer` completely. muxio::IncompleteRead if the stream ends first.
-    Task<void> read_exact(std::span<std::byte> buffer, std::stop_token token = {});
+    StreamOperation<void> read_exact(std::span<std::byte> buffer, std::stop_token token = {}) {
+        return StreamOperation<void>{{*this, detail::StreamIo::Op::read_exact, buffer, std::move(token)}};
+    }
     /// Writes what fits now, at least one byte: returns the byte count.
-    Task<std::size_t> write_some(std::span<const std::byte> buffer, std::stop_token token = {});
+    StreamOperation<std::size_t> write_some(std::span<const std::byte> buffer, std::stop_token token = {}) {
+        return StreamOperation<std::size_t>{{*this, detail::StreamIo::Op::write_some, buffer, std::move(token)}};
+    }
     /// Writes all of `buffer`, waiting for room as needed.
-    Task<void> write_all(std::span<const std::byte> buffer, std::stop_token token = {});
-    /// write_all() of text; `text` must outlive the task.
-    Task<void> write_all(std::string_view text, std::stop_token token = {});
+    StreamOperation<void> write_all(std::span<const std::byte> buffer, std::stop_token token = {}) {
+        return StreamOperation<void>{{*this, detail::StreamIo::Op::write_all, buffer, std::move(token)}};
+    }
+    /// write_all() of text; `text` must outlive the operation.
+    StreamOperation<void> write_all(std::string_view text, std::stop_token token = {}) {
+        return write_all(std::as_bytes(std::span{text.data(), text.size()}), std::move(token));
+    }
 
     /// One recv(): bytes read (0 at the end of the stream), or nullopt (see Socket).
     std::optional<std::size_t> try_read(std::span<std::byte> buffer, std::error_code& error) noexcept;
@@ -267,6 +407,8 @@ protected:
     [[noreturn]] void fail(int errnum, std::string_view verb) const;
 
 private:
+    friend class detail::StreamIo;
+
     SocketAddress peer_;
     // The last read_some()/read_exact() read less than it asked for, so the
     // socket was empty then: the next one waits for readiness before reading.

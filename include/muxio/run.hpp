@@ -128,6 +128,12 @@ void spawn(Reactor& reactor, Task<T> task, std::stop_token token = {}) {
     reactor.call_soon(detail::StartDriver{reactor, detail::drive_detached(reactor, std::move(task))});
 }
 
+/// spawn() of a socket operation (see StreamOperation), made a Task.
+template <detail::TaskConvertible A>
+void spawn(Reactor& reactor, A&& operation, std::stop_token token = {}) {
+    spawn(reactor, detail::into_task(std::forward<A>(operation)), std::move(token));
+}
+
 /// Runs `reactor` until `task` ends, and returns its value or rethrows its
 /// exception (asyncio's run_until_complete). `token` becomes the task's
 /// ambient stop token. The task starts in the first iteration; other
@@ -164,6 +170,12 @@ T run_until_complete(Reactor& reactor, Task<T> task, std::stop_token token = {})
         throw std::logic_error("run_until_complete: the reactor stopped before the task ended");
     }
     return detail::take_result(task);
+}
+
+/// run_until_complete() of a socket operation (see StreamOperation), made a Task.
+template <detail::TaskConvertible A>
+auto run_until_complete(Reactor& reactor, A&& operation, std::stop_token token = {}) {
+    return run_until_complete(reactor, detail::into_task(std::forward<A>(operation)), std::move(token));
 }
 
 }  // namespace muxio

@@ -200,6 +200,33 @@ inline Task<void> Promise<void>::get_return_object() noexcept {
     return Task<void>{std::coroutine_handle<Promise>::from_promise(*this)};
 }
 
+template <class A>
+inline constexpr bool is_task_v = false;
+template <class T>
+inline constexpr bool is_task_v<Task<T>> = true;
+
+// An awaitable that becomes a Task on request (a socket's StreamOperation):
+// spawn(), run_until_complete() and the combinators take it where they take
+// a Task.
+template <class A>
+concept TaskConvertible = !is_task_v<std::remove_cvref_t<A>> && requires {
+    typename std::remove_cvref_t<A>::task_type;
+}
+&&std::is_convertible_v<A&&, typename std::remove_cvref_t<A>::task_type>;
+
+template <class A>
+concept TaskOrConvertible = is_task_v<std::remove_cvref_t<A>> || TaskConvertible<A>;
+
+// The Task a combinator's argument stands for.
+template <class T>
+Task<T> into_task(Task<T>&& task) noexcept {
+    return std::move(task);
+}
+template <TaskConvertible A>
+typename std::remove_cvref_t<A>::task_type into_task(A&& awaitable) {
+    return std::forward<A>(awaitable);
+}
+
 // For muxio's own drivers (spawn, run_until_complete, combinators): set the
 // token, start the coroutine with a chosen continuation, take the result.
 struct TaskAccess {

@@ -76,6 +76,11 @@ public:
         detail::TaskAccess::set_stop_token(task, join_.stop.get_token());
         detail::group_child(join_, std::move(task)).start_in(join_, children_);
     }
+    /// spawn() of a socket operation (see StreamOperation), made a Task.
+    template <detail::TaskConvertible A>
+    void spawn(A&& operation) {
+        spawn(detail::into_task(std::forward<A>(operation)));
+    }
 
     /// Stops the group's token: the children's pending awaits throw Cancelled.
     void cancel() noexcept { join_.stop.request_stop(); }
