@@ -19,13 +19,15 @@
 
 #include <fmt/format.h>
 
+#include "muxio/detail/ring_queue.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
-#include "ring_queue.hpp"
 #include "scheduler.hpp"
 
 namespace muxio {
+
+std::atomic<std::uint64_t> detail::fork_generation{0};
 
 namespace {
 
@@ -34,14 +36,13 @@ namespace {
 // parent's reactor there would steal the parent's events. Each fork bumps a
 // counter in the child; a reactor refuses to run when the counter moved
 // since it was built. One atomic load per iteration, no getpid() syscall.
-std::atomic<std::uint64_t> fork_generation{0};
-
+// The counter is detail::fork_generation (reactor.hpp).
 std::uint64_t current_fork_generation() {
     static std::once_flag registered;
     std::call_once(registered, [] {
-        ::pthread_atfork(nullptr, nullptr, [] { fork_generation.fetch_add(1, std::memory_order_relaxed); });
+        ::pthread_atfork(nullptr, nullptr, [] { detail::fork_generation.fetch_add(1, std::memory_order_relaxed); });
     });
-    return fork_generation.load(std::memory_order_relaxed);
+    return detail::fork_generation.load(std::memory_order_relaxed);
 }
 
 // ----- Signal routing -----------------------------------------------------------
@@ -107,15 +108,15 @@ struct Reactor::Impl {
 
     std::function<TimePoint()> clock;
     std::unique_ptr<BaseSelector<FdHandlers>> selector;
-    // Timers only. A call_soon() callback lives in `soon` itself, named by
-    // its queue position, and is cancelled by emptying it in place (asyncio's
-    // handle with a cancelled flag): no record to allocate and free.
+    // Timers only; call_soon() callbacks wait in Reactor::soon_.
     detail::Scheduler scheduler;
-    detail::RingQueue<Callback> soon;
-    std::size_t soon_live = 0;               // entries of `soon` not yet run or cancelled
+    // The batch an iteration runs: soon_ as it was when the iteration began.
+    // The two queues swap roles each iteration, so the batch runs in place
+    // (what its callbacks schedule goes to soon_, which may grow; this one
+    // never does while it runs) and positions stay unique across both.
+    detail::RingQueue<Callback> running_batch;
     std::vector<detail::Scheduler::Id> due;  // this iteration's due timers
     ExceptionHandler exception_handler = default_exception_handler;
-    std::uint64_t fork_generation = 0;
 
     // Thread-safe wakeups: an eventfd registered in the selector, drained by
     // the iteration itself (not by a callback), so threadsafe callbacks run in
@@ -147,12 +148,6 @@ struct Reactor::Impl {
     std::optional<TimePoint> embed_armed_for;
 
     TimePoint now() const { return clock ? clock() : Clock::now(); }
-
-    std::uint64_t queue_soon(Callback&& callback) {
-        const std::uint64_t position = soon.push(std::move(callback));
-        ++soon_live;
-        return position;
-    }
 
     // Notes that the running fd callback's registration is being changed.
     void touching(int fd, Events side) noexcept {
@@ -202,9 +197,13 @@ constexpr int fd_of_token(std::uint64_t token) noexcept {
     return static_cast<int>(token & 0xffff'ffffU);
 }
 
-void require_callback(const Callback& callback, std::string_view operation) {
-    if (!callback) {
-        throw std::invalid_argument(fmt::format("{}: empty callback", operation));
+[[noreturn, gnu::cold, gnu::noinline]] void refuse_empty_callback(std::string_view operation) {
+    throw std::invalid_argument(fmt::format("{}: empty callback", operation));
+}
+
+inline void require_callback(const Callback& callback, std::string_view operation) {
+    if (!callback) [[unlikely]] {
+        refuse_empty_callback(operation);
     }
 }
 
@@ -214,7 +213,7 @@ void require_callback(const Callback& callback, std::string_view operation) {
 
 Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     impl_->clock = std::move(options.clock);
-    impl_->fork_generation = current_fork_generation();
+    fork_generation_ = current_fork_generation();
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
     impl_->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -232,13 +231,6 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
 Reactor::~Reactor() {
     running_ = false;  // a destructor cannot refuse; close() must not throw here
     close();
-}
-
-void Reactor::check_usable(std::string_view operation) const {
-    // Inline and branch-only on the way through: call_soon() pays it per call.
-    if (closed_ || fork_generation.load(std::memory_order_relaxed) != impl_->fork_generation) [[unlikely]] {
-        refuse(operation);
-    }
 }
 
 void Reactor::refuse(std::string_view operation) const {
@@ -298,7 +290,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    run()'s business: it passes a zero timeout. Here it would make every
     //    later run_once() poll, a busy loop for a caller driving run_once().)
     detail::Timeout wait = timeout;
-    if (!impl.soon.empty()) {
+    if (!soon_.empty()) {
         wait = Duration::zero();
     } else if (const auto deadline = impl.scheduler.next_deadline()) {
         const Duration until = std::max(Duration::zero(), *deadline - impl.now());
@@ -337,12 +329,20 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    (signal handlers among them), the threadsafe batch, I/O callbacks,
     //    due timers. What these callbacks schedule waits for the next
     //    iteration.
-    for (std::size_t count = impl.soon.size(); count > 0; --count) {
-        if (Callback callback = impl.soon.pop()) {
-            --impl.soon_live;
-            invoke(callback);
-            ++ran;
-        }
+    if (!soon_.empty()) {
+        std::swap(soon_, impl.running_batch);
+        soon_.restart_at(impl.running_batch.next_position());
+        do {
+            // Out of the queue before it runs, so its own handle no longer
+            // finds it; destroyed after, in place.
+            Callback& callback = impl.running_batch.pop_in_place();
+            if (callback) {
+                --soon_live_;
+                invoke(callback);
+                callback = nullptr;
+                ++ran;
+            }
+        } while (!impl.running_batch.empty());
     }
     if (!impl.incoming_spare.empty()) {
         // Run in place: only drain_wakeups() touches incoming_spare, and not
@@ -371,7 +371,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     }
 }
 
-void Reactor::invoke(Callback& callback) noexcept {
+inline void Reactor::invoke(Callback& callback) noexcept {
     try {
         callback();
     } catch (...) {
@@ -506,11 +506,7 @@ bool Reactor::remove_writer(int fd) {
 TimerHandle Reactor::call_soon(Callback callback) {
     check_usable("call_soon");
     require_callback(callback, "call_soon");
-    const std::uint64_t position = impl_->queue_soon(std::move(callback));
-    if (impl_->embed_timer_fd >= 0 && !running_) {
-        rearm_embedding();
-    }
-    return {this, position, true};
+    return queued_soon(soon_.push(std::move(callback)));
 }
 
 TimerHandle Reactor::call_later(Duration delay, Callback callback) {
@@ -537,7 +533,7 @@ Reactor::TimePoint Reactor::time() const {
 }
 
 std::size_t Reactor::scheduled_count() const noexcept {
-    return closed_ ? 0 : impl_->scheduler.size() + impl_->soon_live;
+    return closed_ ? 0 : impl_->scheduler.size() + soon_live_;
 }
 
 bool TimerHandle::cancel() noexcept {
@@ -548,14 +544,17 @@ bool TimerHandle::cancel() noexcept {
     if (!queued_) {
         return impl.scheduler.cancel(timer_id(id_));
     }
-    Callback* queued = impl.soon.find(id_);
+    Callback* queued = reactor_->soon_.find(id_);
+    if (queued == nullptr) {
+        queued = impl.running_batch.find(id_);
+    }
     if (queued == nullptr || !*queued) {
         return false;
     }
     // Destroyed once the entry is empty: the captures' destructors may
     // schedule callbacks, which can grow the queue and move the entry.
     const Callback doomed = std::move(*queued);
-    --impl.soon_live;
+    --reactor_->soon_live_;
     return true;
 }
 
@@ -567,7 +566,10 @@ bool TimerHandle::pending() const noexcept {
     if (!queued_) {
         return impl.scheduler.pending(timer_id(id_));
     }
-    const Callback* queued = impl.soon.find(id_);
+    const Callback* queued = reactor_->soon_.find(id_);
+    if (queued == nullptr) {
+        queued = impl.running_batch.find(id_);
+    }
     return queued != nullptr && static_cast<bool>(*queued);
 }
 
@@ -613,8 +615,10 @@ void Reactor::close() {
     // that calls remove_reader() sees a closed reactor and gets false.
     impl.selector->close();
     impl.scheduler.clear();
-    impl.soon.clear();
-    impl.soon_live = 0;
+    soon_.clear();
+    impl.running_batch.clear();
+    soon_live_ = 0;
+    embedded_ = false;
     impl.due.clear();
     impl.incoming_spare.clear();
     for (int* fd : {&impl.wake_fd, &impl.embed_timer_fd}) {
@@ -677,7 +681,7 @@ void Reactor::drain_wakeups() {
             continue;
         }
         if (signal_routes[static_cast<std::size_t>(signo)].pending.exchange(false, std::memory_order_acq_rel)) {
-            impl.queue_soon([this, signo] { run_signal_handler(signo); });
+            queued_soon(soon_.emplace([this, signo] { run_signal_handler(signo); }));
         }
     }
 }
@@ -777,6 +781,7 @@ int Reactor::embed_fd() {
             throw;
         }
         impl.embed_timer_fd = timer;
+        embedded_ = true;
         rearm_embedding();
     }
     return selector_fd;
@@ -788,7 +793,7 @@ void Reactor::rearm_embedding() {
     // shares steady_clock's CLOCK_MONOTONIC). Ready descriptors make the
     // selector's own descriptor readable without help.
     std::optional<TimePoint> target;
-    if (!impl.soon.empty()) {
+    if (!soon_.empty()) {
         target = TimePoint{Duration{1}};
     } else {
         target = impl.scheduler.next_deadline();
@@ -815,7 +820,7 @@ std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
     if (closed_) {
         return std::nullopt;
     }
-    if (!impl_->soon.empty()) {
+    if (!soon_.empty()) {
         return Duration::zero();
     }
     if (const auto deadline = impl_->scheduler.next_deadline()) {

@@ -2,6 +2,7 @@
 // timers, thread-safe wakeups, signal handlers and an embeddable descriptor.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <coroutine>
 #include <cstddef>
@@ -11,7 +12,9 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 
+#include "muxio/detail/ring_queue.hpp"
 #include "muxio/detail/unique_function.hpp"
 #include "muxio/selector.hpp"
 
@@ -40,6 +43,11 @@ struct FrameRegistry {
     static void adopt(Reactor& reactor, FrameLink& link, std::coroutine_handle<> frame) noexcept;
     static void forget(Reactor& reactor, FrameLink& link) noexcept;
 };
+
+// Bumped in a forked child (pthread_atfork): a reactor made before the fork
+// refuses to run there, since it shares the parent's epoll or io_uring
+// instance. Read on every call_soon(), hence visible here.
+extern std::atomic<std::uint64_t> fork_generation;
 
 }  // namespace detail
 
@@ -139,6 +147,15 @@ public:
 
     /// Runs `callback` in the next iteration, after those scheduled before it.
     TimerHandle call_soon(Callback callback);
+    /// call_soon() of a lambda or other function object, built in place in
+    /// the queue (inline: no call, no move). Same contract.
+    template <class F>
+    requires(std::is_class_v<std::remove_cvref_t<F>> && !std::is_same_v<std::remove_cvref_t<F>, Callback> &&
+             std::is_invocable_v<std::decay_t<F>&>) TimerHandle call_soon(F&& callback) {
+        check_usable("call_soon");
+        const std::uint64_t position = soon_.emplace(std::forward<F>(callback));
+        return queued_soon(position);
+    }
     /// Runs `callback` once `delay` has passed: never earlier; callbacks due at
     /// the same instant run in the order they were scheduled.
     TimerHandle call_later(Duration delay, Callback callback);
@@ -236,7 +253,19 @@ private:
     friend struct detail::FrameRegistry;
     struct Impl;
 
-    void check_usable(std::string_view operation) const;
+    // Inline and branch-only on the way through: call_soon() pays it per call.
+    void check_usable(std::string_view operation) const {
+        if (closed_ || detail::fork_generation.load(std::memory_order_relaxed) != fork_generation_) [[unlikely]] {
+            refuse(operation);
+        }
+    }
+    TimerHandle queued_soon(std::uint64_t position) {
+        ++soon_live_;
+        if (embedded_ && !running_) [[unlikely]] {
+            rearm_embedding();
+        }
+        return {this, position, true};
+    }
     [[noreturn, gnu::cold, gnu::noinline]] void refuse(std::string_view operation) const;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);
@@ -250,7 +279,15 @@ private:
     void rearm_embedding();
 
     std::unique_ptr<Impl> impl_;
+    // call_soon() callbacks waiting for the next iteration. A callback lives
+    // in the queue itself, named by its position, and is cancelled by
+    // emptying it in place (asyncio's handle with a cancelled flag): no
+    // record to allocate and free. Here, not in Impl, for the inline call_soon().
+    detail::RingQueue<Callback> soon_;
+    std::size_t soon_live_ = 0;  // queued callbacks not yet run or cancelled
+    std::uint64_t fork_generation_ = 0;
     detail::FrameLink* frames_ = nullptr;  // spawned tasks' frames, newest first
+    bool embedded_ = false;                // embed_fd() was called: queuing work re-arms its timer
     bool running_ = false;
     bool stopping_ = false;
     bool closed_ = false;

@@ -2,11 +2,13 @@
 // timers run by deadline then in scheduling order, and whatever a callback
 // schedules runs in the next iteration. Deterministic: no real time passes.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -285,4 +287,97 @@ TEST_CASE("a million timers with half cancelled run the other half in deadline o
     CHECK(deadline_of[ran[first - 1]] <= 2047);
     CHECK(deadline_of[ran[first]] >= 2048);
     CHECK(reactor.scheduled_count() == 0);
+}
+
+// ----- The batch: call_soon callbacks run in place ---------------------------------------
+// An iteration runs the callbacks queued before it where they lie, while what
+// they queue goes to a second queue that may grow: these cases would touch
+// freed or moved storage (ASan) if a running callback could be moved.
+
+TEST_CASE("a callback that queues enough to grow the queue keeps its own captures intact") {
+    FdLeakCheck leak_check;
+    ManualClock clock;
+    Reactor reactor{clock.options()};
+    std::vector<std::string> seen;
+    const std::string long_text(100, 'x');  // on the heap: a moved-from capture would show
+    for (int first = 0; first < 3; ++first) {
+        reactor.call_soon([&, text = long_text + std::to_string(first)] {
+            for (int i = 0; i < 500; ++i) {
+                reactor.call_soon([&seen, i, text] {
+                    if (i == 499) {
+                        seen.push_back(text);
+                    }
+                });
+            }
+            seen.push_back(text);  // after the queue grew under it
+        });
+    }
+    CHECK(reactor.run_once(0s) == 3);
+    CHECK(reactor.scheduled_count() == 1500);
+    CHECK(reactor.run_once(0s) == 1500);
+    const std::vector<std::string> expected{long_text + "0", long_text + "1", long_text + "2",
+                                            long_text + "0", long_text + "1", long_text + "2"};
+    CHECK(seen == expected);
+}
+
+TEST_CASE("while a batch runs, its later callbacks are pending and the running one is not") {
+    FdLeakCheck leak_check;
+    ManualClock clock;
+    Reactor reactor{clock.options()};
+    std::atomic<int> destroyed{0};
+    TimerHandle self;
+    TimerHandle later;
+    TimerHandle next_iteration;
+    std::optional<bool> self_pending;
+    std::optional<bool> self_cancelled;
+    std::optional<bool> later_pending;
+    int destroyed_inside = -1;
+    self = reactor.call_soon([&, tracked = muxio::reactor_test::Tracked{destroyed}] {
+        self_pending = self.pending();
+        self_cancelled = self.cancel();
+        later_pending = later.pending();
+        destroyed_inside = destroyed;
+        next_iteration = reactor.call_soon([] {});
+    });
+    later = reactor.call_soon([&] { CHECK(next_iteration.pending()); });
+    CHECK(reactor.run_once(0s) == 2);
+    CHECK(self_pending == false);
+    CHECK(self_cancelled == false);
+    CHECK(later_pending == true);
+    CHECK(destroyed_inside == 0);
+    CHECK(destroyed == 1);  // its captures went once it had run
+    CHECK_FALSE(later.pending());
+    CHECK(next_iteration.pending());
+    CHECK(reactor.run_once(0s) == 1);
+    CHECK_FALSE(next_iteration.pending());
+}
+
+namespace {
+
+// A callable whose copy throws, to queue by copy.
+struct ThrowsOnCopy {
+    int* calls;
+    explicit ThrowsOnCopy(int* count) noexcept : calls{count} {}
+    ThrowsOnCopy(const ThrowsOnCopy& /*other*/) : calls{nullptr} { throw std::runtime_error("copy refused"); }
+    ThrowsOnCopy(ThrowsOnCopy&&) noexcept = default;
+    ThrowsOnCopy& operator=(const ThrowsOnCopy&) = delete;
+    ThrowsOnCopy& operator=(ThrowsOnCopy&&) = delete;
+    ~ThrowsOnCopy() = default;
+    void operator()() const { ++*calls; }
+};
+
+}  // namespace
+
+TEST_CASE("a callback whose copy throws is not queued, and the queue goes on") {
+    FdLeakCheck leak_check;
+    ManualClock clock;
+    Reactor reactor{clock.options()};
+    int calls = 0;
+    const ThrowsOnCopy callable{&calls};
+    CHECK_THROWS_AS(reactor.call_soon(callable), std::runtime_error);
+    CHECK(reactor.scheduled_count() == 0);
+    const TimerHandle queued = reactor.call_soon(ThrowsOnCopy{&calls});  // moved: fine
+    CHECK(queued.pending());
+    CHECK(reactor.run_once(0s) == 1);
+    CHECK(calls == 1);
 }

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -309,4 +311,49 @@ TEST_CASE("a mutable callable keeps its state between calls") {
     CHECK(counter() == 2);
     UniqueFunction<int()> moved{std::move(counter)};
     CHECK(moved() == 3);
+}
+
+TEST_CASE("moving an inline callable with a non-trivial capture moves the capture") {
+    // Trivially copyable callables are moved by copying the storage; one with
+    // a std::string capture must go through its own move constructor.
+    FdLeakCheck leak_check;
+    std::string seen;
+    const std::string text(64, 'y');  // on the heap, so a bitwise copy would share it
+    Function source{[&seen, text] { seen = text; }};
+    Function middle{std::move(source)};
+    Function target;
+    target = std::move(middle);
+    target();
+    CHECK(seen == text);
+    target = nullptr;  // destroys the capture once (ASan: no double free)
+}
+
+TEST_CASE("emplace replaces the callable in place and destroys the previous one") {
+    FdLeakCheck leak_check;
+    std::atomic<int> destroyed{0};
+    Function function{[tracked = Tracked{destroyed}] {}};
+    const void* seen = nullptr;
+    function.emplace(SmallProbe{&seen});
+    CHECK(destroyed == 1);
+    function();
+    CHECK(inside(seen, function));  // built where it is called from
+}
+
+TEST_CASE("emplace of a callable whose construction throws leaves the function empty") {
+    FdLeakCheck leak_check;
+    struct RefusesCopy {
+        RefusesCopy() = default;
+        RefusesCopy(const RefusesCopy& /*other*/) { throw std::runtime_error("copy refused"); }
+        RefusesCopy(RefusesCopy&&) noexcept = default;
+        RefusesCopy& operator=(const RefusesCopy&) = delete;
+        RefusesCopy& operator=(RefusesCopy&&) = delete;
+        ~RefusesCopy() = default;
+        void operator()() const {}
+    };
+    std::atomic<int> destroyed{0};
+    Function function{[tracked = Tracked{destroyed}] {}};
+    const RefusesCopy original;
+    CHECK_THROWS_AS(function.emplace(original), std::runtime_error);
+    CHECK(destroyed == 1);
+    CHECK_FALSE(function);
 }

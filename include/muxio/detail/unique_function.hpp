@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <new>
@@ -30,6 +31,15 @@ public:
     requires(!std::is_same_v<std::remove_cvref_t<F>, UniqueFunction> &&
              std::is_invocable_r_v<R, std::decay_t<F>&, Args...>)
         UniqueFunction(F&& callable) {  // NOLINT(google-explicit-constructor)
+        emplace(std::forward<F>(callable));
+    }
+
+    /// Replaces the held callable with one built from `callable` in place,
+    /// without a move. If building it throws, *this is left empty.
+    template <class F>
+    requires(!std::is_same_v<std::remove_cvref_t<F>, UniqueFunction> &&
+             std::is_invocable_r_v<R, std::decay_t<F>&, Args...>) void emplace(F&& callable) {
+        reset();
         using Stored = std::decay_t<F>;
         if constexpr (std::is_pointer_v<Stored> || std::is_member_pointer_v<Stored>) {
             if (callable == nullptr) {
@@ -47,7 +57,7 @@ public:
 
     UniqueFunction(UniqueFunction&& other) noexcept : ops_{other.ops_} {
         if (ops_ != nullptr) {
-            ops_->relocate(other.storage_, storage_);
+            relocate(other.storage_, storage_, *ops_);
             other.ops_ = nullptr;
         }
     }
@@ -56,7 +66,7 @@ public:
         if (this != &other) {
             reset();
             if (other.ops_ != nullptr) {
-                other.ops_->relocate(other.storage_, storage_);
+                relocate(other.storage_, storage_, *other.ops_);
                 ops_ = std::exchange(other.ops_, nullptr);
             }
         }
@@ -84,7 +94,10 @@ public:
     /// Destroys the held callable (and what it captured) now.
     void reset() noexcept {
         if (ops_ != nullptr) {
-            std::exchange(ops_, nullptr)->destroy(storage_);
+            const Ops* ops = std::exchange(ops_, nullptr);
+            if (!ops->trivial) {
+                ops->destroy(storage_);
+            }
         }
     }
 
@@ -100,7 +113,20 @@ private:
         R (*invoke)(void* storage, Args&&... args);
         void (*relocate)(void* from, void* to) noexcept;
         void (*destroy)(void* storage) noexcept;
+        // Stored inline, trivially copyable and destructible (a lambda that
+        // captures pointers and numbers): moved by copying the storage,
+        // destroyed by forgetting it, with no call through the table. The
+        // reactor moves each callback into its queue, so this is per call.
+        bool trivial;
     };
+
+    static void relocate(void* from, void* to, const Ops& ops) noexcept {
+        if (ops.trivial) {
+            std::memcpy(to, from, inline_size);
+        } else {
+            ops.relocate(from, to);
+        }
+    }
 
     template <class F>
     static constexpr Ops inline_ops{
@@ -113,6 +139,7 @@ private:
             source->~F();
         },
         [](void* storage) noexcept { std::launder(static_cast<F*>(storage))->~F(); },
+        std::is_trivially_copyable_v<F>&& std::is_trivially_destructible_v<F>,
     };
 
     template <class F>
@@ -122,6 +149,7 @@ private:
         },
         [](void* from, void* to) noexcept { *static_cast<F**>(to) = *static_cast<F**>(from); },
         [](void* storage) noexcept { delete *static_cast<F**>(storage); },
+        false,
     };
 
     alignas(std::max_align_t) std::byte storage_[inline_size];

@@ -25,20 +25,45 @@ public:
     /// Appends `value`; returns its position. Taken by reference: the
     /// reactor's callbacks are 56 bytes, moved through a function pointer.
     std::uint64_t push(T&& value) {
-        if (size() == slots_.size()) {
+        if (size() == capacity_) [[unlikely]] {
             grow();
         }
-        slots_[tail_ & mask()] = std::move(value);
+        slots_[tail_ & mask_] = std::move(value);
+        return tail_++;
+    }
+
+    /// push() of a T built in place from `args` (into a slot that holds an
+    /// empty T: T::emplace() replaces it). If that throws, nothing was pushed.
+    template <class... Args>
+    std::uint64_t emplace(Args&&... args) {
+        if (size() == capacity_) [[unlikely]] {
+            grow();
+        }
+        slots_[tail_ & mask_].emplace(std::forward<Args>(args)...);
         return tail_++;
     }
 
     /// Removes and returns the oldest element. The queue must not be empty.
-    T pop() noexcept { return std::move(slots_[head_++ & mask()]); }
+    T pop() noexcept { return std::move(slots_[head_++ & mask_]); }
+
+    /// Removes the oldest element from the queue but leaves it in its slot:
+    /// the reference stays valid until the next push() or clear(). The queue
+    /// must not be empty. For running a batch in place, without moving each
+    /// element out.
+    T& pop_in_place() noexcept { return slots_[head_++ & mask_]; }
+
+    /// Makes an empty queue hand out positions from `position` on, so that
+    /// two queues taking turns (see Reactor) never reuse a position.
+    void restart_at(std::uint64_t position) noexcept {
+        head_ = position;
+        tail_ = position;
+    }
+    [[nodiscard]] std::uint64_t next_position() const noexcept { return tail_; }
 
     /// The element at `position` while it is queued; nullptr once it was
     /// popped or cleared, or for a position never handed out.
     [[nodiscard]] T* find(std::uint64_t position) noexcept {
-        return position >= head_ && position < tail_ ? &slots_[position & mask()] : nullptr;
+        return position >= head_ && position < tail_ ? &slots_[position & mask_] : nullptr;
     }
     [[nodiscard]] const T* find(std::uint64_t position) const noexcept {
         return const_cast<RingQueue*>(this)->find(position);
@@ -48,22 +73,29 @@ public:
     /// before the clear never names a later element.
     void clear() noexcept {
         slots_.clear();
+        capacity_ = 0;
+        mask_ = 0;
         head_ = tail_;
     }
 
 private:
-    [[nodiscard]] std::size_t mask() const noexcept { return slots_.size() - 1; }
-
-    void grow() {
-        std::vector<T> bigger(slots_.empty() ? 64 : slots_.size() * 2);
+    // Out of line: push()'s fast path then needs few registers.
+    [[gnu::noinline]] void grow() {
+        std::vector<T> bigger(capacity_ == 0 ? 64 : capacity_ * 2);
         const std::size_t bigger_mask = bigger.size() - 1;
         for (std::uint64_t position = head_; position != tail_; ++position) {
-            bigger[position & bigger_mask] = std::move(slots_[position & mask()]);
+            bigger[position & bigger_mask] = std::move(slots_[position & mask_]);
         }
         slots_ = std::move(bigger);
+        capacity_ = slots_.size();
+        mask_ = bigger_mask;
     }
 
     std::vector<T> slots_;
+    // slots_.size() and that minus one, kept: computing them divides by the
+    // element size on every push.
+    std::size_t capacity_ = 0;
+    std::size_t mask_ = 0;
     std::uint64_t head_ = 0;  // monotonic positions; the mask picks the slot
     std::uint64_t tail_ = 0;
 };
