@@ -2,10 +2,12 @@
 // response serialization. No sockets here: it maps a Request to a Response.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -39,12 +41,37 @@ private:
     int fd_ = -1;
 };
 
+/// Header fields of a Response besides the ones append_head() writes: their
+/// names and values are static text (Content-Type from a table, Allow), so
+/// they are kept as views in place, without allocating per request.
+class ResponseHeaders {
+public:
+    using Field = std::pair<std::string_view, std::string_view>;
+    static constexpr std::size_t capacity = 4;
+
+    /// Appends a field; std::length_error beyond `capacity`. Both views must
+    /// outlive the response (string literals and static tables do).
+    void add(std::string_view name, std::string_view value) {
+        if (size_ == capacity) {
+            throw std::length_error("Response: too many header fields");
+        }
+        fields_[size_++] = {name, value};
+    }
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+    [[nodiscard]] const Field* begin() const noexcept { return fields_.data(); }
+    [[nodiscard]] const Field* end() const noexcept { return fields_.data() + size_; }
+
+private:
+    std::array<Field, capacity> fields_{};
+    std::size_t size_ = 0;
+};
+
 /// What to send back for one request. Date, Server, Content-Length and
-/// Connection are added by serialize_head(), not kept here.
+/// Connection are added by append_head(), not kept here.
 struct Response {
     int status = 200;
     /// Other header fields, e.g. Content-Type, Allow.
-    std::vector<std::pair<std::string, std::string>> headers;
+    ResponseHeaders headers;
     /// The body when it is in memory; empty when `file` is set.
     std::string body;
     /// A regular file to send after the head, from offset 0, `content_length` bytes.

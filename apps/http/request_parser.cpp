@@ -121,13 +121,26 @@ std::size_t RequestParser::feed(std::string_view data) {
 }
 
 Request RequestParser::take_request() {
+    Request taken = std::exchange(request_, Request{});
+    finish_request();
+    return taken;
+}
+
+void RequestParser::finish_request() noexcept {
     ready_ = false;
     phase_ = Phase::idle;
     head_bytes_ = 0;
     head_text_ = 0;
     body_bytes_ = 0;
     last_was_value_ = true;
-    return std::exchange(request_, Request{});
+    // Emptied, capacities kept; the fields a parse sets are set again.
+    request_.method.clear();
+    request_.target.clear();
+    request_.headers.clear();
+    request_.version_major = 1;
+    request_.version_minor = 1;
+    request_.keep_alive = true;
+    request_.upgrade = false;
 }
 
 int RequestParser::on_message_begin(http_parser* parser) {

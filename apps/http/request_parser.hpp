@@ -82,6 +82,12 @@ public:
     /// Moves the completed request out; the parser goes on with the next.
     /// Precondition: has_request().
     Request take_request();
+    /// The completed request, read in place; finish_request() then lets the
+    /// parser go on with the next, reusing the request's storage (a server
+    /// that does not keep requests allocates nothing for them per request).
+    /// Precondition: has_request().
+    [[nodiscard]] const Request& current_request() const noexcept { return request_; }
+    void finish_request() noexcept;
 
     [[nodiscard]] bool failed() const noexcept { return error_.has_value(); }
     [[nodiscard]] const std::optional<ParseError>& error() const noexcept { return error_; }

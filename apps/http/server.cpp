@@ -87,6 +87,10 @@ constexpr std::size_t sendfile_chunk = std::size_t{1} << 20U;
 constexpr auto accept_backoff = std::chrono::milliseconds{100};
 
 // Queued output: text, or a slice of a file to sendfile.
+// The largest text buffer a connection keeps for its next responses; a
+// larger one (a burst of pipelined answers) is freed once sent.
+constexpr std::size_t spare_text_limit = 16 * 1024;
+
 struct OutChunk {
     std::string text;
     std::size_t sent = 0;
@@ -115,18 +119,18 @@ struct Server::Connection {
     TimerHandle timer;
 
     void append_text(std::string_view text) {
-        if (output.empty() || output.back().file) {
-            output.emplace_back();
-        }
-        output.back().text += text;
+        text_tail() += text;
         output_bytes += text.size();
     }
     std::string& text_tail() {
         if (output.empty() || output.back().file) {
-            output.emplace_back();
+            output.emplace_back().text = std::move(spare_text);
         }
         return output.back().text;
     }
+    // The buffer of the last text chunk sent, emptied and kept for the next:
+    // a keep-alive connection then writes its responses without allocating.
+    std::string spare_text;
 };
 
 Server::Server(Reactor& reactor, Handler handler, ServerConfig config)
@@ -321,7 +325,8 @@ void Server::parse_input(Connection& connection) {
         const std::size_t consumed = parser.feed(std::string_view{connection.input}.substr(parsed));
         parsed += consumed;
         if (parser.has_request()) {
-            respond(connection, parser.take_request());
+            respond(connection, parser.current_request());
+            parser.finish_request();
         } else if (parser.failed()) {
             respond_error(connection, *parser.error());
         } else if (consumed == 0) {
@@ -411,6 +416,10 @@ bool Server::flush(Connection& connection) {
         budget -= std::min(budget, sent.bytes);
         connection.last_active = reactor_.time();
         if (chunk.file ? chunk.left == 0 : chunk.sent == chunk.text.size()) {
+            if (!chunk.file && chunk.text.capacity() <= spare_text_limit) {
+                chunk.text.clear();
+                connection.spare_text = std::move(chunk.text);
+            }
             connection.output.pop_front();
         }
     }

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,7 +39,7 @@ Request request(std::string method, std::string target, int minor = 1) {
 std::string header_of(const Response& response, std::string_view name) {
     for (const auto& [field, value] : response.headers) {
         if (field == name) {
-            return value;
+            return std::string{value};
         }
     }
     return {};
@@ -293,4 +294,21 @@ TEST_CASE("parsed requests and the handler agree end to end") {
     CHECK(handler.handle(parsed.requests[0]).status == 200);
     CHECK(handler.handle(parsed.requests[1]).status == 200);
     CHECK(handler.handle(parsed.requests[2]).status == 405);
+}
+
+TEST_CASE("a response keeps up to four extra header fields in place and refuses a fifth") {
+    muxio::http::ResponseHeaders headers;
+    for (int i = 0; i < 4; ++i) {
+        headers.add("X-Field", "value");
+    }
+    CHECK(headers.size() == 4);
+    CHECK_THROWS_AS(headers.add("X-Fifth", "value"), std::length_error);
+    CHECK(headers.size() == 4);
+    std::size_t seen = 0;
+    for (const auto& [name, value] : headers) {
+        CHECK(name == "X-Field");
+        CHECK(value == "value");
+        ++seen;
+    }
+    CHECK(seen == 4);
 }

@@ -300,3 +300,34 @@ TEST_CASE("in_request tells a connection between requests from one mid-request")
     (void)parser.take_request();
     CHECK_FALSE(parser.in_request());
 }
+
+TEST_CASE("a request read in place and finished leaves nothing behind in the next one") {
+    // The server reads each request where the parser keeps it and reuses its
+    // storage; every field of the next request must be its own.
+    RequestParser parser;
+    const std::string first =
+        "HEAD /first/with/a/long/target?query=1 HTTP/1.0\r\n"
+        "Host: one\r\nX-A: 1\r\nX-B: 2\r\nConnection: keep-alive\r\n\r\n";
+    CHECK(parser.feed(first) == first.size());
+    REQUIRE(parser.has_request());
+    CHECK(parser.current_request().method == "HEAD");
+    CHECK(parser.current_request().version_minor == 0);
+    CHECK(parser.current_request().headers.size() == 4);
+    parser.finish_request();
+    CHECK_FALSE(parser.has_request());
+
+    const std::string second = "GET /two HTTP/1.1\r\nHost: two\r\n\r\n";
+    CHECK(parser.feed(second) == second.size());
+    REQUIRE(parser.has_request());
+    const Request& request = parser.current_request();
+    CHECK(request.method == "GET");
+    CHECK(request.target == "/two");
+    CHECK(request.version_major == 1);
+    CHECK(request.version_minor == 1);
+    REQUIRE(request.headers.size() == 1);
+    CHECK(request.headers[0].first == "Host");
+    CHECK(request.headers[0].second == "two");
+    CHECK(request.keep_alive);
+    CHECK_FALSE(request.upgrade);
+    parser.finish_request();
+}
