@@ -192,8 +192,12 @@ TEST_CASE("a client that does not read stops the server from reading its request
         fixture.reactor.run_once(0ms);
     }
     CHECK(blocked);
-    // Each answered request queues a megabyte: only a few may have been.
-    CHECK(fixture.server->stats().requests <= 4);
+    // Each answered request queues a megabyte: only a few may have been,
+    // as many as the kernel's socket buffers take. Those grow by themselves,
+    // up to several megabytes, so the count depends on timing (4 is typical
+    // here). Without back-pressure the server would answer every request
+    // the client managed to write: thousands.
+    CHECK(fixture.server->stats().requests <= 12);
     MESSAGE("client blocked after " << written << " bytes, " << fixture.server->stats().requests
                                     << " requests answered");
 }
