@@ -9,6 +9,7 @@
 #include <cstring>
 #include <stop_token>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -39,21 +40,26 @@ std::string text_of(std::span<const std::byte> data) {
     return text;
 }
 
+// What every case starts from: leak checks, a reactor and a connected pair
+// (members, not bindings: clang 14's lambdas cannot capture bindings).
+struct Pair {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    std::pair<UnixStream, UnixStream> streams = UnixStream::pair(reactor);
+    UnixStream& left = streams.first;
+    UnixStream& right = streams.second;
+};
+
 }  // namespace
 
-TEST_CASE("a ping-pong over read_some and write_all allocates nothing once it runs") {
+TEST_CASE_FIXTURE(Pair, "a ping-pong over read_some and write_all allocates nothing once it runs") {
     // Each operation lives in the awaiting coroutine's frame; with the
     // socket's registration kept between awaits, a message costs no
     // allocation at all. A Task per operation would cost one each.
     if (!muxio::test::counts_allocations) {
         return;  // ThreadSanitizer's runtime owns operator new
     }
-    FdLeakCheck leak_check;
-    FrameLeakCheck frame_check;
-    Reactor reactor;
-    auto streams = UnixStream::pair(reactor);  // named: clang 14 lambdas cannot capture bindings
-    UnixStream& left = streams.first;
-    UnixStream& right = streams.second;
     constexpr int warm_up = 10;
     constexpr int measured = 200;
     auto echo = [](UnixStream& stream, Live /*held*/) -> Task<void> {
@@ -84,16 +90,10 @@ TEST_CASE("a ping-pong over read_some and write_all allocates nothing once it ru
     CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, both())) == 0);
 }
 
-TEST_CASE("a wakeup that finds the data gone keeps the read waiting") {
+TEST_CASE_FIXTURE(Pair, "a wakeup that finds the data gone keeps the read waiting") {
     // The fd turns readable, but a callback of the same iteration takes the
     // byte first: the read's attempt would block, so it waits on without
     // resuming its task, and returns the next data, not an empty read.
-    FdLeakCheck leak_check;
-    FrameLeakCheck frame_check;
-    Reactor reactor;
-    auto streams = UnixStream::pair(reactor);  // named: clang 14 lambdas cannot capture bindings
-    UnixStream& left = streams.first;
-    UnixStream& right = streams.second;
     std::string stolen;
     auto reader = [](UnixStream& stream, Live /*held*/) -> Task<std::string> {
         std::array<std::byte, 16> buffer{};
@@ -125,13 +125,7 @@ TEST_CASE("a wakeup that finds the data gone keeps the read waiting") {
     CHECK(stolen == "x");
 }
 
-TEST_CASE("write_all of more than the socket holds resumes its task once, with everything written") {
-    FdLeakCheck leak_check;
-    FrameLeakCheck frame_check;
-    Reactor reactor;
-    auto streams = UnixStream::pair(reactor);  // named: clang 14 lambdas cannot capture bindings
-    UnixStream& left = streams.first;
-    UnixStream& right = streams.second;
+TEST_CASE_FIXTURE(Pair, "write_all of more than the socket holds resumes its task once, with everything written") {
     const std::vector<std::byte> payload = muxio::net_test::pattern(4 << 20, 7);
     auto writer = [](UnixStream& stream, std::span<const std::byte> data, Live /*held*/) -> Task<void> {
         co_await stream.write_all(data);
@@ -156,13 +150,7 @@ TEST_CASE("write_all of more than the socket holds resumes its task once, with e
     CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, both())) == payload);
 }
 
-TEST_CASE("a stream operation converts to a Task wherever one is taken") {
-    FdLeakCheck leak_check;
-    FrameLeakCheck frame_check;
-    Reactor reactor;
-    auto streams = UnixStream::pair(reactor);  // named: clang 14 lambdas cannot capture bindings
-    UnixStream& left = streams.first;
-    UnixStream& right = streams.second;
+TEST_CASE_FIXTURE(Pair, "a stream operation converts to a Task wherever one is taken") {
     std::array<std::byte, 8> buffer{};
 
     // Kept in a variable and awaited later; lazy until then.
@@ -193,13 +181,7 @@ TEST_CASE("a stream operation converts to a Task wherever one is taken") {
     CHECK(text_of(std::span{buffer}.first(3)) == "fgh");
 }
 
-TEST_CASE("cancelling write_all midway frees the socket's writer for the next write") {
-    FdLeakCheck leak_check;
-    FrameLeakCheck frame_check;
-    Reactor reactor;
-    auto streams = UnixStream::pair(reactor);  // named: clang 14 lambdas cannot capture bindings
-    UnixStream& left = streams.first;
-    UnixStream& right = streams.second;
+TEST_CASE_FIXTURE(Pair, "cancelling write_all midway frees the socket's writer for the next write") {
     const std::vector<std::byte> payload = muxio::net_test::pattern(4 << 20, 3);
     auto body = [](Reactor& loop, UnixStream& writer, int reader_fd, std::span<const std::byte> data,
                    Live /*held*/) -> Task<void> {
