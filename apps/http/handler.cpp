@@ -251,15 +251,21 @@ void append_head(std::string& out, const Response& response, const HeadOptions& 
         size += name.size() + value.size() + 4;
     }
     out.reserve(out.size() + size);
-    out.append("HTTP/1.1 "sv)
-        .append(status.data(), status.size())
-        .append(" "sv)
-        .append(reason)
-        .append("\r\nServer: "sv)
-        .append(server_name)
-        .append("\r\nDate: "sv)
-        .append(options.date)
-        .append("\r\n"sv);
+    if (response.status == 200) {
+        // Nearly every answer: its status line and Server field in one piece.
+        static constexpr std::string_view ok_start = "HTTP/1.1 200 OK\r\nServer: muxio-http\r\nDate: ";
+        static_assert(ok_start.find(server_name) != std::string_view::npos);
+        out.append(ok_start);
+    } else {
+        out.append("HTTP/1.1 "sv)
+            .append(status.data(), status.size())
+            .append(" "sv)
+            .append(reason)
+            .append("\r\nServer: "sv)
+            .append(server_name)
+            .append("\r\nDate: "sv);
+    }
+    out.append(options.date).append("\r\n"sv);
     for (const auto& [name, value] : response.headers) {
         out.append(name).append(": "sv).append(value).append("\r\n"sv);
     }

@@ -1,7 +1,7 @@
 #include "request_parser.hpp"
 
 #include <algorithm>
-#include <cctype>
+#include <array>
 #include <utility>
 
 #include <fmt/format.h>
@@ -9,20 +9,38 @@
 namespace muxio::http {
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
-        return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-    });
+// Field names compare case-insensitively in ASCII (RFC 9110 5.1), whatever
+// the C locale says; and without a library call per character.
+constexpr char ascii_lower(char c) noexcept {
+    return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
-// RFC 9110 5.6.2: a field name is a token. The Debian build of
-// libhttp-parser is the lenient one and lets spaces through ("Host : a"),
-// which a server must refuse (RFC 9112 5.1).
+bool iequals(std::string_view a, std::string_view b) noexcept {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                      [](char x, char y) { return ascii_lower(x) == ascii_lower(y); });
+}
+
+// RFC 9110 5.6.2: a field name is a token (tchar: ASCII letters, digits and
+// these specials). The Debian build of libhttp-parser is the lenient one and
+// lets spaces through ("Host : a"), which a server must refuse (RFC 9112 5.1).
+constexpr std::array<bool, 256> token_chars = [] {
+    std::array<bool, 256> table{};
+    for (char c = '0'; c <= '9'; ++c) {
+        table[static_cast<unsigned char>(c)] = true;
+    }
+    for (char c = 'a'; c <= 'z'; ++c) {
+        table[static_cast<unsigned char>(c)] = true;
+        table[static_cast<unsigned char>(c - 'a' + 'A')] = true;
+    }
+    for (const char c : std::string_view{"!#$%&'*+-.^_`|~"}) {
+        table[static_cast<unsigned char>(c)] = true;
+    }
+    return table;
+}();
+
 bool is_token(std::string_view name) noexcept {
-    constexpr std::string_view specials = "!#$%&'*+-.^_`|~";
-    return !name.empty() && std::all_of(name.begin(), name.end(), [specials](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) != 0 || specials.find(c) != std::string_view::npos;
-    });
+    return !name.empty() &&
+           std::all_of(name.begin(), name.end(), [](char c) { return token_chars[static_cast<unsigned char>(c)]; });
 }
 
 http_parser_settings make_settings(http_cb message_begin, http_data_cb url, http_data_cb field, http_data_cb value,

@@ -331,3 +331,21 @@ TEST_CASE("a request read in place and finished leaves nothing behind in the nex
     CHECK_FALSE(request.upgrade);
     parser.finish_request();
 }
+
+TEST_CASE("field names are tokens of ASCII letters, digits and specials, matched without regard to case") {
+    muxio::test::FdLeakCheck leak_check;
+    const Parsed good = parse("GET / HTTP/1.1\r\nhOsT: a\r\nX-!#$%&'*+-.^_`|~09az: b\r\n\r\n");
+    REQUIRE_FALSE(good.error.has_value());
+    REQUIRE(good.requests.size() == 1);
+    const Request& request = good.requests[0];
+    CHECK(request.header("HOST") == "a");
+    CHECK(request.header_count("host") == 1);
+    CHECK(request.header("x-!#$%&'*+-.^_`|~09AZ") == "b");
+    CHECK_FALSE(request.header("Hos").has_value());
+    CHECK_FALSE(request.header("Hostt").has_value());
+    // A byte outside ASCII is no token character, in any locale.
+    const Parsed bad = parse("GET / HTTP/1.1\r\nHost\xe9: a\r\n\r\n");
+    CHECK(bad.requests.empty());
+    REQUIRE(bad.error.has_value());
+    CHECK(bad.error->status == 400);
+}
