@@ -45,27 +45,39 @@ constexpr std::size_t max_unix_name = sizeof(sockaddr_un::sun_path) - 1;
     return errnum == EAGAIN || errnum == EWOULDBLOCK;
 }
 
+// One non-blocking transfer call (recv, send, ...), EINTR retried: the byte
+// count, or -1 with `errnum` set to the error (0 when it would block). The
+// stream operations use it as it is: no std::error_code on their hot path.
+template <class Call>
+ssize_t transfer_errno(int& errnum, Call call) noexcept {
+    for (;;) {
+        const ssize_t done = call();
+        if (done >= 0) {
+            return done;
+        }
+        if (errno != EINTR) {
+            errnum = would_block(errno) ? 0 : errno;
+            return -1;
+        }
+    }
+}
+
 // The result of a non-blocking transfer call: its byte count, or nullopt
 // with `error` cleared (would block) or set. EINTR retries.
 template <class Call>
 std::optional<std::size_t> transfer(std::error_code& error, Call call) noexcept {
-    for (;;) {
-        const ssize_t done = call();
-        if (done >= 0) {
-            error.clear();
-            return static_cast<std::size_t>(done);
-        }
-        const int errnum = errno;
-        if (errnum == EINTR) {
-            continue;
-        }
-        if (would_block(errnum)) {
-            error.clear();
-        } else {
-            error = errno_code(errnum);
-        }
-        return std::nullopt;
+    int errnum = 0;
+    const ssize_t done = transfer_errno(errnum, call);
+    if (done >= 0) {
+        error.clear();
+        return static_cast<std::size_t>(done);
     }
+    if (errnum == 0) {
+        error.clear();
+    } else {
+        error = errno_code(errnum);
+    }
+    return std::nullopt;
 }
 
 [[nodiscard]] std::string_view family_name(int family) noexcept {
@@ -715,32 +727,12 @@ ReactorWait& StreamIo::arm() {
     return wait_.emplace(socket_->reactor(), kind, socket_->watch(), std::move(token_), &attempt_on_ready, this);
 }
 
-namespace {
-
-// recv() or send() of the rest of a stream operation's buffer: the byte
-// count, or -1 with `errnum` set (0 when it would block). EINTR is retried.
-template <class Call>
-ssize_t stream_call(int& errnum, Call call) noexcept {
-    for (;;) {
-        const ssize_t done = call();
-        if (done >= 0) {
-            return done;
-        }
-        if (errno != EINTR) {
-            errnum = would_block(errno) ? 0 : errno;
-            return -1;
-        }
-    }
-}
-
-}  // namespace
-
 bool StreamIo::attempt() noexcept {
     const int fd = socket_->fileno();
     switch (op_) {
         case Op::read_some: {
             const ssize_t got =
-                stream_call(error_, [&] { return ::recv(fd, read_buffer_.data(), read_buffer_.size(), 0); });
+                transfer_errno(error_, [&] { return ::recv(fd, read_buffer_.data(), read_buffer_.size(), 0); });
             if (got >= 0) {
                 done_ = static_cast<std::size_t>(got);
                 socket_->drained_ = done_ < read_buffer_.size();
@@ -751,7 +743,7 @@ bool StreamIo::attempt() noexcept {
         case Op::read_exact:
             while (done_ < read_buffer_.size()) {
                 const std::span<std::byte> rest = read_buffer_.subspan(done_);
-                const ssize_t got = stream_call(error_, [&] { return ::recv(fd, rest.data(), rest.size(), 0); });
+                const ssize_t got = transfer_errno(error_, [&] { return ::recv(fd, rest.data(), rest.size(), 0); });
                 if (got < 0) {
                     break;
                 }
@@ -769,7 +761,7 @@ bool StreamIo::attempt() noexcept {
             }
             break;
         case Op::write_some: {
-            const ssize_t sent = stream_call(
+            const ssize_t sent = transfer_errno(
                 error_, [&] { return ::send(fd, write_buffer_.data(), write_buffer_.size(), MSG_NOSIGNAL); });
             if (sent >= 0) {
                 done_ = static_cast<std::size_t>(sent);
@@ -781,7 +773,7 @@ bool StreamIo::attempt() noexcept {
             while (done_ < write_buffer_.size()) {
                 const std::span<const std::byte> rest = write_buffer_.subspan(done_);
                 const ssize_t sent =
-                    stream_call(error_, [&] { return ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL); });
+                    transfer_errno(error_, [&] { return ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL); });
                 if (sent < 0) {
                     break;
                 }

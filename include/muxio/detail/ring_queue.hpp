@@ -43,9 +43,6 @@ public:
         return tail_++;
     }
 
-    /// Removes and returns the oldest element. The queue must not be empty.
-    T pop() noexcept { return std::move(slots_[head_++ & mask_]); }
-
     /// Removes the oldest element from the queue but leaves it in its slot:
     /// the reference stays valid until the next push() or clear(). The queue
     /// must not be empty. For running a batch in place, without moving each
