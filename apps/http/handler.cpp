@@ -1,6 +1,7 @@
 #include "handler.hpp"
 
 #include <fcntl.h>
+#include <http_parser.h>
 #include <sys/stat.h>
 #include <unistd.h>
 

@@ -31,7 +31,11 @@ public:
     }
     OwnedFd(const OwnedFd&) = delete;
     OwnedFd& operator=(const OwnedFd&) = delete;
-    ~OwnedFd() { reset(); }
+    ~OwnedFd() {
+        if (fd_ >= 0) {  // most responses hold no file: no call for them
+            reset();
+        }
+    }
 
     [[nodiscard]] int get() const noexcept { return fd_; }
     [[nodiscard]] explicit operator bool() const noexcept { return fd_ >= 0; }

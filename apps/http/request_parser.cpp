@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
+#include <cstring>
+#include <system_error>
 #include <utility>
 
 #include <fmt/format.h>
@@ -21,8 +24,8 @@ bool iequals(std::string_view a, std::string_view b) noexcept {
 }
 
 // RFC 9110 5.6.2: a field name is a token (tchar: ASCII letters, digits and
-// these specials). The Debian build of libhttp-parser is the lenient one and
-// lets spaces through ("Host : a"), which a server must refuse (RFC 9112 5.1).
+// these specials); no space before the colon either ("Host : a"), which a
+// server must refuse (RFC 9112 5.1).
 constexpr std::array<bool, 256> token_chars = [] {
     std::array<bool, 256> table{};
     for (char c = '0'; c <= '9'; ++c) {
@@ -38,23 +41,87 @@ constexpr std::array<bool, 256> token_chars = [] {
     return table;
 }();
 
-bool is_token(std::string_view name) noexcept {
-    return !name.empty() &&
-           std::all_of(name.begin(), name.end(), [](char c) { return token_chars[static_cast<unsigned char>(c)]; });
+// RFC 9110 5.5: a field value is visible ASCII, obs-text (bytes from 0x80),
+// spaces and tabs; no other control byte, NUL and DEL included.
+constexpr std::array<bool, 256> value_chars = [] {
+    std::array<bool, 256> table{};
+    for (std::size_t c = 0x20; c < 0x7f; ++c) {
+        table[c] = true;
+    }
+    for (std::size_t c = 0x80; c < 0x100; ++c) {
+        table[c] = true;
+    }
+    table['\t'] = true;
+    return table;
+}();
+
+bool is_whitespace(char c) noexcept {
+    return c == ' ' || c == '\t';
 }
 
-http_parser_settings make_settings(http_cb message_begin, http_data_cb url, http_data_cb field, http_data_cb value,
-                                   http_cb headers_complete, http_data_cb body, http_cb message_complete) {
-    http_parser_settings settings{};
-    http_parser_settings_init(&settings);
-    settings.on_message_begin = message_begin;
-    settings.on_url = url;
-    settings.on_header_field = field;
-    settings.on_header_value = value;
-    settings.on_headers_complete = headers_complete;
-    settings.on_body = body;
-    settings.on_message_complete = message_complete;
-    return settings;
+bool is_digit(char c) noexcept {
+    return c >= '0' && c <= '9';
+}
+
+std::string_view trim(std::string_view text) noexcept {
+    while (!text.empty() && is_whitespace(text.front())) {
+        text.remove_prefix(1);
+    }
+    while (!text.empty() && is_whitespace(text.back())) {
+        text.remove_suffix(1);
+    }
+    return text;
+}
+
+// Calls `each` with every element of a comma-separated list, trimmed, empty
+// elements skipped (RFC 9110 5.6.1).
+template <class Each>
+void for_each_list_element(std::string_view list, Each each) {
+    while (!list.empty()) {
+        const std::size_t comma = list.find(',');
+        const std::string_view element = trim(list.substr(0, comma));
+        if (!element.empty()) {
+            each(element);
+        }
+        if (comma == std::string_view::npos) {
+            break;
+        }
+        list.remove_prefix(comma + 1);
+    }
+}
+
+// Where a head that starts at the beginning of `text` ends: just past the
+// empty line that closes it, or npos. Blank lines before the request line
+// are part of the head (they count against its limit) but cannot close it.
+// `resume` is how much of `text` an earlier call saw.
+std::size_t find_head_end(std::string_view text, std::size_t resume) noexcept {
+    std::size_t start = 0;
+    while (start < text.size()) {
+        if (text[start] == '\n') {
+            ++start;
+        } else if (text[start] == '\r' && start + 1 < text.size() && text[start + 1] == '\n') {
+            start += 2;
+        } else {
+            break;
+        }
+    }
+    // The LF of a "\n\r\n" may sit two bytes before what is new.
+    std::size_t at = std::max(start, resume >= 2 ? resume - 2 : 0);
+    while (at < text.size()) {
+        const void* found = std::memchr(text.data() + at, '\n', text.size() - at);
+        if (found == nullptr) {
+            return std::string_view::npos;
+        }
+        const auto lf = static_cast<std::size_t>(static_cast<const char*>(found) - text.data());
+        if (lf + 1 < text.size() && text[lf + 1] == '\n') {
+            return lf + 2;
+        }
+        if (lf + 2 < text.size() && text[lf + 1] == '\r' && text[lf + 2] == '\n') {
+            return lf + 3;
+        }
+        at = lf + 1;
+    }
+    return std::string_view::npos;
 }
 
 }  // namespace
@@ -73,69 +140,361 @@ std::size_t Request::header_count(std::string_view name) const {
                                                   [name](const auto& header) { return iequals(header.first, name); }));
 }
 
-RequestParser::RequestParser(ParserLimits limits) : limits_{limits} {
-    http_parser_init(&parser_, HTTP_REQUEST);
-    parser_.data = this;
-}
+RequestParser::RequestParser(ParserLimits limits) : limits_{limits} {}
 
-RequestParser& RequestParser::self(http_parser* parser) noexcept {
-    return *static_cast<RequestParser*>(parser->data);
-}
-
-const http_parser_settings& RequestParser::settings() noexcept {
-    static const http_parser_settings callbacks =
-        make_settings(&on_message_begin, &on_url, &on_header_field, &on_header_value, &on_headers_complete, &on_body,
-                      &on_message_complete);
-    return callbacks;
-}
-
-int RequestParser::fail(int status, std::string reason) {
+bool RequestParser::fail(int status, std::string reason) {
     if (!error_) {
         error_ = ParseError{status, std::move(reason)};
     }
-    return 1;
-}
-
-bool RequestParser::head_too_large(std::size_t adding) const noexcept {
-    return head_text_ + adding > limits_.max_header_bytes;
+    return false;
 }
 
 std::size_t RequestParser::feed(std::string_view data) {
-    if (ready_ || error_) {
-        return 0;
-    }
     std::size_t total = 0;
-    // At most two rounds per request: the parser pauses itself at the end of
-    // the head (so a round that starts before it consumes head bytes only,
-    // counted exactly, with the blank lines tolerated before a request) and
-    // at the end of the message, where feed() returns.
-    while (total < data.size()) {
-        const bool counting_head = phase_ != Phase::body;
+    // Every step consumes a byte at least, or completes or fails a request.
+    while (total < data.size() && !ready_ && !error_) {
         const std::string_view rest = data.substr(total);
-        const std::size_t consumed = http_parser_execute(&parser_, &settings(), rest.data(), rest.size());
-        total += consumed;
-        const auto status = static_cast<http_errno>(parser_.http_errno);
-        const bool paused = status == HPE_PAUSED;
-        if (paused) {
-            http_parser_pause(&parser_, 0);
-        } else if (status != HPE_OK) {
-            // A callback that refused has recorded why; anything else is the
-            // parser's own complaint about the syntax.
-            fail(400, fmt::format("{}: {}", http_errno_name(status), http_errno_description(status)));
-            return total;
-        }
-        if (counting_head) {
-            head_bytes_ += consumed;
-            if (head_bytes_ > limits_.max_header_bytes) {
-                fail(431, fmt::format("request head over {} bytes", limits_.max_header_bytes));
-                return total;
-            }
-        }
-        if (ready_ || !paused) {
-            break;  // a request to take, or every byte consumed
-        }
+        total += phase_ == Phase::head ? feed_head(rest) : feed_body(rest);
     }
     return total;
+}
+
+std::size_t RequestParser::feed_head(std::string_view data) {
+    const std::size_t limit = limits_.max_header_bytes;
+    const auto too_large = [this, limit] { fail(431, fmt::format("request head over {} bytes", limit)); };
+    if (pending_head_.empty()) {
+        // The usual case: the whole head in one read, parsed where it lies,
+        // in one pass.
+        const std::size_t end = parse_head(data);
+        if (end != std::string_view::npos) {
+            return end;
+        }
+        // Not all there: gathered below, and parsed once its end is seen.
+        if (data.size() > limit) {
+            too_large();
+        } else {
+            pending_head_.assign(data);
+        }
+        return data.size();
+    }
+    // Gathering: bytes past the limit cannot belong to a valid head. Only
+    // what is new is searched, so a head sent a byte at a time costs linear
+    // time.
+    const std::size_t before = pending_head_.size();
+    const std::size_t taken = std::min(data.size(), limit + 1 - std::min(limit, before));
+    pending_head_.append(data.substr(0, taken));
+    const std::size_t end = find_head_end(pending_head_, before);
+    if (end == std::string_view::npos) {
+        if (pending_head_.size() > limit) {
+            too_large();
+        }
+        return taken;
+    }
+    if (end > limit) {
+        too_large();
+    } else {
+        pending_head_.resize(end);
+        parse_head(pending_head_);
+    }
+    pending_head_.clear();
+    return end - before;
+}
+
+std::size_t RequestParser::parse_head(std::string_view data) {
+    const char* const begin = data.data();
+    const char* const end = begin + data.size();
+    // The next line from `at`: [at, line_end) without CR LF or LF; false
+    // when no LF closes it yet.
+    const char* at = begin;
+    const char* line_end = nullptr;
+    const char* next = nullptr;
+    const auto next_line = [&]() {
+        const void* lf = std::memchr(at, '\n', static_cast<std::size_t>(end - at));
+        if (lf == nullptr) {
+            return false;
+        }
+        next = static_cast<const char*>(lf) + 1;
+        line_end = next - 1;
+        if (line_end > at && line_end[-1] == '\r') {
+            --line_end;
+        }
+        return true;
+    };
+    // Blank lines before the request line are skipped (RFC 9112 2.2).
+    do {
+        if (!next_line()) {
+            return std::string_view::npos;
+        }
+        if (line_end != at) {
+            break;
+        }
+        at = next;
+    } while (true);
+    // Nothing is checked before the head is whole: a head cut short would
+    // look malformed. So the request line waits while the fields are found.
+    const std::string_view request_line{at, static_cast<std::size_t>(line_end - at)};
+    at = next;
+    HeadFacts facts;
+    request_.headers.clear();
+    for (;;) {
+        if (!next_line()) {
+            request_.headers.clear();
+            return std::string_view::npos;
+        }
+        const std::string_view line{at, static_cast<std::size_t>(line_end - at)};
+        at = next;
+        if (line.empty()) {
+            break;
+        }
+        if (!error_) {
+            parse_field(line, facts);
+        }
+    }
+    const auto consumed = static_cast<std::size_t>(at - begin);
+    if (consumed > limits_.max_header_bytes) {
+        error_.reset();  // the size is the first thing wrong with it
+        fail(431, fmt::format("request head over {} bytes", limits_.max_header_bytes));
+        return consumed;
+    }
+    // The request line's error, if any, is the one reported.
+    const std::optional<ParseError> field_error = std::exchange(error_, std::nullopt);
+    if (!parse_request_line(request_line)) {
+        return consumed;
+    }
+    if (field_error) {
+        error_ = field_error;
+        return consumed;
+    }
+    const bool modern = request_.version_major > 1 || (request_.version_major == 1 && request_.version_minor >= 1);
+    const bool connect = request_.method == "CONNECT";
+    request_.keep_alive = !facts.connection_close && (modern || facts.connection_keep_alive);
+    request_.upgrade = connect || (facts.has_upgrade && facts.connection_upgrade);
+    frame_body(facts, connect);
+    return consumed;
+}
+
+bool RequestParser::parse_request_line(std::string_view line) {
+    // method SP request-target SP HTTP-version (RFC 9112 3), single spaces.
+    std::size_t method_end = 0;
+    while (method_end < line.size() && token_chars[static_cast<unsigned char>(line[method_end])]) {
+        ++method_end;
+    }
+    if (method_end == 0 || method_end == line.size() || line[method_end] != ' ') {
+        return fail(400, "invalid request line");
+    }
+    // Visible ASCII only: what RFC 3986 allows, and a little more.
+    std::size_t target_end = method_end + 1;
+    while (target_end < line.size() && line[target_end] > ' ' && line[target_end] < '\x7f') {
+        ++target_end;
+    }
+    const std::string_view target = line.substr(method_end + 1, target_end - method_end - 1);
+    if (target.size() > limits_.max_target_bytes) {
+        return fail(414, fmt::format("request target over {} bytes", limits_.max_target_bytes));
+    }
+    if (target.empty() || target_end == line.size() || line[target_end] != ' ') {
+        return fail(400, "invalid request target");
+    }
+    const std::string_view version = line.substr(target_end + 1);
+    if (version.size() != 8 || !version.starts_with("HTTP/") || !is_digit(version[5]) || version[6] != '.' ||
+        !is_digit(version[7])) {
+        return fail(400, "invalid HTTP version");
+    }
+    request_.method.assign(line.substr(0, method_end));
+    request_.target.assign(target);
+    request_.version_major = version[5] - '0';
+    request_.version_minor = version[7] - '0';
+    return true;
+}
+
+bool RequestParser::parse_field(std::string_view line, HeadFacts& facts) {
+    // field-name ":" OWS field-value OWS (RFC 9112 5), the name a token.
+    std::size_t colon = 0;
+    while (colon < line.size() && token_chars[static_cast<unsigned char>(line[colon])]) {
+        ++colon;
+    }
+    if (colon == line.size() || line[colon] != ':' || colon == 0) {
+        if (is_whitespace(line.front())) {
+            return fail(400, "obsolete line folding in the header section");
+        }
+        if (line.find(':') == std::string_view::npos) {
+            return fail(400, "header line without a colon");
+        }
+        return fail(400, fmt::format("invalid header name '{}'", line.substr(0, line.find(':'))));
+    }
+    const std::string_view name = line.substr(0, colon);
+    const std::string_view value = trim(line.substr(colon + 1));
+    for (const char c : value) {
+        if (!value_chars[static_cast<unsigned char>(c)]) {
+            return fail(400, fmt::format("invalid byte in the value of {}", name));
+        }
+    }
+    if (request_.headers.size() >= limits_.max_header_count) {
+        return fail(431, fmt::format("more than {} header fields", limits_.max_header_count));
+    }
+    request_.headers.emplace_back(name, value);
+    // Only the few fields that frame the message or the connection matter
+    // here; their names differ in length, so most fields compare nothing.
+    switch (name.size()) {
+        case 14:  // Content-Length
+            if (iequals(name, "content-length")) {
+                // Repeated, they must say the same (RFC 9110 8.6).
+                if (facts.content_lengths++ != 0 && value != facts.content_length) {
+                    return fail(400, "differing Content-Length fields");
+                }
+                facts.content_length = value;
+            }
+            break;
+        case 17:  // Transfer-Encoding
+            if (iequals(name, "transfer-encoding")) {
+                facts.chunked = true;             // judged once the head is whole
+                facts.transfer_encoding = value;  // the last field holds the final coding
+            }
+            break;
+        case 10:  // Connection
+            if (iequals(name, "connection")) {
+                for_each_list_element(value, [&facts](std::string_view option) {
+                    facts.connection_close = facts.connection_close || iequals(option, "close");
+                    facts.connection_keep_alive = facts.connection_keep_alive || iequals(option, "keep-alive");
+                    facts.connection_upgrade = facts.connection_upgrade || iequals(option, "upgrade");
+                });
+            }
+            break;
+        case 7:  // Upgrade
+            facts.has_upgrade = facts.has_upgrade || iequals(name, "upgrade");
+            break;
+        default:
+            break;
+    }
+    return true;
+}
+
+bool RequestParser::frame_body(const HeadFacts& facts, bool connect) {
+    if (connect) {
+        complete();  // what follows belongs to the tunnel, not to HTTP
+        return true;
+    }
+    if (facts.chunked) {
+        // RFC 9112 6.1 and 6.3: with both, the message could be framed two
+        // ways (the stuff of request smuggling); and unless the final coding
+        // is chunked, the body's end is unknown.
+        if (facts.content_lengths != 0) {
+            return fail(400, "both Content-Length and Transfer-Encoding");
+        }
+        std::string_view final_coding;
+        for_each_list_element(facts.transfer_encoding,
+                              [&final_coding](std::string_view coding) { final_coding = coding; });
+        if (!iequals(final_coding, "chunked")) {
+            return fail(400, fmt::format("final transfer coding '{}' is not chunked", final_coding));
+        }
+        phase_ = Phase::chunk_size;
+        return true;
+    }
+    if (facts.content_lengths != 0) {
+        const std::string_view digits = facts.content_length;
+        if (digits.empty() || !std::all_of(digits.begin(), digits.end(), is_digit)) {
+            return fail(400, fmt::format("invalid Content-Length '{}'", digits));
+        }
+        std::uint64_t length = 0;
+        const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), length);
+        if (error != std::errc{} || length > limits_.max_body_bytes) {  // too long for 64 bits is too large too
+            return fail(413, fmt::format("request body over {} bytes", limits_.max_body_bytes));
+        }
+        if (length > 0) {
+            body_left_ = length;
+            phase_ = Phase::body;
+            return true;
+        }
+    }
+    complete();
+    return true;
+}
+
+std::size_t RequestParser::feed_body(std::string_view data) {
+    if (phase_ == Phase::body || phase_ == Phase::chunk_data) {
+        const auto skipped = static_cast<std::size_t>(std::min<std::uint64_t>(body_left_, data.size()));
+        body_left_ -= skipped;
+        if (body_left_ == 0) {
+            if (phase_ == Phase::body) {
+                complete();
+            } else {
+                phase_ = Phase::chunk_data_end;
+            }
+        }
+        return skipped;
+    }
+    // Chunk-size lines (with extensions) and trailer fields are short; a
+    // line without end is refused once it passes the head limit.
+    const std::size_t lf = data.find('\n');
+    const std::size_t used = lf == std::string_view::npos ? data.size() : lf + 1;
+    if (line_.size() + used > limits_.max_header_bytes) {
+        fail(phase_ == Phase::trailers ? 431 : 400, "chunked framing line too long");
+        return used;
+    }
+    line_.append(data.substr(0, lf == std::string_view::npos ? used : lf));
+    if (lf != std::string_view::npos) {
+        std::string_view line = line_;
+        if (!line.empty() && line.back() == '\r') {
+            line.remove_suffix(1);
+        }
+        end_of_framing_line(line);
+        line_.clear();
+    }
+    return used;
+}
+
+void RequestParser::end_of_framing_line(std::string_view line) {
+    if (line.find('\r') != std::string_view::npos) {
+        fail(400, "bare CR in the chunked framing");
+        return;
+    }
+    switch (phase_) {
+        case Phase::chunk_size: {
+            // chunk-size [ chunk-ext ]: hex digits, then extensions, ignored.
+            const std::size_t digits_end = std::min(line.size(), line.find_first_not_of("0123456789abcdefABCDEF"));
+            const std::string_view extension = trim(line.substr(digits_end));
+            if (digits_end == 0 || (!extension.empty() && extension.front() != ';')) {
+                fail(400, "invalid chunk size line");
+                return;
+            }
+            std::uint64_t size = 0;
+            const auto [end, error] = std::from_chars(line.data(), line.data() + digits_end, size, 16);
+            if (error != std::errc{} ||
+                size > limits_.max_body_bytes - std::min<std::uint64_t>(body_bytes_, limits_.max_body_bytes)) {
+                fail(413, fmt::format("request body over {} bytes", limits_.max_body_bytes));
+                return;
+            }
+            body_bytes_ += size;
+            body_left_ = size;
+            phase_ = size == 0 ? Phase::trailers : Phase::chunk_data;
+            return;
+        }
+        case Phase::chunk_data_end:
+            if (!line.empty()) {
+                fail(400, "chunk data longer than its size");
+                return;
+            }
+            phase_ = Phase::chunk_size;
+            return;
+        case Phase::trailers:
+            if (line.empty()) {
+                complete();
+                return;
+            }
+            trailer_bytes_ += line.size() + 2;
+            if (trailer_bytes_ > limits_.max_header_bytes) {
+                fail(431, fmt::format("trailer section over {} bytes", limits_.max_header_bytes));
+            }
+            return;
+        case Phase::head:
+        case Phase::body:
+        case Phase::chunk_data:
+            return;  // not framing lines
+    }
+}
+
+void RequestParser::complete() noexcept {
+    ready_ = true;
+    phase_ = Phase::head;
 }
 
 Request RequestParser::take_request() {
@@ -146,11 +505,11 @@ Request RequestParser::take_request() {
 
 void RequestParser::finish_request() noexcept {
     ready_ = false;
-    phase_ = Phase::idle;
-    head_bytes_ = 0;
-    head_text_ = 0;
+    phase_ = Phase::head;
+    body_left_ = 0;
     body_bytes_ = 0;
-    last_was_value_ = true;
+    trailer_bytes_ = 0;
+    line_.clear();
     // Emptied, capacities kept; the fields a parse sets are set again.
     request_.method.clear();
     request_.target.clear();
@@ -159,90 +518,6 @@ void RequestParser::finish_request() noexcept {
     request_.version_minor = 1;
     request_.keep_alive = true;
     request_.upgrade = false;
-}
-
-int RequestParser::on_message_begin(http_parser* parser) {
-    RequestParser& me = self(parser);
-    me.phase_ = Phase::head;
-    return 0;
-}
-
-int RequestParser::on_url(http_parser* parser, const char* at, std::size_t length) {
-    RequestParser& me = self(parser);
-    if (me.request_.target.size() + length > me.limits_.max_target_bytes) {
-        return me.fail(414, fmt::format("request target over {} bytes", me.limits_.max_target_bytes));
-    }
-    if (me.head_too_large(length)) {
-        return me.fail(431, fmt::format("request head over {} bytes", me.limits_.max_header_bytes));
-    }
-    me.head_text_ += length;
-    me.request_.target.append(at, length);
-    return 0;
-}
-
-int RequestParser::on_header_field(http_parser* parser, const char* at, std::size_t length) {
-    RequestParser& me = self(parser);
-    if (me.head_too_large(length)) {
-        return me.fail(431, fmt::format("request head over {} bytes", me.limits_.max_header_bytes));
-    }
-    me.head_text_ += length;
-    if (me.last_was_value_) {
-        if (me.request_.headers.size() >= me.limits_.max_header_count) {
-            return me.fail(431, fmt::format("more than {} header fields", me.limits_.max_header_count));
-        }
-        me.request_.headers.emplace_back();
-        me.last_was_value_ = false;
-    }
-    me.request_.headers.back().first.append(at, length);
-    return 0;
-}
-
-int RequestParser::on_header_value(http_parser* parser, const char* at, std::size_t length) {
-    RequestParser& me = self(parser);
-    if (me.head_too_large(length)) {
-        return me.fail(431, fmt::format("request head over {} bytes", me.limits_.max_header_bytes));
-    }
-    me.head_text_ += length;
-    me.last_was_value_ = true;
-    me.request_.headers.back().second.append(at, length);
-    return 0;
-}
-
-int RequestParser::on_headers_complete(http_parser* parser) {
-    RequestParser& me = self(parser);
-    Request& request = me.request_;
-    for (const auto& header : request.headers) {
-        if (!is_token(header.first)) {
-            me.fail(400, fmt::format("invalid header name '{}'", header.first));
-            return -1;  // 1 and 2 would mean "no body" and "upgrade" here, not an error
-        }
-    }
-    request.method = http_method_str(static_cast<http_method>(parser->method));
-    request.version_major = parser->http_major;
-    request.version_minor = parser->http_minor;
-    request.keep_alive = http_should_keep_alive(parser) != 0;
-    request.upgrade = parser->upgrade != 0;
-    me.phase_ = Phase::body;
-    // Stop here so feed() can count the head's bytes exactly.
-    http_parser_pause(parser, 1);
-    return 0;
-}
-
-int RequestParser::on_body(http_parser* parser, const char* /*at*/, std::size_t length) {
-    RequestParser& me = self(parser);
-    me.body_bytes_ += length;
-    if (me.body_bytes_ > me.limits_.max_body_bytes) {
-        return me.fail(413, fmt::format("request body over {} bytes", me.limits_.max_body_bytes));
-    }
-    return 0;
-}
-
-int RequestParser::on_message_complete(http_parser* parser) {
-    RequestParser& me = self(parser);
-    me.ready_ = true;
-    // One request per feed(): the caller answers it before parsing the next.
-    http_parser_pause(parser, 1);
-    return 0;
 }
 
 }  // namespace muxio::http

@@ -1,10 +1,9 @@
-// RequestParser: an incremental HTTP/1.1 request parser over Debian's
-// libhttp-parser, producing one Request at a time with limits on its size.
+// RequestParser: an incremental HTTP/1.1 request parser (RFC 9112),
+// producing one Request at a time with limits on its size.
 #pragma once
 
-#include <http_parser.h>
-
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -15,15 +14,15 @@ namespace muxio::http {
 
 /// One parsed request: what the handler needs, the body dropped.
 struct Request {
-    std::string method;  // "GET", "HEAD", ... as libhttp-parser names it
+    std::string method;  // "GET", "HEAD", ... as sent (methods are case-sensitive)
     std::string target;  // the request target exactly as sent
     int version_major = 1;
     int version_minor = 1;
-    /// Header fields in arrival order, names and values as sent (values
-    /// without the surrounding whitespace libhttp-parser strips).
+    /// Header fields in arrival order, names as sent, values without the
+    /// whitespace around them.
     std::vector<std::pair<std::string, std::string>> headers;
-    /// libhttp-parser's verdict: HTTP/1.1 unless `Connection: close`,
-    /// HTTP/1.0 only with `Connection: keep-alive`.
+    /// HTTP/1.1 and later unless `Connection: close`; HTTP/1.0 only with
+    /// `Connection: keep-alive`.
     bool keep_alive = true;
     /// CONNECT, or `Upgrade` with `Connection: upgrade`.
     bool upgrade = false;
@@ -54,23 +53,27 @@ struct ParseError {
     std::string reason;
 };
 
-/// Feeds bytes in any slicing to libhttp-parser and stops at the end of
-/// each request, so pipelined requests come out one at a time, in order,
-/// and the caller decides when to parse the next (back-pressure).
+/// Parses bytes in any slicing and stops at the end of each request, so
+/// pipelined requests come out one at a time, in order, and the caller
+/// decides when to parse the next (back-pressure). Bodies, with a
+/// Content-Length or chunked, are read and dropped.
+///
+/// A head that arrives whole is parsed where it lies; one that arrives in
+/// pieces is gathered in the parser first (up to max_header_bytes). Strict
+/// where leniency lets requests be smuggled past a proxy: a bare CR, a space
+/// before a colon, folded lines, Content-Length with Transfer-Encoding,
+/// differing Content-Lengths, a final coding other than chunked all fail
+/// with 400. A lone LF ends a line (RFC 9112 2.2), and blank lines before a
+/// request are skipped.
 ///
 /// Usage: call feed() with the unparsed bytes; it returns how many it
-/// consumed. Then, if has_request(), take_request() and call feed() again
-/// with the rest; if failed(), answer error() and close the connection
-/// (the stream can no longer be trusted); otherwise wait for more bytes.
+/// consumed. Then, if has_request(), take_request() (or read
+/// current_request() and finish_request()) and call feed() again with the
+/// rest; if failed(), answer error() and close the connection (the stream
+/// can no longer be trusted); otherwise wait for more bytes.
 class RequestParser {
 public:
     explicit RequestParser(ParserLimits limits = {});
-    // libhttp-parser keeps a pointer back to this object.
-    RequestParser(const RequestParser&) = delete;
-    RequestParser& operator=(const RequestParser&) = delete;
-    RequestParser(RequestParser&&) = delete;
-    RequestParser& operator=(RequestParser&&) = delete;
-    ~RequestParser() = default;
 
     /// Parses from the start of `data` up to the end of the next request at
     /// most; returns the bytes consumed: all of them unless a request
@@ -94,33 +97,47 @@ public:
 
     /// True between the first byte of a request and its completion: a
     /// connection closed now cuts a request short.
-    [[nodiscard]] bool in_request() const noexcept { return phase_ != Phase::idle || head_bytes_ > 0; }
+    [[nodiscard]] bool in_request() const noexcept { return phase_ != Phase::head || !pending_head_.empty(); }
 
 private:
-    enum class Phase : unsigned char { idle, head, body };
+    // Where the next byte belongs. The chunk phases follow RFC 9112 7.1.
+    enum class Phase : unsigned char { head, body, chunk_size, chunk_data, chunk_data_end, trailers };
 
-    static int on_message_begin(http_parser* parser);
-    static int on_url(http_parser* parser, const char* at, std::size_t length);
-    static int on_header_field(http_parser* parser, const char* at, std::size_t length);
-    static int on_header_value(http_parser* parser, const char* at, std::size_t length);
-    static int on_headers_complete(http_parser* parser);
-    static int on_body(http_parser* parser, const char* at, std::size_t length);
-    static int on_message_complete(http_parser* parser);
-    static RequestParser& self(http_parser* parser) noexcept;
-    static const http_parser_settings& settings() noexcept;
+    // What the header fields say about the framing and the connection.
+    struct HeadFacts {
+        std::string_view content_length;
+        std::size_t content_lengths = 0;
+        bool chunked = false;  // a Transfer-Encoding field, judged by frame_body()
+        std::string_view transfer_encoding;
+        bool connection_close = false;
+        bool connection_keep_alive = false;
+        bool connection_upgrade = false;
+        bool has_upgrade = false;
+    };
 
-    // Records the first error only; returns the callback's "stop" value.
-    int fail(int status, std::string reason);
-    [[nodiscard]] bool head_too_large(std::size_t adding) const noexcept;
+    std::size_t feed_head(std::string_view data);
+    std::size_t feed_body(std::string_view data);
+    // Parses the head at the start of `data` (blank lines before it
+    // included) into request_ and sets up the body; returns the head's
+    // length, or npos if `data` holds only part of it.
+    std::size_t parse_head(std::string_view data);
+    bool parse_request_line(std::string_view line);
+    bool parse_field(std::string_view line, HeadFacts& facts);
+    bool frame_body(const HeadFacts& facts, bool connect);
+    // A complete chunk-size, chunk-end or trailer line, without CR LF.
+    void end_of_framing_line(std::string_view line);
+    void complete() noexcept;
+    // Records the first error only; returns false for the caller to pass on.
+    bool fail(int status, std::string reason);
 
     ParserLimits limits_;
-    http_parser parser_{};
-    Phase phase_ = Phase::idle;
+    Phase phase_ = Phase::head;
     bool ready_ = false;
-    bool last_was_value_ = true;  // the next field callback starts a new header
-    std::size_t head_bytes_ = 0;  // bytes fed while parsing the current head
-    std::size_t head_text_ = 0;   // target, names and values collected so far
-    std::size_t body_bytes_ = 0;
+    std::string pending_head_;     // a head gathered from pieces
+    std::string line_;             // a framing line of a chunked body, in pieces
+    std::uint64_t body_left_ = 0;  // of the Content-Length body or of the current chunk
+    std::uint64_t body_bytes_ = 0;
+    std::size_t trailer_bytes_ = 0;
     Request request_;
     std::optional<ParseError> error_;
 };

@@ -288,6 +288,15 @@ void Server::on_readable(Connection& connection) {
     if (got.bytes == 0) {
         // The client sent all it will; answer what it asked, then close.
         connection.peer_closed = true;
+    } else if (connection.input.empty()) {
+        // The usual case: requests parsed where they were read, and only
+        // what is left over (a request cut short, or held back by
+        // back-pressure) is kept.
+        const std::string_view fresh{scratch_.data(), got.bytes};
+        const std::size_t parsed = parse_requests(connection, fresh);
+        if (parsed < fresh.size()) {
+            connection.input.assign(fresh.substr(parsed));
+        }
     } else {
         connection.input.append(scratch_.data(), got.bytes);
     }
@@ -318,11 +327,22 @@ bool Server::pump(Connection& connection) {
 }
 
 void Server::parse_input(Connection& connection) {
+    if (!connection.input.empty()) {
+        connection.input.erase(0, parse_requests(connection, connection.input));
+    }
+    // After the end of the stream, once everything read is parsed, nothing
+    // more can come: a request cut short gets no answer.
+    if (connection.peer_closed && connection.input.empty()) {
+        connection.close_after_output = true;
+    }
+}
+
+std::size_t Server::parse_requests(Connection& connection, std::string_view input) {
     RequestParser& parser = connection.parser;
     std::size_t parsed = 0;
     while (!connection.close_after_output && connection.output_bytes < config_.output_high_water &&
-           parsed < connection.input.size()) {
-        const std::size_t consumed = parser.feed(std::string_view{connection.input}.substr(parsed));
+           parsed < input.size()) {
+        const std::size_t consumed = parser.feed(input.substr(parsed));
         parsed += consumed;
         if (parser.has_request()) {
             respond(connection, parser.current_request());
@@ -330,15 +350,10 @@ void Server::parse_input(Connection& connection) {
         } else if (parser.failed()) {
             respond_error(connection, *parser.error());
         } else if (consumed == 0) {
-            break;  // not expected from libhttp-parser; never spin on it
+            break;  // not expected of the parser; never spin on it
         }
     }
-    connection.input.erase(0, parsed);
-    // After the end of the stream, once everything read is parsed, nothing
-    // more can come: a request cut short gets no answer.
-    if (connection.peer_closed && connection.input.empty()) {
-        connection.close_after_output = true;
-    }
+    return parsed;
 }
 
 void Server::respond(Connection& connection, const Request& request) {

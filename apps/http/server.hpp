@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -91,6 +92,9 @@ private:
     // Parses what may be parsed, answers, writes; false if `connection` was destroyed.
     bool pump(Connection& connection);
     void parse_input(Connection& connection);
+    // Parses and answers requests from `input` while back-pressure allows;
+    // returns the bytes used.
+    std::size_t parse_requests(Connection& connection, std::string_view input);
     void respond(Connection& connection, const Request& request);
     void respond_error(Connection& connection, const ParseError& error);
     bool flush(Connection& connection);

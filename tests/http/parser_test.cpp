@@ -38,7 +38,7 @@ void check_simple_get(const Request& request) {
     CHECK(request.headers[0].first == "Host");
     CHECK(request.headers[0].second == "example.test");
     CHECK(request.header("user-agent") == "doctest");
-    CHECK(request.header("ACCEPT") == "*/*  ");  // libhttp-parser strips leading whitespace only
+    CHECK(request.header("ACCEPT") == "*/*");  // whitespace around a value is not part of it
     CHECK_FALSE(request.header("Cookie").has_value());
 }
 
