@@ -262,6 +262,20 @@ TEST_CASE("the head carries status, Server, Date, Content-Length and Connection 
     CHECK(out.find("Allow: GET, HEAD\r\n") != std::string::npos);
 }
 
+TEST_CASE("a head with fields longer than the writer's stack buffer comes out whole, after what came before") {
+    muxio::test::FdLeakCheck leak_check;
+    const std::string long_value(3000, 'v');
+    Response response;
+    response.status = 200;
+    response.headers.add("X-Long", long_value);
+    response.headers.add("X-Short", "s");
+    response.content_length = 7;
+    std::string out = "earlier response bytes|";
+    muxio::http::append_head(out, response, HeadOptions{"D", false, true});
+    CHECK(out == "earlier response bytes|HTTP/1.1 200 OK\r\nServer: muxio-http\r\nDate: D\r\nX-Long: " + long_value +
+                     "\r\nX-Short: s\r\nContent-Length: 7\r\nConnection: close\r\n\r\n");
+}
+
 TEST_CASE("dates, content types and percent-decoding") {
     muxio::test::FdLeakCheck leak_check;
     CHECK(muxio::http::http_date(784111777) == "Sun, 06 Nov 1994 08:49:37 GMT");
