@@ -230,10 +230,13 @@ std::size_t RequestParser::parse_head(std::string_view data) {
         }
         at = next;
     } while (true);
-    // Nothing is checked before the head is whole: a head cut short would
-    // look malformed. So the request line waits while the fields are found.
+    // Each line is checked once its LF is seen: a complete line means the
+    // same whatever follows, so a malformed one fails at once.
     const std::string_view request_line{at, static_cast<std::size_t>(line_end - at)};
     at = next;
+    if (!parse_request_line(request_line)) {
+        return static_cast<std::size_t>(at - begin);
+    }
     HeadFacts facts;
     request_.headers.clear();
     for (;;) {
@@ -246,23 +249,13 @@ std::size_t RequestParser::parse_head(std::string_view data) {
         if (line.empty()) {
             break;
         }
-        if (!error_) {
-            parse_field(line, facts);
+        if (!parse_field(line, facts)) {
+            return static_cast<std::size_t>(at - begin);
         }
     }
     const auto consumed = static_cast<std::size_t>(at - begin);
     if (consumed > limits_.max_header_bytes) {
-        error_.reset();  // the size is the first thing wrong with it
         fail(431, fmt::format("request head over {} bytes", limits_.max_header_bytes));
-        return consumed;
-    }
-    // The request line's error, if any, is the one reported.
-    const std::optional<ParseError> field_error = std::exchange(error_, std::nullopt);
-    if (!parse_request_line(request_line)) {
-        return consumed;
-    }
-    if (field_error) {
-        error_ = field_error;
         return consumed;
     }
     const bool modern = request_.version_major > 1 || (request_.version_major == 1 && request_.version_minor >= 1);
