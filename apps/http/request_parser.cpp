@@ -339,8 +339,8 @@ bool RequestParser::parse_field(std::string_view line, HeadFacts& facts) {
             break;
         case 17:  // Transfer-Encoding
             if (iequals(name, "transfer-encoding")) {
-                facts.chunked = true;             // judged once the head is whole
-                facts.transfer_encoding = value;  // the last field holds the final coding
+                facts.has_transfer_encoding = true;  // judged once the head is whole
+                facts.transfer_encoding = value;     // the last field holds the final coding
             }
             break;
         case 10:  // Connection
@@ -366,7 +366,7 @@ bool RequestParser::frame_body(const HeadFacts& facts, bool connect) {
         complete();  // what follows belongs to the tunnel, not to HTTP
         return true;
     }
-    if (facts.chunked) {
+    if (facts.has_transfer_encoding) {
         // RFC 9112 6.1 and 6.3: with both, the message could be framed two
         // ways (the stuff of request smuggling); and unless the final coding
         // is chunked, the body's end is unknown.

@@ -107,7 +107,7 @@ private:
     struct HeadFacts {
         std::string_view content_length;
         std::size_t content_lengths = 0;
-        bool chunked = false;  // a Transfer-Encoding field, judged by frame_body()
+        bool has_transfer_encoding = false;  // judged by frame_body()
         std::string_view transfer_encoding;
         bool connection_close = false;
         bool connection_keep_alive = false;

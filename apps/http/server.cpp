@@ -86,11 +86,11 @@ constexpr std::size_t sendfile_chunk = std::size_t{1} << 20U;
 // kernel out of memory), unless a connection closes first.
 constexpr auto accept_backoff = std::chrono::milliseconds{100};
 
-// Queued output: text, or a slice of a file to sendfile.
 // The largest text buffer a connection keeps for its next responses; a
 // larger one (a burst of pipelined answers) is freed once sent.
 constexpr std::size_t spare_text_limit = 16 * 1024;
 
+// Queued output: text, or a slice of a file to sendfile.
 struct OutChunk {
     std::string text;
     std::size_t sent = 0;

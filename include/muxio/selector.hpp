@@ -221,9 +221,7 @@ public:
         // The descriptor may already be closed; the kernel forgot it then.
         (void)poller_->remove(fd, slot->key->events);
         Key removed = std::move(*slot->key);
-        slot->key.reset();
-        ++slot->generation;  // see Slot
-        --size_;
+        forget(*slot);
         return removed;
     }
 
@@ -254,9 +252,7 @@ public:
                 poller_->modify(fd, key.events, events, make_token(fd, slot->generation));
             } catch (...) {
                 (void)poller_->remove(fd, key.events);
-                slot->key.reset();
-                ++slot->generation;  // see Slot
-                --size_;
+                forget(*slot);
                 throw;
             }
             key.events = events;
@@ -275,16 +271,15 @@ public:
         ensure_open("select");
         ready_.clear();
         for (const detail::PollEvent& event : poller_->wait(timeout)) {
-            const int fd = static_cast<int>(event.token & 0xffff'ffffU);
-            const Slot* slot = slot_of(fd);
             // Drop events of a registration that no longer exists: the
             // descriptor was unregistered, or unregistered and registered
             // again (a new generation), after the kernel queued the event.
-            if (slot == nullptr || slot->generation != static_cast<std::uint32_t>(event.token >> 32U)) {
+            const Key* key = find_current(event.token);
+            if (key == nullptr) {
                 continue;
             }
-            if (const Events ready = event.events & slot->key->events) {
-                ready_.emplace_back(*slot->key, ready, event.token);
+            if (const Events ready = event.events & key->events) {
+                ready_.emplace_back(*key, ready, event.token);
             }
         }
         return ready_;
@@ -454,6 +449,14 @@ private:
     Slot* slot_of(int fd) noexcept { return const_cast<Slot*>(std::as_const(*this).slot_of(fd)); }
 
     void grow_to(int fd) { slots_.grow_to(static_cast<std::size_t>(fd)); }
+
+    // Ends the slot's registration. The generation moves on with it, which
+    // find_current() relies on (see Slot).
+    void forget(Slot& slot) noexcept {
+        slot.key.reset();
+        ++slot.generation;
+        --size_;
+    }
 
     // The descriptor behind `fileobj`. A bare descriptor must not be negative.
     // For an object, fileno() is asked first; if it fails (throws or returns a

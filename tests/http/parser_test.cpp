@@ -1,4 +1,4 @@
-// RequestParser: libhttp-parser driven incrementally, one request at a time.
+// RequestParser: muxio-http's incremental HTTP/1.1 parser, one request at a time.
 
 #include <doctest/doctest.h>
 
