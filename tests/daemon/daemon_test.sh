@@ -192,8 +192,10 @@ def ask(f, line):
     f.flush()
     return f.readline().rstrip("\n")
 a, b = connect(), connect()
-ra = ask(a, "status")
+# connect() returns once the connection is queued, not accepted: b is asked
+# first, and once it is answered, a (queued before it) is accepted too.
 rb = ask(b, "status")
+ra = ask(a, "status")
 assert "control_clients=2" in ra and "control_clients=2" in rb, (ra, rb)
 assert ask(b, "nope") == "error: unknown command '"'"'nope'"'"'"
 assert ask(a, "help").startswith("ok: ")
