@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <stdexcept>
+#include <string_view>
 #include <utility>
 
 #include "muxio/awaitables.hpp"
@@ -52,10 +53,12 @@ bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient
 
 void ReactorWait::listen_for_stop_requests(std::stop_token ambient) {
     if (token_.stop_possible()) {
-        on_token_stop_.emplace(token_, OnStop{this});
+        on_token_stop_.construct(token_, OnStop{this});
+        on_token_stop_alive_ = true;
     }
     if (ambient.stop_possible()) {
-        on_ambient_stop_.emplace(std::move(ambient), OnStop{this});
+        on_ambient_stop_.construct(std::move(ambient), OnStop{this});
+        on_ambient_stop_alive_ = true;
     }
 }
 
@@ -75,8 +78,7 @@ void ReactorWait::on_ready() {
     }
     // Destroying a stop_callback waits for it if it runs on another thread
     // now; that run loses the claim and does nothing.
-    on_token_stop_.reset();
-    on_ambient_stop_.reset();
+    stop_listening();
     disarm();
     awaiter_.resume();
 }
@@ -104,8 +106,7 @@ void ReactorWait::on_stop() noexcept {
 
 void ReactorWait::finish_cancel() {
     *cancel_posted_ = false;
-    on_token_stop_.reset();
-    on_ambient_stop_.reset();
+    stop_listening();
     disarm();
     cancelled_ = true;
     awaiter_.resume();
@@ -138,8 +139,7 @@ void ReactorWait::abandon() noexcept {
     // The frame is destroyed while suspended here: stop listening first
     // (waits for a stop callback running elsewhere), then neutralise a posted
     // cancellation and remove the registration.
-    on_token_stop_.reset();
-    on_ambient_stop_.reset();
+    stop_listening();
     if (cancel_posted_) {
         *cancel_posted_ = false;
     }
@@ -153,25 +153,85 @@ void ReactorWait::abandon() noexcept {
 
 // ----- FdWatch ------------------------------------------------------------------------
 
+FdWatch::FdWatch(FdWatch&& other) noexcept
+    : reactor_{other.reactor_},
+      fd_{std::exchange(other.fd_, -1)},
+      reader_{std::exchange(other.reader_, nullptr)},
+      writer_{std::exchange(other.writer_, nullptr)},
+      reading_{std::exchange(other.reading_, false)},
+      writing_{std::exchange(other.writing_, false)} {
+    adopt();
+}
+
+FdWatch& FdWatch::operator=(FdWatch&& other) noexcept {
+    if (this != &other) {
+        (void)release();
+        reactor_ = other.reactor_;
+        fd_ = std::exchange(other.fd_, -1);
+        reader_ = std::exchange(other.reader_, nullptr);
+        writer_ = std::exchange(other.writer_, nullptr);
+        reading_ = std::exchange(other.reading_, false);
+        writing_ = std::exchange(other.writing_, false);
+        adopt();
+    }
+    return *this;
+}
+
+void FdWatch::adopt() noexcept {
+    for (ReactorWait* waiting : {reader_, writer_}) {
+        if (waiting != nullptr) {
+            waiting->watch_ = this;
+        }
+    }
+    if (!reading_ && !writing_) {
+        return;
+    }
+    try {
+        // Adding a side that is registered swaps its callback and nothing
+        // else: no system call, and no allocation for a one-pointer capture.
+        if (reading_) {
+            register_side(EVENT_READ);
+        }
+        if (writing_) {
+            register_side(EVENT_WRITE);
+        }
+    } catch (...) {
+        // The reactor is closed (its registrations are gone) or belongs to
+        // the parent of a fork: nothing will call back, so nothing points
+        // to the old place. A pending wait then ends like one whose watch
+        // is released.
+        reading_ = false;
+        writing_ = false;
+        end_waits();
+    }
+}
+
+void FdWatch::register_side(Events side) {
+    if (side == EVENT_READ) {
+        reactor_->add_reader(fd_, [this] { ready(EVENT_READ); });
+    } else {
+        reactor_->add_writer(fd_, [this] { ready(EVENT_WRITE); });
+    }
+}
+
 void FdWatch::start_registering(ReactorWait& wait, Events side) {
     const bool reading = side == EVENT_READ;
+    const std::string_view awaiting = reading ? "readable" : "writable";
+    if (fd_ < 0) {
+        throw std::logic_error(fmt::format("{}: socket is closed", awaiting));
+    }
     ReactorWait*& slot = reading ? reader_ : writer_;
     bool& registered = reading ? reading_ : writing_;
     if (slot != nullptr) {
-        throw std::logic_error(fmt::format("{}: fd {} already has a waiting {} (is another task {} it?)",
-                                           reading ? "readable" : "writable", fd_, reading ? "reader" : "writer",
-                                           reading ? "reading" : "writing"));
+        throw std::logic_error(fmt::format("{}: fd {} already has a waiting {} (is another task {} it?)", awaiting, fd_,
+                                           reading ? "reader" : "writer", reading ? "reading" : "writing"));
     }
     if (!registered) {
         if (reading ? reactor_->has_reader(fd_) : reactor_->has_writer(fd_)) {
-            throw std::logic_error(fmt::format("{}: fd {} has a {} callback that is not its socket's",
-                                               reading ? "readable" : "writable", fd_, reading ? "reader" : "writer"));
+            throw std::logic_error(fmt::format("{}: fd {} has a {} callback that is not its socket's", awaiting, fd_,
+                                               reading ? "reader" : "writer"));
         }
-        if (reading) {
-            reactor_->add_reader(fd_, [this] { ready(EVENT_READ); });
-        } else {
-            reactor_->add_writer(fd_, [this] { ready(EVENT_WRITE); });
-        }
+        register_side(side);
         registered = true;
     }
     slot = &wait;
@@ -201,7 +261,7 @@ void FdWatch::ready(Events side) {
     }
 }
 
-FdWatch::~FdWatch() {
+void FdWatch::end_waits() noexcept {
     for (ReactorWait* waiting : {std::exchange(reader_, nullptr), std::exchange(writer_, nullptr)}) {
         if (waiting != nullptr) {
             // The wait no longer points here; it ends with Cancelled, posted.
@@ -210,17 +270,22 @@ FdWatch::~FdWatch() {
             waiting->on_stop();
         }
     }
+}
+
+int FdWatch::release() noexcept {
+    end_waits();
     try {
-        if (reading_) {
+        if (std::exchange(reading_, false)) {
             reactor_->remove_reader(fd_);
         }
-        if (writing_) {
+        if (std::exchange(writing_, false)) {
             reactor_->remove_writer(fd_);
         }
     } catch (...) {
         // Only a kernel refusing to drop the fd gets here; its owner closes
         // it next, which drops it anyway.
     }
+    return std::exchange(fd_, -1);
 }
 
 void ReactorWait::throw_cancelled() {

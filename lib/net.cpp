@@ -617,50 +617,41 @@ std::size_t SocketAddress::hash() const noexcept {
 Socket& Socket::operator=(Socket&& other) noexcept {
     if (this != &other) {
         close();
-        reactor_ = other.reactor_;
-        fd_ = std::exchange(other.fd_, -1);
         watch_ = std::move(other.watch_);
     }
     return *this;
 }
 
 void Socket::close() noexcept {
-    if (fd_ < 0) {
+    if (!is_open()) {
         return;
     }
     // Registrations go first: once closed, the number may be reused by
     // another descriptor whose registrations must not be touched. The watch
     // removes its own and cancels a pending await.
-    watch_.reset();
+    const int fd = watch_.release();
     try {
-        reactor_->remove_reader(fd_);
-        reactor_->remove_writer(fd_);
+        reactor().remove_reader(fd);
+        reactor().remove_writer(fd);
     } catch (...) {
         // Only a kernel refusing to drop the fd gets here; closing it drops
         // it from epoll anyway.
     }
     // Linux releases the descriptor even when close() reports EINTR, so it
     // is never retried.
-    ::close(std::exchange(fd_, -1));
+    ::close(fd);
 }
 
 int Socket::release() noexcept {
-    watch_.reset();
-    return std::exchange(fd_, -1);
-}
-
-detail::FdWatch& Socket::make_watch() const {
-    require_open("wait");
-    watch_ = std::make_unique<detail::FdWatch>(*reactor_, fd_);
-    return *watch_;
+    return watch_.release();
 }
 
 SocketAddress Socket::local_address() const {
     require_open("local_address");
     SocketAddress address;
     socklen_t size = SocketAddress::capacity();
-    if (::getsockname(fd_, address.data(), &size) != 0) {
-        throw_system_error(errno, "getsockname", fd_);
+    if (::getsockname(fileno(), address.data(), &size) != 0) {
+        throw_system_error(errno, "getsockname", fileno());
     }
     address.resize(std::min(size, SocketAddress::capacity()));
     return address;
@@ -724,7 +715,10 @@ bool StreamIo::await_ready() {
 
 ReactorWait& StreamIo::arm() {
     const auto kind = reading() ? ReactorWait::Kind::read : ReactorWait::Kind::write;
-    return wait_.emplace(socket_->reactor(), kind, socket_->watch(), std::move(token_), &attempt_on_ready, this);
+    ReactorWait& wait =
+        wait_.construct(socket_->reactor(), kind, socket_->watch_, std::move(token_), &attempt_on_ready, this);
+    armed_ = true;
+    return wait;
 }
 
 bool StreamIo::attempt() noexcept {

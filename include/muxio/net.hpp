@@ -159,7 +159,11 @@ public:
     StreamIo& operator=(StreamIo&&) = delete;
     StreamIo(const StreamIo&) = delete;
     StreamIo& operator=(const StreamIo&) = delete;
-    ~StreamIo() = default;
+    ~StreamIo() {
+        if (armed_) {
+            wait_.destroy();
+        }
+    }
 
     // std::logic_error if the socket is closed.
     bool await_ready();
@@ -169,7 +173,7 @@ public:
     }
     // The bytes moved; throws what the operation ended with.
     std::size_t await_resume() {
-        if (wait_) {
+        if (armed_) {
             wait_->await_resume();  // muxio::Cancelled
         }
         if (error_ != 0 || end_of_stream_) [[unlikely]] {
@@ -186,15 +190,18 @@ private:
     bool attempt() noexcept;
     static bool attempt_on_ready(void* self) noexcept { return static_cast<StreamIo*>(self)->attempt(); }
 
+    // What an attempt reads and writes in the first 64 bytes (see
+    // ReactorWait's members): the frame is cold when the fd turns ready.
     StreamSocket* socket_;
     std::span<std::byte> read_buffer_;
     std::span<const std::byte> write_buffer_;
     std::size_t done_ = 0;
     std::stop_token token_;
-    std::optional<ReactorWait> wait_;
     int error_ = 0;               // errno of the failed call
     bool end_of_stream_ = false;  // read_exact met it
+    bool armed_ = false;          // wait_ is alive
     Op op_;
+    ManualLifetime<ReactorWait> wait_;
 };
 
 }  // namespace detail
@@ -281,10 +288,10 @@ private:
 class Socket {
 public:
     /// The descriptor, -1 once closed or released.
-    [[nodiscard]] int fileno() const noexcept { return fd_; }
-    [[nodiscard]] bool is_open() const noexcept { return fd_ >= 0; }
+    [[nodiscard]] int fileno() const noexcept { return watch_.fd(); }
+    [[nodiscard]] bool is_open() const noexcept { return watch_.fd() >= 0; }
     /// The reactor the socket waits on. Precondition: not default-constructed.
-    [[nodiscard]] Reactor& reactor() const noexcept { return *reactor_; }
+    [[nodiscard]] Reactor& reactor() const noexcept { return *watch_.reactor(); }
 
     /// Removes the descriptor's reactor registrations and closes it.
     /// Harmless when already closed.
@@ -308,18 +315,20 @@ public:
     /// closed while the wait is pending. std::logic_error if another task
     /// waits to read this socket. Precondition: the socket is open.
     [[nodiscard]] detail::ReactorWait readable(std::stop_token token = {}) const {
-        return {*reactor_, detail::ReactorWait::Kind::read, watch(), std::move(token)};
+        return {reactor(), detail::ReactorWait::Kind::read, watch_, std::move(token)};
     }
     /// Like readable() for writability.
     [[nodiscard]] detail::ReactorWait writable(std::stop_token token = {}) const {
-        return {*reactor_, detail::ReactorWait::Kind::write, watch(), std::move(token)};
+        return {reactor(), detail::ReactorWait::Kind::write, watch_, std::move(token)};
     }
 
 protected:
     Socket() noexcept = default;
-    Socket(Reactor& reactor, int fd) noexcept : reactor_{&reactor}, fd_{fd} {}
-    Socket(Socket&& other) noexcept
-        : reactor_{other.reactor_}, fd_{std::exchange(other.fd_, -1)}, watch_{std::move(other.watch_)} {}
+    Socket(Reactor& reactor, int fd) noexcept : watch_{reactor, fd} {}
+    // A move takes the descriptor, its lasting registration and a pending
+    // readable()/writable() await along (a pending read or write refers to
+    // the socket itself: see the contract).
+    Socket(Socket&& other) noexcept = default;
     Socket& operator=(Socket&& other) noexcept;
     Socket(const Socket&) = delete;
     Socket& operator=(const Socket&) = delete;
@@ -328,7 +337,7 @@ protected:
 
     /// std::logic_error("<operation>: socket is closed") unless open.
     void require_open(std::string_view operation) const {
-        if (fd_ < 0) [[unlikely]] {
+        if (!is_open()) [[unlikely]] {
             refuse_closed(operation);
         }
     }
@@ -336,18 +345,11 @@ protected:
 private:
     friend class detail::StreamIo;
     [[noreturn]] static void refuse_closed(std::string_view operation);
-    detail::FdWatch& watch() const {
-        if (watch_) [[likely]] {
-            return *watch_;
-        }
-        return make_watch();
-    }
-    detail::FdWatch& make_watch() const;
 
-    Reactor* reactor_ = nullptr;
-    int fd_ = -1;
-    // Made by the first await; at a stable address for the reactor's callbacks.
-    mutable std::unique_ptr<detail::FdWatch> watch_;
+    // The descriptor and the reactor with the socket's readiness
+    // registration. Mutable: awaiting readiness does not change the socket,
+    // only whether the reactor watches it.
+    mutable detail::FdWatch watch_;
 };
 
 /// How shutdown() ends a stream.
@@ -409,10 +411,11 @@ protected:
 private:
     friend class detail::StreamIo;
 
-    SocketAddress peer_;
     // The last read_some()/read_exact() read less than it asked for, so the
     // socket was empty then: the next one waits for readiness before reading.
+    // Next to the socket's watch, which a read touches anyway.
     bool drained_ = false;
+    SocketAddress peer_;
 };
 
 /// A TCP connection (IPv4 or IPv6).

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -181,6 +182,77 @@ TEST_CASE("closing a socket removes its reactor registrations and release gives 
     CHECK(muxio::test::is_open_fd(kept));
     UnixStream adopted = UnixStream::adopt(reactor, kept);  // and back
     CHECK(adopted.fileno() == kept);
+}
+
+TEST_CASE("a moved socket takes its lasting reader along and the old place gets no callback") {
+    // The reactor's callback points into the socket: a move must re-point it,
+    // or the next read waits forever (and ASan sees the old place read).
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    auto read_then_move = [](Reactor& loop, UnixStream first, int writer_fd, Live /*held*/) -> Task<std::string> {
+        std::array<std::byte, 8> buffer{};
+        loop.call_soon([writer_fd] { muxio::test::write_all(writer_fd, "a"); });
+        CHECK(co_await first.read_some(buffer) == 1);  // waited, so the reader stays registered
+        const int fd = first.fileno();
+        CHECK(loop.has_reader(fd));
+        std::string got;
+        {
+            UnixStream second = std::move(first);
+            CHECK(loop.has_reader(fd));
+            loop.call_soon([writer_fd] { muxio::test::write_all(writer_fd, "bc"); });
+            const std::size_t count = co_await second.read_some(buffer);
+            got.assign(reinterpret_cast<const char*>(buffer.data()), count);
+            first = std::move(second);  // and back, by assignment
+        }
+        loop.call_soon([writer_fd] { muxio::test::write_all(writer_fd, "d"); });
+        const std::size_t count = co_await first.read_some(buffer);
+        got.append(reinterpret_cast<const char*>(buffer.data()), count);
+        co_return got;
+    };
+    CHECK(muxio::run_until_complete(
+              reactor, muxio::with_timeout(reactor, 30s,
+                                           read_then_move(reactor, std::move(left), right.fileno(), Live{}))) == "bcd");
+}
+
+TEST_CASE("a readable() await pending while its socket moves resumes through the new place") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    std::optional<UnixStream> moved;
+    auto wait_readable = [](UnixStream& stream, Live /*held*/) -> Task<void> { co_await stream.readable(); };
+    auto body = [&](UnixStream& stream, int writer_fd, Live /*held*/) -> Task<std::string> {
+        muxio::spawn(reactor, wait_readable(stream, Live{}));
+        co_await muxio::yield(reactor);  // it waits now
+        moved.emplace(std::move(stream));
+        stream = UnixStream{};  // the old place is reset, as a moved-from local would be destroyed
+        muxio::test::write_all(writer_fd, "x");
+        co_await muxio::yield(reactor);  // the waiter resumes, and frees the new place's reader slot
+        std::array<std::byte, 4> buffer{};
+        muxio::test::write_all(writer_fd, "y");
+        const std::size_t count = co_await moved->read_some(buffer);  // would throw "already has a waiting reader"
+        co_return std::string(reinterpret_cast<const char*>(buffer.data()), count);
+    };
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body(left, right.fileno(), Live{}))) ==
+          "xy");
+}
+
+TEST_CASE("assigning over a socket with a registration removes it and closes the old descriptor") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    auto [spare, spare_peer] = UnixStream::pair(reactor);
+    auto wait_writable = [](UnixStream& stream) -> Task<void> { co_await stream.writable(); };
+    muxio::run_until_complete(reactor, wait_writable(left));  // a writer that outlives the await
+    const int old_fd = left.fileno();
+    CHECK(reactor.has_writer(old_fd));
+    left = std::move(spare);
+    CHECK_FALSE(reactor.has_writer(old_fd));
+    CHECK_FALSE(muxio::test::is_open_fd(old_fd));
+    muxio::run_until_complete(reactor, wait_writable(left));
+    CHECK(reactor.has_writer(left.fileno()));
 }
 
 TEST_CASE("writing to a closed Unix peer throws EPIPE and raises no SIGPIPE") {
