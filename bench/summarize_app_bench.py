@@ -74,6 +74,7 @@ class Figures:
 
     def __init__(self, rows, group_keys, metrics):
         self.values = collections.defaultdict(list)
+        self.by_round = collections.defaultdict(dict)
         self.groups = []
         for r in rows:
             group = tuple(r.get(k) for k in group_keys)
@@ -81,12 +82,24 @@ class Figures:
                 self.groups.append(group)
             for m in metrics:
                 self.values[(group, r["impl"], m)].append(r.get(m))
+                self.by_round[(group, r.get("round"), m)][r["impl"]] = r.get(m)
 
     def median(self, group, name, metric):
         return median(self.values.get((group, name, metric), []))
 
     def spread(self, group, name, metric):
         return spread(self.values.get((group, name, metric), []))
+
+    def paired(self, group, a, b, metric):
+        """Median over the rounds of a / b within each round: runs of one
+        round are back to back, so the ratio cancels the drift of a shared
+        machine between rounds, which a ratio of medians keeps."""
+        ratios = []
+        for (g, _, m), values in self.by_round.items():
+            x, y = values.get(a), values.get(b)
+            if g == group and m == metric and x is not None and y:
+                ratios.append(x / y)
+        return median(ratios)
 
     def names(self, group, order):
         present = {n for (g, n, _) in self.values if g == group}
@@ -132,6 +145,23 @@ def block(figures, group, label, order, peers, floor, subjects, metrics, spread_
     return rows
 
 
+def paired_table(figures, groups, label, subjects, peers, floor, metric, title):
+    """Within-round ratios of `metric` (lower is better) for each subject:
+    over the peer with the best median, and over `floor`."""
+    out = []
+    for group in groups:
+        _, peer = figures.best(group, metric, peers, True)
+        names = figures.names(group, ())
+        for subject in subjects:
+            if subject not in names:
+                continue
+            versus_peer = figures.paired(group, subject, peer, metric) if peer else None
+            versus_floor = figures.paired(group, subject, floor, metric) if floor in names else None
+            out.append([label(group), subject, "-" if versus_peer is None else f"{versus_peer:.3f} ({peer})",
+                        "-" if versus_floor is None else f"{versus_floor:.3f}"])
+    table([title, "server", "over the best peer", f"over {floor}"], out)
+
+
 def echo_section(rows):
     rows = [r for r in rows if r.get("bench") == "echo"]
     if not rows:
@@ -147,6 +177,14 @@ def echo_section(rows):
                          metrics, "server_cpu_ns_per_msg")
         table(["conn.", "server", "messages/s", "p99 µs", "server CPU ns/msg", "server VmHWM KiB",
                "spread of CPU/msg"], out)
+        print(f"Server CPU per message, {int(size)}-byte messages: the median of the ratios within each round.\n")
+        paired_table(figures, sorted(g for g in figures.groups if g[0] == size), lambda g: fmt(g[1]),
+                     ("muxio", "muxio-coro"), ECHO_PEERS, "epoll", "server_cpu_ns_per_msg", "conn.")
+        out = []
+        for group in sorted(g for g in figures.groups if g[0] == size):
+            value = figures.paired(group, "muxio-coro", "muxio", "server_cpu_ns_per_msg")
+            out.append([fmt(group[1]), "-" if value is None else f"{value:.3f}"])
+        table(["conn.", "muxio-coro / muxio, within each round"], out)
 
 
 def http_section(rows):
@@ -163,6 +201,9 @@ def http_section(rows):
                      "server_cpu_ns_per_req")
     table(["conn.", "server", "requests/s", "p50 µs", "p99 µs", "server CPU ns/req", "server VmHWM KiB",
            "spread of CPU/req"], out)
+    print("Server CPU per request: the median of the ratios within each round.\n")
+    paired_table(figures, sorted(figures.groups), lambda g: fmt(g[0]), ("muxio-http",), HTTP_PEERS, "epoll",
+                 "server_cpu_ns_per_req", "conn.")
     bad = [r for r in rows if r.get("non2xx", 0) or str(r.get("socket_errors", "none")) != "none"]
     for r in bad:
         print(f"- round {int(r['round'])}, {r['impl']}, {int(r['connections'])} connections: "

@@ -88,6 +88,17 @@ def best_peer(series, column, lower_is_better, peers=PEERS):
     return name, value
 
 
+def paired_ratio(rows, a, b, connections, key="server_cpu_ns_per_msg"):
+    """Median over the rounds of a's figure / b's figure in the same round."""
+    by_round = collections.defaultdict(dict)
+    for r in rows:
+        if int(r["connections"]) == connections and r.get(key) is not None:
+            by_round[r.get("round")][r["impl"]] = r[key]
+    ratios = [ratio(pair[a], pair[b]) for pair in by_round.values() if a in pair and b in pair]
+    ratios = [x for x in ratios if x is not None]
+    return statistics.median(ratios) if ratios else None
+
+
 def echo_section(rows):
     rows = [r for r in rows if r.get("bench") == "echo"]
     if not rows:
@@ -137,6 +148,24 @@ def echo_section(rows):
     # Rows whose reference did not run (no epoll, no peer) say nothing.
     ratio_rows = [(label, cells) for label, cells in ratio_rows if any(not c.startswith("-") for c in cells)]
     table("ratio (lower is better except msgs/s)", columns, ratio_rows)
+
+    # Each round runs every server once, back to back: a ratio taken within
+    # a round cancels the drift of a shared machine between rounds, which
+    # the ratio of two medians keeps.
+    paired_rows = []
+    cpu = metrics["server_cpu_ns_per_msg"]
+    for a, b in (("muxio", "epoll"), ("muxio-coro", "muxio"), ("muxio-coro", "epoll")):
+        if a in names and b in names:
+            paired_rows.append((f"{a} / {b}", [fmt(paired_ratio(rows, a, b, c), 3) for c in conns]))
+    for name, peers in (("muxio", PEERS), ("muxio-coro", CORO_PEERS)):
+        if name in names:
+            cells = []
+            for c in conns:
+                peer, _ = best_peer(cpu, c, True, peers)
+                cells.append(f"{fmt(paired_ratio(rows, name, peer, c), 3)} ({peer})" if peer else "-")
+            paired_rows.append((f"{name} / best {'coroutine ' if name != 'muxio' else ''}peer", cells))
+    paired_rows = [(label, cells) for label, cells in paired_rows if any(not c.startswith("-") for c in cells)]
+    table("server CPU/msg, median of the ratios within each round", columns, paired_rows)
 
     table("spread of server CPU/msg (max-min)/median", columns,
           [(n, [fmt((metrics["server_cpu_ns_per_msg"].spread(n, c) or 0) * 100, 1) + " %" for c in conns])
