@@ -260,7 +260,10 @@ std::size_t RequestParser::parse_head(std::string_view data) {
     }
     const bool modern = request_.version_major > 1 || (request_.version_major == 1 && request_.version_minor >= 1);
     const bool connect = request_.method == "CONNECT";
-    request_.keep_alive = !facts.connection_close && (modern || facts.connection_keep_alive);
+    // An HTTP/1.0 message with Transfer-Encoding has suspect framing: it is
+    // processed, then the connection closes (RFC 9112 6.1).
+    request_.keep_alive =
+        !facts.connection_close && (modern || (facts.connection_keep_alive && !facts.has_transfer_encoding));
     request_.upgrade = connect || (facts.has_upgrade && facts.connection_upgrade);
     frame_body(facts, connect);
     return consumed;

@@ -22,7 +22,7 @@ struct Request {
     /// whitespace around them.
     std::vector<std::pair<std::string, std::string>> headers;
     /// HTTP/1.1 and later unless `Connection: close`; HTTP/1.0 only with
-    /// `Connection: keep-alive`.
+    /// `Connection: keep-alive` and no Transfer-Encoding.
     bool keep_alive = true;
     /// CONNECT, or `Upgrade` with `Connection: upgrade`.
     bool upgrade = false;

@@ -133,6 +133,8 @@ TEST_CASE("keep-alive follows the version and the Connection header") {
         {"GET / HTTP/1.0\r\n\r\n", false},
         {"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true},
         {"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true},
+        // RFC 9112 6.1: HTTP/1.0 framing by Transfer-Encoding is suspect; close after it.
+        {"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false},
     };
     for (const Case& item : cases) {
         CAPTURE(item.input);
