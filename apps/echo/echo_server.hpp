@@ -66,8 +66,9 @@ private:
 };
 
 /// The same server as coroutines: an accept loop and one task per
-/// connection (read_some, write_all), all spawned on the reactor and all
-/// cancelled through one stop source by shutdown().
+/// connection (read_some into a buffer the connections share, try_write,
+/// write_all of what the socket did not take), all spawned on the reactor
+/// and all cancelled through one stop source by shutdown().
 class CoroutineEchoServer {
 public:
     /// Spawns the accept loop; it runs while `reactor` runs.

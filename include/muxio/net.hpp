@@ -363,7 +363,11 @@ public:
     /// the peer ended the stream (or `buffer` is empty). Tries the read
     /// first, unless the previous read emptied the socket: then it waits for
     /// readiness first, which saves a failing read per message in a
-    /// request-response exchange.
+    /// request-response exchange. Awaited directly, the read happens in the
+    /// reactor callback that resumes the task, so no other task of the loop
+    /// runs between the read and the code after the co_await: tasks may read
+    /// into one shared buffer if each is done with the bytes (or copied
+    /// them) before it next suspends.
     StreamOperation<std::size_t> read_some(std::span<std::byte> buffer, std::stop_token token = {}) {
         return StreamOperation<std::size_t>{{*this, detail::StreamIo::Op::read_some, buffer, std::move(token)}};
     }

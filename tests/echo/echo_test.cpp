@@ -3,12 +3,14 @@
 // run against each server.
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "echo_server.hpp"
 #include "histogram.hpp"
 #include "loadgen.hpp"
+#include "muxio/combinators.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/run.hpp"
@@ -99,6 +102,75 @@ TEST_CASE("the echo servers send back every byte, holding back for a slow reader
         CHECK(received == data);
         CHECK(server.stats().accepted == 1);
         CHECK(server.stats().bytes == data.size());
+        server.shutdown();
+        reactor.run_once(0s);
+    }
+}
+
+// Writes to `stream` until the server stops reading it: the writes make no
+// progress while the loop runs on (the server is then holding back bytes it
+// could not send). Returns how many bytes went out.
+Task<std::size_t> fill_until_held_back(Reactor& reactor, muxio::TcpStream& stream) {
+    constexpr int idle_iterations = 50;
+    constexpr std::size_t limit = 256 * 1024 * 1024;
+    std::vector<std::byte> chunk(64 * 1024);
+    std::size_t sent = 0;
+    int idle = 0;
+    while (idle < idle_iterations && sent < limit) {
+        for (std::size_t i = 0; i < chunk.size(); ++i) {
+            chunk[i] = muxio::apps::echo_pattern(3, sent + i);
+        }
+        std::error_code error;
+        const std::size_t n = stream.try_write(chunk, error).value_or(0);
+        REQUIRE_FALSE(error);
+        if (n == 0) {
+            ++idle;
+            co_await muxio::yield(reactor);
+        } else {
+            sent += n;
+            idle = 0;
+        }
+    }
+    REQUIRE(idle == idle_iterations);  // held back before the limit
+    co_return sent;
+}
+
+Task<bool> read_pattern(muxio::TcpStream& stream, std::size_t count) {
+    std::vector<std::byte> buffer(64 * 1024);
+    std::size_t offset = 0;
+    bool same = true;
+    while (offset < count) {
+        const std::size_t n =
+            co_await stream.read_some(std::span{buffer}.first(std::min(buffer.size(), count - offset)));
+        REQUIRE(n > 0);
+        for (std::size_t i = 0; i < n; ++i) {
+            same = same && buffer[i] == muxio::apps::echo_pattern(3, offset + i);
+        }
+        offset += n;
+    }
+    co_return same;
+}
+
+Task<void> held_back_while_others_are_served(Reactor& reactor, muxio::SocketAddress address) {
+    muxio::TcpStream slow = co_await muxio::TcpStream::connect(reactor, address);
+    const std::size_t held = co_await fill_until_held_back(reactor, slow);
+    // Another connection's traffic goes through the same read buffer.
+    std::vector<std::byte> data(2 * 1024 * 1024);
+    for (std::size_t i = 0; i < data.size(); ++i) {
+        data[i] = muxio::apps::echo_pattern(9, i);
+    }
+    CHECK(co_await write_then_read(reactor, address, data) == data);
+    CHECK(co_await read_pattern(slow, held));  // every byte the server held back, intact
+}
+
+TEST_CASE("bytes held back for a slow reader survive other connections' traffic") {
+    FdLeakCheck leak_check;
+    for (const bool coroutine : {false, true}) {
+        CAPTURE(coroutine);
+        Reactor reactor;
+        AnyServer server{reactor, coroutine};
+        muxio::run_until_complete(
+            reactor, muxio::with_timeout(reactor, 60s, held_back_while_others_are_served(reactor, server.address)));
         server.shutdown();
         reactor.run_once(0s);
     }
