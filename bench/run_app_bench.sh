@@ -4,7 +4,7 @@
 # rounds, four sections; then prints the medians over the rounds as Markdown
 # tables with ratios against the best peer (bench/summarize_app_bench.py).
 #
-#   echo  bench/reactor's reactor_echo_server (--impl muxio, muxio-coro,
+#   echo  bench/reactor's reactor_echo_server (--impl muxio, muxio-coro, muxio-coro-perconn,
 #         libuv, libevent, asio, asio-coro, epoll) under reactor_echo_client:
 #         ping-pong of 64-byte and 4 KiB messages over 1, 64 and 1 000
 #         connections; messages/s, p99, server CPU per message, server VmHWM.
@@ -41,7 +41,7 @@
 #   PORT_BASE         first TCP port tried                (default: 23000)
 #   WAIT_LOAD         wait (after the build) until the 1-minute load average is below this; empty: no wait (default: 1.0)
 #   WAIT_LOAD_MAX_S   ... but at most this many seconds   (default: 600)
-#   ECHO_SERVERS      (default: muxio,muxio-coro,libuv,libevent,asio,asio-coro,epoll)
+#   ECHO_SERVERS      (default: muxio,muxio-coro,muxio-coro-perconn,libuv,libevent,asio,asio-coro,epoll)
 #   ECHO_SIZES        message sizes, bytes                (default: 64,4096)
 #   ECHO_CONNECTIONS  connection counts                   (default: 1,64,1000)
 #   ECHO_DURATION     measured seconds per echo run       (default: 2)
@@ -70,7 +70,7 @@ client_cpu="${CLIENT_CPU:-1}"
 port="${PORT_BASE:-23000}"
 wait_load="${WAIT_LOAD-1.0}"
 wait_load_max_s="${WAIT_LOAD_MAX_S:-600}"
-echo_servers="${ECHO_SERVERS:-muxio,muxio-coro,libuv,libevent,asio,asio-coro,epoll}"
+echo_servers="${ECHO_SERVERS:-muxio,muxio-coro,muxio-coro-perconn,libuv,libevent,asio,asio-coro,epoll}"
 echo_sizes="${ECHO_SIZES:-64,4096}"
 echo_connections="${ECHO_CONNECTIONS:-1,64,1000}"
 echo_duration="${ECHO_DURATION:-2}"

@@ -12,7 +12,7 @@ import statistics
 import sys
 
 # Who is muxio, who is a peer, who is the floor (not a peer).
-ECHO_ORDER = ("muxio", "muxio-coro", "epoll", "libuv", "libevent", "asio", "asio-coro")
+ECHO_ORDER = ("muxio", "muxio-coro", "muxio-coro-perconn", "epoll", "libuv", "libevent", "asio", "asio-coro")
 ECHO_PEERS = ("libuv", "libevent", "asio", "asio-coro")
 HTTP_ORDER = ("muxio-http", "epoll", "libuv", "libevent", "asio", "nginx")
 HTTP_PEERS = ("libuv", "libevent", "asio", "nginx")
@@ -182,9 +182,12 @@ def echo_section(rows):
                      ("muxio", "muxio-coro"), ECHO_PEERS, "epoll", "server_cpu_ns_per_msg", "conn.")
         out = []
         for group in sorted(g for g in figures.groups if g[0] == size):
-            value = figures.paired(group, "muxio-coro", "muxio", "server_cpu_ns_per_msg")
-            out.append([fmt(group[1]), "-" if value is None else f"{value:.3f}"])
-        table(["conn.", "muxio-coro / muxio, within each round"], out)
+            cells = [fmt(group[1])]
+            for coro in ("muxio-coro", "muxio-coro-perconn"):
+                value = figures.paired(group, coro, "muxio", "server_cpu_ns_per_msg")
+                cells.append("-" if value is None else f"{value:.3f}")
+            out.append(cells)
+        table(["conn.", "muxio-coro / muxio, within each round", "muxio-coro-perconn / muxio"], out)
 
 
 def http_section(rows):

@@ -209,15 +209,18 @@ struct EchoConfig {
 [[noreturn]] void echo_libuv(const EchoConfig& config);
 [[noreturn]] void echo_libevent(const EchoConfig& config);
 [[noreturn]] void echo_asio(const EchoConfig& config);
-// The coroutine servers: one task per connection awaiting readability (and
-// writability for what the socket did not take), the accept loop a task too.
-// muxio-coro awaits muxio::readable()/writable() on the raw fd and makes the
-// same read/write calls as echo_muxio; asio-coro is the textbook
+// The coroutine servers: one task per connection, the accept loop a task
+// too. muxio-coro is apps/echo's coroutine mode: TcpStream::read_some() into
+// the buffer all connections share (as the callback servers do), try_write(),
+// and write_all() of a copy of what the socket did not take.
+// muxio-coro-perconn reads into a 64 KiB buffer per connection and
+// write_all()s from it, as asio-coro does; asio-coro is the textbook
 // asio::awaitable session (co_await async_read_some, then async_write).
 [[noreturn]] void echo_muxio_coro(const EchoConfig& config);
+[[noreturn]] void echo_muxio_coro_perconn(const EchoConfig& config);
 [[noreturn]] void echo_asio_coro(const EchoConfig& config);
-// Diagnostic: muxio-coro with a reader kept registered between awaits (a
-// bench-side awaitable, not a muxio API; see muxio_impl.cpp).
+// Diagnostic: muxio::readable()/writable() on the raw fd, a reader added and
+// removed per await, making the same read/write calls as echo_muxio.
 [[noreturn]] void echo_muxio_coro_raw(const EchoConfig& config);
 
 // ----- Timers ---------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ import sys
 rows = [line.split() for line in open(sys.argv[1])]
 per = {(s, int(n)): int(i) / int(m) for s, n, i, m in rows}
 conns = sorted({n for _, n in per})
-order = ["epoll", "muxio", "muxio-coro", "muxio-coro-raw", "libuv", "libevent", "asio", "asio-coro"]
+order = ["epoll", "muxio", "muxio-coro", "muxio-coro-perconn", "muxio-coro-raw", "libuv", "libevent", "asio", "asio-coro"]
 names = [s for s in order if any((s, n) in per for n in conns)]
 peers = [s for s in ("libuv", "libevent", "asio") if s in names]
 print("| user-space instructions per message | " + " | ".join(f"{n:,} conn.".replace(",", " ") for n in conns) + " |")

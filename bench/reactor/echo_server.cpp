@@ -1,9 +1,10 @@
 // reactor_echo_server --impl NAME --port PORT
 //
 // One of the echo servers the echo benchmark compares (see bench_common.hpp
-// for the behaviour they share): five callback servers and two coroutine
-// servers (muxio-coro, asio-coro), and muxio-coro-raw (raw fds, a reader added and removed per await). Runs until
-// killed; the load generator reads its CPU time from /proc.
+// for the behaviour they share): five callback servers, three coroutine
+// servers (muxio-coro, muxio-coro-perconn, asio-coro), and muxio-coro-raw (raw
+// fds, a reader added and removed per await). Runs until killed; the load
+// generator reads its CPU time from /proc.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -15,7 +16,8 @@ namespace {
 
 void usage() {
     std::fputs(
-        "usage: reactor_echo_server --impl epoll|muxio|libuv|libevent|asio|muxio-coro|asio-coro|muxio-coro-raw "
+        "usage: reactor_echo_server --impl epoll|muxio|libuv|libevent|asio|muxio-coro|muxio-coro-perconn|asio-coro|"
+        "muxio-coro-raw "
         "--port PORT\n",
         stderr);
 }
@@ -49,6 +51,8 @@ int main(int argc, char** argv) {
             bench::echo_asio(config);
         } else if (impl == "muxio-coro") {
             bench::echo_muxio_coro(config);
+        } else if (impl == "muxio-coro-perconn") {
+            bench::echo_muxio_coro_perconn(config);
         } else if (impl == "asio-coro") {
             bench::echo_asio_coro(config);
         } else if (impl == "muxio-coro-raw") {

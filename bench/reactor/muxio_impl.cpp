@@ -10,11 +10,13 @@
 #include <cerrno>
 #include <chrono>
 #include <coroutine>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
@@ -144,11 +146,42 @@ muxio::Task<void> accept_connections(muxio::Reactor& reactor, int listener) {
     }
 }
 
-// The same server as the user writes it with muxio's sockets (apps/echo):
-// read_some() and write_all() on a TcpStream, whose readiness registration
-// stays from one await to the next. A buffer per connection: write_all()
-// may suspend between the read and the end of its write.
+// The same server as the user writes it with muxio's sockets (apps/echo's
+// coroutine mode): read_some() on a TcpStream, whose readiness registration
+// stays from one await to the next, into the buffer every connection shares,
+// as the callback servers do. read_some() reads in the reactor callback and
+// resumes the task at once, so nothing else runs before the bytes are
+// written back; only what the socket does not take is copied, to wait for
+// room with write_all().
 muxio::Task<void> serve_stream(muxio::TcpStream stream) {
+    const std::span<std::byte> buffer = std::as_writable_bytes(std::span{echo_buffer});
+    std::vector<std::byte> unsent;
+    try {
+        for (;;) {
+            const std::size_t got = co_await stream.read_some(buffer);
+            if (got == 0) {
+                break;
+            }
+            std::error_code error;
+            const std::size_t written = stream.try_write(buffer.first(got), error).value_or(0);
+            if (error) {
+                break;  // a reset: the connection is over
+            }
+            if (written < got) {
+                unsent.assign(buffer.begin() + static_cast<std::ptrdiff_t>(written),
+                              buffer.begin() + static_cast<std::ptrdiff_t>(got));
+                co_await stream.write_all(unsent);
+            }
+        }
+    } catch (const std::system_error&) {
+        // a reset: the connection is over (asio-coro does the same)
+    }
+}
+
+// muxio-coro-perconn: as asio-coro's session, a buffer per connection and
+// write_all() from it. At a thousand connections every message then touches
+// a cold buffer (and its page), which the shared buffer does not.
+muxio::Task<void> serve_stream_own_buffer(muxio::TcpStream stream) {
     // Uninitialised, as asio-coro's: zeroing 64 KiB per connection would be
     // charged to every accept.
     const auto buffer = std::make_unique_for_overwrite<std::byte[]>(sizeof echo_buffer);
@@ -165,26 +198,37 @@ muxio::Task<void> serve_stream(muxio::TcpStream stream) {
     }
 }
 
-muxio::Task<void> accept_streams(muxio::Reactor& reactor, muxio::TcpListener listener) {
+using ServeStream = muxio::Task<void> (*)(muxio::TcpStream);
+
+muxio::Task<void> accept_streams(muxio::Reactor& reactor, muxio::TcpListener listener, ServeStream serve) {
     for (;;) {
         muxio::TcpStream stream = co_await listener.accept();
         stream.set_nodelay(true);
-        muxio::spawn(reactor, serve_stream(std::move(stream)));
+        muxio::spawn(reactor, serve(std::move(stream)));
+    }
+}
+
+[[noreturn]] void run_stream_server(const EchoConfig& config, ServeStream serve) {
+    muxio::Reactor reactor;
+    muxio::ListenOptions options;
+    options.backlog = echo_backlog;
+    muxio::spawn(reactor, accept_streams(reactor,
+                                         muxio::TcpListener::bind(
+                                             reactor, muxio::SocketAddress::ipv4("127.0.0.1", config.port), options),
+                                         serve));
+    for (;;) {
+        reactor.run();
     }
 }
 
 }  // namespace
 
 void echo_muxio_coro(const EchoConfig& config) {
-    muxio::Reactor reactor;
-    muxio::ListenOptions options;
-    options.backlog = echo_backlog;
-    muxio::spawn(reactor,
-                 accept_streams(reactor, muxio::TcpListener::bind(
-                                             reactor, muxio::SocketAddress::ipv4("127.0.0.1", config.port), options)));
-    for (;;) {
-        reactor.run();
-    }
+    run_stream_server(config, &serve_stream);
+}
+
+void echo_muxio_coro_perconn(const EchoConfig& config) {
+    run_stream_server(config, &serve_stream_own_buffer);
 }
 
 void echo_muxio_coro_raw(const EchoConfig& config) {

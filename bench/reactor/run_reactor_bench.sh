@@ -9,7 +9,7 @@
 # raw epoll and against the best of libuv, libevent and asio.
 #
 # SECTIONS=coro measures the coroutine layer (not in the default set): the
-# coroutine echo servers (muxio-coro, asio-coro) next to the callback ones
+# coroutine echo servers (muxio-coro, muxio-coro-perconn, asio-coro) next to the callback ones
 # (CORO_SERVERS), a readable() round trip (reactor_coro_bench --bench
 # readable: muxio-coro, asio-coro and the callback versions muxio, asio) and
 # task spawn + completion (--bench spawn: muxio-coro, asio-coro). With
@@ -30,7 +30,7 @@
 #   CALLBACKS     callbacks per call_soon / threadsafe run (default: 1000000)
 #   SAMPLES       latency samples per run            (default: 20000)
 #   REPS          repetitions inside one loop-benchmark process; it reports their median (default: 3)
-#   CORO_SERVERS  echo servers of the coro section   (default: epoll,muxio,muxio-coro,asio,asio-coro)
+#   CORO_SERVERS  echo servers of the coro section   (default: epoll,muxio,muxio-coro,muxio-coro-perconn,asio,asio-coro)
 #   CORO_IMPLS    readable round-trip contenders     (default: muxio-coro,muxio,asio-coro,asio; empty: none)
 #   ROUND_TRIPS   round trips per readable run       (default: 100000)
 #   SPAWN_TASKS   task counts of the spawn benchmark (default: 1000,100000; empty: none)
@@ -59,7 +59,7 @@ reps="${REPS:-3}"
 server_cpu="${SERVER_CPU:-0}"
 client_cpu="${CLIENT_CPU:-1}"
 port="${PORT_BASE:-20000}"
-coro_servers="${CORO_SERVERS:-epoll,muxio,muxio-coro,asio,asio-coro}"
+coro_servers="${CORO_SERVERS:-epoll,muxio,muxio-coro,muxio-coro-perconn,asio,asio-coro}"
 coro_impls="${CORO_IMPLS-muxio-coro,muxio,asio-coro,asio}"
 round_trips="${ROUND_TRIPS:-100000}"
 spawn_tasks="${SPAWN_TASKS-1000,100000}"

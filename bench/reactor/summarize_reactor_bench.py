@@ -14,9 +14,9 @@ import sys
 
 PEERS = ("libuv", "libevent", "asio")
 CORO_PEERS = ("asio-coro",)
-SERVER_ORDER = ("epoll", "muxio", "muxio-coro", "muxio-coro-raw") + PEERS + CORO_PEERS
+SERVER_ORDER = ("epoll", "muxio", "muxio-coro", "muxio-coro-perconn", "muxio-coro-raw") + PEERS + CORO_PEERS
 LIB_ORDER = ("muxio",) + PEERS
-CORO_ORDER = ("muxio-coro", "muxio-coro-raw", "muxio", "asio-coro", "asio")
+CORO_ORDER = ("muxio-coro", "muxio-coro-perconn", "muxio-coro-raw", "muxio", "asio-coro", "asio")
 
 
 def load(path):
@@ -140,7 +140,8 @@ def echo_section(rows):
                 r = ratio(metrics[key].median(name, c), value)
                 cells.append(f"{fmt(r, 3)} ({peer})" if peer else "-")
             ratio_rows.append((f"**{name} / best {'coroutine ' if name != 'muxio' else ''}peer, {label}**", cells))
-        for a, b in (("muxio-coro", "muxio"), ("muxio-coro-raw", "muxio"), ("asio-coro", "asio")):
+        for a, b in (("muxio-coro", "muxio"), ("muxio-coro-perconn", "muxio"), ("muxio-coro-raw", "muxio"),
+                     ("asio-coro", "asio")):
             if a in names and b in names:
                 ratio_rows.append((f"**{a} / {b} callback, {label}**",
                                    [fmt(ratio(metrics[key].median(a, c), metrics[key].median(b, c)), 3)
@@ -154,7 +155,8 @@ def echo_section(rows):
     # the ratio of two medians keeps.
     paired_rows = []
     cpu = metrics["server_cpu_ns_per_msg"]
-    for a, b in (("muxio", "epoll"), ("muxio-coro", "muxio"), ("muxio-coro", "epoll")):
+    for a, b in (("muxio", "epoll"), ("muxio-coro", "muxio"), ("muxio-coro-perconn", "muxio"), ("muxio-coro", "epoll"),
+                 ("asio-coro", "asio")):
         if a in names and b in names:
             paired_rows.append((f"{a} / {b}", [fmt(paired_ratio(rows, a, b, c), 3) for c in conns]))
     for name, peers in (("muxio", PEERS), ("muxio-coro", CORO_PEERS)):
