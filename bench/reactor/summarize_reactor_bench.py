@@ -5,7 +5,9 @@ and against the best peer (libuv, libevent, asio), and the spread. The
 coroutine rows (SECTIONS=coro) get ratios against the best coroutine peer
 (asio-coro) and against muxio's callback version.
 
-    python3 bench/reactor/summarize_reactor_bench.py bench/results/reactor_bench-*.txt
+    python3 bench/reactor/summarize_reactor_bench.py bench/results/reactor_bench-RUN.txt [MORE-RUNS.txt ...]
+
+Given several files it pools their rounds, as one longer run.
 """
 import collections
 import math
@@ -247,7 +249,13 @@ def coro_section(rows, bench, heading, figures, group_key=None, group_label=None
 
 
 def main():
-    rows = load(sys.argv[1])
+    # Several results files pool their rounds (for the same binaries: runs
+    # of one tree at different times), each round still compared within.
+    rows = []
+    for index, path in enumerate(sys.argv[1:]):
+        for row in load(path):
+            row["round"] = f"{index}:{row.get('round')}"
+            rows.append(row)
     echo_section(rows)
     simple_section(rows, "timers", "Timers: schedule, cancel half, run until the rest fired", (
         ("cpu_ns_per_op", "CPU ns per operation", 1, True),
