@@ -20,7 +20,7 @@ using namespace std::chrono_literals;
 
 // One read per readiness of at most this much: large enough for 4 KiB
 // messages in bulk, small enough to stay in cache.
-constexpr std::size_t read_size = 64 * 1024;
+constexpr std::size_t read_size = std::size_t{64} * 1024;
 // Connections accepted per readiness of the listener, so a flood of
 // connections cannot starve the established ones.
 constexpr int accepts_per_wakeup = 64;

@@ -14,7 +14,10 @@ namespace muxio::detail {
 template <class T>
 class ManualLifetime {
 public:
-    ManualLifetime() noexcept = default;
+    // User-provided, so owners count the member as initialised: the storage
+    // stays raw until construct().
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init,modernize-use-equals-default)
+    ManualLifetime() noexcept {}
     ManualLifetime(const ManualLifetime&) = delete;
     ManualLifetime& operator=(const ManualLifetime&) = delete;
     // Destroys nothing: the owner calls destroy() while the object is alive.
