@@ -153,28 +153,26 @@ void ReactorWait::abandon() noexcept {
 
 // ----- FdWatch ------------------------------------------------------------------------
 
-FdWatch::FdWatch(FdWatch&& other) noexcept
-    : reactor_{other.reactor_},
-      fd_{std::exchange(other.fd_, -1)},
-      reader_{std::exchange(other.reader_, nullptr)},
-      writer_{std::exchange(other.writer_, nullptr)},
-      reading_{std::exchange(other.reading_, false)},
-      writing_{std::exchange(other.writing_, false)} {
-    adopt();
+FdWatch::FdWatch(FdWatch&& other) noexcept {
+    take(other);
 }
 
 FdWatch& FdWatch::operator=(FdWatch&& other) noexcept {
     if (this != &other) {
         (void)release();
-        reactor_ = other.reactor_;
-        fd_ = std::exchange(other.fd_, -1);
-        reader_ = std::exchange(other.reader_, nullptr);
-        writer_ = std::exchange(other.writer_, nullptr);
-        reading_ = std::exchange(other.reading_, false);
-        writing_ = std::exchange(other.writing_, false);
-        adopt();
+        take(other);
     }
     return *this;
+}
+
+void FdWatch::take(FdWatch& other) noexcept {
+    reactor_ = other.reactor_;
+    fd_ = std::exchange(other.fd_, -1);
+    reader_ = std::exchange(other.reader_, nullptr);
+    writer_ = std::exchange(other.writer_, nullptr);
+    reading_ = std::exchange(other.reading_, false);
+    writing_ = std::exchange(other.writing_, false);
+    adopt();
 }
 
 void FdWatch::adopt() noexcept {

@@ -71,6 +71,9 @@ private:
     void stop(const ReactorWait& wait, Events side) noexcept;
     void ready(Events side);
     void register_side(Events side);
+    // Moves `other`'s descriptor, registrations and waits here (this holds
+    // none), then adopt()s them.
+    void take(FdWatch& other) noexcept;
     // After a move: the pending waits and the reactor's callbacks point here.
     void adopt() noexcept;
     // Each pending wait ends with Cancelled, posted, and forgets this watch.
