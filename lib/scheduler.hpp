@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "muxio/detail/chunked_table.hpp"
+#include "muxio/detail/prefetch.hpp"
 #include "muxio/reactor.hpp"
 
 namespace muxio::detail {
@@ -119,8 +120,8 @@ public:
 
     /// Starts loading what take(id) reads, for a caller that knows it will.
     void prefetch(Id id) const noexcept {
-        __builtin_prefetch(&records_[id.slot]);
-        __builtin_prefetch(&callbacks_[id.slot]);
+        detail::prefetch(&records_[id.slot]);
+        detail::prefetch(&callbacks_[id.slot]);
     }
 
     [[nodiscard]] std::optional<TimePoint> next_deadline() const noexcept {
@@ -316,13 +317,13 @@ private:
             const std::size_t first_grandchild = first_child * arity + 1;
             if (first_grandchild < size) {
                 for (std::size_t group = 0; group < arity; ++group) {
-                    __builtin_prefetch(&at(first_grandchild + group * arity));
+                    detail::prefetch(&at(first_grandchild + group * arity));
                 }
             }
             const std::size_t best = earliest_child(first_child, size);
             if (hole == 0) {
                 // The next root: pop_due() reads its record right after.
-                __builtin_prefetch(&records_[at(best).slot]);
+                detail::prefetch(&records_[at(best).slot]);
             }
             at(hole) = at(best);
             hole = best;

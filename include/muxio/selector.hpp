@@ -22,6 +22,7 @@
 
 #include "muxio/detail/chunked_table.hpp"
 #include "muxio/detail/poller.hpp"
+#include "muxio/detail/prefetch.hpp"
 #include "muxio/error.hpp"
 #include "muxio/events.hpp"
 #include "muxio/file_object.hpp"
@@ -328,6 +329,19 @@ public:
             return nullptr;
         }
         return &*slot.key;
+    }
+
+    /// Asks the CPU to start loading the slot `token` names, for an event
+    /// loop that will call find_current(token) a little later: with many
+    /// descriptors the slot is a cache miss. A hint only; any token is safe.
+    void prefetch(std::uint64_t token) const noexcept {
+        const auto fd = static_cast<std::size_t>(token & 0xffff'ffffU);
+        if (fd < slots_.size()) {
+            const auto* first = reinterpret_cast<const char*>(&slots_[fd]);
+            for (std::size_t offset = 0; offset < sizeof(Slot); offset += 64) {
+                detail::prefetch(first + offset);
+            }
+        }
     }
 
     /// The key of a registered file object; KeyError if it is not registered.

@@ -1202,6 +1202,13 @@ TEST_CASE_TEMPLATE("select_tokens reports raw readiness that find_current resolv
     REQUIRE(selector.find_current(again[0].token) != nullptr);
     CHECK(selector.find_current(again[0].token)->data == 3);
     CHECK(again[0].events.contains(EVENT_WRITE));
+
+    // prefetch() is a hint any token may be given: current, stale, or naming
+    // a descriptor far beyond the table (ASan checks that nothing is read).
+    selector.prefetch(again[0].token);
+    selector.prefetch(token);
+    selector.prefetch(std::uint64_t{0xffff'fff0U} | (std::uint64_t{7} << 32U));
+    CHECK(selector.find_current(again[0].token)->data == 3);
 }
 
 TEST_CASE_TEMPLATE("data may be move-only", B, MUXIO_TEST_BACKENDS) {
