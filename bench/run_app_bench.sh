@@ -21,7 +21,7 @@
 #         ping-pong ones: server CPU per message, messages/s, p99, VmHWM.
 #
 # In each round every job (one server x one configuration, its own processes)
-# runs once, in an order rotated from round to round. Servers run on
+# runs once, in an order shuffled anew each round. Servers run on
 # SERVER_CPU, load generators on CLIENT_CPU (taskset). Server CPU time is read
 # from /proc/PID/schedstat over the measured window, VmHWM from
 # /proc/PID/status at its end. Every process the script starts is stopped by
@@ -456,12 +456,13 @@ fi
     echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$results"
 
+source "$here/round_order.sh"
+
 start=$SECONDS
-count=${#jobs[@]}
 for ((round = 0; round < rounds; round++)); do
-    offset=$(((round * count) / rounds))
-    for ((i = 0; i < count; i++)); do
-        read -r -a job <<<"${jobs[$(((i + offset) % count))]}"
+    mapfile -t order < <(printf '%s\n' "${jobs[@]}" | shuffled_for_round "$round")
+    for line in "${order[@]}"; do
+        read -r -a job <<<"$line"
         case "${job[0]}" in
         echo) run_echo "$round" echo "${job[1]}" "${job[2]}" "${job[3]}" 0 "$echo_duration" >>"$results" ;;
         idle) run_echo "$round" idle "${job[1]}" 64 "$idle_active" "${job[2]}" "$idle_duration" >>"$results" ;;

@@ -63,8 +63,11 @@ cleanup() {
 trap cleanup EXIT
 results="$work/results.txt"
 
+source "$here/../round_order.sh"
+
 for ((round = 0; round < rounds; ++round)); do
-    for ((index = 0; index < $#; ++index)); do
+    mapfile -t order < <(seq 0 $(($# - 1)) | shuffled_for_round "$round")
+    for index in "${order[@]}"; do
         spec="${@:index+1:1}"
         port=$((port + 1))
         taskset -c "$server_cpu" "${spec%%:*}" --impl "${spec#*:}" --port "$port" >/dev/null 2>&1 &

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds bench/reactor (Release, -O2, its own build directory) and runs every
 # reactor benchmark in interleaved rounds: in each round every job runs once,
-# as its own processes, in an order rotated from round to round. A job is one
+# as its own processes, in an order shuffled anew each round. A job is one
 # echo server x one connection count (server pinned to one core, the load
 # generator to the other), or one library x one loop benchmark (timers,
 # call_soon, call_soon_threadsafe throughput and latency). Prints the medians
@@ -182,14 +182,13 @@ run_coro() {
     echo "round=$round $line"
 }
 
+source "$here/../round_order.sh"
+
 start=$SECONDS
-count=${#jobs[@]}
 for ((round = 0; round < rounds; round++)); do
-    # Rotate the start by a different offset each round, so no job always
-    # runs first, last or after the same neighbour.
-    offset=$(((round * count) / rounds))
-    for ((i = 0; i < count; i++)); do
-        read -r -a job <<<"${jobs[$(((i + offset) % count))]}"
+    mapfile -t order < <(printf '%s\n' "${jobs[@]}" | shuffled_for_round "$round")
+    for line in "${order[@]}"; do
+        read -r -a job <<<"$line"
         if [[ "${job[0]}" == echo ]]; then
             run_echo "${job[1]}" "${job[2]}" "$round" >>"$results"
         elif [[ "${job[0]}" == coro ]]; then
