@@ -204,31 +204,40 @@ Task<void> serve_tcp_client([[maybe_unused]] Ticket task, Ticket connection, Tcp
     }
 }
 
-Task<void> accept_tcp(Ticket task, TcpListener listener) {
-    Core& core = task.core();
+// Accepts until cancelled, handing each connection to `serve`. When the
+// process is out of descriptors the connection stays queued, so the loop
+// pauses instead of spinning on it. `channel` prefixes the warnings.
+template <class Listener, class Serve>
+Task<void> accept_until_cancelled(Core& core, Listener& listener, std::string_view channel, Serve serve) {
     for (;;) {
         bool pause = false;
         try {
-            TcpStream stream = co_await listener.accept();
-            ++core.served;
-            spawn(core.reactor,
-                  serve_tcp_client(Ticket{task.shared(), &Core::tasks}, Ticket{task.shared(), &Core::connections},
-                                   std::move(stream)),
-                  core.connection_stop.get_token());
+            serve(co_await listener.accept());
         } catch (const Cancelled&) {
-            break;
+            co_return;
         } catch (const std::system_error& error) {
-            core.log->warn("{}", error.what());
+            core.log->warn("{}{}", channel, error.what());
             pause = out_of_descriptors(error.code());
         }
         if (pause) {
             try {
                 co_await sleep_for(core.reactor, accept_pause);
             } catch (const Cancelled&) {
-                break;
+                co_return;
             }
         }
     }
+}
+
+Task<void> accept_tcp(Ticket task, TcpListener listener) {
+    Core& core = task.core();
+    co_await accept_until_cancelled(core, listener, "", [&task, &core](TcpStream stream) {
+        ++core.served;
+        spawn(core.reactor,
+              serve_tcp_client(Ticket{task.shared(), &Core::tasks}, Ticket{task.shared(), &Core::connections},
+                               std::move(stream)),
+              core.connection_stop.get_token());
+    });
     core.log->info("no longer accepting connections on {}", listener.local_address());
     // The listener closes here, with the frame: new connections are refused.
 }
@@ -263,28 +272,12 @@ Task<void> serve_control_client([[maybe_unused]] Ticket task, Ticket client, Uni
 
 Task<void> accept_control(Ticket task, UnixListener listener) {
     Core& core = task.core();
-    for (;;) {
-        bool pause = false;
-        try {
-            UnixStream stream = co_await listener.accept();
-            spawn(core.reactor,
-                  serve_control_client(Ticket{task.shared(), &Core::tasks},
-                                       Ticket{task.shared(), &Core::control_clients}, std::move(stream)),
-                  core.control_stop.get_token());
-        } catch (const Cancelled&) {
-            break;
-        } catch (const std::system_error& error) {
-            core.log->warn("control channel: {}", error.what());
-            pause = out_of_descriptors(error.code());
-        }
-        if (pause) {
-            try {
-                co_await sleep_for(core.reactor, accept_pause);
-            } catch (const Cancelled&) {
-                break;
-            }
-        }
-    }
+    co_await accept_until_cancelled(core, listener, "control channel: ", [&task, &core](UnixStream stream) {
+        spawn(core.reactor,
+              serve_control_client(Ticket{task.shared(), &Core::tasks}, Ticket{task.shared(), &Core::control_clients},
+                                   std::move(stream)),
+              core.control_stop.get_token());
+    });
     // The listener closes with the frame and removes its socket file.
 }
 

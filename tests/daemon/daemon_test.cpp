@@ -16,13 +16,17 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <system_error>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <spdlog/sinks/ostream_sink.h>
 
 #include "daemon.hpp"
+#include "muxio/error.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
+#include "net/net_support.hpp"
 #include "support/support.hpp"
 
 using namespace std::chrono_literals;
@@ -256,6 +260,43 @@ TEST_CASE("the TCP service greets and echoes lines") {
     client.send("o\n");
     CHECK(client.line() == "two");
     CHECK(fixture.daemon->connections() == 1);
+    CHECK(fixture.daemon->status().served == 1);
+    client.close();
+    fixture.run_until([&] { return fixture.daemon->connections() == 0; });
+}
+
+TEST_CASE("out of descriptors, accepting pauses and the queued connection is served once they are back") {
+    FdLeakCheck leak_check;
+    Fixture fixture{"greeting = \"hi there\"\n"};
+    Client client{fixture, fixture.daemon->tcp_address()};  // queued: accept has not run yet
+    {
+        // The soft limit at the lowest free descriptor: the next accept4
+        // fails with EMFILE. UBSan's first check of a polymorphic type probes
+        // memory through a pipe, which needs descriptors: an error like the
+        // one accept throws is made once beforehand, and logging stays off.
+        const std::string operation = fmt::format("accept on {}", fixture.daemon->tcp_address());
+        const std::system_error warm_up = muxio::make_system_error(EMFILE, operation, 3);
+        CHECK(warm_up.code() == std::errc::too_many_files_open);
+        CHECK(std::string_view{warm_up.what()}.starts_with("accept on"));
+        const int lowest_free = ::dup(0);
+        REQUIRE(lowest_free >= 0);
+        ::close(lowest_free);
+        fixture.log->set_level(spdlog::level::off);
+        const muxio::net_test::ScopedFdLimit no_free_descriptor{static_cast<rlim_t>(lowest_free)};
+        // A loop that retried at once would find the listener ready in every
+        // iteration; one that pauses has iterations with nothing to run.
+        int idle_iterations = 0;
+        for (int iteration = 0; iteration < 20; ++iteration) {
+            if (fixture.reactor.run_once(Reactor::Duration::zero()) == 0) {
+                ++idle_iterations;
+            }
+        }
+        CHECK(idle_iterations > 0);
+        CHECK(fixture.daemon->status().served == 0);
+        CHECK(fixture.daemon->connections() == 0);
+    }
+    fixture.log->set_level(spdlog::level::info);
+    CHECK(client.line() == "hi there");
     CHECK(fixture.daemon->status().served == 1);
     client.close();
     fixture.run_until([&] { return fixture.daemon->connections() == 0; });
