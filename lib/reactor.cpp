@@ -164,7 +164,7 @@ struct Reactor::Impl {
     // fd's registration without a new lookup: true unless the callback
     // touched it. The keys live at stable addresses, so an untouched key
     // needs neither a second lookup nor a check.
-    bool run_handler(Reactor& reactor, const Key& key, Events side, std::uint64_t token) {
+    [[gnu::always_inline]] bool run_handler(Reactor& reactor, const Key& key, Events side, std::uint64_t token) {
         Callback& slot = side == EVENT_READ ? key.data.reader : key.data.writer;
         // Moved out while it runs, so that replacing or removing itself (or
         // unregistering the fd) cannot destroy the callable under its feet.
@@ -405,7 +405,10 @@ void Reactor::report(std::exception_ptr error) noexcept {
     }
 }
 
-std::size_t Reactor::dispatch_io(std::uint64_t token, Events events) {
+// Inlined into the loop, with run_handler(): after the callback's system
+// calls every return up to the loop mispredicts (perf puts the dispatch's
+// samples on the instructions after calls), so fewer frames cost less.
+[[gnu::always_inline]] inline std::size_t Reactor::dispatch_io(std::uint64_t token, Events events) {
     Impl& impl = *impl_;
     // Checked before each callback: an earlier one of this iteration may
     // have removed this fd, or removed and added it again (a new
