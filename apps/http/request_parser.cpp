@@ -265,7 +265,12 @@ std::size_t RequestParser::parse_head(std::string_view data) {
     request_.keep_alive =
         !facts.connection_close && (modern || (facts.connection_keep_alive && !facts.has_transfer_encoding));
     request_.upgrade = connect || (facts.has_upgrade && facts.connection_upgrade);
-    frame_body(facts, connect);
+    if (frame_body(facts, connect) && !ready_ && modern) {
+        // A body follows, which the client may hold back until told to go
+        // on (RFC 9110 10.1.1); HTTP/1.0 clients never wait for it.
+        const std::optional<std::string_view> expect = request_.header("Expect");
+        continue_expected_ = expect.has_value() && iequals(*expect, "100-continue");
+    }
     return consumed;
 }
 
@@ -491,6 +496,7 @@ void RequestParser::end_of_framing_line(std::string_view line) {
 void RequestParser::complete() noexcept {
     ready_ = true;
     phase_ = Phase::head;
+    continue_expected_ = false;  // the body is here: nothing to invite
 }
 
 Request RequestParser::take_request() {

@@ -95,6 +95,14 @@ public:
     [[nodiscard]] bool failed() const noexcept { return error_.has_value(); }
     [[nodiscard]] const std::optional<ParseError>& error() const noexcept { return error_; }
 
+    /// True from the end of a head carrying `Expect: 100-continue` (HTTP/1.1
+    /// or later, a body announced) until its body is complete or
+    /// continue_sent() is called: the client may be waiting for
+    /// `100 Continue` before it sends the body, and an origin server must
+    /// send it, or a final answer, now (RFC 9110 10.1.1).
+    [[nodiscard]] bool expects_continue() const noexcept { return continue_expected_ && !error_; }
+    void continue_sent() noexcept { continue_expected_ = false; }
+
     /// True between the first byte of a request and its completion: a
     /// connection closed now cuts a request short.
     [[nodiscard]] bool in_request() const noexcept { return phase_ != Phase::head || !pending_head_.empty(); }
@@ -133,6 +141,7 @@ private:
     ParserLimits limits_;
     Phase phase_ = Phase::head;
     bool ready_ = false;
+    bool continue_expected_ = false;
     std::string pending_head_;     // a head gathered from pieces
     std::string line_;             // a framing line of a chunked body, in pieces
     std::uint64_t body_left_ = 0;  // of the Content-Length body or of the current chunk

@@ -344,6 +344,11 @@ std::size_t Server::parse_requests(Connection& connection, std::string_view inpu
            parsed < input.size()) {
         const std::size_t consumed = parser.feed(input.substr(parsed));
         parsed += consumed;
+        if (parser.expects_continue()) {
+            // Behind any answers still queued, as responses go out in order.
+            connection.append_text("HTTP/1.1 100 Continue\r\n\r\n");
+            parser.continue_sent();
+        }
         if (parser.has_request()) {
             respond(connection, parser.current_request());
             parser.finish_request();

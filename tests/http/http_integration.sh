@@ -133,6 +133,13 @@ else
     pass "the secret stays secret"
 fi
 check "POST is 405" 405 "$(code -X POST --data x "$base/")"
+# curl holds the body back until 100 Continue comes; without one it would
+# wait out --expect100-timeout (20 s) and then --max-time (10 s) ends it.
+head -c 200000 "$root/big.bin" >"$work/body.bin"
+check "Expect: 100-continue gets 100, then the answer" 405 \
+    "$(code --expect100-timeout 20 -H 'Expect: 100-continue' --data-binary @"$work/body.bin" "$base/")"
+check "Expect: 100-continue with a body over the limit gets 413 at once" 413 \
+    "$(code --expect100-timeout 20 -H 'Expect: 100-continue' --data-binary @"$work/got.bin" "$base/")"
 if curl "${curl_opts[@]}" -i -X DELETE "$base/hello.txt" | tr -d '\r' | grep -q '^Allow: GET, HEAD$'; then
     pass "405 says Allow: GET, HEAD"
 else

@@ -157,6 +157,51 @@ TEST_CASE("a body is read and dropped, and the next request follows it") {
     CHECK(parsed.requests[1].target == "/y");
 }
 
+TEST_CASE("a head with Expect: 100-continue and a body to come asks for 100 Continue") {
+    muxio::test::FdLeakCheck leak_check;
+    const auto expects_after_head = [](std::string_view head) {
+        RequestParser parser;
+        CHECK(parser.feed(head) == head.size());
+        return parser.expects_continue();
+    };
+    const std::string head = "POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n\r\n";
+    CHECK(expects_after_head(head));
+    CHECK(expects_after_head("PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"));
+    // No body announced, an HTTP/1.0 client (which never waits), another
+    // expectation, or none: nothing to invite.
+    CHECK_FALSE(expects_after_head("POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n"));
+    CHECK_FALSE(expects_after_head("POST /x HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"));
+    CHECK_FALSE(expects_after_head("POST /x HTTP/1.1\r\nExpect: something\r\nContent-Length: 5\r\n\r\n"));
+    CHECK_FALSE(expects_after_head("POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
+    // A body over the limit fails at the head: the final answer (413) is due
+    // instead.
+    ParserLimits small_bodies;
+    small_bodies.max_body_bytes = 4;
+    RequestParser limited{small_bodies};
+    (void)limited.feed(head);
+    CHECK(limited.failed());
+    CHECK_FALSE(limited.expects_continue());
+
+    SUBCASE("until the server has answered it") {
+        RequestParser parser;
+        CHECK(parser.feed(head) == head.size());
+        REQUIRE(parser.expects_continue());
+        parser.continue_sent();
+        CHECK_FALSE(parser.expects_continue());
+        CHECK(parser.feed("hello") == 5);
+        REQUIRE(parser.has_request());
+        CHECK(parser.take_request().method == "POST");
+        CHECK_FALSE(parser.expects_continue());
+    }
+    SUBCASE("unless the body came along with the head") {
+        RequestParser parser;
+        const std::string whole = head + "hello";
+        CHECK(parser.feed(whole) == whole.size());
+        CHECK(parser.has_request());
+        CHECK_FALSE(parser.expects_continue());
+    }
+}
+
 TEST_CASE("malformed requests fail with 400") {
     muxio::test::FdLeakCheck leak_check;
     const std::vector<std::string_view> inputs{

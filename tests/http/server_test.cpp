@@ -136,6 +136,32 @@ TEST_CASE("a request over loopback gets its answer and keep-alive keeps the conn
     CHECK(fixture.server->stats().requests == 2);
 }
 
+TEST_CASE("a client that waits with its body for 100 Continue gets it, then the answer") {
+    muxio::test::FdLeakCheck leak_check;
+    Fixture fixture;
+    const UniqueFd client = fixture.connect();
+    // A request first, so the 100 must queue behind its answer.
+    muxio::test::write_all(client.get(),
+                           "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+                           "POST /upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    std::string reply;
+    const std::string_view interim = "HTTP/1.1 100 Continue\r\n\r\n";
+    CHECK(fixture.run_until([&] {
+        read_available(client.get(), reply);
+        return reply.find(interim) != std::string::npos;
+    }));
+    CHECK(reply.starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(reply.ends_with(interim));  // and nothing after it: the server waits for the body
+    reply.clear();
+    muxio::test::write_all(client.get(), "hello");
+    CHECK(fixture.run_until([&] {
+        read_available(client.get(), reply);
+        return reply.find("\r\n\r\n") != std::string::npos;
+    }));
+    CHECK(reply.starts_with("HTTP/1.1 405 "));
+    CHECK(fixture.server->stats().requests == 2);
+}
+
 TEST_CASE("out of descriptors, accepting pauses instead of spinning, then resumes") {
     muxio::test::FdLeakCheck leak_check;
     Fixture fixture;
