@@ -26,7 +26,6 @@
 #include "muxio/error.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
-#include "net/net_support.hpp"
 #include "support/support.hpp"
 
 using namespace std::chrono_literals;
@@ -278,11 +277,8 @@ TEST_CASE("out of descriptors, accepting pauses and the queued connection is ser
         const std::system_error warm_up = muxio::make_system_error(EMFILE, operation, 3);
         CHECK(warm_up.code() == std::errc::too_many_files_open);
         CHECK(std::string_view{warm_up.what()}.starts_with("accept on"));
-        const int lowest_free = ::dup(0);
-        REQUIRE(lowest_free >= 0);
-        ::close(lowest_free);
         fixture.log->set_level(spdlog::level::off);
-        const muxio::net_test::ScopedFdLimit no_free_descriptor{static_cast<rlim_t>(lowest_free)};
+        const muxio::test::NoFreeDescriptors no_free_descriptor;
         // A loop that retried at once would find the listener ready in every
         // iteration; one that pauses has iterations with nothing to run.
         int idle_iterations = 0;

@@ -5,7 +5,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,37 +84,19 @@ bool read_available(int fd, std::string& into) {
     }
 }
 
-// The lowest descriptor number free now.
-int lowest_free_fd() {
-    const int probe = ::dup(0);
-    REQUIRE(probe >= 0);
-    ::close(probe);
-    return probe;
-}
-
-// For its lifetime, the soft RLIMIT_NOFILE is the lowest free descriptor
-// number, so the next accept4 fails with EMFILE. The muxio logger is quiet
-// meanwhile: formatting a message then trips UBSan, whose vptr check needs
-// a pipe to probe memory.
-class NoFreeDescriptors {
+// For its lifetime the next accept4 fails with EMFILE, and the muxio logger
+// is quiet: formatting a message then trips UBSan, whose vptr check needs a
+// pipe to probe memory.
+class QuietNoFreeDescriptors {
 public:
-    NoFreeDescriptors() : level_{muxio::logger().level()} {
-        REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved_) == 0);
-        muxio::logger().set_level(spdlog::level::off);
-        rlimit tight = saved_;
-        tight.rlim_cur = static_cast<rlim_t>(lowest_free_fd());
-        REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
-    }
-    ~NoFreeDescriptors() {
-        ::setrlimit(RLIMIT_NOFILE, &saved_);
-        muxio::logger().set_level(level_);
-    }
-    NoFreeDescriptors(const NoFreeDescriptors&) = delete;
-    NoFreeDescriptors& operator=(const NoFreeDescriptors&) = delete;
+    QuietNoFreeDescriptors() : level_{muxio::logger().level()} { muxio::logger().set_level(spdlog::level::off); }
+    ~QuietNoFreeDescriptors() { muxio::logger().set_level(level_); }
+    QuietNoFreeDescriptors(const QuietNoFreeDescriptors&) = delete;
+    QuietNoFreeDescriptors& operator=(const QuietNoFreeDescriptors&) = delete;
 
 private:
     spdlog::level::level_enum level_;
-    rlimit saved_{};
+    muxio::test::NoFreeDescriptors no_free_descriptor_;
 };
 
 }  // namespace
@@ -171,7 +152,7 @@ TEST_CASE("out of descriptors, accepting pauses instead of spinning, then resume
     std::uint64_t accepted = 0;
     std::chrono::nanoseconds elapsed{};
     {
-        const NoFreeDescriptors tight;
+        const QuietNoFreeDescriptors tight;
         const muxio::test::Stopwatch watch;
         for (int i = 0; i < 20; ++i) {
             fixture.reactor.run_once(5ms);

@@ -6,7 +6,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -230,25 +229,19 @@ TEST_CASE("running out of descriptors pauses accepting instead of spinning") {
     resp::logger().set_level(spdlog::level::err);
     Client first{fixture.port};
     Client second{Client::Deferred{}};
-    // Every descriptor number from the lowest free one up is refused while
-    // the limit is lowered, so the server's next accept() fails with EMFILE.
-    rlimit saved{};
-    REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
-    const int lowest_free = ::dup(0);
-    REQUIRE(lowest_free >= 0);
-    ::close(lowest_free);
-    rlimit lowered = saved;
-    lowered.rlim_cur = static_cast<rlim_t>(lowest_free);
-    REQUIRE(::setrlimit(RLIMIT_NOFILE, &lowered) == 0);
-    second.connect_to(fixture.port);
-    const bool paused = fixture.run_until({}, [&] { return !fixture.server.accepting(); });
-    // Waiting out part of the pause runs no callback: the listener is not
-    // watched, so its pending connection does not wake the loop.
+    bool paused = false;
     std::size_t callbacks = 0;
-    for (int i = 0; i < 10; ++i) {
-        callbacks += fixture.reactor.run_once(2ms);
+    {
+        // The server's next accept() fails with EMFILE.
+        const muxio::test::NoFreeDescriptors no_free_descriptor;
+        second.connect_to(fixture.port);
+        paused = fixture.run_until({}, [&] { return !fixture.server.accepting(); });
+        // Waiting out part of the pause runs no callback: the listener is not
+        // watched, so its pending connection does not wake the loop.
+        for (int i = 0; i < 10; ++i) {
+            callbacks += fixture.reactor.run_once(2ms);
+        }
     }
-    REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
     CHECK(paused);
     CHECK(fixture.server.stats().accept_pauses >= 1);
     CHECK(callbacks <= 1);

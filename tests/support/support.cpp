@@ -100,6 +100,25 @@ long raise_fd_limit(long wanted) {
     return static_cast<long>(limit.rlim_cur);
 }
 
+NoFreeDescriptors::NoFreeDescriptors() {
+    rlimit limit{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
+    saved_soft_limit_ = limit.rlim_cur;
+    const int lowest_free = ::fcntl(0, F_DUPFD_CLOEXEC, 0);
+    REQUIRE(lowest_free >= 0);
+    ::close(lowest_free);
+    limit.rlim_cur = static_cast<rlim_t>(lowest_free);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &limit) == 0);
+}
+
+NoFreeDescriptors::~NoFreeDescriptors() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+        limit.rlim_cur = static_cast<rlim_t>(saved_soft_limit_);
+        ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
+}
+
 UniqueFd dup_at_or_above(int fd, int lowest) {
     const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, lowest);
     REQUIRE_MESSAGE(copy >= lowest, "fcntl(F_DUPFD_CLOEXEC, ", lowest, ") failed: ", std::strerror(errno));

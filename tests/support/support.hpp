@@ -95,6 +95,21 @@ inline constexpr bool counts_allocations = MUXIO_TEST_TSAN == 0;
 /// limit); returns the soft limit now in force.
 long raise_fd_limit(long wanted);
 
+/// For its lifetime no descriptor can be made: the soft RLIMIT_NOFILE is
+/// the lowest free descriptor number, so the next accept(), socket() or
+/// pipe() fails with EMFILE. (UBSan's first check of a polymorphic type
+/// needs a pipe: meet such types once before, and keep logging off.)
+class NoFreeDescriptors {
+public:
+    NoFreeDescriptors();
+    ~NoFreeDescriptors();
+    NoFreeDescriptors(const NoFreeDescriptors&) = delete;
+    NoFreeDescriptors& operator=(const NoFreeDescriptors&) = delete;
+
+private:
+    unsigned long long saved_soft_limit_ = 0;
+};
+
 /// A close-on-exec duplicate of `fd` numbered `lowest` or above (the lowest
 /// free number there); fails the test if there is none.
 UniqueFd dup_at_or_above(int fd, int lowest);
