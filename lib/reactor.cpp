@@ -176,7 +176,7 @@ struct Reactor::Impl {
         reactor.invoke(running);
         running_fd = -1;
         if (!running_touched) {
-            slot = std::move(running);
+            slot.assign_to_empty(std::move(running));
             return true;
         }
         if (!running_replaced) {
@@ -389,7 +389,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     }
 }
 
-inline void Reactor::invoke(Callback& callback) noexcept {
+[[gnu::always_inline]] inline void Reactor::invoke(Callback& callback) noexcept {
     try {
         callback();
     } catch (...) {

@@ -200,6 +200,50 @@ TEST_CASE("self move assignment keeps the target") {
     CHECK(calls == 1);
 }
 
+TEST_CASE("assign_to_empty takes the callable and empties the source, as move assignment does") {
+    FdLeakCheck leak_check;
+    std::atomic<int> destroyed{0};
+    const void* seen = nullptr;
+    SUBCASE("inline, trivially copyable") {
+        Function source{SmallProbe{&seen}};
+        Function target;
+        target.assign_to_empty(std::move(source));
+        CHECK_FALSE(source);  // NOLINT(bugprone-use-after-move)
+        REQUIRE(target);
+        target();
+        CHECK(inside(seen, target));
+    }
+    SUBCASE("inline, with a capture to destroy") {
+        Function source{[tracked = Tracked{destroyed}] {}};
+        Function target;
+        target.assign_to_empty(std::move(source));
+        CHECK_FALSE(source);  // NOLINT(bugprone-use-after-move)
+        CHECK(target);
+        CHECK(destroyed == 0);
+        target.reset();
+        CHECK(destroyed == 1);
+    }
+    SUBCASE("on the heap, without allocating") {
+        Function source{LargeProbe{&seen}};
+        source();
+        const void* first = seen;
+        const std::size_t before = allocation_count();
+        Function target;
+        target.assign_to_empty(std::move(source));
+        CHECK(allocation_count() == before);
+        CHECK_FALSE(source);  // NOLINT(bugprone-use-after-move)
+        seen = nullptr;
+        target();
+        CHECK(seen == first);
+    }
+    SUBCASE("from an empty function") {
+        Function source;
+        Function target;
+        target.assign_to_empty(std::move(source));
+        CHECK_FALSE(target);
+    }
+}
+
 TEST_CASE("reset destroys the captures at once") {
     FdLeakCheck leak_check;
     std::atomic<int> destroyed{0};

@@ -2,6 +2,7 @@
 // inline, so scheduling a callback with a few captured words never allocates.
 #pragma once
 
+#include <cassert>
 #include <cstddef>
 #include <cstring>
 #include <functional>
@@ -71,6 +72,17 @@ public:
             }
         }
         return *this;
+    }
+
+    /// Moves `other`'s callable into *this, which must be empty: operator=
+    /// without the self-move check and the reset, for the reactor's
+    /// per-event path, where the compiler keeps operator= out of line.
+    void assign_to_empty(UniqueFunction&& other) noexcept {
+        assert(ops_ == nullptr);
+        if (other.ops_ != nullptr) {
+            relocate(other.storage_, storage_, *other.ops_);
+            ops_ = std::exchange(other.ops_, nullptr);
+        }
     }
 
     UniqueFunction& operator=(std::nullptr_t) noexcept {
