@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """Turns a results file of bench/run_app_bench.sh into Markdown tables: the
 median over the rounds of every figure, the ratio of muxio's contender to the
-best peer in every row (and to raw epoll where there is one), and the spread
-of the server CPU figure.
+best peer in every row (and to raw epoll where there is one), the spread
+of the server CPU figure, and each row's verdict against the goal: the
+within-round ratios of server CPU with a 90% interval for their median
+(bench/benchstats.py).
 
     python3 bench/summarize_app_bench.py bench/results/app_bench-*.txt
 """
 import collections
-import math
+import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchstats import Comparison, clean, fmt, load, verdict_against_floor, verdict_against_peers  # noqa: E402
 
 # Who is muxio, who is a peer, who is the floor (not a peer).
 ECHO_ORDER = ("muxio", "muxio-coro", "muxio-coro-perconn", "epoll", "libuv", "libevent", "asio", "asio-coro")
@@ -20,26 +25,6 @@ RESP_ORDER = ("muxio-resp", "redis-server")
 RESP_PEERS = ("redis-server",)
 IDLE_ORDER = ("muxio", "epoll", "libuv", "libevent", "asio")
 IDLE_PEERS = ("libuv", "libevent", "asio")
-
-
-def load(path):
-    rows = []
-    for line in open(path):
-        if line.startswith("#") or not line.strip():
-            continue
-        row = {}
-        for pair in line.split():
-            key, _, value = pair.partition("=")
-            try:
-                row[key] = float(value)
-            except ValueError:
-                row[key] = value
-        rows.append(row)
-    return rows
-
-
-def clean(values):
-    return [v for v in values if isinstance(v, float) and not math.isnan(v)]
 
 
 def median(values):
@@ -53,12 +38,6 @@ def spread(values):
         return None
     middle = statistics.median(values)
     return (max(values) - min(values)) / middle if middle else None
-
-
-def fmt(value, digits=0):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}".replace(",", " ")
 
 
 def table(header, rows):
@@ -91,15 +70,15 @@ class Figures:
         return spread(self.values.get((group, name, metric), []))
 
     def paired(self, group, a, b, metric):
-        """Median over the rounds of a / b within each round: runs of one
-        round are back to back, so the ratio cancels the drift of a shared
-        machine between rounds, which a ratio of medians keeps."""
+        """a / b within each round, as a Comparison: runs of one round are
+        back to back, so the ratio cancels the drift of a shared machine
+        between rounds, which a ratio of medians keeps."""
         ratios = []
         for (g, _, m), values in self.by_round.items():
             x, y = values.get(a), values.get(b)
             if g == group and m == metric and x is not None and y:
                 ratios.append(x / y)
-        return median(ratios)
+        return Comparison(ratios)
 
     def names(self, group, order):
         present = {n for (g, n, _) in self.values if g == group}
@@ -145,21 +124,53 @@ def block(figures, group, label, order, peers, floor, subjects, metrics, spread_
     return rows
 
 
-def paired_table(figures, groups, label, subjects, peers, floor, metric, title):
-    """Within-round ratios of `metric` (lower is better) for each subject:
-    over the peer with the best median, and over `floor`."""
+# One line per row of the goal (issue 5: muxio first or within noise of
+# first in every row, within 5% of raw epoll on echo), printed at the end.
+GOAL = []
+
+
+def paired_table(figures, groups, label, subjects, peers, floor, metric, title, section, floor_tolerance=None):
+    """Within-round ratios of `metric` (lower is better) for each subject,
+    with their 90% intervals: over the peer with the best median, and over
+    `floor`; and the verdicts against all the peers and against the floor
+    (when `floor_tolerance` is given)."""
     out = []
     for group in groups:
-        _, peer = figures.best(group, metric, peers, True)
+        _, best = figures.best(group, metric, peers, True)
         names = figures.names(group, ())
         for subject in subjects:
             if subject not in names:
                 continue
-            versus_peer = figures.paired(group, subject, peer, metric) if peer else None
-            versus_floor = figures.paired(group, subject, floor, metric) if floor in names else None
-            out.append([label(group), subject, "-" if versus_peer is None else f"{versus_peer:.3f} ({peer})",
-                        "-" if versus_floor is None else f"{versus_floor:.3f}"])
-    table([title, "server", "over the best peer", f"over {floor}"], out)
+            versus = {p: figures.paired(group, subject, p, metric) for p in peers if p in names}
+            verdict = verdict_against_peers(versus)
+            cells = [label(group), subject, versus[best].cell() + f" ({best})" if best else "-", verdict]
+            GOAL.append((f"{section}, {label(group)}, {subject}", "peers", verdict))
+            if floor:
+                over_floor = figures.paired(group, subject, floor, metric) if floor in names else Comparison([])
+                cells.append(over_floor.cell())
+                if floor_tolerance is not None:
+                    floor_verdict = verdict_against_floor(over_floor, floor_tolerance)
+                    cells.append(floor_verdict)
+                    GOAL.append((f"{section}, {label(group)}, {subject}", floor, floor_verdict))
+            out.append(cells)
+    header = [title, "server", "over the best peer: median [90% interval]", "against the peers"]
+    if floor:
+        header.append(f"over {floor}: median [90% interval]")
+        if floor_tolerance is not None:
+            header.append(f"against {floor}")
+    table(header, out)
+
+
+def goal_section():
+    if not GOAL:
+        return
+    print("### Against the goal\n")
+    print("Each row's verdict from the within-round ratios of server CPU per message or request, lower is "
+          "better: first (median below every peer), within noise of first (every peer's 90% interval reaches "
+          "1), behind a peer (its whole interval above 1); against epoll, within 5% by the median.\n")
+    table(["row", "against", "verdict"], [[row, against, verdict] for row, against, verdict in GOAL])
+    counts = collections.Counter(verdict for _, _, verdict in GOAL)
+    print("Verdicts: " + ", ".join(f"{verdict} {count}" for verdict, count in sorted(counts.items())) + ".\n")
 
 
 def echo_section(rows):
@@ -179,13 +190,13 @@ def echo_section(rows):
                "spread of CPU/msg"], out)
         print(f"Server CPU per message, {int(size)}-byte messages: the median of the ratios within each round.\n")
         paired_table(figures, sorted(g for g in figures.groups if g[0] == size), lambda g: fmt(g[1]),
-                     ("muxio", "muxio-coro"), ECHO_PEERS, "epoll", "server_cpu_ns_per_msg", "conn.")
+                     ("muxio", "muxio-coro"), ECHO_PEERS, "epoll", "server_cpu_ns_per_msg", "conn.",
+                     f"echo {int(size)} B", floor_tolerance=0.05)
         out = []
         for group in sorted(g for g in figures.groups if g[0] == size):
             cells = [fmt(group[1])]
             for coro in ("muxio-coro", "muxio-coro-perconn"):
-                value = figures.paired(group, coro, "muxio", "server_cpu_ns_per_msg")
-                cells.append("-" if value is None else f"{value:.3f}")
+                cells.append(figures.paired(group, coro, "muxio", "server_cpu_ns_per_msg").cell())
             out.append(cells)
         table(["conn.", "muxio-coro / muxio, within each round", "muxio-coro-perconn / muxio"], out)
 
@@ -206,7 +217,7 @@ def http_section(rows):
            "spread of CPU/req"], out)
     print("Server CPU per request: the median of the ratios within each round.\n")
     paired_table(figures, sorted(figures.groups), lambda g: fmt(g[0]), ("muxio-http",), HTTP_PEERS, "epoll",
-                 "server_cpu_ns_per_req", "conn.")
+                 "server_cpu_ns_per_req", "conn.", "HTTP")
     bad = [r for r in rows if r.get("non2xx", 0) or str(r.get("socket_errors", "none")) != "none"]
     for r in bad:
         print(f"- round {int(r['round'])}, {r['impl']}, {int(r['connections'])} connections: "
@@ -230,6 +241,10 @@ def resp_section(rows):
                      ("muxio-resp",), metrics, "server_cpu_ns_per_req")
     table(["test", "server", "requests/s", "p50 ms", "p99 ms", "server CPU ns/req", "server VmHWM KiB",
            "spread of CPU/req"], out)
+    print("Server CPU per request: the median of the ratios within each round.\n")
+    paired_table(figures, sorted(figures.groups, key=lambda g: (g[0], g[1] != "set")),
+                 lambda g: f"-P {int(g[0])}, {g[1].upper()}", ("muxio-resp",), RESP_PEERS, None,
+                 "server_cpu_ns_per_req", "test", "RESP")
 
 
 def idle_section(rows):
@@ -247,6 +262,9 @@ def idle_section(rows):
                      "server_cpu_ns_per_msg")
     table(["idle K", "server", "server CPU ns/msg", "messages/s", "p99 µs", "server VmHWM KiB", "spread of CPU/msg"],
           out)
+    print("Server CPU per message: the median of the ratios within each round.\n")
+    paired_table(figures, sorted(figures.groups), lambda g: fmt(g[0]), ("muxio",), IDLE_PEERS, "epoll",
+                 "server_cpu_ns_per_msg", "idle K", "idle")
     counts = sorted(g[0] for g in figures.groups)
     if len(counts) >= 2 and counts[0] == 0:
         low, high = (counts[0],), (counts[-1],)
@@ -265,10 +283,12 @@ def main():
     http_section(rows)
     resp_section(rows)
     idle_section(rows)
+    goal_section()
     rounds = len({r.get("round") for r in rows})
     print(f"Medians over {rounds} interleaved rounds. Ratios: the contender's median over the best peer's "
           "(in parentheses); above 1 is better for messages/s and requests/s, below 1 for the others. Spread: "
-          "(largest − smallest) / median of the server CPU figure over the rounds.")
+          "(largest − smallest) / median of the server CPU figure over the rounds. Intervals: distribution-free, for "
+          "the median of the within-round ratios (order statistics; 5 rounds or more).")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 # the figure is the median over the rounds of each contender's server CPU per
 # message divided by the first contender's *in the same round*. That ratio
 # cancels the drift of a shared machine between rounds, which a ratio of two
-# medians keeps.
+# medians keeps. Its 90% interval (bench/benchstats.py, 5 rounds or more)
+# says how far this run's noise lets it move.
 #
 #   bench/reactor/ab_echo.sh BINARY:IMPL [BINARY:IMPL ...]
 #
@@ -35,7 +36,7 @@ client_cpu="${CLIENT_CPU:-1}"
 port="${PORT_BASE:-31000}"
 
 if [[ $# -lt 1 ]]; then
-    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 client="$build_dir/reactor_echo_client"
@@ -93,25 +94,28 @@ for ((round = 0; round < rounds; ++round)); do
     done
 done
 
-python3 - "$results" "$@" <<'EOF'
+python3 - "$here/.." "$results" "$@" <<'EOF'
 import collections
 import statistics
 import sys
 
-specs = sys.argv[2:]
+sys.path.insert(0, sys.argv[1])
+from benchstats import Comparison
+
+specs = sys.argv[3:]
 cpu = collections.defaultdict(dict)
 user = collections.defaultdict(list)
-for line in open(sys.argv[1]):
+for line in open(sys.argv[2]):
     round_, index, ns, share = line.split()
     cpu[round_][int(index)] = float(ns)
     if share != "nan":
         user[int(index)].append(float(ns) * float(share) / 100)
-print(f"| contender | server CPU ns/msg | over {specs[0]}, within each round | user-space ns/msg |")
+print(f"| contender | server CPU ns/msg | over {specs[0]}, within each round [90% interval] | user-space ns/msg |")
 print("|---|---:|---:|---:|")
 for index, spec in enumerate(specs):
     values = [r[index] for r in cpu.values() if index in r]
-    ratios = [r[index] / r[0] for r in cpu.values() if index in r and 0 in r and r[0]]
+    ratios = Comparison([r[index] / r[0] for r in cpu.values() if index in r and 0 in r and r[0]])
     user_ns = f"{statistics.median(user[index]):.0f}" if user[index] else "-"
-    print(f"| {spec} | {statistics.median(values):.0f} | {statistics.median(ratios):.3f} | {user_ns} |")
-print(f"\nMedians over {len(cpu)} interleaved rounds.")
+    print(f"| {spec} | {statistics.median(values):.0f} | {ratios.cell()} | {user_ns} |")
+print(f"\nMedians over {len(cpu)} interleaved rounds; the interval is distribution-free (5 rounds or more).")
 EOF

@@ -11,37 +11,18 @@ Given several files it pools their rounds, as one longer run.
 """
 import collections
 import math
+import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchstats import Comparison, fmt, load, verdict_against_floor, verdict_against_peers  # noqa: E402
 
 PEERS = ("libuv", "libevent", "asio")
 CORO_PEERS = ("asio-coro",)
 SERVER_ORDER = ("epoll", "muxio", "muxio-coro", "muxio-coro-perconn", "muxio-coro-raw") + PEERS + CORO_PEERS
 LIB_ORDER = ("muxio",) + PEERS
 CORO_ORDER = ("muxio-coro", "muxio-coro-perconn", "muxio-coro-raw", "muxio", "asio-coro", "asio")
-
-
-def load(path):
-    """Rows of key=value pairs, numbers converted."""
-    rows = []
-    for line in open(path):
-        if line.startswith("#") or not line.strip():
-            continue
-        row = {}
-        for pair in line.split():
-            key, _, value = pair.partition("=")
-            try:
-                row[key] = float(value)
-            except ValueError:
-                row[key] = value
-        rows.append(row)
-    return rows
-
-
-def fmt(value, digits=0):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}".replace(",", " ")
 
 
 def table(title, columns, rows):
@@ -90,15 +71,19 @@ def best_peer(series, column, lower_is_better, peers=PEERS):
     return name, value
 
 
-def paired_ratio(rows, a, b, connections, key="server_cpu_ns_per_msg"):
-    """Median over the rounds of a's figure / b's figure in the same round."""
+def within_rounds(rows, a, b, key, selected):
+    """a's figure `key` / b's in the same round, over the rows `selected`
+    accepts, as a Comparison (median and its 90% interval)."""
     by_round = collections.defaultdict(dict)
     for r in rows:
-        if int(r["connections"]) == connections and r.get(key) is not None:
+        if selected(r) and r.get(key) is not None:
             by_round[r.get("round")][r["impl"]] = r[key]
-    ratios = [ratio(pair[a], pair[b]) for pair in by_round.values() if a in pair and b in pair]
-    ratios = [x for x in ratios if x is not None]
-    return statistics.median(ratios) if ratios else None
+    return Comparison([ratio(pair[a], pair[b]) for pair in by_round.values() if a in pair and b in pair])
+
+
+def paired(rows, a, b, connections, key="server_cpu_ns_per_msg"):
+    """Echo rows: a / b within each round at `connections`."""
+    return within_rounds(rows, a, b, key, lambda r: int(r["connections"]) == connections)
 
 
 def echo_section(rows):
@@ -160,16 +145,30 @@ def echo_section(rows):
     for a, b in (("muxio", "epoll"), ("muxio-coro", "muxio"), ("muxio-coro-perconn", "muxio"), ("muxio-coro", "epoll"),
                  ("asio-coro", "asio")):
         if a in names and b in names:
-            paired_rows.append((f"{a} / {b}", [fmt(paired_ratio(rows, a, b, c), 3) for c in conns]))
+            paired_rows.append((f"{a} / {b}", [paired(rows, a, b, c).cell() for c in conns]))
     for name, peers in (("muxio", PEERS), ("muxio-coro", CORO_PEERS)):
         if name in names:
             cells = []
             for c in conns:
                 peer, _ = best_peer(cpu, c, True, peers)
-                cells.append(f"{fmt(paired_ratio(rows, name, peer, c), 3)} ({peer})" if peer else "-")
+                cells.append(f"{paired(rows, name, peer, c).cell()} ({peer})" if peer else "-")
             paired_rows.append((f"{name} / best {'coroutine ' if name != 'muxio' else ''}peer", cells))
     paired_rows = [(label, cells) for label, cells in paired_rows if any(not c.startswith("-") for c in cells)]
-    table("server CPU/msg, median of the ratios within each round", columns, paired_rows)
+    table("server CPU/msg, median of the ratios within each round [90% interval]", columns, paired_rows)
+
+    # Issue 3's goal, per connection count: ahead of every peer (median of
+    # the within-round ratio below 1 against each), within 2% of raw epoll.
+    if "muxio" in names:
+        verdict_rows = []
+        for peer in PEERS:
+            if peer in names:
+                verdict_rows.append((f"muxio / {peer}", [paired(rows, "muxio", peer, c).cell() for c in conns]))
+        verdict_rows.append(("**against the peers**", [
+            verdict_against_peers({p: paired(rows, "muxio", p, c) for p in PEERS if p in names}) for c in conns]))
+        if "epoll" in names:
+            verdict_rows.append(("**against epoll (2%)**", [
+                verdict_against_floor(paired(rows, "muxio", "epoll", c), 0.02) for c in conns]))
+        table("muxio's server CPU/msg within each round [90% interval]", columns, verdict_rows)
 
     table("spread of server CPU/msg (max-min)/median", columns,
           [(n, [fmt((metrics["server_cpu_ns_per_msg"].spread(n, c) or 0) * 100, 1) + " %" for c in conns])
@@ -192,6 +191,7 @@ def simple_section(rows, bench, heading, figures, group_key=None):
     columns = []
     cells = {n: [] for n in names}
     best_cells = []
+    verdict_cells = []
     spread_cells = {n: [] for n in names}
     for g in groups:
         for key, title, digits, lower in figures:
@@ -203,8 +203,13 @@ def simple_section(rows, bench, heading, figures, group_key=None):
             peer, value = best_peer(series[key], g, lower)
             r = ratio(series[key].median("muxio", g), value)
             best_cells.append(f"{fmt(r, 2)} ({peer})" if peer else "-")
+            in_group = (lambda r, g=g: r.get(group_key) == g) if group_key else (lambda r: True)
+            versus = {p: within_rounds(rows, "muxio", p, key, in_group) for p in PEERS if p in names}
+            verdict_cells.append(verdict_against_peers(versus) if lower and "muxio" in names else "-")
     print(f"### {heading}\n")
-    table("library", columns, [(n, cells[n]) for n in names] + [("**muxio / best peer**", best_cells)])
+    table("library", columns, [(n, cells[n]) for n in names] + [("**muxio / best peer**", best_cells),
+                                                                 ("**muxio against the peers, within rounds**",
+                                                                  verdict_cells)])
     table("spread (max-min)/median", columns, [(n, spread_cells[n]) for n in names])
 
 

@@ -1,0 +1,124 @@
+"""What the benchmark summaries share: the rows of a results file, number
+formatting, and the statistics that decide whether one server is ahead of
+another on a noisy machine.
+
+The figures compared are ratios taken within a round (two servers run back to
+back, so the ratio cancels the drift between rounds). Their median is the
+estimate; a distribution-free interval around it says how far the noise of
+this run lets it move. "Within noise" then has a definition: the interval
+reaches the threshold.
+"""
+import math
+import statistics
+
+
+def load(path):
+    """Rows of whitespace-separated key=value pairs; numbers become floats."""
+    rows = []
+    with open(path) as results:
+        for line in results:
+            if line.startswith("#") or not line.strip():
+                continue
+            row = {}
+            for pair in line.split():
+                key, _, value = pair.partition("=")
+                try:
+                    row[key] = float(value)
+                except ValueError:
+                    row[key] = value
+            rows.append(row)
+    return rows
+
+
+def clean(values):
+    """The numbers among `values`, without NaN and None."""
+    return [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+
+
+def fmt(value, digits=0):
+    """A number with thin grouping (1 234), or "-" for a missing one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}".replace(",", " ")
+
+
+def median_coverage(n, k):
+    """Probability that the k-th smallest and the k-th largest of n values
+    drawn independently from one continuous distribution enclose its median:
+    1 - 2 P(Binomial(n, 1/2) <= k - 1)."""
+    if n < 1 or k < 1 or 2 * k > n + 1:
+        return 0.0
+    below = sum(math.comb(n, i) for i in range(k)) / 2**n
+    return 1.0 - 2.0 * below
+
+
+def median_interval(values, confidence=0.90):
+    """(low, high) enclosing the median of the distribution `values` come
+    from with at least `confidence`, from order statistics: no assumption on
+    the shape of the noise. The narrowest such pair; None when there are too
+    few values (fewer than 5 for 90%)."""
+    values = sorted(clean(values))
+    n = len(values)
+    best = None
+    for k in range(1, (n + 1) // 2 + 1):
+        if median_coverage(n, k) >= confidence:
+            best = k
+    if best is None:
+        return None
+    return values[best - 1], values[n - best]
+
+
+class Comparison:
+    """Within-round ratios subject / reference (lower is better): their
+    median and its interval."""
+
+    def __init__(self, ratios, confidence=0.90):
+        self.ratios = clean(ratios)
+        self.median = statistics.median(self.ratios) if self.ratios else None
+        self.interval = median_interval(self.ratios, confidence)
+
+    def cell(self):
+        """"0.987 [0.951, 1.020]", or the median alone without an interval."""
+        if self.median is None:
+            return "-"
+        if self.interval is None:
+            return f"{self.median:.3f}"
+        low, high = self.interval
+        return f"{self.median:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def verdict_against_peers(comparisons):
+    """Where the subject stands among peers, from {peer: Comparison of
+    subject / peer}: "first" when its median is below every peer's;
+    "within noise of first" when no peer's interval lies wholly below the
+    subject (each interval reaches 1); "behind P" naming the peers that are
+    ahead beyond the noise; "unresolved" when an interval is missing (too
+    few rounds) and the subject is not first."""
+    present = {peer: c for peer, c in comparisons.items() if c.median is not None}
+    if not present:
+        return "-"
+    if all(c.median < 1.0 for c in present.values()):
+        return "first"
+    ahead = sorted(peer for peer, c in present.items() if c.interval is not None and c.interval[0] > 1.0)
+    if ahead:
+        return "behind " + ", ".join(ahead)
+    if any(c.interval is None for c in present.values()):
+        return "unresolved (too few rounds)"
+    return "within noise of first"
+
+
+def verdict_against_floor(comparison, tolerance=0.05):
+    """Whether subject / floor is within `tolerance` (5%: 1.05): "within 5%"
+    when the median is; "above 5%, within noise" when only the interval
+    reaches it; "above 5%" when the whole interval lies above."""
+    if comparison.median is None:
+        return "-"
+    limit = 1.0 + tolerance
+    percent = f"{tolerance * 100:g}%"
+    if comparison.median <= limit:
+        return f"within {percent}"
+    if comparison.interval is not None and comparison.interval[0] <= limit:
+        return f"above {percent}, within noise"
+    if comparison.interval is None:
+        return f"above {percent} (too few rounds to tell)"
+    return f"above {percent}"
