@@ -36,7 +36,7 @@ client_cpu="${CLIENT_CPU:-1}"
 port="${PORT_BASE:-31000}"
 
 if [[ $# -lt 1 ]]; then
-    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 client="$build_dir/reactor_echo_client"
