@@ -9,8 +9,9 @@
 #         ping-pong of 64-byte and 4 KiB messages over 1, 64 and 1 000
 #         connections; messages/s, p99, server CPU per message, server VmHWM.
 #   http  wrk (1 thread, --latency) against muxio-http `GET /` and the same
-#         minimal keep-alive hello server on libuv, libevent, asio and raw
-#         epoll (bench/http/, byte-identical responses) and nginx (one
+#         minimal keep-alive hello server on muxio's reactor, libuv,
+#         libevent, asio and raw epoll (bench/http/, byte-identical
+#         responses; the muxio one separates the loop from the app) and nginx (one
 #         process, `return 200 "Hello, World!"`); 64 and 512 connections;
 #         requests/s, p50/p99, server CPU per request, server VmHWM.
 #   resp  redis-benchmark -t set / -t get, -c 50, -P 1 and -P 16, against
@@ -46,7 +47,7 @@
 #   ECHO_CONNECTIONS  connection counts                   (default: 1,64,1000)
 #   ECHO_DURATION     measured seconds per echo run       (default: 2)
 #   ECHO_WARMUP       warm-up seconds per echo/idle run   (default: 0.5)
-#   HTTP_SERVERS      (default: muxio-http,libuv,libevent,asio,epoll,nginx)
+#   HTTP_SERVERS      (default: muxio-http,muxio,libuv,libevent,asio,epoll,nginx)
 #   HTTP_CONNECTIONS  wrk connection counts               (default: 64,512)
 #   HTTP_DURATION     wrk seconds (whole)                 (default: 3)
 #   HTTP_WARMUP       wrk warm-up run, seconds; 0: none   (default: 1)
@@ -75,7 +76,7 @@ echo_sizes="${ECHO_SIZES:-64,4096}"
 echo_connections="${ECHO_CONNECTIONS:-1,64,1000}"
 echo_duration="${ECHO_DURATION:-2}"
 echo_warmup="${ECHO_WARMUP:-0.5}"
-http_servers="${HTTP_SERVERS:-muxio-http,libuv,libevent,asio,epoll,nginx}"
+http_servers="${HTTP_SERVERS:-muxio-http,muxio,libuv,libevent,asio,epoll,nginx}"
 http_connections="${HTTP_CONNECTIONS:-64,512}"
 http_duration="${HTTP_DURATION:-3}"
 http_warmup="${HTTP_WARMUP:-1}"

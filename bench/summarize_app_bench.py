@@ -19,7 +19,7 @@ from benchstats import Comparison, clean, fmt, load, verdict_against_floor, verd
 # Who is muxio, who is a peer, who is the floor (not a peer).
 ECHO_ORDER = ("muxio", "muxio-coro", "muxio-coro-perconn", "epoll", "libuv", "libevent", "asio", "asio-coro")
 ECHO_PEERS = ("libuv", "libevent", "asio", "asio-coro")
-HTTP_ORDER = ("muxio-http", "epoll", "libuv", "libevent", "asio", "nginx")
+HTTP_ORDER = ("muxio-http", "muxio", "epoll", "libuv", "libevent", "asio", "nginx")
 HTTP_PEERS = ("libuv", "libevent", "asio", "nginx")
 RESP_ORDER = ("muxio-resp", "redis-server")
 RESP_PEERS = ("redis-server",)
@@ -211,12 +211,12 @@ def http_section(rows):
     print("### HTTP hello: wrk, 1 thread, keep-alive `GET /`\n")
     out = []
     for group in sorted(figures.groups):
-        out += block(figures, group, fmt(group[0]), HTTP_ORDER, HTTP_PEERS, "epoll", ("muxio-http",), metrics,
-                     "server_cpu_ns_per_req")
+        out += block(figures, group, fmt(group[0]), HTTP_ORDER, HTTP_PEERS, "epoll", ("muxio-http", "muxio"),
+                     metrics, "server_cpu_ns_per_req")
     table(["conn.", "server", "requests/s", "p50 µs", "p99 µs", "server CPU ns/req", "server VmHWM KiB",
            "spread of CPU/req"], out)
     print("Server CPU per request: the median of the ratios within each round.\n")
-    paired_table(figures, sorted(figures.groups), lambda g: fmt(g[0]), ("muxio-http",), HTTP_PEERS, "epoll",
+    paired_table(figures, sorted(figures.groups), lambda g: fmt(g[0]), ("muxio-http", "muxio"), HTTP_PEERS, "epoll",
                  "server_cpu_ns_per_req", "conn.", "HTTP")
     bad = [r for r in rows if r.get("non2xx", 0) or str(r.get("socket_errors", "none")) != "none"]
     for r in bad:

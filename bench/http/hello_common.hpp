@@ -169,5 +169,6 @@ inline Next on_writable(Connection& connection) {
 [[noreturn]] void serve_libuv(std::uint16_t port);
 [[noreturn]] void serve_libevent(std::uint16_t port);
 [[noreturn]] void serve_asio(std::uint16_t port);
+[[noreturn]] void serve_muxio(std::uint16_t port);
 
 }  // namespace hello

@@ -1,4 +1,4 @@
-// http_hello_server --impl epoll|libuv|libevent|asio --port PORT
+// http_hello_server --impl epoll|libuv|libevent|asio|muxio --port PORT
 //
 // The minimal keep-alive HTTP/1.1 hello servers that bench/run_app_bench.sh
 // measures next to muxio-http: every request (everything up to a blank
@@ -40,11 +40,13 @@ int main(int argc, char** argv) {
             hello::serve_libevent(p);
         } else if (impl == "asio") {
             hello::serve_asio(p);
+        } else if (impl == "muxio") {
+            hello::serve_muxio(p);
         }
     } catch (const std::exception& error) {
         std::fprintf(stderr, "http_hello_server: %s\n", error.what());
         return 1;
     }
-    std::fputs("usage: http_hello_server --impl epoll|libuv|libevent|asio --port PORT\n", stderr);
+    std::fputs("usage: http_hello_server --impl epoll|libuv|libevent|asio|muxio --port PORT\n", stderr);
     return 2;
 }
