@@ -35,7 +35,7 @@
 #
 # Environment (all optional):
 #   BUILD_DIR         build directory                     (default: build/h-appbench)
-#   ROUNDS            interleaved rounds                  (default: 3)
+#   ROUNDS            interleaved rounds                  (default: 7, the fewest for verdicts: see benchstats.py)
 #   SECTIONS          which sections                      (default: echo,http,resp,idle)
 #   SERVER_CPU        core of every server                (default: 0)
 #   CLIENT_CPU        core of every load generator        (default: 1)
@@ -64,7 +64,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 build_dir="${BUILD_DIR:-$root/build/h-appbench}"
-rounds="${ROUNDS:-3}"
+rounds="${ROUNDS:-7}"
 sections="${SECTIONS:-echo,http,resp,idle}"
 server_cpu="${SERVER_CPU:-0}"
 client_cpu="${CLIENT_CPU:-1}"

@@ -166,8 +166,9 @@ def goal_section():
         return
     print("### Against the goal\n")
     print("Each row's verdict from the within-round ratios of server CPU per message or request, lower is "
-          "better: first (median below every peer), within noise of first (every peer's 90% interval reaches "
-          "1), behind a peer (its whole interval above 1); against epoll, within 5% by the median.\n")
+          "better: first (median below every peer), within noise of first (every peer's interval reaches 1, "
+          "the intervals at 90% for the row as a whole: 1 - 0.1 / peers each), behind a peer (its whole interval "
+          "above 1); against epoll, within 5% by the median. The intervals in the tables above are each 90%.\n")
     table(["row", "against", "verdict"], [[row, against, verdict] for row, against, verdict in GOAL])
     counts = collections.Counter(verdict for _, _, verdict in GOAL)
     print("Verdicts: " + ", ".join(f"{verdict} {count}" for verdict, count in sorted(counts.items())) + ".\n")

@@ -54,18 +54,28 @@ class Verdicts(unittest.TestCase):
 
     def test_within_noise_when_every_interval_reaches_one(self):
         verdict = benchstats.verdict_against_peers(
-            {"a": Comparison([1.01, 1.03, 0.98, 1.05, 1.02]), "b": Comparison([0.5] * 5)})
+            {"a": Comparison([1.01, 1.03, 0.98, 1.05, 1.02, 1.04, 1.01]), "b": Comparison([0.5] * 7)})
         self.assertEqual(verdict, "within noise of first")
 
     def test_behind_names_the_peers_ahead_beyond_the_noise(self):
         verdict = benchstats.verdict_against_peers(
-            {"a": Comparison([1.01, 1.03, 1.02, 1.05, 1.02]), "b": Comparison([1.2] * 5),
-             "c": Comparison([0.9] * 5)})
+            {"a": Comparison([1.01, 1.03, 1.02, 1.05, 1.02, 1.01, 1.04]), "b": Comparison([1.2] * 7),
+             "c": Comparison([0.9] * 7)})
         self.assertEqual(verdict, "behind a, b")
 
     def test_unresolved_without_an_interval(self):
         verdict = benchstats.verdict_against_peers({"a": Comparison([1.01, 0.99, 1.02])})
         self.assertEqual(verdict, "unresolved (too few rounds)")
+
+    def test_the_intervals_widen_with_the_number_of_peers(self):
+        # Five rounds lost to one peer: behind it. The same five rounds
+        # against each of two peers: 95% each takes 6 rounds.
+        lost = [1.01, 1.02, 1.03, 1.04, 1.05]
+        self.assertEqual(benchstats.verdict_against_peers({"a": Comparison(lost)}), "behind a")
+        self.assertEqual(benchstats.verdict_against_peers({"a": Comparison(lost), "b": Comparison(lost)}),
+                         "unresolved (too few rounds)")
+        self.assertEqual(benchstats.verdict_against_peers({"a": Comparison(lost + [1.06]),
+                                                           "b": Comparison(lost + [1.06])}), "behind a, b")
 
     def test_floor(self):
         floor = benchstats.verdict_against_floor
@@ -81,14 +91,14 @@ class Verdicts(unittest.TestCase):
 
 
 class AppSummary(unittest.TestCase):
-    """Five rounds of one echo cell: muxio level with libevent, far ahead of
+    """Seven rounds of one echo cell: muxio level with libevent, far ahead of
     libuv, 3% above epoll; and muxio-http behind libevent in every round."""
 
     def test_verdicts_reach_the_goal_table(self):
         lines = []
         echo = {"muxio": 1000.0, "libevent": 1000.0, "libuv": 1500.0, "epoll": 970.0}
-        wobble = (0.97, 1.02, 1.0, 1.03, 0.98)
-        for round_ in range(5):
+        wobble = (0.97, 1.02, 1.0, 1.03, 0.98, 1.01, 0.99)
+        for round_ in range(7):
             for impl, cpu in echo.items():
                 scale = wobble[round_] if impl == "muxio" else 1.0
                 lines.append(f"bench=echo round={round_} impl={impl} size=64 connections=64 msgs_per_s=1000 "
