@@ -6,7 +6,6 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
-#include <deque>
 #include <span>
 #include <stdexcept>
 #include <string_view>
@@ -14,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "fifo_queue.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/net.hpp"
@@ -104,18 +104,21 @@ struct OutChunk {
 struct Server::Connection {
     Connection(TcpStream accepted, const ParserLimits& limits) : stream{std::move(accepted)}, parser{limits} {}
 
-    // Closing it (with the connection) also drops its reactor registrations.
-    TcpStream stream;
-    RequestParser parser;
-    std::string input;  // read, not yet parsed
-    std::deque<OutChunk> output;
-    std::size_t output_bytes = 0;  // pending in `output`
-    bool reading = false;          // a reader is registered
-    bool writing = false;          // a writer is registered
+    // What every request reads or writes comes first, on as few cache lines
+    // as can be: with hundreds of connections each one is cold when its
+    // request arrives, and the parser behind them is hundreds of bytes.
+    bool reading = false;  // a reader is registered
+    bool writing = false;  // a writer is registered
     bool close_after_output = false;
     bool peer_closed = false;  // read end of stream
     bool lingering = false;
+    std::size_t output_bytes = 0;  // pending in `output`
     Reactor::TimePoint last_active{};
+    // Closing it (with the connection) also drops its reactor registrations.
+    TcpStream stream;
+    std::string input;  // read, not yet parsed
+    FifoQueue<OutChunk> output;
+    RequestParser parser;
     TimerHandle timer;
 
     void append_text(std::string_view text) {

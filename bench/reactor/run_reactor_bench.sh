@@ -17,7 +17,7 @@
 #
 # Environment (all optional):
 #   BUILD_DIR     build directory                    (default: build/bench-reactor)
-#   ROUNDS        interleaved rounds                 (default: 5)
+#   ROUNDS        interleaved rounds                 (default: 7: with three peers the verdicts need 6; see bench/benchstats.py)
 #   SECTIONS      which benchmarks                   (default: echo,timers,soon,threadsafe,latency; also: coro)
 #   SERVERS       echo servers                       (default: epoll,muxio,libuv,libevent,asio)
 #   LIBS          libraries of the loop benchmarks   (default: muxio,libuv,libevent,asio)
@@ -43,7 +43,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 build_dir="${BUILD_DIR:-$root/build/bench-reactor}"
-rounds="${ROUNDS:-5}"
+rounds="${ROUNDS:-7}"
 sections="${SECTIONS:-echo,timers,soon,threadsafe,latency}"
 servers="${SERVERS:-epoll,muxio,libuv,libevent,asio}"
 libs="${LIBS:-muxio,libuv,libevent,asio}"
