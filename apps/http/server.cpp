@@ -86,8 +86,8 @@ constexpr std::size_t sendfile_chunk = std::size_t{1} << 20U;
 // kernel out of memory), unless a connection closes first.
 constexpr auto accept_backoff = std::chrono::milliseconds{100};
 
-// The largest text buffer a connection keeps for its next responses; a
-// larger one (a burst of pipelined answers) is freed once sent.
+// The largest text buffer kept for the next responses (Server::spare_text_);
+// a larger one (a burst of pipelined answers) is freed once sent.
 constexpr std::size_t spare_text_limit = 16 * 1024;
 
 // Queued output: text, or a slice of a file to sendfile.
@@ -121,19 +121,17 @@ struct Server::Connection {
     RequestParser parser;
     TimerHandle timer;
 
-    void append_text(std::string_view text) {
-        text_tail() += text;
+    // `spare` is the server's emptied text buffer: a new text chunk takes it.
+    void append_text(std::string_view text, std::string& spare) {
+        text_tail(spare) += text;
         output_bytes += text.size();
     }
-    std::string& text_tail() {
+    std::string& text_tail(std::string& spare) {
         if (output.empty() || output.back().file) {
-            output.emplace_back().text = std::move(spare_text);
+            output.emplace_back().text = std::move(spare);
         }
         return output.back().text;
     }
-    // The buffer of the last text chunk sent, emptied and kept for the next:
-    // a keep-alive connection then writes its responses without allocating.
-    std::string spare_text;
 };
 
 Server::Server(Reactor& reactor, Handler handler, ServerConfig config)
@@ -349,7 +347,7 @@ std::size_t Server::parse_requests(Connection& connection, std::string_view inpu
         parsed += consumed;
         if (parser.expects_continue()) {
             // Behind any answers still queued, as responses go out in order.
-            connection.append_text("HTTP/1.1 100 Continue\r\n\r\n");
+            connection.append_text("HTTP/1.1 100 Continue\r\n\r\n", spare_text_);
             parser.continue_sent();
         }
         if (parser.has_request()) {
@@ -370,7 +368,7 @@ void Server::respond(Connection& connection, const Request& request) {
     const bool keep_alive = request.keep_alive && !response.close && !stopping_;
     muxio::logger().debug("muxio-http: fd {}: {} {} -> {}", connection.stream.fileno(), request.method, request.target,
                           response.status);
-    std::string& out = connection.text_tail();
+    std::string& out = connection.text_tail(spare_text_);
     const std::size_t before = out.size();
     append_head(out, response,
                 HeadOptions{date_.get(std::time(nullptr)), keep_alive,
@@ -386,7 +384,7 @@ void Server::respond(Connection& connection, const Request& request) {
                 connection.output_bytes += response.content_length;
             }
         } else {
-            connection.append_text(response.body);
+            connection.append_text(response.body, spare_text_);
         }
     }
     if (!keep_alive) {
@@ -397,7 +395,7 @@ void Server::respond(Connection& connection, const Request& request) {
 void Server::respond_error(Connection& connection, const ParseError& error) {
     muxio::logger().debug("muxio-http: fd {}: bad request: {}", connection.stream.fileno(), error.reason);
     const Response response = Handler::error(error.status, true);
-    std::string& out = connection.text_tail();
+    std::string& out = connection.text_tail(spare_text_);
     const std::size_t before = out.size();
     append_head(out, response, HeadOptions{date_.get(std::time(nullptr)), false, false});
     out += response.body;
@@ -439,9 +437,10 @@ bool Server::flush(Connection& connection) {
         budget -= std::min(budget, sent.bytes);
         connection.last_active = reactor_.time();
         if (chunk.file ? chunk.left == 0 : chunk.sent == chunk.text.size()) {
-            if (!chunk.file && chunk.text.capacity() <= spare_text_limit) {
+            if (!chunk.file && chunk.text.capacity() <= spare_text_limit &&
+                chunk.text.capacity() >= spare_text_.capacity()) {
                 chunk.text.clear();
-                connection.spare_text = std::move(chunk.text);
+                spare_text_ = std::move(chunk.text);
             }
             connection.output.pop_front();
         }

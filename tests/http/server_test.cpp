@@ -264,3 +264,36 @@ TEST_CASE("shutdown closes idle connections, finishes busy ones and stops the re
     REQUIRE(head_end != std::string::npos);
     CHECK(busy_reply.size() - head_end - 4 == file_size);  // the whole response, then the end
 }
+
+TEST_CASE("keep-alive requests on several connections allocate nothing once they are warm") {
+    if (!muxio::test::counts_allocations) {
+        return;  // not counted under ThreadSanitizer
+    }
+    muxio::test::FdLeakCheck leak_check;
+    Fixture fixture;
+    constexpr std::string_view request = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    const UniqueFd first = fixture.connect();
+    const UniqueFd second = fixture.connect();
+    REQUIRE(fixture.run_until([&] { return fixture.server->connection_count() == 2; }));
+    std::string reply;
+    reply.reserve(4096);  // the client side allocates nothing either
+    const auto ask = [&](int fd) {
+        reply.clear();
+        muxio::test::write_all(fd, request);
+        return fixture.run_until([&] {
+            read_available(fd, reply);
+            return reply.ends_with("Hello, World!");
+        });
+    };
+    for (int round = 0; round < 2; ++round) {  // warm: buffers, date, timers
+        REQUIRE(ask(first.get()));
+        REQUIRE(ask(second.get()));
+    }
+    const std::size_t before = muxio::test::allocation_count();
+    for (int round = 0; round < 10; ++round) {
+        REQUIRE(ask(first.get()));
+        REQUIRE(ask(second.get()));
+    }
+    CHECK(muxio::test::allocation_count() - before == 0);
+    CHECK(fixture.server->stats().requests == 24);
+}
