@@ -17,6 +17,19 @@ import benchstats  # noqa: E402
 from benchstats import Comparison, median_coverage, median_interval  # noqa: E402
 
 
+def summary_of(summarizer, lines):
+    """What `summarizer`'s main() prints for a results file of `lines`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as results:
+        results.write("\n".join(lines) + "\n")
+    try:
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), unittest.mock.patch.object(sys, "argv", ["x", results.name]):
+            summarizer.main()
+    finally:
+        os.unlink(results.name)
+    return output.getvalue()
+
+
 class Coverage(unittest.TestCase):
     def test_known_values(self):
         self.assertAlmostEqual(median_coverage(5, 1), 1 - 2 / 32)
@@ -106,18 +119,9 @@ class AppSummary(unittest.TestCase):
             for impl, cpu in (("muxio-http", 1100.0), ("libevent", 1000.0), ("epoll", 1000.0)):
                 lines.append(f"bench=http round={round_} impl={impl} connections=64 rps=1000 p50_us=1 p99_us=2 "
                              f"server_cpu_ns_per_req={cpu + round_} server_vmhwm_kb=100")
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as results:
-            results.write("\n".join(lines) + "\n")
-        try:
-            import summarize_app_bench
-            summarize_app_bench.GOAL.clear()
-            output = io.StringIO()
-            with contextlib.redirect_stdout(output), unittest.mock.patch.object(sys, "argv",
-                                                                                 ["x", results.name]):
-                summarize_app_bench.main()
-        finally:
-            os.unlink(results.name)
-        text = output.getvalue()
+        import summarize_app_bench
+        summarize_app_bench.GOAL.clear()
+        text = summary_of(summarize_app_bench, lines)
         self.assertIn("| echo 64 B, 64, muxio | peers | within noise of first |", text)
         self.assertIn("| echo 64 B, 64, muxio | epoll | within 5% |", text)
         self.assertIn("| HTTP, 64, muxio-http | peers | behind libevent |", text)
@@ -138,18 +142,9 @@ class ReactorSummary(unittest.TestCase):
             for impl, ns in (("muxio", 200.0), ("libuv", 900.0), ("libevent", 800.0), ("asio", 600.0)):
                 lines.append(f"round={round_} bench=timers impl={impl} cpu_ns_per_op={ns} cpu_ns_per_timer={ns} "
                              f"wall_ms={ns / 100}")
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as results:
-            results.write("\n".join(lines) + "\n")
         sys.path.insert(0, os.path.join(BENCH, "reactor"))
-        try:
-            import summarize_reactor_bench
-            output = io.StringIO()
-            with contextlib.redirect_stdout(output), unittest.mock.patch.object(sys, "argv",
-                                                                                 ["x", results.name]):
-                summarize_reactor_bench.main()
-        finally:
-            os.unlink(results.name)
-        text = output.getvalue()
+        import summarize_reactor_bench
+        text = summary_of(summarize_reactor_bench, lines)
         self.assertIn("| **against the peers** | first |", text)
         self.assertIn("| **against epoll (2%)** | within 2% |", text)
         self.assertIn("| **muxio against the peers, within rounds** | first | first | first |", text)

@@ -80,6 +80,25 @@ void free_function() {
     ++free_function_calls;
 }
 
+// Hands a callable stored on the heap from one function to another with
+// `transfer(source, target)`: the callable keeps its address, nothing is
+// allocated, and the source is left empty.
+template <class Transfer>
+void check_heap_move(Transfer transfer) {
+    const void* seen = nullptr;
+    Function source{LargeProbe{&seen}};
+    source();
+    const void* first = seen;
+    const std::size_t before = allocation_count();
+    Function target;
+    transfer(source, target);
+    CHECK(allocation_count() == before);
+    CHECK_FALSE(source);  // NOLINT(bugprone-use-after-move)
+    seen = nullptr;
+    target();
+    CHECK(seen == first);
+}
+
 }  // namespace
 
 static_assert(Function::fits_inline<SmallProbe>());
@@ -161,18 +180,7 @@ TEST_CASE("moving an inline callable relocates it and empties the source") {
 
 TEST_CASE("moving a heap callable keeps its address and does not allocate") {
     FdLeakCheck leak_check;
-    const void* seen = nullptr;
-    Function source{LargeProbe{&seen}};
-    source();
-    const void* first = seen;
-    const std::size_t before = allocation_count();
-    Function target;
-    target = std::move(source);
-    CHECK(allocation_count() == before);
-    CHECK_FALSE(source);  // NOLINT(bugprone-use-after-move)
-    seen = nullptr;
-    target();
-    CHECK(seen == first);
+    check_heap_move([](Function& source, Function& target) { target = std::move(source); });
 }
 
 TEST_CASE("move assignment destroys the previous target") {
@@ -224,17 +232,7 @@ TEST_CASE("assign_to_empty takes the callable and empties the source, as move as
         CHECK(destroyed == 1);
     }
     SUBCASE("on the heap, without allocating") {
-        Function source{LargeProbe{&seen}};
-        source();
-        const void* first = seen;
-        const std::size_t before = allocation_count();
-        Function target;
-        target.assign_to_empty(std::move(source));
-        CHECK(allocation_count() == before);
-        CHECK_FALSE(source);  // NOLINT(bugprone-use-after-move)
-        seen = nullptr;
-        target();
-        CHECK(seen == first);
+        check_heap_move([](Function& source, Function& target) { target.assign_to_empty(std::move(source)); });
     }
     SUBCASE("from an empty function") {
         Function source;
