@@ -130,3 +130,20 @@ def verdict_against_floor(comparison, tolerance=0.05):
     if comparison.interval is None:
         return f"above {percent} (too few rounds to tell)"
     return f"above {percent}"
+
+
+def print_ab_table(specs, by_round, unit, extra_title, extra):
+    """The table of an interleaved A/B (ab_echo.sh, ab_http.sh): per contender
+    the median of its server CPU figure (`unit`, e.g. "ns/msg"), the median
+    of its ratios to the first contender within each round with their
+    interval, and the median of `extra` (index -> values; "-" if none).
+    `by_round`: round -> {contender index -> figure}."""
+    print(f"| contender | server CPU {unit} | over {specs[0]}, within each round [90% interval] | {extra_title} |")
+    print("|---|---:|---:|---:|")
+    for index, spec in enumerate(specs):
+        values = [r[index] for r in by_round.values() if index in r]
+        ratios = Comparison([r[index] / r[0] for r in by_round.values() if index in r and r.get(0)])
+        median = f"{statistics.median(values):.0f}" if values else "-"
+        more = f"{statistics.median(extra[index]):.0f}" if extra.get(index) else "-"
+        print(f"| {spec} | {median} | {ratios.cell()} | {more} |")
+    print(f"\nMedians over {len(by_round)} interleaved rounds; the interval is distribution-free (5 rounds or more).")

@@ -84,15 +84,13 @@ for ((round = 0; round < rounds; ++round)); do
     done
 done
 
-python3 - "$here/.." "$work/results.txt" "$@" <<'PYEOF'
+python3 - "$here/.." "$work/results.txt" "$@" <<'EOF'
 import collections
-import statistics
 import sys
 
 sys.path.insert(0, sys.argv[1])
-from benchstats import Comparison
+from benchstats import print_ab_table
 
-specs = sys.argv[3:]
 cpu = collections.defaultdict(dict)
 requests = collections.defaultdict(list)
 for line in open(sys.argv[2]):
@@ -100,13 +98,5 @@ for line in open(sys.argv[2]):
     if int(count) > 0:
         cpu[round_][int(index)] = (int(after) - int(before)) / int(count)
         requests[int(index)].append(int(count))
-print(f"| contender | server CPU ns/req | over {specs[0]}, within each round [90% interval] | requests per run |")
-print("|---|---:|---:|---:|")
-for index, spec in enumerate(specs):
-    values = [r[index] for r in cpu.values() if index in r]
-    ratios = Comparison([r[index] / r[0] for r in cpu.values() if index in r and 0 in r and r[0]])
-    median = f"{statistics.median(values):.0f}" if values else "-"
-    count = f"{statistics.median(requests[index]):.0f}" if requests[index] else "-"
-    print(f"| {spec} | {median} | {ratios.cell()} | {count} |")
-print(f"\nMedians over {len(cpu)} interleaved rounds; the interval is distribution-free (5 rounds or more).")
-PYEOF
+print_ab_table(sys.argv[3:], cpu, "ns/req", "requests per run", requests)
+EOF

@@ -96,13 +96,11 @@ done
 
 python3 - "$here/.." "$results" "$@" <<'EOF'
 import collections
-import statistics
 import sys
 
 sys.path.insert(0, sys.argv[1])
-from benchstats import Comparison
+from benchstats import print_ab_table
 
-specs = sys.argv[3:]
 cpu = collections.defaultdict(dict)
 user = collections.defaultdict(list)
 for line in open(sys.argv[2]):
@@ -110,12 +108,5 @@ for line in open(sys.argv[2]):
     cpu[round_][int(index)] = float(ns)
     if share != "nan":
         user[int(index)].append(float(ns) * float(share) / 100)
-print(f"| contender | server CPU ns/msg | over {specs[0]}, within each round [90% interval] | user-space ns/msg |")
-print("|---|---:|---:|---:|")
-for index, spec in enumerate(specs):
-    values = [r[index] for r in cpu.values() if index in r]
-    ratios = Comparison([r[index] / r[0] for r in cpu.values() if index in r and 0 in r and r[0]])
-    user_ns = f"{statistics.median(user[index]):.0f}" if user[index] else "-"
-    print(f"| {spec} | {statistics.median(values):.0f} | {ratios.cell()} | {user_ns} |")
-print(f"\nMedians over {len(cpu)} interleaved rounds; the interval is distribution-free (5 rounds or more).")
+print_ab_table(sys.argv[3:], cpu, "ns/msg", "user-space ns/msg", user)
 EOF

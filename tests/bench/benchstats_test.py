@@ -103,6 +103,21 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(Comparison([]).cell(), "-")
 
 
+class AbTable(unittest.TestCase):
+    """The table of ab_echo.sh and ab_http.sh: ratios to the first contender
+    within each round, whatever the rounds' overall level."""
+
+    def test_rows(self):
+        by_round = {str(r): {0: 100.0 * (r + 1), 1: 90.0 * (r + 1)} for r in range(5)}
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            benchstats.print_ab_table(["old", "new"], by_round, "ns/msg", "user-space ns/msg", {1: [5.0, 7.0]})
+        text = output.getvalue()
+        self.assertIn("| old | 300 | 1.000 [1.000, 1.000] | - |", text)
+        self.assertIn("| new | 270 | 0.900 [0.900, 0.900] | 6 |", text)
+        self.assertIn("Medians over 5 interleaved rounds", text)
+
+
 class AppSummary(unittest.TestCase):
     """Seven rounds of one echo cell: muxio level with libevent, far ahead of
     libuv, 3% above epoll; and muxio-http behind libevent in every round."""
