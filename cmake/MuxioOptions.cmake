@@ -6,11 +6,12 @@ option(MUXIO_WARNINGS_AS_ERRORS "Treat compiler warnings in muxio's own code as 
 set(MUXIO_IO_URING "AUTO" CACHE STRING "io_uring backend: AUTO (if liburing is found), ON (required) or OFF")
 set_property(CACHE MUXIO_IO_URING PROPERTY STRINGS AUTO ON OFF)
 set(MUXIO_SANITIZE "" CACHE STRING "Sanitizers for muxio's own targets: empty, 'address;undefined' or 'thread'")
+option(MUXIO_FUZZ "Build the libFuzzer harnesses in tests/fuzz/ and register timed runs with CTest (clang only)" OFF)
 
 function(muxio_print_options)
   message(STATUS "muxio ${PROJECT_VERSION} options:")
   foreach(option IN ITEMS MUXIO_BUILD_TESTS MUXIO_BUILD_APPS MUXIO_BUILD_BENCH MUXIO_WARNINGS_AS_ERRORS
-                          MUXIO_IO_URING MUXIO_SANITIZE)
+                          MUXIO_IO_URING MUXIO_SANITIZE MUXIO_FUZZ)
     message(STATUS "  ${option} = ${${option}}")
   endforeach()
   # libmuxio is static unless BUILD_SHARED_LIBS=ON (CMake's own switch).

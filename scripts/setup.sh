@@ -16,8 +16,9 @@ set -euo pipefail
 
 # What the build and the tests need. g++ is the default compiler (presets
 # dev, release, asan, tsan; its sanitizer runtimes come with it), clang the
-# second one (preset clang). pkg-config finds liburing and is what the
-# install test checks muxio.pc with. python3 runs the project's helper scripts.
+# second one (preset clang; with libclang-rt-dev's libFuzzer, preset fuzz).
+# pkg-config finds liburing and is what the install test checks muxio.pc
+# with. python3 runs the project's helper scripts.
 BUILD_PACKAGES=(
     g++
     clang
@@ -31,6 +32,7 @@ BUILD_PACKAGES=(
     libcli11-dev
     redis-tools
     libhttp-parser-dev
+    libclang-rt-dev
     curl
     git
     python3

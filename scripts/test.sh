@@ -2,7 +2,7 @@
 # Sets the machine up, then configures, builds and tests muxio with one preset.
 #
 #   bash scripts/test.sh                  # preset dev: Debug, g++, -Werror
-#   bash scripts/test.sh asan             # or clang, release, asan, tsan, bench
+#   bash scripts/test.sh asan             # or clang, release, asan, tsan, fuzz, bench
 #   bash scripts/test.sh dev -DMUXIO_IO_URING=OFF   # extra arguments go to the configure step
 #
 # Environment: MUXIO_CMAKE_ARGS (more configure arguments, split on spaces),
@@ -15,13 +15,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 preset="${1:-dev}"
 (($# > 0)) && shift
 case "$preset" in
-dev | clang | release | asan | tsan | bench) ;;
+dev | clang | release | asan | tsan | fuzz | bench) ;;
 -h | --help)
     sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
     exit 0
     ;;
 *)
-    echo "test.sh: unknown preset '$preset' (dev, clang, release, asan, tsan, bench)" >&2
+    echo "test.sh: unknown preset '$preset' (dev, clang, release, asan, tsan, fuzz, bench)" >&2
     exit 2
     ;;
 esac
