@@ -23,6 +23,7 @@
 #include <spdlog/sinks/ostream_sink.h>
 
 #include "daemon.hpp"
+#include "fifo_guard.hpp"
 #include "muxio/error.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
@@ -221,6 +222,96 @@ TEST_CASE("the control socket answers status, reload and stop") {
     fixture.daemon.reset();
     fixture.reactor.close();
     CHECK_FALSE(exists(fixture.control_path));
+}
+
+TEST_CASE("a reload from a FIFO, a directory, a device, a huge or a missing file keeps the configuration") {
+    FdLeakCheck leak_check;
+    Fixture fixture{"interval = 60\ngreeting = kept\n"};
+    Client control{fixture, muxio::SocketAddress::unix_path(fixture.control_path)};
+    const std::string& path = fixture.config_path;
+    const std::string elsewhere = fixture.dir.path + "/elsewhere";
+
+    struct Case {
+        const char* what;
+        std::function<void()> make;  // replaces the file at `path`
+        std::string why;             // what the reply and the log say after the path
+    };
+    const auto remove_path = [&path] { REQUIRE(::unlink(path.c_str()) == 0); };
+    const Case cases[] = {
+        {"a FIFO",
+         [&] {
+             remove_path();
+             REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+         },
+         "not a regular file but a FIFO"},
+        {"a symbolic link to a FIFO",
+         [&] {
+             remove_path();
+             REQUIRE(::mkfifo(elsewhere.c_str(), 0600) == 0);
+             REQUIRE(::symlink(elsewhere.c_str(), path.c_str()) == 0);
+         },
+         "not a regular file but a FIFO"},
+        {"a directory",
+         [&] {
+             remove_path();
+             REQUIRE(::mkdir(path.c_str(), 0700) == 0);
+         },
+         "not a regular file but a directory"},
+        {"a device",
+         [&] {
+             remove_path();
+             REQUIRE(::symlink("/dev/zero", path.c_str()) == 0);
+         },
+         "not a regular file but a character device"},
+        {"a file over 1 MiB",
+         [&] {
+             remove_path();
+             write_file(path, "interval = 1\n");
+             REQUIRE(::truncate(path.c_str(), 2 * 1024 * 1024) == 0);
+         },
+         "too big: 2097152 bytes, at most 1048576 are read"},
+        {"a file that is gone", [&] { remove_path(); }, "cannot open: No such file or directory"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.what);
+        c.make();
+        std::string reply;
+        {
+            // Should the daemon wait for a writer, this ends the wait.
+            const muxio::test::FifoUnblocker unblocker{elsewhere, 5s};
+            const muxio::test::FifoUnblocker unblocker_at_path{path, 5s};
+            reply = control.ask("reload");
+        }
+        CHECK(reply == "error: reload failed, generation=1 kept: " + path + ": " + c.why);
+        CHECK(fixture.log_text.str().find("reload failed, generation 1 kept: " + path + ": " + c.why) !=
+              std::string::npos);
+        CHECK(fixture.daemon->config().greeting == "kept");
+        CHECK(fixture.daemon->config().interval == Seconds{60.0});
+        // Still answering, on the same connection and on a new one.
+        CHECK(status_field(control.ask("status"), "generation") == "1");
+        Client other{fixture, muxio::SocketAddress::unix_path(fixture.control_path)};
+        CHECK(status_field(other.ask("status"), "state") == "running");
+        // Back to a regular file for the next case.
+        (void)std::system(fmt::format("rm -rf '{}' '{}'", path, elsewhere).c_str());
+        write_file(path, "interval = 60\ngreeting = kept\n");
+    }
+    // And a good file is read again.
+    write_file(path, "interval = 60\ngreeting = new\n");
+    CHECK(control.ask("reload") == "ok: reloaded, generation=2");
+    CHECK(fixture.daemon->config().greeting == "new");
+}
+
+TEST_CASE("a reload that sets a number out of range keeps the configuration, naming key, value and range") {
+    FdLeakCheck leak_check;
+    Fixture fixture{"interval = 60\n"};
+    Client control{fixture, muxio::SocketAddress::unix_path(fixture.control_path)};
+    write_file(fixture.config_path, "interval = 1e-300\n");
+    CHECK(control.ask("reload") == "error: reload failed, generation=1 kept: " + fixture.config_path +
+                                       ":1: interval: '1e-300' is out of range (0.01 to 86400 seconds)");
+    CHECK(fixture.daemon->config().interval == Seconds{60.0});
+    write_file(fixture.config_path, "drain_timeout = nan\n");
+    CHECK(control.ask("reload").ends_with(":1: drain_timeout: 'nan' is not a number of seconds (range 0 to 86400)"));
+    CHECK(fixture.daemon->config().drain_timeout == Seconds{5.0});
 }
 
 TEST_CASE("several control clients are served at once") {
