@@ -59,9 +59,9 @@ std::optional<std::string> LineBuffer::next_line() {
 
 std::string format_status(const StatusReport& report) {
     return fmt::format(
-        "pid={} uptime={:.3f} ticks={} connections={} served={} control_clients={} generation={} state={}", report.pid,
-        report.uptime, report.ticks, report.connections, report.served, report.control_clients, report.generation,
-        report.state);
+        "pid={} uptime={:.3f} ticks={} connections={} served={} errors={} control_clients={} generation={} state={}",
+        report.pid, report.uptime, report.ticks, report.connections, report.served, report.errors,
+        report.control_clients, report.generation, report.state);
 }
 
 std::optional<std::string> handle_control_line(std::string_view line, ControlTarget& target) {

@@ -111,11 +111,13 @@ TEST_CASE("status is one line of key=value pairs") {
     report.ticks = 7;
     report.connections = 2;
     report.served = 9;
+    report.errors = 4;
     report.control_clients = 1;
     report.generation = 3;
     report.state = "draining";
     CHECK(format_status(report) ==
-          "pid=4242 uptime=12.346 ticks=7 connections=2 served=9 control_clients=1 generation=3 state=draining");
+          "pid=4242 uptime=12.346 ticks=7 connections=2 served=9 errors=4 control_clients=1 generation=3 "
+          "state=draining");
 
     FakeDaemon daemon;
     daemon.report = report;

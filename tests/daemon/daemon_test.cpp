@@ -2,6 +2,7 @@
 // drives one iteration at a time, as main.cpp's loop does, with plain
 // non-blocking sockets as clients.
 #include <fcntl.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -78,7 +80,9 @@ struct Fixture {
     Reactor reactor;
     std::optional<Daemon> daemon;
 
-    explicit Fixture(std::string_view config_text) {
+    // `selector`: as ReactorOptions::selector (empty: the default).
+    explicit Fixture(std::string_view config_text, std::string_view selector = {})
+        : reactor{muxio::ReactorOptions{selector, {}}} {
         write_file(config_path, config_text);
         DaemonOptions options;
         options.control_path = control_path;
@@ -387,6 +391,47 @@ TEST_CASE("out of descriptors, accepting pauses and the queued connection is ser
     CHECK(fixture.daemon->status().served == 1);
     client.close();
     fixture.run_until([&] { return fixture.daemon->connections() == 0; });
+}
+
+TEST_CASE("a TCP or control connection the selector cannot watch is closed at once, and the daemon goes on") {
+    FdLeakCheck leak_check;
+    // select cannot watch a descriptor from FD_SETSIZE up: accepted sockets
+    // get such numbers while the low ones are all taken.
+    Fixture fixture{"greeting = hi\n", "select"};
+    std::size_t escaped = 0;  // exceptions that reached the reactor
+    fixture.reactor.set_exception_handler([&escaped](const std::exception_ptr&) { ++escaped; });
+    const auto control_address = muxio::SocketAddress::unix_path(fixture.control_path);
+    Client tcp{fixture, fixture.daemon->tcp_address()};  // queued now, accepted below
+    Client control{fixture, control_address};
+    {
+        const muxio::test::OccupyDescriptorsBelow occupied{FD_SETSIZE};
+        const int open_before = muxio::test::count_open_fds();
+        // The greeting needs no wait, so it goes out; the first read cannot wait.
+        CHECK(tcp.line() == "hi");
+        tcp.wait_closed();
+        control.wait_closed();
+        fixture.run_until(
+            [&] { return fixture.daemon->connections() == 0 && fixture.daemon->status().control_clients == 0; });
+        CHECK(fixture.daemon->status().served == 1);
+        CHECK(fixture.daemon->status().errors == 2);
+        CHECK(muxio::test::count_open_fds() == open_before);  // both accepted sockets are closed
+        const std::string log = fixture.log_text.str();
+        CHECK_MESSAGE(log.find("connection from 127.0.0.1:") != std::string::npos, log);
+        CHECK_MESSAGE(log.find("cannot serve it, closed it") != std::string::npos, log);
+        CHECK_MESSAGE(log.find("control client: cannot serve it, closed it") != std::string::npos, log);
+    }
+    // Later connections, numbered low again, are served.
+    Client again{fixture, fixture.daemon->tcp_address()};
+    CHECK(again.line() == "hi");
+    again.send("echo\n");
+    CHECK(again.line() == "echo");
+    Client control_again{fixture, control_address};
+    const std::string status = control_again.ask("status");
+    CHECK(status_field(status, "served") == "2");
+    CHECK(status_field(status, "errors") == "2");
+    CHECK(status_field(status, "connections") == "1");
+    CHECK(status_field(status, "control_clients") == "1");
+    CHECK(escaped == 0);
 }
 
 TEST_CASE("the heartbeat ticks on the configured interval") {
