@@ -360,7 +360,77 @@ TEST_CASE("loadgen counts a refused connection as an error") {
     const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
     CHECK(result.errors == 2);
     CHECK(result.connected == 0);
+    CHECK(result.connect_failed == 2);
+    CHECK(result.connect_pending == 0);
+    CHECK(result.connect_seconds == 0);
     CHECK(result.first_error.find("refused") != std::string::npos);
+}
+
+namespace {
+
+// A listening socket that never accepts, with the smallest backlog: once
+// its accept queue holds one connection, the kernel drops further SYNs and
+// those connections stay pending (the next SYN retransmission is 1 s away).
+struct NeverAccepting {
+    muxio::test::UniqueFd fd{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    muxio::SocketAddress address;
+
+    NeverAccepting() {
+        REQUIRE(fd.get() >= 0);
+        const muxio::SocketAddress any_port = loopback;
+        REQUIRE(::bind(fd.get(), any_port.data(), any_port.size()) == 0);
+        REQUIRE(::listen(fd.get(), 0) == 0);
+        muxio::SocketAddress bound;
+        socklen_t size = muxio::SocketAddress::capacity();
+        REQUIRE(::getsockname(fd.get(), bound.data(), &size) == 0);
+        bound.resize(size);
+        address = bound;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("loadgen counts connections still pending at the end of the run as errors") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const NeverAccepting server;
+    muxio::apps::LoadConfig config;
+    config.server = server.address;
+    config.connections = 4;
+    config.duration = 200ms;
+    config.connect_timeout = 60s;  // longer than the run: they are still pending at its end
+    const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
+    CAPTURE(result.connected);
+    CAPTURE(result.first_error);
+    // How many got into the accept queue depends on the kernel (SYN cookies,
+    // the order of the handshakes); at most one of four normally.
+    CHECK(result.connected + result.connect_failed + result.connect_pending == 4);
+    CHECK(result.connect_failed == 0);
+    CHECK(result.connect_pending >= 1);
+    CHECK(result.errors == result.connect_pending);  // the established ones only waited for echoes
+    CHECK(result.messages == 0);
+    CHECK(result.first_error.find("still connecting to " + server.address.to_string() + " when the run ended") !=
+          std::string::npos);
+    CHECK(result.connect_seconds <= result.seconds);
+}
+
+TEST_CASE("loadgen counts connections that time out as errors") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const NeverAccepting server;
+    muxio::apps::LoadConfig config;
+    config.server = server.address;
+    config.connections = 4;
+    config.connect_timeout = 50ms;  // the run ends later: they time out first
+    config.duration = 300ms;
+    const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
+    CAPTURE(result.connected);
+    CAPTURE(result.first_error);
+    CHECK(result.connected + result.connect_failed + result.connect_pending == 4);
+    CHECK(result.connect_failed >= 1);
+    CHECK(result.connect_pending == 0);
+    CHECK(result.errors == result.connect_failed);
+    CHECK(result.first_error.find("timed out after 0.05 s") != std::string::npos);
 }
 
 TEST_CASE("the latency histogram reports values within 1/64 and exact extremes") {
