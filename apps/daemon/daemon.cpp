@@ -335,7 +335,9 @@ ReloadResult Core::reload() {
     Config next;
     try {
         next = load_config(options.config_path);
-    } catch (const ConfigError& error) {
+    } catch (const std::exception& error) {
+        // ConfigError, or anything else reading the file ran into: whatever
+        // it is, the configuration in force stays and the caller hears why.
         log->error("reload failed, generation {} kept: {}", generation, error.what());
         return {false, generation, error.what()};
     }

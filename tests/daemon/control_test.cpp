@@ -162,7 +162,10 @@ TEST_CASE("reload reports the new generation or the error") {
     CHECK(answer("reload", daemon) == "ok: reloaded, generation=5");
     daemon.next_reload = ReloadResult{false, 5, "daemon.conf:2: unknown key 'x'"};
     CHECK(answer("reload", daemon) == "error: reload failed, generation=5 kept: daemon.conf:2: unknown key 'x'");
-    CHECK(daemon.reload_calls == 2);
+    // The reply stays one line whatever the error says.
+    daemon.next_reload = ReloadResult{false, 5, "two\nlines\r"};
+    CHECK(answer("reload", daemon) == "error: reload failed, generation=5 kept: two?lines?");
+    CHECK(daemon.reload_calls == 3);
 }
 
 TEST_CASE("help lists the commands") {
