@@ -1,6 +1,7 @@
 #include "config.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -15,13 +16,6 @@
 namespace muxio::apps::daemon {
 
 namespace {
-
-// Longer than anyone means to wait between heartbeats or for a drain, and
-// far from where a double of seconds stops converting to the clock.
-constexpr double max_seconds = 24.0 * 60.0 * 60.0;
-
-// A configuration file is a few lines; anything this big is a mistake.
-constexpr std::size_t max_file_size = std::size_t{1024} * 1024;
 
 constexpr std::string_view blanks = " \t\r";
 
@@ -108,10 +102,10 @@ private:
         const std::string_view value = value_of(line.substr(equals + 1), number);
         switch (static_cast<Key>(key)) {
             case interval:
-                config_.interval = Seconds{seconds(name, value, number, false)};
+                config_.interval = Seconds{seconds(name, value, number, interval_range)};
                 break;
             case drain_timeout:
-                config_.drain_timeout = Seconds{seconds(name, value, number, true)};
+                config_.drain_timeout = Seconds{seconds(name, value, number, drain_timeout_range)};
                 break;
             case greeting:
                 for (const char c : value) {
@@ -152,16 +146,22 @@ private:
         return trim(text.substr(0, comment_start(text)));
     }
 
-    double seconds(std::string_view name, std::string_view value, std::size_t number, bool zero_allowed) const {
+    // A plain decimal within `range`. from_chars takes no '+', no space and
+    // no hexadecimal, and reports a value too large or too small for a
+    // double as out of range; NaN and the infinities parse, and are refused
+    // here.
+    double seconds(std::string_view name, std::string_view value, std::size_t number, SecondsRange range) const {
         double parsed = 0.0;
         const char* const end = value.data() + value.size();
-        const auto [stop, error] = std::from_chars(value.data(), end, parsed);
-        if (value.empty() || error != std::errc{} || stop != end || !std::isfinite(parsed)) {
-            fail(number, fmt::format("{}: {} is not a number of seconds", name, quoted(value)));
+        const auto [stop, error] = std::from_chars(value.data(), end, parsed, std::chars_format::general);
+        const bool out_of_range = error == std::errc::result_out_of_range && stop == end;
+        if (!out_of_range && (value.empty() || error != std::errc{} || stop != end || std::isnan(parsed))) {
+            fail(number, fmt::format("{}: {} is not a number of seconds (range {} to {})", name, quoted(value),
+                                     range.min, range.max));
         }
-        if (parsed < 0.0 || (parsed == 0.0 && !zero_allowed) || parsed > max_seconds) {
-            fail(number, fmt::format("{}: {} is out of range ({} to {} seconds)", name, quoted(value),
-                                     zero_allowed ? ">= 0" : "> 0", max_seconds));
+        if (out_of_range || !(parsed >= range.min && parsed <= range.max)) {
+            fail(number,
+                 fmt::format("{}: {} is out of range ({} to {} seconds)", name, quoted(value), range.min, range.max));
         }
         return parsed;
     }
@@ -197,32 +197,101 @@ Config parse_config(std::string_view text, std::string_view origin) {
     return Parser{origin}.parse(text);
 }
 
-Config load_config(const std::string& path) {
-    // POSIX rather than a stream: its errno is reliable, and reading a
-    // directory fails (EISDIR) instead of looking like an empty file.
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        throw ConfigError{fmt::format("{}: cannot open: {}", path, std::system_category().message(errno)), 0};
+namespace {
+
+// Closes a descriptor when the scope ends, however it ends.
+class FileCloser {
+public:
+    explicit FileCloser(int fd) noexcept : fd_{fd} {}
+    ~FileCloser() { ::close(fd_); }
+    FileCloser(const FileCloser&) = delete;
+    FileCloser& operator=(const FileCloser&) = delete;
+
+private:
+    int fd_;
+};
+
+// What is wrong with a file of this kind and size as a configuration file;
+// empty if nothing is.
+std::string refusal(const struct stat& info) {
+    if (S_ISREG(info.st_mode)) {
+        if (info.st_size > static_cast<off_t>(max_config_file_size)) {
+            return fmt::format("too big: {} bytes, at most {} are read", info.st_size, max_config_file_size);
+        }
+        return {};
     }
+    const char* kind = "a special file";
+    if (S_ISDIR(info.st_mode)) {
+        kind = "a directory";
+    } else if (S_ISFIFO(info.st_mode)) {
+        kind = "a FIFO";
+    } else if (S_ISCHR(info.st_mode)) {
+        kind = "a character device";
+    } else if (S_ISBLK(info.st_mode)) {
+        kind = "a block device";
+    } else if (S_ISSOCK(info.st_mode)) {
+        kind = "a socket";
+    }
+    return fmt::format("not a regular file but {}", kind);
+}
+
+}  // namespace
+
+Config load_config(const std::string& path) {
+    // The path goes into one-line messages (the control channel's replies).
+    std::string name;
+    for (const char c : path) {
+        name += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
+    }
+    const auto failure = [&name](std::string_view why) { return ConfigError{fmt::format("{}: {}", name, why), 0}; };
+    const auto system_failure = [&failure](std::string_view operation, int error) {
+        return failure(fmt::format("cannot {}: {}", operation, std::system_category().message(error)));
+    };
+
+    // Checked before opening: opening a FIFO for reading waits for a writer,
+    // and opening a device may do something. Checked again on the open
+    // descriptor, which O_NONBLOCK keeps from waiting, in case the path
+    // changed in between. POSIX rather than a stream: its errno is reliable.
+    struct stat info {};
+    if (::stat(path.c_str(), &info) != 0) {
+        throw system_failure("open", errno);
+    }
+    if (const std::string why = refusal(info); !why.empty()) {
+        throw failure(why);
+    }
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        throw system_failure("open", errno);
+    }
+    const FileCloser closer{fd};
+    if (::fstat(fd, &info) != 0) {
+        throw system_failure("stat", errno);
+    }
+    if (const std::string why = refusal(info); !why.empty()) {
+        throw failure(why);
+    }
+    // The file may still grow while it is read: the bound holds for the
+    // bytes read, not only for the size stat reported.
     std::string contents;
+    contents.reserve(static_cast<std::size_t>(info.st_size));
     std::array<char, 4096> chunk{};
     for (;;) {
         const ssize_t got = ::read(fd, chunk.data(), chunk.size());
         if (got < 0 && errno == EINTR) {
             continue;
         }
-        if (got < 0 || contents.size() > max_file_size) {
-            const int error = got < 0 ? errno : EFBIG;
-            ::close(fd);
-            throw ConfigError{fmt::format("{}: cannot read: {}", path, std::system_category().message(error)), 0};
+        if (got < 0) {
+            throw system_failure("read", errno);
         }
         if (got == 0) {
             break;
         }
         contents.append(chunk.data(), static_cast<std::size_t>(got));
+        if (contents.size() > max_config_file_size) {
+            throw failure(fmt::format("too big: more than {} bytes", max_config_file_size));
+        }
     }
-    ::close(fd);
-    return parse_config(contents, path);
+    return parse_config(contents, name);
 }
 
 }  // namespace muxio::apps::daemon

@@ -22,6 +22,17 @@ std::string printable(std::string_view word) {
     return out;
 }
 
+// A message made to fit on the reply's one line.
+std::string one_line(std::string_view message) {
+    std::string out{message};
+    for (char& c : out) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+            c = '?';
+        }
+    }
+    return out;
+}
+
 }  // namespace
 
 std::optional<std::string> LineBuffer::next_line() {
@@ -59,9 +70,9 @@ std::optional<std::string> LineBuffer::next_line() {
 
 std::string format_status(const StatusReport& report) {
     return fmt::format(
-        "pid={} uptime={:.3f} ticks={} connections={} served={} control_clients={} generation={} state={}", report.pid,
-        report.uptime, report.ticks, report.connections, report.served, report.control_clients, report.generation,
-        report.state);
+        "pid={} uptime={:.3f} ticks={} connections={} served={} errors={} control_clients={} generation={} state={}",
+        report.pid, report.uptime, report.ticks, report.connections, report.served, report.errors,
+        report.control_clients, report.generation, report.state);
 }
 
 std::optional<std::string> handle_control_line(std::string_view line, ControlTarget& target) {
@@ -91,7 +102,8 @@ std::optional<std::string> handle_control_line(std::string_view line, ControlTar
     if (command == "reload") {
         const ReloadResult result = target.reload();
         if (!result.ok) {
-            return fmt::format("error: reload failed, generation={} kept: {}", result.generation, result.error);
+            return fmt::format("error: reload failed, generation={} kept: {}", result.generation,
+                               one_line(result.error));
         }
         return fmt::format("ok: reloaded, generation={}", result.generation);
     }

@@ -53,6 +53,10 @@ struct StatusReport {
     std::size_t connections = 0;
     /// TCP connections accepted since the start.
     std::uint64_t served = 0;
+    /// TCP and control connections ended by an error since the start: a
+    /// failed read or write, or one the daemon could not serve at all (the
+    /// reactor refused to watch its descriptor); each was closed at once.
+    std::uint64_t errors = 0;
     /// Control clients connected now, the one asking included.
     std::size_t control_clients = 0;
     /// 1 for the configuration read at start, plus one per successful reload.
@@ -62,8 +66,8 @@ struct StatusReport {
 };
 
 /// The status line: `pid=… uptime=… ticks=… connections=… served=…
-/// control_clients=… generation=… state=…`, uptime in seconds with three
-/// decimals.
+/// errors=… control_clients=… generation=… state=…`, uptime in seconds with
+/// three decimals.
 [[nodiscard]] std::string format_status(const StatusReport& report);
 
 /// The outcome of a reload.

@@ -108,6 +108,7 @@ struct Daemon::Core final : ControlTarget {
     std::uint64_t generation = 1;
     std::uint64_t ticks = 0;
     std::uint64_t served = 0;
+    std::uint64_t connection_errors = 0;
     std::size_t connections = 0;
     std::size_t control_clients = 0;
     std::size_t tasks = 0;
@@ -200,24 +201,46 @@ Task<void> serve_tcp_client([[maybe_unused]] Ticket task, Ticket connection, Tcp
     } catch (const Cancelled&) {
         core.log->debug("connection from {} closed by the daemon", peer);
     } catch (const std::system_error& error) {
+        // Mostly the peer's doing (reset, gone).
+        ++core.connection_errors;
         core.log->debug("connection from {}: {}", peer, error.what());
+    } catch (const std::exception& error) {
+        // The daemon's: the reactor could not watch the descriptor (select
+        // from FD_SETSIZE up), or memory ran out. The stream closes with the
+        // frame, now.
+        ++core.connection_errors;
+        core.log->warn("connection from {}: cannot serve it, closed it: {}", peer, error.what());
     }
 }
 
 // Accepts until cancelled, handing each connection to `serve`. When the
 // process is out of descriptors the connection stays queued, so the loop
-// pauses instead of spinning on it. `channel` prefixes the warnings.
+// pauses instead of spinning on it; so it does after any error but the
+// kernel's for one connection. A connection `serve` fails to take is closed
+// (it is destroyed with the exception) and counted. `channel` prefixes the
+// warnings.
 template <class Listener, class Serve>
 Task<void> accept_until_cancelled(Core& core, Listener& listener, std::string_view channel, Serve serve) {
     for (;;) {
         bool pause = false;
         try {
-            serve(co_await listener.accept());
+            auto stream = co_await listener.accept();
+            try {
+                serve(std::move(stream));
+            } catch (const std::exception& error) {
+                ++core.connection_errors;
+                core.log->warn("{}cannot serve a connection, closed it: {}", channel, error.what());
+            }
         } catch (const Cancelled&) {
             co_return;
         } catch (const std::system_error& error) {
             core.log->warn("{}{}", channel, error.what());
             pause = out_of_descriptors(error.code());
+        } catch (const std::exception& error) {
+            // The listener itself may not be watchable: retrying at once could spin.
+            core.log->warn("{}accept: {}; pausing accepts for {} ms", channel, error.what(),
+                           std::chrono::duration_cast<std::chrono::milliseconds>(accept_pause).count());
+            pause = true;
         }
         if (pause) {
             try {
@@ -266,7 +289,12 @@ Task<void> serve_control_client([[maybe_unused]] Ticket task, Ticket client, Uni
     } catch (const Cancelled&) {
         // The daemon is stopping.
     } catch (const std::system_error& error) {
+        ++core.connection_errors;
         core.log->debug("control client: {}", error.what());
+    } catch (const std::exception& error) {
+        // As for a TCP client: the stream closes with the frame, now.
+        ++core.connection_errors;
+        core.log->warn("control client: cannot serve it, closed it: {}", error.what());
     }
 }
 
@@ -292,6 +320,7 @@ StatusReport Core::status() const {
     report.ticks = ticks;
     report.connections = connections;
     report.served = served;
+    report.errors = connection_errors;
     report.control_clients = control_clients;
     report.generation = generation;
     report.state = to_string(state);
@@ -306,7 +335,9 @@ ReloadResult Core::reload() {
     Config next;
     try {
         next = load_config(options.config_path);
-    } catch (const ConfigError& error) {
+    } catch (const std::exception& error) {
+        // ConfigError, or anything else reading the file ran into: whatever
+        // it is, the configuration in force stays and the caller hears why.
         log->error("reload failed, generation {} kept: {}", generation, error.what());
         return {false, generation, error.what()};
     }

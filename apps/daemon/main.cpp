@@ -140,8 +140,9 @@ int run(int argc, char** argv) {
         "Prints \"listening on ADDRESS\" and \"control on PATH\" first.",
         "muxio-daemon"};
     app.add_option("--config", config_path,
-                   "configuration file: 'key = value' lines (interval, greeting, "
-                   "log_level, drain_timeout), read at start and on reload")
+                   "configuration file, read at start and on reload: a regular file of at most 1 MiB of "
+                   "'key = value' lines: interval (seconds, 0.01 to 86400), greeting, log_level, "
+                   "drain_timeout (seconds, 0 to 86400)")
         ->check(CLI::ExistingFile);
     app.add_option("--control", control_path, "path of the control socket (default: no control channel)");
     app.add_option("--port", port, "TCP port of the service; 0 lets the kernel pick one")->capture_default_str();

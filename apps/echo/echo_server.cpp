@@ -63,15 +63,31 @@ void CallbackEchoServer::accept_ready() {
             }
             return;
         }
-        stream->set_nodelay(true);
-        const int fd = stream->fileno();
-        auto connection = std::make_unique<Connection>();
-        connection->stream = std::move(*stream);
-        Connection* raw = connection.get();
-        connections_.emplace(fd, std::move(connection));
         ++stats_.accepted;
-        reactor_.add_reader(fd, [this, raw] { readable(*raw); });
+        const int fd = stream->fileno();
+        try {
+            serve(std::move(*stream));
+        } catch (const std::exception& failure) {
+            // serve() left nothing behind: the stream is closed, its reader
+            // (if any) removed with it, and the table does not have it.
+            ++stats_.closed;
+            ++stats_.connection_errors;
+            logger().warn("muxio-echo: cannot serve the connection on fd {}, closed it: {}", fd, failure.what());
+        }
     }
+}
+
+// Everything that may fail is done before the connection enters the table,
+// and the connection owns the stream until then: an exception closes the
+// stream, which removes the reader added for it.
+void CallbackEchoServer::serve(TcpStream stream) {
+    stream.set_nodelay(true);
+    auto connection = std::make_unique<Connection>();
+    connection->stream = std::move(stream);
+    const int fd = connection->stream.fileno();
+    Connection* raw = connection.get();
+    reactor_.add_reader(fd, [this, raw] { readable(*raw); });
+    connections_.emplace(fd, std::move(connection));
 }
 
 void CallbackEchoServer::pause_accepting(const std::error_code& error) {
@@ -85,8 +101,18 @@ void CallbackEchoServer::pause_accepting(const std::error_code& error) {
     logger().warn("muxio-echo: accept on {}: {}; pausing accepts for {} ms", listener_.local_address(), error.message(),
                   accept_pause.count());
     reactor_.remove_reader(listener_.fileno());
-    resume_accepting_ = reactor_.call_later(
-        accept_pause, [this] { reactor_.add_reader(listener_.fileno(), [this] { accept_ready(); }); });
+    resume_accepting_ = reactor_.call_later(accept_pause, [this] { resume_accepting(); });
+}
+
+void CallbackEchoServer::resume_accepting() {
+    try {
+        reactor_.add_reader(listener_.fileno(), [this] { accept_ready(); });
+    } catch (const std::exception& failure) {
+        // Not watching the listener would stop the server for good: try again.
+        logger().warn("muxio-echo: cannot watch the listener {}: {}; retrying in {} ms", listener_.local_address(),
+                      failure.what(), accept_pause.count());
+        resume_accepting_ = reactor_.call_later(accept_pause, [this] { resume_accepting(); });
+    }
 }
 
 void CallbackEchoServer::readable(Connection& connection) {
@@ -95,6 +121,7 @@ void CallbackEchoServer::readable(Connection& connection) {
     if (!got) {
         if (error) {
             logger().debug("muxio-echo: read from {}: {}", connection.stream.peer_address(), error.message());
+            ++stats_.connection_errors;
             close(connection);
         }
         return;  // spurious wakeup
@@ -107,6 +134,7 @@ void CallbackEchoServer::readable(Connection& connection) {
     const std::optional<std::size_t> sent = connection.stream.try_write(received, error);
     if (error) {
         logger().debug("muxio-echo: write to {}: {}", connection.stream.peer_address(), error.message());
+        ++stats_.connection_errors;
         close(connection);
         return;
     }
@@ -115,11 +143,15 @@ void CallbackEchoServer::readable(Connection& connection) {
     if (written < received.size()) {
         // The peer is not reading: keep the rest and read no more until it
         // is sent, so a slow reader cannot make the server buffer without end.
-        connection.unsent.assign(received.begin() + static_cast<std::ptrdiff_t>(written), received.end());
-        connection.unsent_offset = 0;
-        const int fd = connection.stream.fileno();
-        reactor_.remove_reader(fd);
-        reactor_.add_writer(fd, [this, raw = &connection] { writable(*raw); });
+        try {
+            connection.unsent.assign(received.begin() + static_cast<std::ptrdiff_t>(written), received.end());
+            connection.unsent_offset = 0;
+            const int fd = connection.stream.fileno();
+            reactor_.remove_reader(fd);
+            reactor_.add_writer(fd, [this, raw = &connection] { writable(*raw); });
+        } catch (const std::exception& failure) {
+            fail(connection, failure);
+        }
     }
 }
 
@@ -129,6 +161,7 @@ void CallbackEchoServer::writable(Connection& connection) {
     const std::optional<std::size_t> sent = connection.stream.try_write(rest, error);
     if (error) {
         logger().debug("muxio-echo: write to {}: {}", connection.stream.peer_address(), error.message());
+        ++stats_.connection_errors;
         close(connection);
         return;
     }
@@ -136,10 +169,22 @@ void CallbackEchoServer::writable(Connection& connection) {
     stats_.bytes += sent.value_or(0);
     if (connection.unsent_offset == connection.unsent.size()) {
         connection.unsent.clear();
-        const int fd = connection.stream.fileno();
-        reactor_.remove_writer(fd);
-        reactor_.add_reader(fd, [this, raw = &connection] { readable(*raw); });
+        try {
+            const int fd = connection.stream.fileno();
+            reactor_.remove_writer(fd);
+            reactor_.add_reader(fd, [this, raw = &connection] { readable(*raw); });
+        } catch (const std::exception& failure) {
+            fail(connection, failure);
+        }
     }
+}
+
+void CallbackEchoServer::fail(Connection& connection, const std::exception& failure) {
+    // Without its reader or writer the connection would stay in the table
+    // for ever, never served and never closed.
+    logger().warn("muxio-echo: connection from {}, closed it: {}", connection.stream.peer_address(), failure.what());
+    ++stats_.connection_errors;
+    close(connection);
 }
 
 void CallbackEchoServer::close(Connection& connection) {
@@ -161,7 +206,30 @@ namespace {
 // message of a thousand connections.
 using SharedBuffer = std::shared_ptr<std::vector<std::byte>>;
 
-Task<void> echo_connection(TcpStream stream, std::shared_ptr<EchoStats> stats, SharedBuffer buffer) {
+// Counts a connection as accepted from its creation, and as closed once the
+// coroutine frame that holds it ends, however it ends: the task returned or
+// failed, or it was destroyed before it started or while suspended
+// (Reactor::close()). Passed by value, so it lives in the frame.
+class OpenConnection {
+public:
+    explicit OpenConnection(std::shared_ptr<EchoStats> stats) : stats_{std::move(stats)} { ++stats_->accepted; }
+    OpenConnection(OpenConnection&& other) noexcept = default;  // leaves `other` empty
+    OpenConnection& operator=(OpenConnection&&) = delete;
+    OpenConnection(const OpenConnection&) = delete;
+    OpenConnection& operator=(const OpenConnection&) = delete;
+    ~OpenConnection() {
+        if (stats_) {
+            ++stats_->closed;
+        }
+    }
+    [[nodiscard]] EchoStats& stats() const noexcept { return *stats_; }
+
+private:
+    std::shared_ptr<EchoStats> stats_;
+};
+
+Task<void> echo_connection(TcpStream stream, OpenConnection open, SharedBuffer buffer) {
+    EchoStats& stats = open.stats();
     std::vector<std::byte> unsent;
     try {
         for (;;) {
@@ -174,6 +242,7 @@ Task<void> echo_connection(TcpStream stream, std::shared_ptr<EchoStats> stats, S
             const std::size_t written = stream.try_write(received, error).value_or(0);
             if (error) {
                 logger().debug("muxio-echo: write to {}: {}", stream.peer_address(), error.message());
+                ++stats.connection_errors;
                 break;
             }
             if (written < got) {
@@ -183,14 +252,21 @@ Task<void> echo_connection(TcpStream stream, std::shared_ptr<EchoStats> stats, S
                 unsent.assign(received.begin() + static_cast<std::ptrdiff_t>(written), received.end());
                 co_await stream.write_all(unsent);
             }
-            stats->bytes += got;
+            stats.bytes += got;
         }
     } catch (const Cancelled&) {
         // shutdown()
     } catch (const std::system_error& error) {
+        // Mostly the peer's doing (reset, gone).
         logger().debug("muxio-echo: {}", error.what());
+        ++stats.connection_errors;
+    } catch (const std::exception& error) {
+        // The server's: the reactor could not watch the descriptor (select
+        // from FD_SETSIZE up), or memory ran out. The stream closes with
+        // the frame, now.
+        logger().warn("muxio-echo: connection from {}, closed it: {}", stream.peer_address(), error.what());
+        ++stats.connection_errors;
     }
-    ++stats->closed;
 }
 
 Task<void> accept_loop(Reactor& reactor, TcpListener listener, std::shared_ptr<EchoStats> stats, std::stop_token stop) {
@@ -199,15 +275,27 @@ Task<void> accept_loop(Reactor& reactor, TcpListener listener, std::shared_ptr<E
         bool pause = false;
         try {
             TcpStream stream = co_await listener.accept();
-            stream.set_nodelay(true);
-            ++stats->accepted;
-            spawn(reactor, echo_connection(std::move(stream), stats, buffer), stop);
+            OpenConnection open{stats};
+            try {
+                stream.set_nodelay(true);
+                spawn(reactor, echo_connection(std::move(stream), std::move(open), buffer), stop);
+            } catch (const std::exception& error) {
+                // The stream closes here, or with the task it was moved into.
+                logger().warn("muxio-echo: cannot serve a connection, closed it: {}", error.what());
+                ++stats->connection_errors;
+            }
         } catch (const Cancelled&) {
             break;
         } catch (const std::system_error& error) {
             ++stats->accept_errors;
             logger().warn("muxio-echo: {}", error.what());
             pause = out_of_descriptors(error.code());
+        } catch (const std::exception& error) {
+            // Not the kernel refusing one connection: the listener itself
+            // may not be watchable. Retrying at once could spin.
+            ++stats->accept_errors;
+            logger().warn("muxio-echo: accept: {}; pausing accepts for {} ms", error.what(), accept_pause.count());
+            pause = true;
         }
         if (pause) {
             try {

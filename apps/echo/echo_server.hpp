@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <exception>
 #include <memory>
 #include <stop_token>
 #include <system_error>
@@ -18,17 +19,27 @@ namespace muxio::apps {
 
 /// Counters both servers keep, for the exit summary and the tests.
 struct EchoStats {
+    /// Connections accepted; accepted - closed are open now.
     std::size_t accepted = 0;
     std::size_t closed = 0;
     std::size_t bytes = 0;
+    /// accept() failures (the connection, if any, stays queued or is lost).
     std::size_t accept_errors = 0;
+    /// Accepted connections ended by an error rather than by the peer or a
+    /// shutdown: a failed read or write, or one the server could not serve
+    /// at all (the reactor refused to watch its descriptor, as select does
+    /// from FD_SETSIZE up; memory ran out). Each is closed at once.
+    std::size_t connection_errors = 0;
 };
 
 /// An echo server on reactor callbacks: the listener's reader accepts, each
 /// connection's reader reads and writes back. When the peer reads slower
 /// than it writes, the unsent rest is kept, the connection stops reading
 /// (back-pressure) and a writer finishes the send. Out of descriptors
-/// (EMFILE), accepting pauses for a moment instead of spinning.
+/// (EMFILE), accepting pauses for a moment instead of spinning. A
+/// connection that cannot be served (its reader cannot be added) is closed
+/// at once, counted in connection_errors and logged; it is never left in
+/// the table, and accepting goes on.
 class CallbackEchoServer {
 public:
     /// Starts listening: the reader is added now, connections are served
@@ -52,9 +63,12 @@ private:
     };
 
     void accept_ready();
+    void serve(TcpStream stream);
     void pause_accepting(const std::error_code& error);
+    void resume_accepting();
     void readable(Connection& connection);
     void writable(Connection& connection);
+    void fail(Connection& connection, const std::exception& failure);
     void close(Connection& connection);
 
     Reactor& reactor_;
@@ -68,7 +82,10 @@ private:
 /// The same server as coroutines: an accept loop and one task per
 /// connection (read_some into a buffer the connections share, try_write,
 /// write_all of what the socket did not take), all spawned on the reactor
-/// and all cancelled through one stop source by shutdown().
+/// and all cancelled through one stop source by shutdown(). A connection
+/// whose task fails, for instance because the reactor refuses to watch its
+/// descriptor, is closed at once, counted and logged; an error in the
+/// accept loop pauses accepting for a moment rather than ending it.
 class CoroutineEchoServer {
 public:
     /// Spawns the accept loop; it runs while `reactor` runs.

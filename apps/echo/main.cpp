@@ -115,8 +115,8 @@ int run(int argc, char** argv) {
             }
         },
         server);
-    fmt::print("stopped by signal {}: {} connections, {} bytes echoed, {} accept errors\n", signal_received,
-               stats.accepted, stats.bytes, stats.accept_errors);
+    fmt::print("stopped by signal {}: {} connections, {} bytes echoed, {} accept errors, {} connection errors\n",
+               signal_received, stats.accepted, stats.bytes, stats.accept_errors, stats.connection_errors);
     server.emplace<std::monostate>();
     reactor->close();  // also ends the coroutine tasks still suspended
     return exit_ok;

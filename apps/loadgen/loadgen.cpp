@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <system_error>
@@ -29,6 +30,7 @@ using TimePoint = Reactor::TimePoint;
 // What every connection task shares: the plan and the totals.
 struct Run {
     const LoadConfig& config;
+    TimePoint start;
     TimePoint measure_from;
     TimePoint end;
     LoadResult result;
@@ -41,6 +43,11 @@ struct Run {
             result.first_error = what;
         }
     }
+
+    void established(TimePoint now) {
+        ++result.connected;
+        result.connect_seconds = std::max(result.connect_seconds, std::chrono::duration<double>(now - start).count());
+    }
 };
 
 Task<TcpStream> connect(Reactor& reactor, Run& run) {
@@ -50,11 +57,8 @@ Task<TcpStream> connect(Reactor& reactor, Run& run) {
 
 // Echo: `pipeline` messages written back to back, then read back whole and
 // compared byte by byte with what was sent.
-Task<void> echo_client(Reactor& reactor, Run& run, std::size_t id) {
+Task<void> echo_client(Reactor& reactor, Run& run, TcpStream& stream, std::size_t id) {
     const LoadConfig& config = run.config;
-    TcpStream stream = co_await connect(reactor, run);
-    stream.set_nodelay(true);
-    ++run.result.connected;
     const std::size_t batch = config.message_size * config.pipeline;
     std::vector<std::byte> sent(batch);
     std::vector<std::byte> received(batch);
@@ -136,11 +140,8 @@ private:
     unsigned last_bad_status_ = 0;
 };
 
-Task<void> http_client(Reactor& reactor, Run& run) {
+Task<void> http_client(Reactor& reactor, Run& run, TcpStream& stream) {
     const LoadConfig& config = run.config;
-    TcpStream stream = co_await connect(reactor, run);
-    stream.set_nodelay(true);
-    ++run.result.connected;
     std::string requests;
     for (std::size_t i = 0; i < config.pipeline; ++i) {
         requests += fmt::format("GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: muxio-loadgen\r\n\r\n", config.path,
@@ -176,11 +177,33 @@ Task<void> http_client(Reactor& reactor, Run& run) {
 }
 
 Task<void> client(Reactor& reactor, Run& run, std::size_t id) {
+    // A connection that is never established is an error, whether it failed
+    // (refused, timed out) or was still under way when the run ended: a run
+    // that connected nothing must not look like one that had no errors.
+    std::optional<TcpStream> stream;
     try {
+        stream.emplace(co_await connect(reactor, run));
+    } catch (const Cancelled&) {
+        ++run.result.connect_pending;
+        run.fail(fmt::format("connection {}: still connecting to {} when the run ended", id, run.config.server));
+    } catch (const TimeoutError&) {
+        ++run.result.connect_failed;
+        run.fail(fmt::format("connection {}: connect to {}: timed out after {} s", id, run.config.server,
+                             run.config.connect_timeout.count()));
+    } catch (const std::exception& error) {
+        ++run.result.connect_failed;
+        run.fail(fmt::format("connection {}: {}", id, error.what()));
+    }
+    if (!stream) {
+        co_return;
+    }
+    run.established(reactor.time());
+    try {
+        stream->set_nodelay(true);
         if (run.config.mode == LoadMode::echo) {
-            co_await echo_client(reactor, run, id);
+            co_await echo_client(reactor, run, *stream, id);
         } else {
-            co_await http_client(reactor, run);
+            co_await http_client(reactor, run, *stream);
         }
     } catch (const Cancelled&) {
         // the run ended while this connection waited
@@ -215,7 +238,7 @@ LoadResult run_load(Reactor& reactor, const LoadConfig& config, const ProgressFn
     const TimePoint start = reactor.time();
     const auto warmup = std::chrono::ceil<Reactor::Duration>(config.warmup);
     const auto duration = std::chrono::ceil<Reactor::Duration>(config.duration);
-    Run run{config, start + warmup, start + warmup + duration, {}};
+    Run run{config, start, start + warmup, start + warmup + duration, {}};
     run_until_complete(reactor, drive(reactor, run, progress));
     run.result.seconds = std::chrono::duration<double>(std::min(reactor.time(), run.end) - run.measure_from).count();
     run.result.seconds = std::max(run.result.seconds, 0.0);

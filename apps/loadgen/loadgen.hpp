@@ -34,12 +34,19 @@ struct LoadConfig {
 struct LoadResult {
     std::uint64_t messages = 0;    // completed in the measured window
     std::uint64_t bytes = 0;       // payload bytes received in the window
-    std::uint64_t errors = 0;      // failed connections, bad statuses
+    std::uint64_t errors = 0;      // failed connections (never established ones included), bad statuses
     std::uint64_t mismatches = 0;  // echo: bytes that differed from those sent
-    std::uint64_t connected = 0;   // connections established
-    double seconds = 0;            // the measured window
-    LatencyHistogram latency_ns;   // per message, send to last byte
-    std::string first_error;       // for the report
+    // The connect phase: every connection is established, failed to be
+    // (refused, timed out after LoadConfig::connect_timeout, any other
+    // error), or was still being established when the run ended. The last
+    // two count as errors.
+    std::uint64_t connected = 0;        // connections established
+    std::uint64_t connect_failed = 0;   // refused, timed out, ...
+    std::uint64_t connect_pending = 0;  // still connecting at the end of the run
+    double connect_seconds = 0;         // from the start until the last connection was established
+    double seconds = 0;                 // the measured window
+    LatencyHistogram latency_ns;        // per message, send to last byte
+    std::string first_error;            // for the report
 
     [[nodiscard]] double messages_per_second() const noexcept {
         return seconds > 0 ? static_cast<double>(messages) / seconds : 0;
@@ -53,7 +60,9 @@ using ProgressFn = std::function<void(double elapsed, std::uint64_t messages)>;
 /// Runs the load on `reactor` until the duration (after the warm-up) ends,
 /// or until every connection has done `count` messages if that is set;
 /// calls `progress` about once a second if given. Throws std::system_error
-/// only for setup failures; connection failures are counted in the result.
+/// only for setup failures; connection failures are counted in the result,
+/// connections never established included (connected + connect_failed +
+/// connect_pending == connections).
 LoadResult run_load(Reactor& reactor, const LoadConfig& config, const ProgressFn& progress = {});
 
 /// The byte an echo client sends at `offset` of its stream: a pattern that

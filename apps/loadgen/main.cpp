@@ -4,7 +4,8 @@
 // latency percentiles at the end, and optionally the same as JSON.
 //
 // Exit status: 0 when the run completed messages without an error, 1 when a
-// connection failed or an echoed byte differed, 2 for a usage error.
+// connection failed or was never established, an echoed byte differed or no
+// message completed, 2 for a usage error.
 
 #include <unistd.h>
 
@@ -46,10 +47,25 @@ struct Percentile {
 };
 constexpr Percentile percentiles[] = {{"p50", 0.50}, {"p90", 0.90}, {"p99", 0.99}, {"p99.9", 0.999}};
 
+// How many connections were established and when the last one was; the
+// ones that never were, and why.
+std::string connect_phase(const muxio::apps::LoadConfig& config, const muxio::apps::LoadResult& result) {
+    std::string text = fmt::format("connect phase: {} of {} connected", result.connected, config.connections);
+    if (result.connected != 0) {
+        text += fmt::format(" in {:.3f} s", result.connect_seconds);
+    }
+    if (const std::uint64_t never = result.connect_failed + result.connect_pending; never != 0) {
+        text += fmt::format("; {} never connected ({} failed, {} still connecting when the run ended)", never,
+                            result.connect_failed, result.connect_pending);
+    }
+    return text;
+}
+
 void print_table(const muxio::apps::LoadConfig& config, const muxio::apps::LoadResult& result) {
     fmt::print("\n{} mode, {} connection(s) to {}, {} in flight each, {:.1f} s measured\n",
                config.mode == muxio::apps::LoadMode::echo ? "echo" : "http", config.connections, config.server,
                config.pipeline, result.seconds);
+    fmt::print("{}\n", connect_phase(config, result));
     fmt::print("| {:<13} | {:>14} |\n|{:-<15}|{:->16}|\n", "", "", "", "");
     fmt::print("| {:<13} | {:>14} |\n", "messages", result.messages);
     fmt::print("| {:<13} | {:>14.0f} |\n", "messages/s", result.messages_per_second());
@@ -59,7 +75,7 @@ void print_table(const muxio::apps::LoadConfig& config, const muxio::apps::LoadR
                    format_ns(result.latency_ns.quantile(p.quantile)));
     }
     fmt::print("| {:<13} | {:>14} |\n", "latency max", format_ns(result.latency_ns.max()));
-    fmt::print("| {:<13} | {:>14} |\n", "connections", result.connected);
+    fmt::print("| {:<13} | {:>14} |\n", "connections", fmt::format("{} of {}", result.connected, config.connections));
     fmt::print("| {:<13} | {:>14} |\n", "errors", result.errors);
     if (config.mode == muxio::apps::LoadMode::echo) {
         fmt::print("| {:<13} | {:>14} |\n", "bad bytes", result.mismatches);
@@ -92,12 +108,14 @@ std::string to_json(const muxio::apps::LoadConfig& config, const muxio::apps::Lo
     return fmt::format(
         "{{\"mode\": \"{}\", \"server\": {}, \"connections\": {}, \"message_size\": {}, \"pipeline\": {}, "
         "\"seconds\": {:.6f}, \"messages\": {}, \"messages_per_second\": {:.1f}, \"bytes\": {}, "
-        "\"connected\": {}, \"errors\": {}, \"mismatches\": {}, "
+        "\"connected\": {}, \"connect_seconds\": {:.6f}, \"connect_failed\": {}, \"connect_pending\": {}, "
+        "\"errors\": {}, \"mismatches\": {}, "
         "\"latency_ns\": {{{}\"max\": {}}}, \"first_error\": {}}}\n",
         config.mode == muxio::apps::LoadMode::echo ? "echo" : "http", json_string(config.server.to_string()),
         config.connections, config.message_size, config.pipeline, result.seconds, result.messages,
-        result.messages_per_second(), result.bytes, result.connected, result.errors, result.mismatches, latency,
-        result.latency_ns.max(), json_string(result.first_error));
+        result.messages_per_second(), result.bytes, result.connected, result.connect_seconds, result.connect_failed,
+        result.connect_pending, result.errors, result.mismatches, latency, result.latency_ns.max(),
+        json_string(result.first_error));
 }
 
 int run(int argc, char** argv) {
@@ -107,6 +125,7 @@ int run(int argc, char** argv) {
     std::uint16_t port = 7007;
     double duration = 5.0;
     double warmup = 0.0;
+    double connect_timeout = config.connect_timeout.count();
     std::string selector;
     std::string json_path;
     std::string progress_mode = "auto";
@@ -142,6 +161,11 @@ int run(int argc, char** argv) {
     app.add_option("-w,--warmup", warmup, "seconds run before measuring")
         ->check(CLI::Range(0.0, 3600.0))
         ->capture_default_str();
+    app.add_option("--connect-timeout", connect_timeout,
+                   "seconds a connection may take to be established; one that fails, times out or is still "
+                   "connecting when the run ends counts as an error")
+        ->check(CLI::Range(0.001, 3600.0))
+        ->capture_default_str();
     app.add_option("--path", config.path, "http: the path to GET")->capture_default_str();
     app.add_option("--selector", selector, "I/O mechanism (default: the best the kernel accepts)")
         ->check(CLI::IsMember(selectors));
@@ -166,6 +190,7 @@ int run(int argc, char** argv) {
     config.host_header = server->to_string();
     config.duration = std::chrono::duration<double>{duration};
     config.warmup = std::chrono::duration<double>{warmup};
+    config.connect_timeout = std::chrono::duration<double>{connect_timeout};
 
     muxio::Reactor reactor{muxio::ReactorOptions{selector, {}}};
     const bool show_progress = progress_mode == "always" || (progress_mode == "auto" && ::isatty(STDERR_FILENO) == 1);

@@ -111,11 +111,13 @@ TEST_CASE("status is one line of key=value pairs") {
     report.ticks = 7;
     report.connections = 2;
     report.served = 9;
+    report.errors = 4;
     report.control_clients = 1;
     report.generation = 3;
     report.state = "draining";
     CHECK(format_status(report) ==
-          "pid=4242 uptime=12.346 ticks=7 connections=2 served=9 control_clients=1 generation=3 state=draining");
+          "pid=4242 uptime=12.346 ticks=7 connections=2 served=9 errors=4 control_clients=1 generation=3 "
+          "state=draining");
 
     FakeDaemon daemon;
     daemon.report = report;
@@ -160,7 +162,10 @@ TEST_CASE("reload reports the new generation or the error") {
     CHECK(answer("reload", daemon) == "ok: reloaded, generation=5");
     daemon.next_reload = ReloadResult{false, 5, "daemon.conf:2: unknown key 'x'"};
     CHECK(answer("reload", daemon) == "error: reload failed, generation=5 kept: daemon.conf:2: unknown key 'x'");
-    CHECK(daemon.reload_calls == 2);
+    // The reply stays one line whatever the error says.
+    daemon.next_reload = ReloadResult{false, 5, "two\nlines\r"};
+    CHECK(answer("reload", daemon) == "error: reload failed, generation=5 kept: two?lines?");
+    CHECK(daemon.reload_calls == 3);
 }
 
 TEST_CASE("help lists the commands") {

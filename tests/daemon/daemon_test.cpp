@@ -2,6 +2,7 @@
 // drives one iteration at a time, as main.cpp's loop does, with plain
 // non-blocking sockets as clients.
 #include <fcntl.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -23,6 +25,7 @@
 #include <spdlog/sinks/ostream_sink.h>
 
 #include "daemon.hpp"
+#include "fifo_guard.hpp"
 #include "muxio/error.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
@@ -77,7 +80,9 @@ struct Fixture {
     Reactor reactor;
     std::optional<Daemon> daemon;
 
-    explicit Fixture(std::string_view config_text) {
+    // `selector`: as ReactorOptions::selector (empty: the default).
+    explicit Fixture(std::string_view config_text, std::string_view selector = {})
+        : reactor{muxio::ReactorOptions{selector, {}}} {
         write_file(config_path, config_text);
         DaemonOptions options;
         options.control_path = control_path;
@@ -223,6 +228,96 @@ TEST_CASE("the control socket answers status, reload and stop") {
     CHECK_FALSE(exists(fixture.control_path));
 }
 
+TEST_CASE("a reload from a FIFO, a directory, a device, a huge or a missing file keeps the configuration") {
+    FdLeakCheck leak_check;
+    Fixture fixture{"interval = 60\ngreeting = kept\n"};
+    Client control{fixture, muxio::SocketAddress::unix_path(fixture.control_path)};
+    const std::string& path = fixture.config_path;
+    const std::string elsewhere = fixture.dir.path + "/elsewhere";
+
+    struct Case {
+        const char* what;
+        std::function<void()> make;  // replaces the file at `path`
+        std::string why;             // what the reply and the log say after the path
+    };
+    const auto remove_path = [&path] { REQUIRE(::unlink(path.c_str()) == 0); };
+    const Case cases[] = {
+        {"a FIFO",
+         [&] {
+             remove_path();
+             REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+         },
+         "not a regular file but a FIFO"},
+        {"a symbolic link to a FIFO",
+         [&] {
+             remove_path();
+             REQUIRE(::mkfifo(elsewhere.c_str(), 0600) == 0);
+             REQUIRE(::symlink(elsewhere.c_str(), path.c_str()) == 0);
+         },
+         "not a regular file but a FIFO"},
+        {"a directory",
+         [&] {
+             remove_path();
+             REQUIRE(::mkdir(path.c_str(), 0700) == 0);
+         },
+         "not a regular file but a directory"},
+        {"a device",
+         [&] {
+             remove_path();
+             REQUIRE(::symlink("/dev/zero", path.c_str()) == 0);
+         },
+         "not a regular file but a character device"},
+        {"a file over 1 MiB",
+         [&] {
+             remove_path();
+             write_file(path, "interval = 1\n");
+             REQUIRE(::truncate(path.c_str(), 2 * 1024 * 1024) == 0);
+         },
+         "too big: 2097152 bytes, at most 1048576 are read"},
+        {"a file that is gone", [&] { remove_path(); }, "cannot open: No such file or directory"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.what);
+        c.make();
+        std::string reply;
+        {
+            // Should the daemon wait for a writer, this ends the wait.
+            const muxio::test::FifoUnblocker unblocker{elsewhere, 5s};
+            const muxio::test::FifoUnblocker unblocker_at_path{path, 5s};
+            reply = control.ask("reload");
+        }
+        CHECK(reply == "error: reload failed, generation=1 kept: " + path + ": " + c.why);
+        CHECK(fixture.log_text.str().find("reload failed, generation 1 kept: " + path + ": " + c.why) !=
+              std::string::npos);
+        CHECK(fixture.daemon->config().greeting == "kept");
+        CHECK(fixture.daemon->config().interval == Seconds{60.0});
+        // Still answering, on the same connection and on a new one.
+        CHECK(status_field(control.ask("status"), "generation") == "1");
+        Client other{fixture, muxio::SocketAddress::unix_path(fixture.control_path)};
+        CHECK(status_field(other.ask("status"), "state") == "running");
+        // Back to a regular file for the next case.
+        (void)std::system(fmt::format("rm -rf '{}' '{}'", path, elsewhere).c_str());
+        write_file(path, "interval = 60\ngreeting = kept\n");
+    }
+    // And a good file is read again.
+    write_file(path, "interval = 60\ngreeting = new\n");
+    CHECK(control.ask("reload") == "ok: reloaded, generation=2");
+    CHECK(fixture.daemon->config().greeting == "new");
+}
+
+TEST_CASE("a reload that sets a number out of range keeps the configuration, naming key, value and range") {
+    FdLeakCheck leak_check;
+    Fixture fixture{"interval = 60\n"};
+    Client control{fixture, muxio::SocketAddress::unix_path(fixture.control_path)};
+    write_file(fixture.config_path, "interval = 1e-300\n");
+    CHECK(control.ask("reload") == "error: reload failed, generation=1 kept: " + fixture.config_path +
+                                       ":1: interval: '1e-300' is out of range (0.01 to 86400 seconds)");
+    CHECK(fixture.daemon->config().interval == Seconds{60.0});
+    write_file(fixture.config_path, "drain_timeout = nan\n");
+    CHECK(control.ask("reload").ends_with(":1: drain_timeout: 'nan' is not a number of seconds (range 0 to 86400)"));
+    CHECK(fixture.daemon->config().drain_timeout == Seconds{5.0});
+}
+
 TEST_CASE("several control clients are served at once") {
     FdLeakCheck leak_check;
     Fixture fixture{"interval = 60\n"};
@@ -296,6 +391,47 @@ TEST_CASE("out of descriptors, accepting pauses and the queued connection is ser
     CHECK(fixture.daemon->status().served == 1);
     client.close();
     fixture.run_until([&] { return fixture.daemon->connections() == 0; });
+}
+
+TEST_CASE("a TCP or control connection the selector cannot watch is closed at once, and the daemon goes on") {
+    FdLeakCheck leak_check;
+    // select cannot watch a descriptor from FD_SETSIZE up: accepted sockets
+    // get such numbers while the low ones are all taken.
+    Fixture fixture{"greeting = hi\n", "select"};
+    std::size_t escaped = 0;  // exceptions that reached the reactor
+    fixture.reactor.set_exception_handler([&escaped](const std::exception_ptr&) { ++escaped; });
+    const auto control_address = muxio::SocketAddress::unix_path(fixture.control_path);
+    Client tcp{fixture, fixture.daemon->tcp_address()};  // queued now, accepted below
+    Client control{fixture, control_address};
+    {
+        const muxio::test::OccupyDescriptorsBelow occupied{FD_SETSIZE};
+        const int open_before = muxio::test::count_open_fds();
+        // The greeting needs no wait, so it goes out; the first read cannot wait.
+        CHECK(tcp.line() == "hi");
+        tcp.wait_closed();
+        control.wait_closed();
+        fixture.run_until(
+            [&] { return fixture.daemon->connections() == 0 && fixture.daemon->status().control_clients == 0; });
+        CHECK(fixture.daemon->status().served == 1);
+        CHECK(fixture.daemon->status().errors == 2);
+        CHECK(muxio::test::count_open_fds() == open_before);  // both accepted sockets are closed
+        const std::string log = fixture.log_text.str();
+        CHECK_MESSAGE(log.find("connection from 127.0.0.1:") != std::string::npos, log);
+        CHECK_MESSAGE(log.find("cannot serve it, closed it") != std::string::npos, log);
+        CHECK_MESSAGE(log.find("control client: cannot serve it, closed it") != std::string::npos, log);
+    }
+    // Later connections, numbered low again, are served.
+    Client again{fixture, fixture.daemon->tcp_address()};
+    CHECK(again.line() == "hi");
+    again.send("echo\n");
+    CHECK(again.line() == "echo");
+    Client control_again{fixture, control_address};
+    const std::string status = control_again.ask("status");
+    CHECK(status_field(status, "served") == "2");
+    CHECK(status_field(status, "errors") == "2");
+    CHECK(status_field(status, "connections") == "1");
+    CHECK(status_field(status, "control_clients") == "1");
+    CHECK(escaped == 0);
 }
 
 TEST_CASE("the heartbeat ticks on the configured interval") {

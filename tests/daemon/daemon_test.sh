@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # muxio-daemon as an operator drives it: the control socket (status, help, an
 # unknown command, several clients at once), reload by command and by
-# SIGHUP, a bad configuration kept out, the TCP service, and the three ways
+# SIGHUP, a bad configuration and a FIFO kept out, the TCP service, and the three ways
 # to stop: SIGTERM draining an open connection, SIGTERM with a drain that
 # times out, and `stop` on the control channel.
 #
@@ -221,7 +221,7 @@ wait_for "generation 3 after SIGHUP" 10 status_has "$main_sock" generation 3
 good_conf="$(cat "$conf")"
 printf 'greeting = never\ninterval = fast\n' >"$conf"
 reply="$(ctl "$main_sock" reload)"
-[[ "$reply" == "error: reload failed, generation=3 kept: $conf:2: interval: 'fast' is not a number of seconds" ]] \
+[[ "$reply" == "error: reload failed, generation=3 kept: $conf:2: interval: 'fast' is not a number of seconds (range 0.01 to 86400)" ]] \
     || fail "bad reload: $reply"
 printf 'greeting = never\n\ncolour = blue\n' >"$conf"
 kill -HUP "$main_pid"
@@ -230,6 +230,20 @@ kill -0 "$main_pid" || fail "the daemon died on a bad configuration"
 status_has "$main_sock" generation 3 || fail "generation after bad reloads"
 [[ "$(tcp_greeting "$main_port")" == "hello three" ]] || fail "greeting after bad reloads"
 printf '%s\n' "$good_conf" >"$conf"
+
+# A FIFO in place of the file: refused at once, by SIGHUP and by command,
+# without waiting for a writer; the daemon keeps answering.
+mv "$conf" "$conf.saved"
+mkfifo "$conf"
+kill -HUP "$main_pid"
+wait_for "the FIFO refused in the log" 10 grep -q "$conf: not a regular file but a FIFO" "$work/main.err"
+reply="$(ctl "$main_sock" reload)"
+[[ "$reply" == "error: reload failed, generation=3 kept: $conf: not a regular file but a FIFO" ]] \
+    || fail "FIFO reload: $reply"
+status_has "$main_sock" generation 3 || fail "generation after a FIFO"
+[[ "$(tcp_greeting "$main_port")" == "hello three" ]] || fail "greeting after a FIFO"
+rm "$conf"
+mv "$conf.saved" "$conf"
 
 # A second daemon on the same control socket is refused; the first keeps it.
 status=0

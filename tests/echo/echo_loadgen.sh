@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # muxio-echo under muxio-loadgen, as a user runs them: start the server on an
 # ephemeral port, drive it (every echoed byte is checked by the load
-# generator), stop it with SIGTERM, and expect both to exit 0.
+# generator), stop it with SIGTERM, and expect both to exit 0; then expect
+# the load generator to fail, saying why, against the port now closed.
 #
 #   echo_loadgen.sh MUXIO_ECHO MUXIO_LOADGEN MODE
 set -euo pipefail
@@ -47,4 +48,15 @@ wait "$server_pid" || status=$?
 server_pid=""
 [[ "$status" -eq 0 ]] || { echo "muxio-echo exited with $status" >&2; cat "$work/server.err" >&2; exit 1; }
 grep -q "stopped by signal 15" "$work/server.out"
+
+# The server is gone: every connection is refused. A run that never
+# connected is a failure (exit 1) that says so, not "0 messages, 0 errors".
+status=0
+timeout 20 "$loadgen_bin" --port "$port" -c 2 -d 0.2 --progress never --json "$work/refused.json" \
+    >"$work/refused.out" || status=$?
+[[ "$status" -eq 1 ]] || { echo "muxio-loadgen exited with $status against a closed port" >&2; exit 1; }
+grep -q "connect phase: 0 of 2 connected; 2 never connected (2 failed, 0 still connecting" "$work/refused.out" ||
+    { cat "$work/refused.out" >&2; exit 1; }
+grep -q '"errors": 2,' "$work/refused.json" || { cat "$work/refused.json" >&2; exit 1; }
+grep -q '"connect_failed": 2,' "$work/refused.json"
 echo "muxio-echo ($mode) under muxio-loadgen: ok"

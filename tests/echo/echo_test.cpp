@@ -1,14 +1,20 @@
 // muxio-echo's two servers in-process (every byte, back-pressure, shutdown)
 // and muxio-loadgen's engine: its histogram, its byte pattern, and a short
 // run against each server.
+#include <sys/select.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <span>
+#include <sstream>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -16,11 +22,13 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <spdlog/sinks/ostream_sink.h>
 
 #include "echo_server.hpp"
 #include "histogram.hpp"
 #include "loadgen.hpp"
 #include "muxio/combinators.hpp"
+#include "muxio/log.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/run.hpp"
@@ -58,6 +66,9 @@ struct AnyServer {
     }
     [[nodiscard]] muxio::apps::EchoStats stats() const {
         return std::visit([](const auto& s) { return s->stats(); }, server);
+    }
+    [[nodiscard]] std::size_t connections() const {
+        return std::visit([](const auto& s) { return s->connections(); }, server);
     }
 };
 
@@ -195,6 +206,122 @@ TEST_CASE("the echo servers close their connections at shutdown") {
     }
 }
 
+namespace {
+
+// A non-blocking TCP client socket, connecting to `address` (on loopback
+// the connection is queued at once, before the server accepts it).
+muxio::test::UniqueFd connect_to(const muxio::SocketAddress& address) {
+    muxio::test::UniqueFd fd{::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)};
+    REQUIRE(fd.get() >= 0);
+    const int status = ::connect(fd.get(), address.data(), address.size());
+    REQUIRE((status == 0 || errno == EINPROGRESS));
+    return fd;
+}
+
+// Runs `reactor` until `done` holds; fails the test after `limit`.
+void run_until(Reactor& reactor, const std::function<bool()>& done, std::chrono::seconds limit = 10s) {
+    const muxio::test::Stopwatch stopwatch;
+    while (!done()) {
+        REQUIRE_MESSAGE(stopwatch.elapsed() < limit, "timed out");
+        reactor.run_once(10ms);
+    }
+}
+
+// Sends the `muxio` logger's output (warnings and above) to a string while
+// it lives; restores its sinks and level afterwards.
+class CapturedLog {
+public:
+    CapturedLog()
+        : sink_{std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_)},
+          saved_sinks_{muxio::logger().sinks()},
+          saved_level_{muxio::logger().level()} {
+        muxio::logger().sinks() = {sink_};
+        muxio::logger().set_level(spdlog::level::warn);
+    }
+    ~CapturedLog() {
+        muxio::logger().sinks() = saved_sinks_;
+        muxio::logger().set_level(saved_level_);
+    }
+    CapturedLog(const CapturedLog&) = delete;
+    CapturedLog& operator=(const CapturedLog&) = delete;
+
+    [[nodiscard]] std::string text() {
+        muxio::logger().flush();
+        return stream_.str();
+    }
+
+private:
+    std::ostringstream stream_;
+    std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
+    std::vector<spdlog::sink_ptr> saved_sinks_;
+    spdlog::level::level_enum saved_level_;
+};
+
+// True once the server has closed `fd`'s connection (end of stream or
+// reset); reads and discards whatever came before.
+bool closed_by_server(int fd) {
+    std::array<char, 256> buffer{};
+    for (;;) {
+        const ssize_t got = ::recv(fd, buffer.data(), buffer.size(), 0);
+        if (got == 0 || (got < 0 && errno == ECONNRESET)) {
+            return true;
+        }
+        if (got < 0) {
+            REQUIRE((errno == EAGAIN || errno == EWOULDBLOCK));
+            return false;
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("a connection the selector cannot watch is closed at once, and the echo servers go on serving") {
+    FdLeakCheck leak_check;
+    for (const bool coroutine : {false, true}) {
+        CAPTURE(coroutine);
+        // select cannot watch a descriptor from FD_SETSIZE up: the accepted
+        // socket gets such a number while the low ones are all taken.
+        Reactor reactor{muxio::ReactorOptions{"select", {}}};
+        std::size_t escaped = 0;  // exceptions that reached the reactor
+        reactor.set_exception_handler([&escaped](const std::exception_ptr&) { ++escaped; });
+        CapturedLog log;
+        AnyServer server{reactor, coroutine};
+        const muxio::test::UniqueFd refused = connect_to(server.address);
+        {
+            const muxio::test::OccupyDescriptorsBelow occupied{FD_SETSIZE};
+            const int open_before = muxio::test::count_open_fds();
+            run_until(reactor, [&] { return closed_by_server(refused.get()); });
+            CHECK(server.stats().accepted == 1);
+            CHECK(server.stats().closed == 1);
+            CHECK(server.stats().connection_errors == 1);
+            CHECK(server.connections() == 0);
+            CHECK(muxio::test::count_open_fds() == open_before);  // the accepted socket is closed
+            CHECK_MESSAGE(log.text().find("closed it") != std::string::npos, log.text());
+        }
+        // A later connection, numbered low again, is served.
+        muxio::test::UniqueFd client = connect_to(server.address);
+        run_until(reactor, [&] { return server.connections() == 1; });
+        muxio::test::write_all(client.get(), "ping");
+        std::string echoed;
+        run_until(reactor, [&] {
+            std::array<char, 16> buffer{};
+            const ssize_t got = ::recv(client.get(), buffer.data(), buffer.size(), 0);
+            if (got > 0) {
+                echoed.append(buffer.data(), static_cast<std::size_t>(got));
+            }
+            return echoed.size() >= 4;
+        });
+        CHECK(echoed == "ping");
+        client.reset();
+        run_until(reactor, [&] { return server.connections() == 0; });
+        CHECK(server.stats().accepted == 2);
+        CHECK(server.stats().connection_errors == 1);
+        CHECK(escaped == 0);
+        server.shutdown();
+        reactor.run_once(0s);
+    }
+}
+
 TEST_CASE("loadgen drives each echo server with every byte checked") {
     FdLeakCheck leak_check;
     for (const bool coroutine : {false, true}) {
@@ -233,7 +360,77 @@ TEST_CASE("loadgen counts a refused connection as an error") {
     const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
     CHECK(result.errors == 2);
     CHECK(result.connected == 0);
+    CHECK(result.connect_failed == 2);
+    CHECK(result.connect_pending == 0);
+    CHECK(result.connect_seconds == 0);
     CHECK(result.first_error.find("refused") != std::string::npos);
+}
+
+namespace {
+
+// A listening socket that never accepts, with the smallest backlog: once
+// its accept queue holds one connection, the kernel drops further SYNs and
+// those connections stay pending (the next SYN retransmission is 1 s away).
+struct NeverAccepting {
+    muxio::test::UniqueFd fd{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    muxio::SocketAddress address;
+
+    NeverAccepting() {
+        REQUIRE(fd.get() >= 0);
+        const muxio::SocketAddress any_port = loopback;
+        REQUIRE(::bind(fd.get(), any_port.data(), any_port.size()) == 0);
+        REQUIRE(::listen(fd.get(), 0) == 0);
+        muxio::SocketAddress bound;
+        socklen_t size = muxio::SocketAddress::capacity();
+        REQUIRE(::getsockname(fd.get(), bound.data(), &size) == 0);
+        bound.resize(size);
+        address = bound;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("loadgen counts connections still pending at the end of the run as errors") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const NeverAccepting server;
+    muxio::apps::LoadConfig config;
+    config.server = server.address;
+    config.connections = 4;
+    config.duration = 200ms;
+    config.connect_timeout = 60s;  // longer than the run: they are still pending at its end
+    const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
+    CAPTURE(result.connected);
+    CAPTURE(result.first_error);
+    // How many got into the accept queue depends on the kernel (SYN cookies,
+    // the order of the handshakes); at most one of four normally.
+    CHECK(result.connected + result.connect_failed + result.connect_pending == 4);
+    CHECK(result.connect_failed == 0);
+    CHECK(result.connect_pending >= 1);
+    CHECK(result.errors == result.connect_pending);  // the established ones only waited for echoes
+    CHECK(result.messages == 0);
+    CHECK(result.first_error.find("still connecting to " + server.address.to_string() + " when the run ended") !=
+          std::string::npos);
+    CHECK(result.connect_seconds <= result.seconds);
+}
+
+TEST_CASE("loadgen counts connections that time out as errors") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const NeverAccepting server;
+    muxio::apps::LoadConfig config;
+    config.server = server.address;
+    config.connections = 4;
+    config.connect_timeout = 50ms;  // the run ends later: they time out first
+    config.duration = 300ms;
+    const muxio::apps::LoadResult result = muxio::apps::run_load(reactor, config);
+    CAPTURE(result.connected);
+    CAPTURE(result.first_error);
+    CHECK(result.connected + result.connect_failed + result.connect_pending == 4);
+    CHECK(result.connect_failed >= 1);
+    CHECK(result.connect_pending == 0);
+    CHECK(result.errors == result.connect_failed);
+    CHECK(result.first_error.find("timed out after 0.05 s") != std::string::npos);
 }
 
 TEST_CASE("the latency histogram reports values within 1/64 and exact extremes") {

@@ -148,4 +148,39 @@ ScopedEnv::~ScopedEnv() {
     }
 }
 
+OccupyDescriptorsBelow::OccupyDescriptorsBelow(int limit, int headroom) {
+    REQUIRE_MESSAGE(raise_fd_limit(static_cast<long>(limit) + headroom) >= static_cast<long>(limit) + headroom,
+                    "RLIMIT_NOFILE's hard limit is below ", limit + headroom);
+    const int source = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    REQUIRE_MESSAGE(source >= 0, "open /dev/null: ", std::strerror(errno));
+    taken_.push_back(source);
+    // The lowest free number each time, until it is `limit` or above.
+    for (;;) {
+        const int copy = ::fcntl(source, F_DUPFD_CLOEXEC, 0);
+        if (copy < 0) {
+            const int error = errno;
+            for (const int fd : taken_) {
+                ::close(fd);
+            }
+            taken_.clear();
+            FAIL("fcntl(F_DUPFD_CLOEXEC): ", std::strerror(error));
+        }
+        if (copy >= limit) {
+            ::close(copy);
+            break;
+        }
+        taken_.push_back(copy);
+    }
+    if (source >= limit) {
+        ::close(source);
+        taken_.clear();
+    }
+}
+
+OccupyDescriptorsBelow::~OccupyDescriptorsBelow() {
+    for (const int fd : taken_) {
+        ::close(fd);
+    }
+}
+
 }  // namespace muxio::test

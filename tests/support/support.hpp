@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 // 1 in a ThreadSanitizer build, whose runtime defines operator new itself:
 // the allocation-counting replacements are left out there.
@@ -139,6 +140,26 @@ public:
 
 private:
     std::chrono::steady_clock::time_point start_;
+};
+
+/// For its lifetime every descriptor number below `limit` is in use (each
+/// free one holds a duplicate of /dev/null), so the next descriptor the
+/// process makes (an accepted socket) is numbered `limit` or above: how a
+/// test gives a server a descriptor that select() cannot watch
+/// (FD_SETSIZE). Raises the soft RLIMIT_NOFILE to `limit + headroom` first
+/// and fails the test if the hard limit is lower. Closes what it took.
+class OccupyDescriptorsBelow {
+public:
+    explicit OccupyDescriptorsBelow(int limit, int headroom = 64);
+    ~OccupyDescriptorsBelow();
+    OccupyDescriptorsBelow(const OccupyDescriptorsBelow&) = delete;
+    OccupyDescriptorsBelow& operator=(const OccupyDescriptorsBelow&) = delete;
+
+    /// How many numbers it holds.
+    [[nodiscard]] std::size_t count() const noexcept { return taken_.size(); }
+
+private:
+    std::vector<int> taken_;
 };
 
 }  // namespace muxio::test
