@@ -12,14 +12,13 @@
 
 namespace resp {
 
-/// Bounds on what one request may claim, checked before any memory is
-/// committed to it. The defaults follow Redis except for the bulk length
-/// (Redis allows 512 MB).
+/// Bounds on what one request may claim, checked when its header is read,
+/// before any of its data. The defaults are Redis's.
 struct ParserLimits {
-    /// Longest bulk string ($<len>).
-    std::size_t max_bulk = std::size_t{64} << 20U;
-    /// Longest inline request, and longest header line (*<n> or $<len>)
-    /// searched for its CRLF before giving up.
+    /// Longest bulk string ($<len>): Redis's proto-max-bulk-len.
+    std::size_t max_bulk = std::size_t{512} << 20U;
+    /// Longest inline request line, and longest header line (*<n> or $<len>),
+    /// not counting its line end.
     std::size_t max_inline = std::size_t{64} << 10U;
     /// Most elements in one array (*<n>).
     std::size_t max_args = std::size_t{1} << 20U;
@@ -40,6 +39,16 @@ struct ParserLimits {
 ///    close, as Redis does; the parser must be reset() before any reuse.
 ///
 /// Empty requests (`*0`, `*-1`, a blank line) are skipped, as Redis skips them.
+///
+/// The outcome does not depend on how the bytes are split into reads: the
+/// same bytes give the same commands, the same error and the same leftover
+/// whether they are passed whole or in pieces (tests/fuzz/resp_request.cpp
+/// checks this). One consequence departs from Redis: a line longer than
+/// max_inline is refused even when its line end arrives with it, where
+/// Redis refuses it only while the line end is missing.
+///
+/// Memory: the parser holds offsets, not data. What it keeps per request
+/// grows with the words read, not with the counts and lengths announced.
 class Parser {
 public:
     enum class Status : std::uint8_t {
