@@ -194,6 +194,7 @@ void Parser::reset() noexcept {
     spans_.clear();
     inline_storage_.clear();
     args_.clear();
+    request_size_ = 0;
     error_.clear();
 }
 
@@ -380,6 +381,7 @@ Parser::Result Parser::complete(std::string_view input) {
         args_.push_back(source.substr(offset, length));
     }
     const Result result{Status::command, pos_};
+    request_size_ = pos_ - frame_start_;
     kind_ = Kind::none;
     pos_ = 0;
     frame_start_ = 0;

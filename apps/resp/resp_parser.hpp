@@ -72,9 +72,14 @@ public:
     /// The reason of the last error, e.g. "Protocol error: invalid bulk length".
     [[nodiscard]] const std::string& error() const noexcept { return error_; }
     /// A lower bound on the input size (counted from the front of the next
-    /// parse()'s input) that the request in progress needs: lets the caller
-    /// reserve room for a large bulk string in one go.
+    /// parse()'s input) that the request in progress needs, 0 when unknown:
+    /// lets the caller refuse a request that is bound to exceed its limits
+    /// before its data arrives. Announced, not received: never a reason to
+    /// reserve that much memory.
     [[nodiscard]] std::size_t bytes_wanted() const noexcept;
+    /// The size of the last command's request, from its first byte to its
+    /// end, without the empty requests skipped before it.
+    [[nodiscard]] std::size_t request_size() const noexcept { return request_size_; }
     [[nodiscard]] const ParserLimits& limits() const noexcept { return limits_; }
 
     /// Forgets any request in progress and any error.
@@ -106,6 +111,7 @@ private:
     std::vector<std::pair<std::size_t, std::size_t>> spans_;  // (offset, length) of each word read
     std::string inline_storage_;                              // the unescaped words of an inline request
     std::vector<std::string_view> args_;
+    std::size_t request_size_ = 0;
     std::string error_;
 };
 

@@ -226,3 +226,16 @@ TEST_CASE("parse_int64 is as strict as Redis") {
         CHECK_FALSE(resp::parse_int64(bad, value));
     }
 }
+
+TEST_CASE("request_size is the last command's request, without the empty ones skipped before it") {
+    Parser parser;
+    const std::string ping = encode({"PING"});
+    const std::string input = "\r\n*0\r\n" + ping + "ECHO x\r\n";
+    const Parser::Result first = parser.parse(input);
+    REQUIRE(first.status == Parser::Status::command);
+    CHECK(first.consumed == 6 + ping.size());
+    CHECK(parser.request_size() == ping.size());
+    const Parser::Result second = parser.parse(std::string_view{input}.substr(first.consumed));
+    REQUIRE(second.status == Parser::Status::command);
+    CHECK(parser.request_size() == 8);
+}
