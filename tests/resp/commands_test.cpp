@@ -39,7 +39,7 @@ TEST_CASE("PING and ECHO") {
     CHECK(h.run({"ECHO", "a", "b"}) == arity("echo"));
 }
 
-TEST_CASE("command names are case-insensitive; unknown ones are named with their first arguments") {
+TEST_CASE("command names are case-insensitive, and unknown ones are named with their first arguments") {
     Harness h;
     CHECK(h.run({"pInG"}) == "+PONG\r\n");
     CHECK(h.run({"foo"}) == "-ERR unknown command 'foo', with args beginning with: \r\n");
@@ -80,7 +80,7 @@ TEST_CASE("SET NX, XX and GET") {
     CHECK(h.run({"SET", "k", "v", "BOGUS"}) == syntax);
 }
 
-TEST_CASE("SET EX and PX set a deadline; a plain SET clears it; KEEPTTL keeps it") {
+TEST_CASE("SET EX and PX set a deadline, a plain SET clears it, KEEPTTL keeps it") {
     Harness h;
     CHECK(h.run({"SET", "k", "v", "EX", "10"}) == ok);
     CHECK(h.run({"TTL", "k"}) == ":10\r\n");

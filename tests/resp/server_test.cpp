@@ -175,7 +175,7 @@ TEST_CASE("a bulk string over --max-bulk is refused as Redis refuses it") {
     CHECK(client.received() == "+OK\r\n-ERR Protocol error: invalid bulk length\r\n");
 }
 
-TEST_CASE("QUIT closes after its reply; requests after it are not run") {
+TEST_CASE("QUIT closes after its reply, and requests after it are not run") {
     muxio::test::FdLeakCheck leak_check;
     ServerFixture fixture;
     Client client{fixture.port};
@@ -462,7 +462,7 @@ TEST_CASE("replies that stay over the soft output limit close the client") {
     CHECK(fixture.run_until({&good}, [&] { return good.received() == "+PONG\r\n"; }));
 }
 
-TEST_CASE("a connection beyond max_clients is told so and closed; the others go on") {
+TEST_CASE("a connection beyond max_clients is told so and closed, and the others go on") {
     muxio::test::FdLeakCheck leak_check;
     resp::ServerOptions options = ServerFixture::make_options();
     options.max_clients = 2;
