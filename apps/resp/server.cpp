@@ -327,9 +327,10 @@ void Server::on_readable(Connection& c) {
         // only an unfinished rest (or requests held back by the output
         // bound) is copied to the connection.
         const std::size_t done = c.paused ? 0 : run_requests(c, fresh);
-        c.in.assign(fresh.substr(done));
-        c.in_head = 0;
-        note_buffers(c);
+        if (done < fresh.size()) {
+            c.in.assign(fresh.substr(done));
+            c.in_head = 0;
+        }
         settle(c);
         return;
     }
@@ -365,10 +366,12 @@ std::size_t Server::run_requests(Connection& c, std::string_view input) {
         const Parser::Result result = c.parser.parse(input.substr(done));
         if (result.status == Parser::Status::need_more) {
             done += result.consumed;
-            const std::size_t held = input.size() - done;
-            const std::size_t wanted = c.parser.bytes_wanted();
-            if (held > options_.max_query_buffer || wanted > options_.max_query_buffer) {
-                refuse_request(c, std::max(held, wanted), wanted > held);
+            // Nothing held: nothing announced either.
+            if (const std::size_t held = input.size() - done; held > 0) {
+                const std::size_t wanted = c.parser.bytes_wanted();
+                if (held > options_.max_query_buffer || wanted > options_.max_query_buffer) {
+                    refuse_request(c, std::max(held, wanted), wanted > held);
+                }
             }
             break;
         }
@@ -491,16 +494,18 @@ void Server::settle(Connection& c) {
         drop(c);
         return;
     }
-    watch_soft_limit(c);
-    if (c.doomed) {
-        drop(c);
-        return;
+    if (options_.output_soft_limit > 0) {
+        watch_soft_limit(c);
+        if (c.doomed) {
+            drop(c);
+            return;
+        }
     }
     update_interest(c);
 }
 
 void Server::watch_soft_limit(Connection& c) {
-    if (options_.output_soft_limit == 0 || c.pending() <= options_.output_soft_limit) {
+    if (c.pending() <= options_.output_soft_limit) {
         c.soft_limit_timer.cancel();
         return;
     }
