@@ -54,6 +54,22 @@ void array_header(std::string& out, std::size_t count) {
 
 namespace {
 
+std::size_t decimal_digits(std::size_t value) noexcept {
+    std::size_t digits = 1;
+    for (; value >= 10; value /= 10) {
+        ++digits;
+    }
+    return digits;
+}
+
+}  // namespace
+
+std::size_t bulk_reply_size(std::size_t size) noexcept {
+    return 1 + decimal_digits(size) + 2 + size + 2;
+}
+
+namespace {
+
 using Args = std::span<const std::string_view>;
 constexpr std::int64_t int64_max = std::numeric_limits<std::int64_t>::max();
 constexpr std::int64_t int64_min = std::numeric_limits<std::int64_t>::min();
@@ -64,7 +80,15 @@ constexpr std::string_view syntax_error = "ERR syntax error";
 struct Context {
     Store& store;
     const ServerInfo& info;
+    std::size_t out_limit;  // the size the output may reach
+
+    // Whether `bytes` more fit in `out` within the limit.
+    [[nodiscard]] bool fits(const std::string& out, std::size_t bytes) const noexcept {
+        return out.size() <= out_limit && bytes <= out_limit - out.size();
+    }
 };
+
+constexpr std::size_t null_bulk_size = 5;  // $-1\r\n
 
 char lower(char c) noexcept {
     return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
@@ -103,6 +127,9 @@ After cmd_echo(Context&, Args args, std::string& out) {
 
 After cmd_get(Context& ctx, Args args, std::string& out) {
     if (const Entry* entry = ctx.store.find(args[1])) {
+        if (!ctx.fits(out, bulk_reply_size(entry->value.size()))) {
+            return After::over_limit;
+        }
         reply::bulk(out, entry->value);
     } else {
         reply::null_bulk(out);
@@ -174,6 +201,9 @@ After cmd_set(Context& ctx, Args args, std::string& out) {
     }
     const Entry* existing = ctx.store.find(args[1]);
     if (get) {
+        if (existing != nullptr && !ctx.fits(out, bulk_reply_size(existing->value.size()))) {
+            return After::over_limit;  // and nothing is set, as for any refused command
+        }
         if (existing != nullptr) {
             reply::bulk(out, existing->value);
         } else {
@@ -268,6 +298,17 @@ After cmd_decrby(Context& ctx, Args args, std::string& out) {
 }
 
 After cmd_mget(Context& ctx, Args args, std::string& out) {
+    // Sized before it is built: many copies of a large value would otherwise
+    // take memory far beyond the limit before the limit could be checked.
+    std::size_t size = 1 + decimal_digits(args.size() - 1) + 2;
+    for (std::size_t i = 1; i < args.size(); ++i) {
+        const Entry* entry = ctx.store.find(args[i]);
+        size += entry != nullptr ? bulk_reply_size(entry->value.size()) : null_bulk_size;
+        if (!ctx.fits(out, size)) {
+            return After::over_limit;
+        }
+    }
+    out.reserve(out.size() + size);
     reply::array_header(out, args.size() - 1);
     for (std::size_t i = 1; i < args.size(); ++i) {
         if (const Entry* entry = ctx.store.find(args[i])) {
@@ -441,11 +482,19 @@ After cmd_config(Context& ctx, Args args, std::string& out) {
         }
         // Plausible answers, no more: redis-benchmark asks for save and
         // appendonly before it starts.
-        const std::string max_bulk = fmt::format("{}", ctx.info.max_bulk);
-        const std::string port = fmt::format("{}", ctx.info.port);
-        const std::array<std::pair<std::string_view, std::string_view>, 5> parameters{{
+        const ServerInfo& info = ctx.info;
+        const std::string max_bulk = fmt::format("{}", info.max_bulk);
+        const std::string port = fmt::format("{}", info.port);
+        const std::string max_query_buffer = fmt::format("{}", info.max_query_buffer);
+        const std::string output_limits =
+            fmt::format("normal {} {} {}", info.max_output_buffer, info.output_soft_limit, info.output_soft_seconds);
+        const std::string max_clients = fmt::format("{}", info.max_clients);
+        const std::array<std::pair<std::string_view, std::string_view>, 8> parameters{{
             {"appendonly", "no"},
+            {"client-output-buffer-limit", output_limits},
+            {"client-query-buffer-limit", max_query_buffer},
             {"databases", "1"},
+            {"maxclients", max_clients},
             {"port", port},
             {"proto-max-bulk-len", max_bulk},
             {"save", ""},
@@ -515,6 +564,27 @@ const CommandSpec* find_command(std::string_view name) noexcept {
         }
     }
     return nullptr;
+}
+
+After run(Context& ctx, Args args, std::string& out) {
+    const std::string_view name = args[0];
+    const CommandSpec* spec = find_command(name);
+    if (spec == nullptr) {
+        // Redis quotes the first arguments, up to about 128 bytes of them.
+        std::string quoted;
+        for (std::size_t i = 1; i < args.size() && quoted.size() < 128; ++i) {
+            fmt::format_to(std::back_inserter(quoted), "'{}' ", args[i].substr(0, 128 - quoted.size()));
+        }
+        reply::error(
+            out, fmt::format("ERR unknown command '{}', with args beginning with: {}", name.substr(0, 128), quoted));
+        return After::keep_open;
+    }
+    const auto count = static_cast<std::ptrdiff_t>(args.size());
+    if ((spec->arity > 0 && count != spec->arity) || (spec->arity < 0 && count < -spec->arity)) {
+        arity_error(out, spec->name);
+        return After::keep_open;
+    }
+    return spec->run(ctx, args, out);
 }
 
 After cmd_command(Context&, Args args, std::string& out) {
@@ -614,27 +684,11 @@ bool glob_match(std::string_view pattern, std::string_view text) noexcept {
     return p == pattern.size();
 }
 
-After Dispatcher::execute(std::span<const std::string_view> args, std::string& out) {
+After Dispatcher::execute(std::span<const std::string_view> args, std::string& out, std::size_t out_limit) {
     ++commands_run_;
-    const std::string_view name = args[0];
-    const CommandSpec* spec = find_command(name);
-    if (spec == nullptr) {
-        // Redis quotes the first arguments, up to about 128 bytes of them.
-        std::string quoted;
-        for (std::size_t i = 1; i < args.size() && quoted.size() < 128; ++i) {
-            fmt::format_to(std::back_inserter(quoted), "'{}' ", args[i].substr(0, 128 - quoted.size()));
-        }
-        reply::error(
-            out, fmt::format("ERR unknown command '{}', with args beginning with: {}", name.substr(0, 128), quoted));
-        return After::keep_open;
-    }
-    const auto count = static_cast<std::ptrdiff_t>(args.size());
-    if ((spec->arity > 0 && count != spec->arity) || (spec->arity < 0 && count < -spec->arity)) {
-        arity_error(out, spec->name);
-        return After::keep_open;
-    }
-    Context ctx{store_, info_};
-    return spec->run(ctx, args, out);
+    Context ctx{store_, info_, out_limit};
+    const After after = run(ctx, args, out);
+    return out.size() > out_limit ? After::over_limit : after;
 }
 
 }  // namespace resp

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -24,13 +25,27 @@ void array_header(std::string& out, std::size_t count);  // *count
 }  // namespace reply
 
 /// What the connection does once the reply is written.
-enum class After : std::uint8_t { keep_open, close };
+enum class After : std::uint8_t {
+    keep_open,
+    close,
+    /// The reply would take the output past its limit: close the connection
+    /// at once, without sending it (Redis's client-output-buffer-limit).
+    over_limit,
+};
 
 /// Server facts that CONFIG GET reports.
 struct ServerInfo {
-    std::size_t max_bulk = std::size_t{64} << 20U;
+    std::size_t max_bulk = std::size_t{512} << 20U;
     std::uint16_t port = 0;
+    std::size_t max_query_buffer = std::size_t{1} << 30U;
+    std::size_t max_output_buffer = std::size_t{1} << 30U;
+    std::size_t output_soft_limit = 0;
+    std::uint64_t output_soft_seconds = 0;
+    std::size_t max_clients = 10000;
 };
+
+/// Bytes of the RESP2 reply `$<size>\r\n<value>\r\n`.
+[[nodiscard]] std::size_t bulk_reply_size(std::size_t size) noexcept;
 
 /// Runs the commands of muxio-resp against a Store.
 ///
@@ -46,7 +61,14 @@ public:
     /// Appends the reply to `args` (the command name first; at least one
     /// word) to `out`. Every failure is an error reply, never an exception,
     /// except std::bad_alloc.
-    After execute(std::span<const std::string_view> args, std::string& out);
+    ///
+    /// `out_limit` is the size `out` may reach. A reply that would take it
+    /// further gives After::over_limit; commands whose reply can be large
+    /// (values read from the store, MGET's many of them) see that before
+    /// building it and append nothing, so the memory this costs stays within
+    /// the limit. For the others, whatever was appended is to be discarded.
+    After execute(std::span<const std::string_view> args, std::string& out,
+                  std::size_t out_limit = std::numeric_limits<std::size_t>::max());
 
     void set_port(std::uint16_t port) noexcept { info_.port = port; }
     [[nodiscard]] std::uint64_t commands_run() const noexcept { return commands_run_; }

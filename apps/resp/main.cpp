@@ -5,6 +5,7 @@
 // HOST:PORT ...", so that a script that asked for --port 0 can read the port.
 // Runs until SIGINT or SIGTERM, then closes every connection and exits 0.
 
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
@@ -50,21 +51,44 @@ int run(int argc, char** argv) {
     }
     app.add_option("--selector", selector, "event mechanism (default: the best the kernel accepts)")
         ->check(CLI::IsMember(selectors));
+    // The limits are Redis's, under names that say what they bound; sizes
+    // take the suffixes KB, MB and GB (powers of 1024).
     app.add_option("--max-bulk", options.limits.max_bulk,
-                   "longest bulk string a request may carry, in bytes (suffixes KB, MB, GB: powers of 1024)")
+                   "longest bulk string a request may carry, in bytes; a longer one is a protocol error "
+                   "(Redis's proto-max-bulk-len)")
         ->transform(CLI::AsSizeValue(false))
         ->capture_default_str();
     app.add_option("--max-query-buffer", options.max_query_buffer,
-                   "most unparsed input one connection may hold before it is closed (at least --max-bulk)")
+                   "largest request; a client sending a larger one is closed without a reply; at least --max-bulk "
+                   "(Redis's client-query-buffer-limit)")
         ->transform(CLI::AsSizeValue(false))
+        ->capture_default_str();
+    app.add_option("--max-output-buffer", options.max_output_buffer,
+                   "most unsent reply bytes one connection may have; a client whose replies would exceed it is "
+                   "closed (the hard limit of Redis's client-output-buffer-limit)")
+        ->transform(CLI::AsSizeValue(false))
+        ->capture_default_str();
+    app.add_option("--output-soft-limit", options.output_soft_limit,
+                   "a client whose unsent replies stay above this for --output-soft-seconds is closed; 0: none "
+                   "(the soft limit of Redis's client-output-buffer-limit)")
+        ->transform(CLI::AsSizeValue(false))
+        ->capture_default_str();
+    std::uint32_t soft_seconds = 60;
+    app.add_option("--output-soft-seconds", soft_seconds, "how long replies may stay above --output-soft-limit")
+        ->capture_default_str();
+    app.add_option("--max-clients", options.max_clients,
+                   "most connections at once; one more is answered '-ERR max number of clients reached' and closed "
+                   "(Redis's maxclients)")
+        ->check(CLI::PositiveNumber)
         ->capture_default_str();
     app.add_option("--log-level", log_level, "stderr logging: trace, debug, info, warn, error, critical, off")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
         ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
-    if (options.limits.max_bulk == 0) {
-        fmt::print(stderr, "muxio-resp: --max-bulk must be at least 1\n");
+    options.output_soft_time = std::chrono::seconds{soft_seconds};
+    if (const std::string problem = resp::check_options(options); !problem.empty()) {
+        fmt::print(stderr, "muxio-resp: {}\n", problem);
         return 2;
     }
     resp::logger().set_level(spdlog::level::from_str(log_level));
@@ -82,7 +106,14 @@ int run(int argc, char** argv) {
     try {
         resp::Store store{[&reactor] { return reactor.time(); }};
         resp::ExpiryTimer expiry{reactor, store};
-        resp::Dispatcher dispatcher{store, resp::ServerInfo{options.limits.max_bulk, 0}};
+        resp::ServerInfo info;
+        info.max_bulk = options.limits.max_bulk;
+        info.max_query_buffer = options.max_query_buffer;
+        info.max_output_buffer = options.max_output_buffer;
+        info.output_soft_limit = options.output_soft_limit;
+        info.output_soft_seconds = options.output_soft_limit == 0 ? 0 : soft_seconds;
+        info.max_clients = options.max_clients;
+        resp::Dispatcher dispatcher{store, info};
         resp::Server server{reactor, dispatcher, options};
         const std::uint16_t port = server.start();
 

@@ -38,6 +38,18 @@ std::string show_byte(char c) {
     return fmt::format("\\x{:02x}", byte);
 }
 
+// Empties `words`, and gives its memory back if one large request grew it,
+// so that a connection does not keep that much for good.
+template <class Vector>
+void release_if_large(Vector& words) noexcept {
+    constexpr std::size_t keep_words = 1024;
+    if (words.capacity() > keep_words) {
+        Vector{}.swap(words);
+    } else {
+        words.clear();
+    }
+}
+
 }  // namespace
 
 bool parse_int64(std::string_view text, std::int64_t& value) noexcept {
@@ -182,6 +194,7 @@ void Parser::reset() noexcept {
     spans_.clear();
     inline_storage_.clear();
     args_.clear();
+    request_size_ = 0;
     error_.clear();
 }
 
@@ -193,7 +206,7 @@ std::size_t Parser::bytes_wanted() const noexcept {
 }
 
 Parser::Result Parser::parse(std::string_view input) {
-    args_.clear();
+    release_if_large(args_);
     if (!error_.empty()) {
         return {Status::error, 0};
     }
@@ -231,11 +244,17 @@ Parser::Step Parser::read_header(std::string_view input, std::string_view too_lo
     // The header's first byte (* or $) is at pos_ and already checked.
     const std::size_t cr = find_cr(input, pos_ + 1);
     if (cr == npos) {
+        // The line is at least as long as what has arrived of it.
         if (input.size() - pos_ > limits_.max_inline) {
             return fail(too_long);
         }
         scanned_ = input.size();
         return Step::need_more;
+    }
+    // Judged by the same length whether or not the line end came in the
+    // same read, so that the outcome does not depend on the pieces.
+    if (cr - pos_ > limits_.max_inline) {
+        return fail(too_long);
     }
     if (cr + 1 == input.size()) {
         scanned_ = cr;
@@ -265,8 +284,9 @@ Parser::Step Parser::parse_multibulk(std::string_view input) {
         }
         header_done_ = true;
         remaining_ = count;
-        // Reserved by the count, but not beyond what a few bytes can claim.
-        spans_.reserve(static_cast<std::size_t>(std::min<std::int64_t>(count, 1024)));
+        // A small start; beyond it the spans grow with the words that arrive,
+        // not with the count a few bytes can claim.
+        spans_.reserve(static_cast<std::size_t>(std::min<std::int64_t>(count, 16)));
     }
     while (remaining_ > 0) {
         if (bulk_len_ < 0) {
@@ -304,10 +324,16 @@ Parser::Step Parser::parse_multibulk(std::string_view input) {
 
 Parser::Step Parser::parse_inline(std::string_view input) {
     const std::size_t newline = input.find('\n', scanned_);
+    // A line over the limit is refused whether its end has arrived or not
+    // (Redis refuses it only while the end is missing, so there the outcome
+    // depends on how the line is split into reads). Its length does not
+    // count the line end, nor a CR that may turn out to be part of it.
+    const std::size_t end = newline == npos ? input.size() : newline;
+    const std::size_t length = end - pos_ - (end > pos_ && input[end - 1] == '\r' ? 1 : 0);
+    if (length > limits_.max_inline) {
+        return fail("too big inline request");
+    }
     if (newline == npos) {
-        if (input.size() - pos_ > limits_.max_inline) {
-            return fail("too big inline request");
-        }
         scanned_ = input.size();
         return Step::need_more;
     }
@@ -355,6 +381,7 @@ Parser::Result Parser::complete(std::string_view input) {
         args_.push_back(source.substr(offset, length));
     }
     const Result result{Status::command, pos_};
+    request_size_ = pos_ - frame_start_;
     kind_ = Kind::none;
     pos_ = 0;
     frame_start_ = 0;
@@ -362,7 +389,7 @@ Parser::Result Parser::complete(std::string_view input) {
     header_done_ = false;
     remaining_ = 0;
     bulk_len_ = -1;
-    spans_.clear();
+    release_if_large(spans_);
     return result;
 }
 

@@ -12,14 +12,13 @@
 
 namespace resp {
 
-/// Bounds on what one request may claim, checked before any memory is
-/// committed to it. The defaults follow Redis except for the bulk length
-/// (Redis allows 512 MB).
+/// Bounds on what one request may claim, checked when its header is read,
+/// before any of its data. The defaults are Redis's.
 struct ParserLimits {
-    /// Longest bulk string ($<len>).
-    std::size_t max_bulk = std::size_t{64} << 20U;
-    /// Longest inline request, and longest header line (*<n> or $<len>)
-    /// searched for its CRLF before giving up.
+    /// Longest bulk string ($<len>): Redis's proto-max-bulk-len.
+    std::size_t max_bulk = std::size_t{512} << 20U;
+    /// Longest inline request line, and longest header line (*<n> or $<len>),
+    /// not counting its line end.
     std::size_t max_inline = std::size_t{64} << 10U;
     /// Most elements in one array (*<n>).
     std::size_t max_args = std::size_t{1} << 20U;
@@ -40,6 +39,16 @@ struct ParserLimits {
 ///    close, as Redis does; the parser must be reset() before any reuse.
 ///
 /// Empty requests (`*0`, `*-1`, a blank line) are skipped, as Redis skips them.
+///
+/// The outcome does not depend on how the bytes are split into reads: the
+/// same bytes give the same commands, the same error and the same leftover
+/// whether they are passed whole or in pieces (tests/fuzz/resp_request.cpp
+/// checks this). One consequence departs from Redis: a line longer than
+/// max_inline is refused even when its line end arrives with it, where
+/// Redis refuses it only while the line end is missing.
+///
+/// Memory: the parser holds offsets, not data. What it keeps per request
+/// grows with the words read, not with the counts and lengths announced.
 class Parser {
 public:
     enum class Status : std::uint8_t {
@@ -63,9 +72,14 @@ public:
     /// The reason of the last error, e.g. "Protocol error: invalid bulk length".
     [[nodiscard]] const std::string& error() const noexcept { return error_; }
     /// A lower bound on the input size (counted from the front of the next
-    /// parse()'s input) that the request in progress needs: lets the caller
-    /// reserve room for a large bulk string in one go.
+    /// parse()'s input) that the request in progress needs, 0 when unknown:
+    /// lets the caller refuse a request that is bound to exceed its limits
+    /// before its data arrives. Announced, not received: never a reason to
+    /// reserve that much memory.
     [[nodiscard]] std::size_t bytes_wanted() const noexcept;
+    /// The size of the last command's request, from its first byte to its
+    /// end, without the empty requests skipped before it.
+    [[nodiscard]] std::size_t request_size() const noexcept { return request_size_; }
     [[nodiscard]] const ParserLimits& limits() const noexcept { return limits_; }
 
     /// Forgets any request in progress and any error.
@@ -97,6 +111,7 @@ private:
     std::vector<std::pair<std::size_t, std::size_t>> spans_;  // (offset, length) of each word read
     std::string inline_storage_;                              // the unescaped words of an inline request
     std::vector<std::string_view> args_;
+    std::size_t request_size_ = 0;
     std::string error_;
 };
 

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -45,26 +46,54 @@ bool is_lost_connection(int error) noexcept {
     return error == EPERM || error == EOPNOTSUPP;
 }
 
-// Bytes asked of the kernel per read: like Redis's 16 KiB, a bit larger; a
-// large bulk string in progress reads up to what it still lacks, capped.
+// Bytes asked of the kernel per read into the shared buffer: like Redis's
+// 16 KiB, a bit larger. A connection holding at least this much of a request
+// reads straight into its own buffer, up to what the request still lacks,
+// but never more than it holds already: the buffer at most doubles per
+// read, so it grows with the data that arrives, whatever was announced.
 constexpr std::size_t read_chunk = std::size_t{64} << 10U;
 constexpr std::size_t max_read_chunk = std::size_t{4} << 20U;
 // Most connections a single readiness of the listener accepts, so a connect
 // storm shares the loop with the connected clients.
 constexpr int accepts_per_wakeup = 64;
-// Buffers grown past this for one large request or reply are given back
-// once empty, so an idle connection does not keep a large one.
-constexpr std::size_t keep_buffer = std::size_t{1} << 20U;
+// Buffers grown past these for a large request or reply are given back once
+// empty, so an idle connection does not keep much.
+constexpr std::size_t keep_input = read_chunk;
+constexpr std::size_t keep_output = std::size_t{1} << 20U;
+
+constexpr std::string_view max_clients_reply = "-ERR max number of clients reached\r\n";
 
 }  // namespace
+
+std::string check_options(const ServerOptions& options) {
+    if (options.limits.max_bulk == 0) {
+        return "--max-bulk must be at least 1";
+    }
+    if (options.max_query_buffer < options.limits.max_bulk) {
+        return fmt::format("--max-query-buffer ({}) must be at least --max-bulk ({})", options.max_query_buffer,
+                           options.limits.max_bulk);
+    }
+    if (options.max_output_buffer < bulk_reply_size(options.limits.max_bulk)) {
+        return fmt::format(
+            "--max-output-buffer ({}) must be at least {}: the reply carrying one value of --max-bulk ({}) bytes",
+            options.max_output_buffer, bulk_reply_size(options.limits.max_bulk), options.limits.max_bulk);
+    }
+    if (options.max_clients == 0) {
+        return "--max-clients must be at least 1";
+    }
+    return {};
+}
 
 struct Server::Connection {
     Connection(muxio::TcpStream accepted, std::uint64_t number, const ParserLimits& limits)
         : stream{std::move(accepted)}, id{number}, parser{limits} {}
+    ~Connection() { soft_limit_timer.cancel(); }
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
 
     [[nodiscard]] std::size_t pending() const noexcept { return out.size() - out_head; }
-    [[nodiscard]] std::size_t unparsed_size() const noexcept { return in_used - in_head; }
-    [[nodiscard]] std::string_view unparsed() const noexcept { return {in.data() + in_head, in_used - in_head}; }
+    [[nodiscard]] std::size_t unparsed_size() const noexcept { return in.size() - in_head; }
+    [[nodiscard]] std::string_view unparsed() const noexcept { return std::string_view{in}.substr(in_head); }
 
     // The server adds its own reader and writer on stream.fileno(), so the
     // stream's awaits (readable(), read_some(), ...) must never be used.
@@ -72,24 +101,28 @@ struct Server::Connection {
     muxio::TcpStream stream;
     std::uint64_t id;
     Parser parser;
-    // Input: bytes [in_head, in_used) of `in` are received and not yet
-    // consumed by the parser; `in` beyond in_used is room for the next read.
+    // Input: bytes [in_head, size) of `in` are received and not yet
+    // consumed by the parser.
     std::string in;
     std::size_t in_head = 0;
-    std::size_t in_used = 0;
     // Output: bytes [out_head, size) of `out` are replies not yet sent.
     std::string out;
     std::size_t out_head = 0;
+    // Armed while the unsent replies are over the soft limit.
+    muxio::TimerHandle soft_limit_timer;
     bool reading = false;  // a reader is registered
     bool writing = false;  // a writer is registered
     bool paused = false;   // replies over the high-water mark: requests wait
     bool eof = false;      // the client shut down its side
     bool closing = false;  // close once the replies are out (QUIT, protocol error)
+    bool doomed = false;   // over a limit: close at once, unsent replies and all
 };
 
 Server::Server(muxio::Reactor& reactor, Dispatcher& dispatcher, ServerOptions options)
     : reactor_{reactor}, dispatcher_{dispatcher}, options_{std::move(options)} {
-    options_.max_query_buffer = std::max(options_.max_query_buffer, options_.limits.max_bulk + max_read_chunk);
+    if (std::string problem = check_options(options_); !problem.empty()) {
+        throw std::invalid_argument(problem);
+    }
     options_.output_high_water = std::max<std::size_t>(options_.output_high_water, 1);
 }
 
@@ -105,6 +138,7 @@ std::uint16_t Server::start() {
             "resolved",
             options_.bind));
     }
+    scratch_.resize(read_chunk);
     muxio::ListenOptions listen;
     // Restarting while old connections linger in TIME_WAIT must work.
     listen.reuse_address = true;
@@ -128,6 +162,14 @@ void Server::close() noexcept {
     while (!connections_.empty()) {
         drop(*connections_.begin()->second);
     }
+}
+
+std::size_t Server::buffer_capacity() const noexcept {
+    std::size_t total = 0;
+    for (const auto& [fd, connection] : connections_) {
+        total += connection->in.capacity() + connection->out.capacity();
+    }
+    return total;
 }
 
 void Server::resume_accepting() {
@@ -161,7 +203,11 @@ void Server::on_acceptable() {
         std::error_code error;
         std::optional<muxio::TcpStream> accepted = listener_.try_accept(error);
         if (accepted) {
-            add_connection(std::move(*accepted));
+            if (connections_.size() >= options_.max_clients) {
+                refuse(std::move(*accepted));
+            } else {
+                add_connection(std::move(*accepted));
+            }
             continue;
         }
         if (!error) {
@@ -179,27 +225,42 @@ void Server::on_acceptable() {
     }
 }
 
-void Server::add_connection(muxio::TcpStream stream) {
+void Server::refuse(muxio::TcpStream stream) noexcept {
+    ++stats_.rejected_connections;
+    // One write on a fresh socket: its send buffer is empty, so the line
+    // goes whole or (the client already gone) not at all. Then the stream
+    // closes as it goes out of scope.
     try {
-        // Replies go out at once instead of waiting for the client's next
-        // request under Nagle's algorithm; failing is harmless.
-        stream.set_nodelay(true);
-    } catch (const std::system_error& error) {
-        logger().debug("{}", error.what());
+        std::error_code error;
+        (void)stream.try_write(std::as_bytes(std::span{max_clients_reply.data(), max_clients_reply.size()}), error);
+        logger().info("connection refused: max number of clients ({}) reached", options_.max_clients);
+    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): the client is refused either way
     }
+}
+
+void Server::add_connection(muxio::TcpStream stream) {
     const int fd = stream.fileno();
-    // Out of memory here closes the stream as the exception unwinds.
-    auto owned = std::make_unique<Connection>(std::move(stream), next_id_++, options_.limits);
-    Connection* const connection = owned.get();
-    connections_[fd] = std::move(owned);
-    ++stats_.accepted;
-    logger().debug("connection {} accepted (fd {})", connection->id, fd);
     try {
-        update_interest(*connection);
+        try {
+            // Replies go out at once instead of waiting for the client's next
+            // request under Nagle's algorithm; failing is harmless.
+            stream.set_nodelay(true);
+        } catch (const std::system_error& error) {
+            logger().debug("{}", error.what());
+        }
+        // Until the reactor watches it, the connection belongs to `owned`:
+        // any failure below closes it as the exception unwinds.
+        auto owned = std::make_unique<Connection>(std::move(stream), next_id_++, options_.limits);
+        Connection& connection = *owned;
+        update_interest(connection);
+        connections_.emplace(fd, std::move(owned));
+        ++stats_.accepted;
+        logger().debug("connection {} accepted (fd {})", connection.id, fd);
     } catch (const std::exception& error) {
-        // E.g. select's FD_SETSIZE: refuse this client, keep the others.
-        logger().warn("cannot watch a new connection (fd {}): {}", fd, error.what());
-        drop(*connection);
+        // E.g. select's FD_SETSIZE, or no memory left: refuse this client,
+        // keep the others and the listener.
+        ++stats_.registration_failures;
+        logger().warn("connection refused: cannot serve fd {}: {}", fd, error.what());
     }
 }
 
@@ -221,28 +282,30 @@ void Server::guarded(Connection* connection, F&& body) noexcept {
 }
 
 void Server::on_readable(Connection& c) {
-    std::size_t want = read_chunk;
-    if (const std::size_t wanted = c.parser.bytes_wanted(); wanted > c.unparsed_size()) {
-        want = std::clamp(wanted - c.unparsed_size(), read_chunk, max_read_chunk);
+    if (c.in_head == c.in.size()) {
+        c.in.clear();
+        c.in_head = 0;
     }
-    if (c.in_head == c.in_used) {
-        c.in_head = c.in_used = 0;
-    }
-    if (c.in.size() - c.in_used < want) {
-        if (c.in_head > 0) {
-            // The parser's offsets are relative to in_head: moving the
-            // unparsed bytes to the front keeps them right.
-            std::memmove(c.in.data(), c.in.data() + c.in_head, c.unparsed_size());
-            c.in_used -= c.in_head;
-            c.in_head = 0;
+    const std::size_t held = c.unparsed_size();
+    const bool direct = held >= read_chunk;
+    std::span<char> room{scratch_};
+    if (direct) {
+        const std::size_t wanted = c.parser.bytes_wanted();
+        std::size_t want = read_chunk;
+        if (wanted > held) {
+            want = std::clamp(wanted - held, read_chunk, std::min(held, max_read_chunk));
         }
-        if (c.in.size() - c.in_used < want) {
-            c.in.resize(c.in_used + want);
-        }
+        // One byte past the limit is enough to know the limit is passed.
+        want = std::min(want, options_.max_query_buffer - std::min(held, options_.max_query_buffer) + 1);
+        make_room(c, held + want, wanted);
+        c.in.resize(held + want);
+        room = std::span{c.in.data() + held, want};
     }
     std::error_code error;
-    const std::optional<std::size_t> got =
-        c.stream.try_read(std::as_writable_bytes(std::span{c.in.data() + c.in_used, want}), error);
+    const std::optional<std::size_t> got = c.stream.try_read(std::as_writable_bytes(room), error);
+    if (direct) {
+        c.in.resize(held + got.value_or(0));
+    }
     if (!got) {
         if (error) {
             logger().debug("connection {}: read: {}", c.id, std::strerror(error.value()));
@@ -250,23 +313,66 @@ void Server::on_readable(Connection& c) {
         }
         return;
     }
+    stats_.bytes_received += *got;
     if (*got == 0) {
         c.eof = true;  // answer what was sent, then close
     }
-    c.in_used += *got;
-    if (c.unparsed_size() > options_.max_query_buffer) {
-        logger().warn("connection {} closed: its request exceeds {} bytes", c.id, options_.max_query_buffer);
-        drop(c);
+    const std::string_view fresh{scratch_.data(), *got};
+    if (!direct && held > 0) {
+        c.in.erase(0, c.in_head);  // less than a read: a cheap move
+        c.in_head = 0;
+        c.in.append(fresh);
+    } else if (!direct) {
+        // Nothing buffered: the requests run from the shared buffer, and
+        // only an unfinished rest (or requests held back by the output
+        // bound) is copied to the connection.
+        const std::size_t done = c.paused ? 0 : run_requests(c, fresh);
+        if (done < fresh.size()) {
+            c.in.assign(fresh.substr(done));
+            c.in_head = 0;
+        }
+        settle(c);
         return;
     }
+    note_buffers(c);
     pump(c);
 }
 
-void Server::run_requests(Connection& c) {
-    while (!c.closing && c.pending() < options_.output_high_water) {
-        const Parser::Result result = c.parser.parse(c.unparsed());
+// Makes `c.in` hold `size` bytes from its unparsed front without moving them
+// again soon: capacity grows geometrically, as a string's does, but not
+// past `ceiling` (the end of the request in progress, where known), so a
+// large request does not end up with twice its size.
+void Server::make_room(Connection& c, std::size_t size, std::size_t ceiling) {
+    if (c.in_head > 0) {
+        // The parser's offsets are relative to in_head: moving the unparsed
+        // bytes to the front keeps them right.
+        c.in.erase(0, c.in_head);
+        c.in_head = 0;
+    }
+    if (size <= c.in.capacity()) {
+        return;
+    }
+    // reserve() on a non-empty string may double whatever it is asked;
+    // an empty one takes the capacity given.
+    std::string bigger;
+    bigger.reserve(std::min(std::max(size, 2 * c.in.capacity()), std::max(size, ceiling)));
+    bigger.append(c.in);
+    c.in.swap(bigger);
+}
+
+std::size_t Server::run_requests(Connection& c, std::string_view input) {
+    std::size_t done = 0;
+    while (!c.closing && !c.doomed && c.pending() < options_.output_high_water) {
+        const Parser::Result result = c.parser.parse(input.substr(done));
         if (result.status == Parser::Status::need_more) {
-            c.in_head += result.consumed;
+            done += result.consumed;
+            // Nothing held: nothing announced either.
+            if (const std::size_t held = input.size() - done; held > 0) {
+                const std::size_t wanted = c.parser.bytes_wanted();
+                if (held > options_.max_query_buffer || wanted > options_.max_query_buffer) {
+                    refuse_request(c, std::max(held, wanted), wanted > held);
+                }
+            }
             break;
         }
         if (result.status == Parser::Status::error) {
@@ -276,20 +382,49 @@ void Server::run_requests(Connection& c) {
             c.closing = true;
             break;
         }
+        if (c.parser.request_size() > options_.max_query_buffer) {
+            // Arrived within one read: refused all the same, so that the
+            // outcome does not depend on how the request was split.
+            refuse_request(c, c.parser.request_size(), false);
+            break;
+        }
         // The arguments view the input: run the command before consuming it.
-        if (dispatcher_.execute(c.parser.args(), c.out) == After::close) {
+        // `out` holds sent bytes before out_head; the limit is on the rest.
+        const std::size_t out_limit =
+            c.out_head + std::min(options_.max_output_buffer, std::numeric_limits<std::size_t>::max() - c.out_head);
+        const After after = dispatcher_.execute(c.parser.args(), c.out, out_limit);
+        done += result.consumed;
+        if (after == After::over_limit) {
+            ++stats_.output_limit_disconnects;
+            logger().warn("connection {} closed: its replies would exceed the output buffer limit of {} bytes", c.id,
+                          options_.max_output_buffer);
+            c.doomed = true;
+        } else if (after == After::close) {
             c.closing = true;
         }
-        c.in_head += result.consumed;
     }
-    if (!c.closing && c.pending() >= options_.output_high_water && !c.paused) {
+    if (!c.closing && !c.doomed && c.pending() >= options_.output_high_water && !c.paused) {
         c.paused = true;
         ++stats_.read_pauses;
     }
-    if (c.in_head == c.in_used) {
-        c.in_head = c.in_used = 0;
-        if (c.in.size() > keep_buffer) {
+    return done;
+}
+
+void Server::refuse_request(Connection& c, std::size_t size, bool announced) {
+    ++stats_.query_limit_disconnects;
+    logger().warn("connection {} closed: its request ({} bytes{}) exceeds the query buffer limit of {} bytes", c.id,
+                  size, announced ? " at least, as announced" : "", options_.max_query_buffer);
+    c.doomed = true;
+}
+
+void Server::run_buffered(Connection& c) {
+    c.in_head += run_requests(c, c.unparsed());
+    if (c.in_head == c.in.size()) {
+        c.in_head = 0;
+        if (c.in.capacity() > keep_input) {
             std::string{}.swap(c.in);
+        } else {
+            c.in.clear();
         }
     }
 }
@@ -310,18 +445,29 @@ bool Server::flush(Connection& c) {
     }
     c.out.clear();
     c.out_head = 0;
-    if (c.out.capacity() > keep_buffer) {
+    if (c.out.capacity() > keep_output) {
         std::string{}.swap(c.out);
     }
     return true;
 }
 
 // After anything happened on a connection: answer the complete requests
-// buffered (as many as the output bound allows), send the replies with as
-// few writes as the kernel permits, and watch for what comes next.
+// buffered (as many as the output bound allows), then settle().
 void Server::pump(Connection& c) {
     if (!c.paused) {
-        run_requests(c);
+        run_buffered(c);
+    }
+    settle(c);
+}
+
+// Sends the replies with as few writes as the kernel permits, runs requests
+// held back as the replies drain, enforces the limits, and watches for what
+// comes next.
+void Server::settle(Connection& c) {
+    note_buffers(c);
+    if (c.doomed) {
+        drop(c);
+        return;
     }
     // Paused requests resume once the replies drain below a quarter of the
     // high-water mark; the kernel may take a whole batch of replies at once,
@@ -335,7 +481,12 @@ void Server::pump(Connection& c) {
             break;
         }
         c.paused = false;
-        run_requests(c);
+        run_buffered(c);
+        note_buffers(c);
+        if (c.doomed) {
+            drop(c);
+            return;
+        }
     }
     // Not paused means every complete request is answered; after the
     // client's EOF whatever remains is a fragment that will never complete.
@@ -343,7 +494,43 @@ void Server::pump(Connection& c) {
         drop(c);
         return;
     }
+    if (options_.output_soft_limit > 0) {
+        watch_soft_limit(c);
+        if (c.doomed) {
+            drop(c);
+            return;
+        }
+    }
     update_interest(c);
+}
+
+void Server::watch_soft_limit(Connection& c) {
+    if (c.pending() <= options_.output_soft_limit) {
+        c.soft_limit_timer.cancel();
+        return;
+    }
+    if (c.soft_limit_timer.pending()) {
+        return;
+    }
+    const auto over = [this](Connection& connection) {
+        ++stats_.output_limit_disconnects;
+        logger().warn("connection {} closed: its unsent replies stayed over the soft limit of {} bytes for {} ms",
+                      connection.id, options_.output_soft_limit, options_.output_soft_time.count());
+    };
+    if (options_.output_soft_time.count() <= 0) {
+        over(c);
+        c.doomed = true;
+        return;
+    }
+    Connection* const connection = &c;
+    c.soft_limit_timer = reactor_.call_later(options_.output_soft_time, [this, connection, over] {
+        // Cancelled whenever the replies drain below the limit, and when the
+        // connection goes: still over it.
+        guarded(connection, [&] {
+            over(*connection);
+            drop(*connection);
+        });
+    });
 }
 
 void Server::update_interest(Connection& c) {
@@ -365,6 +552,11 @@ void Server::update_interest(Connection& c) {
         reactor_.remove_writer(fd);
         c.writing = false;
     }
+}
+
+void Server::note_buffers(const Connection& c) noexcept {
+    stats_.peak_input_buffer = std::max(stats_.peak_input_buffer, c.in.capacity());
+    stats_.peak_output_buffer = std::max(stats_.peak_output_buffer, c.out.capacity());
 }
 
 void Server::drop(Connection& c) noexcept {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "commands.hpp"
 #include "resp_test_support.hpp"
@@ -38,7 +39,7 @@ TEST_CASE("PING and ECHO") {
     CHECK(h.run({"ECHO", "a", "b"}) == arity("echo"));
 }
 
-TEST_CASE("command names are case-insensitive; unknown ones are named with their first arguments") {
+TEST_CASE("command names are case-insensitive, and unknown ones are named with their first arguments") {
     Harness h;
     CHECK(h.run({"pInG"}) == "+PONG\r\n");
     CHECK(h.run({"foo"}) == "-ERR unknown command 'foo', with args beginning with: \r\n");
@@ -79,7 +80,7 @@ TEST_CASE("SET NX, XX and GET") {
     CHECK(h.run({"SET", "k", "v", "BOGUS"}) == syntax);
 }
 
-TEST_CASE("SET EX and PX set a deadline; a plain SET clears it; KEEPTTL keeps it") {
+TEST_CASE("SET EX and PX set a deadline, a plain SET clears it, KEEPTTL keeps it") {
     Harness h;
     CHECK(h.run({"SET", "k", "v", "EX", "10"}) == ok);
     CHECK(h.run({"TTL", "k"}) == ":10\r\n");
@@ -183,6 +184,42 @@ TEST_CASE("MGET and MSET") {
     CHECK(h.run({"TTL", "t"}) == ":-1\r\n");
 }
 
+TEST_CASE("a reply over the output limit is refused before it is built") {
+    Harness h;
+    const std::string value(1000, 'v');
+    h.run({"SET", "big", value});
+    const std::string one = "$1000\r\n" + value + "\r\n";
+    const std::vector<std::string_view> mget{"MGET", "big", "big", "nothing"};
+    const std::string expected = "*3\r\n" + one + one + "$-1\r\n";
+
+    std::string out = "earlier replies";
+    const std::size_t before = out.size();
+    // Exactly the room needed: built.
+    CHECK(h.dispatcher.execute(mget, out, before + expected.size()) == After::keep_open);
+    CHECK(out.substr(before) == expected);
+    // A byte less: nothing appended, nothing allocated for it.
+    out.resize(before);
+    out.shrink_to_fit();
+    const std::size_t capacity = out.capacity();
+    CHECK(h.dispatcher.execute(mget, out, before + expected.size() - 1) == After::over_limit);
+    CHECK(out == "earlier replies");
+    CHECK(out.capacity() == capacity);
+
+    const std::vector<std::string_view> get{"GET", "big"};
+    CHECK(h.dispatcher.execute(get, out, before + one.size() - 1) == After::over_limit);
+    CHECK(out == "earlier replies");
+    const std::vector<std::string_view> set_get{"SET", "big", "new", "GET"};
+    CHECK(h.dispatcher.execute(set_get, out, before + one.size() - 1) == After::over_limit);
+    CHECK(out == "earlier replies");
+    CHECK(h.run({"GET", "big"}) == one);  // the refused SET ... GET set nothing
+    // Small replies are checked once built: the caller discards them.
+    const std::vector<std::string_view> ping{"PING"};
+    CHECK(h.dispatcher.execute(ping, out, before + 3) == After::over_limit);
+    CHECK(h.dispatcher.execute(ping, out, out.size() + 7) == After::keep_open);
+    CHECK(resp::bulk_reply_size(1000) == one.size());
+    CHECK(resp::bulk_reply_size(0) == 6);
+}
+
 TEST_CASE("EXPIRE, PEXPIRE, TTL, PTTL and PERSIST") {
     Harness h;
     CHECK(h.run({"TTL", "k"}) == ":-2\r\n");
@@ -266,6 +303,10 @@ TEST_CASE("COMMAND and CONFIG answer what clients ask at startup") {
     CHECK(h.run({"CONFIG", "GET", "appendonly"}) == "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n");
     CHECK(h.run({"CONFIG", "GET", "proto-*"}) == "*2\r\n$18\r\nproto-max-bulk-len\r\n$4\r\n1024\r\n");
     CHECK(h.run({"CONFIG", "GET", "nothing"}) == "*0\r\n");
+    // The limits, under Redis's names.
+    CHECK(h.run({"CONFIG", "GET", "maxclients", "client-*"}) ==
+          "*6\r\n$26\r\nclient-output-buffer-limit\r\n$21\r\nnormal 1073741824 0 0\r\n"
+          "$25\r\nclient-query-buffer-limit\r\n$10\r\n1073741824\r\n$10\r\nmaxclients\r\n$5\r\n10000\r\n");
     CHECK(h.run({"CONFIG", "GET"}) == arity("config|get"));
     CHECK(h.run({"CONFIG"}) == arity("config"));
     CHECK(h.run({"CONFIG", "REWRITE"}) == "-ERR unknown subcommand 'REWRITE'. Try CONFIG HELP.\r\n");

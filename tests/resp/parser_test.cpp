@@ -172,10 +172,10 @@ TEST_CASE("a bulk string over the limit is refused before its data arrives") {
     CHECK(parse_every_way(encode({"SET", "k", "0123456789"}), limits).commands.size() == 1);
     CHECK(error_of("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$11\r\n", limits) == "Protocol error: invalid bulk length");
     CHECK(error_of("*1\r\n$9223372036854775807\r\n", limits) == "Protocol error: invalid bulk length");
-    // The default: 64 MiB.
-    CHECK(error_of("*1\r\n$67108865\r\n") == "Protocol error: invalid bulk length");
+    // The default: 512 MiB, Redis's proto-max-bulk-len.
+    CHECK(error_of("*1\r\n$536870913\r\n") == "Protocol error: invalid bulk length");
     Parser parser;
-    CHECK(parser.parse("*1\r\n$67108864\r\n").status == Parser::Status::need_more);
+    CHECK(parser.parse("*1\r\n$536870912\r\n").status == Parser::Status::need_more);
 }
 
 TEST_CASE("an array over the element limit is refused") {
@@ -186,7 +186,7 @@ TEST_CASE("an array over the element limit is refused") {
     CHECK(error_of("*1048577\r\n") == "Protocol error: invalid multibulk length");
 }
 
-TEST_CASE("lines without an end are refused past the inline limit") {
+TEST_CASE("lines longer than the inline limit are refused, with or without their end") {
     ParserLimits limits;
     limits.max_inline = 16;
     CHECK(parse_whole(std::string(16, 'a'), limits).leftover == 16);
@@ -194,8 +194,12 @@ TEST_CASE("lines without an end are refused past the inline limit") {
     CHECK(parse_bytewise(std::string(40, 'a'), limits).error == "Protocol error: too big inline request");
     CHECK(parse_whole("*" + std::string(20, '1'), limits).error == "Protocol error: too big mbulk count string");
     CHECK(parse_whole("*1\r\n$" + std::string(20, '1'), limits).error == "Protocol error: too big bulk count string");
-    // A complete line longer than the limit is fine, as in Redis.
-    CHECK(parse_whole("ECHO " + std::string(30, 'x') + "\r\n", limits).commands.size() == 1);
+    // The same whether the line end arrives with the line or later (Redis
+    // accepts it in the first case): the pieces do not change the outcome.
+    CHECK(error_of("ECHO " + std::string(12, 'x') + "\r\n", limits) == "Protocol error: too big inline request");
+    CHECK(parse_every_way("ECHO " + std::string(11, 'x') + "\r\n", limits).commands.size() == 1);
+    CHECK(error_of("*00000000000000000001\r\n$4\r\nPING\r\n", limits) == "Protocol error: too big mbulk count string");
+    CHECK(error_of("*1\r\n$00000000000000004\r\nPING\r\n", limits) == "Protocol error: too big bulk count string");
 }
 
 TEST_CASE("bytes_wanted announces a large bulk string in progress") {
@@ -221,4 +225,17 @@ TEST_CASE("parse_int64 is as strict as Redis") {
         INFO(bad);
         CHECK_FALSE(resp::parse_int64(bad, value));
     }
+}
+
+TEST_CASE("request_size is the last command's request, without the empty ones skipped before it") {
+    Parser parser;
+    const std::string ping = encode({"PING"});
+    const std::string input = "\r\n*0\r\n" + ping + "ECHO x\r\n";
+    const Parser::Result first = parser.parse(input);
+    REQUIRE(first.status == Parser::Status::command);
+    CHECK(first.consumed == 6 + ping.size());
+    CHECK(parser.request_size() == ping.size());
+    const Parser::Result second = parser.parse(std::string_view{input}.substr(first.consumed));
+    REQUIRE(second.status == Parser::Status::command);
+    CHECK(parser.request_size() == 8);
 }

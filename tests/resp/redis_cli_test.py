@@ -48,9 +48,9 @@ def on_alarm(signum, frame):
     raise Timeout(f"the run took more than {RUN_LIMIT_S} s")
 
 
-def start_server(binary):
+def start_server(binary, *flags):
     server = subprocess.Popen(
-        [binary, "--port", "0", "--max-bulk", str(MAX_BULK)],
+        [binary, "--port", "0", "--max-bulk", str(MAX_BULK), *flags],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
@@ -226,6 +226,63 @@ def test_malformed(cli, port):
     check(cli("PING") == "PONG", "the server survives malformed input")
 
 
+def test_limits(binary):
+    """A second server with small limits: each closes the client that
+    crosses it, as Redis does, and only that client."""
+    limits = ["--max-query-buffer", "16KB", "--max-output-buffer", "64KB", "--max-clients", "3"]
+    server, port = start_server(binary, *limits)
+    try:
+        cli = make_cli(shutil.which("redis-cli"), port)
+        check(cli("CONFIG", "GET", "maxclients", lines=True) == ["maxclients", "3"], "CONFIG GET maxclients")
+        check(
+            cli("CONFIG", "GET", "client-query-buffer-limit", lines=True) == ["client-query-buffer-limit", "16384"],
+            "CONFIG GET client-query-buffer-limit",
+        )
+        value = "x" * MAX_BULK
+        check(cli("SET", "v", value) == "OK", "SET a value of --max-bulk")
+        # 20 copies of it: over --max-output-buffer, refused before it is built.
+        received, closed = raw_exchange(port, resp_array("MGET", *(["v"] * 20)), wait_for_close=True)
+        check(received == b"" and closed, "an MGET over --max-output-buffer closes the client", repr(received[:64]))
+        check(len(cli("MGET", "v", "v", lines=True)[0]) == MAX_BULK, "an MGET within it is answered")
+        # Five values of nearly --max-bulk in one request: over --max-query-buffer.
+        received, closed = raw_exchange(port, resp_array("MSET", *(["k", value] * 5)), wait_for_close=True)
+        check(received == b"" and closed, "a request over --max-query-buffer closes the client", repr(received))
+        check(cli("EXISTS", "k") == "0", "the refused request did nothing")
+
+        # --max-clients: three are served, the fourth is told and closed.
+        held = [socket.create_connection(("127.0.0.1", port), timeout=CALL_LIMIT_S) for _ in range(3)]
+        try:
+            for s in held:
+                s.sendall(b"PING\r\n")
+                check(s.recv(64) == b"+PONG\r\n", "a client within --max-clients is served")
+            received, closed = raw_exchange(port, b"", wait_for_close=True)
+            check(
+                received == b"-ERR max number of clients reached\r\n" and closed,
+                "the client over --max-clients gets Redis's error",
+                repr(received),
+            )
+        finally:
+            for s in held:
+                s.close()
+        # The server may see the next connection before the three closes.
+        deadline = time.monotonic() + CALL_LIMIT_S
+        while cli("PING") != "PONG" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        check(cli("PING") == "PONG", "a slot freed is served again")
+        check(server.poll() is None, "the server with small limits is still running")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=CALL_LIMIT_S)
+
+    result = subprocess.run(
+        [binary, "--port", "0", "--max-bulk", "1MB", "--max-query-buffer", "64KB"],
+        capture_output=True,
+        timeout=CALL_LIMIT_S,
+    )
+    message = result.stderr.decode(errors="replace")
+    check(result.returncode == 2 and "--max-query-buffer" in message, "inconsistent limits are refused", message)
+
+
 def test_benchmark(port):
     bench = shutil.which("redis-benchmark")
     if not bench:
@@ -260,6 +317,7 @@ def main():
         test_expiry(cli)
         test_pipelining(cli, port)
         test_malformed(cli, port)
+        test_limits(sys.argv[1])
         test_benchmark(port)
         check(server.poll() is None, "the server is still running")
         server.send_signal(signal.SIGTERM)
