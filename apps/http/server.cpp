@@ -89,6 +89,22 @@ constexpr auto accept_backoff = std::chrono::milliseconds{100};
 // The largest text buffer kept for the next responses (Server::spare_text_);
 // a larger one (a burst of pipelined answers) is freed once sent.
 constexpr std::size_t spare_text_limit = 16 * 1024;
+// A condition that may recur at every accept is logged at most this often.
+constexpr auto log_interval = std::chrono::seconds{10};
+
+// `start + delay`, or the end of time rather than an overflow.
+Reactor::TimePoint later(Reactor::TimePoint start, std::chrono::milliseconds delay) noexcept {
+    const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(Reactor::TimePoint::max() - start);
+    if (delay >= room) {
+        return Reactor::TimePoint::max();
+    }
+    return start + delay;
+}
+
+// The tail of a rate-limited log message.
+std::string more_since(std::uint64_t unlogged) {
+    return unlogged == 0 ? std::string{} : fmt::format(" ({} more since the last message)", unlogged);
+}
 
 // Queued output: text, or a slice of a file to sendfile.
 struct OutChunk {
@@ -228,20 +244,52 @@ void Server::on_acceptable() {
             pause_accepting();
             return;
         }
-        try {
-            accepted->set_nodelay(true);  // a head and its body go out as soon as written
-        } catch (const std::system_error& refused) {
-            muxio::logger().debug("muxio-http: {}", refused.what());
-        }
         ++stats_.accepted;
-        const int fd = accepted->fileno();
-        auto owned = std::make_unique<Connection>(std::move(*accepted), config_.limits);
-        Connection& connection = *owned;
-        connections_.emplace(fd, std::move(owned));
+        open_connection(std::move(*accepted));
+    }
+}
+
+void Server::open_connection(TcpStream accepted) {
+    try {
+        accepted.set_nodelay(true);  // a head and its body go out as soon as written
+    } catch (const std::system_error& refused) {
+        muxio::logger().debug("muxio-http: {}", refused.what());
+    }
+    const int fd = accepted.fileno();
+    // If either throws (std::bad_alloc), the stream is destroyed with what
+    // holds it, which closes it.
+    auto owned = std::make_unique<Connection>(std::move(accepted), config_.limits);
+    Connection& connection = *owned;
+    if (!connections_.try_emplace(fd, std::move(owned)).second) {
+        // A connection still in the table under this number would mean its
+        // descriptor was closed behind the server's back.
+        muxio::logger().error("muxio-http: fd {} accepted while still in use; closing the new connection", fd);
+        return;
+    }
+    try {
         connection.last_active = reactor_.time();
         arm_timer(connection, config_.idle_timeout);
         update_interest(connection);
+    } catch (const std::exception& error) {
+        // The selector refused the descriptor (select: at or above
+        // FD_SETSIZE; epoll: out of watches) or memory ran out. Nothing is
+        // kept: a connection no one watches would never be served or closed.
+        ++stats_.register_failures;
+        if (const std::optional<std::uint64_t> unlogged = register_failure_log_.allow(reactor_.time())) {
+            muxio::logger().warn("muxio-http: fd {}: cannot watch the connection, closing it: {}{}", fd, error.what(),
+                                 more_since(*unlogged));
+        }
+        destroy(connection);
     }
+}
+
+std::optional<std::uint64_t> Server::LogLimiter::allow(Reactor::TimePoint now) {
+    if (next_ && now < *next_) {
+        ++suppressed_;
+        return std::nullopt;
+    }
+    next_ = later(now, log_interval);
+    return std::exchange(suppressed_, 0);
 }
 
 void Server::pause_accepting() {

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -47,6 +48,9 @@ struct ServerStats {
     std::uint64_t requests = 0;
     std::uint64_t timed_out = 0;
     std::uint64_t accept_pauses = 0;
+    /// Accepted, but the reactor could not watch them (e.g. select and a
+    /// descriptor at or above FD_SETSIZE): closed at once.
+    std::uint64_t register_failures = 0;
 };
 
 /// An HTTP/1.1 server on one reactor, in that reactor's thread.
@@ -55,6 +59,10 @@ struct ServerStats {
 /// for the full timeout and, when it fires, re-armed for what is left since
 /// the last activity: activity itself only stores a time, so a busy
 /// connection costs one timer operation per timeout period, not per read.
+///
+/// The accept path loses nothing: a connection the reactor cannot watch
+/// (its selector refuses the descriptor) is closed at once, counted and
+/// logged at most once per 10 s, and the listener goes on.
 class Server {
 public:
     /// Binds and listens (std::system_error if the kernel refuses,
@@ -83,7 +91,19 @@ public:
 private:
     struct Connection;
 
+    // Logs a recurring condition at most once per interval; allow() gives
+    // how many were left unlogged since the last time, or nullopt.
+    class LogLimiter {
+    public:
+        std::optional<std::uint64_t> allow(Reactor::TimePoint now);
+
+    private:
+        std::optional<Reactor::TimePoint> next_;
+        std::uint64_t suppressed_ = 0;
+    };
+
     void on_acceptable();
+    void open_connection(TcpStream accepted);
     void pause_accepting();
     void resume_accepting();
     void on_readable(Connection& connection);
@@ -124,6 +144,7 @@ private:
     std::string spare_text_;
     DateCache date_;
     ServerStats stats_;
+    LogLimiter register_failure_log_;
 };
 
 }  // namespace muxio::http

@@ -4,7 +4,9 @@
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <spdlog/logger.h>
 
@@ -37,7 +40,9 @@ namespace {
 constexpr std::size_t big_size = std::size_t{1} << 20U;
 
 struct Fixture {
-    explicit Fixture(const ServerConfig& config = {}, std::size_t file_size = big_size) {
+    explicit Fixture(const ServerConfig& config = {}, std::size_t file_size = big_size,
+                     muxio::ReactorOptions options = {})
+        : reactor{std::move(options)} {
         dir.write("root/big.bin", std::string(file_size, 'b'));
         server.emplace(reactor, Handler{(dir.path() / "root").string()}, config);
     }
@@ -82,6 +87,19 @@ bool read_available(int fd, std::string& into) {
         }
         return got == 0 || (errno != EAGAIN && errno != EINTR);
     }
+}
+
+// Sends `request` and runs the reactor until the reply holds `expected`
+// (and, when `until_closed`, the server closed the connection).
+std::string ask(Fixture& fixture, int fd, std::string_view request, std::string_view expected,
+                bool until_closed = false) {
+    muxio::test::write_all(fd, request);
+    std::string reply;
+    CHECK(fixture.run_until([&] {
+        const bool closed = read_available(fd, reply);
+        return reply.find(expected) != std::string::npos && (closed || !until_closed);
+    }));
+    return reply;
 }
 
 // For its lifetime the next accept4 fails with EMFILE, and the muxio logger
@@ -296,4 +314,47 @@ TEST_CASE("keep-alive requests on several connections allocate nothing once they
     }
     CHECK(muxio::test::allocation_count() - before == 0);
     CHECK(fixture.server->stats().requests == 24);
+}
+
+// ----- The accept path ---------------------------------------------------------
+
+TEST_CASE("a connection the selector refuses is closed at once and the listener goes on (select)") {
+    muxio::test::FdLeakCheck leak_check;
+    if (muxio::test::raise_fd_limit(FD_SETSIZE + 256) < FD_SETSIZE + 64) {
+        MESSAGE("skipped: RLIMIT_NOFILE too low to get a descriptor past FD_SETSIZE");
+        return;
+    }
+    Fixture fixture{ServerConfig{}, big_size, muxio::ReactorOptions{"select", {}}};
+    // Every number below FD_SETSIZE taken, so the next accepted connection
+    // gets one select() cannot watch.
+    const muxio::test::Pipe pipe;
+    std::vector<UniqueFd> low;
+    for (;;) {
+        UniqueFd copy{::fcntl(pipe.read_end.get(), F_DUPFD_CLOEXEC, 0)};
+        REQUIRE(copy.get() >= 0);
+        if (copy.get() >= FD_SETSIZE) {
+            break;
+        }
+        low.push_back(std::move(copy));
+    }
+    const UniqueFd refused = fixture.connect();
+    REQUIRE(refused.get() >= FD_SETSIZE);
+    REQUIRE(fixture.run_until([&] { return fixture.server->stats().register_failures == 1; }));
+    CHECK(fixture.server->stats().accepted == 1);
+    CHECK(fixture.server->connection_count() == 0);
+    CHECK(fixture.reactor.scheduled_count() == 0);  // no timer left behind
+    for (int fd = FD_SETSIZE; fd < FD_SETSIZE + 64; ++fd) {
+        CHECK_FALSE(fixture.reactor.has_reader(fd));
+        CHECK_FALSE(fixture.reactor.has_writer(fd));
+    }
+    std::string nothing;
+    CHECK(fixture.run_until([&] { return read_available(refused.get(), nothing); }));  // closed
+    CHECK(nothing.empty());
+
+    low.clear();
+    const UniqueFd served = fixture.connect();
+    REQUIRE(served.get() < FD_SETSIZE);
+    CHECK(ask(fixture, served.get(), "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "Hello, World!")
+              .starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(fixture.server->connection_count() == 1);
 }
