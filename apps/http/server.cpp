@@ -128,6 +128,7 @@ struct Server::Connection {
     bool close_after_output = false;
     bool peer_closed = false;  // read end of stream
     bool lingering = false;
+    std::size_t files_queued = 0;  // file chunks in `output`
     std::size_t output_bytes = 0;  // pending in `output`
     Reactor::TimePoint last_active{};
     // Closing it (with the connection) also drops its reactor registrations.
@@ -245,7 +246,11 @@ void Server::on_acceptable() {
             return;
         }
         ++stats_.accepted;
-        open_connection(std::move(*accepted));
+        if (connections_.size() >= config_.max_connections) {
+            refuse(std::move(*accepted));
+        } else {
+            open_connection(std::move(*accepted));
+        }
     }
 }
 
@@ -282,6 +287,23 @@ void Server::open_connection(TcpStream accepted) {
         destroy(connection);
     }
 }
+
+void Server::refuse(TcpStream accepted) {
+    ++stats_.refused;
+    if (const std::optional<std::uint64_t> unlogged = refusal_log_.allow(reactor_.time())) {
+        muxio::logger().warn("muxio-http: {} connections open, the most allowed: refusing new ones{}",
+                             connections_.size(), more_since(*unlogged));
+    }
+    // Whatever the client sent already is read first, as closing over
+    // unread bytes resets the connection, and the answer with it. One read
+    // and one write, neither waited for: the answer is a courtesy.
+    (void)read_some(accepted, scratch_);
+    const Response response = Handler::error(503, true);
+    std::string answer;
+    append_head(answer, response, HeadOptions{date_.get(std::time(nullptr)), false, false});
+    answer += response.body;
+    (void)write_some(accepted, answer);
+}  // closed here
 
 std::optional<std::uint64_t> Server::LogLimiter::allow(Reactor::TimePoint now) {
     if (next_ && now < *next_) {
@@ -389,8 +411,10 @@ void Server::parse_input(Connection& connection) {
 std::size_t Server::parse_requests(Connection& connection, std::string_view input) {
     RequestParser& parser = connection.parser;
     std::size_t parsed = 0;
+    // No request is answered while a file is queued: each answer to a GET
+    // of a file holds the file open until it is sent.
     while (!connection.close_after_output && connection.output_bytes < config_.output_high_water &&
-           parsed < input.size()) {
+           connection.files_queued == 0 && parsed < input.size()) {
         const std::size_t consumed = parser.feed(input.substr(parsed));
         parsed += consumed;
         if (parser.expects_continue()) {
@@ -429,6 +453,7 @@ void Server::respond(Connection& connection, const Request& request) {
                 chunk.file = std::move(response.file);
                 chunk.left = response.content_length;
                 connection.output.push_back(std::move(chunk));
+                ++connection.files_queued;
                 connection.output_bytes += response.content_length;
             }
         } else {
@@ -490,6 +515,9 @@ bool Server::flush(Connection& connection) {
                 chunk.text.clear();
                 spare_text_ = std::move(chunk.text);
             }
+            if (chunk.file) {
+                --connection.files_queued;
+            }
             connection.output.pop_front();
         }
     }
@@ -534,7 +562,10 @@ void Server::drain_linger(Connection& connection) {
 }
 
 void Server::update_interest(Connection& connection) {
-    const bool want_write = !connection.output.empty();
+    // Input left unparsed with nothing to send (pump() stopped after its
+    // rounds) is taken up at the next writability, which comes at once.
+    const bool want_write = !connection.output.empty() ||
+                            (!connection.input.empty() && !connection.lingering && !connection.close_after_output);
     const bool want_read = connection.lingering || (!connection.peer_closed && !connection.close_after_output &&
                                                     connection.output_bytes < config_.output_high_water &&
                                                     connection.input.size() < config_.input_buffer_limit);

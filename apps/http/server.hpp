@@ -39,6 +39,9 @@ struct ServerConfig {
     std::size_t output_high_water = std::size_t{256} << 10U;
     /// Input read but not yet parsed, at most (it waits while output is high).
     std::size_t input_buffer_limit = std::size_t{64} << 10U;
+    /// Connections open at once, at most (lingering ones included). One
+    /// more is accepted, answered 503 and closed at once.
+    std::size_t max_connections = 10000;
     ParserLimits limits;
 };
 
@@ -48,6 +51,8 @@ struct ServerStats {
     std::uint64_t requests = 0;
     std::uint64_t timed_out = 0;
     std::uint64_t accept_pauses = 0;
+    /// Accepted over max_connections, answered 503 and closed.
+    std::uint64_t refused = 0;
     /// Accepted, but the reactor could not watch them (e.g. select and a
     /// descriptor at or above FD_SETSIZE): closed at once.
     std::uint64_t register_failures = 0;
@@ -60,8 +65,15 @@ struct ServerStats {
 /// the last activity: activity itself only stores a time, so a busy
 /// connection costs one timer operation per timeout period, not per read.
 ///
+/// What a connection may hold is bounded: input up to input_buffer_limit,
+/// queued output up to output_high_water (then it stops reading), and one
+/// open file: parsing stops while a file response is queued, so however
+/// many requests a client pipelines without reading, its connection holds
+/// its socket and at most one file. Over the server, max_connections.
+///
 /// The accept path loses nothing: a connection the reactor cannot watch
-/// (its selector refuses the descriptor) is closed at once, counted and
+/// (its selector refuses the descriptor) is closed at once and counted, a
+/// connection over max_connections is answered 503 and closed; both are
 /// logged at most once per 10 s, and the listener goes on.
 class Server {
 public:
@@ -104,6 +116,7 @@ private:
 
     void on_acceptable();
     void open_connection(TcpStream accepted);
+    void refuse(TcpStream accepted);
     void pause_accepting();
     void resume_accepting();
     void on_readable(Connection& connection);
@@ -144,6 +157,7 @@ private:
     std::string spare_text_;
     DateCache date_;
     ServerStats stats_;
+    LogLimiter refusal_log_;
     LogLimiter register_failure_log_;
 };
 

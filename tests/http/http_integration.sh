@@ -54,7 +54,7 @@ ln -s "$work/secret.txt" "$root/leak"
 
 curl_opts=(--silent --show-error --max-time 10)
 
-"$server_bin" --port 0 --root "$root" --idle-timeout 1 >"$work/stdout" 2>"$work/stderr" &
+"$server_bin" --port 0 --root "$root" --idle-timeout 1 --max-connections 64 >"$work/stdout" 2>"$work/stderr" &
 server_pid=$!
 
 port=""

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -38,12 +39,14 @@ using muxio::test::UniqueFd;
 namespace {
 
 constexpr std::size_t big_size = std::size_t{1} << 20U;
+constexpr std::string_view index_html = "<!doctype html><title>muxio</title><p>index</p>\n";
 
 struct Fixture {
     explicit Fixture(const ServerConfig& config = {}, std::size_t file_size = big_size,
                      muxio::ReactorOptions options = {})
         : reactor{std::move(options)} {
         dir.write("root/big.bin", std::string(file_size, 'b'));
+        dir.write("root/index.html", index_html);
         server.emplace(reactor, Handler{(dir.path() / "root").string()}, config);
     }
 
@@ -314,6 +317,97 @@ TEST_CASE("keep-alive requests on several connections allocate nothing once they
     }
     CHECK(muxio::test::allocation_count() - before == 0);
     CHECK(fixture.server->stats().requests == 24);
+}
+
+// ----- What one client, or many, may hold ------------------------------------
+
+TEST_CASE("a client that pipelines file requests and never reads holds one open file at most") {
+    muxio::test::FdLeakCheck leak_check;
+    Fixture fixture;
+    const int before = muxio::test::count_open_fds();
+    const UniqueFd client = fixture.connect();
+    REQUIRE(fixture.run_until([&] { return fixture.server->connection_count() == 1; }));
+    std::string requests;
+    for (int i = 0; i < 1000; ++i) {
+        requests += "GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n";
+    }
+    // Writes until the server stops reading, counting the process's
+    // descriptors all along: the client's socket, the server's, and the
+    // files the server holds open for its queued answers.
+    int most = 0;
+    std::size_t written = 0;
+    bool blocked = false;
+    constexpr std::size_t cap = std::size_t{64} << 20U;
+    while (!blocked && written < cap) {
+        const ssize_t sent = ::send(client.get(), requests.data(), requests.size(), MSG_NOSIGNAL);
+        if (sent > 0) {
+            written += static_cast<std::size_t>(sent);
+        } else {
+            REQUIRE(errno == EAGAIN);
+            for (int i = 0; i < 5; ++i) {
+                fixture.reactor.run_once(2ms);
+            }
+            blocked = ::send(client.get(), requests.data(), 1, MSG_NOSIGNAL) < 0 && errno == EAGAIN;
+            written += blocked ? 0 : 1;
+        }
+        fixture.reactor.run_once(0ms);
+        most = std::max(most, muxio::test::count_open_fds() - before);
+    }
+    CHECK(blocked);
+    CHECK(most <= 3);
+    CHECK(fixture.server->stats().requests > 0);
+    MESSAGE("client blocked after " << written << " bytes, " << fixture.server->stats().requests
+                                    << " requests answered, at most " << most << " descriptors");
+}
+
+TEST_CASE("pipelined file requests are all answered, one file at a time") {
+    muxio::test::FdLeakCheck leak_check;
+    Fixture fixture;
+    const UniqueFd client = fixture.connect();
+    constexpr int count = 200;
+    std::string requests;
+    for (int i = 0; i < count; ++i) {
+        requests += "GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n";
+    }
+    requests += "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    const std::string reply = ask(fixture, client.get(), requests, "Hello, World!", true);
+    std::size_t answers = 0;
+    for (std::size_t at = reply.find(index_html); at != std::string::npos; at = reply.find(index_html, at + 1)) {
+        ++answers;
+    }
+    CHECK(answers == count);
+    CHECK(fixture.server->stats().requests == count + 1);
+}
+
+TEST_CASE("over --max-connections a connection is answered 503 and closed; the others are served") {
+    muxio::test::FdLeakCheck leak_check;
+    ServerConfig config;
+    config.max_connections = 3;
+    Fixture fixture{config};
+    constexpr std::string_view hello = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    std::vector<UniqueFd> clients;
+    for (std::size_t i = 0; i < 3; ++i) {
+        clients.push_back(fixture.connect());
+        REQUIRE(fixture.run_until([&] { return fixture.server->connection_count() == i + 1; }));
+    }
+    const UniqueFd extra = fixture.connect();
+    REQUIRE(fixture.run_until([&] { return fixture.server->stats().refused == 1; }));
+    std::string refusal;
+    CHECK(fixture.run_until([&] { return read_available(extra.get(), refusal); }));  // closed
+    CHECK(refusal.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+    CHECK(refusal.find("Connection: close\r\n") != std::string::npos);
+    CHECK(fixture.server->connection_count() == 3);
+    CHECK(fixture.server->stats().accepted == 4);
+    for (const UniqueFd& client : clients) {
+        CHECK(ask(fixture, client.get(), hello, "Hello, World!").starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+    // Once one closes, a new one is served.
+    clients.front().reset();
+    REQUIRE(fixture.run_until([&] { return fixture.server->connection_count() == 2; }));
+    const UniqueFd later = fixture.connect();
+    CHECK(ask(fixture, later.get(), hello, "Hello, World!").starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(fixture.server->connection_count() == 3);
+    CHECK(fixture.server->stats().refused == 1);
 }
 
 // ----- The accept path ---------------------------------------------------------
