@@ -69,6 +69,8 @@ int run(int argc, char** argv) {
     std::string root;
     std::string selector;
     double idle_seconds = 30.0;
+    double header_seconds = 20.0;
+    double body_seconds = 60.0;
     std::size_t max_connections = 10000;
     std::vector<std::string> selectors;
     for (const std::string_view name : muxio::available_selectors()) {
@@ -89,6 +91,12 @@ int run(int argc, char** argv) {
     app.add_option("--idle-timeout", idle_seconds, "seconds with no byte read or written before a connection closes")
         ->check(CLI::Range(0.001, 86400.0))
         ->capture_default_str();
+    app.add_option("--header-timeout", header_seconds, "seconds a request head may take from its first byte (then 408)")
+        ->check(CLI::Range(0.001, 86400.0))
+        ->capture_default_str();
+    app.add_option("--body-timeout", body_seconds, "seconds a request body may take after its head (then 408)")
+        ->check(CLI::Range(0.001, 86400.0))
+        ->capture_default_str();
     CLI::Option* const max_connections_option =
         app.add_option("--max-connections", max_connections,
                        "connections open at once; more are answered 503 and closed "
@@ -104,6 +112,8 @@ int run(int argc, char** argv) {
         return std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>{seconds});
     };
     config.idle_timeout = milliseconds(idle_seconds);
+    config.header_timeout = milliseconds(header_seconds);
+    config.body_timeout = milliseconds(body_seconds);
     config.max_connections = fit_descriptor_limit(max_connections, max_connections_option->count() > 0);
 
     std::optional<muxio::Reactor> reactor;

@@ -113,6 +113,9 @@ public:
     /// True between the first byte of a request and its completion: a
     /// connection closed now cuts a request short.
     [[nodiscard]] bool in_request() const noexcept { return phase_ != Phase::head || !pending_head_.empty(); }
+    /// True while the body of a request whose head is complete is read:
+    /// in_request() and not in its head.
+    [[nodiscard]] bool in_body() const noexcept { return phase_ != Phase::head; }
 
 private:
     // Where the next byte belongs. The chunk phases follow RFC 9112 7.1.

@@ -106,6 +106,9 @@ std::string more_since(std::uint64_t unlogged) {
     return unlogged == 0 ? std::string{} : fmt::format(" ({} more since the last message)", unlogged);
 }
 
+// What a connection waits for from its client, with a deadline of its own.
+enum class Awaiting : unsigned char { nothing, head, body };
+
 // Queued output: text, or a slice of a file to sendfile.
 struct OutChunk {
     std::string text;
@@ -128,9 +131,12 @@ struct Server::Connection {
     bool close_after_output = false;
     bool peer_closed = false;  // read end of stream
     bool lingering = false;
+    Awaiting awaiting = Awaiting::nothing;
     std::size_t files_queued = 0;  // file chunks in `output`
     std::size_t output_bytes = 0;  // pending in `output`
     Reactor::TimePoint last_active{};
+    Reactor::TimePoint awaiting_since{};  // when the head or body under way began
+    Reactor::TimePoint timer_due{};
     // Closing it (with the connection) also drops its reactor registrations.
     TcpStream stream;
     std::string input;  // read, not yet parsed
@@ -273,7 +279,7 @@ void Server::open_connection(TcpStream accepted) {
     }
     try {
         connection.last_active = reactor_.time();
-        arm_timer(connection, config_.idle_timeout);
+        arm_timer(connection, later(connection.last_active, config_.idle_timeout));
         update_interest(connection);
     } catch (const std::exception& error) {
         // The selector refused the descriptor (select: at or above
@@ -356,6 +362,7 @@ void Server::on_readable(Connection& connection) {
         return;
     }
     connection.last_active = reactor_.time();
+    stats_.bytes_read += got.bytes;
     if (got.bytes == 0) {
         // The client sent all it will; answer what it asked, then close.
         connection.peer_closed = true;
@@ -393,6 +400,7 @@ bool Server::pump(Connection& connection) {
             break;
         }
     }
+    track_request(connection);
     update_interest(connection);
     return true;
 }
@@ -436,6 +444,7 @@ std::size_t Server::parse_requests(Connection& connection, std::string_view inpu
 
 void Server::respond(Connection& connection, const Request& request) {
     ++stats_.requests;
+    connection.awaiting = Awaiting::nothing;  // what follows is another request
     Response response = handler_.handle(request);
     const bool keep_alive = request.keep_alive && !response.close && !stopping_;
     muxio::logger().debug("muxio-http: fd {}: {} {} -> {}", connection.stream.fileno(), request.method, request.target,
@@ -543,7 +552,7 @@ bool Server::begin_linger(Connection& connection) {
     connection.lingering = true;
     connection.input.clear();
     connection.timer.cancel();
-    arm_timer(connection, config_.linger_timeout);
+    arm_timer(connection, later(reactor_.time(), config_.linger_timeout));
     return true;
 }
 
@@ -589,9 +598,43 @@ void Server::update_interest(Connection& connection) {
     }
 }
 
-void Server::arm_timer(Connection& connection, Reactor::Duration delay) {
+void Server::arm_timer(Connection& connection, Reactor::TimePoint when) {
     Connection* const target = &connection;
-    connection.timer = reactor_.call_later(delay, [this, target] { on_timer(*target); });
+    connection.timer = reactor_.call_at(when, [this, target] { on_timer(*target); });
+    connection.timer_due = when;
+}
+
+Reactor::TimePoint Server::deadline_of(const Connection& connection) const noexcept {
+    const Reactor::TimePoint idle = later(connection.last_active, config_.idle_timeout);
+    switch (connection.awaiting) {
+        case Awaiting::head:
+            return std::min(idle, later(connection.awaiting_since, config_.header_timeout));
+        case Awaiting::body:
+            return std::min(idle, later(connection.awaiting_since, config_.body_timeout));
+        case Awaiting::nothing:
+            break;
+    }
+    return idle;
+}
+
+void Server::track_request(Connection& connection) {
+    // Only a head or body that did not arrive in the read that began it is
+    // seen here; respond() resets `awaiting`, so each request starts afresh.
+    const RequestParser& parser = connection.parser;
+    const Awaiting now = parser.in_body() ? Awaiting::body : parser.in_request() ? Awaiting::head : Awaiting::nothing;
+    if (now == connection.awaiting) {
+        return;
+    }
+    connection.awaiting = now;
+    if (now == Awaiting::nothing || connection.lingering) {
+        return;
+    }
+    connection.awaiting_since = reactor_.time();
+    const Reactor::TimePoint due = deadline_of(connection);
+    if (due < connection.timer_due) {
+        connection.timer.cancel();
+        arm_timer(connection, due);
+    }
 }
 
 void Server::on_timer(Connection& connection) {
@@ -599,15 +642,50 @@ void Server::on_timer(Connection& connection) {
         destroy(connection);
         return;
     }
-    const Reactor::Duration idle = reactor_.time() - connection.last_active;
-    if (idle >= config_.idle_timeout) {
-        ++stats_.timed_out;
-        muxio::logger().debug("muxio-http: fd {}: idle for {} ms, closing", connection.stream.fileno(),
-                              std::chrono::duration_cast<std::chrono::milliseconds>(idle).count());
+    const Reactor::TimePoint now = reactor_.time();
+    const Reactor::TimePoint due = deadline_of(connection);
+    if (now < due) {
+        arm_timer(connection, due);
+        return;
+    }
+    ++stats_.timed_out;
+    if (connection.awaiting != Awaiting::nothing && !connection.close_after_output) {
+        respond_timeout(connection);
+        return;
+    }
+    muxio::logger().debug("muxio-http: fd {}: idle for {} ms, closing", connection.stream.fileno(),
+                          std::chrono::duration_cast<std::chrono::milliseconds>(now - connection.last_active).count());
+    destroy(connection);
+}
+
+void Server::respond_timeout(Connection& connection) {
+    const bool head = connection.awaiting == Awaiting::head;
+    ++(head ? stats_.head_timeouts : stats_.body_timeouts);
+    muxio::logger().debug("muxio-http: fd {}: request {} not complete in time, closing", connection.stream.fileno(),
+                          head ? "head" : "body");
+    if (!connection.output.empty()) {
+        // The client does not read what it was sent either: no use answering.
         destroy(connection);
         return;
     }
-    arm_timer(connection, config_.idle_timeout - idle);
+    const Response response = Handler::error(408, true);
+    std::string& out = connection.text_tail(spare_text_);
+    const std::size_t before = out.size();
+    append_head(out, response, HeadOptions{date_.get(std::time(nullptr)), false, false});
+    out += response.body;
+    connection.output_bytes += out.size() - before;
+    connection.close_after_output = true;
+    connection.input.clear();
+    // Sent now or never: waiting for the client to make room would let it
+    // hold the connection past its deadline.
+    if (!flush(connection)) {
+        return;
+    }
+    if (!connection.output.empty()) {
+        destroy(connection);
+        return;
+    }
+    update_interest(connection);
 }
 
 void Server::destroy(Connection& connection) {

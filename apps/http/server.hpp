@@ -25,8 +25,20 @@ struct ServerConfig {
     std::string bind = "127.0.0.1";
     /// 0: a port the kernel picks (see Server::port()).
     std::uint16_t port = 0;
-    /// A connection with no byte read or written for this long is closed.
+    /// A connection with no byte read or written for this long is closed:
+    /// the gap between keep-alive requests, a client that stops reading.
     std::chrono::milliseconds idle_timeout{std::chrono::seconds{30}};
+    /// A request head must be complete this long after its first byte
+    /// arrived, however steadily its bytes trickle in (nginx's
+    /// client_header_timeout); otherwise 408 and the connection closes.
+    std::chrono::milliseconds header_timeout{std::chrono::seconds{20}};
+    /// A request body must be complete this long after its head was
+    /// (nginx's client_body_timeout, but for the whole body); otherwise 408
+    /// and the connection closes.
+    std::chrono::milliseconds body_timeout{std::chrono::seconds{60}};
+    /// Connections open at once, at most (lingering ones included). One
+    /// more is accepted, answered 503 and closed at once.
+    std::size_t max_connections = 10000;
     /// After the last response of a connection, how long its leftover input
     /// is read and dropped before closing, so unread bytes do not turn the
     /// close into a reset that could destroy the response in flight.
@@ -39,9 +51,6 @@ struct ServerConfig {
     std::size_t output_high_water = std::size_t{256} << 10U;
     /// Input read but not yet parsed, at most (it waits while output is high).
     std::size_t input_buffer_limit = std::size_t{64} << 10U;
-    /// Connections open at once, at most (lingering ones included). One
-    /// more is accepted, answered 503 and closed at once.
-    std::size_t max_connections = 10000;
     ParserLimits limits;
 };
 
@@ -49,21 +58,33 @@ struct ServerConfig {
 struct ServerStats {
     std::uint64_t accepted = 0;
     std::uint64_t requests = 0;
+    /// Connections closed by a timeout of any kind; of which the head and
+    /// body deadlines:
     std::uint64_t timed_out = 0;
+    std::uint64_t head_timeouts = 0;
+    std::uint64_t body_timeouts = 0;
     std::uint64_t accept_pauses = 0;
     /// Accepted over max_connections, answered 503 and closed.
     std::uint64_t refused = 0;
     /// Accepted, but the reactor could not watch them (e.g. select and a
     /// descriptor at or above FD_SETSIZE): closed at once.
     std::uint64_t register_failures = 0;
+    /// Request bytes read from every connection.
+    std::uint64_t bytes_read = 0;
 };
 
 /// An HTTP/1.1 server on one reactor, in that reactor's thread.
 ///
-/// Each connection has one reactor timer for its idle timeout, armed once
-/// for the full timeout and, when it fires, re-armed for what is left since
-/// the last activity: activity itself only stores a time, so a busy
-/// connection costs one timer operation per timeout period, not per read.
+/// Each connection has one reactor timer for all its deadlines: the idle
+/// timeout since its last activity, the head deadline while a request head
+/// is arriving, the body deadline while its body is. The timer is armed for
+/// the nearest and, when it fires, re-armed for what is left: activity only
+/// stores a time, so a busy connection costs one timer operation per
+/// timeout period, not per read; the start of a head or body that arrives
+/// over several reads re-arms it once if its deadline is nearer. A deadline
+/// passed in the middle of a request answers 408 (if the answer fits in the
+/// socket at once) and closes; an idle connection between requests closes
+/// without a word.
 ///
 /// What a connection may hold is bounded: input up to input_buffer_limit,
 /// queued output up to output_high_water (then it stops reading), and one
@@ -122,6 +143,10 @@ private:
     void on_readable(Connection& connection);
     void on_writable(Connection& connection);
     void on_timer(Connection& connection);
+    [[nodiscard]] Reactor::TimePoint deadline_of(const Connection& connection) const noexcept;
+    // Notes the start of a head or a body that did not arrive in one piece.
+    void track_request(Connection& connection);
+    void respond_timeout(Connection& connection);
     // Parses what may be parsed, answers, writes; false if `connection` was destroyed.
     bool pump(Connection& connection);
     void parse_input(Connection& connection);
@@ -134,7 +159,7 @@ private:
     bool begin_linger(Connection& connection);
     void drain_linger(Connection& connection);
     void update_interest(Connection& connection);
-    void arm_timer(Connection& connection, Reactor::Duration delay);
+    void arm_timer(Connection& connection, Reactor::TimePoint when);
     void destroy(Connection& connection);
     void close_all();
 
