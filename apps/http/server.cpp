@@ -139,10 +139,31 @@ struct Server::Connection {
     Reactor::TimePoint timer_due{};
     // Closing it (with the connection) also drops its reactor registrations.
     TcpStream stream;
-    std::string input;  // read, not yet parsed
+    // Read, not yet parsed: input[input_parsed...]. What is parsed stays
+    // in front until the next read, so that taking the pipelined requests
+    // one at a time (one per queued file) does not move the rest each time.
+    // Empty when all is parsed.
+    std::string input;
+    std::size_t input_parsed = 0;
     FifoQueue<OutChunk> output;
     RequestParser parser;
     TimerHandle timer;
+
+    [[nodiscard]] std::string_view unparsed() const noexcept { return std::string_view{input}.substr(input_parsed); }
+    void consume_input(std::size_t bytes) noexcept {
+        input_parsed += bytes;
+        if (input_parsed == input.size()) {
+            drop_input();
+        }
+    }
+    void append_input(std::string_view bytes) {
+        input.erase(0, std::exchange(input_parsed, 0));
+        input.append(bytes);
+    }
+    void drop_input() noexcept {
+        input.clear();
+        input_parsed = 0;
+    }
 
     // `spare` is the server's emptied text buffer: a new text chunk takes it.
     void append_text(std::string_view text, std::string& spare) {
@@ -347,7 +368,8 @@ void Server::on_readable(Connection& connection) {
         drain_linger(connection);
         return;
     }
-    const std::size_t room = config_.input_buffer_limit - std::min(config_.input_buffer_limit, connection.input.size());
+    const std::size_t unparsed = connection.input.size() - connection.input_parsed;
+    const std::size_t room = config_.input_buffer_limit - std::min(config_.input_buffer_limit, unparsed);
     if (room == 0) {
         update_interest(connection);  // a zero-byte read would look like the end of the stream
         return;
@@ -376,7 +398,7 @@ void Server::on_readable(Connection& connection) {
             connection.input.assign(fresh.substr(parsed));
         }
     } else {
-        connection.input.append(scratch_.data(), got.bytes);
+        connection.append_input({scratch_.data(), got.bytes});
     }
     pump(connection);
 }
@@ -407,7 +429,7 @@ bool Server::pump(Connection& connection) {
 
 void Server::parse_input(Connection& connection) {
     if (!connection.input.empty()) {
-        connection.input.erase(0, parse_requests(connection, connection.input));
+        connection.consume_input(parse_requests(connection, connection.unparsed()));
     }
     // After the end of the stream, once everything read is parsed, nothing
     // more can come: a request cut short gets no answer.
@@ -476,7 +498,11 @@ void Server::respond(Connection& connection, const Request& request) {
 
 void Server::respond_error(Connection& connection, const ParseError& error) {
     muxio::logger().debug("muxio-http: fd {}: bad request: {}", connection.stream.fileno(), error.reason);
-    const Response response = Handler::error(error.status, true);
+    answer_and_close(connection, error.status);
+}
+
+void Server::answer_and_close(Connection& connection, int status) {
+    const Response response = Handler::error(status, true);
     std::string& out = connection.text_tail(spare_text_);
     const std::size_t before = out.size();
     append_head(out, response, HeadOptions{date_.get(std::time(nullptr)), false, false});
@@ -550,7 +576,7 @@ bool Server::begin_linger(Connection& connection) {
         return false;
     }
     connection.lingering = true;
-    connection.input.clear();
+    connection.drop_input();
     connection.timer.cancel();
     arm_timer(connection, later(reactor_.time(), config_.linger_timeout));
     return true;
@@ -575,9 +601,10 @@ void Server::update_interest(Connection& connection) {
     // rounds) is taken up at the next writability, which comes at once.
     const bool want_write = !connection.output.empty() ||
                             (!connection.input.empty() && !connection.lingering && !connection.close_after_output);
-    const bool want_read = connection.lingering || (!connection.peer_closed && !connection.close_after_output &&
-                                                    connection.output_bytes < config_.output_high_water &&
-                                                    connection.input.size() < config_.input_buffer_limit);
+    const bool want_read =
+        connection.lingering || (!connection.peer_closed && !connection.close_after_output &&
+                                 connection.output_bytes < config_.output_high_water &&
+                                 connection.input.size() - connection.input_parsed < config_.input_buffer_limit);
     const int fd = connection.stream.fileno();
     Connection* const target = &connection;
     if (want_read != connection.reading) {
@@ -668,14 +695,8 @@ void Server::respond_timeout(Connection& connection) {
         destroy(connection);
         return;
     }
-    const Response response = Handler::error(408, true);
-    std::string& out = connection.text_tail(spare_text_);
-    const std::size_t before = out.size();
-    append_head(out, response, HeadOptions{date_.get(std::time(nullptr)), false, false});
-    out += response.body;
-    connection.output_bytes += out.size() - before;
-    connection.close_after_output = true;
-    connection.input.clear();
+    answer_and_close(connection, 408);
+    connection.drop_input();
     // Sent now or never: waiting for the client to make room would let it
     // hold the connection past its deadline.
     if (!flush(connection)) {

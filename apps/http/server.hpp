@@ -155,6 +155,8 @@ private:
     std::size_t parse_requests(Connection& connection, std::string_view input);
     void respond(Connection& connection, const Request& request);
     void respond_error(Connection& connection, const ParseError& error);
+    // Queues a small error answer with Connection: close, the last one.
+    void answer_and_close(Connection& connection, int status);
     bool flush(Connection& connection);
     bool begin_linger(Connection& connection);
     void drain_linger(Connection& connection);
