@@ -235,7 +235,7 @@ TEST_CASE("bad targets and bad escapes are 400") {
     }
 }
 
-TEST_CASE("HTTP/1.1 needs exactly one Host; other major versions are 505") {
+TEST_CASE("HTTP/1.1 needs exactly one Host, and other major versions are 505") {
     muxio::test::FdLeakCheck leak_check;
     const Handler handler;
     Request no_host = request("GET", "/");

@@ -260,7 +260,7 @@ TEST_CASE("a head over the size limit fails with 431, however it is sliced") {
     }
 }
 
-TEST_CASE("a head just under the limit parses; the limit applies per request") {
+TEST_CASE("a head just under the limit parses, and the limit applies per request") {
     muxio::test::FdLeakCheck leak_check;
     ParserLimits limits;
     limits.max_header_bytes = 1024;

@@ -399,7 +399,7 @@ TEST_CASE("pipelined file requests are all answered, one file at a time") {
     CHECK(fixture.server->stats().requests == count + 1);
 }
 
-TEST_CASE("over --max-connections a connection is answered 503 and closed; the others are served") {
+TEST_CASE("over --max-connections a connection is answered 503 and closed, and the others are served") {
     muxio::test::FdLeakCheck leak_check;
     ServerConfig config;
     config.max_connections = 3;
