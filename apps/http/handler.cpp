@@ -82,8 +82,15 @@ std::optional<std::string_view> target_path(std::string_view target) {
 
 // The decoded path split into segments: "." and empty segments dropped,
 // ".." refused (nullopt), never resolved against the previous segment.
-std::optional<std::vector<std::string_view>> safe_segments(std::string_view decoded) {
-    std::vector<std::string_view> segments;
+// `directory`: the path ends in "/" or "/." (a trailing slash once dot
+// segments and doubled slashes are removed), so it names a directory.
+struct PathSegments {
+    std::vector<std::string_view> names;
+    bool directory = false;
+};
+
+std::optional<PathSegments> safe_segments(std::string_view decoded) {
+    PathSegments segments;
     while (!decoded.empty()) {
         const std::size_t slash = decoded.find('/');
         const std::string_view segment = decoded.substr(0, slash);
@@ -91,9 +98,12 @@ std::optional<std::vector<std::string_view>> safe_segments(std::string_view deco
         if (segment == "..") {
             return std::nullopt;
         }
-        if (!segment.empty() && segment != ".") {
-            segments.push_back(segment);
+        const bool dot_or_empty = segment.empty() || segment == ".";
+        if (!dot_or_empty) {
+            segments.names.push_back(segment);
         }
+        // The last segment decides; one ending with '/' has an empty one after it.
+        segments.directory = dot_or_empty || slash != std::string_view::npos;
     }
     return segments;
 }
@@ -385,16 +395,16 @@ bool Handler::contains(std::string_view real_path) const noexcept {
 }
 
 Response Handler::serve_file(std::string_view path, bool head) const {
-    const std::optional<std::vector<std::string_view>> segments = safe_segments(path);
+    const std::optional<PathSegments> segments = safe_segments(path);
     if (!segments) {
         muxio::logger().debug("muxio-http: refused '..' in {}", path);
         return error(400);
     }
-    if (segments->empty()) {
+    if (segments->names.empty()) {
         return error(403);  // the root directory itself, spelt "/./" or "//"
     }
     std::string joined = root_;
-    for (const std::string_view segment : *segments) {
+    for (const std::string_view segment : segments->names) {
         if (joined.empty() || joined.back() != '/') {
             joined += '/';
         }
@@ -421,12 +431,15 @@ Response Handler::serve_file(std::string_view path, bool head) const {
     if (!S_ISREG(info.st_mode)) {
         return error(403);
     }
+    if (segments->directory) {
+        return error(404);  // a file named as a directory, "/index.html/"
+    }
     if (const std::optional<std::string> opened = path_of_fd(file.get()); opened && !contains(*opened)) {
         muxio::logger().warn("muxio-http: {} was swapped for a link outside the root ({})", path, *opened);
         return error(404);
     }
     Response response;
-    response.headers.add("Content-Type", content_type_for(segments->back()));
+    response.headers.add("Content-Type", content_type_for(segments->names.back()));
     response.content_length = static_cast<std::uint64_t>(info.st_size);
     if (!head) {
         response.file = std::move(file);

@@ -139,6 +139,13 @@ inline constexpr std::string_view hello_body = "Hello, World!";
 /// (so a symbolic link may point elsewhere inside the root, never outside),
 /// opened with O_NOFOLLOW, and the descriptor's path is checked again through
 /// /proc/self/fd so a link swapped in between cannot lead out either.
+///
+/// Paths: "." segments and doubled slashes are ignored ("/a/./b", "//a//b"
+/// name "/a/b"). A path ending in "/" or "/." names a directory: a regular
+/// file named so ("/index.html/", "/index.html/.", "/index.html//") is 404,
+/// as for nginx. A directory is 403 with or without the trailing slash (no
+/// listing, no index file, no redirect to the slashed form); anything that
+/// is not a regular file (FIFO, socket, device) is 403 too.
 class Handler {
 public:
     /// `root`: the directory to serve files from, or nullopt to serve only

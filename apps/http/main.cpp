@@ -5,7 +5,11 @@
 // SIGINT or SIGTERM. Logs go to stderr through the `muxio` logger, quiet
 // unless MUXIO_LOG_LEVEL says otherwise.
 
+#include <sys/resource.h>
+
+#include <chrono>
 #include <csignal>
+#include <cstddef>
 #include <cstdio>
 #include <exception>
 #include <optional>
@@ -31,11 +35,43 @@ constexpr int exit_usage = 2;
 // As for muxio-demo: the kernel refused the selector asked for.
 constexpr int exit_selector_refused = 77;
 
+// Descriptors kept for the listener, the reactor, logs and a refused
+// connection, besides two per connection.
+constexpr std::size_t spare_descriptors = 32;
+
+// The connection limit to use: `wanted`, or, when it was not asked for
+// explicitly and the descriptor limit cannot hold that many connections,
+// as many as it can. A limit asked for that cannot be held is kept (accepts
+// pause for want of descriptors before it is reached) and warned about.
+std::size_t fit_descriptor_limit(std::size_t wanted, bool explicit_value) {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+        return wanted;
+    }
+    const auto descriptors = static_cast<std::size_t>(limit.rlim_cur);
+    const std::size_t fits = descriptors > spare_descriptors + 2 ? (descriptors - spare_descriptors) / 2 : 1;
+    if (wanted <= fits) {
+        return wanted;
+    }
+    if (explicit_value) {
+        muxio::logger().warn(
+            "muxio-http: --max-connections {} needs up to {} descriptors, RLIMIT_NOFILE allows {}: "
+            "accepts will pause for want of descriptors past about {} connections",
+            wanted, 2 * wanted + spare_descriptors, descriptors, fits);
+        return wanted;
+    }
+    muxio::logger().info("muxio-http: at most {} connections, as RLIMIT_NOFILE is {}", fits, descriptors);
+    return fits;
+}
+
 int run(int argc, char** argv) {
     muxio::http::ServerConfig config;
     std::string root;
     std::string selector;
     double idle_seconds = 30.0;
+    double header_seconds = 20.0;
+    double body_seconds = 60.0;
+    std::size_t max_connections = 10000;
     std::vector<std::string> selectors;
     for (const std::string_view name : muxio::available_selectors()) {
         selectors.emplace_back(name);
@@ -52,16 +88,33 @@ int run(int argc, char** argv) {
         ->check(CLI::ExistingDirectory);
     app.add_option("--selector", selector, "I/O mechanism (default: the best the kernel accepts)")
         ->check(CLI::IsMember(selectors));
-    app.add_option("--idle-timeout", idle_seconds, "seconds before an idle connection is closed")
+    app.add_option("--idle-timeout", idle_seconds, "seconds with no byte read or written before a connection closes")
         ->check(CLI::Range(0.001, 86400.0))
         ->capture_default_str();
+    app.add_option("--header-timeout", header_seconds, "seconds a request head may take from its first byte (then 408)")
+        ->check(CLI::Range(0.001, 86400.0))
+        ->capture_default_str();
+    app.add_option("--body-timeout", body_seconds, "seconds a request body may take after its head (then 408)")
+        ->check(CLI::Range(0.001, 86400.0))
+        ->capture_default_str();
+    CLI::Option* const max_connections_option =
+        app.add_option("--max-connections", max_connections,
+                       "connections open at once; more are answered 503 and closed "
+                       "(default: 10000, fewer if RLIMIT_NOFILE cannot hold two descriptors each)")
+            ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& error) {
         const int status = app.exit(error);
         return status == 0 ? exit_ok : exit_usage;
     }
-    config.idle_timeout = std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>{idle_seconds});
+    const auto milliseconds = [](double seconds) {
+        return std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>{seconds});
+    };
+    config.idle_timeout = milliseconds(idle_seconds);
+    config.header_timeout = milliseconds(header_seconds);
+    config.body_timeout = milliseconds(body_seconds);
+    config.max_connections = fit_descriptor_limit(max_connections, max_connections_option->count() > 0);
 
     std::optional<muxio::Reactor> reactor;
     try {

@@ -90,40 +90,6 @@ void for_each_list_element(std::string_view list, Each each) {
     }
 }
 
-// Where a head that starts at the beginning of `text` ends: just past the
-// empty line that closes it, or npos. Blank lines before the request line
-// are part of the head (they count against its limit) but cannot close it.
-// `resume` is how much of `text` an earlier call saw.
-std::size_t find_head_end(std::string_view text, std::size_t resume) noexcept {
-    std::size_t start = 0;
-    while (start < text.size()) {
-        if (text[start] == '\n') {
-            ++start;
-        } else if (text[start] == '\r' && start + 1 < text.size() && text[start + 1] == '\n') {
-            start += 2;
-        } else {
-            break;
-        }
-    }
-    // The LF of a "\n\r\n" may sit two bytes before what is new.
-    std::size_t at = std::max(start, resume >= 2 ? resume - 2 : 0);
-    while (at < text.size()) {
-        const void* found = std::memchr(text.data() + at, '\n', text.size() - at);
-        if (found == nullptr) {
-            return std::string_view::npos;
-        }
-        const auto lf = static_cast<std::size_t>(static_cast<const char*>(found) - text.data());
-        if (lf + 1 < text.size() && text[lf + 1] == '\n') {
-            return lf + 2;
-        }
-        if (lf + 2 < text.size() && text[lf + 1] == '\r' && text[lf + 2] == '\n') {
-            return lf + 3;
-        }
-        at = lf + 1;
-    }
-    return std::string_view::npos;
-}
-
 }  // namespace
 
 std::optional<std::string_view> Request::header(std::string_view name) const {
@@ -160,8 +126,6 @@ std::size_t RequestParser::feed(std::string_view data) {
 }
 
 std::size_t RequestParser::feed_head(std::string_view data) {
-    const std::size_t limit = limits_.max_header_bytes;
-    const auto too_large = [this, limit] { fail(431, fmt::format("request head over {} bytes", limit)); };
     if (pending_head_.empty()) {
         // The usual case: the whole head in one read, parsed where it lies,
         // in one pass.
@@ -169,101 +133,108 @@ std::size_t RequestParser::feed_head(std::string_view data) {
         if (end != std::string_view::npos) {
             return end;
         }
-        // Not all there: gathered below, and parsed once its end is seen.
-        if (data.size() > limit) {
-            too_large();
-        } else {
-            pending_head_.assign(data);
-        }
+        // Not all there, and within the limit (parse_head failed otherwise):
+        // kept, its complete lines already parsed.
+        pending_head_.assign(data);
         return data.size();
     }
-    // Gathering: bytes past the limit cannot belong to a valid head. Only
-    // what is new is searched, so a head sent a byte at a time costs linear
-    // time.
+    // Gathering: bytes past the limit cannot belong to a valid head, and
+    // parse_head resumes where it stopped, so a head sent a byte at a time
+    // costs linear time.
+    const std::size_t limit = limits_.max_header_bytes;
     const std::size_t before = pending_head_.size();
     const std::size_t taken = std::min(data.size(), limit + 1 - std::min(limit, before));
     pending_head_.append(data.substr(0, taken));
-    const std::size_t end = find_head_end(pending_head_, before);
+    const std::size_t end = parse_head(pending_head_);
     if (end == std::string_view::npos) {
-        if (pending_head_.size() > limit) {
-            too_large();
-        }
         return taken;
-    }
-    if (end > limit) {
-        too_large();
-    } else {
-        pending_head_.resize(end);
-        parse_head(pending_head_);
     }
     pending_head_.clear();
     return end - before;
 }
 
-std::size_t RequestParser::parse_head(std::string_view data) {
-    const char* const begin = data.data();
-    const char* const end = begin + data.size();
-    // The next line from `at`: [at, line_end) without CR LF or LF; false
-    // when no LF closes it yet.
-    const char* at = begin;
+std::size_t RequestParser::parse_head(std::string_view head) {
+    // Line by line from where the last call stopped. A line is judged as
+    // soon as its LF is seen, and only if that LF lies within the limit: the
+    // outcome is a function of the head's first max_header_bytes bytes and
+    // whether more follow, the same however the head is sliced.
+    const std::size_t limit = limits_.max_header_bytes;
+    const char* const begin = head.data();
+    // No LF is looked for past the limit: a line ending there fails anyway.
+    const char* const end = begin + std::min(head.size(), limit);
+    const char* at = begin + head_checked_;
+    const char* scan = begin + std::max(head_checked_, head_scanned_);
+    // The next line from `at`: [at, line_end) without CR LF or LF, `next`
+    // past its LF; false when no LF closes it within the limit.
     const char* line_end = nullptr;
     const char* next = nullptr;
     const auto next_line = [&]() {
-        const void* lf = std::memchr(at, '\n', static_cast<std::size_t>(end - at));
+        const void* lf = std::memchr(scan, '\n', static_cast<std::size_t>(end - scan));
         if (lf == nullptr) {
             return false;
         }
         next = static_cast<const char*>(lf) + 1;
+        scan = next;
         line_end = next - 1;
         if (line_end > at && line_end[-1] == '\r') {
             --line_end;
         }
         return true;
     };
-    // Blank lines before the request line are skipped (RFC 9112 2.2).
-    do {
-        if (!next_line()) {
-            return std::string_view::npos;
+    // Out of complete lines: more to come, unless the limit is passed.
+    const auto incomplete = [&]() {
+        if (head.size() > limit) {
+            fail(431, fmt::format("request head over {} bytes", limit));
+            return head.size();
         }
-        if (line_end != at) {
-            break;
-        }
+        head_checked_ = static_cast<std::size_t>(at - begin);
+        head_scanned_ = head.size();
+        return std::string_view::npos;
+    };
+    if (!head_started_) {
+        // Blank lines before the request line are skipped (RFC 9112 2.2).
+        do {
+            if (!next_line()) {
+                return incomplete();
+            }
+            if (line_end != at) {
+                break;
+            }
+            at = next;
+        } while (true);
+        head_started_ = true;
+        const std::string_view request_line{at, static_cast<std::size_t>(line_end - at)};
         at = next;
-    } while (true);
-    // Each line is checked once its LF is seen: a complete line means the
-    // same whatever follows, so a malformed one fails at once.
-    const std::string_view request_line{at, static_cast<std::size_t>(line_end - at)};
-    at = next;
-    if (!parse_request_line(request_line)) {
-        return static_cast<std::size_t>(at - begin);
+        if (!parse_request_line(request_line)) {
+            return static_cast<std::size_t>(at - begin);
+        }
     }
-    HeadFacts facts;
-    request_.headers.clear();
     for (;;) {
         if (!next_line()) {
-            request_.headers.clear();
-            return std::string_view::npos;
+            return incomplete();
         }
         const std::string_view line{at, static_cast<std::size_t>(line_end - at)};
         at = next;
         if (line.empty()) {
             break;
         }
-        if (!parse_field(line, facts)) {
+        if (!parse_field(line)) {
             return static_cast<std::size_t>(at - begin);
         }
     }
     const auto consumed = static_cast<std::size_t>(at - begin);
-    if (consumed > limits_.max_header_bytes) {
-        fail(431, fmt::format("request head over {} bytes", limits_.max_header_bytes));
-        return consumed;
-    }
+    const HeadFacts facts = facts_;
+    head_checked_ = 0;
+    head_scanned_ = 0;
+    head_started_ = false;
+    facts_ = HeadFacts{};
     const bool modern = request_.version_major > 1 || (request_.version_major == 1 && request_.version_minor >= 1);
     const bool connect = request_.method == "CONNECT";
     // An HTTP/1.0 message with Transfer-Encoding has suspect framing: it is
     // processed, then the connection closes (RFC 9112 6.1).
+    const bool has_transfer_encoding = facts.transfer_encoding_field != no_field;
     request_.keep_alive =
-        !facts.connection_close && (modern || (facts.connection_keep_alive && !facts.has_transfer_encoding));
+        !facts.connection_close && (modern || (facts.connection_keep_alive && !has_transfer_encoding));
     request_.upgrade = connect || (facts.has_upgrade && facts.connection_upgrade);
     if (frame_body(facts, connect) && !ready_ && modern) {
         // A body follows, which the client may hold back until told to go
@@ -307,7 +278,8 @@ bool RequestParser::parse_request_line(std::string_view line) {
     return true;
 }
 
-bool RequestParser::parse_field(std::string_view line, HeadFacts& facts) {
+bool RequestParser::parse_field(std::string_view line) {
+    HeadFacts& facts = facts_;
     // field-name ":" OWS field-value OWS (RFC 9112 5), the name a token.
     std::size_t colon = 0;
     while (colon < line.size() && token_chars[static_cast<unsigned char>(line[colon])]) {
@@ -339,16 +311,17 @@ bool RequestParser::parse_field(std::string_view line, HeadFacts& facts) {
         case 14:  // Content-Length
             if (iequals(name, "content-length")) {
                 // Repeated, they must say the same (RFC 9110 8.6).
-                if (facts.content_lengths++ != 0 && value != facts.content_length) {
+                if (facts.content_length_field == no_field) {
+                    facts.content_length_field = request_.headers.size() - 1;
+                } else if (value != request_.headers[facts.content_length_field].second) {
                     return fail(400, "differing Content-Length fields");
                 }
-                facts.content_length = value;
             }
             break;
         case 17:  // Transfer-Encoding
             if (iequals(name, "transfer-encoding")) {
-                facts.has_transfer_encoding = true;  // judged once the head is whole
-                facts.transfer_encoding = value;     // the last field holds the final coding
+                // Judged once the head is whole; the last field holds the final coding.
+                facts.transfer_encoding_field = request_.headers.size() - 1;
             }
             break;
         case 10:  // Connection
@@ -374,15 +347,15 @@ bool RequestParser::frame_body(const HeadFacts& facts, bool connect) {
         complete();  // what follows belongs to the tunnel, not to HTTP
         return true;
     }
-    if (facts.has_transfer_encoding) {
+    if (facts.transfer_encoding_field != no_field) {
         // RFC 9112 6.1 and 6.3: with both, the message could be framed two
         // ways (the stuff of request smuggling); and unless the final coding
         // is chunked, the body's end is unknown.
-        if (facts.content_lengths != 0) {
+        if (facts.content_length_field != no_field) {
             return fail(400, "both Content-Length and Transfer-Encoding");
         }
         std::string_view final_coding;
-        for_each_list_element(facts.transfer_encoding,
+        for_each_list_element(request_.headers[facts.transfer_encoding_field].second,
                               [&final_coding](std::string_view coding) { final_coding = coding; });
         if (!iequals(final_coding, "chunked")) {
             return fail(400, fmt::format("final transfer coding '{}' is not chunked", final_coding));
@@ -390,8 +363,8 @@ bool RequestParser::frame_body(const HeadFacts& facts, bool connect) {
         phase_ = Phase::chunk_size;
         return true;
     }
-    if (facts.content_lengths != 0) {
-        const std::string_view digits = facts.content_length;
+    if (facts.content_length_field != no_field) {
+        const std::string_view digits = request_.headers[facts.content_length_field].second;
         if (digits.empty() || !std::all_of(digits.begin(), digits.end(), is_digit)) {
             return fail(400, fmt::format("invalid Content-Length '{}'", digits));
         }

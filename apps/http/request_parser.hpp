@@ -59,7 +59,14 @@ struct ParseError {
 /// Content-Length or chunked, are read and dropped.
 ///
 /// A head that arrives whole is parsed where it lies; one that arrives in
-/// pieces is gathered in the parser first (up to max_header_bytes). Strict
+/// pieces is gathered in the parser (up to max_header_bytes), its lines
+/// parsed as they complete. Each line of a head is judged as soon as its LF
+/// arrives, if that LF lies within max_header_bytes of the head's first
+/// byte; a head that has not ended there fails with 431. So a malformed line
+/// fails at once, without waiting for the end of the head, and what comes
+/// out (requests, then the error) never depends on how the bytes are split
+/// into feed() calls: a bad line past the limit is a 431, before it a 400,
+/// whether the head arrives whole or a byte at a time. Strict
 /// where leniency lets requests be smuggled past a proxy: a bare CR, a space
 /// before a colon, folded lines, Content-Length with Transfer-Encoding,
 /// differing Content-Lengths, a final coding other than chunked all fail
@@ -106,17 +113,21 @@ public:
     /// True between the first byte of a request and its completion: a
     /// connection closed now cuts a request short.
     [[nodiscard]] bool in_request() const noexcept { return phase_ != Phase::head || !pending_head_.empty(); }
+    /// True while the body of a request whose head is complete is read:
+    /// in_request() and not in its head.
+    [[nodiscard]] bool in_body() const noexcept { return phase_ != Phase::head; }
 
 private:
     // Where the next byte belongs. The chunk phases follow RFC 9112 7.1.
     enum class Phase : unsigned char { head, body, chunk_size, chunk_data, chunk_data_end, trailers };
 
-    // What the header fields say about the framing and the connection.
+    static constexpr std::size_t no_field = static_cast<std::size_t>(-1);
+
+    // What the header fields parsed so far say about the framing and the
+    // connection; fields named by their index in request_.headers.
     struct HeadFacts {
-        std::string_view content_length;
-        std::size_t content_lengths = 0;
-        bool has_transfer_encoding = false;  // judged by frame_body()
-        std::string_view transfer_encoding;
+        std::size_t content_length_field = no_field;     // the first Content-Length
+        std::size_t transfer_encoding_field = no_field;  // the last Transfer-Encoding
         bool connection_close = false;
         bool connection_keep_alive = false;
         bool connection_upgrade = false;
@@ -125,12 +136,15 @@ private:
 
     std::size_t feed_head(std::string_view data);
     std::size_t feed_body(std::string_view data);
-    // Parses the head at the start of `data` (blank lines before it
-    // included) into request_ and sets up the body; returns the head's
-    // length, or npos if `data` holds only part of it.
-    std::size_t parse_head(std::string_view data);
+    // Goes on parsing the head that starts at the start of `head` (blank
+    // lines before it included) from the first line not parsed yet, into
+    // request_, and sets up the body; returns the head's length, or what was
+    // consumed when it failed, or npos if `head` holds only part of it (the
+    // lines parsed so far are remembered: the next call must pass the same
+    // bytes again, followed by more).
+    std::size_t parse_head(std::string_view head);
     bool parse_request_line(std::string_view line);
-    bool parse_field(std::string_view line, HeadFacts& facts);
+    bool parse_field(std::string_view line);
     bool frame_body(const HeadFacts& facts, bool connect);
     // A complete chunk-size, chunk-end or trailer line, without CR LF.
     void end_of_framing_line(std::string_view line);
@@ -142,7 +156,13 @@ private:
     Phase phase_ = Phase::head;
     bool ready_ = false;
     bool continue_expected_ = false;
-    std::string pending_head_;     // a head gathered from pieces
+    std::string pending_head_;  // a head gathered from pieces
+    // Where parse_head() stopped in the head under way: the start of the
+    // first line not parsed, how far no LF was found, and what was parsed.
+    std::size_t head_checked_ = 0;
+    std::size_t head_scanned_ = 0;
+    bool head_started_ = false;  // the request line is parsed
+    HeadFacts facts_;
     std::string line_;             // a framing line of a chunked body, in pieces
     std::uint64_t body_left_ = 0;  // of the Content-Length body or of the current chunk
     std::uint64_t body_bytes_ = 0;

@@ -89,6 +89,25 @@ constexpr auto accept_backoff = std::chrono::milliseconds{100};
 // The largest text buffer kept for the next responses (Server::spare_text_);
 // a larger one (a burst of pipelined answers) is freed once sent.
 constexpr std::size_t spare_text_limit = 16 * 1024;
+// A condition that may recur at every accept is logged at most this often.
+constexpr auto log_interval = std::chrono::seconds{10};
+
+// `start + delay`, or the end of time rather than an overflow.
+Reactor::TimePoint later(Reactor::TimePoint start, std::chrono::milliseconds delay) noexcept {
+    const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(Reactor::TimePoint::max() - start);
+    if (delay >= room) {
+        return Reactor::TimePoint::max();
+    }
+    return start + delay;
+}
+
+// The tail of a rate-limited log message.
+std::string more_since(std::uint64_t unlogged) {
+    return unlogged == 0 ? std::string{} : fmt::format(" ({} more since the last message)", unlogged);
+}
+
+// What a connection waits for from its client, with a deadline of its own.
+enum class Awaiting : unsigned char { nothing, head, body };
 
 // Queued output: text, or a slice of a file to sendfile.
 struct OutChunk {
@@ -112,14 +131,39 @@ struct Server::Connection {
     bool close_after_output = false;
     bool peer_closed = false;  // read end of stream
     bool lingering = false;
+    Awaiting awaiting = Awaiting::nothing;
+    std::size_t files_queued = 0;  // file chunks in `output`
     std::size_t output_bytes = 0;  // pending in `output`
     Reactor::TimePoint last_active{};
+    Reactor::TimePoint awaiting_since{};  // when the head or body under way began
+    Reactor::TimePoint timer_due{};
     // Closing it (with the connection) also drops its reactor registrations.
     TcpStream stream;
-    std::string input;  // read, not yet parsed
+    // Read, not yet parsed: input[input_parsed...]. What is parsed stays
+    // in front until the next read, so that taking the pipelined requests
+    // one at a time (one per queued file) does not move the rest each time.
+    // Empty when all is parsed.
+    std::string input;
+    std::size_t input_parsed = 0;
     FifoQueue<OutChunk> output;
     RequestParser parser;
     TimerHandle timer;
+
+    [[nodiscard]] std::string_view unparsed() const noexcept { return std::string_view{input}.substr(input_parsed); }
+    void consume_input(std::size_t bytes) noexcept {
+        input_parsed += bytes;
+        if (input_parsed == input.size()) {
+            drop_input();
+        }
+    }
+    void append_input(std::string_view bytes) {
+        input.erase(0, std::exchange(input_parsed, 0));
+        input.append(bytes);
+    }
+    void drop_input() noexcept {
+        input.clear();
+        input_parsed = 0;
+    }
 
     // `spare` is the server's emptied text buffer: a new text chunk takes it.
     void append_text(std::string_view text, std::string& spare) {
@@ -228,20 +272,73 @@ void Server::on_acceptable() {
             pause_accepting();
             return;
         }
-        try {
-            accepted->set_nodelay(true);  // a head and its body go out as soon as written
-        } catch (const std::system_error& refused) {
-            muxio::logger().debug("muxio-http: {}", refused.what());
-        }
         ++stats_.accepted;
-        const int fd = accepted->fileno();
-        auto owned = std::make_unique<Connection>(std::move(*accepted), config_.limits);
-        Connection& connection = *owned;
-        connections_.emplace(fd, std::move(owned));
-        connection.last_active = reactor_.time();
-        arm_timer(connection, config_.idle_timeout);
-        update_interest(connection);
+        if (connections_.size() >= config_.max_connections) {
+            refuse(std::move(*accepted));
+        } else {
+            open_connection(std::move(*accepted));
+        }
     }
+}
+
+void Server::open_connection(TcpStream accepted) {
+    try {
+        accepted.set_nodelay(true);  // a head and its body go out as soon as written
+    } catch (const std::system_error& refused) {
+        muxio::logger().debug("muxio-http: {}", refused.what());
+    }
+    const int fd = accepted.fileno();
+    // If either throws (std::bad_alloc), the stream is destroyed with what
+    // holds it, which closes it.
+    auto owned = std::make_unique<Connection>(std::move(accepted), config_.limits);
+    Connection& connection = *owned;
+    if (!connections_.try_emplace(fd, std::move(owned)).second) {
+        // A connection still in the table under this number would mean its
+        // descriptor was closed behind the server's back.
+        muxio::logger().error("muxio-http: fd {} accepted while still in use; closing the new connection", fd);
+        return;
+    }
+    try {
+        connection.last_active = reactor_.time();
+        arm_timer(connection, later(connection.last_active, config_.idle_timeout));
+        update_interest(connection);
+    } catch (const std::exception& error) {
+        // The selector refused the descriptor (select: at or above
+        // FD_SETSIZE; epoll: out of watches) or memory ran out. Nothing is
+        // kept: a connection no one watches would never be served or closed.
+        ++stats_.register_failures;
+        if (const std::optional<std::uint64_t> unlogged = register_failure_log_.allow(reactor_.time())) {
+            muxio::logger().warn("muxio-http: fd {}: cannot watch the connection, closing it: {}{}", fd, error.what(),
+                                 more_since(*unlogged));
+        }
+        destroy(connection);
+    }
+}
+
+void Server::refuse(TcpStream accepted) {
+    ++stats_.refused;
+    if (const std::optional<std::uint64_t> unlogged = refusal_log_.allow(reactor_.time())) {
+        muxio::logger().warn("muxio-http: {} connections open, the most allowed: refusing new ones{}",
+                             connections_.size(), more_since(*unlogged));
+    }
+    // Whatever the client sent already is read first, as closing over
+    // unread bytes resets the connection, and the answer with it. One read
+    // and one write, neither waited for: the answer is a courtesy.
+    (void)read_some(accepted, scratch_);
+    const Response response = Handler::error(503, true);
+    std::string answer;
+    append_head(answer, response, HeadOptions{date_.get(std::time(nullptr)), false, false});
+    answer += response.body;
+    (void)write_some(accepted, answer);
+}  // closed here
+
+std::optional<std::uint64_t> Server::LogLimiter::allow(Reactor::TimePoint now) {
+    if (next_ && now < *next_) {
+        ++suppressed_;
+        return std::nullopt;
+    }
+    next_ = later(now, log_interval);
+    return std::exchange(suppressed_, 0);
 }
 
 void Server::pause_accepting() {
@@ -271,7 +368,8 @@ void Server::on_readable(Connection& connection) {
         drain_linger(connection);
         return;
     }
-    const std::size_t room = config_.input_buffer_limit - std::min(config_.input_buffer_limit, connection.input.size());
+    const std::size_t unparsed = connection.input.size() - connection.input_parsed;
+    const std::size_t room = config_.input_buffer_limit - std::min(config_.input_buffer_limit, unparsed);
     if (room == 0) {
         update_interest(connection);  // a zero-byte read would look like the end of the stream
         return;
@@ -286,6 +384,7 @@ void Server::on_readable(Connection& connection) {
         return;
     }
     connection.last_active = reactor_.time();
+    stats_.bytes_read += got.bytes;
     if (got.bytes == 0) {
         // The client sent all it will; answer what it asked, then close.
         connection.peer_closed = true;
@@ -299,7 +398,7 @@ void Server::on_readable(Connection& connection) {
             connection.input.assign(fresh.substr(parsed));
         }
     } else {
-        connection.input.append(scratch_.data(), got.bytes);
+        connection.append_input({scratch_.data(), got.bytes});
     }
     pump(connection);
 }
@@ -323,13 +422,14 @@ bool Server::pump(Connection& connection) {
             break;
         }
     }
+    track_request(connection);
     update_interest(connection);
     return true;
 }
 
 void Server::parse_input(Connection& connection) {
     if (!connection.input.empty()) {
-        connection.input.erase(0, parse_requests(connection, connection.input));
+        connection.consume_input(parse_requests(connection, connection.unparsed()));
     }
     // After the end of the stream, once everything read is parsed, nothing
     // more can come: a request cut short gets no answer.
@@ -341,8 +441,10 @@ void Server::parse_input(Connection& connection) {
 std::size_t Server::parse_requests(Connection& connection, std::string_view input) {
     RequestParser& parser = connection.parser;
     std::size_t parsed = 0;
+    // No request is answered while a file is queued: each answer to a GET
+    // of a file holds the file open until it is sent.
     while (!connection.close_after_output && connection.output_bytes < config_.output_high_water &&
-           parsed < input.size()) {
+           connection.files_queued == 0 && parsed < input.size()) {
         const std::size_t consumed = parser.feed(input.substr(parsed));
         parsed += consumed;
         if (parser.expects_continue()) {
@@ -364,6 +466,7 @@ std::size_t Server::parse_requests(Connection& connection, std::string_view inpu
 
 void Server::respond(Connection& connection, const Request& request) {
     ++stats_.requests;
+    connection.awaiting = Awaiting::nothing;  // what follows is another request
     Response response = handler_.handle(request);
     const bool keep_alive = request.keep_alive && !response.close && !stopping_;
     muxio::logger().debug("muxio-http: fd {}: {} {} -> {}", connection.stream.fileno(), request.method, request.target,
@@ -381,6 +484,7 @@ void Server::respond(Connection& connection, const Request& request) {
                 chunk.file = std::move(response.file);
                 chunk.left = response.content_length;
                 connection.output.push_back(std::move(chunk));
+                ++connection.files_queued;
                 connection.output_bytes += response.content_length;
             }
         } else {
@@ -394,7 +498,11 @@ void Server::respond(Connection& connection, const Request& request) {
 
 void Server::respond_error(Connection& connection, const ParseError& error) {
     muxio::logger().debug("muxio-http: fd {}: bad request: {}", connection.stream.fileno(), error.reason);
-    const Response response = Handler::error(error.status, true);
+    answer_and_close(connection, error.status);
+}
+
+void Server::answer_and_close(Connection& connection, int status) {
+    const Response response = Handler::error(status, true);
     std::string& out = connection.text_tail(spare_text_);
     const std::size_t before = out.size();
     append_head(out, response, HeadOptions{date_.get(std::time(nullptr)), false, false});
@@ -442,6 +550,9 @@ bool Server::flush(Connection& connection) {
                 chunk.text.clear();
                 spare_text_ = std::move(chunk.text);
             }
+            if (chunk.file) {
+                --connection.files_queued;
+            }
             connection.output.pop_front();
         }
     }
@@ -465,9 +576,9 @@ bool Server::begin_linger(Connection& connection) {
         return false;
     }
     connection.lingering = true;
-    connection.input.clear();
+    connection.drop_input();
     connection.timer.cancel();
-    arm_timer(connection, config_.linger_timeout);
+    arm_timer(connection, later(reactor_.time(), config_.linger_timeout));
     return true;
 }
 
@@ -486,10 +597,14 @@ void Server::drain_linger(Connection& connection) {
 }
 
 void Server::update_interest(Connection& connection) {
-    const bool want_write = !connection.output.empty();
-    const bool want_read = connection.lingering || (!connection.peer_closed && !connection.close_after_output &&
-                                                    connection.output_bytes < config_.output_high_water &&
-                                                    connection.input.size() < config_.input_buffer_limit);
+    // Input left unparsed with nothing to send (pump() stopped after its
+    // rounds) is taken up at the next writability, which comes at once.
+    const bool want_write = !connection.output.empty() ||
+                            (!connection.input.empty() && !connection.lingering && !connection.close_after_output);
+    const bool want_read =
+        connection.lingering || (!connection.peer_closed && !connection.close_after_output &&
+                                 connection.output_bytes < config_.output_high_water &&
+                                 connection.input.size() - connection.input_parsed < config_.input_buffer_limit);
     const int fd = connection.stream.fileno();
     Connection* const target = &connection;
     if (want_read != connection.reading) {
@@ -510,9 +625,43 @@ void Server::update_interest(Connection& connection) {
     }
 }
 
-void Server::arm_timer(Connection& connection, Reactor::Duration delay) {
+void Server::arm_timer(Connection& connection, Reactor::TimePoint when) {
     Connection* const target = &connection;
-    connection.timer = reactor_.call_later(delay, [this, target] { on_timer(*target); });
+    connection.timer = reactor_.call_at(when, [this, target] { on_timer(*target); });
+    connection.timer_due = when;
+}
+
+Reactor::TimePoint Server::deadline_of(const Connection& connection) const noexcept {
+    const Reactor::TimePoint idle = later(connection.last_active, config_.idle_timeout);
+    switch (connection.awaiting) {
+        case Awaiting::head:
+            return std::min(idle, later(connection.awaiting_since, config_.header_timeout));
+        case Awaiting::body:
+            return std::min(idle, later(connection.awaiting_since, config_.body_timeout));
+        case Awaiting::nothing:
+            break;
+    }
+    return idle;
+}
+
+void Server::track_request(Connection& connection) {
+    // Only a head or body that did not arrive in the read that began it is
+    // seen here; respond() resets `awaiting`, so each request starts afresh.
+    const RequestParser& parser = connection.parser;
+    const Awaiting now = parser.in_body() ? Awaiting::body : parser.in_request() ? Awaiting::head : Awaiting::nothing;
+    if (now == connection.awaiting) {
+        return;
+    }
+    connection.awaiting = now;
+    if (now == Awaiting::nothing || connection.lingering) {
+        return;
+    }
+    connection.awaiting_since = reactor_.time();
+    const Reactor::TimePoint due = deadline_of(connection);
+    if (due < connection.timer_due) {
+        connection.timer.cancel();
+        arm_timer(connection, due);
+    }
 }
 
 void Server::on_timer(Connection& connection) {
@@ -520,15 +669,44 @@ void Server::on_timer(Connection& connection) {
         destroy(connection);
         return;
     }
-    const Reactor::Duration idle = reactor_.time() - connection.last_active;
-    if (idle >= config_.idle_timeout) {
-        ++stats_.timed_out;
-        muxio::logger().debug("muxio-http: fd {}: idle for {} ms, closing", connection.stream.fileno(),
-                              std::chrono::duration_cast<std::chrono::milliseconds>(idle).count());
+    const Reactor::TimePoint now = reactor_.time();
+    const Reactor::TimePoint due = deadline_of(connection);
+    if (now < due) {
+        arm_timer(connection, due);
+        return;
+    }
+    ++stats_.timed_out;
+    if (connection.awaiting != Awaiting::nothing && !connection.close_after_output) {
+        respond_timeout(connection);
+        return;
+    }
+    muxio::logger().debug("muxio-http: fd {}: idle for {} ms, closing", connection.stream.fileno(),
+                          std::chrono::duration_cast<std::chrono::milliseconds>(now - connection.last_active).count());
+    destroy(connection);
+}
+
+void Server::respond_timeout(Connection& connection) {
+    const bool head = connection.awaiting == Awaiting::head;
+    ++(head ? stats_.head_timeouts : stats_.body_timeouts);
+    muxio::logger().debug("muxio-http: fd {}: request {} not complete in time, closing", connection.stream.fileno(),
+                          head ? "head" : "body");
+    if (!connection.output.empty()) {
+        // The client does not read what it was sent either: no use answering.
         destroy(connection);
         return;
     }
-    arm_timer(connection, config_.idle_timeout - idle);
+    answer_and_close(connection, 408);
+    connection.drop_input();
+    // Sent now or never: waiting for the client to make room would let it
+    // hold the connection past its deadline.
+    if (!flush(connection)) {
+        return;
+    }
+    if (!connection.output.empty()) {
+        destroy(connection);
+        return;
+    }
+    update_interest(connection);
 }
 
 void Server::destroy(Connection& connection) {

@@ -132,6 +132,30 @@ TEST_CASE("a missing file is 404, and so is any path without a root") {
     CHECK(Handler{}.handle(request("GET", "/hello.txt")).status == 404);
 }
 
+TEST_CASE("a file named as a directory (a trailing slash or dot segment after it) is 404") {
+    muxio::test::FdLeakCheck leak_check;
+    const Site site;
+    const Handler handler{site.root()};
+    for (const std::string_view target :
+         {"/hello.txt/", "/hello.txt/.", "/hello.txt//", "/hello.txt/./", "/hello.txt/.//.", "/hello.txt%2f",
+          "/hello.txt/%2e", "/hello.txt/?x=1", "/alias.txt/", "/sub/data.bin/", "http://test/hello.txt/"}) {
+        CAPTURE(target);
+        for (const std::string_view method : {"GET", "HEAD"}) {
+            const Response response = handler.handle(request(std::string{method}, std::string{target}));
+            CHECK(response.status == 404);
+            CHECK_FALSE(response.file);
+        }
+    }
+    // A "." segment or a doubled slash before the file's name changes nothing.
+    CHECK(handler.handle(request("GET", "/./hello.txt")).status == 200);
+    CHECK(handler.handle(request("GET", "/sub/.//data.bin")).status == 200);
+    // A directory is 403 with or without the trailing slash.
+    for (const std::string_view target : {"/sub", "/sub/", "/sub/.", "/sub//"}) {
+        CAPTURE(target);
+        CHECK(handler.handle(request("GET", std::string{target})).status == 403);
+    }
+}
+
 TEST_CASE("methods other than GET and HEAD are 405 with Allow") {
     muxio::test::FdLeakCheck leak_check;
     const Handler handler;
@@ -211,7 +235,7 @@ TEST_CASE("bad targets and bad escapes are 400") {
     }
 }
 
-TEST_CASE("HTTP/1.1 needs exactly one Host; other major versions are 505") {
+TEST_CASE("HTTP/1.1 needs exactly one Host, and other major versions are 505") {
     muxio::test::FdLeakCheck leak_check;
     const Handler handler;
     Request no_host = request("GET", "/");

@@ -54,7 +54,8 @@ ln -s "$work/secret.txt" "$root/leak"
 
 curl_opts=(--silent --show-error --max-time 10)
 
-"$server_bin" --port 0 --root "$root" --idle-timeout 1 >"$work/stdout" 2>"$work/stderr" &
+"$server_bin" --port 0 --root "$root" --idle-timeout 1 --header-timeout 2 --body-timeout 2 --max-connections 64 \
+    >"$work/stdout" 2>"$work/stderr" &
 server_pid=$!
 
 port=""
@@ -124,6 +125,8 @@ check "HEAD of a file gives its size" "3000000" \
 code() { curl "${curl_opts[@]}" -o /dev/null -w '%{http_code}' "$@"; }
 check "a missing file is 404" 404 "$(code "$base/nope.txt")"
 check "a directory is 403" 403 "$(code "$base/sub")"
+check "a file named as a directory is 404" "404 404 404" \
+    "$(code --path-as-is "$base/hello.txt/") $(code --path-as-is "$base/hello.txt/.") $(code --path-as-is "$base/hello.txt//")"
 check "'..' is refused" 400 "$(code --path-as-is "$base/../secret.txt")"
 check "'%2e%2e' is refused" 400 "$(code --path-as-is "$base/%2e%2e/secret.txt")"
 check "a link out of the root is not followed" 404 "$(code "$base/leak")"
@@ -213,6 +216,13 @@ if [[ -z "$idle" && "$idle_ms" -lt 4500 ]]; then
     pass "an idle connection is closed by the 1 s timeout (${idle_ms} ms)"
 else
     fail "idle connection: '$idle' after ${idle_ms} ms"
+fi
+
+stalled="$(raw 'GET / HTTP/1.1\r\nHost: a\r\n' keep)"
+if [[ "$stalled" == "HTTP/1.1 408 Request Timeout"* && "$stalled" != *"<timeout>"* ]]; then
+    pass "a request left unfinished is 408 and closes"
+else
+    fail "unfinished request: $stalled"
 fi
 
 # --- shutdown ------------------------------------------------------------------

@@ -260,7 +260,7 @@ TEST_CASE("a head over the size limit fails with 431, however it is sliced") {
     }
 }
 
-TEST_CASE("a head just under the limit parses; the limit applies per request") {
+TEST_CASE("a head just under the limit parses, and the limit applies per request") {
     muxio::test::FdLeakCheck leak_check;
     ParserLimits limits;
     limits.max_header_bytes = 1024;
@@ -395,4 +395,81 @@ TEST_CASE("field names are tokens of ASCII letters, digits and specials, matched
     CHECK(bad.requests.empty());
     REQUIRE(bad.error.has_value());
     CHECK(bad.error->status == 400);
+}
+
+namespace {
+
+// Every way of cutting `input` in two or three pieces, and one byte at a
+// time: the cut lists parse_pieces takes.
+std::vector<std::vector<std::size_t>> every_split(std::size_t size) {
+    std::vector<std::vector<std::size_t>> splits{{}};
+    std::vector<std::size_t> bytes;
+    for (std::size_t at = 1; at < size; ++at) {
+        splits.push_back({at});
+        bytes.push_back(at);
+    }
+    for (std::size_t at = 1; at + 7 < size; at += 7) {
+        splits.push_back({at, at + 5});
+    }
+    splits.push_back(bytes);
+    return splits;
+}
+
+}  // namespace
+
+TEST_CASE("a malformed line fails as soon as it is complete, however the head is sliced") {
+    muxio::test::FdLeakCheck leak_check;
+    // No blank line ends these heads: the error must not wait for one.
+    const std::vector<std::string_view> inputs{
+        "GARBAGE\r\n",
+        "GET / HTTP/1.1\r\nNo colon here\r\n",
+        "GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n",
+        "\r\n\r\nGET /a b HTTP/1.1\r\n",
+    };
+    for (const std::string_view input : inputs) {
+        for (const std::vector<std::size_t>& cuts : every_split(input.size())) {
+            CAPTURE(input);
+            CAPTURE(cuts.size());
+            const Parsed parsed = parse(input, cuts);
+            CHECK(parsed.requests.empty());
+            REQUIRE(parsed.error.has_value());
+            CHECK(parsed.error->status == 400);
+        }
+    }
+}
+
+TEST_CASE("a head over the limit fails the same whether it arrives whole or in pieces") {
+    muxio::test::FdLeakCheck leak_check;
+    ParserLimits limits;
+    limits.max_header_bytes = 256;
+    limits.max_target_bytes = 64;
+    const std::string filler = repeat("X-Filler: 0123456789\r\n", 20);  // 440 bytes
+    struct Case {
+        std::string input;
+        int status;
+    };
+    const std::vector<Case> cases{
+        // A bad line within the limit: 400 wherever the head ends.
+        {"GET / HTTP/1.1\r\nbad line\r\n" + filler + "\r\n", 400},
+        // A bad line past the limit: the limit comes first.
+        {"GET / HTTP/1.1\r\n" + filler + "bad line\r\n\r\n", 431},
+        // A line that ends past the limit, bad or not.
+        {"GET / HTTP/1.1\r\nX-Long: " + std::string(300, 'v') + "\x01\r\n\r\n", 431},
+        // A request line over the limit: its target is too long too, but
+        // the head's limit is what is crossed first.
+        {"GET /" + std::string(300, 't') + " HTTP/1.1\r\n\r\n", 431},
+        // A target over its own limit in a head within its limit.
+        {"GET /" + std::string(100, 't') + " HTTP/1.1\r\n\r\n", 414},
+    };
+    for (const Case& test : cases) {
+        for (const std::vector<std::size_t>& cuts : every_split(test.input.size())) {
+            CAPTURE(test.input);
+            CAPTURE(cuts.size());
+            RequestParser parser{limits};
+            const Parsed parsed = parse_pieces(parser, test.input, cuts);
+            CHECK(parsed.requests.empty());
+            REQUIRE(parsed.error.has_value());
+            CHECK(parsed.error->status == test.status);
+        }
+    }
 }
