@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdint>
 
+#include "descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
 
@@ -32,7 +33,7 @@ std::atomic<bool> kernel_has_epoll_pwait2{true};
 class EpollPoller final : public Poller {
 public:
     EpollPoller() : epfd_{::epoll_create1(EPOLL_CLOEXEC)} {
-        if (epfd_ < 0) {
+        if (!epfd_.valid()) {
             throw_system_error(errno, "epoll_create1");
         }
         events_.resize(1);
@@ -40,7 +41,7 @@ public:
     ~EpollPoller() override { close(); }
 
     std::string_view name() const noexcept override { return "epoll"; }
-    int fileno() const noexcept override { return epfd_; }
+    int fileno() const noexcept override { return epfd_.get(); }
 
     void add(int fd, Events events, std::uint64_t token) override {
         control(EPOLL_CTL_ADD, fd, events, token, "epoll_ctl(ADD)");
@@ -60,18 +61,13 @@ public:
         if (registered_ > 0) {
             --registered_;
         }
-        if (::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr) == -1) {
+        if (::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr) == -1) {
             return {errno, std::system_category()};
         }
         return {};
     }
 
-    void close() noexcept override {
-        if (epfd_ >= 0) {
-            ::close(epfd_);
-            epfd_ = -1;
-        }
-    }
+    void close() noexcept override { epfd_.reset(); }
 
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
@@ -106,25 +102,25 @@ private:
                                         *timeout % std::chrono::milliseconds{1} != std::chrono::nanoseconds::zero();
         if (needs_fine_timeout && kernel_has_epoll_pwait2.load(std::memory_order_relaxed)) {
             const auto spec = to_timespec(timeout);
-            const int count = ::epoll_pwait2(epfd_, events_.data(), capacity, spec ? &*spec : nullptr, nullptr);
+            const int count = ::epoll_pwait2(epfd_.get(), events_.data(), capacity, spec ? &*spec : nullptr, nullptr);
             if (count >= 0 || errno != ENOSYS) {
                 return count;
             }
             kernel_has_epoll_pwait2.store(false, std::memory_order_relaxed);
         }
-        return ::epoll_wait(epfd_, events_.data(), capacity, to_milliseconds(timeout));
+        return ::epoll_wait(epfd_.get(), events_.data(), capacity, to_milliseconds(timeout));
     }
 
     void control(int op, int fd, Events events, std::uint64_t token, std::string_view operation) {
         epoll_event event{};
         event.events = to_epoll_mask(events);
         event.data.u64 = token;
-        if (::epoll_ctl(epfd_, op, fd, &event) == -1) {
+        if (::epoll_ctl(epfd_.get(), op, fd, &event) == -1) {
             throw_system_error(errno, operation, fd);
         }
     }
 
-    int epfd_;
+    OwnedFd epfd_;
     std::vector<epoll_event> events_;
     std::size_t registered_ = 0;
 };

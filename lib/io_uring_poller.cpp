@@ -86,12 +86,22 @@ public:
         if (const int result = io_uring_queue_init_params(submission_entries, &ring_, &params); result < 0) {
             throw_system_error(-result, "io_uring_queue_init");
         }
+        // The destructor does not run for a constructor that throws: until
+        // the end, the ring is this guard's.
+        struct ExitUnlessKept {
+            io_uring* ring;
+            ~ExitUnlessKept() {
+                if (ring != nullptr) {
+                    io_uring_queue_exit(ring);
+                }
+            }
+        } guard{&ring_};
         // Without NODROP a full completion queue loses completions, and a lost
         // poll completion silences its descriptor for good.
         if ((params.features & IORING_FEAT_NODROP) == 0) {
-            io_uring_queue_exit(&ring_);
             throw_system_error(EOPNOTSUPP, "io_uring_queue_init (the kernel lacks IORING_FEAT_NODROP)");
         }
+        guard.ring = nullptr;
         open_ = true;
     }
     ~IoUringPoller() override { close(); }

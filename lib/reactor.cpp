@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include "descriptor_table.hpp"
 #include "muxio/detail/ring_queue.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
@@ -219,16 +220,12 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     fork_generation_ = current_fork_generation();
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
-    impl_->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (impl_->wake_fd < 0) {
+    detail::OwnedFd wake{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
+    if (!wake.valid()) {
         throw_system_error(errno, "eventfd");
     }
-    try {
-        impl_->selector->register_(impl_->wake_fd, EVENT_READ);
-    } catch (...) {
-        ::close(impl_->wake_fd);
-        throw;
-    }
+    impl_->selector->register_(wake.get(), EVENT_READ);
+    impl_->wake_fd = wake.release();  // close() closes it from here on
 }
 
 Reactor::~Reactor() {

@@ -31,6 +31,7 @@
 #include <doctest/doctest.h>
 
 #include "muxio/selectors.hpp"
+#include "support/allocation_failure.hpp"
 #include "support/selector_support.hpp"
 #include "support/support.hpp"
 
@@ -769,6 +770,19 @@ TEST_CASE_TEMPLATE("fileno is the kernel object or -1", B, MUXIO_TEST_BACKENDS) 
     } else {
         CHECK(selector.fileno() == -1);
     }
+}
+
+TEST_CASE_TEMPLATE("an allocation failing while a selector is made leaks no descriptor" *
+                       doctest::skip(!muxio::test::counts_allocations),
+                   B, MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    const std::size_t failures = muxio::test::fail_each_allocation_of([] { return std::make_unique<SelectorOf<B>>(); });
+    CHECK(failures >= 1);  // at least the selector itself
+    // And one made with its allocations intact, under the same check, works.
+    SocketPair pair;
+    SelectorOf<B> selector;
+    (void)selector.register_(pair.left.get(), EVENT_WRITE, 1);
+    CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{pair.left.get(), EVENT_WRITE}});
 }
 
 TEST_CASE_TEMPLATE("name is the mechanism", B, MUXIO_TEST_BACKENDS) {
