@@ -80,6 +80,8 @@ public:
         }
     }
     void clear() noexcept { values_.clear(); }
+    /// One past the highest descriptor ever grown to.
+    [[nodiscard]] int size() const noexcept { return static_cast<int>(values_.size()); }
 
 private:
     std::vector<T> values_;

@@ -1,5 +1,15 @@
 // epoll(7): Linux. Cost per wait follows the ready descriptors, not the
 // registered ones.
+//
+// epoll watches open files, not descriptor numbers: its entries are keyed by
+// (file, number), and the kernel drops one only when the file's last
+// descriptor closes. Close a registered number while a duplicate (dup,
+// fork, SCM_RIGHTS) keeps the file open, and EPOLL_CTL_DEL can no longer name
+// the entry (EBADF, or ENOENT once the number is reused): it stays in the set
+// and keeps reporting under its old token. The poller keeps its own table
+// of what it registered, so when waits bring nothing but such stale events
+// it rebuilds the set from that table in a fresh epoll instance.
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -26,6 +36,14 @@ std::uint32_t to_epoll_mask(Events events) noexcept {
     return mask;
 }
 
+// 0 or the errno of a refused epoll_ctl.
+int control(int epfd, int op, int fd, std::uint32_t mask, std::uint64_t token) noexcept {
+    epoll_event event{};
+    event.events = mask;
+    event.data.u64 = token;
+    return ::epoll_ctl(epfd, op, fd, &event) == -1 ? errno : 0;
+}
+
 // epoll_pwait2 (Linux 5.11) takes a timespec; older kernels answer ENOSYS
 // once and the process falls back to millisecond epoll_wait for good.
 std::atomic<bool> kernel_has_epoll_pwait2{true};
@@ -41,33 +59,85 @@ public:
     ~EpollPoller() override { close(); }
 
     std::string_view name() const noexcept override { return "epoll"; }
-    int fileno() const noexcept override { return epfd_.get(); }
+
+    // Whoever takes the descriptor may watch it with an epoll of its own (a
+    // loop embedding a reactor), which watches the open file: a rebuild must
+    // not swap the file under it. So the descriptor handed out is a second
+    // set that holds only the working one, and a rebuild swaps the working
+    // set inside it. Waits go to the working set directly, at no extra cost.
+    int fileno() const noexcept override {
+        if (!epfd_.valid()) {
+            return -1;
+        }
+        if (!outer_.valid() && !working_set_handed_out_) {
+            OwnedFd outer{::epoll_create1(EPOLL_CLOEXEC)};
+            if (outer.valid() && control(outer.get(), EPOLL_CTL_ADD, epfd_.get(), EPOLLIN, 0) == 0) {
+                outer_ = std::move(outer);
+            } else {
+                working_set_handed_out_ = true;  // then a rebuild keeps at least the number
+            }
+        }
+        return outer_.valid() ? outer_.get() : epfd_.get();
+    }
 
     void add(int fd, Events events, std::uint64_t token) override {
-        control(EPOLL_CTL_ADD, fd, events, token, "epoll_ctl(ADD)");
-        ++registered_;
-        // One slot per registration, as Python does, so one wait can report
-        // every ready descriptor; grown here, never in wait().
-        if (events_.size() < registered_) {
-            events_.resize(std::max(registered_, events_.size() * 2));
+        const std::uint32_t mask = to_epoll_mask(events);
+        int error = control(epfd_.get(), EPOLL_CTL_ADD, fd, mask, token);
+        if (error == EEXIST) {
+            // The set still holds this very file under this number: it was
+            // closed while a duplicate kept it open, and the duplicate has
+            // been given the number back. Take the entry over.
+            error = control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token);
+            error = error == 0 ? 0 : EEXIST;
         }
+        if (error != 0) {
+            throw_system_error(error, "epoll_ctl(ADD)", fd);
+        }
+        try {
+            registrations_.at_growing(fd) = {token, mask, true};
+            // One slot per registration, as Python does, so one wait can report
+            // every ready descriptor; grown here, never in wait().
+            if (events_.size() < registered_ + 1) {
+                events_.resize(std::max(registered_ + 1, events_.size() * 2));
+            }
+        } catch (...) {
+            (void)::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+            registrations_.reset(fd);
+            throw;
+        }
+        ++registered_;
     }
 
     void modify(int fd, Events /*old_events*/, Events new_events, std::uint64_t token) override {
-        control(EPOLL_CTL_MOD, fd, new_events, token, "epoll_ctl(MOD)");
+        const std::uint32_t mask = to_epoll_mask(new_events);
+        if (const int error = control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token); error != 0) {
+            throw_system_error(error, "epoll_ctl(MOD)", fd);
+        }
+        registrations_.at_growing(fd) = {token, mask, true};
     }
 
     std::error_code remove(int fd, Events /*events*/) noexcept override {
-        if (registered_ > 0) {
+        if (registrations_[fd].registered) {
+            registrations_.reset(fd);
             --registered_;
         }
         if (::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr) == -1) {
+            // EBADF or ENOENT: the number no longer names the registered
+            // file. If a duplicate keeps that file open, its entry stays in
+            // the set; purge_stale() gets rid of it once it reports.
             return {errno, std::system_category()};
         }
         return {};
     }
 
-    void close() noexcept override { epfd_.reset(); }
+    int purge_stale() noexcept override { return rebuild(); }
+
+    void close() noexcept override {
+        epfd_.reset();
+        outer_.reset();
+        registrations_.clear();
+        registered_ = 0;
+    }
 
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
@@ -94,6 +164,12 @@ protected:
     }
 
 private:
+    struct Registration {
+        std::uint64_t token = 0;
+        std::uint32_t mask = 0;
+        bool registered = false;
+    };
+
     int wait_kernel(Timeout timeout, int capacity) noexcept {
         // epoll_pwait2 costs more per call than epoll_wait (it copies in a
         // timespec and sets up an hrtimer), so it is used only when the
@@ -111,17 +187,46 @@ private:
         return ::epoll_wait(epfd_.get(), events_.data(), capacity, to_milliseconds(timeout));
     }
 
-    void control(int op, int fd, Events events, std::uint64_t token, std::string_view operation) {
-        epoll_event event{};
-        event.events = to_epoll_mask(events);
-        event.data.u64 = token;
-        if (::epoll_ctl(epfd_.get(), op, fd, &event) == -1) {
-            throw_system_error(errno, operation, fd);
+    // A fresh set holding exactly the registrations in the table, in place
+    // of the working one; whatever the old set kept against our will goes
+    // with it. The descriptor handed out by fileno() stays the same open
+    // file (the outer set), or at least the same number. Returns 0 or an
+    // errno; on failure the working set is unchanged.
+    int rebuild() noexcept {
+        OwnedFd fresh{::epoll_create1(EPOLL_CLOEXEC)};
+        if (!fresh.valid()) {
+            return errno;
         }
+        for (int fd = 0; fd < registrations_.size(); ++fd) {
+            const Registration& registration = registrations_[fd];
+            if (registration.registered) {
+                const int error = control(fresh.get(), EPOLL_CTL_ADD, fd, registration.mask, registration.token);
+                // EBADF, EPERM: the number was closed, or now names a file
+                // epoll cannot watch; the kernel watched nothing for it anyway.
+                if (error != 0 && error != EBADF && error != EPERM) {
+                    return error;
+                }
+            }
+        }
+        if (outer_.valid()) {
+            if (const int error = control(outer_.get(), EPOLL_CTL_ADD, fresh.get(), EPOLLIN, 0); error != 0) {
+                return error;
+            }
+            (void)::epoll_ctl(outer_.get(), EPOLL_CTL_DEL, epfd_.get(), nullptr);
+            epfd_ = std::move(fresh);
+            return 0;
+        }
+        if (::dup3(fresh.get(), epfd_.get(), O_CLOEXEC) == -1) {
+            return errno;
+        }
+        return 0;
     }
 
-    OwnedFd epfd_;
+    OwnedFd epfd_;           // the working set
+    mutable OwnedFd outer_;  // see fileno()
+    mutable bool working_set_handed_out_ = false;
     std::vector<epoll_event> events_;
+    DescriptorTable<Registration> registrations_{Registration{}};
     std::size_t registered_ = 0;
 };
 

@@ -24,7 +24,25 @@ namespace muxio::detail {
 using std::chrono::nanoseconds;
 using Clock = std::chrono::steady_clock;
 
-std::span<const PollEvent> Poller::wait(Timeout timeout) {
+namespace {
+
+bool reports_live(std::span<const PollEvent> events, LiveFilter live) noexcept {
+    if (live.is_live == nullptr) {
+        return true;
+    }
+    // In the common case the first event is live: one lookup, which the
+    // caller's own lookup of that event then finds in the cache.
+    for (const PollEvent& event : events) {
+        if (live.is_live(live.owner, event.token)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
+std::span<const PollEvent> Poller::wait(Timeout timeout, LiveFilter live) {
     ready_.clear();
     if (timeout && *timeout < nanoseconds::zero()) {
         timeout = nanoseconds::zero();
@@ -35,12 +53,26 @@ std::span<const PollEvent> Poller::wait(Timeout timeout) {
     const Clock::time_point deadline = bounded && *timeout < Clock::time_point::max() - Clock::now()
                                            ? Clock::now() + *timeout
                                            : Clock::time_point::max();
+    bool purged_while_polling = false;
     for (;;) {
         const int error = wait_once(timeout, ready_);
         if (error == 0) {
-            return ready_;
-        }
-        if (error != EINTR) {
+            if (ready_.empty() || reports_live(ready_, live)) {
+                return ready_;
+            }
+            ready_.clear();
+            if (const int failed = purge_stale(); failed != 0) {
+                throw_system_error(failed, fmt::format("{} wait: dropping stale registrations", name()));
+            }
+            // A poll looks once more after the purge: stale events may have
+            // taken the room of live ones in the kernel's answer.
+            if (timeout && *timeout == nanoseconds::zero()) {
+                if (purged_while_polling) {
+                    return ready_;
+                }
+                purged_while_polling = true;
+            }
+        } else if (error != EINTR) {
             throw_system_error(error, fmt::format("{} wait", name()));
         }
         ready_.clear();

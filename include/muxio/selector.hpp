@@ -271,7 +271,7 @@ public:
     std::span<const Ready> select(detail::Timeout timeout) {
         ensure_open("select");
         ready_.clear();
-        for (const detail::PollEvent& event : poller_->wait(timeout)) {
+        for (const detail::PollEvent& event : poller_->wait(timeout, live_filter())) {
             // Drop events of a registration that no longer exists: the
             // descriptor was unregistered, or unregistered and registered
             // again (a new generation), after the kernel queued the event.
@@ -299,7 +299,7 @@ public:
     std::span<const detail::PollEvent> select_tokens(detail::Timeout timeout) {
         ensure_open("select");
         ready_.clear();
-        return poller_->wait(timeout);
+        return poller_->wait(timeout, live_filter());
     }
 
     /// Any std::chrono duration; fractional durations round up.
@@ -403,6 +403,14 @@ private:
     // Indexed by descriptor; grows without moving its elements, which keeps
     // keys at stable addresses.
     using SlotTable = detail::ChunkedTable<Slot>;
+
+    // What the poller asks before it lets a kernel answer end a wait: events
+    // of registrations that are gone only make it wait on (see Poller::wait).
+    [[nodiscard]] detail::LiveFilter live_filter() const noexcept {
+        return {this, [](const void* self, std::uint64_t token) noexcept {
+                    return static_cast<const BaseSelector*>(self)->find_current(token) != nullptr;
+                }};
+    }
 
     static std::uint64_t make_token(int fd, std::uint32_t generation) noexcept {
         return (std::uint64_t{generation} << 32U) | static_cast<std::uint32_t>(fd);

@@ -1,8 +1,11 @@
 // Registrations under misuse, on every selector: a Reactor made while
 // allocations fail, descriptors closed or duplicated behind the reactor's
 // back, and descriptor numbers reused without telling it.
+#include <poll.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -23,6 +26,15 @@ using muxio::test::SocketPair;
 using muxio::test::UniqueFd;
 using muxio::test::write_all;
 
+namespace {
+
+bool readable_now(int fd) {
+    pollfd entry{fd, POLLIN, 0};
+    return ::poll(&entry, 1, 0) == 1 && (entry.revents & POLLIN) != 0;
+}
+
+}  // namespace
+
 TEST_CASE("an allocation failing while a reactor is made leaks no descriptor" *
           doctest::skip(!muxio::test::counts_allocations)) {
     FdLeakCheck leak_check;
@@ -35,5 +47,82 @@ TEST_CASE("an allocation failing while a reactor is made leaks no descriptor" *
         reactor.call_soon_threadsafe([&] { ran = true; });
         CHECK(reactor.run_once(1s) == 1);
         CHECK(ran);
+    }
+}
+
+TEST_CASE("an idle reactor waits out run_once after an fd was closed behind a duplicate and its reader removed") {
+    FdLeakCheck leak_check;
+    MUXIO_FOR_EACH_SELECTOR(name) {
+        Reactor reactor{with_selector(name)};
+        // Where the selector owns a kernel object, the descriptor another loop
+        // would watch tells from outside whether the kernel still reports
+        // anything: after the stale reports are dealt with, it must not.
+        const auto& embeddable = muxio::reactor_test::embeddable_selectors();
+        const int embed_fd =
+            std::find(embeddable.begin(), embeddable.end(), name) != embeddable.end() ? reactor.embed_fd() : -1;
+        SocketPair pair;
+        const int number = pair.left.get();
+        const UniqueFd duplicate{::dup(number)};
+        REQUIRE(duplicate.get() >= 0);
+        int calls = 0;
+        reactor.add_reader(number, [&] { ++calls; });
+        pair.left.reset();
+        write_all(pair.right.get(), "stale");
+        CHECK(reactor.remove_reader(number));
+
+        const muxio::test::Stopwatch stopwatch;
+        CHECK(reactor.run_once(100ms) == 0);
+        CHECK(stopwatch.elapsed() >= 100ms);
+        if (embed_fd >= 0) {
+            CHECK_FALSE(readable_now(embed_fd));
+        }
+        // Idle from then on: each run_once waits its timeout out.
+        const muxio::test::Stopwatch window;
+        int iterations = 0;
+        while (window.elapsed() < 200ms && iterations < 1000) {
+            CHECK(reactor.run_once(20ms) == 0);
+            ++iterations;
+        }
+        CHECK(iterations <= 10);
+        CHECK(calls == 0);
+    }
+}
+
+TEST_CASE("a loop watching embed_fd with its own epoll still hears the reactor after stale registrations are dropped") {
+    FdLeakCheck leak_check;
+    for (const std::string& name : muxio::reactor_test::embeddable_selectors()) {
+        CAPTURE(name);
+        Reactor reactor{with_selector(name)};
+        // The host's epoll watches the open file behind embed_fd(): dropping
+        // the reactor's stale registrations must not replace that file.
+        const UniqueFd host{::epoll_create1(EPOLL_CLOEXEC)};
+        REQUIRE(host.get() >= 0);
+        epoll_event watch{};
+        watch.events = EPOLLIN;
+        REQUIRE(::epoll_ctl(host.get(), EPOLL_CTL_ADD, reactor.embed_fd(), &watch) == 0);
+
+        SocketPair stale;
+        const int number = stale.left.get();
+        const UniqueFd duplicate{::dup(number)};
+        REQUIRE(duplicate.get() >= 0);
+        reactor.add_reader(number, [] {});
+        stale.left.reset();
+        write_all(stale.right.get(), "stale");
+        CHECK(reactor.remove_reader(number));
+        CHECK(reactor.run_once(50ms) == 0);
+
+        epoll_event event{};
+        CHECK(::epoll_wait(host.get(), &event, 1, 0) == 0);
+        SocketPair live;
+        int reads = 0;
+        reactor.add_reader(live.right.get(), [&] {
+            ++reads;
+            muxio::test::drain(live.right.get());
+        });
+        write_all(live.left.get(), "x");
+        CHECK(::epoll_wait(host.get(), &event, 1, 5000) == 1);
+        CHECK(reactor.run_once(0s) == 1);
+        CHECK(reads == 1);
+        CHECK(reactor.remove_reader(live.right.get()));
     }
 }

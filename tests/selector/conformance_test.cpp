@@ -30,6 +30,7 @@
 
 #include <doctest/doctest.h>
 
+#include "muxio/detail/poller.hpp"
 #include "muxio/selectors.hpp"
 #include "support/allocation_failure.hpp"
 #include "support/selector_support.hpp"
@@ -277,6 +278,51 @@ private:
 #if defined(__linux__)
     timer_t timer_{};
 #endif
+};
+
+// Passes everything to a backend's poller and counts the kernel waits, so a
+// test can tell a wait that blocks from one that spins.
+class CountingPoller final : public muxio::detail::Poller {
+public:
+    explicit CountingPoller(std::unique_ptr<muxio::detail::Poller> inner) : inner_{std::move(inner)} {}
+
+    [[nodiscard]] int waits() const noexcept { return waits_; }
+
+    std::string_view name() const noexcept override { return inner_->name(); }
+    int fileno() const noexcept override { return inner_->fileno(); }
+    void add(int fd, Events events, std::uint64_t token) override { inner_->add(fd, events, token); }
+    void modify(int fd, Events old_events, Events new_events, std::uint64_t token) override {
+        inner_->modify(fd, old_events, new_events, token);
+    }
+    std::error_code remove(int fd, Events events) noexcept override { return inner_->remove(fd, events); }
+    int purge_stale() noexcept override { return inner_->purge_stale(); }
+    void close() noexcept override { inner_->close(); }
+
+protected:
+    int wait_once(muxio::detail::Timeout timeout, std::vector<muxio::detail::PollEvent>& ready) override {
+        ++waits_;
+        const auto events = inner_->wait(timeout);
+        ready.insert(ready.end(), events.begin(), events.end());
+        return 0;
+    }
+
+private:
+    std::unique_ptr<muxio::detail::Poller> inner_;
+    int waits_ = 0;
+};
+
+// A selector over `Backend`'s poller wrapped in a CountingPoller.
+template <class Backend, class Data = int>
+class CountingSelector final : public muxio::BaseSelector<Data> {
+public:
+    CountingSelector()
+        : CountingSelector{std::make_unique<CountingPoller>(muxio::detail::make_poller(Backend::name))} {}
+    [[nodiscard]] int waits() const noexcept { return counter_->waits(); }
+
+private:
+    explicit CountingSelector(std::unique_ptr<CountingPoller> poller)
+        : muxio::BaseSelector<Data>{std::unique_ptr<muxio::detail::Poller>{poller.get()}}, counter_{poller.release()} {}
+    const CountingPoller* counter_;
 };
 
 }  // namespace
@@ -1316,4 +1362,53 @@ TEST_CASE_TEMPLATE("steady-state select does not allocate" * doctest::skip(!muxi
     const std::size_t allocations = muxio::test::allocation_count() - before;
     CHECK(reported == 40 * pairs.size());
     CHECK(allocations == 0);
+}
+
+// ---------------------------------------------------------------------------
+// Closed, duplicated and reused descriptors (docs/ARCHITECTURE.md, "Contracts
+// under misuse")
+
+TEST_CASE_TEMPLATE("select waits out its timeout when an fd was closed behind a duplicate and unregistered", B,
+                   MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    // epoll watches the open file: with the registered number closed and a
+    // duplicate keeping the file open, EPOLL_CTL_DEL cannot name the entry,
+    // and the kernel goes on reporting it under the old registration's token.
+    SocketPair pair;
+    CountingSelector<B> selector;
+    const int number = pair.left.get();
+    const UniqueFd duplicate{::dup(number)};
+    REQUIRE(duplicate.get() >= 0);
+    (void)selector.register_(number, EVENT_READ, 1);
+    pair.left.reset();
+    muxio::test::write_all(pair.right.get(), "stale");  // the old file is readable from now on
+    (void)selector.unregister(number);
+
+    const int waits_before = selector.waits();
+    const Stopwatch stopwatch;
+    CHECK(selector.select(100ms).empty());
+    CHECK(stopwatch.elapsed() >= 100ms);
+    // The stale report, then one wait that blocks: no spinning inside select().
+    CHECK(selector.waits() - waits_before <= 3);
+
+    // And it stays quiet: every later select waits its time out in one
+    // kernel wait.
+    const Stopwatch window;
+    int selects = 0;
+    const int waits_in_window = selector.waits();
+    while (window.elapsed() < 200ms && selects < 100) {
+        CHECK(selector.select(50ms).empty());
+        ++selects;
+    }
+    CHECK(selects <= 5);
+    CHECK(selector.waits() - waits_in_window == selects);
+
+    // Live registrations still work, the number's new owner included.
+    SocketPair fresh;
+    UniqueFd reused = move_to_number(std::move(fresh.left), number);
+    (void)selector.register_(number, EVENT_READ, 2);
+    (void)selector.register_(fresh.right.get(), EVENT_WRITE, 3);
+    muxio::test::write_all(fresh.right.get(), "fresh");
+    CHECK(ready_by_fd(selector.select(5s)) ==
+          std::map<int, Events>{{number, EVENT_READ}, {fresh.right.get(), EVENT_WRITE}});
 }

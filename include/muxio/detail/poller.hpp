@@ -10,6 +10,11 @@
 //  - The kernel carries only the 64-bit token given at add()/modify(), never
 //    a pointer: the selector decodes it (fd | generation) and drops events of
 //    registrations that no longer exist. Pollers never see user data.
+//  - Stale events never end a wait: a kernel wait that reports only tokens
+//    the caller no longer has (LiveFilter) is not a result. wait() asks the
+//    backend to purge_stale() and waits on for the time left, so a positive
+//    timeout is waited out in full and a registration the kernel keeps
+//    against the poller's will cannot make a caller spin.
 //  - add() either succeeds or throws with nothing changed.
 //  - remove() never throws: a descriptor closed since it was added is fine.
 //  - No allocation per wait() in steady state: buffers grow with the number
@@ -45,6 +50,13 @@ struct PollEvent {
     Events events;        ///< READ and/or WRITE; errors and hang-ups set both
 };
 
+/// Tells Poller::wait() which tokens name a registration its caller still
+/// has. Without a function every token counts as live.
+struct LiveFilter {
+    const void* owner = nullptr;
+    bool (*is_live)(const void* owner, std::uint64_t token) noexcept = nullptr;
+};
+
 class Poller {
 public:
     Poller() = default;
@@ -72,9 +84,21 @@ public:
     virtual void close() noexcept = 0;
 
     /// Waits for readiness. Retries after a signal with the time left (PEP 475),
-    /// so it never returns early because of EINTR. The span stays valid until
-    /// the next call. Throws std::system_error for any other kernel error.
-    std::span<const PollEvent> wait(Timeout timeout);
+    /// so it never returns early because of EINTR. A kernel wait whose events
+    /// all fail `live` is treated the same way, after purge_stale(): stale
+    /// events neither end the wait early nor, repeated, make the caller spin.
+    /// The span stays valid until the next call; it may still hold stale
+    /// events next to live ones. Throws std::system_error for any other
+    /// kernel error, and when purge_stale() fails.
+    std::span<const PollEvent> wait(Timeout timeout, LiveFilter live = {});
+
+    /// Called by wait() when a kernel wait reported events, but only of
+    /// registrations the caller no longer has: the kernel keeps one this
+    /// poller was told to remove (epoll: a descriptor closed while a
+    /// duplicate keeps its open file alive can no longer be named to
+    /// EPOLL_CTL_DEL). Gets rid of them where the mechanism can. Returns 0
+    /// or the errno of a failure.
+    virtual int purge_stale() noexcept { return 0; }
 
 protected:
     /// One kernel wait of at most `timeout` (nullopt: no limit; zero: do not
