@@ -9,6 +9,11 @@
 // and keeps reporting under its old token. The poller keeps its own table
 // of what it registered, so when waits bring nothing but such stale events
 // it rebuilds the set from that table in a fresh epoll instance.
+//
+// A registration whose number turns out closed (EPOLL_CTL_MOD says EBADF)
+// is kept as closed: the kernel watches nothing for it any more, so every
+// wait reports it as an error condition until it is removed, as poll(2)
+// reports POLLNVAL.
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -94,12 +99,15 @@ public:
             throw_system_error(error, "epoll_ctl(ADD)", fd);
         }
         try {
-            registrations_.at_growing(fd) = {token, mask, true};
+            registrations_.at_growing(fd) = {token, mask, State::watched};
             // One slot per registration, as Python does, so one wait can report
             // every ready descriptor; grown here, never in wait().
             if (events_.size() < registered_ + 1) {
                 events_.resize(std::max(registered_ + 1, events_.size() * 2));
             }
+            // Room for every registration to turn out closed, so that noting
+            // one (in modify() or a rebuild) never allocates.
+            closed_.reserve(registered_ + 1);
         } catch (...) {
             (void)::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr);
             registrations_.reset(fd);
@@ -109,17 +117,40 @@ public:
     }
 
     void modify(int fd, Events /*old_events*/, Events new_events, std::uint64_t token) override {
+        Registration& registration = registrations_.at_growing(fd);  // there since add(): no allocation
         const std::uint32_t mask = to_epoll_mask(new_events);
-        if (const int error = control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token); error != 0) {
+        if (registration.state == State::closed) {
+            registration.token = token;
+            registration.mask = mask;
+            return;
+        }
+        const int error = control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token);
+        if (error != 0 && error != EBADF && error != ENOENT) {
             throw_system_error(error, "epoll_ctl(MOD)", fd);
         }
-        registrations_.at_growing(fd) = {token, mask, true};
+        registration = {token, mask, State::watched};
+        if (error == EBADF) {
+            note_closed(fd);
+        } else if (error == ENOENT) {
+            // The number names another open file now: the registered one was
+            // closed behind our back, and may live on in the set under this
+            // very token if a duplicate keeps it open. A fresh set from the
+            // table watches the number's new file and drops the old entry.
+            if (rebuild() != 0 && control(epfd_.get(), EPOLL_CTL_ADD, fd, mask, token) != 0) {
+                note_closed(fd);
+            }
+        }
     }
 
     std::error_code remove(int fd, Events /*events*/) noexcept override {
-        if (registrations_[fd].registered) {
+        const State state = registrations_[fd].state;
+        if (state != State::unused) {
             registrations_.reset(fd);
             --registered_;
+        }
+        if (state == State::closed) {
+            closed_.erase(std::remove(closed_.begin(), closed_.end(), fd), closed_.end());
+            return {EBADF, std::system_category()};
         }
         if (::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr) == -1) {
             // EBADF or ENOENT: the number no longer names the registered
@@ -136,11 +167,15 @@ public:
         epfd_.reset();
         outer_.reset();
         registrations_.clear();
+        closed_.clear();
         registered_ = 0;
     }
 
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
+        if (!closed_.empty()) {
+            timeout = std::chrono::nanoseconds::zero();  // they are to be reported now
+        }
         const int capacity = static_cast<int>(std::min<std::size_t>(events_.size(), INT32_MAX));
         const int count = wait_kernel(timeout, capacity);
         if (count < 0) {
@@ -148,6 +183,9 @@ protected:
         }
         for (int i = 0; i < count; ++i) {
             const epoll_event& event = events_[static_cast<std::size_t>(i)];
+            if (!closed_.empty() && is_closed_token(event.data.u64)) {
+                continue;  // the old file, kept open by a duplicate: reported below, once
+            }
             Events events;
             if ((event.events & EPOLLIN) != 0) {
                 events |= EVENT_READ;
@@ -160,15 +198,33 @@ protected:
             }
             ready.push_back({event.data.u64, events});
         }
+        for (const int fd : closed_) {
+            ready.push_back({registrations_[fd].token, EVENT_READ_WRITE});
+        }
         return 0;
     }
 
 private:
+    enum class State : std::uint8_t {
+        unused,
+        watched,  // in the working set
+        closed,   // its number was found closed: in closed_, reported by every wait
+        refused,  // during a rebuild: the fresh set refused it
+    };
     struct Registration {
         std::uint64_t token = 0;
         std::uint32_t mask = 0;
-        bool registered = false;
+        State state = State::unused;
     };
+
+    void note_closed(int fd) noexcept {
+        registrations_.at_growing(fd).state = State::closed;  // there since add(): no allocation
+        closed_.push_back(fd);                                // within the capacity add() reserved
+    }
+
+    [[nodiscard]] bool is_closed_token(std::uint64_t token) const noexcept {
+        return std::any_of(closed_.begin(), closed_.end(), [&](int fd) { return registrations_[fd].token == token; });
+    }
 
     int wait_kernel(Timeout timeout, int capacity) noexcept {
         // epoll_pwait2 costs more per call than epoll_wait (it copies in a
@@ -197,29 +253,53 @@ private:
         if (!fresh.valid()) {
             return errno;
         }
+        // Registrations the fresh set cannot take are marked first and noted
+        // as closed only once the fresh set is in place.
+        bool refused = false;
         for (int fd = 0; fd < registrations_.size(); ++fd) {
-            const Registration& registration = registrations_[fd];
-            if (registration.registered) {
+            Registration& registration = registrations_.at_growing(fd);  // within the table: no allocation
+            if (registration.state == State::watched) {
                 const int error = control(fresh.get(), EPOLL_CTL_ADD, fd, registration.mask, registration.token);
                 // EBADF, EPERM: the number was closed, or now names a file
-                // epoll cannot watch; the kernel watched nothing for it anyway.
-                if (error != 0 && error != EBADF && error != EPERM) {
+                // epoll cannot watch: the kernel watches nothing for it.
+                if (error == EBADF || error == EPERM) {
+                    registration.state = State::refused;
+                    refused = true;
+                } else if (error != 0) {
+                    settle_refused(State::watched);
                     return error;
                 }
             }
         }
         if (outer_.valid()) {
             if (const int error = control(outer_.get(), EPOLL_CTL_ADD, fresh.get(), EPOLLIN, 0); error != 0) {
+                settle_refused(State::watched);
                 return error;
             }
             (void)::epoll_ctl(outer_.get(), EPOLL_CTL_DEL, epfd_.get(), nullptr);
             epfd_ = std::move(fresh);
-            return 0;
+        } else if (::dup3(fresh.get(), epfd_.get(), O_CLOEXEC) == -1) {
+            const int error = errno;
+            settle_refused(State::watched);
+            return error;
         }
-        if (::dup3(fresh.get(), epfd_.get(), O_CLOEXEC) == -1) {
-            return errno;
+        if (refused) {
+            settle_refused(State::closed);
         }
         return 0;
+    }
+
+    // Ends a rebuild's marks: back to watched if it failed, closed if not.
+    void settle_refused(State outcome) noexcept {
+        for (int fd = 0; fd < registrations_.size(); ++fd) {
+            if (registrations_[fd].state == State::refused) {
+                if (outcome == State::closed) {
+                    note_closed(fd);
+                } else {
+                    registrations_.at_growing(fd).state = outcome;
+                }
+            }
+        }
     }
 
     OwnedFd epfd_;           // the working set
@@ -227,6 +307,7 @@ private:
     mutable bool working_set_handed_out_ = false;
     std::vector<epoll_event> events_;
     DescriptorTable<Registration> registrations_{Registration{}};
+    std::vector<int> closed_;  // descriptors whose registration is closed
     std::size_t registered_ = 0;
 };
 

@@ -165,11 +165,14 @@ public:
         entry->sequence = next_sequence(entry->sequence);
         entry->mask = to_poll_mask(new_events);
         entry->token = token;
-        const int refused = arm_now(fd, *entry);
-        rearm_now_if_polled();
-        if (refused != 0) {
-            throw_system_error(refused, "io_uring POLL_ADD", fd);
+        if (arm_now(fd, *entry) != 0) {
+            // The descriptor was closed (EBADF): the kernel watches nothing
+            // for it. The registration stays; every wait arms it again, is
+            // refused again and reports an error condition, until remove(),
+            // as poll(2) reports POLLNVAL.
+            queue_rearm(fd, *entry);
         }
+        rearm_now_if_polled();
     }
 
     // Submitted at once: an armed poll holds a reference to the file, so a

@@ -472,13 +472,16 @@ bool Reactor::remove_handler(int fd, Events side) {
         (void)impl.selector->unregister(fd);
     } else {
         // Dies at the end of this block, after the modify, for the same
-        // reason as in add_handler().
+        // reason as in add_handler(). On a descriptor closed behind the
+        // reactor's back the modify succeeds too: the other side stays, and
+        // the selector reports it as an error condition until it is removed.
         const Callback removed = std::move(side == EVENT_READ ? key->data.reader : key->data.writer);
         try {
             impl.selector->modify(fd, remaining);
         } catch (const std::system_error& error) {
-            // The fd was closed: the selector dropped its registration, the
-            // other side with it. Removal must still work after a close.
+            // A mechanism that still refuses a closed descriptor (kqueue,
+            // /dev/poll) made the selector drop the key: removal must work
+            // after a close all the same.
             if (error.code() != std::errc::bad_file_descriptor) {
                 throw;
             }

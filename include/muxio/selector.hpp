@@ -230,7 +230,10 @@ public:
     /// changed is changed: new data with the same events makes no system
     /// call. If the kernel refuses the new events, the file object is
     /// unregistered and the error rethrown (Python's rule: the key would
-    /// otherwise claim events the kernel does not watch).
+    /// otherwise claim events the kernel does not watch). A descriptor closed
+    /// since it was registered is not refused: the key takes the new events
+    /// and select() reports it as an error condition, ready for them, until
+    /// it is unregistered (select, poll, epoll and io_uring alike).
     const Key& modify(const FileObject& fileobj, Events events, Data data) {
         const Key& key = modify(fileobj, events);
         key.data = std::move(data);

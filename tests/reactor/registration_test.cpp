@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -124,5 +125,50 @@ TEST_CASE("a loop watching embed_fd with its own epoll still hears the reactor a
         CHECK(reactor.run_once(0s) == 1);
         CHECK(reads == 1);
         CHECK(reactor.remove_reader(live.right.get()));
+    }
+}
+
+TEST_CASE("removing one side of a closed fd keeps the other, called as for an error until it is removed") {
+    FdLeakCheck leak_check;
+    MUXIO_FOR_EACH_SELECTOR(name) {
+        for (const bool remove_reader_first : {true, false}) {
+            CAPTURE(remove_reader_first);
+            Reactor reactor{with_selector(name)};
+            SocketPair pair;
+            const int fd = pair.left.get();
+            int reads = 0;
+            int writes = 0;
+            int last_errno = 0;
+            reactor.add_reader(fd, [&] {
+                ++reads;
+                char byte = 0;
+                last_errno = ::read(fd, &byte, 1) == -1 ? errno : 0;
+            });
+            reactor.add_writer(fd, [&] {
+                ++writes;
+                last_errno = ::write(fd, "x", 1) == -1 ? errno : 0;
+            });
+            pair.left.reset();  // behind the reactor's back
+
+            const bool removed = remove_reader_first ? reactor.remove_reader(fd) : reactor.remove_writer(fd);
+            CHECK(removed);
+            CHECK(reactor.has_reader(fd) == !remove_reader_first);
+            CHECK(reactor.has_writer(fd) == remove_reader_first);
+            // The side left is not a silent dead callback: it is called in
+            // every iteration, and its own I/O tells it why.
+            for (int round = 1; round <= 3; ++round) {
+                CHECK(reactor.run_once(5s) == 1);
+                CHECK((remove_reader_first ? writes : reads) == round);
+                CHECK(last_errno == EBADF);
+            }
+            CHECK((remove_reader_first ? reads : writes) == 0);
+            const bool removed_other = remove_reader_first ? reactor.remove_writer(fd) : reactor.remove_reader(fd);
+            CHECK(removed_other);
+            CHECK_FALSE(reactor.has_reader(fd));
+            CHECK_FALSE(reactor.has_writer(fd));
+            CHECK_FALSE(reactor.remove_reader(fd));
+            CHECK_FALSE(reactor.remove_writer(fd));
+            CHECK(reactor.run_once(0s) == 0);
+        }
     }
 }

@@ -1412,3 +1412,40 @@ TEST_CASE_TEMPLATE("select waits out its timeout when an fd was closed behind a 
     CHECK(ready_by_fd(selector.select(5s)) ==
           std::map<int, Events>{{number, EVENT_READ}, {fresh.right.get(), EVENT_WRITE}});
 }
+
+TEST_CASE_TEMPLATE("modify of a closed fd keeps the key and select reports it until it is unregistered", B,
+                   MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    // The kernel watches nothing for a closed descriptor any more. Every
+    // backend then reports the key as poll(2) reports POLLNVAL: as an error
+    // condition, ready for its events, at every select, so its owner learns.
+    SocketPair pair;
+    SocketPair other;
+    SelectorOf<B> selector;
+    const int closed = pair.left.get();
+    const auto& key = selector.register_(closed, EVENT_READ_WRITE, 1);
+    (void)selector.register_(other.left.get(), EVENT_READ, 2);
+    UniqueFd duplicate;
+    SUBCASE("closed") {}
+    SUBCASE("closed while a duplicate keeps its file open") {
+        duplicate.reset(::dup(closed));
+        REQUIRE(duplicate.get() >= 0);
+        muxio::test::write_all(pair.right.get(), "x");  // the old file is ready for both
+    }
+    pair.left.reset();
+    CHECK_NOTHROW((void)selector.modify(closed, EVENT_READ));
+    CHECK(&selector.get_key(closed) == &key);
+    CHECK(key.events == EVENT_READ);
+    for (int round = 0; round < 3; ++round) {
+        CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{closed, EVENT_READ}});
+    }
+    CHECK_NOTHROW((void)selector.modify(closed, EVENT_WRITE, 3));
+    CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{closed, EVENT_WRITE}});
+    CHECK(selector.unregister(closed).data == 3);
+    CHECK(selector.select(0s).empty());
+    const Stopwatch stopwatch;
+    CHECK(selector.select(50ms).empty());
+    CHECK(stopwatch.elapsed() >= 50ms);
+    muxio::test::write_all(other.right.get(), "x");
+    CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{other.left.get(), EVENT_READ}});
+}

@@ -6,6 +6,11 @@
 //    natively (io_uring re-arms one-shot polls to get this meaning).
 //  - Error and hang-up conditions are reported as ready for reading and
 //    writing; the selector masks them down to the events registered.
+//  - A registration whose descriptor is found closed (poll: POLLNVAL;
+//    select: the call's EBADF; epoll, io_uring: a modify or re-arm refused
+//    with EBADF) is a closed registration: it stays until remove(), and
+//    every wait reports it at once as an error condition, so that its owner
+//    learns rather than waiting on a descriptor the kernel no longer watches.
 //  - A descriptor appears at most once in one wait()'s result.
 //  - The kernel carries only the 64-bit token given at add()/modify(), never
 //    a pointer: the selector decodes it (fd | generation) and drops events of
@@ -74,8 +79,11 @@ public:
     /// std::invalid_argument when the mechanism cannot represent `fd`
     /// (select's FD_SETSIZE); on throw nothing changed.
     virtual void add(int fd, Events events, std::uint64_t token) = 0;
-    /// Changes the watched events of a descriptor added before. Throws
-    /// std::system_error; the caller then removes the descriptor.
+    /// Changes the watched events and the token of a descriptor added
+    /// before. A descriptor closed since is no error: the registration stays,
+    /// as a closed one that every wait reports as an error condition until
+    /// remove() (see the contract above). Throws std::system_error only when
+    /// the mechanism itself fails; the caller then removes the descriptor.
     virtual void modify(int fd, Events old_events, Events new_events, std::uint64_t token) = 0;
     /// Stops watching `fd`. Never throws; reports what the kernel said, for
     /// logging (EBADF or ENOENT after the descriptor was closed is expected).
