@@ -87,15 +87,7 @@ public:
 
     void add(int fd, Events events, std::uint64_t token) override {
         const std::uint32_t mask = to_epoll_mask(events);
-        int error = control(epfd_.get(), EPOLL_CTL_ADD, fd, mask, token);
-        if (error == EEXIST) {
-            // The set still holds this very file under this number: it was
-            // closed while a duplicate kept it open, and the duplicate has
-            // been given the number back. Take the entry over.
-            error = control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token);
-            error = error == 0 ? 0 : EEXIST;
-        }
-        if (error != 0) {
+        if (const int error = add_to_set(fd, mask, token); error != 0) {
             throw_system_error(error, "epoll_ctl(ADD)", fd);
         }
         try {
@@ -136,10 +128,40 @@ public:
             // closed behind our back, and may live on in the set under this
             // very token if a duplicate keeps it open. A fresh set from the
             // table watches the number's new file and drops the old entry.
-            if (rebuild() != 0 && control(epfd_.get(), EPOLL_CTL_ADD, fd, mask, token) != 0) {
+            if (rebuild() != 0 && add_to_set(fd, mask, token) != 0) {
                 note_closed(fd);
             }
         }
+    }
+
+    void reregister(int fd, Events /*old_events*/, Events new_events, std::uint64_t token) override {
+        Registration& registration = registrations_.at_growing(fd);  // there since add(): no allocation
+        const std::uint32_t mask = to_epoll_mask(new_events);
+        if (registration.state == State::closed) {
+            // The number may name an open file again.
+            if (const int error = add_to_set(fd, mask, token); error != 0) {
+                throw_system_error(error, "epoll_ctl(ADD)", fd);
+            }
+            unlist_closed(fd);
+            registration = {token, mask, State::watched};
+            return;
+        }
+        const int error = control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token);
+        if (error == ENOENT) {
+            // The number names another open file: watch that one. If a
+            // duplicate keeps the old file in the set, its entry carries the
+            // old token, stale from now on (purge_stale() drops it).
+            if (const int refused = add_to_set(fd, mask, token); refused != 0) {
+                note_closed(fd);
+                throw_system_error(refused, "epoll_ctl(ADD)", fd);
+            }
+        } else if (error != 0) {
+            if (error == EBADF) {
+                note_closed(fd);
+            }
+            throw_system_error(error, "epoll_ctl(MOD)", fd);
+        }
+        registration = {token, mask, State::watched};
     }
 
     std::error_code remove(int fd, Events /*events*/) noexcept override {
@@ -149,7 +171,7 @@ public:
             --registered_;
         }
         if (state == State::closed) {
-            closed_.erase(std::remove(closed_.begin(), closed_.end(), fd), closed_.end());
+            unlist_closed(fd);
             return {EBADF, std::system_category()};
         }
         if (::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr) == -1) {
@@ -216,6 +238,22 @@ private:
         std::uint32_t mask = 0;
         State state = State::unused;
     };
+
+    // EPOLL_CTL_ADD to the working set; 0 or the errno.
+    int add_to_set(int fd, std::uint32_t mask, std::uint64_t token) noexcept {
+        const int error = control(epfd_.get(), EPOLL_CTL_ADD, fd, mask, token);
+        if (error == EEXIST) {
+            // The set still holds this very file under this number: it was
+            // closed while a duplicate kept it open, and the duplicate has
+            // been given the number back. Take the entry over.
+            return control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token) == 0 ? 0 : EEXIST;
+        }
+        return error;
+    }
+
+    void unlist_closed(int fd) noexcept {
+        closed_.erase(std::remove(closed_.begin(), closed_.end(), fd), closed_.end());
+    }
 
     void note_closed(int fd) noexcept {
         registrations_.at_growing(fd).state = State::closed;  // there since add(): no allocation

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "descriptor_table.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
@@ -80,6 +81,11 @@ std::span<const PollEvent> Poller::wait(Timeout timeout, LiveFilter live) {
             timeout = std::max(nanoseconds::zero(), std::chrono::duration_cast<nanoseconds>(deadline - Clock::now()));
         }
     }
+}
+
+void Poller::reregister(int fd, Events old_events, Events new_events, std::uint64_t token) {
+    require_open_descriptor(fd, fmt::format("{}: register", name()));
+    modify(fd, old_events, new_events, token);
 }
 
 int Poller::to_milliseconds(Timeout timeout) noexcept {

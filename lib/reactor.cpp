@@ -125,6 +125,7 @@ struct Reactor::Impl {
     // it must not be put back).
     int running_fd = -1;
     Events running_side;
+    std::uint64_t running_token = 0;  // its registration's token, kept up by add_handler()
     bool running_touched = false;
     bool running_replaced = false;
 
@@ -172,6 +173,7 @@ struct Reactor::Impl {
         Callback running = std::move(slot);
         running_fd = key.fd;
         running_side = side;
+        running_token = token;
         running_touched = false;
         running_replaced = false;
         reactor.invoke(running);
@@ -181,7 +183,7 @@ struct Reactor::Impl {
             return true;
         }
         if (!running_replaced) {
-            if (const Key* still = selector->find_current(token)) {
+            if (const Key* still = selector->find_current(running_token)) {
                 (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
             }
         }
@@ -440,18 +442,37 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
     }
     const auto map = impl.selector->get_map();
     const auto* key = map.find(fd);
-    impl.touching(fd, side);
     if (key == nullptr) {
         FdHandlers handlers;
         (side == EVENT_READ ? handlers.reader : handlers.writer) = std::move(callback);
         impl.selector->register_(fd, side, std::move(handlers));
+        impl.touching(fd, side);
         return;
     }
-    if (!key->events.contains(side)) {
-        impl.selector->modify(fd, key->events | side);
+    // Registered anew even when only a callback is replaced: the fd may have
+    // been closed and its number reused without telling the reactor, and the
+    // kernel would then watch the old file, or nothing, for the new reader.
+    // The new token drops late events of what was watched before. On a
+    // closed fd this throws EBADF and changes nothing.
+    impl.selector->reregister(fd, key->events | side);
+    impl.touching(fd, side);
+    if (fd == impl.running_fd) {
+        impl.running_token = impl.selector->token_of(*key);  // the running callback goes back here
     }
     // The replaced callback dies last, once the key is consistent: its
     // captures' destructors may call back into the reactor, even remove `fd`.
+    const Callback replaced =
+        std::exchange(side == EVENT_READ ? key->data.reader : key->data.writer, std::move(callback));
+}
+
+void Reactor::replace_handler(int fd, Events side, Callback callback) {
+    check_usable(side == EVENT_READ ? "add_reader" : "add_writer");
+    Impl& impl = *impl_;
+    const auto* key = fd < 0 ? nullptr : impl.selector->get_map().find(fd);
+    if (key == nullptr || !key->events.contains(side) || fd == impl.wake_fd || fd == impl.embed_timer_fd) {
+        throw std::logic_error(fmt::format("fd {} has no {} to replace", fd, side == EVENT_READ ? "reader" : "writer"));
+    }
+    impl.touching(fd, side);
     const Callback replaced =
         std::exchange(side == EVENT_READ ? key->data.reader : key->data.writer, std::move(callback));
 }

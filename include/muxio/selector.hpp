@@ -184,8 +184,7 @@ public:
             throw KeyError(fmt::format("{} (fd {}) is already registered", describe(fileobj), fd));
         }
         const auto index = static_cast<std::size_t>(fd);
-        std::uint32_t generation = (index < slots_.size() ? slots_[index].generation : 0U) + 1U;
-        generation += generation == 0 ? 1U : 0U;  // 0 stays the never-used slot's
+        const std::uint32_t generation = next_generation(index < slots_.size() ? slots_[index].generation : 0U);
         // The kernel is asked before anything is recorded, so a refusal leaves
         // no trace, and an absurd descriptor number is refused (EBADF) before
         // the table grows to reach it.
@@ -264,6 +263,34 @@ public:
         return key;
     }
 
+    /// Registers `fileobj` again in place, for an owner whose descriptor may
+    /// have been closed and its number reused by another file without an
+    /// unregister: the key stays where it is, with its data; `events`
+    /// replace the events watched; and the kernel is asked to watch the open
+    /// file the descriptor names now, under a new token, so that readiness
+    /// of the registration before (the old file's included) is dropped
+    /// (is_current() turns false for it). One system call on epoll and
+    /// io_uring, one check (fcntl) on select and poll. Throws as modify()
+    /// does for a bad mask or a file object not registered, and
+    /// std::system_error when the descriptor is closed (EBADF) or the kernel
+    /// refuses the file it names: the key then keeps its events and token,
+    /// and if the kernel watches nothing for it now, select() reports it as
+    /// an error condition until it is unregistered.
+    const Key& reregister(const FileObject& fileobj, Events events) {
+        ensure_open("reregister");
+        check_events(events);
+        const int fd = fd_of(fileobj);
+        Slot* slot = slot_of(fd);
+        if (slot == nullptr) {
+            throw KeyError(fmt::format("{} is not registered", describe(fileobj)));
+        }
+        const std::uint32_t generation = next_generation(slot->generation);
+        poller_->reregister(fd, slot->key->events, events, make_token(fd, generation));
+        slot->generation = generation;
+        slot->key->events = events;
+        return *slot->key;
+    }
+
     /// Waits until some registered file object is ready or the timeout expires.
     /// `std::nullopt` blocks; zero or negative polls; positive waits at least
     /// that long (rounded up to what the kernel can express). A signal does
@@ -332,6 +359,12 @@ public:
             return nullptr;
         }
         return &*slot.key;
+    }
+
+    /// The token of `key`'s registration now, as select_tokens() reports it
+    /// and find_current() resolves it; it changes with reregister().
+    [[nodiscard]] std::uint64_t token_of(const Key& key) const noexcept {
+        return make_token(key.fd, slots_[static_cast<std::size_t>(key.fd)].generation);
     }
 
     /// Asks the CPU to start loading the slot `token` names, for an event
@@ -413,6 +446,11 @@ private:
         return {this, [](const void* self, std::uint64_t token) noexcept {
                     return static_cast<const BaseSelector*>(self)->find_current(token) != nullptr;
                 }};
+    }
+
+    // Generation 0 stays the never-used slot's.
+    static std::uint32_t next_generation(std::uint32_t generation) noexcept {
+        return generation + 1U == 0U ? 1U : generation + 1U;
     }
 
     static std::uint64_t make_token(int fd, std::uint32_t generation) noexcept {

@@ -1,6 +1,7 @@
 // Registrations under misuse, on every selector: a Reactor made while
 // allocations fail, descriptors closed or duplicated behind the reactor's
 // back, and descriptor numbers reused without telling it.
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -11,6 +12,8 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <system_error>
+#include <utility>
 
 #include <doctest/doctest.h>
 
@@ -28,6 +31,15 @@ using muxio::test::UniqueFd;
 using muxio::test::write_all;
 
 namespace {
+
+// Moves `fd` onto descriptor number `number` (which must be free).
+UniqueFd move_to_number(UniqueFd fd, int number) {
+    if (fd.get() == number) {
+        return fd;  // it got the number already, being the lowest free one
+    }
+    REQUIRE(::dup3(fd.get(), number, O_CLOEXEC) == number);
+    return UniqueFd{number};
+}
 
 bool readable_now(int fd) {
     pollfd entry{fd, POLLIN, 0};
@@ -170,5 +182,107 @@ TEST_CASE("removing one side of a closed fd keeps the other, called as for an er
             CHECK_FALSE(reactor.remove_writer(fd));
             CHECK(reactor.run_once(0s) == 0);
         }
+    }
+}
+
+TEST_CASE("add_reader on a reused fd number that was closed without remove_reader watches the new file") {
+    FdLeakCheck leak_check;
+    MUXIO_FOR_EACH_SELECTOR(name) {
+        for (const bool old_file_lives_on : {false, true}) {
+            CAPTURE(old_file_lives_on);
+            Reactor reactor{with_selector(name)};
+            SocketPair old_pair;
+            const int number = old_pair.left.get();
+            int old_calls = 0;
+            int new_calls = 0;
+            reactor.add_reader(number, [&] { ++old_calls; });
+            UniqueFd duplicate;
+            if (old_file_lives_on) {
+                duplicate.reset(::dup(number));
+                REQUIRE(duplicate.get() >= 0);
+            }
+            old_pair.left.reset();  // closed behind the reactor's back
+            SocketPair new_pair;
+            UniqueFd reused = move_to_number(std::move(new_pair.left), number);
+            reactor.add_reader(number, [&] {
+                ++new_calls;
+                muxio::test::drain(number);
+            });
+
+            // The old file's readiness is not the new reader's business.
+            if (old_file_lives_on) {
+                write_all(old_pair.right.get(), "old");
+            }
+            CHECK(reactor.run_once(20ms) == 0);
+            CHECK(new_calls == 0);
+            write_all(new_pair.right.get(), "new");
+            for (int round = 0; round < 10 && new_calls == 0; ++round) {
+                reactor.run_once(500ms);
+            }
+            CHECK(new_calls == 1);
+            CHECK(old_calls == 0);
+            CHECK(reactor.remove_reader(number));
+        }
+    }
+}
+
+TEST_CASE("add_reader and add_writer on a closed fd throw EBADF and change nothing") {
+    FdLeakCheck leak_check;
+    MUXIO_FOR_EACH_SELECTOR(name) {
+        Reactor reactor{with_selector(name)};
+        SocketPair pair;
+        const int fd = pair.left.get();
+        int reads = 0;
+        int writes = 0;
+        int last_errno = 0;
+        auto reader = [&] {
+            ++reads;
+            char byte = 0;
+            last_errno = ::read(fd, &byte, 1) == -1 ? errno : 0;
+        };
+        auto writer = [&] {
+            ++writes;
+            last_errno = ::write(fd, "x", 1) == -1 ? errno : 0;
+        };
+        auto refused_with_ebadf = [&](auto add) {
+            try {
+                add();
+            } catch (const std::system_error& error) {
+                return error.code() == std::error_code{EBADF, std::system_category()};
+            }
+            return false;
+        };
+        SUBCASE("no side yet") {
+            pair.left.reset();
+            CHECK(refused_with_ebadf([&] { reactor.add_reader(fd, reader); }));
+            CHECK(refused_with_ebadf([&] { reactor.add_writer(fd, writer); }));
+            CHECK_FALSE(reactor.has_reader(fd));
+            CHECK_FALSE(reactor.has_writer(fd));
+            CHECK(reactor.run_once(0s) == 0);
+        }
+        SUBCASE("the other side added before") {
+            reactor.add_writer(fd, writer);
+            pair.left.reset();
+            CHECK(refused_with_ebadf([&] { reactor.add_reader(fd, reader); }));
+            CHECK_FALSE(reactor.has_reader(fd));
+            CHECK(reactor.has_writer(fd));
+            CHECK(reactor.run_once(5s) == 1);
+            CHECK(writes == 1);
+            CHECK(last_errno == EBADF);
+            CHECK(reactor.remove_writer(fd));
+        }
+        SUBCASE("the same side added before") {
+            reactor.add_reader(fd, reader);
+            pair.left.reset();
+            CHECK(refused_with_ebadf([&] { reactor.add_reader(fd, [] {}); }));
+            CHECK(reactor.has_reader(fd));
+            CHECK(reactor.run_once(5s) == 1);
+            CHECK(reads == 1);  // the reader added first, still in place
+            CHECK(last_errno == EBADF);
+            CHECK(reactor.remove_reader(fd));
+        }
+        CHECK_FALSE(reactor.has_reader(fd));
+        CHECK_FALSE(reactor.has_writer(fd));
+        CHECK(reactor.run_once(0s) == 0);
     }
 }

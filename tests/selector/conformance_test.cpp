@@ -29,6 +29,7 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include "muxio/detail/poller.hpp"
 #include "muxio/selectors.hpp"
@@ -1448,4 +1449,64 @@ TEST_CASE_TEMPLATE("modify of a closed fd keeps the key and select reports it un
     CHECK(stopwatch.elapsed() >= 50ms);
     muxio::test::write_all(other.right.get(), "x");
     CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{other.left.get(), EVENT_READ}});
+}
+
+TEST_CASE_TEMPLATE("reregister watches the file a reused fd number names now, under a new token", B,
+                   MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    SocketPair old_pair;
+    SelectorOf<B> selector;
+    const int number = old_pair.left.get();
+    const auto& key = selector.register_(number, EVENT_READ, 1);
+    const std::uint64_t old_token = selector.token_of(key);
+    UniqueFd duplicate;
+    SUBCASE("the old file closed") {}
+    SUBCASE("the old file kept open by a duplicate, and ready") {
+        duplicate.reset(::dup(number));
+        REQUIRE(duplicate.get() >= 0);
+        muxio::test::write_all(old_pair.right.get(), "old");
+    }
+    old_pair.left.reset();  // closed without unregister
+    SocketPair new_pair;
+    UniqueFd reused = move_to_number(std::move(new_pair.left), number);
+
+    CHECK(&selector.reregister(number, EVENT_READ) == &key);
+    CHECK(key.data == 1);
+    CHECK(key.events == EVENT_READ);
+    CHECK(selector.token_of(key) != old_token);
+    CHECK(selector.find_current(old_token) == nullptr);
+    CHECK(selector.select(0s).empty());  // the old file's readiness is not the new one's
+    CHECK(selector.select(20ms).empty());
+    muxio::test::write_all(new_pair.right.get(), "new");
+    for (int round = 0; round < 2; ++round) {
+        CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{number, EVENT_READ}});
+    }
+    CHECK(selector.unregister(number).data == 1);
+    CHECK(selector.select(0s).empty());
+}
+
+TEST_CASE_TEMPLATE("reregister of a closed fd throws EBADF and keeps the key, reported until it is unregistered", B,
+                   MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    SocketPair pair;
+    SelectorOf<B> selector;
+    const int closed = pair.left.get();
+    const auto& key = selector.register_(closed, EVENT_READ_WRITE, 1);
+    const std::uint64_t token = selector.token_of(key);
+    pair.left.reset();
+    try {
+        (void)selector.reregister(closed, EVENT_READ);
+        FAIL("reregister accepted a closed fd");
+    } catch (const std::system_error& error) {
+        CHECK(error.code() == std::error_code{EBADF, std::system_category()});
+        CHECK(std::string{error.what()}.find(fmt::format("fd {}", closed)) != std::string::npos);
+    }
+    CHECK(&selector.get_key(closed) == &key);
+    CHECK(key.events == EVENT_READ_WRITE);
+    CHECK(selector.token_of(key) == token);
+    for (int round = 0; round < 2; ++round) {
+        CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{closed, EVENT_READ_WRITE}});
+    }
+    CHECK(selector.unregister(closed).data == 1);
+    CHECK(selector.select(0s).empty());
 }

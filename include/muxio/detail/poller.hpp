@@ -85,6 +85,16 @@ public:
     /// remove() (see the contract above). Throws std::system_error only when
     /// the mechanism itself fails; the caller then removes the descriptor.
     virtual void modify(int fd, Events old_events, Events new_events, std::uint64_t token) = 0;
+    /// Watches `fd` anew, under a new `token`, for the open file its number
+    /// names now: for a caller whose user may have closed the descriptor and
+    /// had its number reused by another file without removing it first
+    /// (epoll and io_uring would go on watching the old file, or nothing).
+    /// Throws std::system_error if `fd` is closed (EBADF) or the kernel
+    /// refuses the file; the registration then keeps its events and token,
+    /// and if the kernel watches nothing for it now it is a closed one. The
+    /// default checks that `fd` is open and calls modify(), right for
+    /// mechanisms that watch numbers (select, poll).
+    virtual void reregister(int fd, Events old_events, Events new_events, std::uint64_t token);
     /// Stops watching `fd`. Never throws; reports what the kernel said, for
     /// logging (EBADF or ENOENT after the descriptor was closed is expected).
     virtual std::error_code remove(int fd, Events events) noexcept = 0;
