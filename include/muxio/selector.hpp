@@ -159,6 +159,25 @@ private:
 ///  - `std::system_error`: the kernel refused; the message names the call and fd.
 ///  - `std::logic_error`: any use after close(), except close() itself.
 ///
+/// A registration names a descriptor number; what the kernel watches behind
+/// it differs per mechanism, and these rules make them agree
+/// (docs/ARCHITECTURE.md, "Contracts under misuse"):
+///  - Unregister before closing. A descriptor found closed while registered
+///    (at once by select and poll, by epoll and io_uring when a call meets
+///    it) is reported by every select() as an error condition, ready for its
+///    events, until it is unregistered. unregister() and modify() still
+///    succeed on it; register_() and reregister() throw EBADF.
+///  - A duplicate (dup, dup2, fork, SCM_RIGHTS) shares the open file, not the
+///    registration: to watch it, register its own number. Close a registered
+///    number while a duplicate keeps the file open, and epoll and io_uring
+///    go on reporting that file under the closed number until it is
+///    unregistered; epoll may report it even after (EPOLL_CTL_DEL can no
+///    longer name it). Such stale events never end a select() early: they
+///    are dropped, the wait goes on for the time left, and the epoll set is
+///    rebuilt without them.
+///  - A number closed and given to another file without unregister:
+///    reregister() watches the new file, under a new token.
+///
 /// Not thread-safe: one selector belongs to one thread at a time.
 /// Not copyable or movable: keys and views point into it.
 template <class Data>
@@ -293,8 +312,9 @@ public:
 
     /// Waits until some registered file object is ready or the timeout expires.
     /// `std::nullopt` blocks; zero or negative polls; positive waits at least
-    /// that long (rounded up to what the kernel can express). A signal does
-    /// not end the wait early. Returns the ready keys, each with its ready
+    /// that long (rounded up to what the kernel can express). Neither a
+    /// signal nor events of registrations that are gone end the wait early.
+    /// Returns the ready keys, each with its ready
     /// events masked by the key's events; errors and hang-ups count as ready.
     /// The span is reused: valid until the next select(), and an entry only
     /// while its key stays registered (see is_current()).
@@ -324,8 +344,9 @@ public:
     /// (token, events) pairs, neither filtered nor masked. An entry may name
     /// a registration that is gone (find_current() returns nullptr) and
     /// carry events its key does not watch; errors and hang-ups set both
-    /// events. Saves select()'s per-entry lookup and copy. The span is valid
-    /// until the next select() or select_tokens().
+    /// events. Waits as select() does: an answer of stale entries only does
+    /// not end it. Saves select()'s per-entry lookup and copy. The span is
+    /// valid until the next select() or select_tokens().
     std::span<const detail::PollEvent> select_tokens(detail::Timeout timeout) {
         ensure_open("select");
         ready_.clear();
