@@ -99,7 +99,9 @@ public:
             }
             // Room for every registration to turn out closed, so that noting
             // one (in modify() or a rebuild) never allocates.
-            closed_.reserve(registered_ + 1);
+            if (closed_.capacity() < registered_ + 1) {
+                closed_.reserve(std::max(registered_ + 1, closed_.capacity() * 2));
+            }
         } catch (...) {
             (void)::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr);
             registrations_.reset(fd);
@@ -128,8 +130,11 @@ public:
             // closed behind our back, and may live on in the set under this
             // very token if a duplicate keeps it open. A fresh set from the
             // table watches the number's new file and drops the old entry.
-            if (rebuild() != 0 && add_to_set(fd, mask, token) != 0) {
-                note_closed(fd);
+            if (rebuild() != 0) {
+                set_may_report_stale(true);
+                if (add_to_set(fd, mask, token) != 0) {
+                    note_closed(fd);
+                }
             }
         }
     }
@@ -151,6 +156,7 @@ public:
             // The number names another open file: watch that one. If a
             // duplicate keeps the old file in the set, its entry carries the
             // old token, stale from now on (purge_stale() drops it).
+            set_may_report_stale(true);
             if (const int refused = add_to_set(fd, mask, token); refused != 0) {
                 note_closed(fd);
                 throw_system_error(refused, "epoll_ctl(ADD)", fd);
@@ -172,13 +178,16 @@ public:
         }
         if (state == State::closed) {
             unlist_closed(fd);
+            set_may_report_stale(true);  // its old file may be in the set, under its token
             return {EBADF, std::system_category()};
         }
         if (::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr) == -1) {
             // EBADF or ENOENT: the number no longer names the registered
             // file. If a duplicate keeps that file open, its entry stays in
             // the set; purge_stale() gets rid of it once it reports.
-            return {errno, std::system_category()};
+            const int error = errno;
+            set_may_report_stale(true);
+            return {error, std::system_category()};
         }
         return {};
     }
@@ -195,30 +204,53 @@ public:
 
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
-        if (!closed_.empty()) {
-            timeout = std::chrono::nanoseconds::zero();  // they are to be reported now
+        if (!closed_.empty()) [[unlikely]] {
+            return wait_with_closed(ready);
         }
-        const int capacity = static_cast<int>(std::min<std::size_t>(events_.size(), INT32_MAX));
-        const int count = wait_kernel(timeout, capacity);
+        const int count = wait_kernel(timeout, capacity());
         if (count < 0) {
             return errno;
         }
         for (int i = 0; i < count; ++i) {
             const epoll_event& event = events_[static_cast<std::size_t>(i)];
-            if (!closed_.empty() && is_closed_token(event.data.u64)) {
-                continue;  // the old file, kept open by a duplicate: reported below, once
+            ready.push_back({event.data.u64, to_events(event.events)});
+        }
+        return 0;
+    }
+
+private:
+    static Events to_events(std::uint32_t mask) noexcept {
+        Events events;
+        if ((mask & EPOLLIN) != 0) {
+            events |= EVENT_READ;
+        }
+        if ((mask & EPOLLOUT) != 0) {
+            events |= EVENT_WRITE;
+        }
+        if ((mask & (EPOLLERR | EPOLLHUP)) != 0) {
+            events |= EVENT_READ_WRITE;
+        }
+        return events;
+    }
+
+    [[nodiscard]] int capacity() const noexcept {
+        return static_cast<int>(std::min<std::size_t>(events_.size(), INT32_MAX));
+    }
+
+    // A wait while closed registrations exist: they are ready now, so the
+    // kernel is only polled, for the others.
+    int wait_with_closed(std::vector<PollEvent>& ready) {
+        const int count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+        if (count < 0) {
+            return errno;
+        }
+        for (int i = 0; i < count; ++i) {
+            const epoll_event& event = events_[static_cast<std::size_t>(i)];
+            // A closed registration's old file, kept open by a duplicate,
+            // reports under the same token: it is reported below, once.
+            if (!is_closed_token(event.data.u64)) {
+                ready.push_back({event.data.u64, to_events(event.events)});
             }
-            Events events;
-            if ((event.events & EPOLLIN) != 0) {
-                events |= EVENT_READ;
-            }
-            if ((event.events & EPOLLOUT) != 0) {
-                events |= EVENT_WRITE;
-            }
-            if ((event.events & (EPOLLERR | EPOLLHUP)) != 0) {
-                events |= EVENT_READ_WRITE;
-            }
-            ready.push_back({event.data.u64, events});
         }
         for (const int fd : closed_) {
             ready.push_back({registrations_[fd].token, EVENT_READ_WRITE});
@@ -226,7 +258,6 @@ protected:
         return 0;
     }
 
-private:
     enum class State : std::uint8_t {
         unused,
         watched,  // in the working set
@@ -324,6 +355,7 @@ private:
         if (refused) {
             settle_refused(State::closed);
         }
+        set_may_report_stale(false);
         return 0;
     }
 

@@ -2,6 +2,7 @@
 // conversions, and choosing a mechanism by name or by what the kernel accepts.
 #include "muxio/detail/poller.hpp"
 
+#include <fcntl.h>
 #include <sys/time.h>
 
 #include <algorithm>
@@ -15,7 +16,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "descriptor_table.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
@@ -31,14 +31,8 @@ bool reports_live(std::span<const PollEvent> events, LiveFilter live) noexcept {
     if (live.is_live == nullptr) {
         return true;
     }
-    // In the common case the first event is live: one lookup, which the
-    // caller's own lookup of that event then finds in the cache.
-    for (const PollEvent& event : events) {
-        if (live.is_live(live.owner, event.token)) {
-            return true;
-        }
-    }
-    return false;
+    return std::any_of(events.begin(), events.end(),
+                       [&](const PollEvent& event) { return live.is_live(live.owner, event.token); });
 }
 
 }  // namespace
@@ -58,7 +52,7 @@ std::span<const PollEvent> Poller::wait(Timeout timeout, LiveFilter live) {
     for (;;) {
         const int error = wait_once(timeout, ready_);
         if (error == 0) {
-            if (ready_.empty() || reports_live(ready_, live)) {
+            if (!may_report_stale_ || ready_.empty() || reports_live(ready_, live)) [[likely]] {
                 return ready_;
             }
             ready_.clear();
@@ -84,7 +78,9 @@ std::span<const PollEvent> Poller::wait(Timeout timeout, LiveFilter live) {
 }
 
 void Poller::reregister(int fd, Events old_events, Events new_events, std::uint64_t token) {
-    require_open_descriptor(fd, fmt::format("{}: register", name()));
+    if (::fcntl(fd, F_GETFD) == -1) {
+        throw_system_error(errno, fmt::format("{}: register", name()), fd);
+    }
     modify(fd, old_events, new_events, token);
 }
 

@@ -291,16 +291,31 @@ public:
 
     std::string_view name() const noexcept override { return inner_->name(); }
     int fileno() const noexcept override { return inner_->fileno(); }
-    void add(int fd, Events events, std::uint64_t token) override { inner_->add(fd, events, token); }
+    void add(int fd, Events events, std::uint64_t token) override {
+        const Mirror mirror{*this};
+        inner_->add(fd, events, token);
+    }
     void modify(int fd, Events old_events, Events new_events, std::uint64_t token) override {
+        const Mirror mirror{*this};
         inner_->modify(fd, old_events, new_events, token);
     }
-    std::error_code remove(int fd, Events events) noexcept override { return inner_->remove(fd, events); }
-    int purge_stale() noexcept override { return inner_->purge_stale(); }
+    void reregister(int fd, Events old_events, Events new_events, std::uint64_t token) override {
+        const Mirror mirror{*this};
+        inner_->reregister(fd, old_events, new_events, token);
+    }
+    std::error_code remove(int fd, Events events) noexcept override {
+        const Mirror mirror{*this};
+        return inner_->remove(fd, events);
+    }
+    int purge_stale() noexcept override {
+        const Mirror mirror{*this};
+        return inner_->purge_stale();
+    }
     void close() noexcept override { inner_->close(); }
 
 protected:
     int wait_once(muxio::detail::Timeout timeout, std::vector<muxio::detail::PollEvent>& ready) override {
+        const Mirror mirror{*this};
         ++waits_;
         const auto events = inner_->wait(timeout);
         ready.insert(ready.end(), events.begin(), events.end());
@@ -308,6 +323,12 @@ protected:
     }
 
 private:
+    // Whatever the inner poller says about stale events, this one says too.
+    struct Mirror {
+        CountingPoller& poller;
+        ~Mirror() { poller.set_may_report_stale(poller.inner_->may_report_stale()); }
+    };
+
     std::unique_ptr<muxio::detail::Poller> inner_;
     int waits_ = 0;
 };

@@ -15,11 +15,15 @@
 //  - The kernel carries only the 64-bit token given at add()/modify(), never
 //    a pointer: the selector decodes it (fd | generation) and drops events of
 //    registrations that no longer exist. Pollers never see user data.
-//  - Stale events never end a wait: a kernel wait that reports only tokens
-//    the caller no longer has (LiveFilter) is not a result. wait() asks the
-//    backend to purge_stale() and waits on for the time left, so a positive
-//    timeout is waited out in full and a registration the kernel keeps
-//    against the poller's will cannot make a caller spin.
+//  - Stale events never end a wait. A backend whose kernel may keep a
+//    registration it was told to remove (epoll, when EPOLL_CTL_DEL cannot
+//    name a closed descriptor's entry) says so with set_may_report_stale();
+//    while it does, a kernel wait that reports only tokens the caller no
+//    longer has (LiveFilter) is not a result: wait() asks the backend to
+//    purge_stale() and waits on for the time left, so a positive timeout is
+//    waited out in full and such a registration cannot make a caller spin.
+//    Other stale events (a registration replaced between waits) are dropped
+//    by the caller, entry by entry.
 //  - add() either succeeds or throws with nothing changed.
 //  - remove() never throws: a descriptor closed since it was added is fine.
 //  - No allocation per wait() in steady state: buffers grow with the number
@@ -102,23 +106,31 @@ public:
     virtual void close() noexcept = 0;
 
     /// Waits for readiness. Retries after a signal with the time left (PEP 475),
-    /// so it never returns early because of EINTR. A kernel wait whose events
-    /// all fail `live` is treated the same way, after purge_stale(): stale
-    /// events neither end the wait early nor, repeated, make the caller spin.
-    /// The span stays valid until the next call; it may still hold stale
-    /// events next to live ones. Throws std::system_error for any other
-    /// kernel error, and when purge_stale() fails.
+    /// so it never returns early because of EINTR. While may_report_stale(),
+    /// a kernel wait whose events all fail `live` is treated the same way,
+    /// after purge_stale(): stale events neither end the wait early nor,
+    /// repeated, make the caller spin. The span stays valid until the next
+    /// call; it may hold stale events next to live ones. Throws
+    /// std::system_error for any other kernel error, and when purge_stale()
+    /// fails.
     std::span<const PollEvent> wait(Timeout timeout, LiveFilter live = {});
 
+    /// Whether the kernel may hold a registration this poller was told to
+    /// remove and could not, whose events would be stale.
+    [[nodiscard]] bool may_report_stale() const noexcept { return may_report_stale_; }
+
     /// Called by wait() when a kernel wait reported events, but only of
-    /// registrations the caller no longer has: the kernel keeps one this
-    /// poller was told to remove (epoll: a descriptor closed while a
-    /// duplicate keeps its open file alive can no longer be named to
-    /// EPOLL_CTL_DEL). Gets rid of them where the mechanism can. Returns 0
-    /// or the errno of a failure.
+    /// registrations the caller no longer has. Gets rid of what the kernel
+    /// keeps against the poller's will, where the mechanism can (epoll
+    /// rebuilds its set), and then clears may_report_stale(). Returns 0 or
+    /// the errno of a failure.
     virtual int purge_stale() noexcept { return 0; }
 
 protected:
+    /// See may_report_stale(): wait() checks its answers for stale events
+    /// only while this is set, so that it costs nothing otherwise.
+    void set_may_report_stale(bool may) noexcept { may_report_stale_ = may; }
+
     /// One kernel wait of at most `timeout` (nullopt: no limit; zero: do not
     /// block), appending to `ready`, which the caller cleared. Returns 0 or the
     /// errno value of the failed call; EINTR is retried by wait().
@@ -137,6 +149,7 @@ protected:
 
 private:
     std::vector<PollEvent> ready_;
+    bool may_report_stale_ = false;
 };
 
 // Factories for the mechanisms compiled on this platform (see muxio/config.hpp).
