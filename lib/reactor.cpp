@@ -121,13 +121,15 @@ struct Reactor::Impl {
 
     // The fd callback running now, moved out of its key: which fd and side;
     // whether it changed its fd's registration meanwhile (then the key must
-    // be looked up again), and whether it replaced or removed itself (then
-    // it must not be put back).
+    // be looked up again), whether it replaced or removed itself (then it
+    // must not be put back), and whether its registration was made anew
+    // (add_handler(): then it goes back under the new token).
     int running_fd = -1;
     Events running_side;
-    std::uint64_t running_token = 0;  // its registration's token, kept up by add_handler()
     bool running_touched = false;
     bool running_replaced = false;
+    bool running_renewed = false;
+    std::uint64_t renewed_token = 0;
 
     // Embedding: a timerfd in the selector, armed so the selector's own
     // descriptor polls readable whenever there is work.
@@ -173,9 +175,9 @@ struct Reactor::Impl {
         Callback running = std::move(slot);
         running_fd = key.fd;
         running_side = side;
-        running_token = token;
         running_touched = false;
         running_replaced = false;
+        running_renewed = false;
         reactor.invoke(running);
         running_fd = -1;
         if (!running_touched) {
@@ -183,7 +185,7 @@ struct Reactor::Impl {
             return true;
         }
         if (!running_replaced) {
-            if (const Key* still = selector->find_current(running_token)) {
+            if (const Key* still = selector->find_current(running_renewed ? renewed_token : token)) {
                 (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
             }
         }
@@ -457,7 +459,8 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
     impl.selector->reregister(fd, key->events | side);
     impl.touching(fd, side);
     if (fd == impl.running_fd) {
-        impl.running_token = impl.selector->token_of(*key);  // the running callback goes back here
+        impl.running_renewed = true;  // the running callback goes back under the new token
+        impl.renewed_token = impl.selector->token_of(*key);
     }
     // The replaced callback dies last, once the key is consistent: its
     // captures' destructors may call back into the reactor, even remove `fd`.
