@@ -121,13 +121,15 @@ struct Reactor::Impl {
 
     // The fd callback running now, moved out of its key: which fd and side;
     // whether it changed its fd's registration meanwhile (then the key must
-    // be looked up again), whether it replaced or removed itself (then it
-    // must not be put back), and whether its registration was made anew
-    // (add_handler(): then it goes back under the new token).
+    // be looked up again), and whether it replaced or removed itself (then
+    // it must not be put back).
     int running_fd = -1;
     Events running_side;
     bool running_touched = false;
     bool running_replaced = false;
+    // Set by add_handler() when it made the running callback's registration
+    // anew (never without running_touched): the callback goes back under the
+    // new token. Cleared where it is read.
     bool running_renewed = false;
     std::uint64_t renewed_token = 0;
 
@@ -177,15 +179,16 @@ struct Reactor::Impl {
         running_side = side;
         running_touched = false;
         running_replaced = false;
-        running_renewed = false;
         reactor.invoke(running);
         running_fd = -1;
         if (!running_touched) {
             slot.assign_to_empty(std::move(running));
             return true;
         }
+        const std::uint64_t current = running_renewed ? renewed_token : token;
+        running_renewed = false;
         if (!running_replaced) {
-            if (const Key* still = selector->find_current(running_renewed ? renewed_token : token)) {
+            if (const Key* still = selector->find_current(current)) {
                 (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
             }
         }
