@@ -199,12 +199,13 @@ public:
         outer_.reset();
         registrations_.clear();
         closed_.clear();
+        has_closed_ = false;
         registered_ = 0;
     }
 
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
-        if (!closed_.empty()) [[unlikely]] {
+        if (has_closed_) [[unlikely]] {
             return wait_with_closed(ready);
         }
         const int count = wait_kernel(timeout, capacity());
@@ -239,7 +240,7 @@ private:
 
     // A wait while closed registrations exist: they are ready now, so the
     // kernel is only polled, for the others.
-    int wait_with_closed(std::vector<PollEvent>& ready) {
+    [[gnu::noinline, gnu::cold]] int wait_with_closed(std::vector<PollEvent>& ready) {
         const int count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
         if (count < 0) {
             return errno;
@@ -284,11 +285,13 @@ private:
 
     void unlist_closed(int fd) noexcept {
         closed_.erase(std::remove(closed_.begin(), closed_.end(), fd), closed_.end());
+        has_closed_ = !closed_.empty();
     }
 
     void note_closed(int fd) noexcept {
         registrations_.at_growing(fd).state = State::closed;  // there since add(): no allocation
         closed_.push_back(fd);                                // within the capacity add() reserved
+        has_closed_ = true;
     }
 
     [[nodiscard]] bool is_closed_token(std::uint64_t token) const noexcept {
@@ -378,6 +381,7 @@ private:
     std::vector<epoll_event> events_;
     DescriptorTable<Registration> registrations_{Registration{}};
     std::vector<int> closed_;  // descriptors whose registration is closed
+    bool has_closed_ = false;  // !closed_.empty(), which every wait asks
     std::size_t registered_ = 0;
 };
 

@@ -75,7 +75,8 @@ protected:
 private:
     static constexpr std::uint64_t no_token = ~std::uint64_t{0};
 
-    void report(const fd_set& readable, const fd_set& writable, int count, std::vector<PollEvent>& ready) const {
+    [[gnu::always_inline]] void report(const fd_set& readable, const fd_set& writable, int count,
+                                       std::vector<PollEvent>& ready) const {
         for (int fd = 0, left = count; fd <= max_fd_ && left > 0; ++fd) {
             Events events;
             if (FD_ISSET(fd, &readable)) {
@@ -97,7 +98,7 @@ private:
     // condition, ready for both directions, at every wait until they are
     // removed; the others are polled without them. Costs a check per
     // registered descriptor, only while one is closed.
-    int report_closed(std::vector<PollEvent>& ready) const {
+    [[gnu::noinline, gnu::cold]] int report_closed(std::vector<PollEvent>& ready) const {
         fd_set readable = readers_;
         fd_set writable = writers_;
         for (int fd = 0; fd <= max_fd_; ++fd) {
