@@ -185,13 +185,13 @@ void FdWatch::adopt() noexcept {
         return;
     }
     try {
-        // Adding a side that is registered swaps its callback and nothing
-        // else: no system call, and no allocation for a one-pointer capture.
+        // Only the callbacks move: the kernel registration stays as it is, so
+        // no system call, and no allocation for a one-pointer capture.
         if (reading_) {
-            register_side(EVENT_READ);
+            reactor_->replace_handler(fd_, EVENT_READ, [this] { ready(EVENT_READ); });
         }
         if (writing_) {
-            register_side(EVENT_WRITE);
+            reactor_->replace_handler(fd_, EVENT_WRITE, [this] { ready(EVENT_WRITE); });
         }
     } catch (...) {
         // The reactor is closed (its registrations are gone) or belongs to

@@ -1,16 +1,50 @@
-// Per-descriptor bookkeeping the portable pollers share.
+// Per-descriptor bookkeeping the pollers and the reactor share.
 #pragma once
 
 #include <fcntl.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "muxio/error.hpp"
 
 namespace muxio::detail {
+
+// Owns a descriptor the library made (epoll, eventfd, ...) from the moment
+// the kernel returns it, so that a constructor throwing afterwards, for want
+// of memory say, cannot leak it.
+class OwnedFd {
+public:
+    OwnedFd() = default;
+    explicit OwnedFd(int fd) noexcept : fd_{fd} {}
+    OwnedFd(OwnedFd&& other) noexcept : fd_{std::exchange(other.fd_, -1)} {}
+    OwnedFd& operator=(OwnedFd&& other) noexcept {
+        if (this != &other) {
+            reset(std::exchange(other.fd_, -1));
+        }
+        return *this;
+    }
+    OwnedFd(const OwnedFd&) = delete;
+    OwnedFd& operator=(const OwnedFd&) = delete;
+    ~OwnedFd() { reset(); }
+
+    [[nodiscard]] int get() const noexcept { return fd_; }
+    [[nodiscard]] bool valid() const noexcept { return fd_ >= 0; }
+    [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
+    void reset(int fd = -1) noexcept {
+        if (fd_ >= 0) {
+            ::close(fd_);
+        }
+        fd_ = fd;
+    }
+
+private:
+    int fd_ = -1;
+};
 
 // select(2) and poll(2) take any number without complaint and only fail at
 // wait time (EBADF for the whole select() call, POLLNVAL for poll). Checking
@@ -46,6 +80,8 @@ public:
         }
     }
     void clear() noexcept { values_.clear(); }
+    /// One past the highest descriptor ever grown to.
+    [[nodiscard]] int size() const noexcept { return static_cast<int>(values_.size()); }
 
 private:
     std::vector<T> values_;

@@ -86,12 +86,22 @@ public:
         if (const int result = io_uring_queue_init_params(submission_entries, &ring_, &params); result < 0) {
             throw_system_error(-result, "io_uring_queue_init");
         }
+        // The destructor does not run for a constructor that throws: until
+        // the end, the ring is this guard's.
+        struct ExitUnlessKept {
+            io_uring* ring;
+            ~ExitUnlessKept() {
+                if (ring != nullptr) {
+                    io_uring_queue_exit(ring);
+                }
+            }
+        } guard{&ring_};
         // Without NODROP a full completion queue loses completions, and a lost
         // poll completion silences its descriptor for good.
         if ((params.features & IORING_FEAT_NODROP) == 0) {
-            io_uring_queue_exit(&ring_);
             throw_system_error(EOPNOTSUPP, "io_uring_queue_init (the kernel lacks IORING_FEAT_NODROP)");
         }
+        guard.ring = nullptr;
         open_ = true;
     }
     ~IoUringPoller() override { close(); }
@@ -132,34 +142,33 @@ public:
         }
     }
 
-    // The old arm is cancelled and a new one submitted in the same call; the
-    // new sequence makes any completion of the old arm stale, whether it
-    // fired before the cancellation reached it or reports -ECANCELED.
-    // (IORING_OP_POLL_REMOVE's update mode would save one request but fails
-    // with ENOENT when the old arm already fired, which needs the same
-    // re-arm anyway.)
+    // The old arm is cancelled and a new one submitted (arm_again()).
     void modify(int fd, Events /*old_events*/, Events new_events, std::uint64_t token) override {
-        require_open("io_uring POLL_ADD", fd);
-        Entry* entry = find(fd);
-        if (entry == nullptr || !entry->registered) {
-            throw_system_error(ENOENT, "io_uring modify", fd);
+        Entry& entry = registered_entry(fd);
+        if (arm_again(fd, entry, to_poll_mask(new_events), token) != 0) {
+            // The descriptor was closed (EBADF): the kernel watches nothing
+            // for it. The registration stays; every wait arms it again, is
+            // refused again and reports an error condition, until remove(),
+            // as poll(2) reports POLLNVAL.
+            queue_rearm(fd, entry);
         }
-        if (entry->armed) {
-            int error = 0;
-            io_uring_sqe* cancel = acquire_sqe(error);
-            if (cancel == nullptr) {
-                throw_system_error(error, "io_uring_submit(POLL_REMOVE)", fd);
-            }
-            prepare_cancel(cancel, fd, *entry);
-        }
-        entry->sequence = next_sequence(entry->sequence);
-        entry->mask = to_poll_mask(new_events);
-        entry->token = token;
-        const int refused = arm_now(fd, *entry);
         rearm_now_if_polled();
-        if (refused != 0) {
+    }
+
+    // A poll submitted at once looks the number up: it watches the open file
+    // the number names now, whatever the old arm watched.
+    void reregister(int fd, Events /*old_events*/, Events new_events, std::uint64_t token) override {
+        Entry& entry = registered_entry(fd);
+        const unsigned old_mask = entry.mask;
+        const std::uint64_t old_token = entry.token;
+        if (const int refused = arm_again(fd, entry, to_poll_mask(new_events), token); refused != 0) {
+            entry.mask = old_mask;
+            entry.token = old_token;
+            queue_rearm(fd, entry);  // a closed registration, as in modify()
+            rearm_now_if_polled();
             throw_system_error(refused, "io_uring POLL_ADD", fd);
         }
+        rearm_now_if_polled();
     }
 
     // Submitted at once: an armed poll holds a reference to the file, so a
@@ -383,6 +392,36 @@ private:
             queue_rearm(fd, entry);
         }
         return 0;
+    }
+
+    Entry& registered_entry(int fd) {
+        require_open("io_uring POLL_ADD", fd);
+        Entry* entry = find(fd);
+        if (entry == nullptr || !entry->registered) {
+            throw_system_error(ENOENT, "io_uring modify", fd);
+        }
+        return *entry;
+    }
+
+    // Cancels the current arm and submits one for `mask` and `token` in the
+    // same call. The new sequence makes any completion of the old arm stale,
+    // whether it fired before the cancellation reached it or reports
+    // -ECANCELED. (IORING_OP_POLL_REMOVE's update mode would save one request
+    // but fails with ENOENT when the old arm already fired, which needs the
+    // same re-arm anyway.) Returns the errno of a refused poll (see arm_now()).
+    int arm_again(int fd, Entry& entry, unsigned mask, std::uint64_t token) {
+        if (entry.armed) {
+            int error = 0;
+            io_uring_sqe* cancel = acquire_sqe(error);
+            if (cancel == nullptr) {
+                throw_system_error(error, "io_uring_submit(POLL_REMOVE)", fd);
+            }
+            prepare_cancel(cancel, fd, entry);
+        }
+        entry.sequence = next_sequence(entry.sequence);
+        entry.mask = mask;
+        entry.token = token;
+        return arm_now(fd, entry);
     }
 
     // See fileno(). Best effort: whatever fails here is retried by the next wait.

@@ -2,6 +2,7 @@
 // conversions, and choosing a mechanism by name or by what the kernel accepts.
 #include "muxio/detail/poller.hpp"
 
+#include <fcntl.h>
 #include <sys/time.h>
 
 #include <algorithm>
@@ -24,7 +25,19 @@ namespace muxio::detail {
 using std::chrono::nanoseconds;
 using Clock = std::chrono::steady_clock;
 
-std::span<const PollEvent> Poller::wait(Timeout timeout) {
+namespace {
+
+bool reports_live(std::span<const PollEvent> events, LiveFilter live) noexcept {
+    if (live.is_live == nullptr) {
+        return true;
+    }
+    return std::any_of(events.begin(), events.end(),
+                       [&](const PollEvent& event) { return live.is_live(live.owner, event.token); });
+}
+
+}  // namespace
+
+std::span<const PollEvent> Poller::wait(Timeout timeout, LiveFilter live) {
     ready_.clear();
     if (timeout && *timeout < nanoseconds::zero()) {
         timeout = nanoseconds::zero();
@@ -35,12 +48,26 @@ std::span<const PollEvent> Poller::wait(Timeout timeout) {
     const Clock::time_point deadline = bounded && *timeout < Clock::time_point::max() - Clock::now()
                                            ? Clock::now() + *timeout
                                            : Clock::time_point::max();
+    bool purged_while_polling = false;
     for (;;) {
         const int error = wait_once(timeout, ready_);
         if (error == 0) {
-            return ready_;
-        }
-        if (error != EINTR) {
+            if (!may_report_stale_ || ready_.empty() || reports_live(ready_, live)) [[likely]] {
+                return ready_;
+            }
+            ready_.clear();
+            if (const int failed = purge_stale(); failed != 0) {
+                throw_system_error(failed, fmt::format("{} wait: dropping stale registrations", name()));
+            }
+            // A poll looks once more after the purge: stale events may have
+            // taken the room of live ones in the kernel's answer.
+            if (timeout && *timeout == nanoseconds::zero()) {
+                if (purged_while_polling) {
+                    return ready_;
+                }
+                purged_while_polling = true;
+            }
+        } else if (error != EINTR) {
             throw_system_error(error, fmt::format("{} wait", name()));
         }
         ready_.clear();
@@ -48,6 +75,13 @@ std::span<const PollEvent> Poller::wait(Timeout timeout) {
             timeout = std::max(nanoseconds::zero(), std::chrono::duration_cast<nanoseconds>(deadline - Clock::now()));
         }
     }
+}
+
+void Poller::reregister(int fd, Events old_events, Events new_events, std::uint64_t token) {
+    if (::fcntl(fd, F_GETFD) == -1) {
+        throw_system_error(errno, fmt::format("{}: register", name()), fd);
+    }
+    modify(fd, old_events, new_events, token);
 }
 
 int Poller::to_milliseconds(Timeout timeout) noexcept {

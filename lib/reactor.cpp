@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include "descriptor_table.hpp"
 #include "muxio/detail/ring_queue.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
@@ -126,6 +127,11 @@ struct Reactor::Impl {
     Events running_side;
     bool running_touched = false;
     bool running_replaced = false;
+    // Set by add_handler() when it made the running callback's registration
+    // anew (never without running_touched): the callback goes back under the
+    // new token. Cleared where it is read.
+    bool running_renewed = false;
+    std::uint64_t renewed_token = 0;
 
     // Embedding: a timerfd in the selector, armed so the selector's own
     // descriptor polls readable whenever there is work.
@@ -179,8 +185,10 @@ struct Reactor::Impl {
             slot.assign_to_empty(std::move(running));
             return true;
         }
+        const std::uint64_t current = running_renewed ? renewed_token : token;
+        running_renewed = false;
         if (!running_replaced) {
-            if (const Key* still = selector->find_current(token)) {
+            if (const Key* still = selector->find_current(current)) {
                 (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
             }
         }
@@ -219,16 +227,12 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     fork_generation_ = current_fork_generation();
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
-    impl_->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (impl_->wake_fd < 0) {
+    detail::OwnedFd wake{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
+    if (!wake.valid()) {
         throw_system_error(errno, "eventfd");
     }
-    try {
-        impl_->selector->register_(impl_->wake_fd, EVENT_READ);
-    } catch (...) {
-        ::close(impl_->wake_fd);
-        throw;
-    }
+    impl_->selector->register_(wake.get(), EVENT_READ);
+    impl_->wake_fd = wake.release();  // close() closes it from here on
 }
 
 Reactor::~Reactor() {
@@ -443,18 +447,38 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
     }
     const auto map = impl.selector->get_map();
     const auto* key = map.find(fd);
-    impl.touching(fd, side);
     if (key == nullptr) {
         FdHandlers handlers;
         (side == EVENT_READ ? handlers.reader : handlers.writer) = std::move(callback);
         impl.selector->register_(fd, side, std::move(handlers));
+        impl.touching(fd, side);
         return;
     }
-    if (!key->events.contains(side)) {
-        impl.selector->modify(fd, key->events | side);
+    // Registered anew even when only a callback is replaced: the fd may have
+    // been closed and its number reused without telling the reactor, and the
+    // kernel would then watch the old file, or nothing, for the new reader.
+    // The new token drops late events of what was watched before. On a
+    // closed fd this throws EBADF and changes nothing.
+    impl.selector->reregister(fd, key->events | side);
+    impl.touching(fd, side);
+    if (fd == impl.running_fd) {
+        impl.running_renewed = true;  // the running callback goes back under the new token
+        impl.renewed_token = impl.selector->token_of(*key);
     }
     // The replaced callback dies last, once the key is consistent: its
     // captures' destructors may call back into the reactor, even remove `fd`.
+    const Callback replaced =
+        std::exchange(side == EVENT_READ ? key->data.reader : key->data.writer, std::move(callback));
+}
+
+void Reactor::replace_handler(int fd, Events side, Callback callback) {
+    check_usable(side == EVENT_READ ? "add_reader" : "add_writer");
+    Impl& impl = *impl_;
+    const auto* key = fd < 0 ? nullptr : impl.selector->get_map().find(fd);
+    if (key == nullptr || !key->events.contains(side) || fd == impl.wake_fd || fd == impl.embed_timer_fd) {
+        throw std::logic_error(fmt::format("fd {} has no {} to replace", fd, side == EVENT_READ ? "reader" : "writer"));
+    }
+    impl.touching(fd, side);
     const Callback replaced =
         std::exchange(side == EVENT_READ ? key->data.reader : key->data.writer, std::move(callback));
 }
@@ -475,13 +499,16 @@ bool Reactor::remove_handler(int fd, Events side) {
         (void)impl.selector->unregister(fd);
     } else {
         // Dies at the end of this block, after the modify, for the same
-        // reason as in add_handler().
+        // reason as in add_handler(). On a descriptor closed behind the
+        // reactor's back the modify succeeds too: the other side stays, and
+        // the selector reports it as an error condition until it is removed.
         const Callback removed = std::move(side == EVENT_READ ? key->data.reader : key->data.writer);
         try {
             impl.selector->modify(fd, remaining);
         } catch (const std::system_error& error) {
-            // The fd was closed: the selector dropped its registration, the
-            // other side with it. Removal must still work after a close.
+            // A mechanism that still refuses a closed descriptor (kqueue,
+            // /dev/poll) made the selector drop the key: removal must work
+            // after a close all the same.
             if (error.code() != std::errc::bad_file_descriptor) {
                 throw;
             }

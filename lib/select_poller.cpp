@@ -1,4 +1,5 @@
 // select(2): the portable baseline. Descriptors are limited to FD_SETSIZE.
+#include <fcntl.h>
 #include <sys/select.h>
 
 #include <cerrno>
@@ -65,8 +66,17 @@ protected:
         const bool bounded = to_timeval(timeout, limit);
         const int count = ::select(max_fd_ + 1, &readable, &writable, nullptr, bounded ? &limit : nullptr);
         if (count < 0) {
-            return errno;
+            return errno == EBADF ? report_closed(ready) : errno;
         }
+        report(readable, writable, count, ready);
+        return 0;
+    }
+
+private:
+    static constexpr std::uint64_t no_token = ~std::uint64_t{0};
+
+    [[gnu::always_inline]] void report(const fd_set& readable, const fd_set& writable, int count,
+                                       std::vector<PollEvent>& ready) const {
         for (int fd = 0, left = count; fd <= max_fd_ && left > 0; ++fd) {
             Events events;
             if (FD_ISSET(fd, &readable)) {
@@ -81,11 +91,35 @@ protected:
                 ready.push_back({tokens_[fd], events});
             }
         }
-        return 0;
     }
 
-private:
-    static constexpr std::uint64_t no_token = ~std::uint64_t{0};
+    // select(2) fails the whole call (EBADF) when one registered descriptor
+    // was closed. Those are reported as poll(2) reports POLLNVAL: as an error
+    // condition, ready for both directions, at every wait until they are
+    // removed; the others are polled without them. Costs a check per
+    // registered descriptor, only while one is closed.
+    [[gnu::noinline, gnu::cold]] int report_closed(std::vector<PollEvent>& ready) const {
+        fd_set readable = readers_;
+        fd_set writable = writers_;
+        for (int fd = 0; fd <= max_fd_; ++fd) {
+            if ((FD_ISSET(fd, &readable) || FD_ISSET(fd, &writable)) && ::fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+                FD_CLR(fd, &readable);
+                FD_CLR(fd, &writable);
+                ready.push_back({tokens_[fd], EVENT_READ_WRITE});
+            }
+        }
+        if (ready.empty()) {
+            return EBADF;  // nothing registered is closed: not ours to explain
+        }
+        ::timeval now{};
+        const int count = ::select(max_fd_ + 1, &readable, &writable, nullptr, &now);
+        if (count > 0) {
+            report(readable, writable, count, ready);
+        }
+        // A failure here (a signal, another descriptor closed meanwhile)
+        // leaves the open ones for the next wait: they are level-triggered.
+        return 0;
+    }
 
     void set(int fd, Events events, std::uint64_t token) {
         tokens_.at_growing(fd) = token;

@@ -38,6 +38,8 @@ struct FrameLink {
     FrameLink* next = nullptr;
 };
 
+class FdWatch;
+
 // The coroutine layer's access to the reactor's list of frames.
 struct FrameRegistry {
     static void adopt(Reactor& reactor, FrameLink& link, std::coroutine_handle<> frame) noexcept;
@@ -125,13 +127,30 @@ public:
     /// triggered: until the data is consumed or the reader removed). Replaces
     /// an earlier reader of `fd`. The reactor does not own `fd`; remove the
     /// reader before closing it.
+    ///
+    /// Every add, first, second side or replacement, has the kernel watch
+    /// the open file `fd` names now, under a new registration: a number
+    /// closed and reused without remove_reader() gets a reader that fires for
+    /// its new file, and late readiness of the old file is dropped. So
+    /// replacing a callback costs a system call; the callback is in place
+    /// only once the kernel agreed. std::system_error with EBADF if `fd` is
+    /// closed: nothing changes then, and a side `fd` already has stays, and is
+    /// called as for an error condition (see remove_reader()).
     void add_reader(int fd, Callback callback);
     /// Like add_reader() for writability.
     void add_writer(int fd, Callback callback);
     /// Removes the reader of `fd`; returns whether there was one. The fd is
-    /// unregistered when it has neither reader nor writer. Works after `fd`
-    /// was closed. A callback removed during an iteration is not called again
-    /// in that iteration.
+    /// unregistered when it has neither reader nor writer. A callback removed
+    /// during an iteration is not called again in that iteration.
+    ///
+    /// On a descriptor closed behind the reactor's back it works the same:
+    /// never throws, and only the reader goes; the writer stays (has_writer()
+    /// stays true until remove_writer()). The kernel watches nothing for a
+    /// closed descriptor, so a side left on one is called in every iteration,
+    /// as for an error condition (as poll(2) reports POLLNVAL), until it is
+    /// removed: its own read or write fails with EBADF and tells its owner.
+    /// Before any call reveals the close, what happens depends on the
+    /// mechanism (docs/ARCHITECTURE.md, "Contracts under misuse").
     bool remove_reader(int fd);
     /// Like remove_reader() for the writer.
     bool remove_writer(int fd);
@@ -251,6 +270,7 @@ public:
 private:
     friend class TimerHandle;
     friend struct detail::FrameRegistry;
+    friend class detail::FdWatch;
     struct Impl;
 
     // Inline and branch-only on the way through: call_soon() pays it per call.
@@ -272,6 +292,10 @@ private:
     void invoke(Callback& callback) noexcept;
     void report(std::exception_ptr error) noexcept;
     void add_handler(int fd, Events side, Callback callback);
+    // Swaps the callback of a side `fd` has, and nothing else: no system
+    // call, no new token. For FdWatch, whose callbacks point at it and follow
+    // it when it moves. std::logic_error if `fd` has no such side.
+    void replace_handler(int fd, Events side, Callback callback);
     bool remove_handler(int fd, Events side);
     [[nodiscard]] bool has_handler(int fd, Events side) const noexcept;
     void drain_wakeups();

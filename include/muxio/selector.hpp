@@ -159,6 +159,25 @@ private:
 ///  - `std::system_error`: the kernel refused; the message names the call and fd.
 ///  - `std::logic_error`: any use after close(), except close() itself.
 ///
+/// A registration names a descriptor number; what the kernel watches behind
+/// it differs per mechanism, and these rules make them agree
+/// (docs/ARCHITECTURE.md, "Contracts under misuse"):
+///  - Unregister before closing. A descriptor found closed while registered
+///    (at once by select and poll, by epoll and io_uring when a call meets
+///    it) is reported by every select() as an error condition, ready for its
+///    events, until it is unregistered. unregister() and modify() still
+///    succeed on it; register_() and reregister() throw EBADF.
+///  - A duplicate (dup, dup2, fork, SCM_RIGHTS) shares the open file, not the
+///    registration: to watch it, register its own number. Close a registered
+///    number while a duplicate keeps the file open, and epoll and io_uring
+///    go on reporting that file under the closed number until it is
+///    unregistered; epoll may report it even after (EPOLL_CTL_DEL can no
+///    longer name it). Such stale events never end a select() early: they
+///    are dropped, the wait goes on for the time left, and the epoll set is
+///    rebuilt without them.
+///  - A number closed and given to another file without unregister:
+///    reregister() watches the new file, under a new token.
+///
 /// Not thread-safe: one selector belongs to one thread at a time.
 /// Not copyable or movable: keys and views point into it.
 template <class Data>
@@ -184,8 +203,7 @@ public:
             throw KeyError(fmt::format("{} (fd {}) is already registered", describe(fileobj), fd));
         }
         const auto index = static_cast<std::size_t>(fd);
-        std::uint32_t generation = (index < slots_.size() ? slots_[index].generation : 0U) + 1U;
-        generation += generation == 0 ? 1U : 0U;  // 0 stays the never-used slot's
+        const std::uint32_t generation = next_generation(index < slots_.size() ? slots_[index].generation : 0U);
         // The kernel is asked before anything is recorded, so a refusal leaves
         // no trace, and an absurd descriptor number is refused (EBADF) before
         // the table grows to reach it.
@@ -230,7 +248,10 @@ public:
     /// changed is changed: new data with the same events makes no system
     /// call. If the kernel refuses the new events, the file object is
     /// unregistered and the error rethrown (Python's rule: the key would
-    /// otherwise claim events the kernel does not watch).
+    /// otherwise claim events the kernel does not watch). A descriptor closed
+    /// since it was registered is not refused: the key takes the new events
+    /// and select() reports it as an error condition, ready for them, until
+    /// it is unregistered (select, poll, epoll and io_uring alike).
     const Key& modify(const FileObject& fileobj, Events events, Data data) {
         const Key& key = modify(fileobj, events);
         key.data = std::move(data);
@@ -261,17 +282,46 @@ public:
         return key;
     }
 
+    /// Registers `fileobj` again in place, for an owner whose descriptor may
+    /// have been closed and its number reused by another file without an
+    /// unregister: the key stays where it is, with its data; `events`
+    /// replace the events watched; and the kernel is asked to watch the open
+    /// file the descriptor names now, under a new token, so that readiness
+    /// of the registration before (the old file's included) is dropped
+    /// (is_current() turns false for it). One system call on epoll and
+    /// io_uring, one check (fcntl) on select and poll. Throws as modify()
+    /// does for a bad mask or a file object not registered, and
+    /// std::system_error when the descriptor is closed (EBADF) or the kernel
+    /// refuses the file it names: the key then keeps its events and token,
+    /// and if the kernel watches nothing for it now, select() reports it as
+    /// an error condition until it is unregistered.
+    const Key& reregister(const FileObject& fileobj, Events events) {
+        ensure_open("reregister");
+        check_events(events);
+        const int fd = fd_of(fileobj);
+        Slot* slot = slot_of(fd);
+        if (slot == nullptr) {
+            throw KeyError(fmt::format("{} is not registered", describe(fileobj)));
+        }
+        const std::uint32_t generation = next_generation(slot->generation);
+        poller_->reregister(fd, slot->key->events, events, make_token(fd, generation));
+        slot->generation = generation;
+        slot->key->events = events;
+        return *slot->key;
+    }
+
     /// Waits until some registered file object is ready or the timeout expires.
     /// `std::nullopt` blocks; zero or negative polls; positive waits at least
-    /// that long (rounded up to what the kernel can express). A signal does
-    /// not end the wait early. Returns the ready keys, each with its ready
+    /// that long (rounded up to what the kernel can express). Neither a
+    /// signal nor events of registrations that are gone end the wait early.
+    /// Returns the ready keys, each with its ready
     /// events masked by the key's events; errors and hang-ups count as ready.
     /// The span is reused: valid until the next select(), and an entry only
     /// while its key stays registered (see is_current()).
     std::span<const Ready> select(detail::Timeout timeout) {
         ensure_open("select");
         ready_.clear();
-        for (const detail::PollEvent& event : poller_->wait(timeout)) {
+        for (const detail::PollEvent& event : poller_->wait(timeout, live_filter())) {
             // Drop events of a registration that no longer exists: the
             // descriptor was unregistered, or unregistered and registered
             // again (a new generation), after the kernel queued the event.
@@ -294,12 +344,13 @@ public:
     /// (token, events) pairs, neither filtered nor masked. An entry may name
     /// a registration that is gone (find_current() returns nullptr) and
     /// carry events its key does not watch; errors and hang-ups set both
-    /// events. Saves select()'s per-entry lookup and copy. The span is valid
-    /// until the next select() or select_tokens().
+    /// events. Waits as select() does: an answer of stale entries only does
+    /// not end it. Saves select()'s per-entry lookup and copy. The span is
+    /// valid until the next select() or select_tokens().
     std::span<const detail::PollEvent> select_tokens(detail::Timeout timeout) {
         ensure_open("select");
         ready_.clear();
-        return poller_->wait(timeout);
+        return poller_->wait(timeout, live_filter());
     }
 
     /// Any std::chrono duration; fractional durations round up.
@@ -329,6 +380,12 @@ public:
             return nullptr;
         }
         return &*slot.key;
+    }
+
+    /// The token of `key`'s registration now, as select_tokens() reports it
+    /// and find_current() resolves it; it changes with reregister().
+    [[nodiscard]] std::uint64_t token_of(const Key& key) const noexcept {
+        return make_token(key.fd, slots_[static_cast<std::size_t>(key.fd)].generation);
     }
 
     /// Asks the CPU to start loading the slot `token` names, for an event
@@ -403,6 +460,19 @@ private:
     // Indexed by descriptor; grows without moving its elements, which keeps
     // keys at stable addresses.
     using SlotTable = detail::ChunkedTable<Slot>;
+
+    // What the poller asks before it lets a kernel answer end a wait: events
+    // of registrations that are gone only make it wait on (see Poller::wait).
+    [[nodiscard]] detail::LiveFilter live_filter() const noexcept {
+        return {this, [](const void* self, std::uint64_t token) noexcept {
+                    return static_cast<const BaseSelector*>(self)->find_current(token) != nullptr;
+                }};
+    }
+
+    // Generation 0 stays the never-used slot's.
+    static std::uint32_t next_generation(std::uint32_t generation) noexcept {
+        return generation + 1U == 0U ? 1U : generation + 1U;
+    }
 
     static std::uint64_t make_token(int fd, std::uint32_t generation) noexcept {
         return (std::uint64_t{generation} << 32U) | static_cast<std::uint32_t>(fd);

@@ -29,8 +29,11 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
+#include "muxio/detail/poller.hpp"
 #include "muxio/selectors.hpp"
+#include "support/allocation_failure.hpp"
 #include "support/selector_support.hpp"
 #include "support/support.hpp"
 
@@ -276,6 +279,72 @@ private:
 #if defined(__linux__)
     timer_t timer_{};
 #endif
+};
+
+// Passes everything to a backend's poller and counts the kernel waits, so a
+// test can tell a wait that blocks from one that spins.
+class CountingPoller final : public muxio::detail::Poller {
+public:
+    explicit CountingPoller(std::unique_ptr<muxio::detail::Poller> inner) : inner_{std::move(inner)} {}
+
+    [[nodiscard]] int waits() const noexcept { return waits_; }
+
+    std::string_view name() const noexcept override { return inner_->name(); }
+    int fileno() const noexcept override { return inner_->fileno(); }
+    void add(int fd, Events events, std::uint64_t token) override {
+        const Mirror mirror{*this};
+        inner_->add(fd, events, token);
+    }
+    void modify(int fd, Events old_events, Events new_events, std::uint64_t token) override {
+        const Mirror mirror{*this};
+        inner_->modify(fd, old_events, new_events, token);
+    }
+    void reregister(int fd, Events old_events, Events new_events, std::uint64_t token) override {
+        const Mirror mirror{*this};
+        inner_->reregister(fd, old_events, new_events, token);
+    }
+    std::error_code remove(int fd, Events events) noexcept override {
+        const Mirror mirror{*this};
+        return inner_->remove(fd, events);
+    }
+    int purge_stale() noexcept override {
+        const Mirror mirror{*this};
+        return inner_->purge_stale();
+    }
+    void close() noexcept override { inner_->close(); }
+
+protected:
+    int wait_once(muxio::detail::Timeout timeout, std::vector<muxio::detail::PollEvent>& ready) override {
+        const Mirror mirror{*this};
+        ++waits_;
+        const auto events = inner_->wait(timeout);
+        ready.insert(ready.end(), events.begin(), events.end());
+        return 0;
+    }
+
+private:
+    // Whatever the inner poller says about stale events, this one says too.
+    struct Mirror {
+        CountingPoller& poller;
+        ~Mirror() { poller.set_may_report_stale(poller.inner_->may_report_stale()); }
+    };
+
+    std::unique_ptr<muxio::detail::Poller> inner_;
+    int waits_ = 0;
+};
+
+// A selector over `Backend`'s poller wrapped in a CountingPoller.
+template <class Backend, class Data = int>
+class CountingSelector final : public muxio::BaseSelector<Data> {
+public:
+    CountingSelector()
+        : CountingSelector{std::make_unique<CountingPoller>(muxio::detail::make_poller(Backend::name))} {}
+    [[nodiscard]] int waits() const noexcept { return counter_->waits(); }
+
+private:
+    explicit CountingSelector(std::unique_ptr<CountingPoller> poller)
+        : muxio::BaseSelector<Data>{std::unique_ptr<muxio::detail::Poller>{poller.get()}}, counter_{poller.release()} {}
+    const CountingPoller* counter_;
 };
 
 }  // namespace
@@ -769,6 +838,19 @@ TEST_CASE_TEMPLATE("fileno is the kernel object or -1", B, MUXIO_TEST_BACKENDS) 
     } else {
         CHECK(selector.fileno() == -1);
     }
+}
+
+TEST_CASE_TEMPLATE("an allocation failing while a selector is made leaks no descriptor" *
+                       doctest::skip(!muxio::test::counts_allocations),
+                   B, MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    const std::size_t failures = muxio::test::fail_each_allocation_of([] { return std::make_unique<SelectorOf<B>>(); });
+    CHECK(failures >= 1);  // at least the selector itself
+    // And one made with its allocations intact, under the same check, works.
+    SocketPair pair;
+    SelectorOf<B> selector;
+    (void)selector.register_(pair.left.get(), EVENT_WRITE, 1);
+    CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{pair.left.get(), EVENT_WRITE}});
 }
 
 TEST_CASE_TEMPLATE("name is the mechanism", B, MUXIO_TEST_BACKENDS) {
@@ -1302,4 +1384,150 @@ TEST_CASE_TEMPLATE("steady-state select does not allocate" * doctest::skip(!muxi
     const std::size_t allocations = muxio::test::allocation_count() - before;
     CHECK(reported == 40 * pairs.size());
     CHECK(allocations == 0);
+}
+
+// ---------------------------------------------------------------------------
+// Closed, duplicated and reused descriptors (docs/ARCHITECTURE.md, "Contracts
+// under misuse")
+
+TEST_CASE_TEMPLATE("select waits out its timeout when an fd was closed behind a duplicate and unregistered", B,
+                   MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    // epoll watches the open file: with the registered number closed and a
+    // duplicate keeping the file open, EPOLL_CTL_DEL cannot name the entry,
+    // and the kernel goes on reporting it under the old registration's token.
+    SocketPair pair;
+    CountingSelector<B> selector;
+    const int number = pair.left.get();
+    const UniqueFd duplicate{::dup(number)};
+    REQUIRE(duplicate.get() >= 0);
+    (void)selector.register_(number, EVENT_READ, 1);
+    pair.left.reset();
+    muxio::test::write_all(pair.right.get(), "stale");  // the old file is readable from now on
+    (void)selector.unregister(number);
+
+    const int waits_before = selector.waits();
+    const Stopwatch stopwatch;
+    CHECK(selector.select(100ms).empty());
+    CHECK(stopwatch.elapsed() >= 100ms);
+    // The stale report, then one wait that blocks: no spinning inside select().
+    CHECK(selector.waits() - waits_before <= 3);
+
+    // And it stays quiet: every later select waits its time out in one
+    // kernel wait.
+    const Stopwatch window;
+    int selects = 0;
+    const int waits_in_window = selector.waits();
+    while (window.elapsed() < 200ms && selects < 100) {
+        CHECK(selector.select(50ms).empty());
+        ++selects;
+    }
+    CHECK(selects <= 5);
+    CHECK(selector.waits() - waits_in_window == selects);
+
+    // Live registrations still work, the number's new owner included.
+    SocketPair fresh;
+    UniqueFd reused = move_to_number(std::move(fresh.left), number);
+    (void)selector.register_(number, EVENT_READ, 2);
+    (void)selector.register_(fresh.right.get(), EVENT_WRITE, 3);
+    muxio::test::write_all(fresh.right.get(), "fresh");
+    CHECK(ready_by_fd(selector.select(5s)) ==
+          std::map<int, Events>{{number, EVENT_READ}, {fresh.right.get(), EVENT_WRITE}});
+}
+
+TEST_CASE_TEMPLATE("modify of a closed fd keeps the key and select reports it until it is unregistered", B,
+                   MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    // The kernel watches nothing for a closed descriptor any more. Every
+    // backend then reports the key as poll(2) reports POLLNVAL: as an error
+    // condition, ready for its events, at every select, so its owner learns.
+    SocketPair pair;
+    SocketPair other;
+    SelectorOf<B> selector;
+    const int closed = pair.left.get();
+    const auto& key = selector.register_(closed, EVENT_READ_WRITE, 1);
+    (void)selector.register_(other.left.get(), EVENT_READ, 2);
+    UniqueFd duplicate;
+    SUBCASE("closed") {}
+    SUBCASE("closed while a duplicate keeps its file open") {
+        duplicate.reset(::dup(closed));
+        REQUIRE(duplicate.get() >= 0);
+        muxio::test::write_all(pair.right.get(), "x");  // the old file is ready for both
+    }
+    pair.left.reset();
+    CHECK_NOTHROW((void)selector.modify(closed, EVENT_READ));
+    CHECK(&selector.get_key(closed) == &key);
+    CHECK(key.events == EVENT_READ);
+    for (int round = 0; round < 3; ++round) {
+        CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{closed, EVENT_READ}});
+    }
+    CHECK_NOTHROW((void)selector.modify(closed, EVENT_WRITE, 3));
+    CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{closed, EVENT_WRITE}});
+    CHECK(selector.unregister(closed).data == 3);
+    CHECK(selector.select(0s).empty());
+    const Stopwatch stopwatch;
+    CHECK(selector.select(50ms).empty());
+    CHECK(stopwatch.elapsed() >= 50ms);
+    muxio::test::write_all(other.right.get(), "x");
+    CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{other.left.get(), EVENT_READ}});
+}
+
+TEST_CASE_TEMPLATE("reregister watches the file a reused fd number names now, under a new token", B,
+                   MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    SocketPair old_pair;
+    SelectorOf<B> selector;
+    const int number = old_pair.left.get();
+    const auto& key = selector.register_(number, EVENT_READ, 1);
+    const std::uint64_t old_token = selector.token_of(key);
+    UniqueFd duplicate;
+    SUBCASE("the old file closed") {}
+    SUBCASE("the old file kept open by a duplicate, and ready") {
+        duplicate.reset(::dup(number));
+        REQUIRE(duplicate.get() >= 0);
+        muxio::test::write_all(old_pair.right.get(), "old");
+    }
+    old_pair.left.reset();  // closed without unregister
+    SocketPair new_pair;
+    UniqueFd reused = move_to_number(std::move(new_pair.left), number);
+
+    CHECK(&selector.reregister(number, EVENT_READ) == &key);
+    CHECK(key.data == 1);
+    CHECK(key.events == EVENT_READ);
+    CHECK(selector.token_of(key) != old_token);
+    CHECK(selector.find_current(old_token) == nullptr);
+    CHECK(selector.select(0s).empty());  // the old file's readiness is not the new one's
+    CHECK(selector.select(20ms).empty());
+    muxio::test::write_all(new_pair.right.get(), "new");
+    for (int round = 0; round < 2; ++round) {
+        CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{number, EVENT_READ}});
+    }
+    CHECK(selector.unregister(number).data == 1);
+    CHECK(selector.select(0s).empty());
+}
+
+TEST_CASE_TEMPLATE("reregister of a closed fd throws EBADF and keeps the key, reported until it is unregistered", B,
+                   MUXIO_TEST_BACKENDS) {
+    FdLeakCheck leak_check;
+    SocketPair pair;
+    SelectorOf<B> selector;
+    const int closed = pair.left.get();
+    const auto& key = selector.register_(closed, EVENT_READ_WRITE, 1);
+    const std::uint64_t token = selector.token_of(key);
+    pair.left.reset();
+    try {
+        (void)selector.reregister(closed, EVENT_READ);
+        FAIL("reregister accepted a closed fd");
+    } catch (const std::system_error& error) {
+        CHECK(error.code() == std::error_code{EBADF, std::system_category()});
+        CHECK(std::string{error.what()}.find(fmt::format("fd {}", closed)) != std::string::npos);
+    }
+    CHECK(&selector.get_key(closed) == &key);
+    CHECK(key.events == EVENT_READ_WRITE);
+    CHECK(selector.token_of(key) == token);
+    for (int round = 0; round < 2; ++round) {
+        CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{closed, EVENT_READ_WRITE}});
+    }
+    CHECK(selector.unregister(closed).data == 1);
+    CHECK(selector.select(0s).empty());
 }

@@ -69,6 +69,10 @@ struct FakeKernel {
     int remove_errno = 0;               // remove() reports this error
     std::deque<Step> steps;             // wait_once() answers, in order
     std::vector<PollEvent> every_wait;  // answered once steps run out
+    bool may_report_stale = false;      // what the poller tells wait()
+    int purges = 0;                     // purge_stale() calls
+    int purge_errno = 0;                // what purge_stale() returns
+    bool purge_clears_stale = true;     // a purge that works: every_wait is emptied
 
     [[nodiscard]] int system_calls() const noexcept { return adds + modifies + removes + waits; }
 };
@@ -106,8 +110,18 @@ public:
 
     void close() noexcept override { ++kernel_->closes; }
 
+    int purge_stale() noexcept override {
+        ++kernel_->purges;
+        if (kernel_->purge_errno == 0 && kernel_->purge_clears_stale) {
+            kernel_->every_wait.clear();
+            kernel_->may_report_stale = false;
+        }
+        return kernel_->purge_errno;
+    }
+
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
+        set_may_report_stale(kernel_->may_report_stale);
         ++kernel_->waits;
         kernel_->wait_timeouts.push_back(timeout);
         if (kernel_->steps.empty()) {
@@ -569,4 +583,82 @@ TEST_CASE("each registration of an fd gets a new token") {
     }
     (void)selector.register_(6, EVENT_READ, 0);
     CHECK(token_of(*kernel, 6) != token_of(*kernel, 5));
+}
+
+// ---------------------------------------------------------------------------
+// Stale events from a kernel that keeps a registration (Poller::wait)
+
+TEST_CASE("an answer of stale events only does not end a select while the poller may report them") {
+    FdLeakCheck leak_check;
+    auto kernel = std::make_shared<FakeKernel>();
+    FakeSelector<int> selector{kernel};
+    (void)selector.register_(5, EVENT_READ, 1);
+    const std::uint64_t live = token_of(*kernel, 5);
+    (void)selector.register_(6, EVENT_READ, 2);
+    const std::uint64_t gone = token_of(*kernel, 6);
+    (void)selector.unregister(6);
+    kernel->may_report_stale = true;
+    kernel->every_wait = {{gone, EVENT_READ}};  // what the kernel keeps reporting until purged
+
+    SUBCASE("a timed select waits out the time left after the purge") {
+        kernel->steps.push_back({0, {{gone, EVENT_READ}}, 10ms, false});
+        kernel->steps.push_back({0, {}, {}, true});
+        const Stopwatch stopwatch;
+        CHECK(selector.select(50ms).empty());
+        CHECK(stopwatch.elapsed() >= 50ms);
+        CHECK(kernel->purges == 1);
+        REQUIRE(kernel->wait_timeouts.size() == 2);
+        REQUIRE(kernel->wait_timeouts[1].has_value());
+        CHECK(*kernel->wait_timeouts[1] <= 40ms);  // the time left, not the whole timeout again
+    }
+    SUBCASE("a blocking select goes on until something live is ready") {
+        kernel->steps.push_back({0, {{gone, EVENT_READ}}, {}, false});
+        kernel->steps.push_back({0, {{live, EVENT_READ}}, {}, false});
+        const auto ready = selector.select(std::nullopt);
+        REQUIRE(ready.size() == 1);
+        CHECK(ready[0].key().data == 1);
+        CHECK(kernel->purges == 1);
+    }
+    SUBCASE("a poll looks once more after the purge") {
+        kernel->steps.push_back({0, {{gone, EVENT_READ}}, {}, false});
+        kernel->steps.push_back({0, {{live, EVENT_READ}}, {}, false});
+        CHECK(selector.select(0s).size() == 1);
+        CHECK(kernel->waits == 2);
+    }
+    SUBCASE("a poll that meets stale events again returns empty") {
+        kernel->purge_clears_stale = false;
+        CHECK(selector.select(0s).empty());
+        CHECK(kernel->waits == 2);
+        CHECK(kernel->purges == 2);
+    }
+    SUBCASE("a live event next to stale ones ends the wait at once") {
+        kernel->steps.push_back({0, {{gone, EVENT_READ}, {live, EVENT_READ}}, {}, false});
+        CHECK(selector.select(5s).size() == 1);
+        CHECK(kernel->purges == 0);
+    }
+    SUBCASE("a purge that fails is thrown") {
+        kernel->purge_errno = EMFILE;
+        try {
+            (void)selector.select(5s);
+            FAIL("select did not throw");
+        } catch (const std::system_error& error) {
+            CHECK(error.code() == std::error_code{EMFILE, std::system_category()});
+            CHECK(std::string{error.what()}.find("fake wait") != std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("stale events are left to the selector while the poller does not say it may report them") {
+    FdLeakCheck leak_check;
+    // A registration replaced between waits: select() drops its event, and
+    // the poller is not asked to look at its answers at all.
+    auto kernel = std::make_shared<FakeKernel>();
+    FakeSelector<int> selector{kernel};
+    (void)selector.register_(6, EVENT_READ, 2);
+    const std::uint64_t gone = token_of(*kernel, 6);
+    (void)selector.unregister(6);
+    kernel->steps.push_back({0, {{gone, EVENT_READ}}, {}, false});
+    CHECK(selector.select(5s).empty());
+    CHECK(kernel->waits == 1);
+    CHECK(kernel->purges == 0);
 }

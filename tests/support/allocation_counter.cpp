@@ -1,6 +1,8 @@
-// Counting operator new, for the "does not allocate" tests. In the support
-// library: the linker pulls this object in, replacing the global operator
-// new, in every test binary that calls allocation_count().
+// Counting operator new, for the "does not allocate" tests, and a failure
+// injector for the "an allocation failure leaks nothing" tests. In the
+// support library: the linker pulls this object in, replacing the global
+// operator new, in every test binary that calls allocation_count() or uses
+// FailNthAllocation.
 #include <atomic>
 #include <cstddef>
 #include <cstdlib>
@@ -14,6 +16,11 @@
 
 namespace {
 std::atomic<std::size_t> allocations{0};
+
+// Per thread, so that another thread's allocations (a logger, a resolver
+// worker) neither take nor hide the failure armed by a test.
+thread_local std::size_t allocations_until_failure = 0;  // 0: nothing armed
+thread_local bool injected_failure = false;
 }  // namespace
 
 #if !MUXIO_TEST_TSAN
@@ -21,6 +28,10 @@ namespace {
 
 void* counted_allocation(std::size_t size) noexcept {
     allocations.fetch_add(1, std::memory_order_relaxed);
+    if (allocations_until_failure != 0 && --allocations_until_failure == 0) {
+        injected_failure = true;
+        return nullptr;
+    }
     return std::malloc(size == 0 ? 1 : size);  // NOLINT(cppcoreguidelines-no-malloc)
 }
 }  // namespace
@@ -67,6 +78,19 @@ namespace muxio::test {
 
 std::size_t allocation_count() noexcept {
     return allocations.load(std::memory_order_relaxed);
+}
+
+FailNthAllocation::FailNthAllocation(std::size_t nth) noexcept {
+    allocations_until_failure = counts_allocations ? nth : 0;
+    injected_failure = false;
+}
+
+FailNthAllocation::~FailNthAllocation() {
+    allocations_until_failure = 0;
+}
+
+bool FailNthAllocation::failed() const noexcept {
+    return injected_failure;
 }
 
 }  // namespace muxio::test

@@ -92,6 +92,21 @@ void fill_until_blocked(int fd);
 /// Whether allocation_count() counts (not under ThreadSanitizer).
 inline constexpr bool counts_allocations = MUXIO_TEST_TSAN == 0;
 
+/// For its lifetime, the `nth` operator new on this thread from now (1: the
+/// next one) fails once, as the system's would: the throwing forms throw
+/// std::bad_alloc, the nothrow forms return nullptr. Does nothing under
+/// ThreadSanitizer (see counts_allocations).
+class FailNthAllocation {
+public:
+    explicit FailNthAllocation(std::size_t nth) noexcept;
+    ~FailNthAllocation();
+    FailNthAllocation(const FailNthAllocation&) = delete;
+    FailNthAllocation& operator=(const FailNthAllocation&) = delete;
+
+    /// Whether the armed allocation has failed yet.
+    [[nodiscard]] bool failed() const noexcept;
+};
+
 /// Raises RLIMIT_NOFILE's soft limit towards `wanted` (bounded by the hard
 /// limit); returns the soft limit now in force.
 long raise_fd_limit(long wanted);

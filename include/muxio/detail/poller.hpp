@@ -6,10 +6,24 @@
 //    natively (io_uring re-arms one-shot polls to get this meaning).
 //  - Error and hang-up conditions are reported as ready for reading and
 //    writing; the selector masks them down to the events registered.
+//  - A registration whose descriptor is found closed (poll: POLLNVAL;
+//    select: the call's EBADF; epoll, io_uring: a modify or re-arm refused
+//    with EBADF) is a closed registration: it stays until remove(), and
+//    every wait reports it at once as an error condition, so that its owner
+//    learns rather than waiting on a descriptor the kernel no longer watches.
 //  - A descriptor appears at most once in one wait()'s result.
 //  - The kernel carries only the 64-bit token given at add()/modify(), never
 //    a pointer: the selector decodes it (fd | generation) and drops events of
 //    registrations that no longer exist. Pollers never see user data.
+//  - Stale events never end a wait. A backend whose kernel may keep a
+//    registration it was told to remove (epoll, when EPOLL_CTL_DEL cannot
+//    name a closed descriptor's entry) says so with set_may_report_stale();
+//    while it does, a kernel wait that reports only tokens the caller no
+//    longer has (LiveFilter) is not a result: wait() asks the backend to
+//    purge_stale() and waits on for the time left, so a positive timeout is
+//    waited out in full and such a registration cannot make a caller spin.
+//    Other stale events (a registration replaced between waits) are dropped
+//    by the caller, entry by entry.
 //  - add() either succeeds or throws with nothing changed.
 //  - remove() never throws: a descriptor closed since it was added is fine.
 //  - No allocation per wait() in steady state: buffers grow with the number
@@ -45,6 +59,13 @@ struct PollEvent {
     Events events;        ///< READ and/or WRITE; errors and hang-ups set both
 };
 
+/// Tells Poller::wait() which tokens name a registration its caller still
+/// has. Without a function every token counts as live.
+struct LiveFilter {
+    const void* owner = nullptr;
+    bool (*is_live)(const void* owner, std::uint64_t token) noexcept = nullptr;
+};
+
 class Poller {
 public:
     Poller() = default;
@@ -62,9 +83,22 @@ public:
     /// std::invalid_argument when the mechanism cannot represent `fd`
     /// (select's FD_SETSIZE); on throw nothing changed.
     virtual void add(int fd, Events events, std::uint64_t token) = 0;
-    /// Changes the watched events of a descriptor added before. Throws
-    /// std::system_error; the caller then removes the descriptor.
+    /// Changes the watched events and the token of a descriptor added
+    /// before. A descriptor closed since is no error: the registration stays,
+    /// as a closed one that every wait reports as an error condition until
+    /// remove() (see the contract above). Throws std::system_error only when
+    /// the mechanism itself fails; the caller then removes the descriptor.
     virtual void modify(int fd, Events old_events, Events new_events, std::uint64_t token) = 0;
+    /// Watches `fd` anew, under a new `token`, for the open file its number
+    /// names now: for a caller whose user may have closed the descriptor and
+    /// had its number reused by another file without removing it first
+    /// (epoll and io_uring would go on watching the old file, or nothing).
+    /// Throws std::system_error if `fd` is closed (EBADF) or the kernel
+    /// refuses the file; the registration then keeps its events and token,
+    /// and if the kernel watches nothing for it now it is a closed one. The
+    /// default checks that `fd` is open and calls modify(), right for
+    /// mechanisms that watch numbers (select, poll).
+    virtual void reregister(int fd, Events old_events, Events new_events, std::uint64_t token);
     /// Stops watching `fd`. Never throws; reports what the kernel said, for
     /// logging (EBADF or ENOENT after the descriptor was closed is expected).
     virtual std::error_code remove(int fd, Events events) noexcept = 0;
@@ -72,11 +106,31 @@ public:
     virtual void close() noexcept = 0;
 
     /// Waits for readiness. Retries after a signal with the time left (PEP 475),
-    /// so it never returns early because of EINTR. The span stays valid until
-    /// the next call. Throws std::system_error for any other kernel error.
-    std::span<const PollEvent> wait(Timeout timeout);
+    /// so it never returns early because of EINTR. While may_report_stale(),
+    /// a kernel wait whose events all fail `live` is treated the same way,
+    /// after purge_stale(): stale events neither end the wait early nor,
+    /// repeated, make the caller spin. The span stays valid until the next
+    /// call; it may hold stale events next to live ones. Throws
+    /// std::system_error for any other kernel error, and when purge_stale()
+    /// fails.
+    std::span<const PollEvent> wait(Timeout timeout, LiveFilter live = {});
+
+    /// Whether the kernel may hold a registration this poller was told to
+    /// remove and could not, whose events would be stale.
+    [[nodiscard]] bool may_report_stale() const noexcept { return may_report_stale_; }
+
+    /// Called by wait() when a kernel wait reported events, but only of
+    /// registrations the caller no longer has. Gets rid of what the kernel
+    /// keeps against the poller's will, where the mechanism can (epoll
+    /// rebuilds its set), and then clears may_report_stale(). Returns 0 or
+    /// the errno of a failure.
+    virtual int purge_stale() noexcept { return 0; }
 
 protected:
+    /// See may_report_stale(): wait() checks its answers for stale events
+    /// only while this is set, so that it costs nothing otherwise.
+    void set_may_report_stale(bool may) noexcept { may_report_stale_ = may; }
+
     /// One kernel wait of at most `timeout` (nullopt: no limit; zero: do not
     /// block), appending to `ready`, which the caller cleared. Returns 0 or the
     /// errno value of the failed call; EINTR is retried by wait().
@@ -95,6 +149,7 @@ protected:
 
 private:
     std::vector<PollEvent> ready_;
+    bool may_report_stale_ = false;
 };
 
 // Factories for the mechanisms compiled on this platform (see muxio/config.hpp).
