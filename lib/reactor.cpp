@@ -7,10 +7,14 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstring>
+#include <ctime>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <system_error>
@@ -81,6 +85,18 @@ void write_wakeup(int fd) noexcept {
 void drain_wakeup(int fd) noexcept {
     std::uint64_t count = 0;
     [[maybe_unused]] const ssize_t ignored = ::read(fd, &count, sizeof count);
+}
+
+// A positive duration as a timespec: whole seconds and the nanoseconds left.
+// Duration::max() is about 292 years, which a 64-bit time_t holds, and the
+// kernel clamps a timer that far away to its own limit.
+std::timespec to_timespec(Reactor::Duration duration) noexcept {
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(duration);
+    std::timespec spec{};
+    spec.tv_sec = static_cast<std::time_t>(
+        std::min<std::chrono::seconds::rep>(seconds.count(), std::numeric_limits<std::time_t>::max()));
+    spec.tv_nsec = static_cast<long>(std::chrono::duration_cast<std::chrono::nanoseconds>(duration - seconds).count());
+    return spec;
 }
 
 void default_exception_handler(std::exception_ptr error) {
@@ -236,6 +252,10 @@ Reactor::~Reactor() {
     close();
 }
 
+void detail::refuse_nan_delay(std::string_view operation) {
+    throw std::invalid_argument(fmt::format("{}: the delay is not a number", operation));
+}
+
 void Reactor::refuse(std::string_view operation) const {
     if (closed_) {
         throw std::logic_error(fmt::format("{}: reactor is closed", operation));
@@ -296,7 +316,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     if (!soon_.empty()) {
         wait = Duration::zero();
     } else if (const auto deadline = impl.scheduler.next_deadline()) {
-        const Duration until = std::max(Duration::zero(), *deadline - impl.now());
+        const Duration until = detail::time_until(*deadline, impl.now());
         if (!wait || until < *wait) {
             wait = until;
         }
@@ -532,11 +552,8 @@ TimerHandle Reactor::call_soon(Callback callback) {
 
 TimerHandle Reactor::call_later(Duration delay, Callback callback) {
     // The clock is read now, not at the last iteration, so a timer never
-    // fires less than `delay` after this call. A deadline past the end of the
-    // clock's range saturates: wrapping around would put it in the past.
-    const TimePoint now = impl_->now();
-    const bool overflows = now > TimePoint{} && delay > TimePoint::max() - now;
-    return call_at(overflows ? TimePoint::max() : now + std::max(delay, Duration::zero()), std::move(callback));
+    // fires less than `delay` after this call.
+    return call_at(detail::deadline_after(impl_->now(), delay), std::move(callback));
 }
 
 TimerHandle Reactor::call_at(TimePoint when, Callback callback) {
@@ -810,28 +827,32 @@ int Reactor::embed_fd() {
 
 void Reactor::rearm_embedding() {
     Impl& impl = *impl_;
-    // Work queued: fire at once. Otherwise at the nearest timer (the timerfd
-    // shares steady_clock's CLOCK_MONOTONIC). Ready descriptors make the
-    // selector's own descriptor readable without help.
-    std::optional<TimePoint> target;
-    if (!soon_.empty()) {
-        target = TimePoint{Duration{1}};
-    } else {
-        target = impl.scheduler.next_deadline();
-        if (target && *target <= TimePoint{Duration{1}}) {
-            target = TimePoint{Duration{1}};
-        }
-    }
+    // Work queued: fire at once (TimePoint::min() stands for "now").
+    // Otherwise at the nearest timer. Ready descriptors make the selector's
+    // own descriptor readable without help.
+    const std::optional<TimePoint> target =
+        soon_.empty() ? impl.scheduler.next_deadline() : std::optional<TimePoint>{TimePoint::min()};
     if (target == impl.embed_armed_for) {
         return;
     }
-    itimerspec spec{};
+    itimerspec spec{};  // all zero: disarmed
+    int flags = 0;
     if (target) {
-        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(target->time_since_epoch()).count();
-        spec.it_value.tv_sec = static_cast<std::time_t>(ns / 1'000'000'000);
-        spec.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+        // A zero it_value would disarm the timer: one nanosecond is the
+        // earliest expiry that still fires.
+        constexpr Duration earliest{1};
+        if (impl.clock) {
+            // An injected clock has no kernel counterpart: arm for the time
+            // left as that clock sees it now, on the real clock.
+            spec.it_value = to_timespec(std::max(detail::time_until(*target, impl.now()), earliest));
+        } else {
+            // steady_clock is CLOCK_MONOTONIC: arm at the deadline itself, so
+            // time spent between now and the call cannot push it later.
+            spec.it_value = to_timespec(std::max(target->time_since_epoch(), earliest));
+            flags = TFD_TIMER_ABSTIME;
+        }
     }
-    if (::timerfd_settime(impl.embed_timer_fd, TFD_TIMER_ABSTIME, &spec, nullptr) == -1) {
+    if (::timerfd_settime(impl.embed_timer_fd, flags, &spec, nullptr) == -1) {
         throw_system_error(errno, "timerfd_settime", impl.embed_timer_fd);
     }
     impl.embed_armed_for = target;
@@ -845,7 +866,7 @@ std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
         return Duration::zero();
     }
     if (const auto deadline = impl_->scheduler.next_deadline()) {
-        return std::max(Duration::zero(), *deadline - impl_->now());
+        return detail::time_until(*deadline, impl_->now());
     }
     return std::nullopt;
 }

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
@@ -48,6 +49,63 @@ struct FrameRegistry {
 // refuses to run there, since it shares the parent's epoll or io_uring
 // instance. Read on every call_soon(), hence visible here.
 extern std::atomic<std::uint64_t> fork_generation;
+
+// Deadline arithmetic that cannot overflow. The reactor's time points span
+// the whole of the clock's range (an injected clock may start anywhere in
+// it), so a plain `now + delay` or `deadline - now` can wrap around, and a
+// wrapped deadline or wait is centuries off in the other direction.
+
+/// `now + delay`, clamped to the clock's range: a delay of zero or less gives
+/// `now`, and a deadline past TimePoint::max() is max(), a timer that never
+/// fires, not one in the past.
+constexpr std::chrono::steady_clock::time_point deadline_after(std::chrono::steady_clock::time_point now,
+                                                               std::chrono::steady_clock::duration delay) noexcept {
+    using TimePoint = std::chrono::steady_clock::time_point;
+    if (delay <= delay.zero()) {
+        return now;
+    }
+    return now.time_since_epoch() > TimePoint::max().time_since_epoch() - delay ? TimePoint::max() : now + delay;
+}
+
+/// The time from `now` until `deadline`: zero once it is due, and
+/// Duration::max() when the difference does not fit (a deadline near the
+/// end of the clock's range seen from a time near its beginning).
+constexpr std::chrono::steady_clock::duration time_until(std::chrono::steady_clock::time_point deadline,
+                                                         std::chrono::steady_clock::time_point now) noexcept {
+    using Duration = std::chrono::steady_clock::duration;
+    if (deadline <= now) {
+        return Duration::zero();
+    }
+    // Positive and below 2^64, so exact in unsigned arithmetic.
+    const auto gap = static_cast<std::uint64_t>(deadline.time_since_epoch().count()) -
+                     static_cast<std::uint64_t>(now.time_since_epoch().count());
+    return gap > static_cast<std::uint64_t>(Duration::max().count()) ? Duration::max()
+                                                                     : Duration{static_cast<Duration::rep>(gap)};
+}
+
+[[noreturn]] void refuse_nan_delay(std::string_view operation);
+
+/// Any std::chrono duration as the reactor's: rounded up to a whole tick,
+/// zero if negative, Duration::max() if too large. std::invalid_argument
+/// (naming `operation`) for a floating-point NaN.
+template <class Rep, class Period>
+std::chrono::steady_clock::duration clamp_delay(std::chrono::duration<Rep, Period> delay, std::string_view operation) {
+    using Duration = std::chrono::steady_clock::duration;
+    // Compared in long double, where converting any duration is exact or
+    // rounds, never overflows.
+    using Wide = std::chrono::duration<long double, Duration::period>;
+    const Wide wide{delay};
+    if (std::isnan(wide.count())) {
+        refuse_nan_delay(operation);
+    }
+    if (wide >= Wide{Duration::max()}) {
+        return Duration::max();
+    }
+    if (wide <= Wide::zero()) {
+        return Duration::zero();
+    }
+    return std::chrono::ceil<Duration>(wide);
+}
 
 }  // namespace detail
 
@@ -157,24 +215,21 @@ public:
         return queued_soon(position);
     }
     /// Runs `callback` once `delay` has passed: never earlier; callbacks due at
-    /// the same instant run in the order they were scheduled.
+    /// the same instant run in the order they were scheduled. A delay of zero
+    /// or less runs it in the next iteration that takes due timers; one that
+    /// would pass the end of the clock's range saturates at TimePoint::max()
+    /// (a timer that never fires) instead of wrapping into the past.
     TimerHandle call_later(Duration delay, Callback callback);
-    /// Runs `callback` at `when` or as soon after as the loop can.
+    /// Runs `callback` at `when` or as soon after as the loop can. Any time
+    /// point is valid: one in the past, TimePoint::min() included, is due at
+    /// once; TimePoint::max() never comes.
     TimerHandle call_at(TimePoint when, Callback callback);
     /// Any std::chrono duration; fractional ones round up, and one too large
     /// for Duration saturates (never fires) instead of overflowing.
+    /// std::invalid_argument for a floating-point NaN.
     template <class Rep, class Period>
     TimerHandle call_later(std::chrono::duration<Rep, Period> delay, Callback callback) {
-        // Compared in long double, where no conversion of a duration overflows.
-        using Wide = std::chrono::duration<long double, Duration::period>;
-        const Wide wide{delay};
-        if (wide >= Wide{Duration::max()}) {
-            return call_later(Duration::max(), std::move(callback));
-        }
-        if (wide <= Wide::zero()) {
-            return call_later(Duration::zero(), std::move(callback));
-        }
-        return call_later(std::chrono::ceil<Duration>(delay), std::move(callback));
+        return call_later(detail::clamp_delay(delay, "call_later"), std::move(callback));
     }
     /// The reactor's clock now.
     [[nodiscard]] TimePoint time() const;
@@ -207,8 +262,9 @@ public:
     /// if already running, closed, or in a forked child.
     void run();
     /// Runs one iteration, waiting at most `timeout` for something to do
-    /// (nullopt: as long as needed; zero: poll). Returns the number of
-    /// callbacks run.
+    /// (nullopt: as long as needed; zero or negative, Duration::min()
+    /// included: poll; Duration::max(): as long as needed). Returns the
+    /// number of callbacks run.
     std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
     /// Makes run() return after the current iteration. Harmless when not running.
     void stop() noexcept;
@@ -238,8 +294,9 @@ public:
     /// and call run_once(0). Needs a selector that owns a kernel object
     /// (epoll, io_uring, kqueue): std::logic_error with select or poll.
     [[nodiscard]] int embed_fd();
-    /// How long until the reactor has work: zero if callbacks are queued, the
-    /// time to the nearest timer, or nullopt if nothing is scheduled.
+    /// How long until the reactor has work: zero if callbacks are queued or a
+    /// timer is due, the time to the nearest timer (Duration::max() if it is
+    /// further than that), or nullopt if nothing is scheduled.
     [[nodiscard]] std::optional<Duration> time_to_next_work() const;
 
     /// The selector's mechanism name.
