@@ -28,10 +28,12 @@
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
 #include "scheduler.hpp"
+#include "wakeup_fault.hpp"
 
 namespace muxio {
 
 std::atomic<std::uint64_t> detail::fork_generation{0};
+std::atomic<detail::WakeupFault> detail::wakeup_fault{nullptr};
 
 namespace {
 
@@ -65,25 +67,36 @@ static_assert(NSIG <= signal_limit, "signal table too small for this platform");
 std::array<SignalRoute, signal_limit> signal_routes;
 std::mutex signal_owners_mutex;
 
+// The errno a test makes this call fail with, or 0 (see wakeup_fault.hpp).
+inline int injected_fault(detail::WakeupCall call, int fd) noexcept {
+    const detail::WakeupFault fault = detail::wakeup_fault.load(std::memory_order_relaxed);
+    return fault == nullptr ? 0 : fault(call, fd);
+}
+
+void write_wakeup(int fd, detail::WakeupCall call) noexcept {
+    const std::uint64_t one = 1;
+    if (injected_fault(call, fd) != 0) {
+        return;
+    }
+    // EAGAIN means the counter is already non-zero: the loop is woken anyway.
+    [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
+}
+
 extern "C" void muxio_on_signal(int signo) {
     const int saved_errno = errno;
     SignalRoute& route = signal_routes[static_cast<std::size_t>(signo)];
     route.pending.store(true, std::memory_order_release);
     if (const int fd = route.wake_fd.load(std::memory_order_acquire); fd >= 0) {
-        const std::uint64_t one = 1;
-        [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
+        write_wakeup(fd, detail::WakeupCall::signal_write);
     }
     errno = saved_errno;
 }
 
-void write_wakeup(int fd) noexcept {
-    const std::uint64_t one = 1;
-    // EAGAIN means the counter is already non-zero: the loop is woken anyway.
-    [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
-}
-
-void drain_wakeup(int fd) noexcept {
+void drain_wakeup(int fd, detail::WakeupCall call) noexcept {
     std::uint64_t count = 0;
+    if (injected_fault(call, fd) != 0) {
+        return;
+    }
     [[maybe_unused]] const ssize_t ignored = ::read(fd, &count, sizeof count);
 }
 
@@ -332,7 +345,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         if (fd == impl.wake_fd) {
             drain_wakeups();
         } else if (fd == impl.embed_timer_fd) {
-            drain_wakeup(fd);
+            drain_wakeup(fd, detail::WakeupCall::drain_read);
             impl.embed_armed_for.reset();
         }
     }
@@ -697,14 +710,14 @@ void Reactor::call_soon_threadsafe(Callback callback) {
     }
     // Written outside the lock, so the woken loop does not find it held.
     if (wake_fd >= 0) {
-        write_wakeup(wake_fd);
+        write_wakeup(wake_fd, detail::WakeupCall::threadsafe_write);
         impl.wakers.fetch_sub(1, std::memory_order_release);
     }
 }
 
 void Reactor::drain_wakeups() {
     Impl& impl = *impl_;
-    drain_wakeup(impl.wake_fd);
+    drain_wakeup(impl.wake_fd, detail::WakeupCall::drain_read);
     {
         std::lock_guard lock{impl.incoming_mutex};
         // Cleared before taking the queue: a callback added after this point
