@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <stdexcept>
@@ -73,13 +74,35 @@ inline int injected_fault(detail::WakeupCall call, int fd) noexcept {
     return fault == nullptr ? 0 : fault(call, fd);
 }
 
-void write_wakeup(int fd, detail::WakeupCall call) noexcept {
+// Wakeup writes that failed in this process: by a signal handler, or by a
+// call_soon_threadsafe() that other callers' callbacks were counting on.
+// Each reactor compares it with the value it saw last once per iteration, and
+// on a change takes its threadsafe queue and looks at its signals, whatever
+// woke it: what the failed write should have announced is not lost, only
+// late. Written only on failures, so reading it costs no cache traffic.
+std::atomic<std::uint64_t> missed_wakeups{0};
+
+// Adds one to an eventfd's counter, retrying after a signal. Returns 0 once
+// the descriptor is sure to poll readable: the write went through, or the
+// counter is at its maximum (EAGAIN), which is readable already. Else the
+// errno value, with nothing written. Async-signal-safe.
+int write_wakeup(int fd, detail::WakeupCall call) noexcept {
     const std::uint64_t one = 1;
-    if (injected_fault(call, fd) != 0) {
-        return;
+    for (;;) {
+        int error = injected_fault(call, fd);
+        if (error == 0) {
+            if (::write(fd, &one, sizeof one) >= 0) {
+                return 0;
+            }
+            error = errno;
+        }
+        if (error == EAGAIN) {
+            return 0;
+        }
+        if (error != EINTR) {
+            return error;
+        }
     }
-    // EAGAIN means the counter is already non-zero: the loop is woken anyway.
-    [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
 }
 
 extern "C" void muxio_on_signal(int signo) {
@@ -87,17 +110,42 @@ extern "C" void muxio_on_signal(int signo) {
     SignalRoute& route = signal_routes[static_cast<std::size_t>(signo)];
     route.pending.store(true, std::memory_order_release);
     if (const int fd = route.wake_fd.load(std::memory_order_acquire); fd >= 0) {
-        write_wakeup(fd, detail::WakeupCall::signal_write);
+        if (write_wakeup(fd, detail::WakeupCall::signal_write) != 0) {
+            // Nothing to report to from here. `pending` stays set, and the
+            // loop's next iteration, whatever wakes it, runs the handler.
+            missed_wakeups.fetch_add(1, std::memory_order_relaxed);
+        }
     }
     errno = saved_errno;
 }
 
-void drain_wakeup(int fd, detail::WakeupCall call) noexcept {
+// Empties the counter of an eventfd (the wakeups or the embedding timerfd),
+// retrying after a signal. Returns 0 once it is empty (EAGAIN: it was
+// already, a spurious readiness), else the errno value.
+int drain_wakeup(int fd, detail::WakeupCall call) noexcept {
     std::uint64_t count = 0;
-    if (injected_fault(call, fd) != 0) {
-        return;
+    for (;;) {
+        int error = injected_fault(call, fd);
+        if (error == 0) {
+            if (::read(fd, &count, sizeof count) >= 0) {
+                return 0;
+            }
+            error = errno;
+        }
+        if (error == EAGAIN) {
+            return 0;
+        }
+        if (error != EINTR) {
+            return error;
+        }
     }
-    [[maybe_unused]] const ssize_t ignored = ::read(fd, &count, sizeof count);
+}
+
+// A drain that fails leaves the descriptor readable: the loop would spin on
+// it. The iteration stops here, before anything is taken, so nothing is
+// lost, and the caller of run() hears of it.
+[[noreturn, gnu::cold, gnu::noinline]] void refuse_drain(int error, int fd) {
+    throw_system_error(error, "run: read of the reactor's own eventfd", fd);
 }
 
 // A positive duration as a timespec: whole seconds and the nanoseconds left.
@@ -170,9 +218,15 @@ struct Reactor::Impl {
     alignas(64) std::mutex incoming_mutex;
     std::vector<Callback> incoming;  // guarded by incoming_mutex
     std::vector<Callback> incoming_spare;
-    bool wake_pending = false;     // guarded by incoming_mutex; coalesces writes
-    bool incoming_closed = false;  // guarded by incoming_mutex
-    std::atomic<int> wakers{0};    // call_soon_threadsafe() calls writing to wake_fd now
+    // Guarded by incoming_mutex. True while a wakeup is written or the
+    // eventfd holds one the loop has not drained: calls then need not write
+    // (coalescing). Never true while the eventfd is empty for good, or a
+    // wakeup would be lost.
+    bool wake_pending = false;
+    bool incoming_closed = false;           // guarded by incoming_mutex
+    std::uint64_t incoming_takes = 0;       // guarded by incoming_mutex: times `incoming` was taken
+    std::atomic<int> wakers{0};             // call_soon_threadsafe() calls writing to wake_fd now
+    std::uint64_t missed_wakeups_seen = 0;  // the loop's last look at missed_wakeups
 
     // Signals handled by this reactor and what was installed before. Last:
     // 14 KiB that would otherwise part the fields a dispatch reads.
@@ -345,9 +399,18 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         if (fd == impl.wake_fd) {
             drain_wakeups();
         } else if (fd == impl.embed_timer_fd) {
-            drain_wakeup(fd, detail::WakeupCall::drain_read);
+            if (const int error = drain_wakeup(fd, detail::WakeupCall::drain_read); error != 0) [[unlikely]] {
+                refuse_drain(error, fd);
+            }
             impl.embed_armed_for.reset();
         }
+    }
+    // A wakeup write failed somewhere: what it would have announced is
+    // taken now, in this iteration, whatever woke it.
+    if (const std::uint64_t missed = missed_wakeups.load(std::memory_order_relaxed); missed != impl.missed_wakeups_seen)
+        [[unlikely]] {
+        impl.missed_wakeups_seen = missed;
+        take_wakeups();
     }
 
     // 3. Take the due timers, in deadline order, ties in scheduling order.
@@ -653,6 +716,7 @@ void Reactor::close() {
     {
         std::lock_guard lock{impl.incoming_mutex};
         impl.incoming_closed = true;
+        ++impl.incoming_takes;
         never_run.swap(impl.incoming);
     }
     while (impl.wakers.load(std::memory_order_acquire) != 0) {
@@ -694,6 +758,8 @@ void Reactor::call_soon_threadsafe(Callback callback) {
     require_callback(callback, "call_soon_threadsafe");
     Impl& impl = *impl_;
     int wake_fd = -1;
+    std::size_t position = 0;
+    std::uint64_t takes = 0;
     {
         std::lock_guard lock{impl.incoming_mutex};
         if (impl.incoming_closed) {
@@ -703,6 +769,10 @@ void Reactor::call_soon_threadsafe(Callback callback) {
         if (!impl.wake_pending) {
             impl.wake_pending = true;
             wake_fd = impl.wake_fd;
+            // Where this callback is until the loop takes the queue, in case
+            // the write fails and it must come out again.
+            position = impl.incoming.size() - 1;
+            takes = impl.incoming_takes;
             // Counted under the lock: close() waits for this write before it
             // closes the descriptor.
             impl.wakers.fetch_add(1, std::memory_order_relaxed);
@@ -710,20 +780,68 @@ void Reactor::call_soon_threadsafe(Callback callback) {
     }
     // Written outside the lock, so the woken loop does not find it held.
     if (wake_fd >= 0) {
-        write_wakeup(wake_fd, detail::WakeupCall::threadsafe_write);
+        if (const int error = write_wakeup(wake_fd, detail::WakeupCall::threadsafe_write); error != 0) [[unlikely]] {
+            wakeup_failed(error, wake_fd, position, takes);
+        }
         impl.wakers.fetch_sub(1, std::memory_order_release);
     }
 }
 
-void Reactor::drain_wakeups() {
+void Reactor::wakeup_failed(int error, int wake_fd, std::size_t position, std::uint64_t takes) {
     Impl& impl = *impl_;
-    drain_wakeup(impl.wake_fd, detail::WakeupCall::drain_read);
+    Callback refused;
+    bool others_waiting = false;
     {
         std::lock_guard lock{impl.incoming_mutex};
-        // Cleared before taking the queue: a callback added after this point
+        // Nothing was written: the next call must write again.
+        impl.wake_pending = false;
+        // Unless the loop (or close()) took the queue meanwhile, the callback
+        // is where it was put: it comes out, so that the error means it will
+        // not run.
+        if (impl.incoming_takes == takes) {
+            refused = std::move(impl.incoming[position]);
+            impl.incoming.erase(impl.incoming.begin() + static_cast<std::ptrdiff_t>(position));
+        }
+        others_waiting = !impl.incoming.empty();
+    }
+    if (others_waiting) {
+        // Calls since this one did not write, counting on this write.
+        missed_wakeups.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (refused) {
+        refused = nullptr;  // its captures are destroyed here, on the caller's thread
+        impl.wakers.fetch_sub(1, std::memory_order_release);
+        throw_system_error(error, "call_soon_threadsafe: write to the reactor's eventfd", wake_fd);
+    }
+    // Taken by the loop, which runs it (or by close(), which drops it):
+    // the write was not needed.
+}
+
+void Reactor::drain_wakeups() {
+    Impl& impl = *impl_;
+    if (const int error = drain_wakeup(impl.wake_fd, detail::WakeupCall::drain_read); error != 0) [[unlikely]] {
+        refuse_drain(error, impl.wake_fd);
+    }
+    take_wakeups();
+}
+
+void Reactor::take_wakeups() {
+    Impl& impl = *impl_;
+    {
+        std::lock_guard lock{impl.incoming_mutex};
+        if (impl.incoming_spare.empty()) [[likely]] {
+            impl.incoming.swap(impl.incoming_spare);
+        } else {
+            // Taken twice in one iteration (a missed wakeup besides a
+            // drained one): appended after the batch taken first.
+            impl.incoming_spare.reserve(impl.incoming_spare.size() + impl.incoming.size());
+            std::move(impl.incoming.begin(), impl.incoming.end(), std::back_inserter(impl.incoming_spare));
+            impl.incoming.clear();
+        }
+        // Cleared while taking the queue: a callback added after this point
         // writes a new wakeup, so none is left behind without one.
         impl.wake_pending = false;
-        impl.incoming.swap(impl.incoming_spare);
+        ++impl.incoming_takes;
     }
     // The batch runs in place in this iteration (run_iteration step 4):
     // these callbacks have no handle to cancel them.

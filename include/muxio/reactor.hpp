@@ -236,8 +236,16 @@ public:
 
     /// Schedules `callback` from any thread and wakes the loop if it is
     /// blocked. Wakeups coalesce: many calls before the loop wakes cost one
-    /// write. Throws std::logic_error once the reactor is closed (the callback
-    /// is then destroyed on the calling thread).
+    /// write to the reactor's eventfd.
+    ///
+    /// Errors: std::logic_error once the reactor is closed; std::system_error
+    /// when the kernel refuses the wakeup write (EINTR is retried; EAGAIN, a
+    /// full counter, wakes the loop anyway and is no error). On either throw
+    /// the call had no effect: `callback` was not queued and has been
+    /// destroyed on the calling thread. No wakeup is lost to a failed write:
+    /// the next call writes again, and callbacks that other threads queued
+    /// meanwhile, counting on that write, run in the loop's next iteration,
+    /// whatever ends its wait.
     void call_soon_threadsafe(Callback callback);
     /// stop(), from any thread.
     void stop_threadsafe();
@@ -246,6 +254,9 @@ public:
 
     /// Runs `callback` in the loop (never in signal context) after `signo` is
     /// delivered; deliveries between two iterations coalesce into one call.
+    /// If the signal handler cannot write its wakeup (the kernel refuses),
+    /// the delivery is kept and the callback runs in the loop's next
+    /// iteration, whatever ends its wait.
     /// Replaces an earlier handler of this reactor. The previous disposition
     /// is saved and restored by remove_signal_handler() and close(). One
     /// reactor per signal: std::logic_error if another reactor handles it.
@@ -259,12 +270,16 @@ public:
 
     /// Runs iterations until stop(). If stop() was called before, runs one
     /// iteration that polls without blocking, then returns. std::logic_error
-    /// if already running, closed, or in a forked child.
+    /// if already running, closed, or in a forked child. std::system_error
+    /// when a read of the reactor's own eventfd or timerfd fails: that
+    /// iteration ends there, before running anything, and what was queued
+    /// stays queued for the next (a descriptor left readable would
+    /// otherwise make the loop spin).
     void run();
     /// Runs one iteration, waiting at most `timeout` for something to do
     /// (nullopt: as long as needed; zero or negative, Duration::min()
     /// included: poll; Duration::max(): as long as needed). Returns the
-    /// number of callbacks run.
+    /// number of callbacks run. Errors as run().
     std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
     /// Makes run() return after the current iteration. Harmless when not running.
     void stop() noexcept;
@@ -332,6 +347,8 @@ private:
     bool remove_handler(int fd, Events side);
     [[nodiscard]] bool has_handler(int fd, Events side) const noexcept;
     void drain_wakeups();
+    void take_wakeups();
+    [[gnu::cold, gnu::noinline]] void wakeup_failed(int error, int wake_fd, std::size_t position, std::uint64_t takes);
     void run_signal_handler(int signo);
     void rearm_embedding();
 
