@@ -316,8 +316,9 @@ TEST_CASE("run_once with the largest timeout returns for a near timer") {
     MUXIO_FOR_EACH_SELECTOR(selector) {
         Reactor reactor{with_selector(selector)};
         bool fired = false;
-        reactor.call_later(2ms, [&] { fired = true; });
+        // Started first: the deadline counts from the call, not from after it.
         const Stopwatch stopwatch;
+        reactor.call_later(2ms, [&] { fired = true; });
         const WakeAfter safety_net{reactor, 5s};
         for (int iteration = 0; iteration < 5 && !fired; ++iteration) {
             reactor.run_once(Duration::max());
@@ -381,10 +382,10 @@ TEST_CASE("the embed fd follows a near timer on an injected clock") {
             clock.set(TimePoint::clock::now() + 10h);
             Reactor inner{clock.options(selector)};
             const int fd = inner.embed_fd();
-            inner.call_later(5ms, [] {});
             // Armed for the time left on the injected clock, counted on the
             // kernel's: readable after about 5 ms, not 10 h.
             const Stopwatch stopwatch;
+            inner.call_later(5ms, [] {});
             CHECK(readable_within(fd, 5000ms));
             CHECK(stopwatch.elapsed() >= 5ms);
             CHECK(stopwatch.elapsed() < prompt);
