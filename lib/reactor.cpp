@@ -315,7 +315,13 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
 }
 
 Reactor::~Reactor() {
-    running_ = false;  // a destructor cannot refuse; close() must not throw here
+    // A destructor cannot refuse: close() must not throw for a reactor
+    // destroyed from one of its own callbacks. From another thread while the
+    // loop runs, its thread check throws, and std::terminate reports it:
+    // going on would free what the loop is using.
+    if (on_loop_thread()) {
+        running_ = false;
+    }
     close();
 }
 
@@ -324,6 +330,9 @@ void detail::refuse_nan_delay(std::string_view operation) {
 }
 
 void Reactor::refuse(std::string_view operation) const {
+    if (!on_loop_thread()) {
+        refuse_thread(operation);
+    }
     if (closed_) {
         throw std::logic_error(fmt::format("{}: reactor is closed", operation));
     }
@@ -331,14 +340,44 @@ void Reactor::refuse(std::string_view operation) const {
         fmt::format("{}: this reactor was created before a fork(); a child process must create its own", operation));
 }
 
+void Reactor::refuse_thread(std::string_view operation) {
+    if (operation == "stop") {
+        throw std::logic_error("stop: called from another thread while the reactor runs; use stop_threadsafe()");
+    }
+    if (operation == "close") {
+        throw std::logic_error(
+            "close: called from another thread while the reactor runs; stop it with stop_threadsafe(), then close it");
+    }
+    throw std::logic_error(fmt::format(
+        "{}: called from another thread while the reactor runs; use call_soon_threadsafe() to call it on the "
+        "reactor's thread",
+        operation));
+}
+
 // ----- The iteration ----------------------------------------------------------------
 
-void Reactor::run() {
-    check_usable("run");
-    if (running_) {
-        throw std::logic_error("run: reactor is already running");
+void Reactor::enter_loop(std::string_view operation) {
+    check_usable(operation);
+    // Claimed atomically: of two threads that both found the reactor idle,
+    // one runs it and the other is refused.
+    std::thread::id idle{};
+    if (!owner_.compare_exchange_strong(idle, std::this_thread::get_id(), std::memory_order_acquire,
+                                        std::memory_order_relaxed)) {
+        if (idle == std::this_thread::get_id()) {
+            throw std::logic_error(fmt::format("{}: reactor is already running", operation));
+        }
+        refuse_thread(operation);
     }
     running_ = true;
+}
+
+void Reactor::leave_loop() noexcept {
+    running_ = false;
+    owner_.store(std::thread::id{}, std::memory_order_release);
+}
+
+void Reactor::run() {
+    enter_loop("run");
     std::size_t ran = 0;
     try {
         do {
@@ -347,28 +386,24 @@ void Reactor::run() {
             run_iteration(stopping_ ? std::optional<Duration>{Duration::zero()} : std::nullopt, ran);
         } while (!stopping_);
     } catch (...) {
-        running_ = false;
         stopping_ = false;
+        leave_loop();
         throw;
     }
-    running_ = false;
     stopping_ = false;
+    leave_loop();
 }
 
 std::size_t Reactor::run_once(std::optional<Duration> timeout) {
-    check_usable("run_once");
-    if (running_) {
-        throw std::logic_error("run_once: reactor is already running");
-    }
-    running_ = true;
+    enter_loop("run_once");
     std::size_t ran = 0;
     try {
         run_iteration(timeout, ran);
     } catch (...) {
-        running_ = false;
+        leave_loop();
         throw;
     }
-    running_ = false;
+    leave_loop();
     return ran;
 }
 
@@ -556,6 +591,7 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
 }
 
 bool Reactor::remove_handler(int fd, Events side) {
+    check_thread(side == EVENT_READ ? "remove_reader" : "remove_writer");
     if (closed_ || fd < 0) {
         return false;  // removal must be safe from destructors running at close
     }
@@ -586,7 +622,8 @@ bool Reactor::remove_handler(int fd, Events side) {
     return true;
 }
 
-bool Reactor::has_handler(int fd, Events side) const noexcept {
+bool Reactor::has_handler(int fd, Events side) const {
+    check_thread(side == EVENT_READ ? "has_reader" : "has_writer");
     if (closed_ || fd < 0) {
         return false;
     }
@@ -598,10 +635,10 @@ bool Reactor::has_handler(int fd, Events side) const noexcept {
     return key != nullptr && key->events.contains(side);
 }
 
-bool Reactor::has_reader(int fd) const noexcept {
+bool Reactor::has_reader(int fd) const {
     return has_handler(fd, EVENT_READ);
 }
-bool Reactor::has_writer(int fd) const noexcept {
+bool Reactor::has_writer(int fd) const {
     return has_handler(fd, EVENT_WRITE);
 }
 
@@ -646,12 +683,17 @@ Reactor::TimePoint Reactor::time() const {
     return impl_->now();
 }
 
-std::size_t Reactor::scheduled_count() const noexcept {
+std::size_t Reactor::scheduled_count() const {
+    check_thread("scheduled_count");
     return closed_ ? 0 : impl_->scheduler.size() + soon_live_;
 }
 
-bool TimerHandle::cancel() noexcept {
-    if (reactor_ == nullptr || reactor_->closed_) {
+bool TimerHandle::cancel() {
+    if (reactor_ == nullptr) {
+        return false;
+    }
+    reactor_->check_thread("TimerHandle::cancel");
+    if (reactor_->closed_) {
         return false;
     }
     Reactor::Impl& impl = *reactor_->impl_;
@@ -672,8 +714,12 @@ bool TimerHandle::cancel() noexcept {
     return true;
 }
 
-bool TimerHandle::pending() const noexcept {
-    if (reactor_ == nullptr || reactor_->closed_) {
+bool TimerHandle::pending() const {
+    if (reactor_ == nullptr) {
+        return false;
+    }
+    reactor_->check_thread("TimerHandle::pending");
+    if (reactor_->closed_) {
         return false;
     }
     const Reactor::Impl& impl = *reactor_->impl_;
@@ -689,7 +735,8 @@ bool TimerHandle::pending() const noexcept {
 
 // ----- Stopping and closing ---------------------------------------------------------------
 
-void Reactor::stop() noexcept {
+void Reactor::stop() {
+    check_thread("stop");
     stopping_ = true;
 }
 
@@ -698,6 +745,7 @@ void Reactor::stop_threadsafe() {
 }
 
 void Reactor::close() {
+    check_thread("close");
     if (closed_) {
         return;
     }
@@ -745,6 +793,7 @@ void Reactor::close() {
 }
 
 void Reactor::set_exception_handler(ExceptionHandler handler) {
+    check_thread("set_exception_handler");
     impl_->exception_handler = handler ? std::move(handler) : ExceptionHandler{default_exception_handler};
 }
 
@@ -894,6 +943,7 @@ void Reactor::add_signal_handler(int signo, Callback callback) {
 }
 
 bool Reactor::remove_signal_handler(int signo) {
+    check_thread("remove_signal_handler");
     if (signo <= 0 || signo >= signal_limit || closed_) {
         return false;
     }
@@ -990,6 +1040,7 @@ void Reactor::rearm_embedding() {
 }
 
 std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
+    check_thread("time_to_next_work");
     if (closed_) {
         return std::nullopt;
     }

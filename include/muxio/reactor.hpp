@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 
 #include "muxio/detail/ring_queue.hpp"
@@ -113,16 +114,19 @@ std::chrono::steady_clock::duration clamp_delay(std::chrono::duration<Rep, Perio
 ///
 /// A plain value: copying it copies the right to cancel. Cancelling twice,
 /// after the callback ran, or through a default-constructed handle does
-/// nothing. A handle must not be used after its reactor is destroyed.
+/// nothing. A handle must not be used after its reactor is destroyed. Like
+/// the reactor's own methods, cancel() and pending() throw std::logic_error
+/// when called from another thread while the reactor runs (see Reactor,
+/// "Threading"); nothing else.
 class TimerHandle {
 public:
     TimerHandle() = default;
 
     /// Cancels the callback if it has not run yet; its captures are destroyed
     /// now. Returns true if this call cancelled it.
-    bool cancel() noexcept;
+    bool cancel();
     /// True while the callback is scheduled and has neither run nor been cancelled.
-    [[nodiscard]] bool pending() const noexcept;
+    [[nodiscard]] bool pending() const;
 
 private:
     friend class Reactor;
@@ -147,13 +151,25 @@ struct ReactorOptions {
 
 /// An event loop in the model of asyncio's selector loop.
 ///
-/// Threading: one thread runs the reactor and calls its methods; only
-/// call_soon_threadsafe() and stop_threadsafe() may be called from others.
+/// Threading: while a thread runs the reactor (is inside run() or
+/// run_once()), that thread alone may call its methods. A call from another
+/// thread meanwhile throws std::logic_error naming the thread-safe way:
+/// call_soon_threadsafe() to run code on the reactor's thread, or
+/// stop_threadsafe() in place of stop() and before close(). The exceptions,
+/// callable from any thread at any time: call_soon_threadsafe(),
+/// stop_threadsafe(), is_running(), is_closed(), selector_name(), and time()
+/// if the injected clock is thread-safe (steady_clock is). While nobody runs
+/// it, any thread may use the reactor, one at a time: ordering those calls
+/// (as handing any object from one thread to another needs) is the caller's
+/// part, which the reactor cannot check. Destroying a reactor while another
+/// thread runs it is fatal: the destructor's close() throws, and a
+/// destructor cannot, so std::terminate reports it.
 ///
 /// Errors: std::invalid_argument for a bad argument (negative fd, bad signal
-/// number, an empty callback), std::system_error when the kernel refuses (the message names the
-/// call and fd), std::logic_error when the reactor is closed, running when it
-/// must not be, or used in a process forked after it was created.
+/// number, an empty callback), std::system_error when the kernel refuses (the
+/// message names the call and fd), std::logic_error when the reactor is
+/// closed, running when it must not be, called from another thread while it
+/// runs, or used in a process forked after it was created.
 ///
 /// One iteration (run_once) in order: compute the wait from the queued
 /// callbacks and the nearest timer; select; take the due timers; run exactly
@@ -197,13 +213,15 @@ public:
     /// negative fd, the reactor's own descriptors, and once the reactor is
     /// closed. Lets a caller refuse to replace someone else's reader, as the
     /// coroutine awaits do.
-    [[nodiscard]] bool has_reader(int fd) const noexcept;
+    [[nodiscard]] bool has_reader(int fd) const;
     /// Like has_reader() for the writer.
-    [[nodiscard]] bool has_writer(int fd) const noexcept;
+    [[nodiscard]] bool has_writer(int fd) const;
 
     // ----- Callbacks and timers ---------------------------------------------
 
     /// Runs `callback` in the next iteration, after those scheduled before it.
+    /// From another thread while the reactor runs: std::logic_error; use
+    /// call_soon_threadsafe().
     TimerHandle call_soon(Callback callback);
     /// call_soon() of a lambda or other function object, built in place in
     /// the queue (inline: no call, no move). Same contract.
@@ -281,18 +299,25 @@ public:
     /// included: poll; Duration::max(): as long as needed). Returns the
     /// number of callbacks run. Errors as run().
     std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
-    /// Makes run() return after the current iteration. Harmless when not running.
-    void stop() noexcept;
-    [[nodiscard]] bool is_running() const noexcept { return running_; }
+    /// Makes run() return after the current iteration. Harmless when not
+    /// running. From another thread while the reactor runs: std::logic_error;
+    /// use stop_threadsafe().
+    void stop();
+    /// Whether a thread is inside run() or run_once(). Any thread may ask.
+    [[nodiscard]] bool is_running() const noexcept {
+        return owner_.load(std::memory_order_relaxed) != std::thread::id{};
+    }
 
     /// Releases everything: the frames of spawned tasks that have not ended
     /// (destroyed first, while the reactor still works, so their pending
     /// awaits remove their registrations), signal handlers (previous
     /// dispositions restored), every callback still queued, registered or
     /// scheduled (their captures destroyed, none run), the selector and the
-    /// wakeup descriptor. std::logic_error while running; harmless when
+    /// wakeup descriptor. std::logic_error while running (from another thread:
+    /// stop it with stop_threadsafe() first, then close it); harmless when
     /// already closed.
     void close();
+    /// Any thread may ask: a running reactor cannot be closed.
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
 
     // ----- Errors -----------------------------------------------------------
@@ -318,17 +343,33 @@ public:
     [[nodiscard]] std::string_view selector_name() const noexcept;
 
     /// Number of callbacks scheduled (queued or on timers) and not yet run.
-    [[nodiscard]] std::size_t scheduled_count() const noexcept;
+    [[nodiscard]] std::size_t scheduled_count() const;
 
 private:
     friend class TimerHandle;
     friend struct detail::FrameRegistry;
     struct Impl;
 
+    // Whether the calling thread may use the reactor now: it is the one
+    // running it, or nobody is. An atomic, so that asking from another thread
+    // is no data race.
+    [[nodiscard]] bool on_loop_thread() const noexcept {
+        const std::thread::id owner = owner_.load(std::memory_order_relaxed);
+        return owner == std::thread::id{} || owner == std::this_thread::get_id();
+    }
     // Inline and branch-only on the way through: call_soon() pays it per call.
+    // Reading closed_ from another thread is no race: it does not change
+    // while the reactor runs.
     void check_usable(std::string_view operation) const {
-        if (closed_ || detail::fork_generation.load(std::memory_order_relaxed) != fork_generation_) [[unlikely]] {
+        if (closed_ || detail::fork_generation.load(std::memory_order_relaxed) != fork_generation_ || !on_loop_thread())
+            [[unlikely]] {
             refuse(operation);
+        }
+    }
+    // For what works on a closed reactor too.
+    void check_thread(std::string_view operation) const {
+        if (!on_loop_thread()) [[unlikely]] {
+            refuse_thread(operation);
         }
     }
     TimerHandle queued_soon(std::uint64_t position) {
@@ -339,13 +380,16 @@ private:
         return {this, position, true};
     }
     [[noreturn, gnu::cold, gnu::noinline]] void refuse(std::string_view operation) const;
+    [[noreturn, gnu::cold, gnu::noinline]] static void refuse_thread(std::string_view operation);
+    void enter_loop(std::string_view operation);
+    void leave_loop() noexcept;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);
     void invoke(Callback& callback) noexcept;
     void report(std::exception_ptr error) noexcept;
     void add_handler(int fd, Events side, Callback callback);
     bool remove_handler(int fd, Events side);
-    [[nodiscard]] bool has_handler(int fd, Events side) const noexcept;
+    [[nodiscard]] bool has_handler(int fd, Events side) const;
     void drain_wakeups();
     void take_wakeups();
     [[gnu::cold, gnu::noinline]] void wakeup_failed(int error, int wake_fd, std::size_t position, std::uint64_t takes);
@@ -362,7 +406,9 @@ private:
     std::uint64_t fork_generation_ = 0;
     detail::FrameLink* frames_ = nullptr;  // spawned tasks' frames, newest first
     bool embedded_ = false;                // embed_fd() was called: queuing work re-arms its timer
-    bool running_ = false;
+    bool running_ = false;                 // the loop thread's own view of whether owner_ is set
+    // The thread in run() or run_once(); an empty id when none is.
+    std::atomic<std::thread::id> owner_{};
     bool stopping_ = false;
     bool closed_ = false;
 };
