@@ -13,7 +13,6 @@
 #include <memory>
 #include <optional>
 #include <string_view>
-#include <thread>
 #include <type_traits>
 
 #include "muxio/detail/ring_queue.hpp"
@@ -50,6 +49,14 @@ struct FrameRegistry {
 // refuses to run there, since it shares the parent's epoll or io_uring
 // instance. Read on every call_soon(), hence visible here.
 extern std::atomic<std::uint64_t> fork_generation;
+
+// Names the calling thread: the address of a thread-local object, unique
+// among the threads alive. Cheaper than std::this_thread::get_id() (a call
+// into the C library) for a check that call_soon() makes each time.
+inline thread_local const char thread_tag = 0;
+inline const void* this_thread_tag() noexcept {
+    return &thread_tag;
+}
 
 // Deadline arithmetic that cannot overflow. The reactor's time points span
 // the whole of the clock's range (an injected clock may start anywhere in
@@ -304,9 +311,7 @@ public:
     /// use stop_threadsafe().
     void stop();
     /// Whether a thread is inside run() or run_once(). Any thread may ask.
-    [[nodiscard]] bool is_running() const noexcept {
-        return owner_.load(std::memory_order_relaxed) != std::thread::id{};
-    }
+    [[nodiscard]] bool is_running() const noexcept { return owner_.load(std::memory_order_relaxed) != nullptr; }
 
     /// Releases everything: the frames of spawned tasks that have not ended
     /// (destroyed first, while the reactor still works, so their pending
@@ -354,8 +359,10 @@ private:
     // running it, or nobody is. An atomic, so that asking from another thread
     // is no data race.
     [[nodiscard]] bool on_loop_thread() const noexcept {
-        const std::thread::id owner = owner_.load(std::memory_order_relaxed);
-        return owner == std::thread::id{} || owner == std::this_thread::get_id();
+        // The loop thread's own calls, the common case, decide at the first
+        // comparison.
+        const void* const owner = owner_.load(std::memory_order_relaxed);
+        return owner == detail::this_thread_tag() || owner == nullptr;
     }
     // Inline and branch-only on the way through: call_soon() pays it per call.
     // Reading closed_ from another thread is no race: it does not change
@@ -407,8 +414,9 @@ private:
     detail::FrameLink* frames_ = nullptr;  // spawned tasks' frames, newest first
     bool embedded_ = false;                // embed_fd() was called: queuing work re-arms its timer
     bool running_ = false;                 // the loop thread's own view of whether owner_ is set
-    // The thread in run() or run_once(); an empty id when none is.
-    std::atomic<std::thread::id> owner_{};
+    // The detail::this_thread_tag() of the thread in run() or run_once(),
+    // or null when none is.
+    std::atomic<const void*> owner_{nullptr};
     bool stopping_ = false;
     bool closed_ = false;
 };
