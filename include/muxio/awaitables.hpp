@@ -245,8 +245,9 @@ struct StopTokenAwaiter {
     return {reactor, detail::ReactorWait::Kind::write, fd, {}, std::move(token)};
 }
 
-/// Resumes at `when` or as soon after as the loop can (a Reactor timer);
-/// muxio::Cancelled as readable().
+/// Resumes at `when` or as soon after as the loop can (a Reactor timer):
+/// any time point, as Reactor::call_at(), so TimePoint::min() resumes in the
+/// next iteration and TimePoint::max() never. muxio::Cancelled as readable().
 [[nodiscard]] inline detail::ReactorWait sleep_until(Reactor& reactor, Reactor::TimePoint when,
                                                      std::stop_token token = {}) noexcept {
     return {reactor, detail::ReactorWait::Kind::timer, -1, when, std::move(token)};

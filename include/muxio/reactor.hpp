@@ -338,6 +338,12 @@ public:
     /// ready, a timer due, a callback queued), so another loop can watch it
     /// and call run_once(0). Needs a selector that owns a kernel object
     /// (epoll, io_uring, kqueue): std::logic_error with select or poll.
+    /// Timers reach it through a timerfd: on steady_clock it is armed at the
+    /// nearest deadline itself; on an injected clock, for the time left as
+    /// that clock reads when work is scheduled and after each iteration,
+    /// counted on the kernel's monotonic clock (a clock that jumps is seen
+    /// at the next of those). A deadline already due makes it readable at
+    /// once; TimePoint::max() never does.
     [[nodiscard]] int embed_fd();
     /// How long until the reactor has work: zero if callbacks are queued or a
     /// timer is due, the time to the nearest timer (Duration::max() if it is
