@@ -145,7 +145,7 @@ int drain_wakeup(int fd, detail::WakeupCall call) noexcept {
 // it. The iteration stops here, before anything is taken, so nothing is
 // lost, and the caller of run() hears of it.
 [[noreturn, gnu::cold, gnu::noinline]] void refuse_drain(int error, int fd) {
-    throw_system_error(error, "run: read of the reactor's own eventfd", fd);
+    throw_system_error(error, "run: read of the reactor's own wakeup descriptor", fd);
 }
 
 // A positive duration as a timespec: whole seconds and the nanoseconds left.
