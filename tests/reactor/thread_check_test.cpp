@@ -131,9 +131,8 @@ TEST_CASE("every entry point that is not thread-safe refuses another thread whil
         SocketPair registered;
         SocketPair unregistered;
         int reads = 0;
-        reactor.add_reader(registered.right.get(), [&] {
-            reads += static_cast<int>(muxio::test::drain(registered.right.get()));
-        });
+        reactor.add_reader(registered.right.get(),
+                           [&] { reads += static_cast<int>(muxio::test::drain(registered.right.get())); });
         TimerHandle timer = reactor.call_later(1h, [] {});
         int signals = 0;
         reactor.add_signal_handler(SIGUSR2, [&] { ++signals; });
