@@ -7,10 +7,15 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstring>
+#include <ctime>
+#include <iterator>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <system_error>
@@ -25,10 +30,12 @@
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
 #include "scheduler.hpp"
+#include "wakeup_fault.hpp"
 
 namespace muxio {
 
 std::atomic<std::uint64_t> detail::fork_generation{0};
+std::atomic<detail::WakeupFault> detail::wakeup_fault{nullptr};
 
 namespace {
 
@@ -62,26 +69,96 @@ static_assert(NSIG <= signal_limit, "signal table too small for this platform");
 std::array<SignalRoute, signal_limit> signal_routes;
 std::mutex signal_owners_mutex;
 
+// The errno a test makes this call fail with, or 0 (see wakeup_fault.hpp).
+inline int injected_fault(detail::WakeupCall call, int fd) noexcept {
+    const detail::WakeupFault fault = detail::wakeup_fault.load(std::memory_order_relaxed);
+    return fault == nullptr ? 0 : fault(call, fd);
+}
+
+// Wakeup writes that failed in this process: by a signal handler, or by a
+// call_soon_threadsafe() that other callers' callbacks were counting on.
+// Each reactor compares it with the value it saw last once per iteration, and
+// on a change takes its threadsafe queue and looks at its signals, whatever
+// woke it: what the failed write should have announced is not lost, only
+// late. Written only on failures, so reading it costs no cache traffic.
+std::atomic<std::uint64_t> missed_wakeups{0};
+
+// Adds one to an eventfd's counter, retrying after a signal. Returns 0 once
+// the descriptor is sure to poll readable: the write went through, or the
+// counter is at its maximum (EAGAIN), which is readable already. Else the
+// errno value, with nothing written. Async-signal-safe.
+int write_wakeup(int fd, detail::WakeupCall call) noexcept {
+    const std::uint64_t one = 1;
+    for (;;) {
+        int error = injected_fault(call, fd);
+        if (error == 0) {
+            if (::write(fd, &one, sizeof one) >= 0) {
+                return 0;
+            }
+            error = errno;
+        }
+        if (error == EAGAIN) {
+            return 0;
+        }
+        if (error != EINTR) {
+            return error;
+        }
+    }
+}
+
 extern "C" void muxio_on_signal(int signo) {
     const int saved_errno = errno;
     SignalRoute& route = signal_routes[static_cast<std::size_t>(signo)];
     route.pending.store(true, std::memory_order_release);
     if (const int fd = route.wake_fd.load(std::memory_order_acquire); fd >= 0) {
-        const std::uint64_t one = 1;
-        [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
+        if (write_wakeup(fd, detail::WakeupCall::signal_write) != 0) {
+            // Nothing to report to from here. `pending` stays set, and the
+            // loop's next iteration, whatever wakes it, runs the handler.
+            missed_wakeups.fetch_add(1, std::memory_order_relaxed);
+        }
     }
     errno = saved_errno;
 }
 
-void write_wakeup(int fd) noexcept {
-    const std::uint64_t one = 1;
-    // EAGAIN means the counter is already non-zero: the loop is woken anyway.
-    [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
+// Empties the counter of an eventfd (the wakeups or the embedding timerfd),
+// retrying after a signal. Returns 0 once it is empty (EAGAIN: it was
+// already, a spurious readiness), else the errno value.
+int drain_wakeup(int fd, detail::WakeupCall call) noexcept {
+    std::uint64_t count = 0;
+    for (;;) {
+        int error = injected_fault(call, fd);
+        if (error == 0) {
+            if (::read(fd, &count, sizeof count) >= 0) {
+                return 0;
+            }
+            error = errno;
+        }
+        if (error == EAGAIN) {
+            return 0;
+        }
+        if (error != EINTR) {
+            return error;
+        }
+    }
 }
 
-void drain_wakeup(int fd) noexcept {
-    std::uint64_t count = 0;
-    [[maybe_unused]] const ssize_t ignored = ::read(fd, &count, sizeof count);
+// A drain that fails leaves the descriptor readable: the loop would spin on
+// it. The iteration stops here, before anything is taken, so nothing is
+// lost, and the caller of run() hears of it.
+[[noreturn, gnu::cold, gnu::noinline]] void refuse_drain(int error, int fd) {
+    throw_system_error(error, "run: read of the reactor's own wakeup descriptor", fd);
+}
+
+// A positive duration as a timespec: whole seconds and the nanoseconds left.
+// Duration::max() is about 292 years, which a 64-bit time_t holds, and the
+// kernel clamps a timer that far away to its own limit.
+std::timespec to_timespec(Reactor::Duration duration) noexcept {
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(duration);
+    std::timespec spec{};
+    spec.tv_sec = static_cast<std::time_t>(
+        std::min<std::chrono::seconds::rep>(seconds.count(), std::numeric_limits<std::time_t>::max()));
+    spec.tv_nsec = static_cast<long>(std::chrono::duration_cast<std::chrono::nanoseconds>(duration - seconds).count());
+    return spec;
 }
 
 void default_exception_handler(std::exception_ptr error) {
@@ -147,9 +224,15 @@ struct Reactor::Impl {
     alignas(64) std::mutex incoming_mutex;
     std::vector<Callback> incoming;  // guarded by incoming_mutex
     std::vector<Callback> incoming_spare;
-    bool wake_pending = false;     // guarded by incoming_mutex; coalesces writes
-    bool incoming_closed = false;  // guarded by incoming_mutex
-    std::atomic<int> wakers{0};    // call_soon_threadsafe() calls writing to wake_fd now
+    // Guarded by incoming_mutex. True while a wakeup is written or the
+    // eventfd holds one the loop has not drained: calls then need not write
+    // (coalescing). Never true while the eventfd is empty for good, or a
+    // wakeup would be lost.
+    bool wake_pending = false;
+    bool incoming_closed = false;           // guarded by incoming_mutex
+    std::uint64_t incoming_takes = 0;       // guarded by incoming_mutex: times `incoming` was taken
+    std::atomic<int> wakers{0};             // call_soon_threadsafe() calls writing to wake_fd now
+    std::uint64_t missed_wakeups_seen = 0;  // the loop's last look at missed_wakeups
 
     // Signals handled by this reactor and what was installed before. Last:
     // 14 KiB that would otherwise part the fields a dispatch reads.
@@ -157,6 +240,12 @@ struct Reactor::Impl {
     std::array<std::optional<struct sigaction>, signal_limit> previous_actions;
 
     TimePoint now() const { return clock ? clock() : Clock::now(); }
+
+    // The time left until `deadline` on this reactor's clock, saturated.
+    // Out of line on purpose: inlined into run_iteration, these few
+    // instructions changed the register allocation of its dispatch loop for
+    // the worse (callgrind, bench/reactor's echo server).
+    [[gnu::noinline]] Duration time_until(TimePoint deadline) const { return detail::time_until(deadline, now()); }
 
     // Notes that the running fd callback's registration is being changed.
     void touching(int fd, Events side) noexcept {
@@ -236,11 +325,24 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
 }
 
 Reactor::~Reactor() {
-    running_ = false;  // a destructor cannot refuse; close() must not throw here
+    // A destructor cannot refuse: close() must not throw for a reactor
+    // destroyed from one of its own callbacks. From another thread while the
+    // loop runs, its thread check throws, and std::terminate reports it:
+    // going on would free what the loop is using.
+    if (on_loop_thread()) {
+        running_ = false;
+    }
     close();
 }
 
+void detail::refuse_nan_delay(std::string_view operation) {
+    throw std::invalid_argument(fmt::format("{}: the delay is not a number", operation));
+}
+
 void Reactor::refuse(std::string_view operation) const {
+    if (!on_loop_thread()) {
+        refuse_thread(operation);
+    }
     if (closed_) {
         throw std::logic_error(fmt::format("{}: reactor is closed", operation));
     }
@@ -248,14 +350,44 @@ void Reactor::refuse(std::string_view operation) const {
         fmt::format("{}: this reactor was created before a fork(); a child process must create its own", operation));
 }
 
+void Reactor::refuse_thread(std::string_view operation) {
+    if (operation == "stop") {
+        throw std::logic_error("stop: called from another thread while the reactor runs; use stop_threadsafe()");
+    }
+    if (operation == "close") {
+        throw std::logic_error(
+            "close: called from another thread while the reactor runs; stop it with stop_threadsafe(), then close it");
+    }
+    throw std::logic_error(fmt::format(
+        "{}: called from another thread while the reactor runs; use call_soon_threadsafe() to call it on the "
+        "reactor's thread",
+        operation));
+}
+
 // ----- The iteration ----------------------------------------------------------------
 
-void Reactor::run() {
-    check_usable("run");
-    if (running_) {
-        throw std::logic_error("run: reactor is already running");
+void Reactor::enter_loop(std::string_view operation) {
+    check_usable(operation);
+    // Claimed atomically: of two threads that both found the reactor idle,
+    // one runs it and the other is refused.
+    const void* idle = nullptr;
+    if (!owner_.compare_exchange_strong(idle, detail::this_thread_tag(), std::memory_order_acquire,
+                                        std::memory_order_relaxed)) {
+        if (idle == detail::this_thread_tag()) {
+            throw std::logic_error(fmt::format("{}: reactor is already running", operation));
+        }
+        refuse_thread(operation);
     }
     running_ = true;
+}
+
+void Reactor::leave_loop() noexcept {
+    running_ = false;
+    owner_.store(nullptr, std::memory_order_release);
+}
+
+void Reactor::run() {
+    enter_loop("run");
     std::size_t ran = 0;
     try {
         do {
@@ -264,28 +396,24 @@ void Reactor::run() {
             run_iteration(stopping_ ? std::optional<Duration>{Duration::zero()} : std::nullopt, ran);
         } while (!stopping_);
     } catch (...) {
-        running_ = false;
         stopping_ = false;
+        leave_loop();
         throw;
     }
-    running_ = false;
     stopping_ = false;
+    leave_loop();
 }
 
 std::size_t Reactor::run_once(std::optional<Duration> timeout) {
-    check_usable("run_once");
-    if (running_) {
-        throw std::logic_error("run_once: reactor is already running");
-    }
-    running_ = true;
+    enter_loop("run_once");
     std::size_t ran = 0;
     try {
         run_iteration(timeout, ran);
     } catch (...) {
-        running_ = false;
+        leave_loop();
         throw;
     }
-    running_ = false;
+    leave_loop();
     return ran;
 }
 
@@ -300,7 +428,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     if (!soon_.empty()) {
         wait = Duration::zero();
     } else if (const auto deadline = impl.scheduler.next_deadline()) {
-        const Duration until = std::max(Duration::zero(), *deadline - impl.now());
+        const Duration until = impl.time_until(*deadline);
         if (!wait || until < *wait) {
             wait = until;
         }
@@ -316,9 +444,18 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         if (fd == impl.wake_fd) {
             drain_wakeups();
         } else if (fd == impl.embed_timer_fd) {
-            drain_wakeup(fd);
+            if (const int error = drain_wakeup(fd, detail::WakeupCall::drain_read); error != 0) [[unlikely]] {
+                refuse_drain(error, fd);
+            }
             impl.embed_armed_for.reset();
         }
+    }
+    // A wakeup write failed somewhere: what it would have announced is
+    // taken now, in this iteration, whatever woke it.
+    if (const std::uint64_t missed = missed_wakeups.load(std::memory_order_relaxed); missed != impl.missed_wakeups_seen)
+        [[unlikely]] {
+        impl.missed_wakeups_seen = missed;
+        take_wakeups();
     }
 
     // 3. Take the due timers, in deadline order, ties in scheduling order.
@@ -484,6 +621,7 @@ void Reactor::replace_handler(int fd, Events side, Callback callback) {
 }
 
 bool Reactor::remove_handler(int fd, Events side) {
+    check_thread(side == EVENT_READ ? "remove_reader" : "remove_writer");
     if (closed_ || fd < 0) {
         return false;  // removal must be safe from destructors running at close
     }
@@ -517,7 +655,8 @@ bool Reactor::remove_handler(int fd, Events side) {
     return true;
 }
 
-bool Reactor::has_handler(int fd, Events side) const noexcept {
+bool Reactor::has_handler(int fd, Events side) const {
+    check_thread(side == EVENT_READ ? "has_reader" : "has_writer");
     if (closed_ || fd < 0) {
         return false;
     }
@@ -529,10 +668,10 @@ bool Reactor::has_handler(int fd, Events side) const noexcept {
     return key != nullptr && key->events.contains(side);
 }
 
-bool Reactor::has_reader(int fd) const noexcept {
+bool Reactor::has_reader(int fd) const {
     return has_handler(fd, EVENT_READ);
 }
-bool Reactor::has_writer(int fd) const noexcept {
+bool Reactor::has_writer(int fd) const {
     return has_handler(fd, EVENT_WRITE);
 }
 
@@ -559,11 +698,8 @@ TimerHandle Reactor::call_soon(Callback callback) {
 
 TimerHandle Reactor::call_later(Duration delay, Callback callback) {
     // The clock is read now, not at the last iteration, so a timer never
-    // fires less than `delay` after this call. A deadline past the end of the
-    // clock's range saturates: wrapping around would put it in the past.
-    const TimePoint now = impl_->now();
-    const bool overflows = now > TimePoint{} && delay > TimePoint::max() - now;
-    return call_at(overflows ? TimePoint::max() : now + std::max(delay, Duration::zero()), std::move(callback));
+    // fires less than `delay` after this call.
+    return call_at(detail::deadline_after(impl_->now(), delay), std::move(callback));
 }
 
 TimerHandle Reactor::call_at(TimePoint when, Callback callback) {
@@ -580,12 +716,17 @@ Reactor::TimePoint Reactor::time() const {
     return impl_->now();
 }
 
-std::size_t Reactor::scheduled_count() const noexcept {
+std::size_t Reactor::scheduled_count() const {
+    check_thread("scheduled_count");
     return closed_ ? 0 : impl_->scheduler.size() + soon_live_;
 }
 
-bool TimerHandle::cancel() noexcept {
-    if (reactor_ == nullptr || reactor_->closed_) {
+bool TimerHandle::cancel() {
+    if (reactor_ == nullptr) {
+        return false;
+    }
+    reactor_->check_thread("TimerHandle::cancel");
+    if (reactor_->closed_) {
         return false;
     }
     Reactor::Impl& impl = *reactor_->impl_;
@@ -606,8 +747,12 @@ bool TimerHandle::cancel() noexcept {
     return true;
 }
 
-bool TimerHandle::pending() const noexcept {
-    if (reactor_ == nullptr || reactor_->closed_) {
+bool TimerHandle::pending() const {
+    if (reactor_ == nullptr) {
+        return false;
+    }
+    reactor_->check_thread("TimerHandle::pending");
+    if (reactor_->closed_) {
         return false;
     }
     const Reactor::Impl& impl = *reactor_->impl_;
@@ -623,7 +768,8 @@ bool TimerHandle::pending() const noexcept {
 
 // ----- Stopping and closing ---------------------------------------------------------------
 
-void Reactor::stop() noexcept {
+void Reactor::stop() {
+    check_thread("stop");
     stopping_ = true;
 }
 
@@ -632,6 +778,7 @@ void Reactor::stop_threadsafe() {
 }
 
 void Reactor::close() {
+    check_thread("close");
     if (closed_) {
         return;
     }
@@ -650,6 +797,7 @@ void Reactor::close() {
     {
         std::lock_guard lock{impl.incoming_mutex};
         impl.incoming_closed = true;
+        ++impl.incoming_takes;
         never_run.swap(impl.incoming);
     }
     while (impl.wakers.load(std::memory_order_acquire) != 0) {
@@ -678,6 +826,7 @@ void Reactor::close() {
 }
 
 void Reactor::set_exception_handler(ExceptionHandler handler) {
+    check_thread("set_exception_handler");
     impl_->exception_handler = handler ? std::move(handler) : ExceptionHandler{default_exception_handler};
 }
 
@@ -691,6 +840,8 @@ void Reactor::call_soon_threadsafe(Callback callback) {
     require_callback(callback, "call_soon_threadsafe");
     Impl& impl = *impl_;
     int wake_fd = -1;
+    std::size_t position = 0;
+    std::uint64_t takes = 0;
     {
         std::lock_guard lock{impl.incoming_mutex};
         if (impl.incoming_closed) {
@@ -700,6 +851,10 @@ void Reactor::call_soon_threadsafe(Callback callback) {
         if (!impl.wake_pending) {
             impl.wake_pending = true;
             wake_fd = impl.wake_fd;
+            // Where this callback is until the loop takes the queue, in case
+            // the write fails and it must come out again.
+            position = impl.incoming.size() - 1;
+            takes = impl.incoming_takes;
             // Counted under the lock: close() waits for this write before it
             // closes the descriptor.
             impl.wakers.fetch_add(1, std::memory_order_relaxed);
@@ -707,20 +862,68 @@ void Reactor::call_soon_threadsafe(Callback callback) {
     }
     // Written outside the lock, so the woken loop does not find it held.
     if (wake_fd >= 0) {
-        write_wakeup(wake_fd);
+        if (const int error = write_wakeup(wake_fd, detail::WakeupCall::threadsafe_write); error != 0) [[unlikely]] {
+            wakeup_failed(error, wake_fd, position, takes);
+        }
         impl.wakers.fetch_sub(1, std::memory_order_release);
     }
 }
 
-void Reactor::drain_wakeups() {
+void Reactor::wakeup_failed(int error, int wake_fd, std::size_t position, std::uint64_t takes) {
     Impl& impl = *impl_;
-    drain_wakeup(impl.wake_fd);
+    Callback refused;
+    bool others_waiting = false;
     {
         std::lock_guard lock{impl.incoming_mutex};
-        // Cleared before taking the queue: a callback added after this point
+        // Nothing was written: the next call must write again.
+        impl.wake_pending = false;
+        // Unless the loop (or close()) took the queue meanwhile, the callback
+        // is where it was put: it comes out, so that the error means it will
+        // not run.
+        if (impl.incoming_takes == takes) {
+            refused = std::move(impl.incoming[position]);
+            impl.incoming.erase(impl.incoming.begin() + static_cast<std::ptrdiff_t>(position));
+        }
+        others_waiting = !impl.incoming.empty();
+    }
+    if (others_waiting) {
+        // Calls since this one did not write, counting on this write.
+        missed_wakeups.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (refused) {
+        refused = nullptr;  // its captures are destroyed here, on the caller's thread
+        impl.wakers.fetch_sub(1, std::memory_order_release);
+        throw_system_error(error, "call_soon_threadsafe: write to the reactor's eventfd", wake_fd);
+    }
+    // Taken by the loop, which runs it (or by close(), which drops it):
+    // the write was not needed.
+}
+
+void Reactor::drain_wakeups() {
+    Impl& impl = *impl_;
+    if (const int error = drain_wakeup(impl.wake_fd, detail::WakeupCall::drain_read); error != 0) [[unlikely]] {
+        refuse_drain(error, impl.wake_fd);
+    }
+    take_wakeups();
+}
+
+void Reactor::take_wakeups() {
+    Impl& impl = *impl_;
+    {
+        std::lock_guard lock{impl.incoming_mutex};
+        if (impl.incoming_spare.empty()) [[likely]] {
+            impl.incoming.swap(impl.incoming_spare);
+        } else {
+            // Taken twice in one iteration (a missed wakeup besides a
+            // drained one): appended after the batch taken first.
+            impl.incoming_spare.reserve(impl.incoming_spare.size() + impl.incoming.size());
+            std::move(impl.incoming.begin(), impl.incoming.end(), std::back_inserter(impl.incoming_spare));
+            impl.incoming.clear();
+        }
+        // Cleared while taking the queue: a callback added after this point
         // writes a new wakeup, so none is left behind without one.
         impl.wake_pending = false;
-        impl.incoming.swap(impl.incoming_spare);
+        ++impl.incoming_takes;
     }
     // The batch runs in place in this iteration (run_iteration step 4):
     // these callbacks have no handle to cancel them.
@@ -773,6 +976,7 @@ void Reactor::add_signal_handler(int signo, Callback callback) {
 }
 
 bool Reactor::remove_signal_handler(int signo) {
+    check_thread("remove_signal_handler");
     if (signo <= 0 || signo >= signal_limit || closed_) {
         return false;
     }
@@ -837,34 +1041,39 @@ int Reactor::embed_fd() {
 
 void Reactor::rearm_embedding() {
     Impl& impl = *impl_;
-    // Work queued: fire at once. Otherwise at the nearest timer (the timerfd
-    // shares steady_clock's CLOCK_MONOTONIC). Ready descriptors make the
-    // selector's own descriptor readable without help.
-    std::optional<TimePoint> target;
-    if (!soon_.empty()) {
-        target = TimePoint{Duration{1}};
-    } else {
-        target = impl.scheduler.next_deadline();
-        if (target && *target <= TimePoint{Duration{1}}) {
-            target = TimePoint{Duration{1}};
-        }
-    }
+    // Work queued: fire at once (TimePoint::min() stands for "now").
+    // Otherwise at the nearest timer. Ready descriptors make the selector's
+    // own descriptor readable without help.
+    const std::optional<TimePoint> target =
+        soon_.empty() ? impl.scheduler.next_deadline() : std::optional<TimePoint>{TimePoint::min()};
     if (target == impl.embed_armed_for) {
         return;
     }
-    itimerspec spec{};
+    itimerspec spec{};  // all zero: disarmed
+    int flags = 0;
     if (target) {
-        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(target->time_since_epoch()).count();
-        spec.it_value.tv_sec = static_cast<std::time_t>(ns / 1'000'000'000);
-        spec.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+        // A zero it_value would disarm the timer: one nanosecond is the
+        // earliest expiry that still fires.
+        constexpr Duration earliest{1};
+        if (impl.clock) {
+            // An injected clock has no kernel counterpart: arm for the time
+            // left as that clock sees it now, on the real clock.
+            spec.it_value = to_timespec(std::max(detail::time_until(*target, impl.now()), earliest));
+        } else {
+            // steady_clock is CLOCK_MONOTONIC: arm at the deadline itself, so
+            // time spent between now and the call cannot push it later.
+            spec.it_value = to_timespec(std::max(target->time_since_epoch(), earliest));
+            flags = TFD_TIMER_ABSTIME;
+        }
     }
-    if (::timerfd_settime(impl.embed_timer_fd, TFD_TIMER_ABSTIME, &spec, nullptr) == -1) {
+    if (::timerfd_settime(impl.embed_timer_fd, flags, &spec, nullptr) == -1) {
         throw_system_error(errno, "timerfd_settime", impl.embed_timer_fd);
     }
     impl.embed_armed_for = target;
 }
 
 std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
+    check_thread("time_to_next_work");
     if (closed_) {
         return std::nullopt;
     }
@@ -872,7 +1081,7 @@ std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
         return Duration::zero();
     }
     if (const auto deadline = impl_->scheduler.next_deadline()) {
-        return std::max(Duration::zero(), *deadline - impl_->now());
+        return impl_->time_until(*deadline);
     }
     return std::nullopt;
 }

@@ -245,27 +245,24 @@ struct StopTokenAwaiter {
     return {reactor, detail::ReactorWait::Kind::write, fd, {}, std::move(token)};
 }
 
-/// Resumes at `when` or as soon after as the loop can (a Reactor timer);
-/// muxio::Cancelled as readable().
+/// Resumes at `when` or as soon after as the loop can (a Reactor timer):
+/// any time point, as Reactor::call_at(), so TimePoint::min() resumes in the
+/// next iteration and TimePoint::max() never. muxio::Cancelled as readable().
 [[nodiscard]] inline detail::ReactorWait sleep_until(Reactor& reactor, Reactor::TimePoint when,
                                                      std::stop_token token = {}) noexcept {
     return {reactor, detail::ReactorWait::Kind::timer, -1, when, std::move(token)};
 }
 
 /// Resumes once `delay` has passed, never earlier; muxio::Cancelled as
-/// readable(). The deadline is taken when this is called.
+/// readable(). The deadline is taken when this is called, with the
+/// arithmetic of Reactor::call_later(): a negative delay resumes in the next
+/// iteration, one past the end of the clock's range never.
+/// std::invalid_argument (here, not at the co_await) for a floating-point NaN.
 template <class Rep, class Period>
 [[nodiscard]] detail::ReactorWait sleep_for(Reactor& reactor, std::chrono::duration<Rep, Period> delay,
                                             std::stop_token token = {}) {
-    const Reactor::TimePoint now = reactor.time();
-    using Wide = std::chrono::duration<long double, Reactor::Duration::period>;
-    Reactor::TimePoint when = now;
-    if (Wide{delay} >= Wide{Reactor::TimePoint::max() - now}) {
-        when = Reactor::TimePoint::max();  // saturates, like Reactor::call_later()
-    } else if (delay > delay.zero()) {
-        when = now + std::chrono::ceil<Reactor::Duration>(delay);
-    }
-    return sleep_until(reactor, when, std::move(token));
+    const Reactor::Duration clamped = detail::clamp_delay(delay, "sleep_for");
+    return sleep_until(reactor, detail::deadline_after(reactor.time(), clamped), std::move(token));
 }
 
 /// Resumes in the next iteration of the loop, after the callbacks already

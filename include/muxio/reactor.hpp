@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
@@ -51,22 +52,90 @@ struct FrameRegistry {
 // instance. Read on every call_soon(), hence visible here.
 extern std::atomic<std::uint64_t> fork_generation;
 
+// Names the calling thread: the address of a thread-local object, unique
+// among the threads alive. Cheaper than std::this_thread::get_id() (a call
+// into the C library) for a check that call_soon() makes each time.
+inline thread_local const char thread_tag = 0;
+inline const void* this_thread_tag() noexcept {
+    return &thread_tag;
+}
+
+// Deadline arithmetic that cannot overflow. The reactor's time points span
+// the whole of the clock's range (an injected clock may start anywhere in
+// it), so a plain `now + delay` or `deadline - now` can wrap around, and a
+// wrapped deadline or wait is centuries off in the other direction.
+
+/// `now + delay`, clamped to the clock's range: a delay of zero or less gives
+/// `now`, and a deadline past TimePoint::max() is max(), a timer that never
+/// fires, not one in the past.
+constexpr std::chrono::steady_clock::time_point deadline_after(std::chrono::steady_clock::time_point now,
+                                                               std::chrono::steady_clock::duration delay) noexcept {
+    using TimePoint = std::chrono::steady_clock::time_point;
+    if (delay <= delay.zero()) {
+        return now;
+    }
+    return now.time_since_epoch() > TimePoint::max().time_since_epoch() - delay ? TimePoint::max() : now + delay;
+}
+
+/// The time from `now` until `deadline`: zero once it is due, and
+/// Duration::max() when the difference does not fit (a deadline near the
+/// end of the clock's range seen from a time near its beginning).
+constexpr std::chrono::steady_clock::duration time_until(std::chrono::steady_clock::time_point deadline,
+                                                         std::chrono::steady_clock::time_point now) noexcept {
+    using Duration = std::chrono::steady_clock::duration;
+    if (deadline <= now) {
+        return Duration::zero();
+    }
+    // Positive and below 2^64, so exact in unsigned arithmetic.
+    const auto gap = static_cast<std::uint64_t>(deadline.time_since_epoch().count()) -
+                     static_cast<std::uint64_t>(now.time_since_epoch().count());
+    return gap > static_cast<std::uint64_t>(Duration::max().count()) ? Duration::max()
+                                                                     : Duration{static_cast<Duration::rep>(gap)};
+}
+
+[[noreturn]] void refuse_nan_delay(std::string_view operation);
+
+/// Any std::chrono duration as the reactor's: rounded up to a whole tick,
+/// zero if negative, Duration::max() if too large. std::invalid_argument
+/// (naming `operation`) for a floating-point NaN.
+template <class Rep, class Period>
+std::chrono::steady_clock::duration clamp_delay(std::chrono::duration<Rep, Period> delay, std::string_view operation) {
+    using Duration = std::chrono::steady_clock::duration;
+    // Compared in long double, where converting any duration is exact or
+    // rounds, never overflows.
+    using Wide = std::chrono::duration<long double, Duration::period>;
+    const Wide wide{delay};
+    if (std::isnan(wide.count())) {
+        refuse_nan_delay(operation);
+    }
+    if (wide >= Wide{Duration::max()}) {
+        return Duration::max();
+    }
+    if (wide <= Wide::zero()) {
+        return Duration::zero();
+    }
+    return std::chrono::ceil<Duration>(wide);
+}
+
 }  // namespace detail
 
 /// Cancels a callback scheduled with call_soon(), call_later() or call_at().
 ///
 /// A plain value: copying it copies the right to cancel. Cancelling twice,
 /// after the callback ran, or through a default-constructed handle does
-/// nothing. A handle must not be used after its reactor is destroyed.
+/// nothing. A handle must not be used after its reactor is destroyed. Like
+/// the reactor's own methods, cancel() and pending() throw std::logic_error
+/// when called from another thread while the reactor runs (see Reactor,
+/// "Threading"); nothing else.
 class TimerHandle {
 public:
     TimerHandle() = default;
 
     /// Cancels the callback if it has not run yet; its captures are destroyed
     /// now. Returns true if this call cancelled it.
-    bool cancel() noexcept;
+    bool cancel();
     /// True while the callback is scheduled and has neither run nor been cancelled.
-    [[nodiscard]] bool pending() const noexcept;
+    [[nodiscard]] bool pending() const;
 
 private:
     friend class Reactor;
@@ -91,13 +160,25 @@ struct ReactorOptions {
 
 /// An event loop in the model of asyncio's selector loop.
 ///
-/// Threading: one thread runs the reactor and calls its methods; only
-/// call_soon_threadsafe() and stop_threadsafe() may be called from others.
+/// Threading: while a thread runs the reactor (is inside run() or
+/// run_once()), that thread alone may call its methods. A call from another
+/// thread meanwhile throws std::logic_error naming the thread-safe way:
+/// call_soon_threadsafe() to run code on the reactor's thread, or
+/// stop_threadsafe() in place of stop() and before close(). The exceptions,
+/// callable from any thread at any time: call_soon_threadsafe(),
+/// stop_threadsafe(), is_running(), is_closed(), selector_name(), and time()
+/// if the injected clock is thread-safe (steady_clock is). While nobody runs
+/// it, any thread may use the reactor, one at a time: ordering those calls
+/// (as handing any object from one thread to another needs) is the caller's
+/// part, which the reactor cannot check. Destroying a reactor while another
+/// thread runs it is fatal: the destructor's close() throws, and a
+/// destructor cannot, so std::terminate reports it.
 ///
 /// Errors: std::invalid_argument for a bad argument (negative fd, bad signal
-/// number, an empty callback), std::system_error when the kernel refuses (the message names the
-/// call and fd), std::logic_error when the reactor is closed, running when it
-/// must not be, or used in a process forked after it was created.
+/// number, an empty callback), std::system_error when the kernel refuses (the
+/// message names the call and fd), std::logic_error when the reactor is
+/// closed, running when it must not be, called from another thread while it
+/// runs, or used in a process forked after it was created.
 ///
 /// One iteration (run_once) in order: compute the wait from the queued
 /// callbacks and the nearest timer; select; take the due timers; run exactly
@@ -158,13 +239,15 @@ public:
     /// negative fd, the reactor's own descriptors, and once the reactor is
     /// closed. Lets a caller refuse to replace someone else's reader, as the
     /// coroutine awaits do.
-    [[nodiscard]] bool has_reader(int fd) const noexcept;
+    [[nodiscard]] bool has_reader(int fd) const;
     /// Like has_reader() for the writer.
-    [[nodiscard]] bool has_writer(int fd) const noexcept;
+    [[nodiscard]] bool has_writer(int fd) const;
 
     // ----- Callbacks and timers ---------------------------------------------
 
     /// Runs `callback` in the next iteration, after those scheduled before it.
+    /// From another thread while the reactor runs: std::logic_error; use
+    /// call_soon_threadsafe().
     TimerHandle call_soon(Callback callback);
     /// call_soon() of a lambda or other function object, built in place in
     /// the queue (inline: no call, no move). Same contract.
@@ -176,32 +259,37 @@ public:
         return queued_soon(position);
     }
     /// Runs `callback` once `delay` has passed: never earlier; callbacks due at
-    /// the same instant run in the order they were scheduled.
+    /// the same instant run in the order they were scheduled. A delay of zero
+    /// or less runs it in the next iteration that takes due timers; one that
+    /// would pass the end of the clock's range saturates at TimePoint::max()
+    /// (a timer that never fires) instead of wrapping into the past.
     TimerHandle call_later(Duration delay, Callback callback);
-    /// Runs `callback` at `when` or as soon after as the loop can.
+    /// Runs `callback` at `when` or as soon after as the loop can. Any time
+    /// point is valid: one in the past, TimePoint::min() included, is due at
+    /// once; TimePoint::max() never comes.
     TimerHandle call_at(TimePoint when, Callback callback);
     /// Any std::chrono duration; fractional ones round up, and one too large
     /// for Duration saturates (never fires) instead of overflowing.
+    /// std::invalid_argument for a floating-point NaN.
     template <class Rep, class Period>
     TimerHandle call_later(std::chrono::duration<Rep, Period> delay, Callback callback) {
-        // Compared in long double, where no conversion of a duration overflows.
-        using Wide = std::chrono::duration<long double, Duration::period>;
-        const Wide wide{delay};
-        if (wide >= Wide{Duration::max()}) {
-            return call_later(Duration::max(), std::move(callback));
-        }
-        if (wide <= Wide::zero()) {
-            return call_later(Duration::zero(), std::move(callback));
-        }
-        return call_later(std::chrono::ceil<Duration>(delay), std::move(callback));
+        return call_later(detail::clamp_delay(delay, "call_later"), std::move(callback));
     }
     /// The reactor's clock now.
     [[nodiscard]] TimePoint time() const;
 
     /// Schedules `callback` from any thread and wakes the loop if it is
     /// blocked. Wakeups coalesce: many calls before the loop wakes cost one
-    /// write. Throws std::logic_error once the reactor is closed (the callback
-    /// is then destroyed on the calling thread).
+    /// write to the reactor's eventfd.
+    ///
+    /// Errors: std::logic_error once the reactor is closed; std::system_error
+    /// when the kernel refuses the wakeup write (EINTR is retried; EAGAIN, a
+    /// full counter, wakes the loop anyway and is no error). On either throw
+    /// the call had no effect: `callback` was not queued and has been
+    /// destroyed on the calling thread. No wakeup is lost to a failed write:
+    /// the next call writes again, and callbacks that other threads queued
+    /// meanwhile, counting on that write, run in the loop's next iteration,
+    /// whatever ends its wait.
     void call_soon_threadsafe(Callback callback);
     /// stop(), from any thread.
     void stop_threadsafe();
@@ -210,6 +298,9 @@ public:
 
     /// Runs `callback` in the loop (never in signal context) after `signo` is
     /// delivered; deliveries between two iterations coalesce into one call.
+    /// If the signal handler cannot write its wakeup (the kernel refuses),
+    /// the delivery is kept and the callback runs in the loop's next
+    /// iteration, whatever ends its wait.
     /// Replaces an earlier handler of this reactor. The previous disposition
     /// is saved and restored by remove_signal_handler() and close(). One
     /// reactor per signal: std::logic_error if another reactor handles it.
@@ -223,24 +314,34 @@ public:
 
     /// Runs iterations until stop(). If stop() was called before, runs one
     /// iteration that polls without blocking, then returns. std::logic_error
-    /// if already running, closed, or in a forked child.
+    /// if already running, closed, or in a forked child. std::system_error
+    /// when a read of the reactor's own eventfd or timerfd fails: that
+    /// iteration ends there, before running anything, and what was queued
+    /// stays queued for the next (a descriptor left readable would
+    /// otherwise make the loop spin).
     void run();
     /// Runs one iteration, waiting at most `timeout` for something to do
-    /// (nullopt: as long as needed; zero: poll). Returns the number of
-    /// callbacks run.
+    /// (nullopt: as long as needed; zero or negative, Duration::min()
+    /// included: poll; Duration::max(): as long as needed). Returns the
+    /// number of callbacks run. Errors as run().
     std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
-    /// Makes run() return after the current iteration. Harmless when not running.
-    void stop() noexcept;
-    [[nodiscard]] bool is_running() const noexcept { return running_; }
+    /// Makes run() return after the current iteration. Harmless when not
+    /// running. From another thread while the reactor runs: std::logic_error;
+    /// use stop_threadsafe().
+    void stop();
+    /// Whether a thread is inside run() or run_once(). Any thread may ask.
+    [[nodiscard]] bool is_running() const noexcept { return owner_.load(std::memory_order_relaxed) != nullptr; }
 
     /// Releases everything: the frames of spawned tasks that have not ended
     /// (destroyed first, while the reactor still works, so their pending
     /// awaits remove their registrations), signal handlers (previous
     /// dispositions restored), every callback still queued, registered or
     /// scheduled (their captures destroyed, none run), the selector and the
-    /// wakeup descriptor. std::logic_error while running; harmless when
+    /// wakeup descriptor. std::logic_error while running (from another thread:
+    /// stop it with stop_threadsafe() first, then close it); harmless when
     /// already closed.
     void close();
+    /// Any thread may ask: a running reactor cannot be closed.
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
 
     // ----- Errors -----------------------------------------------------------
@@ -256,16 +357,23 @@ public:
     /// ready, a timer due, a callback queued), so another loop can watch it
     /// and call run_once(0). Needs a selector that owns a kernel object
     /// (epoll, io_uring, kqueue): std::logic_error with select or poll.
+    /// Timers reach it through a timerfd: on steady_clock it is armed at the
+    /// nearest deadline itself; on an injected clock, for the time left as
+    /// that clock reads when work is scheduled and after each iteration,
+    /// counted on the kernel's monotonic clock (a clock that jumps is seen
+    /// at the next of those). A deadline already due makes it readable at
+    /// once; TimePoint::max() never does.
     [[nodiscard]] int embed_fd();
-    /// How long until the reactor has work: zero if callbacks are queued, the
-    /// time to the nearest timer, or nullopt if nothing is scheduled.
+    /// How long until the reactor has work: zero if callbacks are queued or a
+    /// timer is due, the time to the nearest timer (Duration::max() if it is
+    /// further than that), or nullopt if nothing is scheduled.
     [[nodiscard]] std::optional<Duration> time_to_next_work() const;
 
     /// The selector's mechanism name.
     [[nodiscard]] std::string_view selector_name() const noexcept;
 
     /// Number of callbacks scheduled (queued or on timers) and not yet run.
-    [[nodiscard]] std::size_t scheduled_count() const noexcept;
+    [[nodiscard]] std::size_t scheduled_count() const;
 
 private:
     friend class TimerHandle;
@@ -273,10 +381,28 @@ private:
     friend class detail::FdWatch;
     struct Impl;
 
+    // Whether the calling thread may use the reactor now: it is the one
+    // running it, or nobody is. An atomic, so that asking from another thread
+    // is no data race.
+    [[nodiscard]] bool on_loop_thread() const noexcept {
+        // The loop thread's own calls, the common case, decide at the first
+        // comparison.
+        const void* const owner = owner_.load(std::memory_order_relaxed);
+        return owner == detail::this_thread_tag() || owner == nullptr;
+    }
     // Inline and branch-only on the way through: call_soon() pays it per call.
+    // Reading closed_ from another thread is no race: it does not change
+    // while the reactor runs.
     void check_usable(std::string_view operation) const {
-        if (closed_ || detail::fork_generation.load(std::memory_order_relaxed) != fork_generation_) [[unlikely]] {
+        if (closed_ || detail::fork_generation.load(std::memory_order_relaxed) != fork_generation_ || !on_loop_thread())
+            [[unlikely]] {
             refuse(operation);
+        }
+    }
+    // For what works on a closed reactor too.
+    void check_thread(std::string_view operation) const {
+        if (!on_loop_thread()) [[unlikely]] {
+            refuse_thread(operation);
         }
     }
     TimerHandle queued_soon(std::uint64_t position) {
@@ -287,6 +413,9 @@ private:
         return {this, position, true};
     }
     [[noreturn, gnu::cold, gnu::noinline]] void refuse(std::string_view operation) const;
+    [[noreturn, gnu::cold, gnu::noinline]] static void refuse_thread(std::string_view operation);
+    void enter_loop(std::string_view operation);
+    void leave_loop() noexcept;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);
     void invoke(Callback& callback) noexcept;
@@ -297,8 +426,10 @@ private:
     // it when it moves. std::logic_error if `fd` has no such side.
     void replace_handler(int fd, Events side, Callback callback);
     bool remove_handler(int fd, Events side);
-    [[nodiscard]] bool has_handler(int fd, Events side) const noexcept;
+    [[nodiscard]] bool has_handler(int fd, Events side) const;
     void drain_wakeups();
+    void take_wakeups();
+    [[gnu::cold, gnu::noinline]] void wakeup_failed(int error, int wake_fd, std::size_t position, std::uint64_t takes);
     void run_signal_handler(int signo);
     void rearm_embedding();
 
@@ -312,7 +443,10 @@ private:
     std::uint64_t fork_generation_ = 0;
     detail::FrameLink* frames_ = nullptr;  // spawned tasks' frames, newest first
     bool embedded_ = false;                // embed_fd() was called: queuing work re-arms its timer
-    bool running_ = false;
+    bool running_ = false;                 // the loop thread's own view of whether owner_ is set
+    // The detail::this_thread_tag() of the thread in run() or run_once(),
+    // or null when none is.
+    std::atomic<const void*> owner_{nullptr};
     bool stopping_ = false;
     bool closed_ = false;
 };

@@ -59,7 +59,10 @@ std::vector<int> open_fds() {
     return fds;
 }
 
-int find_new_eventfd(const std::vector<int>& before) {
+namespace {
+
+int find_new_anon_inode(const std::vector<int>& before, std::string_view kind) {
+    const std::string wanted = "anon_inode:[" + std::string{kind} + "]";
     int found = -1;
     int matches = 0;
     for (const int fd : open_fds()) {
@@ -69,13 +72,23 @@ int find_new_eventfd(const std::vector<int>& before) {
         std::array<char, 256> target{};
         const std::string link = "/proc/self/fd/" + std::to_string(fd);
         const ssize_t length = ::readlink(link.c_str(), target.data(), target.size() - 1);
-        if (length > 0 && std::string_view{target.data(), static_cast<std::size_t>(length)} == "anon_inode:[eventfd]") {
+        if (length > 0 && std::string_view{target.data(), static_cast<std::size_t>(length)} == wanted) {
             found = fd;
             ++matches;
         }
     }
-    REQUIRE_MESSAGE(matches == 1, "expected exactly one new eventfd, found ", matches);
+    REQUIRE_MESSAGE(matches == 1, "expected exactly one new ", std::string{kind}, ", found ", matches);
     return found;
+}
+
+}  // namespace
+
+int find_new_eventfd(const std::vector<int>& before) {
+    return find_new_anon_inode(before, "eventfd");
+}
+
+int find_new_timerfd(const std::vector<int>& before) {
+    return find_new_anon_inode(before, "timerfd");
 }
 
 std::uint64_t eventfd_count(int fd) {

@@ -100,6 +100,9 @@ std::vector<int> open_fds();
 /// fails the test unless there is exactly one.
 int find_new_eventfd(const std::vector<int>& before);
 
+/// Like find_new_eventfd() for a timerfd (an embedded reactor's timer).
+int find_new_timerfd(const std::vector<int>& before);
+
 /// The counter of eventfd `fd`, read from /proc/self/fdinfo without reading
 /// (and so resetting) the eventfd itself.
 std::uint64_t eventfd_count(int fd);
