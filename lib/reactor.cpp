@@ -611,11 +611,10 @@ void Reactor::close() {
     if (running_) {
         throw std::logic_error("close: reactor is running; stop() it first");
     }
-    // Each destroyed frame unlinks itself (its promise's destructor).
-    while (frames_ != nullptr) {
-        frames_->frame.destroy();
-    }
     Impl& impl = *impl_;
+    // Spawned tasks' frames go first, while the reactor still works: their
+    // pending awaits remove their registrations.
+    notify_close_hooks(early_hooks_);
     for (int signo = 1; signo < signal_limit; ++signo) {
         remove_signal_handler(signo);
     }
@@ -632,6 +631,8 @@ void Reactor::close() {
     // call_soon_threadsafe() and get its logic_error instead of a deadlock.
     never_run.clear();
     closed_ = true;
+    // What is bound to the reactor and must not outlive it unawares.
+    notify_close_hooks(late_hooks_);
     // Destroying the keys destroys the fd callbacks; a destructor among them
     // that calls remove_reader() sees a closed reactor and gets false.
     impl.selector->close();
@@ -647,6 +648,18 @@ void Reactor::close() {
             ::close(*fd);
             *fd = -1;
         }
+    }
+    // Whatever hooked itself on while the above destroyed callbacks.
+    notify_close_hooks(late_hooks_);
+}
+
+void Reactor::notify_close_hooks(detail::CloseHook& sentinel) noexcept {
+    // The first hook each time: a notification may unhook others (a frame
+    // destroyed takes its sockets' watches with it).
+    while (sentinel.next_ != &sentinel) {
+        detail::CloseHook& hook = *sentinel.next_;
+        hook.unhook();
+        hook.notify_(hook);
     }
 }
 

@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -13,6 +12,7 @@
 #include <optional>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 #include "muxio/detail/ring_queue.hpp"
 #include "muxio/detail/unique_function.hpp"
@@ -28,20 +28,62 @@ class Reactor;
 
 namespace detail {
 
-// A detached coroutine frame (a spawned task's driver) that the reactor
-// destroys at close() if it is still suspended there, so that no spawned
-// task outlives its reactor or leaks. The link lives in the frame's promise,
-// which unlinks it when the frame is destroyed, whoever destroys it.
-struct FrameLink {
-    std::coroutine_handle<> frame;
-    FrameLink* prev = nullptr;
-    FrameLink* next = nullptr;
-};
+// A link in a reactor's list of close hooks. Whatever refers to a reactor and
+// must not outlive it unawares (a socket's readiness watch, a pending await,
+// a spawned task's frame) hooks onto it; close() unhooks each hook and calls
+// its notify function, once. The list is intrusive and circular around a
+// sentinel in the reactor: hooking, unhooking and taking another hook's
+// place (how a moved object keeps its place) are a few pointer stores,
+// allocate nothing, and unhooking needs no reactor. Like the rest of the
+// reactor, hooks belong to its thread.
+class CloseHook {
+public:
+    // Called by close() with the hook already unhooked, so it may destroy
+    // the object that holds the hook.
+    using Notify = void (*)(CloseHook& hook) noexcept;
+    // When close() calls the hook. `early`: first, while the reactor still
+    // works (a spawned task's frame, whose destruction removes its
+    // registrations). `late`: once it is closed, before its selector is
+    // released (watches and awaits, which forget the reactor).
+    enum class Phase : std::uint8_t { early, late };
 
-// The coroutine layer's access to the reactor's list of frames.
-struct FrameRegistry {
-    static void adopt(Reactor& reactor, FrameLink& link, std::coroutine_handle<> frame) noexcept;
-    static void forget(Reactor& reactor, FrameLink& link) noexcept;
+    CloseHook() noexcept = default;
+    CloseHook(const CloseHook&) = delete;
+    CloseHook& operator=(const CloseHook&) = delete;
+    ~CloseHook() { unhook(); }
+
+    // Hooks onto `reactor`, which must not be closed; this must not be hooked.
+    void hook(Reactor& reactor, Phase phase, Notify notify) noexcept;
+    void unhook() noexcept {
+        if (next_ != nullptr) {
+            prev_->next_ = next_;
+            next_->prev_ = prev_;
+            prev_ = nullptr;
+            next_ = nullptr;
+        }
+    }
+    // Takes `other`'s place in its list, if it is hooked, and its notify
+    // function; `other` ends unhooked. This must not be hooked.
+    void replace(CloseHook& other) noexcept {
+        if (other.next_ == nullptr) {
+            return;
+        }
+        prev_ = std::exchange(other.prev_, nullptr);
+        next_ = std::exchange(other.next_, nullptr);
+        notify_ = other.notify_;
+        prev_->next_ = this;
+        next_->prev_ = this;
+    }
+    [[nodiscard]] bool hooked() const noexcept { return next_ != nullptr; }
+
+private:
+    friend class ::muxio::Reactor;
+    struct Sentinel {};
+    explicit CloseHook(Sentinel /*tag*/) noexcept : prev_{this}, next_{this} {}
+
+    CloseHook* prev_ = nullptr;
+    CloseHook* next_ = nullptr;
+    Notify notify_ = nullptr;
 };
 
 // Bumped in a forked child (pthread_atfork): a reactor made before the fork
@@ -250,7 +292,7 @@ public:
 
 private:
     friend class TimerHandle;
-    friend struct detail::FrameRegistry;
+    friend class detail::CloseHook;
     struct Impl;
 
     // Inline and branch-only on the way through: call_soon() pays it per call.
@@ -267,6 +309,7 @@ private:
         return {this, position, true};
     }
     [[noreturn, gnu::cold, gnu::noinline]] void refuse(std::string_view operation) const;
+    void notify_close_hooks(detail::CloseHook& sentinel) noexcept;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);
     void invoke(Callback& callback) noexcept;
@@ -286,35 +329,22 @@ private:
     detail::RingQueue<Callback> soon_;
     std::size_t soon_live_ = 0;  // queued callbacks not yet run or cancelled
     std::uint64_t fork_generation_ = 0;
-    detail::FrameLink* frames_ = nullptr;  // spawned tasks' frames, newest first
-    bool embedded_ = false;                // embed_fd() was called: queuing work re-arms its timer
+    bool embedded_ = false;  // embed_fd() was called: queuing work re-arms its timer
     bool running_ = false;
     bool stopping_ = false;
     bool closed_ = false;
+    // The sentinels of the close hooks' lists, one per phase (see CloseHook).
+    detail::CloseHook early_hooks_{detail::CloseHook::Sentinel{}};
+    detail::CloseHook late_hooks_{detail::CloseHook::Sentinel{}};
 };
 
-inline void detail::FrameRegistry::adopt(Reactor& reactor, FrameLink& link, std::coroutine_handle<> frame) noexcept {
-    link.frame = frame;
-    link.prev = nullptr;
-    link.next = reactor.frames_;
-    if (link.next != nullptr) {
-        link.next->prev = &link;
-    }
-    reactor.frames_ = &link;
-}
-
-inline void detail::FrameRegistry::forget(Reactor& reactor, FrameLink& link) noexcept {
-    if (link.prev != nullptr) {
-        link.prev->next = link.next;
-    } else if (reactor.frames_ == &link) {
-        reactor.frames_ = link.next;
-    } else {
-        return;  // not linked
-    }
-    if (link.next != nullptr) {
-        link.next->prev = link.prev;
-    }
-    link.prev = link.next = nullptr;
+inline void detail::CloseHook::hook(Reactor& reactor, Phase phase, Notify notify) noexcept {
+    CloseHook& sentinel = phase == Phase::early ? reactor.early_hooks_ : reactor.late_hooks_;
+    notify_ = notify;
+    prev_ = sentinel.prev_;
+    next_ = &sentinel;
+    prev_->next_ = this;
+    sentinel.prev_ = this;
 }
 
 }  // namespace muxio
