@@ -623,19 +623,23 @@ Socket& Socket::operator=(Socket&& other) noexcept {
 }
 
 void Socket::close() noexcept {
-    if (!is_open()) {
-        return;
-    }
     // Registrations go first: once closed, the number may be reused by
     // another descriptor whose registrations must not be touched. The watch
-    // removes its own and cancels a pending await.
+    // removes its own and cancels a pending await; a detached one (its
+    // reactor closed) has nothing left to remove.
+    Reactor* const reactor = watch_.reactor();
     const int fd = watch_.release();
-    try {
-        reactor().remove_reader(fd);
-        reactor().remove_writer(fd);
-    } catch (...) {
-        // Only a kernel refusing to drop the fd gets here; closing it drops
-        // it from epoll anyway.
+    if (fd < 0) {
+        return;
+    }
+    if (reactor != nullptr) {
+        try {
+            reactor->remove_reader(fd);
+            reactor->remove_writer(fd);
+        } catch (...) {
+            // Only a kernel refusing to drop the fd gets here; closing it
+            // drops it from epoll anyway.
+        }
     }
     // Linux releases the descriptor even when close() reports EINTR, so it
     // is never retried.
@@ -657,8 +661,8 @@ SocketAddress Socket::local_address() const {
     return address;
 }
 
-void Socket::refuse_closed(std::string_view operation) {
-    throw std::logic_error(fmt::format("{}: socket is closed", operation));
+void Socket::refuse_closed(std::string_view operation) const {
+    throw std::logic_error(fmt::format("{}: {} is closed", operation, watch_.detached() ? "reactor" : "socket"));
 }
 
 // ----- StreamSocket -------------------------------------------------------------------
@@ -715,8 +719,7 @@ bool StreamIo::await_ready() {
 
 ReactorWait& StreamIo::arm() {
     const auto kind = reading() ? ReactorWait::Kind::read : ReactorWait::Kind::write;
-    ReactorWait& wait =
-        wait_.construct(socket_->reactor(), kind, socket_->watch_, std::move(token_), &attempt_on_ready, this);
+    ReactorWait& wait = wait_.construct(kind, socket_->watch_, std::move(token_), &attempt_on_ready, this);
     armed_ = true;
     return wait;
 }
@@ -808,6 +811,7 @@ void StreamSocket::shutdown(ShutdownHow how) {
 // ----- TcpStream ----------------------------------------------------------------------
 
 Task<TcpStream> TcpStream::connect(Reactor& reactor, SocketAddress address, std::stop_token token) {
+    reactor.require_usable("TcpStream::connect");
     require_ip(address, "TcpStream::connect");
     if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
         throw Cancelled{};
@@ -838,6 +842,7 @@ Task<TcpStream> TcpStream::connect(Reactor& reactor, std::string host, std::uint
 }
 
 TcpStream TcpStream::adopt(Reactor& reactor, int fd) {
+    reactor.require_usable("TcpStream::adopt");
     const SocketAddress peer = prepare_adopted(fd, {AF_INET, AF_INET6}, "TcpStream");
     return TcpStream{reactor, fd, peer};
 }
@@ -855,6 +860,7 @@ bool TcpStream::nodelay() const {
 // ----- UnixStream -----------------------------------------------------------------
 
 Task<UnixStream> UnixStream::connect(Reactor& reactor, SocketAddress address, std::stop_token token) {
+    reactor.require_usable("UnixStream::connect");
     require_unix(address, "UnixStream::connect");
     if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
         throw Cancelled{};
@@ -870,6 +876,7 @@ Task<UnixStream> UnixStream::connect(Reactor& reactor, SocketAddress address, st
 }
 
 std::pair<UnixStream, UnixStream> UnixStream::pair(Reactor& reactor) {
+    reactor.require_usable("UnixStream::pair");
     std::array<int, 2> fds{-1, -1};
     if (::socketpair(AF_UNIX, SOCK_STREAM | socket_flags, 0, fds.data()) != 0) {
         throw_system_error(errno, "socketpair(AF_UNIX, SOCK_STREAM)");
@@ -878,6 +885,7 @@ std::pair<UnixStream, UnixStream> UnixStream::pair(Reactor& reactor) {
 }
 
 UnixStream UnixStream::adopt(Reactor& reactor, int fd) {
+    reactor.require_usable("UnixStream::adopt");
     const SocketAddress peer = prepare_adopted(fd, {AF_UNIX}, "UnixStream");
     return UnixStream{reactor, fd, peer};
 }
@@ -885,6 +893,7 @@ UnixStream UnixStream::adopt(Reactor& reactor, int fd) {
 // ----- TcpListener ----------------------------------------------------------------
 
 TcpListener TcpListener::bind(Reactor& reactor, const SocketAddress& address, const ListenOptions& options) {
+    reactor.require_usable("TcpListener::bind");
     require_ip(address, "TcpListener::bind");
     TcpListener listener{reactor, open_socket(address.family(), SOCK_STREAM)};
     const int fd = listener.fileno();
@@ -989,6 +998,7 @@ void UnixListener::unlink_path() noexcept {
 }
 
 UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, const UnixListenOptions& options) {
+    reactor.require_usable("UnixListener::bind");
     require_unix(address, "UnixListener::bind");
     UnixListener listener{reactor, open_socket(AF_UNIX, SOCK_STREAM)};
     const int fd = listener.fileno();
@@ -1034,6 +1044,7 @@ Task<UnixStream> UnixListener::accept(std::stop_token token) {
 // ----- UdpSocket --------------------------------------------------------------------
 
 UdpSocket UdpSocket::bind(Reactor& reactor, const SocketAddress& address, const UdpOptions& options) {
+    reactor.require_usable("UdpSocket::bind");
     require_ip(address, "UdpSocket::bind");
     UdpSocket socket{reactor, open_socket(address.family(), SOCK_DGRAM)};
     const int fd = socket.fileno();
@@ -1056,6 +1067,7 @@ UdpSocket UdpSocket::bind(Reactor& reactor, const SocketAddress& address, const 
 }
 
 UdpSocket UdpSocket::open(Reactor& reactor, int family) {
+    reactor.require_usable("UdpSocket::open");
     if (family != AF_INET && family != AF_INET6) {
         throw std::invalid_argument(fmt::format("UdpSocket::open: family {} is not AF_INET or AF_INET6", family));
     }

@@ -631,7 +631,8 @@ void Reactor::close() {
     // call_soon_threadsafe() and get its logic_error instead of a deadlock.
     never_run.clear();
     closed_ = true;
-    // What is bound to the reactor and must not outlive it unawares.
+    // Sockets, watches and awaits still bound to the reactor forget it: a
+    // socket destroyed later only closes its descriptor.
     notify_close_hooks(late_hooks_);
     // Destroying the keys destroys the fd callbacks; a destructor among them
     // that calls remove_reader() sees a closed reactor and gets false.

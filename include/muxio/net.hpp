@@ -261,9 +261,24 @@ private:
 ///
 /// Contract for every socket type:
 /// - Move-only. Destruction (or close()) removes any reader or writer the
-///   reactor has for the descriptor, then closes it. A socket must be
-///   destroyed before its reactor, and not while an operation of its own is
-///   pending (cancel the operation first: the awaiting task holds `this`).
+///   reactor has for the descriptor, then closes it. A socket must not be
+///   destroyed while an operation of its own is pending (cancel the
+///   operation first: the awaiting task holds `this`).
+/// - A socket belongs to its reactor's thread, as the reactor's methods do:
+///   make, move and destroy it there (a socket is one of the reactor's
+///   close hooks, which a move re-links), or while the reactor is not
+///   running.
+/// - A socket may outlive its reactor. Closing (or destroying) the reactor
+///   detaches it: is_open() is false and fileno() -1 from then on, every
+///   operation throws std::logic_error "<operation>: reactor is closed",
+///   the try_* forms fail with EBADF, and a pending operation stays
+///   suspended (its task may be destroyed at any time, also after the
+///   reactor). The socket still owns its descriptor: release() hands it
+///   back (to adopt it on another reactor), close() and destruction close
+///   it, touching nothing else.
+/// - Every function that binds a socket to a reactor (bind, open, adopt,
+///   pair, connect) refuses a closed reactor with what
+///   Reactor::add_reader() throws there, before it opens anything.
 /// - Awaitable operations return a lazy Task, or for a stream's reads and
 ///   writes a StreamOperation (which becomes a Task where one is needed),
 ///   that refers to the socket and to the buffer passed in: both must
@@ -287,10 +302,12 @@ private:
 ///   with `error` set when it failed.
 class Socket {
 public:
-    /// The descriptor, -1 once closed or released.
+    /// The descriptor, -1 once closed, released or detached.
     [[nodiscard]] int fileno() const noexcept { return watch_.fd(); }
     [[nodiscard]] bool is_open() const noexcept { return watch_.fd() >= 0; }
-    /// The reactor the socket waits on. Precondition: not default-constructed.
+    /// The reactor the socket waits on. Precondition: the socket is bound to
+    /// one (not default-constructed, moved from, or detached by the
+    /// reactor's close()).
     [[nodiscard]] Reactor& reactor() const noexcept { return *watch_.reactor(); }
 
     /// Removes the descriptor's reactor registrations and closes it.
@@ -298,8 +315,8 @@ public:
     void close() noexcept;
     /// Gives up the descriptor without closing it; the socket is then
     /// closed. The socket's own readiness registration is removed first (a
-    /// pending await on it ends with muxio::Cancelled). Returns -1 if it
-    /// already was closed.
+    /// pending await on it ends with muxio::Cancelled). Returns the
+    /// descriptor of a detached socket too; -1 if it already was closed.
     [[nodiscard]] int release() noexcept;
 
     /// getsockname(). std::system_error on failure.
@@ -315,11 +332,11 @@ public:
     /// closed while the wait is pending. std::logic_error if another task
     /// waits to read this socket. Precondition: the socket is open.
     [[nodiscard]] detail::ReactorWait readable(std::stop_token token = {}) const {
-        return {reactor(), detail::ReactorWait::Kind::read, watch_, std::move(token)};
+        return {detail::ReactorWait::Kind::read, watch_, std::move(token)};
     }
     /// Like readable() for writability.
     [[nodiscard]] detail::ReactorWait writable(std::stop_token token = {}) const {
-        return {reactor(), detail::ReactorWait::Kind::write, watch_, std::move(token)};
+        return {detail::ReactorWait::Kind::write, watch_, std::move(token)};
     }
 
 protected:
@@ -335,7 +352,8 @@ protected:
     // Protected and non-virtual: a socket is never deleted through a Socket*.
     ~Socket() { close(); }
 
-    /// std::logic_error("<operation>: socket is closed") unless open.
+    /// std::logic_error("<operation>: socket is closed") unless open;
+    /// "<operation>: reactor is closed" for a detached socket.
     void require_open(std::string_view operation) const {
         if (!is_open()) [[unlikely]] {
             refuse_closed(operation);
@@ -344,7 +362,7 @@ protected:
 
 private:
     friend class detail::StreamIo;
-    [[noreturn]] static void refuse_closed(std::string_view operation);
+    [[noreturn, gnu::cold]] void refuse_closed(std::string_view operation) const;
 
     // The descriptor and the reactor with the socket's readiness
     // registration. Mutable: awaiting readiness does not change the socket,

@@ -97,7 +97,11 @@ extern std::atomic<std::uint64_t> fork_generation;
 ///
 /// A plain value: copying it copies the right to cancel. Cancelling twice,
 /// after the callback ran, or through a default-constructed handle does
-/// nothing. A handle must not be used after its reactor is destroyed.
+/// nothing; after the reactor's close() cancel() and pending() return false.
+/// A handle must not be used after its reactor is destroyed: it is the value
+/// every call_soon() returns, and knowing whether the reactor is alive would
+/// cost every one of them a shared count. What muxio itself keeps across a
+/// reactor's lifetime (an await's timer) is told of the close instead.
 class TimerHandle {
 public:
     TimerHandle() = default;
@@ -138,6 +142,13 @@ struct ReactorOptions {
 /// number, an empty callback), std::system_error when the kernel refuses (the message names the
 /// call and fd), std::logic_error when the reactor is closed, running when it
 /// must not be, or used in a process forked after it was created.
+///
+/// Lifetimes: close() (and so the destructor) destroys spawned tasks'
+/// frames and detaches whatever else is still bound to the reactor: a
+/// socket then only closes its descriptor when destroyed, a pending await
+/// of a task the reactor does not own stays suspended and no longer refers
+/// to the reactor (destroying its task is safe, also after the reactor is
+/// gone), a pending name lookup posts nothing. See detail::CloseHook.
 ///
 /// One iteration (run_once) in order: compute the wait from the queued
 /// callbacks and the nearest timer; select; take the due timers; run exactly
@@ -184,6 +195,12 @@ public:
     [[nodiscard]] bool has_reader(int fd) const noexcept;
     /// Like has_reader() for the writer.
     [[nodiscard]] bool has_writer(int fd) const noexcept;
+    /// Throws what add_reader() throws for a reactor that takes no more
+    /// registrations: std::logic_error "<operation>: reactor is closed", or
+    /// the fork error in a child forked after the reactor was made. What the
+    /// functions that bind something to a reactor (the socket constructors,
+    /// connect, resolve) check before they open anything.
+    void require_usable(std::string_view operation) const { check_usable(operation); }
 
     // ----- Callbacks and timers ---------------------------------------------
 
@@ -261,8 +278,9 @@ public:
     /// awaits remove their registrations), signal handlers (previous
     /// dispositions restored), every callback still queued, registered or
     /// scheduled (their captures destroyed, none run), the selector and the
-    /// wakeup descriptor. std::logic_error while running; harmless when
-    /// already closed.
+    /// wakeup descriptor. Sockets, awaits and lookups still bound to the
+    /// reactor are detached (see the class comment). std::logic_error while
+    /// running; harmless when already closed.
     void close();
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
 

@@ -116,6 +116,11 @@ private:
 /// released: its pending await removes its registration or timer, and the
 /// destructors of its locals run, as when a suspended Task is destroyed.
 ///
+/// A task that is not spawned (held by its owner, or awaited by one that
+/// is) may outlive its reactor: the reactor's close() detaches its pending
+/// await, which then never resumes and no longer refers to the reactor, so
+/// destroying the task later, even after the reactor is gone, is safe.
+///
 /// std::logic_error for an empty task or a closed reactor.
 template <class T>
 void spawn(Reactor& reactor, Task<T> task, std::stop_token token = {}) {
