@@ -300,8 +300,9 @@ int FdWatch::release() noexcept {
             reactor_->remove_writer(fd_);
         }
     } catch (...) {
-        // Only a kernel refusing to drop the fd gets here; its owner closes
-        // it next, which drops it anyway.
+        // A kernel refusing to drop the fd, or a forked child, whose reactor
+        // refuses to touch the registrations it shares with the parent. The
+        // owner closes the fd next, which drops it from this process anyway.
     }
     const int fd = fd_ >= 0 ? fd_ : detached_fd_;
     fd_ = -1;

@@ -73,6 +73,10 @@ public:
         }
     }
 
+    // Closing this process's copy of the descriptor leaves the instance, and
+    // the parent's registrations in it, as they are; epoll_ctl would not.
+    void abandon() noexcept override { close(); }
+
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
         const int capacity = static_cast<int>(std::min<std::size_t>(events_.size(), INT32_MAX));

@@ -637,8 +637,9 @@ void Socket::close() noexcept {
             reactor->remove_reader(fd);
             reactor->remove_writer(fd);
         } catch (...) {
-            // Only a kernel refusing to drop the fd gets here; closing it
-            // drops it from epoll anyway.
+            // A kernel refusing to drop the fd (closing it drops it from
+            // epoll anyway), or a forked child, whose reactor leaves the
+            // registrations it shares with the parent alone.
         }
     }
     // Linux releases the descriptor even when close() reports EINTR, so it
@@ -962,6 +963,7 @@ UnixListener::UnixListener(UnixListener&& other) noexcept
       local_{other.local_},
       device_{other.device_},
       inode_{other.inode_},
+      creator_{other.creator_},
       owns_path_{std::exchange(other.owns_path_, false)} {}
 
 UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
@@ -971,6 +973,7 @@ UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
         local_ = other.local_;
         device_ = other.device_;
         inode_ = other.inode_;
+        creator_ = other.creator_;
         owns_path_ = std::exchange(other.owns_path_, false);
     }
     return *this;
@@ -986,8 +989,8 @@ void UnixListener::close() noexcept {
 }
 
 void UnixListener::unlink_path() noexcept {
-    if (!std::exchange(owns_path_, false)) {
-        return;
+    if (!std::exchange(owns_path_, false) || creator_ != ::getpid()) {
+        return;  // a forked child's copy: the path is the parent's
     }
     // Only the file this listener made: another server may have replaced it.
     const std::string path{local_.path()};
@@ -1015,6 +1018,7 @@ UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, 
     if (has_file && options.unlink_on_close && ::lstat(path.c_str(), &info) == 0) {
         listener.device_ = static_cast<std::uint64_t>(info.st_dev);
         listener.inode_ = static_cast<std::uint64_t>(info.st_ino);
+        listener.creator_ = ::getpid();
         listener.owns_path_ = true;
     }
     if (::listen(fd, options.backlog) != 0) {

@@ -31,20 +31,6 @@ std::atomic<std::uint64_t> detail::fork_generation{0};
 
 namespace {
 
-// ----- Fork detection ---------------------------------------------------------
-// A forked child shares the parent's epoll or io_uring instance: running the
-// parent's reactor there would steal the parent's events. Each fork bumps a
-// counter in the child; a reactor refuses to run when the counter moved
-// since it was built. One atomic load per iteration, no getpid() syscall.
-// The counter is detail::fork_generation (reactor.hpp).
-std::uint64_t current_fork_generation() {
-    static std::once_flag registered;
-    std::call_once(registered, [] {
-        ::pthread_atfork(nullptr, nullptr, [] { detail::fork_generation.fetch_add(1, std::memory_order_relaxed); });
-    });
-    return detail::fork_generation.load(std::memory_order_relaxed);
-}
-
 // ----- Signal routing -----------------------------------------------------------
 // The handler only records the signal and pokes the owning reactor's wakeup
 // descriptor; the callback runs later in the loop. Lock-free atomics and
@@ -70,6 +56,30 @@ extern "C" void muxio_on_signal(int signo) {
         [[maybe_unused]] const ssize_t ignored = ::write(fd, &one, sizeof one);
     }
     errno = saved_errno;
+}
+
+// ----- Fork detection ---------------------------------------------------------
+// A forked child shares the parent's epoll or io_uring instance (and its
+// eventfd and timerfd): running the parent's reactor there would steal the
+// parent's events, and removing a registration there would remove the
+// parent's. Each fork bumps a counter in the child; a reactor refuses to work
+// when the counter moved since it was built. One atomic load per check, no
+// getpid() system call. The counter is detail::fork_generation (reactor.hpp).
+//
+// The child's signal routes forget the parent's wakeup descriptors, so a
+// signal delivered to the child is not written to the eventfd it shares with
+// the parent.
+std::uint64_t current_fork_generation() {
+    static std::once_flag registered;
+    std::call_once(registered, [] {
+        ::pthread_atfork(nullptr, nullptr, [] {
+            detail::fork_generation.fetch_add(1, std::memory_order_relaxed);
+            for (SignalRoute& route : signal_routes) {
+                route.wake_fd.store(-1, std::memory_order_relaxed);
+            }
+        });
+    });
+    return detail::fork_generation.load(std::memory_order_relaxed);
 }
 
 void write_wakeup(int fd) noexcept {
@@ -240,6 +250,10 @@ void Reactor::refuse(std::string_view operation) const {
     if (closed_) {
         throw std::logic_error(fmt::format("{}: reactor is closed", operation));
     }
+    refuse_in_child(operation);
+}
+
+void Reactor::refuse_in_child(std::string_view operation) {
     throw std::logic_error(
         fmt::format("{}: this reactor was created before a fork(); a child process must create its own", operation));
 }
@@ -258,6 +272,11 @@ void Reactor::run() {
             // A stop() that came before run() leaves room for one polling
             // iteration; later iterations block as long as they need.
             run_iteration(stopping_ ? std::optional<Duration>{Duration::zero()} : std::nullopt, ran);
+            // A child forked by a callback goes no further than the iteration
+            // of the fork: the next one would wait on the parent's kernel objects.
+            if (forked_away()) [[unlikely]] {
+                refuse_in_child("run");
+            }
         } while (!stopping_);
     } catch (...) {
         running_ = false;
@@ -463,6 +482,10 @@ bool Reactor::remove_handler(int fd, Events side) {
     if (closed_ || fd < 0) {
         return false;  // removal must be safe from destructors running at close
     }
+    if (forked_away()) [[unlikely]] {
+        // The registration is the parent's too: removing it here would remove it there.
+        refuse_in_child(side == EVENT_READ ? "remove_reader" : "remove_writer");
+    }
     Impl& impl = *impl_;
     const auto* key = impl.selector->get_map().find(fd);
     if (key == nullptr || !key->events.contains(side) || fd == impl.wake_fd || fd == impl.embed_timer_fd) {
@@ -612,9 +635,17 @@ void Reactor::close() {
         throw std::logic_error("close: reactor is running; stop() it first");
     }
     Impl& impl = *impl_;
-    // Spawned tasks' frames go first, while the reactor still works: their
-    // pending awaits remove their registrations.
-    notify_close_hooks(early_hooks_);
+    // In a child forked after the reactor was made, its kernel objects are
+    // the parent's too. Everything is then released once the reactor counts
+    // as closed, so that whatever the releases remove (a spawned task's
+    // pending await, a socket's reader) is forgotten rather than asked of the
+    // shared epoll or io_uring instance.
+    const bool inherited = forked_away();
+    if (!inherited) {
+        // Spawned tasks' frames go first, while the reactor still works:
+        // their pending awaits remove their registrations.
+        notify_close_hooks(early_hooks_);
+    }
     for (int signo = 1; signo < signal_limit; ++signo) {
         remove_signal_handler(signo);
     }
@@ -631,12 +662,19 @@ void Reactor::close() {
     // call_soon_threadsafe() and get its logic_error instead of a deadlock.
     never_run.clear();
     closed_ = true;
+    if (inherited) {
+        notify_close_hooks(early_hooks_);
+    }
     // Sockets, watches and awaits still bound to the reactor forget it: a
     // socket destroyed later only closes its descriptor.
     notify_close_hooks(late_hooks_);
     // Destroying the keys destroys the fd callbacks; a destructor among them
     // that calls remove_reader() sees a closed reactor and gets false.
-    impl.selector->close();
+    if (inherited) {
+        impl.selector->abandon();
+    } else {
+        impl.selector->close();
+    }
     impl.scheduler.clear();
     soon_.clear();
     impl.running_batch.clear();
@@ -644,6 +682,7 @@ void Reactor::close() {
     embedded_ = false;
     impl.due.clear();
     impl.incoming_spare.clear();
+    // The child's own copies: closing them leaves the parent's open.
     for (int* fd : {&impl.wake_fd, &impl.embed_timer_fd}) {
         if (*fd >= 0) {
             ::close(*fd);
@@ -675,6 +714,9 @@ std::string_view Reactor::selector_name() const noexcept {
 // ----- Thread-safe wakeups ------------------------------------------------------------------
 
 void Reactor::call_soon_threadsafe(Callback callback) {
+    if (forked_away()) [[unlikely]] {
+        refuse_in_child("call_soon_threadsafe");  // its eventfd is the parent's too
+    }
     require_callback(callback, "call_soon_threadsafe");
     Impl& impl = *impl_;
     int wake_fd = -1;

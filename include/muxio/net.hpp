@@ -3,6 +3,7 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -277,8 +278,16 @@ private:
 ///   back (to adopt it on another reactor), close() and destruction close
 ///   it, touching nothing else.
 /// - Every function that binds a socket to a reactor (bind, open, adopt,
-///   pair, connect) refuses a closed reactor with what
-///   Reactor::add_reader() throws there, before it opens anything.
+///   pair, connect) refuses a closed reactor, and the parent's reactor in a
+///   forked child, with what Reactor::add_reader() throws there, before it
+///   opens anything. In a forked child a socket inherited from the parent
+///   is the child's copy, still bound to the parent's reactor, which cannot
+///   run there: close it (or release() its descriptor to adopt it on the
+///   child's own reactor). Closing or destroying it closes that copy only
+///   and leaves the registrations it shares with the parent alone (a
+///   UnixListener leaves its path too). An operation awaited on it in the
+///   child throws the fork error when it has to register, and otherwise
+///   never resumes.
 /// - Awaitable operations return a lazy Task, or for a stream's reads and
 ///   writes a StreamOperation (which becomes a Task where one is needed),
 ///   that refers to the socket and to the buffer passed in: both must
@@ -552,7 +561,8 @@ struct UnixListenOptions {
     /// bind() fails with EADDRINUSE.
     bool remove_stale = true;
     /// When the listener closes, remove its path if it is still the socket
-    /// this listener created.
+    /// this listener created, in the process that created it (a forked child
+    /// closing its copy leaves the parent's path in place).
     bool unlink_on_close = true;
 };
 
@@ -586,9 +596,11 @@ private:
     void unlink_path() noexcept;
 
     SocketAddress local_;
-    // The file this listener created, to unlink only that one.
+    // The file this listener created, to unlink only that one, and only in
+    // the process that created it.
     std::uint64_t device_ = 0;
     std::uint64_t inode_ = 0;
+    pid_t creator_ = 0;
     bool owns_path_ = false;
 };
 

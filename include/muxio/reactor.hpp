@@ -44,7 +44,8 @@ public:
     // When close() calls the hook. `early`: first, while the reactor still
     // works (a spawned task's frame, whose destruction removes its
     // registrations). `late`: once it is closed, before its selector is
-    // released (watches and awaits, which forget the reactor).
+    // released (watches and awaits, which forget the reactor). In a child
+    // forked after the reactor was made, both run once it is closed.
     enum class Phase : std::uint8_t { early, late };
 
     CloseHook() noexcept = default;
@@ -143,6 +144,19 @@ struct ReactorOptions {
 /// call and fd), std::logic_error when the reactor is closed, running when it
 /// must not be, or used in a process forked after it was created.
 ///
+/// Fork: a child process shares the reactor's kernel objects (its epoll or
+/// io_uring instance, eventfd, timerfd) with the parent, and nothing the
+/// child does to the reactor it inherited reaches them. There, run(),
+/// run_once(), every add_*, remove_reader(), remove_writer(), call_soon*(),
+/// call_later(), call_at(), embed_fd() and the socket constructors throw
+/// the fork error (a std::logic_error that says so); a child forked by a
+/// callback finishes that iteration, then run() throws it. close() and the
+/// destructor release the child's memory and its own copies of the
+/// descriptors only, and detach what is bound to the reactor, as below;
+/// remove_signal_handler(), stop(), TimerHandle::cancel() and the const
+/// members work on the child's memory. A signal delivered to the child
+/// wakes nothing in the parent. A child builds a reactor of its own.
+///
 /// Lifetimes: close() (and so the destructor) destroys spawned tasks'
 /// frames and detaches whatever else is still bound to the reactor: a
 /// socket then only closes its descriptor when destroyed, a pending await
@@ -184,7 +198,8 @@ public:
     /// Removes the reader of `fd`; returns whether there was one. The fd is
     /// unregistered when it has neither reader nor writer. Works after `fd`
     /// was closed. A callback removed during an iteration is not called again
-    /// in that iteration.
+    /// in that iteration. False once the reactor is closed; the fork error
+    /// in a forked child (the registration is the parent's too).
     bool remove_reader(int fd);
     /// Like remove_reader() for the writer.
     bool remove_writer(int fd);
@@ -240,8 +255,8 @@ public:
 
     /// Schedules `callback` from any thread and wakes the loop if it is
     /// blocked. Wakeups coalesce: many calls before the loop wakes cost one
-    /// write. Throws std::logic_error once the reactor is closed (the callback
-    /// is then destroyed on the calling thread).
+    /// write. Throws std::logic_error once the reactor is closed, or in a
+    /// forked child (the callback is then destroyed on the calling thread).
     void call_soon_threadsafe(Callback callback);
     /// stop(), from any thread.
     void stop_threadsafe();
@@ -279,8 +294,11 @@ public:
     /// dispositions restored), every callback still queued, registered or
     /// scheduled (their captures destroyed, none run), the selector and the
     /// wakeup descriptor. Sockets, awaits and lookups still bound to the
-    /// reactor are detached (see the class comment). std::logic_error while
-    /// running; harmless when already closed.
+    /// reactor are detached (see the class comment). In a forked child the
+    /// reactor counts as closed before the frames are destroyed, and the
+    /// selector is abandoned (BaseSelector::abandon), not closed: no
+    /// removal or cancellation reaches the parent's kernel objects.
+    /// std::logic_error while running; harmless when already closed.
     void close();
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
 
@@ -319,6 +337,11 @@ private:
             refuse(operation);
         }
     }
+    // In a child forked after the reactor was made: its kernel objects are
+    // the parent's too.
+    [[nodiscard]] bool forked_away() const noexcept {
+        return detail::fork_generation.load(std::memory_order_relaxed) != fork_generation_;
+    }
     TimerHandle queued_soon(std::uint64_t position) {
         ++soon_live_;
         if (embedded_ && !running_) [[unlikely]] {
@@ -327,6 +350,7 @@ private:
         return {this, position, true};
     }
     [[noreturn, gnu::cold, gnu::noinline]] void refuse(std::string_view operation) const;
+    [[noreturn, gnu::cold, gnu::noinline]] static void refuse_in_child(std::string_view operation);
     void notify_close_hooks(detail::CloseHook& sentinel) noexcept;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);

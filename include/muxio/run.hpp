@@ -114,7 +114,9 @@ private:
 /// cancels the await pending in the task. A task that has not ended when
 /// the reactor closes is destroyed by close(), before anything else is
 /// released: its pending await removes its registration or timer, and the
-/// destructors of its locals run, as when a suspended Task is destroyed.
+/// destructors of its locals run, as when a suspended Task is destroyed. (In
+/// a forked child close() destroys it once the reactor counts as closed:
+/// what it removes is forgotten, never asked of the parent's kernel objects.)
 ///
 /// A task that is not spawned (held by its owner, or awaited by one that
 /// is) may outlive its reactor: the reactor's close() detaches its pending
