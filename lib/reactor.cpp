@@ -68,16 +68,20 @@ extern "C" void muxio_on_signal(int signo) {
 //
 // The child's signal routes forget the parent's wakeup descriptors, so a
 // signal delivered to the child is not written to the eventfd it shares with
-// the parent.
+// the parent. The owners' lock is held across the fork, so a child of a
+// process that was adding or removing a handler on another thread does not
+// inherit it locked.
 std::uint64_t current_fork_generation() {
     static std::once_flag registered;
     std::call_once(registered, [] {
-        ::pthread_atfork(nullptr, nullptr, [] {
-            detail::fork_generation.fetch_add(1, std::memory_order_relaxed);
-            for (SignalRoute& route : signal_routes) {
-                route.wake_fd.store(-1, std::memory_order_relaxed);
-            }
-        });
+        ::pthread_atfork([] { signal_owners_mutex.lock(); }, [] { signal_owners_mutex.unlock(); },
+                         [] {
+                             detail::fork_generation.fetch_add(1, std::memory_order_relaxed);
+                             for (SignalRoute& route : signal_routes) {
+                                 route.wake_fd.store(-1, std::memory_order_relaxed);
+                             }
+                             signal_owners_mutex.unlock();
+                         });
     });
     return detail::fork_generation.load(std::memory_order_relaxed);
 }
@@ -651,11 +655,21 @@ void Reactor::close() {
     }
     std::vector<Callback> never_run;
     {
-        std::lock_guard lock{impl.incoming_mutex};
+        // In a child no thread can be inside call_soon_threadsafe() (it
+        // refuses there), but a parent's thread may have held the lock at
+        // the fork, and that thread does not exist here to release it.
+        std::unique_lock lock{impl.incoming_mutex, std::defer_lock};
+        if (inherited) {
+            (void)lock.try_lock();
+        } else {
+            lock.lock();
+        }
         impl.incoming_closed = true;
-        never_run.swap(impl.incoming);
+        if (lock.owns_lock()) {
+            never_run.swap(impl.incoming);
+        }
     }
-    while (impl.wakers.load(std::memory_order_acquire) != 0) {
+    while (!inherited && impl.wakers.load(std::memory_order_acquire) != 0) {
         std::this_thread::yield();  // a call_soon_threadsafe() is still writing to wake_fd
     }
     // Destroyed outside the lock: a capture's destructor may call

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -26,6 +27,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -146,8 +148,8 @@ int wait_bounded(pid_t pid, std::chrono::milliseconds limit) {
 }
 
 // Runs `child` in a forked child, which exits with what it returns, and
-// waits for it (bounded); returns its exit status.
-int in_child(const std::function<int()>& child) {
+// waits for it (at most `limit`); returns its exit status.
+int in_child(const std::function<int()>& child, std::chrono::milliseconds limit = 10'000ms) {
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -158,7 +160,7 @@ int in_child(const std::function<int()>& child) {
         }
         ::_exit(code);
     }
-    const int status = wait_bounded(pid, 10'000ms);
+    const int status = wait_bounded(pid, limit);
     REQUIRE(WIFEXITED(status));
     return WEXITSTATUS(status);
 }
@@ -512,6 +514,62 @@ TEST_CASE("a signal delivered to a forked child does not wake the parent's react
     CHECK(muxio::reactor_test::eventfd_count(wake_fd) == 0);
     CHECK(parent.run_once(0s) == 0);
     CHECK(handled == 0);
+    CHECK(parent.remove_signal_handler(SIGUSR1));
+}
+
+// A parent's thread may be inside the reactor's thread-safe queue, or
+// changing signal handlers, at the moment of the fork: the child inherits its
+// locks held by a thread that does not exist there. Closing the inherited
+// reactor in the child must not wait for that thread. Many forks, so that
+// some land while the other thread holds a lock.
+TEST_CASE("a child forked while another thread posts to the reactor closes it without hanging") {
+    FdLeakCheck leak_check;
+    Reactor parent;
+    std::atomic<bool> done{false};
+    std::thread poster{[&] {
+        while (!done.load(std::memory_order_relaxed)) {
+            parent.call_soon_threadsafe([] {});
+        }
+    }};
+    for (int round = 0; round < 20; ++round) {
+        CAPTURE(round);
+        CHECK(in_child(
+                  [&]() -> int {
+                      parent.close();
+                      return ok;
+                  },
+                  3000ms) == ok);
+        (void)parent.run_once(0s);
+    }
+    done = true;
+    poster.join();
+}
+
+TEST_CASE("a child forked while another thread changes signal handlers closes the inherited reactor without hanging") {
+    FdLeakCheck leak_check;
+    const muxio::reactor_test::SavedSignal saved_first{SIGUSR1};
+    const muxio::reactor_test::SavedSignal saved_second{SIGUSR2};
+    Reactor parent;
+    parent.add_signal_handler(SIGUSR1, [] {});
+    std::atomic<bool> done{false};
+    std::thread churn{[&] {
+        Reactor own;
+        while (!done.load(std::memory_order_relaxed)) {
+            own.add_signal_handler(SIGUSR2, [] {});
+            (void)own.remove_signal_handler(SIGUSR2);
+        }
+    }};
+    for (int round = 0; round < 20; ++round) {
+        CAPTURE(round);
+        CHECK(in_child(
+                  [&]() -> int {
+                      parent.close();
+                      return ok;
+                  },
+                  3000ms) == ok);
+    }
+    done = true;
+    churn.join();
     CHECK(parent.remove_signal_handler(SIGUSR1));
 }
 
