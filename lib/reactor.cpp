@@ -66,25 +66,20 @@ extern "C" void muxio_on_signal(int signo) {
 // when the counter moved since it was built. One atomic load per check, no
 // getpid() system call. The counter is detail::fork_generation (reactor.hpp).
 //
-// The child's signal routes forget the parent's wakeup descriptors, so a
-// signal delivered to the child is not written to the eventfd it shares with
-// the parent. The owners' lock is held across the fork, so a child of a
+// The signal owners' lock is held across the fork, so that a child of a
 // process that was adding or removing a handler on another thread does not
-// inherit it locked.
-std::uint64_t current_fork_generation() {
+// inherit it locked. The child's handler is Reactor::after_fork_in_child().
+std::uint64_t current_fork_generation(void (*in_child)()) {
     static std::once_flag registered;
-    std::call_once(registered, [] {
-        ::pthread_atfork([] { signal_owners_mutex.lock(); }, [] { signal_owners_mutex.unlock(); },
-                         [] {
-                             detail::fork_generation.fetch_add(1, std::memory_order_relaxed);
-                             for (SignalRoute& route : signal_routes) {
-                                 route.wake_fd.store(-1, std::memory_order_relaxed);
-                             }
-                             signal_owners_mutex.unlock();
-                         });
+    std::call_once(registered, [in_child] {
+        ::pthread_atfork([] { signal_owners_mutex.lock(); }, [] { signal_owners_mutex.unlock(); }, in_child);
     });
     return detail::fork_generation.load(std::memory_order_relaxed);
 }
+
+// The reactor whose run() this thread is in, innermost first (a callback
+// may run another reactor); see Reactor::after_fork_in_child().
+thread_local Reactor* innermost_run = nullptr;
 
 void write_wakeup(int fd) noexcept {
     const std::uint64_t one = 1;
@@ -230,7 +225,7 @@ inline void require_callback(const Callback& callback, std::string_view operatio
 
 Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     impl_->clock = std::move(options.clock);
-    fork_generation_ = current_fork_generation();
+    fork_generation_ = current_fork_generation(&Reactor::after_fork_in_child);
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
     impl_->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -257,6 +252,23 @@ void Reactor::refuse(std::string_view operation) const {
     refuse_in_child(operation);
 }
 
+void Reactor::after_fork_in_child() noexcept {
+    detail::fork_generation.fetch_add(1, std::memory_order_relaxed);
+    // A signal delivered to the child is not written to the eventfd it
+    // shares with the parent.
+    for (SignalRoute& route : signal_routes) {
+        route.wake_fd.store(-1, std::memory_order_relaxed);
+    }
+    signal_owners_mutex.unlock();
+    // The forking thread is the child's only one. The runs it is inside (a
+    // callback forked) end with the iteration of the fork, then throw: the
+    // next iteration would wait on the parent's kernel objects. Marked here
+    // so that the loop pays no check per iteration.
+    for (Reactor* reactor = innermost_run; reactor != nullptr; reactor = reactor->enclosing_run_) {
+        reactor->stopping_ = true;
+    }
+}
+
 void Reactor::refuse_in_child(std::string_view operation) {
     throw std::logic_error(
         fmt::format("{}: this reactor was created before a fork(); a child process must create its own", operation));
@@ -270,23 +282,24 @@ void Reactor::run() {
         throw std::logic_error("run: reactor is already running");
     }
     running_ = true;
+    enclosing_run_ = std::exchange(innermost_run, this);
     std::size_t ran = 0;
     try {
         do {
             // A stop() that came before run() leaves room for one polling
             // iteration; later iterations block as long as they need.
             run_iteration(stopping_ ? std::optional<Duration>{Duration::zero()} : std::nullopt, ran);
-            // A child forked by a callback goes no further than the iteration
-            // of the fork: the next one would wait on the parent's kernel objects.
-            if (forked_away()) [[unlikely]] {
-                refuse_in_child("run");
-            }
         } while (!stopping_);
+        if (forked_away()) [[unlikely]] {
+            refuse_in_child("run");  // a callback forked: see after_fork_in_child()
+        }
     } catch (...) {
+        innermost_run = enclosing_run_;
         running_ = false;
         stopping_ = false;
         throw;
     }
+    innermost_run = enclosing_run_;
     running_ = false;
     stopping_ = false;
 }

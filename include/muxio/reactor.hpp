@@ -351,7 +351,9 @@ private:
     }
     [[noreturn, gnu::cold, gnu::noinline]] void refuse(std::string_view operation) const;
     [[noreturn, gnu::cold, gnu::noinline]] static void refuse_in_child(std::string_view operation);
-    void notify_close_hooks(detail::CloseHook& sentinel) noexcept;
+    // pthread_atfork's child handler.
+    [[gnu::cold]] static void after_fork_in_child() noexcept;
+    [[gnu::cold]] void notify_close_hooks(detail::CloseHook& sentinel) noexcept;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);
     void invoke(Callback& callback) noexcept;
@@ -375,6 +377,9 @@ private:
     bool running_ = false;
     bool stopping_ = false;
     bool closed_ = false;
+    // While run() runs: the reactor whose run() this thread was in when it
+    // began (a callback running another reactor), for after_fork_in_child().
+    Reactor* enclosing_run_ = nullptr;
     // The sentinels of the close hooks' lists, one per phase (see CloseHook).
     detail::CloseHook early_hooks_{detail::CloseHook::Sentinel{}};
     detail::CloseHook late_hooks_{detail::CloseHook::Sentinel{}};

@@ -477,7 +477,11 @@ TEST_CASE("a child forked inside a callback leaves run at the end of that iterat
                 reactor.stop();  // the parent's run ends here; the child's would go on
             }
         });
-        const muxio::TimerHandle guard = reactor.call_later(2s, [&] { reactor.stop(); });
+        bool waited = false;  // in the child: a later iteration waited on the parent's instance
+        const muxio::TimerHandle guard = reactor.call_later(2s, [&] {
+            waited = true;
+            reactor.stop();
+        });
         bool refused = false;
         try {
             reactor.run();
@@ -485,7 +489,7 @@ TEST_CASE("a child forked inside a callback leaves run at the end of that iterat
             refused = std::string_view{refusal.what()}.find("fork") != std::string_view::npos;
         }
         if (pid == 0) {
-            ::_exit(refused ? ok : run_went_on);
+            ::_exit(refused && !waited ? ok : run_went_on);
         }
         REQUIRE(pid > 0);
         CHECK_FALSE(refused);
@@ -498,6 +502,49 @@ TEST_CASE("a child forked inside a callback leaves run at the end of that iterat
         CHECK(muxio::TimerHandle{guard}.cancel());
         CHECK(reactor.remove_reader(pipe.read_end.get()));
     }
+}
+
+TEST_CASE("a child forked inside a nested run leaves both runs at the end of their iterations") {
+    FdLeakCheck leak_check;
+    Reactor outer;
+    Reactor inner;
+    pid_t pid = -1;
+    bool inner_refused = false;
+    inner.call_soon([&] {
+        pid = ::fork();
+        inner.stop();  // in both processes: the outer run is the one to watch
+    });
+    outer.call_soon([&] {
+        try {
+            inner.run();
+        } catch (const std::logic_error& refusal) {
+            inner_refused = std::string_view{refusal.what()}.find("fork") != std::string_view::npos;
+        }
+        if (pid != 0) {
+            outer.stop();
+        }
+    });
+    bool waited = false;  // in the child: a later iteration waited on the parent's instance
+    const muxio::TimerHandle guard = outer.call_later(2s, [&] {
+        waited = true;
+        outer.stop();
+    });
+    bool outer_refused = false;
+    try {
+        outer.run();
+    } catch (const std::logic_error& refusal) {
+        outer_refused = std::string_view{refusal.what()}.find("fork") != std::string_view::npos;
+    }
+    if (pid == 0) {
+        ::_exit(outer_refused && !waited ? ok : run_went_on);
+    }
+    REQUIRE(pid > 0);
+    CHECK_FALSE(inner_refused);
+    CHECK_FALSE(outer_refused);
+    const int status = wait_bounded(pid, 10'000ms);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == ok);
+    CHECK(muxio::TimerHandle{guard}.cancel());
 }
 
 TEST_CASE("a signal delivered to a forked child does not wake the parent's reactor") {
