@@ -46,6 +46,7 @@ bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient
             timer_ = reactor_->call_soon([this] { on_ready(); });
             break;
     }
+    hook_.construct(*this).hook(*reactor_, CloseHook::Phase::late, &on_reactor_close);
     registered_ = true;
     listen_for_stop(std::move(ambient));
     return true;
@@ -121,6 +122,7 @@ void ReactorWait::disarm() {
         watch_->stop(*this, kind_ == Kind::read ? EVENT_READ : EVENT_WRITE);
         return;
     }
+    hook_.destroy();
     switch (kind_) {
         case Kind::read:
             reactor_->remove_reader(fd_);
@@ -133,6 +135,21 @@ void ReactorWait::disarm() {
             timer_.cancel();
             break;
     }
+}
+
+void ReactorWait::on_reactor_close(CloseHook& hook) noexcept {
+    static_cast<Hook&>(hook).wait->forget_reactor();
+}
+
+void ReactorWait::forget_reactor() noexcept {
+    // Waits for a stop callback running on another thread; none runs after.
+    stop_listening();
+    if (registered_ && watch_ == nullptr) {
+        hook_.destroy();
+    }
+    registered_ = false;
+    watch_ = nullptr;
+    reactor_ = nullptr;
 }
 
 void ReactorWait::abandon() noexcept {
@@ -160,14 +177,17 @@ FdWatch::FdWatch(FdWatch&& other) noexcept {
 FdWatch& FdWatch::operator=(FdWatch&& other) noexcept {
     if (this != &other) {
         (void)release();
+        unhook();
         take(other);
     }
     return *this;
 }
 
 void FdWatch::take(FdWatch& other) noexcept {
-    reactor_ = other.reactor_;
+    reactor_ = std::exchange(other.reactor_, nullptr);
+    replace(other);
     fd_ = std::exchange(other.fd_, -1);
+    detached_fd_ = std::exchange(other.detached_fd_, -1);
     reader_ = std::exchange(other.reader_, nullptr);
     writer_ = std::exchange(other.writer_, nullptr);
     reading_ = std::exchange(other.reading_, false);
@@ -216,7 +236,7 @@ void FdWatch::start_registering(ReactorWait& wait, Events side) {
     const bool reading = side == EVENT_READ;
     const std::string_view awaiting = reading ? "readable" : "writable";
     if (fd_ < 0) {
-        throw std::logic_error(fmt::format("{}: socket is closed", awaiting));
+        throw std::logic_error(fmt::format("{}: {} is closed", awaiting, detached() ? "reactor" : "socket"));
     }
     ReactorWait*& slot = reading ? reader_ : writer_;
     bool& registered = reading ? reading_ : writing_;
@@ -280,10 +300,34 @@ int FdWatch::release() noexcept {
             reactor_->remove_writer(fd_);
         }
     } catch (...) {
-        // Only a kernel refusing to drop the fd gets here; its owner closes
-        // it next, which drops it anyway.
+        // A kernel refusing to drop the fd, or a forked child, whose reactor
+        // refuses to touch the registrations it shares with the parent. The
+        // owner closes the fd next, which drops it from this process anyway.
     }
-    return std::exchange(fd_, -1);
+    const int fd = fd_ >= 0 ? fd_ : detached_fd_;
+    fd_ = -1;
+    detached_fd_ = -1;
+    return fd;
+}
+
+void FdWatch::on_reactor_close(CloseHook& hook) noexcept {
+    static_cast<FdWatch&>(hook).detach();
+}
+
+void FdWatch::detach() noexcept {
+    // The reactor drops its callbacks, which point here, without calling
+    // them; the waits are left suspended for their owners to destroy.
+    for (ReactorWait* waiting : {std::exchange(reader_, nullptr), std::exchange(writer_, nullptr)}) {
+        if (waiting != nullptr) {
+            waiting->forget_reactor();
+        }
+    }
+    reading_ = false;
+    writing_ = false;
+    reactor_ = nullptr;
+    if (fd_ >= 0) {
+        detached_fd_ = std::exchange(fd_, -1);
+    }
 }
 
 void ReactorWait::throw_cancelled() {

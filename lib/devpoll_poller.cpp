@@ -114,6 +114,10 @@ public:
         registered_ = 0;
     }
 
+    // Closing this process's copy of the descriptor writes nothing to the
+    // device; a POLLREMOVE would.
+    void abandon() noexcept override { close(); }
+
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
         dvpoll request{};  // zeroed: illumos has a dp_setp that DP_POLL must see null

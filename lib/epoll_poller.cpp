@@ -203,6 +203,10 @@ public:
         registered_ = 0;
     }
 
+    // Closing this process's copy of the descriptor leaves the instance, and
+    // the parent's registrations in it, as they are; epoll_ctl would not.
+    void abandon() noexcept override { close(); }
+
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
         if (has_closed_) [[unlikely]] {

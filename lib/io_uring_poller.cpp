@@ -230,6 +230,20 @@ public:
         rearm_.clear();
     }
 
+    // The ring's memory and descriptor are shared with the parent after a
+    // fork: a cancellation submitted here would cancel the parent's polls,
+    // and reaping would take its completions. Only this process's mappings
+    // and descriptor go (io_uring_queue_exit unmaps and closes, nothing more).
+    void abandon() noexcept override {
+        if (!open_) {
+            return;
+        }
+        open_ = false;
+        io_uring_queue_exit(&ring_);
+        entries_.clear();
+        rearm_.clear();
+    }
+
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
         if (!open_) {

@@ -302,6 +302,15 @@ public:
         filters_ = 0;
     }
 
+    // A child does not inherit a kqueue (kqueue(2)): the number is not this
+    // process's queue, and may already name another of its descriptors, so
+    // it is forgotten, not closed.
+    void abandon() noexcept override {
+        kq_ = -1;
+        descriptors_.clear();
+        filters_ = 0;
+    }
+
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
         auto spec = to_timespec(timeout);

@@ -623,19 +623,24 @@ Socket& Socket::operator=(Socket&& other) noexcept {
 }
 
 void Socket::close() noexcept {
-    if (!is_open()) {
-        return;
-    }
     // Registrations go first: once closed, the number may be reused by
     // another descriptor whose registrations must not be touched. The watch
-    // removes its own and cancels a pending await.
+    // removes its own and cancels a pending await; a detached one (its
+    // reactor closed) has nothing left to remove.
+    Reactor* const reactor = watch_.reactor();
     const int fd = watch_.release();
-    try {
-        reactor().remove_reader(fd);
-        reactor().remove_writer(fd);
-    } catch (...) {
-        // Only a kernel refusing to drop the fd gets here; closing it drops
-        // it from epoll anyway.
+    if (fd < 0) {
+        return;
+    }
+    if (reactor != nullptr) {
+        try {
+            reactor->remove_reader(fd);
+            reactor->remove_writer(fd);
+        } catch (...) {
+            // A kernel refusing to drop the fd (closing it drops it from
+            // epoll anyway), or a forked child, whose reactor leaves the
+            // registrations it shares with the parent alone.
+        }
     }
     // Linux releases the descriptor even when close() reports EINTR, so it
     // is never retried.
@@ -657,8 +662,8 @@ SocketAddress Socket::local_address() const {
     return address;
 }
 
-void Socket::refuse_closed(std::string_view operation) {
-    throw std::logic_error(fmt::format("{}: socket is closed", operation));
+void Socket::refuse_closed(std::string_view operation) const {
+    throw std::logic_error(fmt::format("{}: {} is closed", operation, watch_.detached() ? "reactor" : "socket"));
 }
 
 // ----- StreamSocket -------------------------------------------------------------------
@@ -715,8 +720,7 @@ bool StreamIo::await_ready() {
 
 ReactorWait& StreamIo::arm() {
     const auto kind = reading() ? ReactorWait::Kind::read : ReactorWait::Kind::write;
-    ReactorWait& wait =
-        wait_.construct(socket_->reactor(), kind, socket_->watch_, std::move(token_), &attempt_on_ready, this);
+    ReactorWait& wait = wait_.construct(kind, socket_->watch_, std::move(token_), &attempt_on_ready, this);
     armed_ = true;
     return wait;
 }
@@ -808,6 +812,7 @@ void StreamSocket::shutdown(ShutdownHow how) {
 // ----- TcpStream ----------------------------------------------------------------------
 
 Task<TcpStream> TcpStream::connect(Reactor& reactor, SocketAddress address, std::stop_token token) {
+    reactor.require_usable("TcpStream::connect");
     require_ip(address, "TcpStream::connect");
     if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
         throw Cancelled{};
@@ -838,6 +843,7 @@ Task<TcpStream> TcpStream::connect(Reactor& reactor, std::string host, std::uint
 }
 
 TcpStream TcpStream::adopt(Reactor& reactor, int fd) {
+    reactor.require_usable("TcpStream::adopt");
     const SocketAddress peer = prepare_adopted(fd, {AF_INET, AF_INET6}, "TcpStream");
     return TcpStream{reactor, fd, peer};
 }
@@ -855,6 +861,7 @@ bool TcpStream::nodelay() const {
 // ----- UnixStream -----------------------------------------------------------------
 
 Task<UnixStream> UnixStream::connect(Reactor& reactor, SocketAddress address, std::stop_token token) {
+    reactor.require_usable("UnixStream::connect");
     require_unix(address, "UnixStream::connect");
     if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
         throw Cancelled{};
@@ -870,6 +877,7 @@ Task<UnixStream> UnixStream::connect(Reactor& reactor, SocketAddress address, st
 }
 
 std::pair<UnixStream, UnixStream> UnixStream::pair(Reactor& reactor) {
+    reactor.require_usable("UnixStream::pair");
     std::array<int, 2> fds{-1, -1};
     if (::socketpair(AF_UNIX, SOCK_STREAM | socket_flags, 0, fds.data()) != 0) {
         throw_system_error(errno, "socketpair(AF_UNIX, SOCK_STREAM)");
@@ -878,6 +886,7 @@ std::pair<UnixStream, UnixStream> UnixStream::pair(Reactor& reactor) {
 }
 
 UnixStream UnixStream::adopt(Reactor& reactor, int fd) {
+    reactor.require_usable("UnixStream::adopt");
     const SocketAddress peer = prepare_adopted(fd, {AF_UNIX}, "UnixStream");
     return UnixStream{reactor, fd, peer};
 }
@@ -885,6 +894,7 @@ UnixStream UnixStream::adopt(Reactor& reactor, int fd) {
 // ----- TcpListener ----------------------------------------------------------------
 
 TcpListener TcpListener::bind(Reactor& reactor, const SocketAddress& address, const ListenOptions& options) {
+    reactor.require_usable("TcpListener::bind");
     require_ip(address, "TcpListener::bind");
     TcpListener listener{reactor, open_socket(address.family(), SOCK_STREAM)};
     const int fd = listener.fileno();
@@ -953,6 +963,7 @@ UnixListener::UnixListener(UnixListener&& other) noexcept
       local_{other.local_},
       device_{other.device_},
       inode_{other.inode_},
+      creator_{other.creator_},
       owns_path_{std::exchange(other.owns_path_, false)} {}
 
 UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
@@ -962,6 +973,7 @@ UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
         local_ = other.local_;
         device_ = other.device_;
         inode_ = other.inode_;
+        creator_ = other.creator_;
         owns_path_ = std::exchange(other.owns_path_, false);
     }
     return *this;
@@ -977,8 +989,8 @@ void UnixListener::close() noexcept {
 }
 
 void UnixListener::unlink_path() noexcept {
-    if (!std::exchange(owns_path_, false)) {
-        return;
+    if (!std::exchange(owns_path_, false) || creator_ != ::getpid()) {
+        return;  // a forked child's copy: the path is the parent's
     }
     // Only the file this listener made: another server may have replaced it.
     const std::string path{local_.path()};
@@ -989,6 +1001,7 @@ void UnixListener::unlink_path() noexcept {
 }
 
 UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, const UnixListenOptions& options) {
+    reactor.require_usable("UnixListener::bind");
     require_unix(address, "UnixListener::bind");
     UnixListener listener{reactor, open_socket(AF_UNIX, SOCK_STREAM)};
     const int fd = listener.fileno();
@@ -1005,6 +1018,7 @@ UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, 
     if (has_file && options.unlink_on_close && ::lstat(path.c_str(), &info) == 0) {
         listener.device_ = static_cast<std::uint64_t>(info.st_dev);
         listener.inode_ = static_cast<std::uint64_t>(info.st_ino);
+        listener.creator_ = ::getpid();
         listener.owns_path_ = true;
     }
     if (::listen(fd, options.backlog) != 0) {
@@ -1034,6 +1048,7 @@ Task<UnixStream> UnixListener::accept(std::stop_token token) {
 // ----- UdpSocket --------------------------------------------------------------------
 
 UdpSocket UdpSocket::bind(Reactor& reactor, const SocketAddress& address, const UdpOptions& options) {
+    reactor.require_usable("UdpSocket::bind");
     require_ip(address, "UdpSocket::bind");
     UdpSocket socket{reactor, open_socket(address.family(), SOCK_DGRAM)};
     const int fd = socket.fileno();
@@ -1056,6 +1071,7 @@ UdpSocket UdpSocket::bind(Reactor& reactor, const SocketAddress& address, const 
 }
 
 UdpSocket UdpSocket::open(Reactor& reactor, int family) {
+    reactor.require_usable("UdpSocket::open");
     if (family != AF_INET && family != AF_INET6) {
         throw std::invalid_argument(fmt::format("UdpSocket::open: family {} is not AF_INET or AF_INET6", family));
     }

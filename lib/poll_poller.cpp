@@ -52,6 +52,9 @@ public:
         positions_.clear();
     }
 
+    // No kernel object to share with a parent: closing is abandoning.
+    void abandon() noexcept override { close(); }
+
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
         const int count = ::poll(entries_.data(), entries_.size(), to_milliseconds(timeout));

@@ -39,20 +39,6 @@ std::atomic<detail::WakeupFault> detail::wakeup_fault{nullptr};
 
 namespace {
 
-// ----- Fork detection ---------------------------------------------------------
-// A forked child shares the parent's epoll or io_uring instance: running the
-// parent's reactor there would steal the parent's events. Each fork bumps a
-// counter in the child; a reactor refuses to run when the counter moved
-// since it was built. One atomic load per iteration, no getpid() syscall.
-// The counter is detail::fork_generation (reactor.hpp).
-std::uint64_t current_fork_generation() {
-    static std::once_flag registered;
-    std::call_once(registered, [] {
-        ::pthread_atfork(nullptr, nullptr, [] { detail::fork_generation.fetch_add(1, std::memory_order_relaxed); });
-    });
-    return detail::fork_generation.load(std::memory_order_relaxed);
-}
-
 // ----- Signal routing -----------------------------------------------------------
 // The handler only records the signal and pokes the owning reactor's wakeup
 // descriptor; the callback runs later in the loop. Lock-free atomics and
@@ -119,6 +105,29 @@ extern "C" void muxio_on_signal(int signo) {
     }
     errno = saved_errno;
 }
+
+// ----- Fork detection ---------------------------------------------------------
+// A forked child shares the parent's epoll or io_uring instance (and its
+// eventfd and timerfd): running the parent's reactor there would steal the
+// parent's events, and removing a registration there would remove the
+// parent's. Each fork bumps a counter in the child; a reactor refuses to work
+// when the counter moved since it was built. One atomic load per check, no
+// getpid() system call. The counter is detail::fork_generation (reactor.hpp).
+//
+// The signal owners' lock is held across the fork, so that a child of a
+// process that was adding or removing a handler on another thread does not
+// inherit it locked. The child's handler is Reactor::after_fork_in_child().
+std::uint64_t current_fork_generation(void (*in_child)()) {
+    static std::once_flag registered;
+    std::call_once(registered, [in_child] {
+        ::pthread_atfork([] { signal_owners_mutex.lock(); }, [] { signal_owners_mutex.unlock(); }, in_child);
+    });
+    return detail::fork_generation.load(std::memory_order_relaxed);
+}
+
+// The reactor whose run() this thread is in, innermost first (a callback
+// may run another reactor); see Reactor::after_fork_in_child().
+thread_local Reactor* innermost_run = nullptr;
 
 // Empties the counter of an eventfd (the wakeups or the embedding timerfd),
 // retrying after a signal. Returns 0 once it is empty (EAGAIN: it was
@@ -313,7 +322,7 @@ inline void require_callback(const Callback& callback, std::string_view operatio
 
 Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     impl_->clock = std::move(options.clock);
-    fork_generation_ = current_fork_generation();
+    fork_generation_ = current_fork_generation(&Reactor::after_fork_in_child);
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
     detail::OwnedFd wake{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
@@ -346,6 +355,27 @@ void Reactor::refuse(std::string_view operation) const {
     if (closed_) {
         throw std::logic_error(fmt::format("{}: reactor is closed", operation));
     }
+    refuse_in_child(operation);
+}
+
+void Reactor::after_fork_in_child() noexcept {
+    detail::fork_generation.fetch_add(1, std::memory_order_relaxed);
+    // A signal delivered to the child is not written to the eventfd it
+    // shares with the parent.
+    for (SignalRoute& route : signal_routes) {
+        route.wake_fd.store(-1, std::memory_order_relaxed);
+    }
+    signal_owners_mutex.unlock();
+    // The forking thread is the child's only one. The runs it is inside (a
+    // callback forked) end with the iteration of the fork, then throw: the
+    // next iteration would wait on the parent's kernel objects. Marked here
+    // so that the loop pays no check per iteration.
+    for (Reactor* reactor = innermost_run; reactor != nullptr; reactor = reactor->enclosing_run_) {
+        reactor->stopping_ = true;
+    }
+}
+
+void Reactor::refuse_in_child(std::string_view operation) {
     throw std::logic_error(
         fmt::format("{}: this reactor was created before a fork(); a child process must create its own", operation));
 }
@@ -388,6 +418,7 @@ void Reactor::leave_loop() noexcept {
 
 void Reactor::run() {
     enter_loop("run");
+    enclosing_run_ = std::exchange(innermost_run, this);
     std::size_t ran = 0;
     try {
         do {
@@ -395,11 +426,16 @@ void Reactor::run() {
             // iteration; later iterations block as long as they need.
             run_iteration(stopping_ ? std::optional<Duration>{Duration::zero()} : std::nullopt, ran);
         } while (!stopping_);
+        if (forked_away()) [[unlikely]] {
+            refuse_in_child("run");  // a callback forked: see after_fork_in_child()
+        }
     } catch (...) {
+        innermost_run = enclosing_run_;
         stopping_ = false;
         leave_loop();
         throw;
     }
+    innermost_run = enclosing_run_;
     stopping_ = false;
     leave_loop();
 }
@@ -625,6 +661,10 @@ bool Reactor::remove_handler(int fd, Events side) {
     if (closed_ || fd < 0) {
         return false;  // removal must be safe from destructors running at close
     }
+    if (forked_away()) [[unlikely]] {
+        // The registration is the parent's too: removing it here would remove it there.
+        refuse_in_child(side == EVENT_READ ? "remove_reader" : "remove_writer");
+    }
     Impl& impl = *impl_;
     const auto* key = impl.selector->get_map().find(fd);
     if (key == nullptr || !key->events.contains(side) || fd == impl.wake_fd || fd == impl.embed_timer_fd) {
@@ -785,31 +825,58 @@ void Reactor::close() {
     if (running_) {
         throw std::logic_error("close: reactor is running; stop() it first");
     }
-    // Each destroyed frame unlinks itself (its promise's destructor).
-    while (frames_ != nullptr) {
-        frames_->frame.destroy();
-    }
     Impl& impl = *impl_;
+    // In a child forked after the reactor was made, its kernel objects are
+    // the parent's too. Everything is then released once the reactor counts
+    // as closed, so that whatever the releases remove (a spawned task's
+    // pending await, a socket's reader) is forgotten rather than asked of the
+    // shared epoll or io_uring instance.
+    const bool inherited = forked_away();
+    if (!inherited) {
+        // Spawned tasks' frames go first, while the reactor still works:
+        // their pending awaits remove their registrations.
+        notify_close_hooks(early_hooks_);
+    }
     for (int signo = 1; signo < signal_limit; ++signo) {
         remove_signal_handler(signo);
     }
     std::vector<Callback> never_run;
     {
-        std::lock_guard lock{impl.incoming_mutex};
+        // In a child no thread can be inside call_soon_threadsafe() (it
+        // refuses there), but a parent's thread may have held the lock at
+        // the fork, and that thread does not exist here to release it.
+        std::unique_lock lock{impl.incoming_mutex, std::defer_lock};
+        if (inherited) {
+            (void)lock.try_lock();
+        } else {
+            lock.lock();
+        }
         impl.incoming_closed = true;
-        ++impl.incoming_takes;
-        never_run.swap(impl.incoming);
+        if (lock.owns_lock()) {
+            ++impl.incoming_takes;
+            never_run.swap(impl.incoming);
+        }
     }
-    while (impl.wakers.load(std::memory_order_acquire) != 0) {
+    while (!inherited && impl.wakers.load(std::memory_order_acquire) != 0) {
         std::this_thread::yield();  // a call_soon_threadsafe() is still writing to wake_fd
     }
     // Destroyed outside the lock: a capture's destructor may call
     // call_soon_threadsafe() and get its logic_error instead of a deadlock.
     never_run.clear();
     closed_ = true;
+    if (inherited) {
+        notify_close_hooks(early_hooks_);
+    }
+    // Sockets, watches and awaits still bound to the reactor forget it: a
+    // socket destroyed later only closes its descriptor.
+    notify_close_hooks(late_hooks_);
     // Destroying the keys destroys the fd callbacks; a destructor among them
     // that calls remove_reader() sees a closed reactor and gets false.
-    impl.selector->close();
+    if (inherited) {
+        impl.selector->abandon();
+    } else {
+        impl.selector->close();
+    }
     impl.scheduler.clear();
     soon_.clear();
     impl.running_batch.clear();
@@ -817,11 +884,24 @@ void Reactor::close() {
     embedded_ = false;
     impl.due.clear();
     impl.incoming_spare.clear();
+    // The child's own copies: closing them leaves the parent's open.
     for (int* fd : {&impl.wake_fd, &impl.embed_timer_fd}) {
         if (*fd >= 0) {
             ::close(*fd);
             *fd = -1;
         }
+    }
+    // Whatever hooked itself on while the above destroyed callbacks.
+    notify_close_hooks(late_hooks_);
+}
+
+void Reactor::notify_close_hooks(detail::CloseHook& sentinel) noexcept {
+    // The first hook each time: a notification may unhook others (a frame
+    // destroyed takes its sockets' watches with it).
+    while (sentinel.next_ != &sentinel) {
+        detail::CloseHook& hook = *sentinel.next_;
+        hook.unhook();
+        hook.notify_(hook);
     }
 }
 
@@ -837,6 +917,9 @@ std::string_view Reactor::selector_name() const noexcept {
 // ----- Thread-safe wakeups ------------------------------------------------------------------
 
 void Reactor::call_soon_threadsafe(Callback callback) {
+    if (forked_away()) [[unlikely]] {
+        refuse_in_child("call_soon_threadsafe");  // its eventfd is the parent's too
+    }
     require_callback(callback, "call_soon_threadsafe");
     Impl& impl = *impl_;
     int wake_fd = -1;

@@ -280,8 +280,10 @@ private:
 namespace {
 
 // `co_await`ed by Resolver::resolve(): queues the request, and resumes with
-// its result or with Cancelled.
-class LookupAwaiter {
+// its result or with Cancelled. Hooked onto the reactor while it waits: if
+// the reactor closes first, the request is detached (the worker posts
+// nothing to it) and the coroutine stays suspended for its owner to destroy.
+class LookupAwaiter : private detail::CloseHook {
 public:
     LookupAwaiter(Resolver::Pool& pool, std::shared_ptr<Request> request, std::stop_token token) noexcept
         : pool_{&pool}, request_{std::move(request)}, token_{std::move(token)} {}
@@ -307,6 +309,7 @@ public:
         ambient_ = detail::ambient_stop_token(awaiter);
         request_->continuation = awaiter;
         pool_->submit(request_);
+        hook(*request_->reactor, Phase::late, &on_reactor_close);
         // From here a stop request may claim the request, on any thread,
         // even inside these constructors if it was made already.
         if (token_.stop_possible()) {
@@ -339,6 +342,15 @@ private:
         LookupAwaiter* awaiter;
         void operator()() const noexcept { awaiter->on_stop(); }
     };
+
+    static void on_reactor_close(CloseHook& hook) noexcept {
+        auto& self = static_cast<LookupAwaiter&>(hook);
+        self.on_token_stop_.reset();
+        self.on_ambient_stop_.reset();
+        const std::lock_guard lock{self.request_->mutex};
+        self.request_->attached = false;
+        self.request_->claimed = true;
+    }
 
     void on_stop() noexcept {
         const std::lock_guard lock{request_->mutex};
@@ -414,6 +426,7 @@ Resolver::~Resolver() = default;
 
 Task<std::vector<SocketAddress>> Resolver::resolve(Reactor& reactor, std::string host, std::string service,
                                                    ResolveHints hints, std::stop_token token) {
+    reactor.require_usable("resolve");
     if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
         throw Cancelled{};
     }

@@ -56,6 +56,9 @@ public:
         max_fd_ = -1;
     }
 
+    // No kernel object to share with a parent: closing is abandoning.
+    void abandon() noexcept override { close(); }
+
 protected:
     int wait_once(Timeout timeout, std::vector<PollEvent>& ready) override {
         fd_set readable = readers_;

@@ -32,31 +32,44 @@ class ReactorWait;
 // callbacks and the pending waits point to it: a move re-points them to the
 // new place. Releasing or destroying it removes its registrations and ends a
 // pending wait with muxio::Cancelled in a later iteration.
-class FdWatch {
+//
+// It is hooked onto its reactor (a CloseHook, the base, first in the layout
+// so that what a read touches stays together after it): the reactor's
+// close() detaches it. A detached watch forgets the reactor and its pending
+// waits (their coroutines are never resumed; their frames may be destroyed
+// at any time after), and keeps the descriptor aside until release().
+class FdWatch : private CloseHook {
 public:
     FdWatch() noexcept = default;
-    FdWatch(Reactor& reactor, int fd) noexcept : reactor_{&reactor}, fd_{fd} {}
+    // Precondition: `reactor` is usable (see Reactor::require_usable).
+    FdWatch(Reactor& reactor, int fd) noexcept : reactor_{&reactor}, fd_{fd} {
+        hook(reactor, Phase::late, &on_reactor_close);
+    }
     FdWatch(FdWatch&& other) noexcept;
     FdWatch& operator=(FdWatch&& other) noexcept;
     FdWatch(const FdWatch&) = delete;
     FdWatch& operator=(const FdWatch&) = delete;
     ~FdWatch() { (void)release(); }
 
-    /// The descriptor, -1 once released (or for a default-constructed watch).
+    /// The descriptor, -1 once released or detached (or for a
+    /// default-constructed watch).
     [[nodiscard]] int fd() const noexcept { return fd_; }
-    /// Null only for a default-constructed watch, or one moved from.
+    /// Null for a default-constructed watch, one moved from, or one detached.
     [[nodiscard]] Reactor* reactor() const noexcept { return reactor_; }
+    /// True while the watch keeps a descriptor whose reactor was closed.
+    [[nodiscard]] bool detached() const noexcept { return detached_fd_ >= 0; }
     /// Removes the registrations, ends pending waits with Cancelled and
-    /// returns the descriptor, which the watch no longer refers to (-1 if it
-    /// did not). The reactor stays known.
+    /// returns the descriptor, detached or not, which the watch no longer
+    /// refers to (-1 if it did not). The reactor stays known.
     [[nodiscard]] int release() noexcept;
 
 private:
     friend class ReactorWait;
     // Takes the side's waiter slot (std::logic_error if another wait has it,
     // if someone else's callback holds the fd's side, or if the watch was
-    // released) and registers the side unless it still is. Inline for a read
-    // or write loop's case: the slot is free and the side still registered.
+    // released or detached) and registers the side unless it still is.
+    // Inline for a read or write loop's case: the slot is free and the side
+    // still registered.
     void start(ReactorWait& wait, Events side) {
         const bool reading = side == EVENT_READ;
         ReactorWait*& slot = reading ? reader_ : writer_;
@@ -71,16 +84,20 @@ private:
     void stop(const ReactorWait& wait, Events side) noexcept;
     void ready(Events side);
     void register_side(Events side);
-    // Moves `other`'s descriptor, registrations and waits here (this holds
-    // none), then adopt()s them.
+    // Moves `other`'s descriptor, registrations, waits and place among the
+    // reactor's hooks here (this holds none), then adopt()s them.
     void take(FdWatch& other) noexcept;
     // After a move: the pending waits and the reactor's callbacks point here.
     void adopt() noexcept;
     // Each pending wait ends with Cancelled, posted, and forgets this watch.
     void end_waits() noexcept;
+    // The reactor is closing: forget it, its registrations and the waits.
+    static void on_reactor_close(CloseHook& hook) noexcept;
+    void detach() noexcept;
 
     Reactor* reactor_ = nullptr;
     int fd_ = -1;
+    int detached_fd_ = -1;  // the descriptor, once detached
     ReactorWait* reader_ = nullptr;
     ReactorWait* writer_ = nullptr;
     bool reading_ = false;  // this watch's reader is registered
@@ -102,15 +119,23 @@ private:
 // The wait lives in the awaiting coroutine's frame, which may be destroyed
 // while suspended: the destructor then removes the registration and disarms
 // a posted cancellation (the one allocation, made only when cancelled).
+//
+// The frame may also outlive the reactor (a Task held by its owner and
+// destroyed later). While registered, a wait that is not on a watch is
+// hooked onto the reactor (its watch answers for one that is): the reactor's
+// close() makes it forget the reactor, stop listening for stop requests and
+// leave its coroutine suspended, so that neither a later stop request nor
+// the frame's destruction reaches the reactor.
 class ReactorWait {
 public:
     enum class Kind : std::uint8_t { read, write, timer, soon };
 
     ReactorWait(Reactor& reactor, Kind kind, int fd, Reactor::TimePoint when, std::stop_token token) noexcept
         : token_{std::move(token)}, kind_{kind}, reactor_{&reactor}, fd_{fd}, when_{when} {}
-    /// A read or write wait through `watch`'s lasting registration.
-    ReactorWait(Reactor& reactor, Kind kind, FdWatch& watch, std::stop_token token) noexcept
-        : watch_{&watch}, token_{std::move(token)}, kind_{kind}, reactor_{&reactor}, fd_{watch.fd()} {}
+    /// A read or write wait through `watch`'s lasting registration, on the
+    /// watch's reactor (the wait refuses a watch released or detached).
+    ReactorWait(Kind kind, FdWatch& watch, std::stop_token token) noexcept
+        : watch_{&watch}, token_{std::move(token)}, kind_{kind}, reactor_{watch.reactor()}, fd_{watch.fd()} {}
 
     /// Does an operation's I/O when the fd turns ready, before the coroutine
     /// resumes: true when the operation is over (done or failed), false when
@@ -118,14 +143,13 @@ public:
     /// its own awaiter, and a spurious wakeup costs no resumption.
     using Attempt = bool (*)(void* operation) noexcept;
     /// A watched read or write wait that calls `attempt(operation)` on readiness.
-    ReactorWait(Reactor& reactor, Kind kind, FdWatch& watch, std::stop_token token, Attempt attempt,
-                void* operation) noexcept
+    ReactorWait(Kind kind, FdWatch& watch, std::stop_token token, Attempt attempt, void* operation) noexcept
         : watch_{&watch},
           attempt_{attempt},
           operation_{operation},
           token_{std::move(token)},
           kind_{kind},
-          reactor_{&reactor},
+          reactor_{watch.reactor()},
           fd_{watch.fd()} {}
     ReactorWait(const ReactorWait&) = delete;
     ReactorWait& operator=(const ReactorWait&) = delete;
@@ -156,6 +180,12 @@ private:
         ReactorWait* wait;
         void operator()() const noexcept { wait->on_stop(); }
     };
+    // Built only for a registered wait that is not on a watch, so a socket's
+    // read or write pays nothing for it.
+    struct Hook : CloseHook {
+        explicit Hook(ReactorWait& owner) noexcept : wait{&owner} {}
+        ReactorWait* wait;
+    };
 
     bool start(std::coroutine_handle<> awaiter, std::stop_token ambient);
     // The frame is destroyed while the wait is pending or cancelled.
@@ -165,6 +195,9 @@ private:
     void on_stop() noexcept;
     void finish_cancel();
     void disarm();
+    // The reactor is closing (see the class comment).
+    void forget_reactor() noexcept;
+    static void on_reactor_close(CloseHook& hook) noexcept;
     // Registered last: from here on a stop request may claim the wait, on
     // any thread, even inside these constructors if it already happened.
     void listen_for_stop(std::stop_token ambient) {
@@ -211,6 +244,7 @@ private:
     TimerHandle timer_;
     ManualLifetime<std::stop_callback<OnStop>> on_token_stop_;
     ManualLifetime<std::stop_callback<OnStop>> on_ambient_stop_;
+    ManualLifetime<Hook> hook_;  // alive while registered_ and not on a watch
 };
 
 // Reads the ambient stop token without suspending.

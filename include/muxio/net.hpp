@@ -3,6 +3,7 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -261,9 +262,32 @@ private:
 ///
 /// Contract for every socket type:
 /// - Move-only. Destruction (or close()) removes any reader or writer the
-///   reactor has for the descriptor, then closes it. A socket must be
-///   destroyed before its reactor, and not while an operation of its own is
-///   pending (cancel the operation first: the awaiting task holds `this`).
+///   reactor has for the descriptor, then closes it. A socket must not be
+///   destroyed while an operation of its own is pending (cancel the
+///   operation first: the awaiting task holds `this`).
+/// - A socket belongs to its reactor's thread, as the reactor's methods do:
+///   make, move and destroy it there (a socket is one of the reactor's
+///   close hooks, which a move re-links), or while the reactor is not
+///   running.
+/// - A socket may outlive its reactor. Closing (or destroying) the reactor
+///   detaches it: is_open() is false and fileno() -1 from then on, every
+///   operation throws std::logic_error "<operation>: reactor is closed",
+///   the try_* forms fail with EBADF, and a pending operation stays
+///   suspended (its task may be destroyed at any time, also after the
+///   reactor). The socket still owns its descriptor: release() hands it
+///   back (to adopt it on another reactor), close() and destruction close
+///   it, touching nothing else.
+/// - Every function that binds a socket to a reactor (bind, open, adopt,
+///   pair, connect) refuses a closed reactor, and the parent's reactor in a
+///   forked child, with what Reactor::add_reader() throws there, before it
+///   opens anything. In a forked child a socket inherited from the parent
+///   is the child's copy, still bound to the parent's reactor, which cannot
+///   run there: close it (or release() its descriptor to adopt it on the
+///   child's own reactor). Closing or destroying it closes that copy only
+///   and leaves the registrations it shares with the parent alone (a
+///   UnixListener leaves its path too). An operation awaited on it in the
+///   child throws the fork error when it has to register, and otherwise
+///   never resumes.
 /// - Awaitable operations return a lazy Task, or for a stream's reads and
 ///   writes a StreamOperation (which becomes a Task where one is needed),
 ///   that refers to the socket and to the buffer passed in: both must
@@ -287,10 +311,12 @@ private:
 ///   with `error` set when it failed.
 class Socket {
 public:
-    /// The descriptor, -1 once closed or released.
+    /// The descriptor, -1 once closed, released or detached.
     [[nodiscard]] int fileno() const noexcept { return watch_.fd(); }
     [[nodiscard]] bool is_open() const noexcept { return watch_.fd() >= 0; }
-    /// The reactor the socket waits on. Precondition: not default-constructed.
+    /// The reactor the socket waits on. Precondition: the socket is bound to
+    /// one (not default-constructed, moved from, or detached by the
+    /// reactor's close()).
     [[nodiscard]] Reactor& reactor() const noexcept { return *watch_.reactor(); }
 
     /// Removes the descriptor's reactor registrations and closes it.
@@ -298,8 +324,8 @@ public:
     void close() noexcept;
     /// Gives up the descriptor without closing it; the socket is then
     /// closed. The socket's own readiness registration is removed first (a
-    /// pending await on it ends with muxio::Cancelled). Returns -1 if it
-    /// already was closed.
+    /// pending await on it ends with muxio::Cancelled). Returns the
+    /// descriptor of a detached socket too; -1 if it already was closed.
     [[nodiscard]] int release() noexcept;
 
     /// getsockname(). std::system_error on failure.
@@ -315,11 +341,11 @@ public:
     /// closed while the wait is pending. std::logic_error if another task
     /// waits to read this socket. Precondition: the socket is open.
     [[nodiscard]] detail::ReactorWait readable(std::stop_token token = {}) const {
-        return {reactor(), detail::ReactorWait::Kind::read, watch_, std::move(token)};
+        return {detail::ReactorWait::Kind::read, watch_, std::move(token)};
     }
     /// Like readable() for writability.
     [[nodiscard]] detail::ReactorWait writable(std::stop_token token = {}) const {
-        return {reactor(), detail::ReactorWait::Kind::write, watch_, std::move(token)};
+        return {detail::ReactorWait::Kind::write, watch_, std::move(token)};
     }
 
 protected:
@@ -335,7 +361,8 @@ protected:
     // Protected and non-virtual: a socket is never deleted through a Socket*.
     ~Socket() { close(); }
 
-    /// std::logic_error("<operation>: socket is closed") unless open.
+    /// std::logic_error("<operation>: socket is closed") unless open;
+    /// "<operation>: reactor is closed" for a detached socket.
     void require_open(std::string_view operation) const {
         if (!is_open()) [[unlikely]] {
             refuse_closed(operation);
@@ -344,7 +371,7 @@ protected:
 
 private:
     friend class detail::StreamIo;
-    [[noreturn]] static void refuse_closed(std::string_view operation);
+    [[noreturn, gnu::cold]] void refuse_closed(std::string_view operation) const;
 
     // The descriptor and the reactor with the socket's readiness
     // registration. Mutable: awaiting readiness does not change the socket,
@@ -534,7 +561,8 @@ struct UnixListenOptions {
     /// bind() fails with EADDRINUSE.
     bool remove_stale = true;
     /// When the listener closes, remove its path if it is still the socket
-    /// this listener created.
+    /// this listener created, in the process that created it (a forked child
+    /// closing its copy leaves the parent's path in place).
     bool unlink_on_close = true;
 };
 
@@ -568,9 +596,11 @@ private:
     void unlink_path() noexcept;
 
     SocketAddress local_;
-    // The file this listener created, to unlink only that one.
+    // The file this listener created, to unlink only that one, and only in
+    // the process that created it.
     std::uint64_t device_ = 0;
     std::uint64_t inode_ = 0;
+    pid_t creator_ = 0;
     bool owns_path_ = false;
 };
 

@@ -5,7 +5,6 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -14,6 +13,7 @@
 #include <optional>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 #include "muxio/detail/ring_queue.hpp"
 #include "muxio/detail/unique_function.hpp"
@@ -29,22 +29,65 @@ class Reactor;
 
 namespace detail {
 
-// A detached coroutine frame (a spawned task's driver) that the reactor
-// destroys at close() if it is still suspended there, so that no spawned
-// task outlives its reactor or leaks. The link lives in the frame's promise,
-// which unlinks it when the frame is destroyed, whoever destroys it.
-struct FrameLink {
-    std::coroutine_handle<> frame;
-    FrameLink* prev = nullptr;
-    FrameLink* next = nullptr;
-};
-
 class FdWatch;
 
-// The coroutine layer's access to the reactor's list of frames.
-struct FrameRegistry {
-    static void adopt(Reactor& reactor, FrameLink& link, std::coroutine_handle<> frame) noexcept;
-    static void forget(Reactor& reactor, FrameLink& link) noexcept;
+// A link in a reactor's list of close hooks. Whatever refers to a reactor and
+// must not outlive it unawares (a socket's readiness watch, a pending await,
+// a spawned task's frame) hooks onto it; close() unhooks each hook and calls
+// its notify function, once. The list is intrusive and circular around a
+// sentinel in the reactor: hooking, unhooking and taking another hook's
+// place (how a moved object keeps its place) are a few pointer stores,
+// allocate nothing, and unhooking needs no reactor. Like the rest of the
+// reactor, hooks belong to its thread.
+class CloseHook {
+public:
+    // Called by close() with the hook already unhooked, so it may destroy
+    // the object that holds the hook.
+    using Notify = void (*)(CloseHook& hook) noexcept;
+    // When close() calls the hook. `early`: first, while the reactor still
+    // works (a spawned task's frame, whose destruction removes its
+    // registrations). `late`: once it is closed, before its selector is
+    // released (watches and awaits, which forget the reactor). In a child
+    // forked after the reactor was made, both run once it is closed.
+    enum class Phase : std::uint8_t { early, late };
+
+    CloseHook() noexcept = default;
+    CloseHook(const CloseHook&) = delete;
+    CloseHook& operator=(const CloseHook&) = delete;
+    ~CloseHook() { unhook(); }
+
+    // Hooks onto `reactor`, which must not be closed; this must not be hooked.
+    void hook(Reactor& reactor, Phase phase, Notify notify) noexcept;
+    void unhook() noexcept {
+        if (next_ != nullptr) {
+            prev_->next_ = next_;
+            next_->prev_ = prev_;
+            prev_ = nullptr;
+            next_ = nullptr;
+        }
+    }
+    // Takes `other`'s place in its list, if it is hooked, and its notify
+    // function; `other` ends unhooked. This must not be hooked.
+    void replace(CloseHook& other) noexcept {
+        if (other.next_ == nullptr) {
+            return;
+        }
+        prev_ = std::exchange(other.prev_, nullptr);
+        next_ = std::exchange(other.next_, nullptr);
+        notify_ = other.notify_;
+        prev_->next_ = this;
+        next_->prev_ = this;
+    }
+    [[nodiscard]] bool hooked() const noexcept { return next_ != nullptr; }
+
+private:
+    friend class ::muxio::Reactor;
+    struct Sentinel {};
+    explicit CloseHook(Sentinel /*tag*/) noexcept : prev_{this}, next_{this} {}
+
+    CloseHook* prev_ = nullptr;
+    CloseHook* next_ = nullptr;
+    Notify notify_ = nullptr;
 };
 
 // Bumped in a forked child (pthread_atfork): a reactor made before the fork
@@ -123,7 +166,11 @@ std::chrono::steady_clock::duration clamp_delay(std::chrono::duration<Rep, Perio
 ///
 /// A plain value: copying it copies the right to cancel. Cancelling twice,
 /// after the callback ran, or through a default-constructed handle does
-/// nothing. A handle must not be used after its reactor is destroyed. Like
+/// nothing; after the reactor's close() cancel() and pending() return false.
+/// A handle must not be used after its reactor is destroyed: it is the value
+/// every call_soon() returns, and knowing whether the reactor is alive would
+/// cost every one of them a shared count. What muxio itself keeps across a
+/// reactor's lifetime (an await's timer) is told of the close instead. Like
 /// the reactor's own methods, cancel() and pending() throw std::logic_error
 /// when called from another thread while the reactor runs (see Reactor,
 /// "Threading"); nothing else.
@@ -180,6 +227,26 @@ struct ReactorOptions {
 /// closed, running when it must not be, called from another thread while it
 /// runs, or used in a process forked after it was created.
 ///
+/// Fork: a child process shares the reactor's kernel objects (its epoll or
+/// io_uring instance, eventfd, timerfd) with the parent, and nothing the
+/// child does to the reactor it inherited reaches them. There, run(),
+/// run_once(), every add_*, remove_reader(), remove_writer(), call_soon*(),
+/// call_later(), call_at(), embed_fd() and the socket constructors throw
+/// the fork error (a std::logic_error that says so); a child forked by a
+/// callback finishes that iteration, then run() throws it. close() and the
+/// destructor release the child's memory and its own copies of the
+/// descriptors only, and detach what is bound to the reactor, as below;
+/// remove_signal_handler(), stop(), TimerHandle::cancel() and the const
+/// members work on the child's memory. A signal delivered to the child
+/// wakes nothing in the parent. A child builds a reactor of its own.
+///
+/// Lifetimes: close() (and so the destructor) destroys spawned tasks'
+/// frames and detaches whatever else is still bound to the reactor: a
+/// socket then only closes its descriptor when destroyed, a pending await
+/// of a task the reactor does not own stays suspended and no longer refers
+/// to the reactor (destroying its task is safe, also after the reactor is
+/// gone), a pending name lookup posts nothing. See detail::CloseHook.
+///
 /// One iteration (run_once) in order: compute the wait from the queued
 /// callbacks and the nearest timer; select; take the due timers; run exactly
 /// what is queued so far: call_soon callbacks, threadsafe ones, I/O
@@ -232,6 +299,9 @@ public:
     /// removed: its own read or write fails with EBADF and tells its owner.
     /// Before any call reveals the close, what happens depends on the
     /// mechanism (docs/ARCHITECTURE.md, "Contracts under misuse").
+    ///
+    /// False once the reactor is closed; the fork error in a forked child
+    /// (the registration is the parent's too).
     bool remove_reader(int fd);
     /// Like remove_reader() for the writer.
     bool remove_writer(int fd);
@@ -242,6 +312,12 @@ public:
     [[nodiscard]] bool has_reader(int fd) const;
     /// Like has_reader() for the writer.
     [[nodiscard]] bool has_writer(int fd) const;
+    /// Throws what add_reader() throws for a reactor that takes no more
+    /// registrations: std::logic_error "<operation>: reactor is closed", or
+    /// the fork error in a child forked after the reactor was made. What the
+    /// functions that bind something to a reactor (the socket constructors,
+    /// connect, resolve) check before they open anything.
+    void require_usable(std::string_view operation) const { check_usable(operation); }
 
     // ----- Callbacks and timers ---------------------------------------------
 
@@ -282,7 +358,8 @@ public:
     /// blocked. Wakeups coalesce: many calls before the loop wakes cost one
     /// write to the reactor's eventfd.
     ///
-    /// Errors: std::logic_error once the reactor is closed; std::system_error
+    /// Errors: std::logic_error once the reactor is closed or in a forked
+    /// child; std::system_error
     /// when the kernel refuses the wakeup write (EINTR is retried; EAGAIN, a
     /// full counter, wakes the loop anyway and is no error). On either throw
     /// the call had no effect: `callback` was not queued and has been
@@ -337,9 +414,13 @@ public:
     /// awaits remove their registrations), signal handlers (previous
     /// dispositions restored), every callback still queued, registered or
     /// scheduled (their captures destroyed, none run), the selector and the
-    /// wakeup descriptor. std::logic_error while running (from another thread:
-    /// stop it with stop_threadsafe() first, then close it); harmless when
-    /// already closed.
+    /// wakeup descriptor. Sockets, awaits and lookups still bound to the
+    /// reactor are detached (see the class comment). In a forked child the
+    /// reactor counts as closed before the frames are destroyed, and the
+    /// selector is abandoned (BaseSelector::abandon), not closed: no
+    /// removal or cancellation reaches the parent's kernel objects.
+    /// std::logic_error while running (from another thread: stop it with
+    /// stop_threadsafe() first, then close it); harmless when already closed.
     void close();
     /// Any thread may ask: a running reactor cannot be closed.
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
@@ -377,8 +458,8 @@ public:
 
 private:
     friend class TimerHandle;
-    friend struct detail::FrameRegistry;
     friend class detail::FdWatch;
+    friend class detail::CloseHook;
     struct Impl;
 
     // Whether the calling thread may use the reactor now: it is the one
@@ -405,6 +486,11 @@ private:
             refuse_thread(operation);
         }
     }
+    // In a child forked after the reactor was made: its kernel objects are
+    // the parent's too.
+    [[nodiscard]] bool forked_away() const noexcept {
+        return detail::fork_generation.load(std::memory_order_relaxed) != fork_generation_;
+    }
     TimerHandle queued_soon(std::uint64_t position) {
         ++soon_live_;
         if (embedded_ && !running_) [[unlikely]] {
@@ -416,6 +502,10 @@ private:
     [[noreturn, gnu::cold, gnu::noinline]] static void refuse_thread(std::string_view operation);
     void enter_loop(std::string_view operation);
     void leave_loop() noexcept;
+    [[noreturn, gnu::cold, gnu::noinline]] static void refuse_in_child(std::string_view operation);
+    // pthread_atfork's child handler.
+    [[gnu::cold]] static void after_fork_in_child() noexcept;
+    [[gnu::cold]] void notify_close_hooks(detail::CloseHook& sentinel) noexcept;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);
     void invoke(Callback& callback) noexcept;
@@ -441,38 +531,28 @@ private:
     detail::RingQueue<Callback> soon_;
     std::size_t soon_live_ = 0;  // queued callbacks not yet run or cancelled
     std::uint64_t fork_generation_ = 0;
-    detail::FrameLink* frames_ = nullptr;  // spawned tasks' frames, newest first
-    bool embedded_ = false;                // embed_fd() was called: queuing work re-arms its timer
-    bool running_ = false;                 // the loop thread's own view of whether owner_ is set
+    bool embedded_ = false;  // embed_fd() was called: queuing work re-arms its timer
+    bool running_ = false;   // the loop thread's own view of whether owner_ is set
     // The detail::this_thread_tag() of the thread in run() or run_once(),
     // or null when none is.
     std::atomic<const void*> owner_{nullptr};
     bool stopping_ = false;
     bool closed_ = false;
+    // While run() runs: the reactor whose run() this thread was in when it
+    // began (a callback running another reactor), for after_fork_in_child().
+    Reactor* enclosing_run_ = nullptr;
+    // The sentinels of the close hooks' lists, one per phase (see CloseHook).
+    detail::CloseHook early_hooks_{detail::CloseHook::Sentinel{}};
+    detail::CloseHook late_hooks_{detail::CloseHook::Sentinel{}};
 };
 
-inline void detail::FrameRegistry::adopt(Reactor& reactor, FrameLink& link, std::coroutine_handle<> frame) noexcept {
-    link.frame = frame;
-    link.prev = nullptr;
-    link.next = reactor.frames_;
-    if (link.next != nullptr) {
-        link.next->prev = &link;
-    }
-    reactor.frames_ = &link;
-}
-
-inline void detail::FrameRegistry::forget(Reactor& reactor, FrameLink& link) noexcept {
-    if (link.prev != nullptr) {
-        link.prev->next = link.next;
-    } else if (reactor.frames_ == &link) {
-        reactor.frames_ = link.next;
-    } else {
-        return;  // not linked
-    }
-    if (link.next != nullptr) {
-        link.next->prev = link.prev;
-    }
-    link.prev = link.next = nullptr;
+inline void detail::CloseHook::hook(Reactor& reactor, Phase phase, Notify notify) noexcept {
+    CloseHook& sentinel = phase == Phase::early ? reactor.early_hooks_ : reactor.late_hooks_;
+    notify_ = notify;
+    prev_ = sentinel.prev_;
+    next_ = &sentinel;
+    prev_->next_ = this;
+    sentinel.prev_ = this;
 }
 
 }  // namespace muxio

@@ -19,20 +19,19 @@ namespace detail {
 // at its end for its Driver to destroy it.
 class Driver {
 public:
-    struct promise_type {
+    // Once a detached driver starts, its promise is hooked onto the reactor,
+    // which destroys the frame at close() if the task has not ended; the
+    // hook unhooks itself when the frame is destroyed, whoever destroys it.
+    struct promise_type : CloseHook {
         bool detached = false;
-        // Set once a detached driver starts: the reactor then destroys the
-        // frame at close() if the task has not ended.
-        Reactor* owner = nullptr;
-        FrameLink link;
 
         promise_type() = default;
         promise_type(const promise_type&) = delete;
         promise_type& operator=(const promise_type&) = delete;
-        ~promise_type() {
-            if (owner != nullptr) {
-                FrameRegistry::forget(*owner, link);
-            }
+        ~promise_type() = default;
+
+        static void destroy_frame(CloseHook& hook) noexcept {
+            std::coroutine_handle<promise_type>::from_promise(static_cast<promise_type&>(hook)).destroy();
         }
 
         Driver get_return_object() noexcept { return Driver{std::coroutine_handle<promise_type>::from_promise(*this)}; }
@@ -68,8 +67,7 @@ public:
     [[nodiscard]] std::coroutine_handle<promise_type> detach(Reactor& reactor) noexcept {
         promise_type& promise = handle_.promise();
         promise.detached = true;
-        promise.owner = &reactor;
-        FrameRegistry::adopt(reactor, promise.link, handle_);
+        promise.hook(reactor, CloseHook::Phase::early, &promise_type::destroy_frame);
         return std::exchange(handle_, {});
     }
 
@@ -116,7 +114,14 @@ private:
 /// cancels the await pending in the task. A task that has not ended when
 /// the reactor closes is destroyed by close(), before anything else is
 /// released: its pending await removes its registration or timer, and the
-/// destructors of its locals run, as when a suspended Task is destroyed.
+/// destructors of its locals run, as when a suspended Task is destroyed. (In
+/// a forked child close() destroys it once the reactor counts as closed:
+/// what it removes is forgotten, never asked of the parent's kernel objects.)
+///
+/// A task that is not spawned (held by its owner, or awaited by one that
+/// is) may outlive its reactor: the reactor's close() detaches its pending
+/// await, which then never resumes and no longer refers to the reactor, so
+/// destroying the task later, even after the reactor is gone, is safe.
 ///
 /// std::logic_error for an empty task or a closed reactor.
 template <class T>

@@ -427,6 +427,23 @@ public:
         size_ = 0;
     }
 
+    /// close() for a child process forked after the selector was made, whose
+    /// kernel object (epoll or io_uring instance, kqueue, /dev/poll) is
+    /// shared with the parent: releases this process's own descriptor and
+    /// memory and forgets every key, without a single request to the kernel
+    /// object, so the parent's registrations stay as they are. Afterwards as
+    /// after close(). Never throws.
+    void abandon() noexcept {
+        if (closed_) {
+            return;
+        }
+        closed_ = true;
+        poller_->abandon();
+        slots_.clear();
+        ready_.clear();
+        size_ = 0;
+    }
+
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
 
     /// The kernel object behind the selector (epoll, io_uring, kqueue or

@@ -1,5 +1,6 @@
 // run, run_once, stop and close in every state (fresh, stop pending, running,
-// closed); what close() releases; the reactor's own descriptors.
+// closed); what close() releases; the reactor's own descriptors; awaits that
+// outlive their reactor.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -11,20 +12,28 @@
 #include <functional>
 #include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <doctest/doctest.h>
 
+#include "muxio/awaitables.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/selectors.hpp"
+#include "muxio/task.hpp"
+#include "reactor/lifetime_support.hpp"
 #include "reactor/reactor_support.hpp"
 #include "support/support.hpp"
 
 using namespace std::chrono_literals;
 using muxio::Reactor;
+using muxio::Task;
 using muxio::TimerHandle;
+using muxio::lifetime_test::DoomedReactor;
+using muxio::lifetime_test::Held;
+using muxio::lifetime_test::hold;
 using muxio::reactor_test::ManualClock;
 using muxio::reactor_test::Tracked;
 using muxio::reactor_test::with_selector;
@@ -48,6 +57,22 @@ Outcome outcome_of(const std::function<void()>& call) {
     } catch (...) {
         return Outcome::other_exception;
     }
+}
+
+Task<void> wait_readable(Reactor& reactor, int fd, std::stop_token token) {
+    co_await muxio::readable(reactor, fd, std::move(token));
+}
+
+Task<void> wait_writable(Reactor& reactor, int fd, std::stop_token token) {
+    co_await muxio::writable(reactor, fd, std::move(token));
+}
+
+Task<void> sleep_long(Reactor& reactor, std::stop_token token) {
+    co_await muxio::sleep_for(reactor, 1h, std::move(token));
+}
+
+Task<void> yield_once(Reactor& reactor, std::stop_token token) {
+    co_await muxio::yield(reactor, std::move(token));
 }
 
 }  // namespace
@@ -412,5 +437,36 @@ TEST_CASE("scheduling and running small callbacks does not allocate in steady st
         CHECK(muxio::reactor_test::allocation_count() == before);
         CHECK(ran == 400);
         CHECK(reactor.remove_reader(pair.right.get()));
+    }
+}
+
+TEST_CASE("tasks suspended on a reactor's awaits are destroyed safely after it closed or was destroyed") {
+    FdLeakCheck leak_check;
+    MUXIO_FOR_EACH_SELECTOR(name) {
+        for (const bool destroy : {false, true}) {
+            CAPTURE(destroy);
+            DoomedReactor reactor{with_selector(name)};
+            SocketPair pair;
+            std::stop_source stop;
+            std::vector<Held> waiting;
+            waiting.push_back(hold(wait_readable(*reactor, pair.left.get(), stop.get_token())));
+            waiting.push_back(hold(wait_writable(*reactor, pair.right.get(), stop.get_token())));
+            waiting.push_back(hold(sleep_long(*reactor, stop.get_token())));
+            waiting.push_back(hold(yield_once(*reactor, stop.get_token())));
+            for (const Held& task : waiting) {
+                REQUIRE_FALSE(task.done());
+            }
+            if (destroy) {
+                reactor.destroy();
+            } else {
+                reactor->close();
+            }
+            // The stop callbacks of the waits no longer reach the reactor.
+            stop.request_stop();
+            for (const Held& task : waiting) {
+                CHECK_FALSE(task.done());  // nothing resumes them any more
+            }
+            waiting.clear();  // their frames go now: nothing left to undo
+        }
     }
 }

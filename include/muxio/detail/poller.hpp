@@ -30,6 +30,9 @@
 //    of registrations, at add() time, and are reused.
 //  - fileno() is the kernel object the mechanism owns (epoll, io_uring,
 //    kqueue, /dev/poll descriptor), or -1 for select and poll.
+//  - abandon() sends nothing to the kernel object: after a fork it is the
+//    parent's too, and a removal or cancellation would reach the parent's
+//    registrations.
 #pragma once
 
 #include <chrono>
@@ -104,6 +107,12 @@ public:
     virtual std::error_code remove(int fd, Events events) noexcept = 0;
     /// Releases the kernel object. Idempotent.
     virtual void close() noexcept = 0;
+    /// In a child process forked after the poller was made: releases what
+    /// this process owns (its copy of the descriptor, its memory) without
+    /// any request to the kernel object, which the parent still uses.
+    /// Idempotent; afterwards as after close(). The default is close(),
+    /// right for a mechanism whose close() only closes its descriptor.
+    virtual void abandon() noexcept { close(); }
 
     /// Waits for readiness. Retries after a signal with the time left (PEP 475),
     /// so it never returns early because of EINTR. While may_report_stale(),
