@@ -30,6 +30,21 @@ struct ForwardStop {
     void operator()() const noexcept { target->request_stop(); }
 };
 
+// Cancels a reactor callback when it goes out of scope, on every way out of
+// the frame that holds it, its destruction while suspended included.
+class ScopedCallback {
+public:
+    explicit ScopedCallback(TimerHandle handle) noexcept : handle_{handle} {}
+    ScopedCallback(const ScopedCallback&) = delete;
+    ScopedCallback& operator=(const ScopedCallback&) = delete;
+    ScopedCallback(ScopedCallback&&) = delete;
+    ScopedCallback& operator=(ScopedCallback&&) = delete;
+    ~ScopedCallback() { handle_.cancel(); }
+
+private:
+    TimerHandle handle_;
+};
+
 // Children running concurrently under one parent: counts those still
 // running, resumes the parent (by symmetric transfer from the last child's
 // end) once none is, remembers the first failure and stops the others.
@@ -194,30 +209,32 @@ NonVoid<T> take_non_void(Task<T>& task) {
 /// and returns a value anyway has its value returned. A stop request on the
 /// awaiter's own ambient token reaches the task too, and ends in Cancelled,
 /// not TimeoutError.
+///
+/// Exit paths: the timer and the forwarding of the awaiter's token are
+/// released however the await ends (a value, Cancelled, TimeoutError, any
+/// other exception, std::logic_error for an empty task) and when the frame
+/// is destroyed while suspended; nothing fires into a freed frame.
 template <class T, class Rep, class Period>
 Task<T> with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeout, Task<T> task) {
     std::stop_source inner;
     const std::stop_token outer = co_await get_stop_token();
     const std::stop_callback<detail::ForwardStop> forward{outer, detail::ForwardStop{&inner}};
     bool timed_out = false;
-    TimerHandle timer = reactor.call_later(timeout, [&inner, &timed_out] {
+    // Declared after what its callback refers to, so it goes first.
+    const detail::ScopedCallback timer{reactor.call_later(timeout, [&inner, &timed_out] {
         timed_out = true;
         inner.request_stop();
-    });
+    })};
     if (task.valid()) {
         detail::TaskAccess::set_stop_token(task, inner.get_token());
     }
     try {
         if constexpr (std::is_void_v<T>) {
             co_await std::move(task);
-            timer.cancel();
         } else {
-            T value = co_await std::move(task);
-            timer.cancel();
-            co_return std::move(value);
+            co_return co_await std::move(task);
         }
     } catch (const Cancelled&) {
-        timer.cancel();
         if (timed_out && !outer.stop_requested()) {
             throw TimeoutError{};
         }
@@ -236,6 +253,10 @@ auto with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeout, 
 /// (their ambient tokens are stopped); once all have ended, its exception is
 /// rethrown. A stop request on the awaiter's ambient token reaches every task.
 /// std::logic_error (at the co_await) if a task is empty.
+///
+/// Exit paths: it returns or throws only once every task has ended;
+/// destroying its frame while suspended destroys the tasks' frames (their
+/// pending awaits removed, nothing resumed) and stops forwarding the token.
 template <class... T>
 Task<std::tuple<detail::NonVoid<T>...>> when_all(Task<T>... tasks) {
     if (!(tasks.valid() && ...)) {
@@ -274,7 +295,7 @@ struct AnyResult {
 /// and waits for them to end; returns the first one's index and value, or
 /// rethrows its exception. How the others ended (cancelled, most likely) is
 /// not reported. All tasks return the same type. std::logic_error (at the
-/// co_await) if a task is empty.
+/// co_await) if a task is empty. Exit paths as when_all().
 template <class T, class... Rest>
 requires(std::is_same_v<T, Rest>&&...) Task<AnyResult<T>> when_any(Task<T> first, Task<Rest>... rest) {
     if (!first.valid() || !(rest.valid() && ...)) {
