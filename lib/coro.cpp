@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "muxio/awaitables.hpp"
+#include "muxio/detail/resume_loop.hpp"
 #include "muxio/error.hpp"
 
 namespace muxio::detail {
@@ -80,7 +81,7 @@ void ReactorWait::on_ready() {
     // now; that run loses the claim and does nothing.
     stop_listening();
     disarm();
-    awaiter_.resume();
+    ResumeLoop::run(awaiter_);
 }
 
 void ReactorWait::on_stop() noexcept {
@@ -109,7 +110,7 @@ void ReactorWait::finish_cancel() {
     stop_listening();
     disarm();
     cancelled_ = true;
-    awaiter_.resume();
+    ResumeLoop::run(awaiter_);
 }
 
 void ReactorWait::disarm() {

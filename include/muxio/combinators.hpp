@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "muxio/awaitables.hpp"
+#include "muxio/detail/resume_loop.hpp"
 #include "muxio/error.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/task.hpp"
@@ -46,7 +47,7 @@ private:
 };
 
 // Children running concurrently under one parent: counts those still
-// running, resumes the parent (by symmetric transfer from the last child's
+// running, resumes the parent (through the ResumeLoop, from the last child's
 // end) once none is, remembers the first failure and stops the others.
 struct Join {
     std::size_t running = 0;
@@ -56,12 +57,10 @@ struct Join {
     std::optional<std::size_t> first_done;
     bool stop_on_first_done = false;  // when_any
 
+    // A child ended: the parent to resume, if it was the last and the parent waits.
     std::coroutine_handle<> arrive() noexcept {
         --running;
-        if (running == 0 && parent) {
-            return std::exchange(parent, {});
-        }
-        return std::noop_coroutine();
+        return running == 0 ? std::exchange(parent, {}) : std::coroutine_handle<>{};
     }
 
     // Awaited by the parent: suspends until no child runs.
@@ -103,14 +102,16 @@ public:
         auto final_suspend() noexcept {
             struct Final {
                 [[nodiscard]] bool await_ready() const noexcept { return false; }
-                std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> self) const noexcept {
+                void await_suspend(std::coroutine_handle<promise_type> self) const noexcept {
                     promise_type& promise = self.promise();
-                    const std::coroutine_handle<> successor = promise.join->arrive();
+                    const std::coroutine_handle<> parent = promise.join->arrive();
                     if (promise.list != nullptr) {
                         promise.unlink();
                         self.destroy();  // suspended here, so it may go; nothing touches it after
                     }
-                    return successor;
+                    if (parent) {
+                        ResumeLoop::transfer(self, parent);
+                    }
                 }
                 void await_resume() const noexcept {}
             };
@@ -134,7 +135,7 @@ public:
     void start(Join& join) {
         handle_.promise().join = &join;
         ++join.running;
-        handle_.resume();
+        ResumeLoop::run(handle_);
     }
 
     /// Like start(), handing the frame to `list` (see promise_type::list).
@@ -148,7 +149,7 @@ public:
         list = &promise;
         promise.join = &join;
         ++join.running;
-        std::exchange(handle_, {}).resume();
+        ResumeLoop::run(std::exchange(handle_, {}));
     }
 
     /// Destroys the frames of a list's children, newest first.
