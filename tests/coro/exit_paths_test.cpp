@@ -4,11 +4,15 @@
 // a resumption pointing into a freed frame; each test checks that none is
 // left (scheduled_count(), a counter the freed frame would bump) and then
 // lets the loop run past the moment it would have fired, for ASan to see.
+#include <array>
 #include <chrono>
+#include <exception>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <string_view>
 
 #include <doctest/doctest.h>
 
@@ -16,6 +20,7 @@
 #include "muxio/awaitables.hpp"
 #include "muxio/combinators.hpp"
 #include "muxio/error.hpp"
+#include "muxio/net.hpp"
 #include "muxio/run.hpp"
 #include "muxio/task.hpp"
 #include "muxio/task_group.hpp"
@@ -249,4 +254,35 @@ TEST_CASE("a group destroyed while a task awaits its join leaves that task safe 
     reactor.run_once(0s);
     CHECK(resumed == 0);
     reactor.close();  // destroys the awaiting task's frame
+}
+
+TEST_CASE("a stream operation awaited a second time is refused and leaks nothing") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = muxio::UnixStream::pair(reactor);
+    std::stop_source source;
+    std::string second;
+    muxio::run_until_complete(reactor,
+                              [](Reactor& loop, muxio::UnixStream& reader, muxio::UnixStream& writer,
+                                 std::stop_token token, std::string& refused) -> Task<void> {
+                                  std::array<std::byte, 4> buffer{};
+                                  auto read = reader.read_some(buffer, std::move(token));
+                                  // The first await waits (nothing sent yet), holding the token.
+                                  co_await muxio::when_all(
+                                      [](muxio::StreamOperation<std::size_t>& operation) -> Task<std::size_t> {
+                                          co_return co_await operation;
+                                      }(read),
+                                      [](Reactor& l, muxio::UnixStream& to) -> Task<void> {
+                                          co_await muxio::yield(l);
+                                          co_await to.write_all(std::string_view{"x"});
+                                      }(loop, writer));
+                                  co_await writer.write_all(std::string_view{"y"});
+                                  try {
+                                      (void)co_await read;
+                                  } catch (const std::logic_error& error) {
+                                      refused = error.what();
+                                  }
+                              }(reactor, left, right, source.get_token(), second));
+    CHECK(second.find("awaited once") != std::string::npos);
 }
