@@ -19,11 +19,38 @@ class Task;
 namespace detail {
 
 struct TaskAccess;
+class PromiseBase;
+
+// Ties a suspended `co_await task` (it lives in the awaiting frame) to the
+// task it awaits. Whichever goes first unties the two: a task that ends or
+// is destroyed leaves the awaiter alone, and an awaiting frame destroyed
+// while suspended leaves the task with nobody to resume, so neither ever
+// reaches into the other's freed frame.
+class AwaitLink {
+public:
+    AwaitLink() noexcept = default;
+    AwaitLink(const AwaitLink&) = delete;
+    AwaitLink& operator=(const AwaitLink&) = delete;
+    AwaitLink(AwaitLink&&) = delete;
+    AwaitLink& operator=(AwaitLink&&) = delete;
+    inline ~AwaitLink();
+
+private:
+    friend class PromiseBase;
+    PromiseBase* task_ = nullptr;
+};
 
 // What every Task promise has, whatever it returns: who awaits it, how it
 // ended, and the stop token its awaits listen to.
 class PromiseBase {
 public:
+    PromiseBase() noexcept = default;
+    PromiseBase(const PromiseBase&) = delete;
+    PromiseBase& operator=(const PromiseBase&) = delete;
+    PromiseBase(PromiseBase&&) = delete;
+    PromiseBase& operator=(PromiseBase&&) = delete;
+    ~PromiseBase() { untie(); }
+
     // Lazy: nothing runs until the task is awaited or started.
     std::suspend_always initial_suspend() noexcept { return {}; }
 
@@ -34,7 +61,9 @@ public:
         bool await_ready() noexcept { return false; }
         template <class Promise>
         void await_suspend(std::coroutine_handle<Promise> self) noexcept {
-            if (const std::coroutine_handle<> next = self.promise().continuation_) {
+            PromiseBase& promise = self.promise();
+            promise.untie();
+            if (const std::coroutine_handle<> next = std::exchange(promise.continuation_, {})) {
                 ResumeLoop::transfer(self, next);
             }
         }
@@ -56,14 +85,37 @@ public:
 
 private:
     friend struct TaskAccess;
+    friend class AwaitLink;
     template <class>
     friend class muxio::Task;
 
+    // `awaiter`, suspended in a `co_await` that holds `link`, resumes at the end.
+    void tie(AwaitLink& link, std::coroutine_handle<> awaiter) noexcept {
+        continuation_ = awaiter;
+        awaiter_ = &link;
+        link.task_ = this;
+    }
+    void untie() noexcept {
+        if (awaiter_ != nullptr) {
+            awaiter_->task_ = nullptr;
+            awaiter_ = nullptr;
+        }
+    }
+
     std::coroutine_handle<> continuation_;  // none: a task resumed by hand
+    AwaitLink* awaiter_ = nullptr;          // the co_await resuming continuation_, if any
     std::exception_ptr error_;
     std::stop_token stop_token_;
     bool stop_token_set_ = false;  // set explicitly: awaiting does not replace it
 };
+
+AwaitLink::~AwaitLink() {
+    if (task_ != nullptr) {
+        // The awaiting frame goes first: the task ends with nobody to resume.
+        task_->awaiter_ = nullptr;
+        task_->continuation_ = {};
+    }
+}
 
 template <class T>
 class Promise final : public PromiseBase {
@@ -115,6 +167,11 @@ std::stop_token ambient_stop_token(std::coroutine_handle<Promise> handle) noexce
 /// coroutine frame, whether it never started or is suspended, and with it
 /// everything the frame holds (a pending await's registration included).
 ///
+/// Exit paths: a task awaiting another may be destroyed while suspended,
+/// and the awaited task then ends with nobody to resume. A task destroyed
+/// while another awaits it (`co_await task` of a Task held elsewhere)
+/// leaves that awaiter suspended for good; destroying it is safe.
+///
 /// Cancellation: every task has a std::stop_token, its *ambient* token. A
 /// task awaited by another inherits the awaiter's token unless it was given
 /// one (spawn(), run_until_complete(), with_timeout() and the combinators do
@@ -159,8 +216,8 @@ public:
 
     /// Awaits the task: starts it, and returns its value or rethrows its
     /// exception when it ends. std::logic_error for an empty task.
-    auto operator co_await() & noexcept { return Awaiter{handle_}; }
-    auto operator co_await() && noexcept { return Awaiter{handle_}; }
+    auto operator co_await() & noexcept { return Awaiter{handle_, {}}; }
+    auto operator co_await() && noexcept { return Awaiter{handle_, {}}; }
 
 private:
     friend class detail::Promise<T>;
@@ -176,12 +233,13 @@ private:
 
     struct Awaiter {
         Handle handle;
+        detail::AwaitLink link;
 
         [[nodiscard]] bool await_ready() const noexcept { return !handle || handle.done(); }
         template <class Promise>
         bool await_suspend(std::coroutine_handle<Promise> awaiter) noexcept {
             promise_type& promise = handle.promise();
-            promise.continuation_ = awaiter;
+            promise.tie(link, awaiter);
             if (!promise.stop_token_set_) {
                 promise.stop_token_ = detail::ambient_stop_token(awaiter);
             }

@@ -286,3 +286,45 @@ TEST_CASE("a stream operation awaited a second time is refused and leaks nothing
                               }(reactor, left, right, source.get_token(), second));
     CHECK(second.find("awaited once") != std::string::npos);
 }
+
+TEST_CASE("a task awaiting a task held elsewhere may be destroyed before that task ends") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    SocketPair pair;
+    int resumed = 0;
+    Task<void> child = read_once(reactor, pair.left.get(), Live{});  // outlives its awaiter
+    reactor.call_soon([&reactor] { reactor.stop(); });
+    CHECK_THROWS_AS(muxio::run_until_complete(reactor,
+                                              [](Task<void>& awaited, int& count) -> Task<void> {
+                                                  co_await awaited;
+                                                  ++count;
+                                              }(child, resumed)),
+                    std::logic_error);
+    // The child ends now, with nobody to resume.
+    write_all(pair.right.get(), "x");
+    for (int i = 0; i < 10 && !child.done(); ++i) {
+        reactor.run_once(1s);
+    }
+    CHECK(child.done());
+    CHECK(resumed == 0);
+}
+
+TEST_CASE("a task destroyed while another awaits it leaves the awaiter safe to destroy") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    SocketPair pair;
+    int resumed = 0;
+    auto child = std::make_unique<Task<void>>(read_once(reactor, pair.left.get(), Live{}));
+    muxio::spawn(reactor, [](Task<void>& awaited, int& count) -> Task<void> {
+        co_await awaited;
+        ++count;
+    }(*child, resumed));
+    reactor.run_once(0s);
+    CHECK(reactor.has_reader(pair.left.get()));
+    child.reset();  // the awaiter stays suspended, pointing nowhere
+    CHECK_FALSE(reactor.has_reader(pair.left.get()));
+    reactor.close();  // destroys the awaiter's frame
+    CHECK(resumed == 0);
+}
