@@ -328,3 +328,22 @@ TEST_CASE("a task destroyed while another awaits it leaves the awaiter safe to d
     reactor.close();  // destroys the awaiter's frame
     CHECK(resumed == 0);
 }
+
+TEST_CASE("run_until_complete refused by a running or closed reactor leaves nothing behind") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    bool refused = false;
+    reactor.call_soon([&] {
+        // From inside the loop: the task is destroyed unstarted, its start unscheduled.
+        CHECK_THROWS_AS(muxio::run_until_complete(reactor, sleep_an_hour(reactor, Live{})), std::logic_error);
+        refused = true;
+    });
+    reactor.run_once(0s);
+    CHECK(refused);
+    CHECK(reactor.scheduled_count() == 0);
+    CHECK(reactor.run_once(0s) == 0);
+    reactor.close();
+    CHECK_THROWS_AS(muxio::run_until_complete(reactor, sleep_an_hour(reactor, Live{})), std::logic_error);
+    CHECK_THROWS_AS(muxio::spawn(reactor, sleep_an_hour(reactor, Live{})), std::logic_error);
+}
