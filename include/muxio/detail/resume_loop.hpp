@@ -5,7 +5,8 @@
 // call only where the compiler makes it one: always with clang, with g++
 // only under sibling-call optimisation (off at -O0) and never under its
 // AddressSanitizer. Elsewhere each transfer nests one resume() inside the
-// last, and 70,000 awaits of tasks that end at once overflow the stack.
+// last, and a long loop of awaits of tasks that end at once overflows the
+// stack.
 //
 // muxio's awaiters hand the next coroutine to a loop instead: every
 // resumption muxio makes from outside a coroutine (a reactor callback, a
