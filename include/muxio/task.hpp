@@ -162,10 +162,10 @@ std::stop_token ambient_stop_token(std::coroutine_handle<Promise> handle) noexce
 /// std::move(task)` or `co_await task`), spawned, or given to
 /// run_until_complete(). Awaiting resumes the awaiter when the task ends
 /// (at once, without suspending, if it ended before its first suspension),
-/// and returns its value or rethrows its exception. A
-/// task can be awaited once. Move-only; destroying a Task destroys its
-/// coroutine frame, whether it never started or is suspended, and with it
-/// everything the frame holds (a pending await's registration included).
+/// and returns its value or rethrows its exception. A task can be awaited
+/// once. Move-only; destroying a Task destroys its coroutine frame, whether
+/// it never started or is suspended, and with it everything the frame holds
+/// (a pending await's registration included).
 ///
 /// Exit paths: a task awaiting another may be destroyed while suspended,
 /// and the awaited task then ends with nobody to resume. A task destroyed
