@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "muxio/awaitables.hpp"
+#include "muxio/detail/resume_loop.hpp"
 #include "muxio/error.hpp"
 
 namespace muxio::detail {
@@ -81,7 +82,7 @@ void ReactorWait::on_ready() {
     // now; that run loses the claim and does nothing.
     stop_listening();
     disarm();
-    awaiter_.resume();
+    ResumeLoop::run(awaiter_);
 }
 
 void ReactorWait::on_stop() noexcept {
@@ -110,7 +111,7 @@ void ReactorWait::finish_cancel() {
     stop_listening();
     disarm();
     cancelled_ = true;
-    awaiter_.resume();
+    ResumeLoop::run(awaiter_);
 }
 
 void ReactorWait::disarm() {

@@ -706,6 +706,10 @@ std::string_view operation_name(StreamIo::Op op) noexcept {
 }  // namespace
 
 bool StreamIo::await_ready() {
+    if (awaited_) [[unlikely]] {
+        throw std::logic_error(fmt::format("{}: a stream operation can be awaited once", operation_name(op_)));
+    }
+    awaited_ = true;
     socket_->require_open(operation_name(op_));
     // After a read that emptied the socket, a read now would most likely
     // fail with EAGAIN: a wasted system call per message in a

@@ -91,7 +91,7 @@ struct Request : std::enable_shared_from_this<Request> {
             }
             handle = continuation;
         }
-        handle.resume();
+        detail::ResumeLoop::run(handle);
     }
 };
 

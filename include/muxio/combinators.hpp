@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "muxio/awaitables.hpp"
+#include "muxio/detail/resume_loop.hpp"
 #include "muxio/error.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/task.hpp"
@@ -30,8 +31,23 @@ struct ForwardStop {
     void operator()() const noexcept { target->request_stop(); }
 };
 
+// Cancels a reactor callback when it goes out of scope, on every way out of
+// the frame that holds it, its destruction while suspended included.
+class ScopedCallback {
+public:
+    explicit ScopedCallback(TimerHandle handle) noexcept : handle_{handle} {}
+    ScopedCallback(const ScopedCallback&) = delete;
+    ScopedCallback& operator=(const ScopedCallback&) = delete;
+    ScopedCallback(ScopedCallback&&) = delete;
+    ScopedCallback& operator=(ScopedCallback&&) = delete;
+    ~ScopedCallback() { handle_.cancel(); }
+
+private:
+    TimerHandle handle_;
+};
+
 // Children running concurrently under one parent: counts those still
-// running, resumes the parent (by symmetric transfer from the last child's
+// running, resumes the parent (through the ResumeLoop, from the last child's
 // end) once none is, remembers the first failure and stops the others.
 struct Join {
     std::size_t running = 0;
@@ -41,12 +57,10 @@ struct Join {
     std::optional<std::size_t> first_done;
     bool stop_on_first_done = false;  // when_any
 
+    // A child ended: the parent to resume, if it was the last and the parent waits.
     std::coroutine_handle<> arrive() noexcept {
         --running;
-        if (running == 0 && parent) {
-            return std::exchange(parent, {});
-        }
-        return std::noop_coroutine();
+        return running == 0 ? std::exchange(parent, {}) : std::coroutine_handle<>{};
     }
 
     // Awaited by the parent: suspends until no child runs.
@@ -88,14 +102,16 @@ public:
         auto final_suspend() noexcept {
             struct Final {
                 [[nodiscard]] bool await_ready() const noexcept { return false; }
-                std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> self) const noexcept {
+                void await_suspend(std::coroutine_handle<promise_type> self) const noexcept {
                     promise_type& promise = self.promise();
-                    const std::coroutine_handle<> successor = promise.join->arrive();
+                    const std::coroutine_handle<> parent = promise.join->arrive();
                     if (promise.list != nullptr) {
                         promise.unlink();
                         self.destroy();  // suspended here, so it may go; nothing touches it after
                     }
-                    return successor;
+                    if (parent) {
+                        ResumeLoop::transfer(self, parent);
+                    }
                 }
                 void await_resume() const noexcept {}
             };
@@ -119,7 +135,7 @@ public:
     void start(Join& join) {
         handle_.promise().join = &join;
         ++join.running;
-        handle_.resume();
+        ResumeLoop::run(handle_);
     }
 
     /// Like start(), handing the frame to `list` (see promise_type::list).
@@ -133,7 +149,7 @@ public:
         list = &promise;
         promise.join = &join;
         ++join.running;
-        std::exchange(handle_, {}).resume();
+        ResumeLoop::run(std::exchange(handle_, {}));
     }
 
     /// Destroys the frames of a list's children, newest first.
@@ -194,30 +210,32 @@ NonVoid<T> take_non_void(Task<T>& task) {
 /// and returns a value anyway has its value returned. A stop request on the
 /// awaiter's own ambient token reaches the task too, and ends in Cancelled,
 /// not TimeoutError.
+///
+/// Exit paths: the timer and the forwarding of the awaiter's token are
+/// released however the await ends (a value, Cancelled, TimeoutError, any
+/// other exception, std::logic_error for an empty task) and when the frame
+/// is destroyed while suspended; nothing fires into a freed frame.
 template <class T, class Rep, class Period>
 Task<T> with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeout, Task<T> task) {
     std::stop_source inner;
     const std::stop_token outer = co_await get_stop_token();
     const std::stop_callback<detail::ForwardStop> forward{outer, detail::ForwardStop{&inner}};
     bool timed_out = false;
-    TimerHandle timer = reactor.call_later(timeout, [&inner, &timed_out] {
+    // Declared after what its callback refers to, so it goes first.
+    const detail::ScopedCallback timer{reactor.call_later(timeout, [&inner, &timed_out] {
         timed_out = true;
         inner.request_stop();
-    });
+    })};
     if (task.valid()) {
         detail::TaskAccess::set_stop_token(task, inner.get_token());
     }
     try {
         if constexpr (std::is_void_v<T>) {
             co_await std::move(task);
-            timer.cancel();
         } else {
-            T value = co_await std::move(task);
-            timer.cancel();
-            co_return std::move(value);
+            co_return co_await std::move(task);
         }
     } catch (const Cancelled&) {
-        timer.cancel();
         if (timed_out && !outer.stop_requested()) {
             throw TimeoutError{};
         }
@@ -236,6 +254,10 @@ auto with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeout, 
 /// (their ambient tokens are stopped); once all have ended, its exception is
 /// rethrown. A stop request on the awaiter's ambient token reaches every task.
 /// std::logic_error (at the co_await) if a task is empty.
+///
+/// Exit paths: it returns or throws only once every task has ended;
+/// destroying its frame while suspended destroys the tasks' frames (their
+/// pending awaits removed, nothing resumed) and stops forwarding the token.
 template <class... T>
 Task<std::tuple<detail::NonVoid<T>...>> when_all(Task<T>... tasks) {
     if (!(tasks.valid() && ...)) {
@@ -274,7 +296,7 @@ struct AnyResult {
 /// and waits for them to end; returns the first one's index and value, or
 /// rethrows its exception. How the others ended (cancelled, most likely) is
 /// not reported. All tasks return the same type. std::logic_error (at the
-/// co_await) if a task is empty.
+/// co_await) if a task is empty. Exit paths as when_all().
 template <class T, class... Rest>
 requires(std::is_same_v<T, Rest>&&...) Task<AnyResult<T>> when_any(Task<T> first, Task<Rest>... rest) {
     if (!first.valid() || !(rest.valid() && ...)) {

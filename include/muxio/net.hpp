@@ -166,7 +166,8 @@ public:
         }
     }
 
-    // std::logic_error if the socket is closed.
+    // std::logic_error if the socket is closed, or if this operation was
+    // awaited already (its wait and its progress belong to that await).
     bool await_ready();
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> awaiter) {
@@ -201,6 +202,7 @@ private:
     int error_ = 0;               // errno of the failed call
     bool end_of_stream_ = false;  // read_exact met it
     bool armed_ = false;          // wait_ is alive
+    bool awaited_ = false;
     Op op_;
     ManualLifetime<ReactorWait> wait_;
 };
@@ -212,7 +214,8 @@ private:
 /// awaiting coroutine's frame) and converts to a Task<T> wherever one is
 /// wanted: the combinators, spawn(), run_until_complete(), or a variable.
 /// Like a Task it is lazy (nothing happens before it is awaited) and is
-/// awaited once; the socket and the buffer must outlive it.
+/// awaited once (std::logic_error at a second co_await); the socket and the
+/// buffer must outlive it.
 template <class T>
 class [[nodiscard]] StreamOperation {
 public:

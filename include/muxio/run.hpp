@@ -7,6 +7,7 @@
 #include <stop_token>
 #include <utility>
 
+#include "muxio/detail/resume_loop.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/task.hpp"
 
@@ -61,7 +62,7 @@ public:
         }
     }
 
-    void start() { handle_.resume(); }
+    void start() { ResumeLoop::run(handle_); }
     /// Hands the frame to itself: it is freed when the coroutine ends, or
     /// by `reactor`'s close() if it has not ended by then.
     [[nodiscard]] std::coroutine_handle<promise_type> detach(Reactor& reactor) noexcept {
@@ -96,7 +97,7 @@ public:
     StartDriver(const StartDriver&) = delete;
     StartDriver& operator=(const StartDriver&) = delete;
     ~StartDriver() = default;
-    void operator()() { driver_.detach(*reactor_).resume(); }
+    void operator()() { ResumeLoop::run(driver_.detach(*reactor_)); }
 
 private:
     Reactor* reactor_;

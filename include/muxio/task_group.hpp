@@ -50,6 +50,12 @@ JoinChild group_child(Join& join, Task<T> task) {
 /// a parent unwinding past its group leaves nothing behind. Fire-and-forget
 /// tasks that outlive their creator go through muxio::spawn() instead.
 ///
+/// Exit paths: a task awaiting join() may be destroyed while suspended there
+/// (the group then resumes nobody); a group destroyed while another task
+/// awaits its join() leaves that task suspended for good, detached from the
+/// group (cancelling or destroying it later is safe): destroy the group only
+/// from the task that joins it, or after the join.
+///
 /// A child's frame is freed as soon as it ends, so a group may serve an
 /// unbounded stream of children (one per connection, say).
 /// Not movable: the children point to it.
@@ -61,6 +67,9 @@ public:
     TaskGroup(TaskGroup&&) = delete;
     TaskGroup& operator=(TaskGroup&&) = delete;
     ~TaskGroup() {
+        if (joiner_ != nullptr) {
+            joiner_->detach();  // the awaiting task stays suspended, pointing nowhere
+        }
         // The frames of running children go first (the Join must outlive
         // them), latest first.
         detail::JoinChild::destroy_all(children_);
@@ -90,6 +99,8 @@ public:
 
     /// `co_await group.join()` resumes once no child runs, and rethrows the
     /// first failure of a child (once: a second join() does not rethrow it).
+    /// One task at a time may await it: std::logic_error (at the co_await)
+    /// for a second one while the first waits.
     [[nodiscard]] auto join() noexcept { return JoinAwaiter{this}; }
 
 private:
@@ -100,11 +111,22 @@ private:
         JoinAwaiter& operator=(const JoinAwaiter&) = delete;
         JoinAwaiter(JoinAwaiter&&) = delete;
         JoinAwaiter& operator=(JoinAwaiter&&) = delete;
-        ~JoinAwaiter() = default;
+        // Also runs when the awaiting frame is destroyed while suspended
+        // here: the group then resumes nobody when its last child ends.
+        ~JoinAwaiter() {
+            if (group_ != nullptr && group_->joiner_ == this) {
+                group_->joiner_ = nullptr;
+                group_->join_.parent = {};
+            }
+        }
 
         [[nodiscard]] bool await_ready() const noexcept { return group_->join_.running == 0; }
         template <class Promise>
         void await_suspend(std::coroutine_handle<Promise> awaiter) {
+            if (group_->joiner_ != nullptr) {
+                throw std::logic_error("TaskGroup::join: another task is awaiting this group's join() already");
+            }
+            group_->joiner_ = this;
             group_->join_.parent = awaiter;
             const std::stop_token outer = detail::ambient_stop_token(awaiter);
             if (outer.stop_possible()) {
@@ -113,18 +135,31 @@ private:
         }
         void await_resume() {
             forward_.reset();
+            if (group_->joiner_ == this) {
+                group_->joiner_ = nullptr;
+            }
             if (group_->join_.first_error) {
                 std::rethrow_exception(std::exchange(group_->join_.first_error, nullptr));
             }
         }
 
     private:
+        friend class TaskGroup;
+        // The group is being destroyed: forget it.
+        void detach() noexcept {
+            forward_.reset();
+            group_->joiner_ = nullptr;
+            group_->join_.parent = {};
+            group_ = nullptr;
+        }
+
         TaskGroup* group_;
         std::optional<std::stop_callback<detail::ForwardStop>> forward_;
     };
 
     detail::Join join_;
     detail::JoinChild::promise_type* children_ = nullptr;  // running, newest first
+    JoinAwaiter* joiner_ = nullptr;                        // the join() awaited now, if any
 };
 
 }  // namespace muxio

@@ -1,22 +1,20 @@
 // Helpers for the coroutine suites: a count of live objects, to prove that
-// coroutine frames (which hold them) are freed.
+// coroutine frames (which hold them) are freed, and the stack position of a
+// call, to prove that a chain of awaits does not grow the stack.
 #pragma once
+
+#include <cstdint>
 
 #include <doctest/doctest.h>
 
-// 1 when symmetric transfer is a real tail call in this build, so chains of
-// a million awaits run in constant stack: always with clang; with g++ only
-// with -foptimize-sibling-calls (tests/CMakeLists.txt adds it) and never
-// under its AddressSanitizer or ThreadSanitizer.
-#if defined(__clang__)
-#define MUXIO_TEST_TAIL_CALLS 1
-#elif defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define MUXIO_TEST_TAIL_CALLS 0
-#else
-#define MUXIO_TEST_TAIL_CALLS 1
-#endif
-
 namespace muxio::coro_test {
+
+/// The address of this call's frame on the thread's stack (the real one,
+/// not AddressSanitizer's fake stack of locals): two calls at the same
+/// depth return the same value.
+[[gnu::noinline]] inline std::uintptr_t stack_position() noexcept {
+    return reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+}
 
 /// Counts its live instances. Held by a coroutine (a parameter or a local),
 /// it tells whether the coroutine's frame was destroyed.

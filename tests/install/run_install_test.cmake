@@ -4,6 +4,10 @@
 #     checking that find_package(muxio) found the copy in PREFIX;
 #  3. compile consumer/main.cpp with `pkg-config --cflags --libs muxio`
 #     (PKG_CONFIG_PATH=PREFIX/LIBDIR/pkgconfig) and run that too.
+# The consumer is built as a user's debug build is, whatever CONFIG muxio
+# was built in: CMake's Debug (no -O, so -O0) and, through pkg-config,
+# -O0 -g, with no flag but what the package gives. Its coroutine chains
+# must run in constant stack there.
 cmake_minimum_required(VERSION 3.25)
 
 foreach(variable IN ITEMS MUXIO_BINARY_DIR PREFIX LIBDIR CONSUMER_SOURCE_DIR CONSUMER_BINARY_DIR GENERATOR
@@ -33,7 +37,7 @@ run("install" "${CMAKE_COMMAND}" --install "${MUXIO_BINARY_DIR}" --prefix "${PRE
 set(configure_args
   -S "${CONSUMER_SOURCE_DIR}" -B "${CONSUMER_BINARY_DIR}"
   -G "${GENERATOR}"
-  "-DCMAKE_BUILD_TYPE=${CONFIG}"
+  -DCMAKE_BUILD_TYPE=Debug
   "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}"
   "-DCMAKE_PREFIX_PATH=${PREFIX}"
   -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF)
@@ -76,7 +80,7 @@ message(STATUS "pkg-config --cflags --libs muxio: ${pc_flags}")
 separate_arguments(pc_flags UNIX_COMMAND "${pc_flags}")
 separate_arguments(extra_flags UNIX_COMMAND "${CXX_FLAGS}")
 set(pc_program "${CONSUMER_BINARY_DIR}/muxio_consumer_pkgconfig")
-run("compile consumer (pkg-config)" "${CXX_COMPILER}" -std=c++20 ${extra_flags} "${CONSUMER_SOURCE_DIR}/main.cpp"
+run("compile consumer (pkg-config)" "${CXX_COMPILER}" -std=c++20 -O0 -g ${extra_flags} "${CONSUMER_SOURCE_DIR}/main.cpp"
   ${pc_flags} -o "${pc_program}")
 # For a shared libmuxio: the pkg-config build has no run path into PREFIX.
 run("run consumer (pkg-config)" "${CMAKE_COMMAND}" -E env "LD_LIBRARY_PATH=${PREFIX}/${LIBDIR}" "${pc_program}")
