@@ -13,12 +13,14 @@ set -euo pipefail
     sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
-fuzzer="$1"
 seconds="$2"
-work="$3"
-corpus="$4"
+mkdir -p "$3/new" "$3/artifacts"
+fuzzer="$(realpath "$1")"
+work="$(realpath "$3")"
+corpus="$(realpath "$4")"
 shift 4
-mkdir -p "$work/new" "$work/artifacts"
+# libFuzzer writes its -jobs logs (fuzz-N.log) to the current directory.
+cd "$work"
 args=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
     -artifact_prefix="$work/artifacts/")
 dict="$corpus.dict"
