@@ -32,17 +32,29 @@ struct ForwardStop {
 };
 
 // Cancels a reactor callback when it goes out of scope, on every way out of
-// the frame that holds it, its destruction while suspended included.
-class ScopedCallback {
+// the frame that holds it, its destruction while suspended included. Hooked
+// onto the reactor's close, which drops every callback: a frame destroyed
+// after its reactor closed, or was destroyed, then has nothing to cancel and
+// does not touch it.
+class ScopedCallback : private CloseHook {
 public:
-    explicit ScopedCallback(TimerHandle handle) noexcept : handle_{handle} {}
+    ScopedCallback(Reactor& reactor, TimerHandle handle) noexcept : handle_{handle} {
+        hook(reactor, Phase::late, &on_reactor_close);
+    }
     ScopedCallback(const ScopedCallback&) = delete;
     ScopedCallback& operator=(const ScopedCallback&) = delete;
     ScopedCallback(ScopedCallback&&) = delete;
     ScopedCallback& operator=(ScopedCallback&&) = delete;
-    ~ScopedCallback() { handle_.cancel(); }
+    ~ScopedCallback() {
+        if (hooked()) {
+            handle_.cancel();
+        }
+    }
 
 private:
+    // Unhooked already, so the destructor leaves the handle alone.
+    static void on_reactor_close(CloseHook& /*hook*/) noexcept {}
+
     TimerHandle handle_;
 };
 
@@ -222,10 +234,11 @@ Task<T> with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeou
     const std::stop_callback<detail::ForwardStop> forward{outer, detail::ForwardStop{&inner}};
     bool timed_out = false;
     // Declared after what its callback refers to, so it goes first.
-    const detail::ScopedCallback timer{reactor.call_later(timeout, [&inner, &timed_out] {
+    auto on_timeout = [&inner, &timed_out] {
         timed_out = true;
         inner.request_stop();
-    })};
+    };
+    const detail::ScopedCallback timer{reactor, reactor.call_later(timeout, std::move(on_timeout))};
     if (task.valid()) {
         detail::TaskAccess::set_stop_token(task, inner.get_token());
     }

@@ -20,6 +20,7 @@
 #include <doctest/doctest.h>
 
 #include "muxio/awaitables.hpp"
+#include "muxio/combinators.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/selectors.hpp"
 #include "muxio/task.hpp"
@@ -453,6 +454,9 @@ TEST_CASE("tasks suspended on a reactor's awaits are destroyed safely after it c
             waiting.push_back(hold(wait_writable(*reactor, pair.right.get(), stop.get_token())));
             waiting.push_back(hold(sleep_long(*reactor, stop.get_token())));
             waiting.push_back(hold(yield_once(*reactor, stop.get_token())));
+            // A timeout's timer is armed on the reactor for as long as its frame lives.
+            waiting.push_back(
+                hold(muxio::with_timeout(*reactor, std::chrono::hours{1}, sleep_long(*reactor, stop.get_token()))));
             for (const Held& task : waiting) {
                 REQUIRE_FALSE(task.done());
             }
