@@ -233,11 +233,11 @@ Task<T> with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeou
     const std::stop_token outer = co_await get_stop_token();
     const std::stop_callback<detail::ForwardStop> forward{outer, detail::ForwardStop{&inner}};
     bool timed_out = false;
-    // Declared after what its callback refers to, so it goes first.
     auto on_timeout = [&inner, &timed_out] {
         timed_out = true;
         inner.request_stop();
     };
+    // Declared after what its callback refers to, so it goes first.
     const detail::ScopedCallback timer{reactor, reactor.call_later(timeout, std::move(on_timeout))};
     if (task.valid()) {
         detail::TaskAccess::set_stop_token(task, inner.get_token());
