@@ -14,7 +14,6 @@
 #include <functional>
 #include <memory>
 #include <span>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -22,7 +21,6 @@
 #include <vector>
 
 #include <doctest/doctest.h>
-#include <spdlog/sinks/ostream_sink.h>
 
 #include "echo_server.hpp"
 #include "histogram.hpp"
@@ -33,6 +31,7 @@
 #include "muxio/reactor.hpp"
 #include "muxio/run.hpp"
 #include "muxio/task.hpp"
+#include "support/captured_log.hpp"
 #include "support/support.hpp"
 
 using namespace std::chrono_literals;
@@ -41,6 +40,7 @@ using muxio::Task;
 using muxio::apps::CallbackEchoServer;
 using muxio::apps::CoroutineEchoServer;
 using muxio::apps::LatencyHistogram;
+using muxio::test::CapturedLog;
 using muxio::test::FdLeakCheck;
 
 namespace {
@@ -227,36 +227,6 @@ void run_until(Reactor& reactor, const std::function<bool()>& done, std::chrono:
     }
 }
 
-// Sends the `muxio` logger's output (warnings and above) to a string while
-// it lives; restores its sinks and level afterwards.
-class CapturedLog {
-public:
-    CapturedLog()
-        : sink_{std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_)},
-          saved_sinks_{muxio::logger().sinks()},
-          saved_level_{muxio::logger().level()} {
-        muxio::logger().sinks() = {sink_};
-        muxio::logger().set_level(spdlog::level::warn);
-    }
-    ~CapturedLog() {
-        muxio::logger().sinks() = saved_sinks_;
-        muxio::logger().set_level(saved_level_);
-    }
-    CapturedLog(const CapturedLog&) = delete;
-    CapturedLog& operator=(const CapturedLog&) = delete;
-
-    [[nodiscard]] std::string text() {
-        muxio::logger().flush();
-        return stream_.str();
-    }
-
-private:
-    std::ostringstream stream_;
-    std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
-    std::vector<spdlog::sink_ptr> saved_sinks_;
-    spdlog::level::level_enum saved_level_;
-};
-
 // True once the server has closed `fd`'s connection (end of stream or
 // reset); reads and discards whatever came before.
 bool closed_by_server(int fd) {
@@ -284,7 +254,7 @@ TEST_CASE("a connection the selector cannot watch is closed at once, and the ech
         Reactor reactor{muxio::ReactorOptions{"select", {}}};
         std::size_t escaped = 0;  // exceptions that reached the reactor
         reactor.set_exception_handler([&escaped](const std::exception_ptr&) { ++escaped; });
-        CapturedLog log;
+        CapturedLog log{spdlog::level::warn};
         AnyServer server{reactor, coroutine};
         const muxio::test::UniqueFd refused = connect_to(server.address);
         {

@@ -4,57 +4,26 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
-#include <memory>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <doctest/doctest.h>
 #include <spdlog/logger.h>
-#include <spdlog/sinks/ostream_sink.h>
 
 #include "muxio/log.hpp"
 #include "muxio/reactor.hpp"
 #include "reactor/reactor_support.hpp"
+#include "support/captured_log.hpp"
 #include "support/support.hpp"
 
 using namespace std::chrono_literals;
 using muxio::Reactor;
 using muxio::reactor_test::ManualClock;
+using muxio::test::CapturedLog;
 using muxio::test::FdLeakCheck;
 
 namespace {
-
-// Sends the `muxio` logger's output to a string while it lives; restores its
-// sinks and level afterwards.
-class CapturedLog {
-public:
-    CapturedLog()
-        : sink_{std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_)},
-          saved_sinks_{muxio::logger().sinks()},
-          saved_level_{muxio::logger().level()} {
-        muxio::logger().sinks() = {sink_};
-        muxio::logger().set_level(spdlog::level::info);
-    }
-    ~CapturedLog() {
-        muxio::logger().sinks() = saved_sinks_;
-        muxio::logger().set_level(saved_level_);
-    }
-    CapturedLog(const CapturedLog&) = delete;
-    CapturedLog& operator=(const CapturedLog&) = delete;
-
-    [[nodiscard]] std::string text() {
-        muxio::logger().flush();
-        return stream_.str();
-    }
-
-private:
-    std::ostringstream stream_;
-    std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
-    std::vector<spdlog::sink_ptr> saved_sinks_;
-    spdlog::level::level_enum saved_level_;
-};
 
 std::string message_of(const std::exception_ptr& error) {
     try {
