@@ -1,0 +1,52 @@
+// Cases the differential selector fuzzer (tests/fuzz/selector_model.hpp)
+// found, each reduced to the few calls that show it, on every backend
+// compiled here.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <climits>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include <doctest/doctest.h>
+
+#include "muxio/selectors.hpp"
+#include "support/selector_support.hpp"
+#include "support/support.hpp"
+
+using namespace std::chrono_literals;
+using muxio::EVENT_READ;
+using muxio::EVENT_READ_WRITE;
+using muxio::Events;
+using muxio::test::FdLeakCheck;
+using muxio::test::ready_by_fd;
+using muxio::test::SocketPair;
+using muxio::test::UniqueFd;
+
+TEST_CASE("register_ of a huge closed descriptor number throws EBADF without growing a table to reach it") {
+    FdLeakCheck leak_check;
+    for (const std::string_view name : muxio::available_selectors()) {
+        CAPTURE(name);
+        const auto selector = muxio::make_selector<int>(name);
+        SocketPair pair;
+        (void)selector->register_(pair.left.get(), EVENT_READ, 1);
+        for (const int number : {INT_MAX, INT_MAX - 1, 1 << 30}) {
+            CAPTURE(number);
+            try {
+                (void)selector->register_(number, EVENT_READ, 2);
+                FAIL("register_ accepted a closed descriptor");
+            } catch (const std::system_error& error) {
+                CHECK(error.code() == std::error_code{EBADF, std::system_category()});
+            } catch (const std::invalid_argument&) {
+                CHECK(name == "select");  // FD_SETSIZE and above
+            }
+        }
+        CHECK(selector->get_map().size() == 1);
+        muxio::test::write_all(pair.right.get(), "x");
+        CHECK(ready_by_fd(selector->select(5s)) == std::map<int, Events>{{pair.left.get(), EVENT_READ}});
+    }
+}
