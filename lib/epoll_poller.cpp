@@ -116,6 +116,16 @@ public:
         if (registration.state == State::closed) {
             registration.token = token;
             registration.mask = mask;
+            // The number may name an open file again, which select, poll and
+            // io_uring would watch from now on: so does epoll. Closed still
+            // (EBADF), or a file epoll cannot watch (EPERM): it stays closed.
+            const int error = add_to_set(fd, mask, token);
+            if (error == 0) {
+                unlist_closed(fd);
+                registration.state = State::watched;
+            } else if (error != EBADF && error != EPERM) {
+                throw_system_error(error, "epoll_ctl(ADD)", fd);
+            }
             return;
         }
         const int error = control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token);

@@ -50,3 +50,26 @@ TEST_CASE("register_ of a huge closed descriptor number throws EBADF without gro
         CHECK(ready_by_fd(selector->select(5s)) == std::map<int, Events>{{pair.left.get(), EVENT_READ}});
     }
 }
+
+TEST_CASE("modify of a closed registration whose number names a new file watches that file") {
+    FdLeakCheck leak_check;
+    for (const std::string_view name : muxio::available_selectors()) {
+        CAPTURE(name);
+        const auto selector = muxio::make_selector<int>(name);
+        std::optional<SocketPair> old_pair{std::in_place};
+        SocketPair new_pair;  // made first, so that it does not take the number
+        const int number = old_pair->left.get();
+        (void)selector->register_(number, EVENT_READ, 1);
+        old_pair.reset();                                  // closed behind the selector's back
+        (void)selector->modify(number, EVENT_READ_WRITE);  // meets it closed: a closed registration
+        CHECK(ready_by_fd(selector->select(0s)) == std::map<int, Events>{{number, EVENT_READ_WRITE}});
+
+        const UniqueFd reused{::dup3(new_pair.left.get(), number, O_CLOEXEC)};
+        REQUIRE(reused.get() == number);
+        (void)selector->modify(number, EVENT_READ);
+        CHECK(selector->select(0s).empty());  // the new socket has nothing to read
+        muxio::test::write_all(new_pair.right.get(), "x");
+        CHECK(ready_by_fd(selector->select(5s)) == std::map<int, Events>{{number, EVENT_READ}});
+        (void)selector->unregister(number);
+    }
+}
