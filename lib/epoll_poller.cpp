@@ -119,7 +119,7 @@ public:
             // The number may name an open file again, which select, poll and
             // io_uring would watch from now on: so does epoll. Closed still
             // (EBADF), or a file epoll cannot watch (EPERM): it stays closed.
-            const int error = add_to_set(fd, mask, token);
+            const int error = is_own(fd) ? EBADF : add_to_set(fd, mask, token);
             if (error == 0) {
                 unlist_closed(fd);
                 registration.state = State::watched;
@@ -304,6 +304,10 @@ private:
         has_closed_ = true;
     }
 
+    // Whether `fd` is one of this poller's own sets: a registered number that
+    // was closed behind our back can be given to one of them by the kernel.
+    [[nodiscard]] bool is_own(int fd) const noexcept { return fd == epfd_.get() || fd == outer_.get(); }
+
     [[nodiscard]] bool is_closed_token(std::uint64_t token) const noexcept {
         return std::any_of(closed_.begin(), closed_.end(), [&](int fd) { return registrations_[fd].token == token; });
     }
@@ -341,15 +345,22 @@ private:
         for (int fd = 0; fd < registrations_.size(); ++fd) {
             Registration& registration = registrations_.at_growing(fd);  // within the table: no allocation
             if (registration.state == State::watched) {
-                const int error = control(fresh.get(), EPOLL_CTL_ADD, fd, registration.mask, registration.token);
-                // EBADF, EPERM: the number was closed, or now names a file
-                // epoll cannot watch: the kernel watches nothing for it.
-                if (error == EBADF || error == EPERM) {
-                    registration.state = State::refused;
-                    refused = true;
-                } else if (error != 0) {
+                // A number of one of the sets themselves was closed behind
+                // our back and taken by it: closed, as far as its owner knows.
+                const int error = is_own(fd) || fd == fresh.get()
+                                      ? EBADF
+                                      : control(fresh.get(), EPOLL_CTL_ADD, fd, registration.mask, registration.token);
+                if (error == ENOMEM || error == ENOSPC) {
                     settle_refused(State::watched);
                     return error;
+                }
+                // Any other refusal is about what the number names now:
+                // closed (EBADF), a file epoll cannot watch (EPERM), an epoll
+                // set that would nest too deep (ELOOP). The kernel watches
+                // nothing for it; one such number must not make every wait fail.
+                if (error != 0) {
+                    registration.state = State::refused;
+                    refused = true;
                 }
             }
         }

@@ -73,3 +73,69 @@ TEST_CASE("modify of a closed registration whose number names a new file watches
         (void)selector->unregister(number);
     }
 }
+
+namespace {
+
+// Leaves the selector with a stale event to drop: a registration unregistered
+// after its number was closed while a duplicate keeps its file open, and
+// that file readable. epoll's EPOLL_CTL_DEL cannot name the entry then, and
+// the next wait that reports nothing else rebuilds the kernel set.
+muxio::test::UniqueFd leave_stale_event(muxio::BaseSelector<int>& selector) {
+    SocketPair pair;
+    const int number = pair.left.get();
+    (void)selector.register_(number, EVENT_READ, 9);
+    UniqueFd duplicate{::dup(number)};
+    REQUIRE(duplicate.get() >= 0);
+    pair.left.reset();
+    muxio::test::write_all(pair.right.get(), "stale");
+    (void)selector.unregister(number);
+    return duplicate;
+}
+
+}  // namespace
+
+TEST_CASE("select survives a rebuild that meets the number of a closed registration in the new kernel set") {
+    FdLeakCheck leak_check;
+    for (const std::string_view name : muxio::available_selectors()) {
+        CAPTURE(name);
+        const auto selector = muxio::make_selector<int>(name);
+        // The lowest free number once closed, so that the fresh set of a
+        // rebuild gets it: a registration still names it.
+        std::optional<SocketPair> closed_pair{std::in_place};
+        const int closed = closed_pair->left.get();
+        (void)selector->register_(closed, EVENT_READ, 1);
+        SocketPair live;
+        (void)selector->register_(live.left.get(), EVENT_READ, 2);
+        const UniqueFd duplicate = leave_stale_event(*selector);
+        closed_pair.reset();  // closed behind the selector's back
+        CHECK_NOTHROW((void)selector->select(0s));
+        CHECK_NOTHROW((void)selector->select(0s));
+        (void)selector->unregister(closed);
+        CHECK(selector->select(0s).empty());
+        muxio::test::write_all(live.right.get(), "x");
+        CHECK(ready_by_fd(selector->select(5s)) == std::map<int, Events>{{live.left.get(), EVENT_READ}});
+    }
+}
+
+TEST_CASE("select survives a rebuild after the selector's own descriptor took a closed registration's number") {
+    FdLeakCheck leak_check;
+    for (const std::string_view name : muxio::available_selectors()) {
+        CAPTURE(name);
+        const auto selector = muxio::make_selector<int>(name);
+        std::optional<SocketPair> closed_pair{std::in_place};
+        const int closed = closed_pair->left.get();
+        (void)selector->register_(closed, EVENT_READ, 1);
+        SocketPair live;
+        (void)selector->register_(live.left.get(), EVENT_READ, 2);
+        const UniqueFd duplicate = leave_stale_event(*selector);
+        closed_pair.reset();  // closed behind the selector's back
+        // epoll makes the descriptor it hands out now: the lowest free number.
+        (void)selector->fileno();
+        CHECK_NOTHROW((void)selector->select(0s));
+        CHECK_NOTHROW((void)selector->select(0s));
+        (void)selector->unregister(closed);
+        CHECK(selector->select(0s).empty());
+        muxio::test::write_all(live.right.get(), "x");
+        CHECK(ready_by_fd(selector->select(5s)) == std::map<int, Events>{{live.left.get(), EVENT_READ}});
+    }
+}
