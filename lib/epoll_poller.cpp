@@ -116,15 +116,19 @@ public:
         if (registration.state == State::closed) {
             registration.token = token;
             registration.mask = mask;
-            // The number may name an open file again, which select, poll and
-            // io_uring would watch from now on: so does epoll. Closed still
-            // (EBADF), or a file epoll cannot watch (EPERM): it stays closed.
-            const int error = is_own(fd) ? EBADF : add_to_set(fd, mask, token);
-            if (error == 0) {
-                unlist_closed(fd);
-                registration.state = State::watched;
-            } else if (error != EBADF && error != EPERM) {
-                throw_system_error(error, "epoll_ctl(ADD)", fd);
+            if (is_own(fd) || ::fcntl(fd, F_GETFD) == -1) {
+                return;  // still closed, as far as its owner knows
+            }
+            // The number names an open file again, which select, poll and
+            // io_uring watch from now on: so does epoll. Its old file may
+            // still be in the set under this very token (a duplicate keeps it
+            // open), so the set is rebuilt from the table rather than the
+            // number added to it. Refused (EPERM): closed again.
+            unlist_closed(fd);
+            registration.state = State::watched;
+            if (const int error = rebuild(); error != 0) {
+                note_closed(fd);
+                throw_system_error(error, "epoll: rebuilding the set", fd);
             }
             return;
         }

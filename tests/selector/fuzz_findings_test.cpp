@@ -185,3 +185,28 @@ TEST_CASE("select reports a hang-up without an error as ready for reading only" 
     FdLeakCheck leak_check;
     check_hang_ups_are_ready_for_both("select", 10ms);  // it fails: no need to wait long
 }
+
+TEST_CASE("modify of a closed registration whose number names a new file forgets the old file a duplicate keeps") {
+    FdLeakCheck leak_check;
+    for (const std::string_view name : muxio::available_selectors()) {
+        CAPTURE(name);
+        const auto selector = muxio::make_selector<int>(name);
+        std::optional<SocketPair> old_pair{std::in_place};
+        SocketPair new_pair;  // made first, so that it does not take the number
+        const int number = old_pair->left.get();
+        (void)selector->register_(number, EVENT_READ_WRITE, 1);
+        const UniqueFd duplicate{::dup(number)};  // keeps the old file open
+        REQUIRE(duplicate.get() >= 0);
+        old_pair.reset();  // the number closed behind the selector's back; the old file hung up
+        (void)selector->modify(number, muxio::EVENT_WRITE);  // meets it closed
+        const UniqueFd reused{::dup3(new_pair.left.get(), number, O_CLOEXEC)};
+        REQUIRE(reused.get() == number);
+        (void)selector->modify(number, EVENT_READ);
+        // The old file is ready (hung up), the new one has nothing to read.
+        CHECK(selector->select(0s).empty());
+        muxio::test::write_all(new_pair.right.get(), "x");
+        CHECK(ready_by_fd(selector->select(5s)) == std::map<int, Events>{{number, EVENT_READ}});
+        (void)selector->unregister(number);
+        CHECK(selector->select(0s).empty());
+    }
+}
