@@ -222,7 +222,22 @@ protected:
         if (has_closed_) [[unlikely]] {
             return wait_with_closed(ready);
         }
-        const int count = wait_kernel(timeout, capacity());
+        int count = wait_kernel(timeout, capacity());
+        if (may_report_stale() && count == capacity()) [[unlikely]] {
+            // A full answer while the set may hold stale entries: they may
+            // have taken the room of live ones (the buffer has a slot per
+            // registration). Drop them and look again, without waiting.
+            if (const int error = rebuild(); error != 0) {
+                return error;
+            }
+            if (has_closed_) {
+                return wait_with_closed(ready);  // the rebuild met closed numbers
+            }
+            count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+            if (count == 0) {
+                return EINTR;  // all stale: the base waits on for the time left
+            }
+        }
         if (count < 0) {
             return errno;
         }
@@ -255,7 +270,14 @@ private:
     // A wait while closed registrations exist: they are ready now, so the
     // kernel is only polled, for the others.
     [[gnu::noinline, gnu::cold]] int wait_with_closed(std::vector<PollEvent>& ready) {
-        const int count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+        int count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+        if (may_report_stale() && count == capacity()) {
+            // As in wait_once(): stale entries may have taken the room of live ones.
+            if (const int error = rebuild(); error != 0) {
+                return error;
+            }
+            count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+        }
         if (count < 0) {
             return errno;
         }

@@ -210,3 +210,35 @@ TEST_CASE("modify of a closed registration whose number names a new file forgets
         CHECK(selector->select(0s).empty());
     }
 }
+
+TEST_CASE("select reports every ready registration when stale events take room in the kernel's answer") {
+    FdLeakCheck leak_check;
+    for (const std::string_view name : muxio::available_selectors()) {
+        CAPTURE(name);
+        const auto selector = muxio::make_selector<int>(name);
+        std::optional<SocketPair> old_pair{std::in_place};
+        SocketPair b;
+        SocketPair c;
+        const int number = old_pair->left.get();
+        (void)selector->register_(number, EVENT_READ, 1);
+        (void)selector->register_(b.left.get(), EVENT_READ, 2);
+        // A stale entry in epoll's set: the number closed while a duplicate
+        // keeps its file open, that file ready, then unregistered.
+        const UniqueFd duplicate{::dup(number)};
+        REQUIRE(duplicate.get() >= 0);
+        muxio::test::write_all(old_pair->right.get(), "stale");
+        old_pair->left.reset();
+        (void)selector->unregister(number);
+        // Two registrations again, both ready after the stale one.
+        const UniqueFd reused{::dup3(c.left.get(), number, O_CLOEXEC)};
+        REQUIRE(reused.get() == number);
+        (void)selector->register_(number, EVENT_READ, 3);
+        muxio::test::write_all(b.right.get(), "b");
+        muxio::test::write_all(c.right.get(), "c");
+        const std::map<int, Events> both{{b.left.get(), EVENT_READ}, {number, EVENT_READ}};
+        CHECK(ready_by_fd(selector->select(0s)) == both);
+        CHECK(ready_by_fd(selector->select(0s)) == both);
+        (void)selector->unregister(number);
+        (void)selector->unregister(b.left.get());
+    }
+}
