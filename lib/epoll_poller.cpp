@@ -161,6 +161,9 @@ public:
             if (const int error = add_to_set(fd, mask, token); error != 0) {
                 throw_system_error(error, "epoll_ctl(ADD)", fd);
             }
+            // If a duplicate keeps the old file open, its entry is still in
+            // the set, under the old token: stale from now on.
+            set_may_report_stale(true);
             unlist_closed(fd);
             registration = {token, mask, State::watched};
             return;

@@ -242,3 +242,30 @@ TEST_CASE("select reports every ready registration when stale events take room i
         (void)selector->unregister(b.left.get());
     }
 }
+
+TEST_CASE("select reports every ready registration after reregister of a closed one whose old file a duplicate keeps") {
+    FdLeakCheck leak_check;
+    for (const std::string_view name : muxio::available_selectors()) {
+        CAPTURE(name);
+        const auto selector = muxio::make_selector<int>(name);
+        std::optional<SocketPair> old_pair{std::in_place};
+        SocketPair other;
+        SocketPair fresh;
+        const int number = old_pair->left.get();
+        (void)selector->register_(number, EVENT_READ_WRITE, 1);
+        (void)selector->register_(other.left.get(), muxio::EVENT_WRITE, 2);  // writable: ready
+        const UniqueFd duplicate{::dup(number)};                             // keeps the old file open, and writable
+        REQUIRE(duplicate.get() >= 0);
+        old_pair->left.reset();
+        (void)selector->modify(number, EVENT_READ);  // meets it closed
+        const UniqueFd reused{::dup3(fresh.left.get(), number, O_CLOEXEC)};
+        REQUIRE(reused.get() == number);
+        (void)selector->reregister(number, EVENT_READ);  // the old file's entry is stale from now on
+        muxio::test::write_all(fresh.right.get(), "x");
+        const std::map<int, Events> both{{number, EVENT_READ}, {other.left.get(), muxio::EVENT_WRITE}};
+        CHECK(ready_by_fd(selector->select(0s)) == both);
+        CHECK(ready_by_fd(selector->select(0s)) == both);
+        (void)selector->unregister(number);
+        (void)selector->unregister(other.left.get());
+    }
+}
