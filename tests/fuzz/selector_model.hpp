@@ -115,7 +115,8 @@ void trace(fmt::format_string<Args...> format, Args&&... args) {
 
 // ---- The environment: the descriptors and open files the harness owns ----
 
-enum class Kind : std::uint8_t { socket, pipe_read, pipe_write };
+// /dev/null: always ready, and a file epoll refuses to watch (EPERM).
+enum class Kind : std::uint8_t { socket, pipe_read, pipe_write, devnull };
 
 struct File {
     Kind kind = Kind::socket;
@@ -494,6 +495,25 @@ private:
         return true;
     }
 
+    bool make_devnull(Handle*& handle) {
+        handle = free_slot();
+        if (handle == nullptr) {
+            return false;
+        }
+        const int fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            fail(fmt::format("open /dev/null: errno {}", errno));
+        }
+        adopt(*handle, fd, new_file(Kind::devnull));
+        trace("  /dev/null fd {}", fd);
+        return true;
+    }
+
+    [[nodiscard]] bool names_devnull(int fd) const {
+        const NumberState state = number_state(fd);
+        return state.kind == NumberState::owned && files_[static_cast<std::size_t>(state.file)].kind == Kind::devnull;
+    }
+
     // ---- Operations ----
 
     void step(std::uint8_t opcode) {
@@ -619,6 +639,11 @@ private:
         if (file.kind == Kind::pipe_read) {
             return 0;
         }
+        if (file.kind == Kind::devnull) {
+            const bool taken = ::write(handle.fd, bytes.data(), size) > 0;  // and gone: nothing to read
+            (void)taken;
+            return 0;
+        }
         const ssize_t written = file.kind == Kind::socket
                                     ? ::send(handle.fd, bytes.data(), size, MSG_NOSIGNAL | MSG_DONTWAIT)
                                     : ::write(handle.fd, bytes.data(), size);
@@ -639,7 +664,8 @@ private:
     }
 
     void op_fill(std::uint8_t which) {
-        if (Handle* handle = pick_handle(which, true)) {
+        if (Handle* handle = pick_handle(which, true);
+            handle != nullptr && files_[static_cast<std::size_t>(handle->file)].kind != Kind::devnull) {
             std::size_t total = 0;
             for (int round = 0; round < 64; ++round) {
                 const std::size_t written = write_some(*handle, 65536);
@@ -662,7 +688,7 @@ private:
             return;
         }
         File& file = files_[static_cast<std::size_t>(handle->file)];
-        if (file.kind == Kind::pipe_write) {
+        if (file.kind == Kind::pipe_write || file.kind == Kind::devnull) {
             return;
         }
         const std::size_t amount = amounts[amount_byte % amounts.size()];
@@ -733,6 +759,12 @@ private:
             }
             source = original->fd;
             file = original->file;
+        } else if ((source_byte & 4U) != 0) {
+            if (!make_devnull(fresh_first)) {
+                return;
+            }
+            source = fresh_first->fd;
+            file = fresh_first->file;
         } else {
             if (!make_pair((source_byte & 2U) != 0, fresh_first, fresh_second)) {
                 return;
@@ -831,6 +863,8 @@ private:
                 expected = {Error::invalid_argument, 0, {}};
             } else if (number_state(*fd).kind != NumberState::owned) {
                 expected = {Error::system_error, EBADF, {}};
+            } else if (backend.name == "epoll" && names_devnull(*fd)) {
+                expected = {Error::system_error, EPERM, {}};  // documented: epoll cannot watch it
             }
             const SelectorKey<int>* key = nullptr;
             const Outcome got = attempt([&] { key = &backend.selector->register_(target->fileobj(), events, data); });
@@ -895,6 +929,15 @@ private:
                 key = with_data ? &backend.selector->modify(target->fileobj(), events, data)
                                 : &backend.selector->modify(target->fileobj(), events);
             });
+            if (expected.error == Error::none && backend.name == "epoll" && names_devnull(*fd) &&
+                events != backend.keys.at(*fd).events && got == Outcome{Error::system_error, EPERM, {}}) {
+                // The number names a file epoll cannot watch. A registration
+                // epoll watched is refused and dropped (a refused modify
+                // unregisters, as Python's does); one it had found closed
+                // stays closed. The model cannot tell which epoll holds.
+                backend.keys.erase(*fd);
+                continue;
+            }
             expect(backend, "modify", *target, expected, got);
             if (got.error == Error::none) {
                 ModelKey& model = backend.keys.at(*fd);
@@ -905,6 +948,10 @@ private:
                     model.binding = bind_now(state);
                     model.file = state.file;
                     model.events = events;
+                    if (backend.name == "epoll" && names_devnull(*fd)) {
+                        model.binding = Binding::loose;  // kept as closed: the kernel watches nothing
+                        model.file = -1;
+                    }
                 }
                 if (with_data) {
                     model.data = data;
@@ -935,6 +982,8 @@ private:
                 continue;  // the library's own descriptor: nothing the model can tell
             } else if (state.kind == NumberState::closed) {
                 expected = {Error::system_error, EBADF, {}};
+            } else if (backend.name == "epoll" && names_devnull(*fd)) {
+                expected = {Error::system_error, EPERM, {}};  // the kernel refuses the file it names
             }
             const SelectorKey<int>* key = nullptr;
             std::uint64_t token_before = 0;
@@ -954,9 +1003,11 @@ private:
                     fail(fmt::format("operation #{}: reregister on {} kept the token", operation_, backend.name));
                 }
             } else if (got.error == Error::system_error) {
-                // The key stays, with its events and token: a closed registration.
+                // The key stays, with its events and token: a closed
+                // registration if the number is closed; if the kernel refused
+                // the file it names, epoll may still watch the old one.
                 ModelKey& model = backend.keys.at(*fd);
-                model.binding = Binding::closed;
+                model.binding = number_state(*fd).kind == NumberState::closed ? Binding::closed : Binding::loose;
                 const SelectorKey<int>& kept = backend.selector->get_map().at(*fd);
                 expect_key(backend, "reregister", model, kept);
                 if (backend.selector->token_of(kept) != token_before) {

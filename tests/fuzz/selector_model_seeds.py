@@ -98,6 +98,9 @@ SEEDS = {
               READ, 0, 2, split(2, True), SELECT, CLOSE, 0, SELECT, UNREGISTER, slot(0), SELECT],
     "huge_numbers": [SOCKETPAIR, REGISTER, odd(5), R, 1, REGISTER, odd(6), R, 1, REGISTER, odd(4), R, 1,
                      REGISTER, slot(0), R, 2, SELECT],
+    "devnull": [SOCKETPAIR, REGISTER, slot(0), RW, 1, DUP, 0, CLOSE, 0, REUSE, 0, 5, SELECT,
+                MODIFY, slot(0), R, data(2), SELECT, REREGISTER, slot(0), W, SELECT, UNREGISTER, slot(0),
+                REGISTER, slot(0), RW, 3, SELECT, MODIFY, slot(0), R, data(4), REREGISTER, slot(0), W, SELECT],
     "timed_select": [SOCKETPAIR, REGISTER, slot(0), R, 1, FILENO_OR_TIMED, 0, WRITE, 1, WRITE_100,
                      FILENO_OR_TIMED, 1, SELECT],
 }
