@@ -289,9 +289,10 @@ public:
     void run() {
         for (operation_ = 0; operation_ < max_operations && position_ < input_.size(); ++operation_) {
             step(next());
-            check_keys();
+            check_keys(operation_ % 8 == 7);
         }
         // Whatever the sequence left, every selector agrees with the model once more.
+        check_keys(true);
         compare_select(false);
     }
 
@@ -1101,7 +1102,9 @@ private:
 
     // ---- Comparisons ----
 
-    void check_keys() {
+    // Every key against the model: by lookup after each operation, and by
+    // walking get_map() (which scans the selector's table) now and then.
+    void check_keys(bool walk) {
         for (Backend& backend : backends_) {
             if (backend.closed) {
                 const Outcome got = attempt([&] { (void)backend.selector->get_map(); });
@@ -1114,6 +1117,16 @@ private:
             if (map.size() != backend.keys.size()) {
                 fail(fmt::format("operation #{}: {} holds {} keys, the model {}", operation_, backend.name, map.size(),
                                  backend.keys.size()));
+            }
+            for (const auto& [fd, model] : backend.keys) {
+                const SelectorKey<int>* key = map.find(fd);
+                if (key == nullptr) {
+                    fail(fmt::format("operation #{}: {} has no key for fd {}", operation_, backend.name, fd));
+                }
+                expect_key(backend, "get_map().find", model, *key);
+            }
+            if (!walk) {
+                continue;
             }
             auto model = backend.keys.begin();
             for (const SelectorKey<int>& key : map) {
