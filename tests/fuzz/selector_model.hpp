@@ -40,6 +40,15 @@
 //    reported is one of: nothing, all its events, the truth of the file it
 //    was bound to (if a descriptor of it is left to ask), or the truth of
 //    the file the number names now.
+//  - /dev/null, always ready, is a file epoll cannot watch: register_ and
+//    reregister on it throw system_error EPERM there (documented); a modify
+//    with new events of a key whose number now names it is either refused
+//    with EPERM and the key unregistered (Python's rule for a refused
+//    modify) or kept as a closed registration, depending on what epoll had
+//    found before, which the model does not track.
+//  - A closed number the library takes for itself (epoll's set of fileno())
+//    is not the harness's: calls aimed at it are skipped, and what a key on
+//    it reports is not judged.
 //  - Reads: the bytes a read gets do not depend on how it is split, and the
 //    readiness after it follows from the bytes left (a model that counts
 //    bytes, checked against poll(2), then every selector against that).
