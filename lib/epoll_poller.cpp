@@ -116,6 +116,20 @@ public:
         if (registration.state == State::closed) {
             registration.token = token;
             registration.mask = mask;
+            if (is_own(fd) || ::fcntl(fd, F_GETFD) == -1) {
+                return;  // still closed, as far as its owner knows
+            }
+            // The number names an open file again, which select, poll and
+            // io_uring watch from now on: so does epoll. Its old file may
+            // still be in the set under this very token (a duplicate keeps it
+            // open), so the set is rebuilt from the table rather than the
+            // number added to it. Refused (EPERM): closed again.
+            unlist_closed(fd);
+            registration.state = State::watched;
+            if (const int error = rebuild(); error != 0) {
+                note_closed(fd);
+                throw_system_error(error, "epoll: rebuilding the set", fd);
+            }
             return;
         }
         const int error = control(epfd_.get(), EPOLL_CTL_MOD, fd, mask, token);
@@ -147,6 +161,9 @@ public:
             if (const int error = add_to_set(fd, mask, token); error != 0) {
                 throw_system_error(error, "epoll_ctl(ADD)", fd);
             }
+            // If a duplicate keeps the old file open, its entry is still in
+            // the set, under the old token: stale from now on.
+            set_may_report_stale(true);
             unlist_closed(fd);
             registration = {token, mask, State::watched};
             return;
@@ -212,7 +229,22 @@ protected:
         if (has_closed_) [[unlikely]] {
             return wait_with_closed(ready);
         }
-        const int count = wait_kernel(timeout, capacity());
+        int count = wait_kernel(timeout, capacity());
+        if (may_report_stale() && count == capacity()) [[unlikely]] {
+            // A full answer while the set may hold stale entries: they may
+            // have taken the room of live ones (the buffer has a slot per
+            // registration). Drop them and look again, without waiting.
+            if (const int error = rebuild(); error != 0) {
+                return error;
+            }
+            if (has_closed_) {
+                return wait_with_closed(ready);  // the rebuild met closed numbers
+            }
+            count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+            if (count == 0) {
+                return EINTR;  // all stale: the base waits on for the time left
+            }
+        }
         if (count < 0) {
             return errno;
         }
@@ -245,7 +277,14 @@ private:
     // A wait while closed registrations exist: they are ready now, so the
     // kernel is only polled, for the others.
     [[gnu::noinline, gnu::cold]] int wait_with_closed(std::vector<PollEvent>& ready) {
-        const int count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+        int count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+        if (may_report_stale() && count == capacity()) {
+            // As in wait_once(): stale entries may have taken the room of live ones.
+            if (const int error = rebuild(); error != 0) {
+                return error;
+            }
+            count = wait_kernel(std::chrono::nanoseconds::zero(), capacity());
+        }
         if (count < 0) {
             return errno;
         }
@@ -298,6 +337,10 @@ private:
         has_closed_ = true;
     }
 
+    // Whether `fd` is one of this poller's own sets: a registered number that
+    // was closed behind our back can be given to one of them by the kernel.
+    [[nodiscard]] bool is_own(int fd) const noexcept { return fd == epfd_.get() || fd == outer_.get(); }
+
     [[nodiscard]] bool is_closed_token(std::uint64_t token) const noexcept {
         return std::any_of(closed_.begin(), closed_.end(), [&](int fd) { return registrations_[fd].token == token; });
     }
@@ -335,15 +378,22 @@ private:
         for (int fd = 0; fd < registrations_.size(); ++fd) {
             Registration& registration = registrations_.at_growing(fd);  // within the table: no allocation
             if (registration.state == State::watched) {
-                const int error = control(fresh.get(), EPOLL_CTL_ADD, fd, registration.mask, registration.token);
-                // EBADF, EPERM: the number was closed, or now names a file
-                // epoll cannot watch: the kernel watches nothing for it.
-                if (error == EBADF || error == EPERM) {
-                    registration.state = State::refused;
-                    refused = true;
-                } else if (error != 0) {
+                // A number of one of the sets themselves was closed behind
+                // our back and taken by it: closed, as far as its owner knows.
+                const int error = is_own(fd) || fd == fresh.get()
+                                      ? EBADF
+                                      : control(fresh.get(), EPOLL_CTL_ADD, fd, registration.mask, registration.token);
+                if (error == ENOMEM || error == ENOSPC) {
                     settle_refused(State::watched);
                     return error;
+                }
+                // Any other refusal is about what the number names now:
+                // closed (EBADF), a file epoll cannot watch (EPERM), an epoll
+                // set that would nest too deep (ELOOP). The kernel watches
+                // nothing for it; one such number must not make every wait fail.
+                if (error != 0) {
+                    registration.state = State::refused;
+                    refused = true;
                 }
             }
         }

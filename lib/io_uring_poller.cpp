@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
 #include "poll_mask.hpp"
@@ -129,6 +130,13 @@ public:
     // reports whatever is still ready at the next wait (level-triggered).
     void add(int fd, Events events, std::uint64_t token) override {
         require_open("io_uring POLL_ADD", fd);
+        // The table grows to reach `fd` only for a number that names an open
+        // descriptor: a closed one up to INT_MAX would otherwise cost (or
+        // fail for want of) memory in proportion to its value before the
+        // kernel refused it. One check, and only when the table grows.
+        if (static_cast<std::size_t>(fd) >= entries_.size()) {
+            require_open_descriptor(fd, "io_uring POLL_ADD");
+        }
         // Everything that can throw for want of memory happens first.
         Entry& entry = grow_to(fd);
         entry.sequence = next_sequence(entry.sequence);
