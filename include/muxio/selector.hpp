@@ -315,7 +315,9 @@ public:
     /// that long (rounded up to what the kernel can express). Neither a
     /// signal nor events of registrations that are gone end the wait early.
     /// Returns the ready keys, each with its ready
-    /// events masked by the key's events; errors and hang-ups count as ready.
+    /// events masked by the key's events; errors and hang-ups count as ready
+    /// (under SelectSelector a hang-up without an error counts as readable
+    /// only, as select(2) reports it).
     /// The span is reused: valid until the next select(), and an entry only
     /// while its key stays registered (see is_current()).
     std::span<const Ready> select(detail::Timeout timeout) {
@@ -344,9 +346,10 @@ public:
     /// (token, events) pairs, neither filtered nor masked. An entry may name
     /// a registration that is gone (find_current() returns nullptr) and
     /// carry events its key does not watch; errors and hang-ups set both
-    /// events. Waits as select() does: an answer of stale entries only does
-    /// not end it. Saves select()'s per-entry lookup and copy. The span is
-    /// valid until the next select() or select_tokens().
+    /// events (select(2)'s hang-up without an error: READ only). Waits as
+    /// select() does: an answer of stale entries only does not end it.
+    /// Saves select()'s per-entry lookup and copy. The span is valid until
+    /// the next select() or select_tokens().
     std::span<const detail::PollEvent> select_tokens(detail::Timeout timeout) {
         ensure_open("select");
         ready_.clear();

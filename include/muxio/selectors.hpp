@@ -14,6 +14,10 @@ namespace muxio {
 
 /// select(2). Portable; descriptors must be below FD_SETSIZE (register_
 /// refuses others with std::invalid_argument); cost grows with the highest fd.
+/// A hang-up without an error (a pipe's writer gone, a peer's shutdown of
+/// both directions) is reported as ready for reading only, as select(2) has
+/// it: a key registered for writing alone is not told of it, so watch for
+/// reading too where a peer's hang-up matters.
 template <class Data>
 class SelectSelector final : public BaseSelector<Data> {
 public:

@@ -5,7 +5,9 @@
 //    wait() until the condition is consumed, whatever the mechanism does
 //    natively (io_uring re-arms one-shot polls to get this meaning).
 //  - Error and hang-up conditions are reported as ready for reading and
-//    writing; the selector masks them down to the events registered.
+//    writing; the selector masks them down to the events registered. One
+//    exception, select(2)'s: a hang-up without an error is in its read set
+//    only, so the select backend reports it as readable only.
 //  - A registration whose descriptor is found closed (poll: POLLNVAL;
 //    select: the call's EBADF; epoll, io_uring: a modify or re-arm refused
 //    with EBADF) is a closed registration: it stays until remove(), and
