@@ -245,7 +245,7 @@ inline Events from_revents_as_select(int revents) {
     return events;
 }
 
-// Written out here rather than taken from lib/poll_mask.hpp: the model must
+// Written out here rather than taken from lib/selector/poll_mask.hpp: the model must
 // not share the code it checks.
 inline Events from_revents(int revents) {
     Events events;

@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "scheduler.hpp"
+#include "reactor/scheduler.hpp"
 
 namespace {
 

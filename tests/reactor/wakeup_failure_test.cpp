@@ -1,5 +1,5 @@
 // Failures of the reactor's wakeup eventfd, injected through
-// detail::wakeup_fault (lib/wakeup_fault.hpp): a write refused by the kernel
+// detail::wakeup_fault (lib/reactor/wakeup_fault.hpp): a write refused by the kernel
 // is reported to call_soon_threadsafe()'s caller and loses no later wakeup,
 // EINTR is retried, a full counter still wakes, a failed signal write still
 // runs the handler, and a failed drain stops the iteration instead of
@@ -25,8 +25,8 @@
 
 #include "muxio/reactor.hpp"
 #include "reactor/reactor_support.hpp"
+#include "reactor/wakeup_fault.hpp"
 #include "support/support.hpp"
-#include "wakeup_fault.hpp"
 
 using namespace std::chrono_literals;
 using muxio::Reactor;

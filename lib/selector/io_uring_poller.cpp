@@ -15,10 +15,10 @@
 #include <optional>
 #include <vector>
 
-#include "descriptor_table.hpp"
+#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
-#include "poll_mask.hpp"
+#include "selector/poll_mask.hpp"
 
 namespace muxio::detail {
 namespace {

@@ -4,9 +4,9 @@
 #include <cerrno>
 #include <cstdint>
 
-#include "descriptor_table.hpp"
+#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
-#include "poll_mask.hpp"
+#include "selector/poll_mask.hpp"
 
 namespace muxio::detail {
 namespace {

@@ -23,7 +23,7 @@
 #include <cerrno>
 #include <cstdint>
 
-#include "descriptor_table.hpp"
+#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
 

@@ -24,7 +24,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "descriptor_table.hpp"
+#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
 

@@ -24,13 +24,13 @@
 
 #include <fmt/format.h>
 
-#include "descriptor_table.hpp"
+#include "selector/descriptor_table.hpp"
 #include "muxio/detail/ring_queue.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
-#include "scheduler.hpp"
-#include "wakeup_fault.hpp"
+#include "reactor/scheduler.hpp"
+#include "reactor/wakeup_fault.hpp"
 
 namespace muxio {
 

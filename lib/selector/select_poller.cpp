@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "descriptor_table.hpp"
+#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 
 namespace muxio::detail {

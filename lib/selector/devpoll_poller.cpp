@@ -21,10 +21,10 @@
 #include <cstdint>
 #include <span>
 
-#include "descriptor_table.hpp"
+#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
-#include "poll_mask.hpp"
+#include "selector/poll_mask.hpp"
 
 namespace muxio::detail {
 namespace {

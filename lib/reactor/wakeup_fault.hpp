@@ -1,4 +1,4 @@
-// A test seam for the reactor's wakeup eventfd (lib/reactor.cpp): a hook
+// A test seam for the reactor's wakeup eventfd (lib/reactor/): a hook
 // that makes its write(2) or read(2) fail as the kernel might, so tests can
 // show that no failure loses a wakeup. Unset in production, where it costs
 // one relaxed load and a predictable branch next to each of those system

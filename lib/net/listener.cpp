@@ -1,0 +1,175 @@
+// The TCP and Unix-domain listeners of include/muxio/net.hpp.
+#include "muxio/net.hpp"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "muxio/error.hpp"
+
+#include "net/socket_ops.hpp"
+
+namespace muxio {
+
+// ----- TcpListener ----------------------------------------------------------------
+
+TcpListener TcpListener::bind(Reactor& reactor, const SocketAddress& address, const ListenOptions& options) {
+    reactor.require_usable("TcpListener::bind");
+    detail::require_ip(address, "TcpListener::bind");
+    TcpListener listener{reactor, detail::open_socket(address.family(), SOCK_STREAM)};
+    const int fd = listener.fileno();
+    if (options.reuse_address) {
+        detail::set_option(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
+    }
+    if (options.reuse_port) {
+        detail::set_option(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
+    }
+    if (address.is_ipv6()) {
+        // Set either way, so "::" means the same whatever net.ipv6.bindv6only says.
+        detail::set_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, options.ipv6_only ? 1 : 0, "IPV6_V6ONLY");
+    }
+    if (::bind(fd, address.data(), address.size()) != 0) {
+        throw_system_error(errno, fmt::format("bind {}", address));
+    }
+    if (::listen(fd, options.backlog) != 0) {
+        throw_system_error(errno, fmt::format("listen on {}", address), fd);
+    }
+    listener.local_ = listener.Socket::local_address();
+    return listener;
+}
+
+std::optional<TcpStream> TcpListener::try_accept(std::error_code& error) noexcept {
+    SocketAddress peer;
+    const int fd = detail::accept_one(fileno(), peer, error);
+    if (fd < 0) {
+        return std::nullopt;
+    }
+    return TcpStream{reactor(), fd, peer};
+}
+
+namespace {
+
+// One accept attempt for the awaiting accept() of either listener: true
+// with `out` set, false when none is queued, std::system_error otherwise.
+template <class Listener, class Stream>
+bool accept_now(Listener& listener, Stream& out) {
+    std::error_code error;
+    std::optional<Stream> stream = listener.try_accept(error);
+    if (stream) {
+        out = std::move(*stream);
+        return true;
+    }
+    if (error) {
+        throw_system_error(error.value(), fmt::format("accept on {}", listener.local_address()), listener.fileno());
+    }
+    return false;
+}
+
+}  // namespace
+
+Task<TcpStream> TcpListener::accept(std::stop_token token) {
+    require_open("accept");
+    TcpStream accepted;
+    while (!accept_now(*this, accepted)) {
+        co_await readable(token);
+    }
+    co_return accepted;
+}
+
+// ----- UnixListener ---------------------------------------------------------------
+
+UnixListener::UnixListener(UnixListener&& other) noexcept
+    : Socket{std::move(other)},
+      local_{other.local_},
+      device_{other.device_},
+      inode_{other.inode_},
+      creator_{other.creator_},
+      owns_path_{std::exchange(other.owns_path_, false)} {}
+
+UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
+    if (this != &other) {
+        close();
+        Socket::operator=(std::move(other));
+        local_ = other.local_;
+        device_ = other.device_;
+        inode_ = other.inode_;
+        creator_ = other.creator_;
+        owns_path_ = std::exchange(other.owns_path_, false);
+    }
+    return *this;
+}
+
+UnixListener::~UnixListener() {
+    unlink_path();
+}
+
+void UnixListener::close() noexcept {
+    unlink_path();
+    Socket::close();
+}
+
+void UnixListener::unlink_path() noexcept {
+    if (!std::exchange(owns_path_, false) || creator_ != ::getpid()) {
+        return;  // a forked child's copy: the path is the parent's
+    }
+    // Only the file this listener made: another server may have replaced it.
+    const std::string path{local_.path()};
+    struct stat info {};
+    if (::lstat(path.c_str(), &info) == 0 && info.st_dev == device_ && info.st_ino == inode_) {
+        ::unlink(path.c_str());
+    }
+}
+
+UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, const UnixListenOptions& options) {
+    reactor.require_usable("UnixListener::bind");
+    detail::require_unix(address, "UnixListener::bind");
+    UnixListener listener{reactor, detail::open_socket(AF_UNIX, SOCK_STREAM)};
+    const int fd = listener.fileno();
+    const bool has_file = !address.path().empty() && !address.is_abstract();
+    const std::string path{has_file ? address.path() : std::string_view{}};
+    struct stat info {};
+    if (has_file && options.remove_stale && ::lstat(path.c_str(), &info) == 0 && S_ISSOCK(info.st_mode)) {
+        ::unlink(path.c_str());
+    }
+    if (::bind(fd, address.data(), address.size()) != 0) {
+        throw_system_error(errno, fmt::format("bind {}", address));
+    }
+    listener.local_ = address;
+    if (has_file && options.unlink_on_close && ::lstat(path.c_str(), &info) == 0) {
+        listener.device_ = static_cast<std::uint64_t>(info.st_dev);
+        listener.inode_ = static_cast<std::uint64_t>(info.st_ino);
+        listener.creator_ = ::getpid();
+        listener.owns_path_ = true;
+    }
+    if (::listen(fd, options.backlog) != 0) {
+        throw_system_error(errno, fmt::format("listen on {}", address), fd);
+    }
+    return listener;
+}
+
+std::optional<UnixStream> UnixListener::try_accept(std::error_code& error) noexcept {
+    SocketAddress peer;
+    const int fd = detail::accept_one(fileno(), peer, error);
+    if (fd < 0) {
+        return std::nullopt;
+    }
+    return UnixStream{reactor(), fd, peer};
+}
+
+Task<UnixStream> UnixListener::accept(std::stop_token token) {
+    require_open("accept");
+    UnixStream accepted;
+    while (!accept_now(*this, accepted)) {
+        co_await readable(token);
+    }
+    co_return accepted;
+}
+
+}  // namespace muxio
