@@ -1,21 +1,15 @@
-// The reactor. Reading order: the iteration (Reactor::run_iteration), then
-// the I/O registration helpers, then wakeups, signals and embedding.
+// The reactor's loop. Reading order: the iteration (Reactor::run_iteration),
+// then the I/O registration helpers, timers, stopping and closing. Wakeups
+// from other threads, signals and embedding have files of their own.
 #include "muxio/reactor.hpp"
 
 #include <pthread.h>
 #include <sys/eventfd.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <chrono>
-#include <csignal>
-#include <cstring>
-#include <ctime>
-#include <iterator>
-#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <system_error>
@@ -24,87 +18,33 @@
 
 #include <fmt/format.h>
 
-#include "selector/descriptor_table.hpp"
 #include "muxio/detail/ring_queue.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
-#include "reactor/scheduler.hpp"
-#include "reactor/wakeup_fault.hpp"
+#include "reactor/reactor_impl.hpp"
+#include "selector/descriptor_table.hpp"
 
 namespace muxio {
 
 std::atomic<std::uint64_t> detail::fork_generation{0};
 std::atomic<detail::WakeupFault> detail::wakeup_fault{nullptr};
 
+void detail::default_exception_handler(std::exception_ptr error) {
+    try {
+        std::rethrow_exception(std::move(error));
+    } catch (const std::exception& e) {
+        logger().error("reactor: exception in callback: {}", e.what());
+    } catch (...) {
+        logger().error("reactor: unknown exception in callback");
+    }
+}
+
+void detail::refuse_empty_callback(std::string_view operation) {
+    throw std::invalid_argument(fmt::format("{}: empty callback", operation));
+}
+
 namespace {
-
-// ----- Signal routing -----------------------------------------------------------
-// The handler only records the signal and pokes the owning reactor's wakeup
-// descriptor; the callback runs later in the loop. Lock-free atomics and
-// write(2) are async-signal-safe.
-struct SignalRoute {
-    std::atomic<int> wake_fd{-1};
-    std::atomic<bool> pending{false};
-    const void* owner = nullptr;  // guarded by signal_owners_mutex
-};
-constexpr int signal_limit = 65;  // NSIG on Linux; checked below where defined
-#ifdef NSIG
-static_assert(NSIG <= signal_limit, "signal table too small for this platform");
-#endif
-std::array<SignalRoute, signal_limit> signal_routes;
-std::mutex signal_owners_mutex;
-
-// The errno a test makes this call fail with, or 0 (see wakeup_fault.hpp).
-inline int injected_fault(detail::WakeupCall call, int fd) noexcept {
-    const detail::WakeupFault fault = detail::wakeup_fault.load(std::memory_order_relaxed);
-    return fault == nullptr ? 0 : fault(call, fd);
-}
-
-// Wakeup writes that failed in this process: by a signal handler, or by a
-// call_soon_threadsafe() that other callers' callbacks were counting on.
-// Each reactor compares it with the value it saw last once per iteration, and
-// on a change takes its threadsafe queue and looks at its signals, whatever
-// woke it: what the failed write should have announced is not lost, only
-// late. Written only on failures, so reading it costs no cache traffic.
-std::atomic<std::uint64_t> missed_wakeups{0};
-
-// Adds one to an eventfd's counter, retrying after a signal. Returns 0 once
-// the descriptor is sure to poll readable: the write went through, or the
-// counter is at its maximum (EAGAIN), which is readable already. Else the
-// errno value, with nothing written. Async-signal-safe.
-int write_wakeup(int fd, detail::WakeupCall call) noexcept {
-    const std::uint64_t one = 1;
-    for (;;) {
-        int error = injected_fault(call, fd);
-        if (error == 0) {
-            if (::write(fd, &one, sizeof one) >= 0) {
-                return 0;
-            }
-            error = errno;
-        }
-        if (error == EAGAIN) {
-            return 0;
-        }
-        if (error != EINTR) {
-            return error;
-        }
-    }
-}
-
-extern "C" void muxio_on_signal(int signo) {
-    const int saved_errno = errno;
-    SignalRoute& route = signal_routes[static_cast<std::size_t>(signo)];
-    route.pending.store(true, std::memory_order_release);
-    if (const int fd = route.wake_fd.load(std::memory_order_acquire); fd >= 0) {
-        if (write_wakeup(fd, detail::WakeupCall::signal_write) != 0) {
-            // Nothing to report to from here. `pending` stays set, and the
-            // loop's next iteration, whatever wakes it, runs the handler.
-            missed_wakeups.fetch_add(1, std::memory_order_relaxed);
-        }
-    }
-    errno = saved_errno;
-}
 
 // ----- Fork detection ---------------------------------------------------------
 // A forked child shares the parent's epoll or io_uring instance (and its
@@ -120,7 +60,8 @@ extern "C" void muxio_on_signal(int signo) {
 std::uint64_t current_fork_generation(void (*in_child)()) {
     static std::once_flag registered;
     std::call_once(registered, [in_child] {
-        ::pthread_atfork([] { signal_owners_mutex.lock(); }, [] { signal_owners_mutex.unlock(); }, in_child);
+        ::pthread_atfork([] { detail::signal_owners_mutex.lock(); }, [] { detail::signal_owners_mutex.unlock(); },
+                         in_child);
     });
     return detail::fork_generation.load(std::memory_order_relaxed);
 }
@@ -128,173 +69,6 @@ std::uint64_t current_fork_generation(void (*in_child)()) {
 // The reactor whose run() this thread is in, innermost first (a callback
 // may run another reactor); see Reactor::after_fork_in_child().
 thread_local Reactor* innermost_run = nullptr;
-
-// Empties the counter of an eventfd (the wakeups or the embedding timerfd),
-// retrying after a signal. Returns 0 once it is empty (EAGAIN: it was
-// already, a spurious readiness), else the errno value.
-int drain_wakeup(int fd, detail::WakeupCall call) noexcept {
-    std::uint64_t count = 0;
-    for (;;) {
-        int error = injected_fault(call, fd);
-        if (error == 0) {
-            if (::read(fd, &count, sizeof count) >= 0) {
-                return 0;
-            }
-            error = errno;
-        }
-        if (error == EAGAIN) {
-            return 0;
-        }
-        if (error != EINTR) {
-            return error;
-        }
-    }
-}
-
-// A drain that fails leaves the descriptor readable: the loop would spin on
-// it. The iteration stops here, before anything is taken, so nothing is
-// lost, and the caller of run() hears of it.
-[[noreturn, gnu::cold, gnu::noinline]] void refuse_drain(int error, int fd) {
-    throw_system_error(error, "run: read of the reactor's own wakeup descriptor", fd);
-}
-
-// A positive duration as a timespec: whole seconds and the nanoseconds left.
-// Duration::max() is about 292 years, which a 64-bit time_t holds, and the
-// kernel clamps a timer that far away to its own limit.
-std::timespec to_timespec(Reactor::Duration duration) noexcept {
-    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(duration);
-    std::timespec spec{};
-    spec.tv_sec = static_cast<std::time_t>(
-        std::min<std::chrono::seconds::rep>(seconds.count(), std::numeric_limits<std::time_t>::max()));
-    spec.tv_nsec = static_cast<long>(std::chrono::duration_cast<std::chrono::nanoseconds>(duration - seconds).count());
-    return spec;
-}
-
-void default_exception_handler(std::exception_ptr error) {
-    try {
-        std::rethrow_exception(std::move(error));
-    } catch (const std::exception& e) {
-        logger().error("reactor: exception in callback: {}", e.what());
-    } catch (...) {
-        logger().error("reactor: unknown exception in callback");
-    }
-}
-
-}  // namespace
-
-// The selector's key data: the fd's pair of handlers. Which of them exists is
-// told by the key's events (READ: a reader, WRITE: a writer), not by whether
-// the callback is empty, because a running callback is moved out of its slot.
-struct FdHandlers {
-    Callback reader;
-    Callback writer;
-};
-
-struct Reactor::Impl {
-    using Key = SelectorKey<FdHandlers>;
-
-    std::function<TimePoint()> clock;
-    std::unique_ptr<BaseSelector<FdHandlers>> selector;
-    // Timers only; call_soon() callbacks wait in Reactor::soon_.
-    detail::Scheduler scheduler;
-    // The batch an iteration runs: soon_ as it was when the iteration began.
-    // The two queues swap roles each iteration, so the batch runs in place
-    // (what its callbacks schedule goes to soon_, which may grow; this one
-    // never does while it runs) and positions stay unique across both.
-    detail::RingQueue<Callback> running_batch;
-    std::vector<detail::Scheduler::Id> due;  // this iteration's due timers
-    ExceptionHandler exception_handler = default_exception_handler;
-
-    // The fd callback running now, moved out of its key: which fd and side;
-    // whether it changed its fd's registration meanwhile (then the key must
-    // be looked up again), and whether it replaced or removed itself (then
-    // it must not be put back).
-    int running_fd = -1;
-    Events running_side;
-    bool running_touched = false;
-    bool running_replaced = false;
-    // Set by add_handler() when it made the running callback's registration
-    // anew (never without running_touched): the callback goes back under the
-    // new token. Cleared where it is read.
-    bool running_renewed = false;
-    std::uint64_t renewed_token = 0;
-
-    // Embedding: a timerfd in the selector, armed so the selector's own
-    // descriptor polls readable whenever there is work.
-    int embed_timer_fd = -1;
-    std::optional<TimePoint> embed_armed_for;
-
-    // Thread-safe wakeups: an eventfd registered in the selector, drained by
-    // the iteration itself (not by a callback), so threadsafe callbacks run in
-    // the iteration that woke up.
-    int wake_fd = -1;
-    // Other threads take it: on a cache line of its own, apart from the
-    // fields above, which every dispatch reads.
-    alignas(64) std::mutex incoming_mutex;
-    std::vector<Callback> incoming;  // guarded by incoming_mutex
-    std::vector<Callback> incoming_spare;
-    // Guarded by incoming_mutex. True while a wakeup is written or the
-    // eventfd holds one the loop has not drained: calls then need not write
-    // (coalescing). Never true while the eventfd is empty for good, or a
-    // wakeup would be lost.
-    bool wake_pending = false;
-    bool incoming_closed = false;           // guarded by incoming_mutex
-    std::uint64_t incoming_takes = 0;       // guarded by incoming_mutex: times `incoming` was taken
-    std::atomic<int> wakers{0};             // call_soon_threadsafe() calls writing to wake_fd now
-    std::uint64_t missed_wakeups_seen = 0;  // the loop's last look at missed_wakeups
-
-    // Signals handled by this reactor and what was installed before. Last:
-    // 14 KiB that would otherwise part the fields a dispatch reads.
-    std::array<Callback, signal_limit> signal_handlers;
-    std::array<std::optional<struct sigaction>, signal_limit> previous_actions;
-
-    TimePoint now() const { return clock ? clock() : Clock::now(); }
-
-    // The time left until `deadline` on this reactor's clock, saturated.
-    // Out of line on purpose: inlined into run_iteration, these few
-    // instructions changed the register allocation of its dispatch loop for
-    // the worse (callgrind, bench/reactor's echo server).
-    [[gnu::noinline]] Duration time_until(TimePoint deadline) const { return detail::time_until(deadline, now()); }
-
-    // Notes that the running fd callback's registration is being changed.
-    void touching(int fd, Events side) noexcept {
-        if (fd == running_fd) {
-            running_touched = true;
-            running_replaced = running_replaced || side == running_side;
-        }
-    }
-
-    // Runs the `side` callback of `key`. Returns whether `key` is still the
-    // fd's registration without a new lookup: true unless the callback
-    // touched it. The keys live at stable addresses, so an untouched key
-    // needs neither a second lookup nor a check.
-    [[gnu::always_inline]] bool run_handler(Reactor& reactor, const Key& key, Events side, std::uint64_t token) {
-        Callback& slot = side == EVENT_READ ? key.data.reader : key.data.writer;
-        // Moved out while it runs, so that replacing or removing itself (or
-        // unregistering the fd) cannot destroy the callable under its feet.
-        Callback running = std::move(slot);
-        running_fd = key.fd;
-        running_side = side;
-        running_touched = false;
-        running_replaced = false;
-        reactor.invoke(running);
-        running_fd = -1;
-        if (!running_touched) {
-            slot.assign_to_empty(std::move(running));
-            return true;
-        }
-        const std::uint64_t current = running_renewed ? renewed_token : token;
-        running_renewed = false;
-        if (!running_replaced) {
-            if (const Key* still = selector->find_current(current)) {
-                (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
-            }
-        }
-        return false;
-    }
-};
-
-namespace {
 
 constexpr std::uint64_t timer_token(detail::Scheduler::Id id) noexcept {
     return (std::uint64_t{id.generation} << 32U) | id.slot;
@@ -304,16 +78,6 @@ constexpr detail::Scheduler::Id timer_id(std::uint64_t token) noexcept {
 }
 constexpr int fd_of_token(std::uint64_t token) noexcept {
     return static_cast<int>(token & 0xffff'ffffU);
-}
-
-[[noreturn, gnu::cold, gnu::noinline]] void refuse_empty_callback(std::string_view operation) {
-    throw std::invalid_argument(fmt::format("{}: empty callback", operation));
-}
-
-inline void require_callback(const Callback& callback, std::string_view operation) {
-    if (!callback) [[unlikely]] {
-        refuse_empty_callback(operation);
-    }
 }
 
 }  // namespace
@@ -362,10 +126,10 @@ void Reactor::after_fork_in_child() noexcept {
     detail::fork_generation.fetch_add(1, std::memory_order_relaxed);
     // A signal delivered to the child is not written to the eventfd it
     // shares with the parent.
-    for (SignalRoute& route : signal_routes) {
+    for (detail::SignalRoute& route : detail::signal_routes) {
         route.wake_fd.store(-1, std::memory_order_relaxed);
     }
-    signal_owners_mutex.unlock();
+    detail::signal_owners_mutex.unlock();
     // The forking thread is the child's only one. The runs it is inside (a
     // callback forked) end with the iteration of the fork, then throw: the
     // next iteration would wait on the parent's kernel objects. Marked here
@@ -480,16 +244,16 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         if (fd == impl.wake_fd) {
             drain_wakeups();
         } else if (fd == impl.embed_timer_fd) {
-            if (const int error = drain_wakeup(fd, detail::WakeupCall::drain_read); error != 0) [[unlikely]] {
-                refuse_drain(error, fd);
+            if (const int error = detail::drain_wakeup(fd, detail::WakeupCall::drain_read); error != 0) [[unlikely]] {
+                detail::refuse_drain(error, fd);
             }
             impl.embed_armed_for.reset();
         }
     }
     // A wakeup write failed somewhere: what it would have announced is
     // taken now, in this iteration, whatever woke it.
-    if (const std::uint64_t missed = missed_wakeups.load(std::memory_order_relaxed); missed != impl.missed_wakeups_seen)
-        [[unlikely]] {
+    if (const std::uint64_t missed = detail::missed_wakeups.load(std::memory_order_relaxed);
+        missed != impl.missed_wakeups_seen) [[unlikely]] {
         impl.missed_wakeups_seen = missed;
         take_wakeups();
     }
@@ -566,19 +330,11 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     }
 }
 
-[[gnu::always_inline]] inline void Reactor::invoke(Callback& callback) noexcept {
-    try {
-        callback();
-    } catch (...) {
-        report(std::current_exception());
-    }
-}
-
 void Reactor::report(std::exception_ptr error) noexcept {
     try {
         impl_->exception_handler(std::move(error));
     } catch (...) {
-        default_exception_handler(std::current_exception());
+        detail::default_exception_handler(std::current_exception());
     }
 }
 
@@ -610,7 +366,7 @@ void Reactor::report(std::exception_ptr error) noexcept {
 void Reactor::add_handler(int fd, Events side, Callback callback) {
     const std::string_view operation = side == EVENT_READ ? "add_reader" : "add_writer";
     check_usable(operation);
-    require_callback(callback, operation);
+    detail::require_callback(callback, operation);
     if (fd < 0) {
         throw std::invalid_argument(fmt::format("invalid file descriptor: {}", fd));
     }
@@ -732,7 +488,7 @@ bool Reactor::remove_writer(int fd) {
 
 TimerHandle Reactor::call_soon(Callback callback) {
     check_usable("call_soon");
-    require_callback(callback, "call_soon");
+    detail::require_callback(callback, "call_soon");
     return queued_soon(soon_.push(std::move(callback)));
 }
 
@@ -744,7 +500,7 @@ TimerHandle Reactor::call_later(Duration delay, Callback callback) {
 
 TimerHandle Reactor::call_at(TimePoint when, Callback callback) {
     check_usable("call_at");
-    require_callback(callback, "call_at");
+    detail::require_callback(callback, "call_at");
     const auto id = impl_->scheduler.add_timer(when, std::move(callback));
     if (impl_->embed_timer_fd >= 0 && !running_) {
         rearm_embedding();
@@ -837,7 +593,7 @@ void Reactor::close() {
         // their pending awaits remove their registrations.
         notify_close_hooks(early_hooks_);
     }
-    for (int signo = 1; signo < signal_limit; ++signo) {
+    for (int signo = 1; signo < detail::signal_limit; ++signo) {
         remove_signal_handler(signo);
     }
     std::vector<Callback> never_run;
@@ -907,266 +663,11 @@ void Reactor::notify_close_hooks(detail::CloseHook& sentinel) noexcept {
 
 void Reactor::set_exception_handler(ExceptionHandler handler) {
     check_thread("set_exception_handler");
-    impl_->exception_handler = handler ? std::move(handler) : ExceptionHandler{default_exception_handler};
+    impl_->exception_handler = handler ? std::move(handler) : ExceptionHandler{detail::default_exception_handler};
 }
 
 std::string_view Reactor::selector_name() const noexcept {
     return impl_->selector->name();
-}
-
-// ----- Thread-safe wakeups ------------------------------------------------------------------
-
-void Reactor::call_soon_threadsafe(Callback callback) {
-    if (forked_away()) [[unlikely]] {
-        refuse_in_child("call_soon_threadsafe");  // its eventfd is the parent's too
-    }
-    require_callback(callback, "call_soon_threadsafe");
-    Impl& impl = *impl_;
-    int wake_fd = -1;
-    std::size_t position = 0;
-    std::uint64_t takes = 0;
-    {
-        std::lock_guard lock{impl.incoming_mutex};
-        if (impl.incoming_closed) {
-            throw std::logic_error("call_soon_threadsafe: reactor is closed");
-        }
-        impl.incoming.push_back(std::move(callback));
-        if (!impl.wake_pending) {
-            impl.wake_pending = true;
-            wake_fd = impl.wake_fd;
-            // Where this callback is until the loop takes the queue, in case
-            // the write fails and it must come out again.
-            position = impl.incoming.size() - 1;
-            takes = impl.incoming_takes;
-            // Counted under the lock: close() waits for this write before it
-            // closes the descriptor.
-            impl.wakers.fetch_add(1, std::memory_order_relaxed);
-        }
-    }
-    // Written outside the lock, so the woken loop does not find it held.
-    if (wake_fd >= 0) {
-        if (const int error = write_wakeup(wake_fd, detail::WakeupCall::threadsafe_write); error != 0) [[unlikely]] {
-            wakeup_failed(error, wake_fd, position, takes);
-        }
-        impl.wakers.fetch_sub(1, std::memory_order_release);
-    }
-}
-
-void Reactor::wakeup_failed(int error, int wake_fd, std::size_t position, std::uint64_t takes) {
-    Impl& impl = *impl_;
-    Callback refused;
-    bool others_waiting = false;
-    {
-        std::lock_guard lock{impl.incoming_mutex};
-        // Nothing was written: the next call must write again.
-        impl.wake_pending = false;
-        // Unless the loop (or close()) took the queue meanwhile, the callback
-        // is where it was put: it comes out, so that the error means it will
-        // not run.
-        if (impl.incoming_takes == takes) {
-            refused = std::move(impl.incoming[position]);
-            impl.incoming.erase(impl.incoming.begin() + static_cast<std::ptrdiff_t>(position));
-        }
-        others_waiting = !impl.incoming.empty();
-    }
-    if (others_waiting) {
-        // Calls since this one did not write, counting on this write.
-        missed_wakeups.fetch_add(1, std::memory_order_relaxed);
-    }
-    if (refused) {
-        refused = nullptr;  // its captures are destroyed here, on the caller's thread
-        impl.wakers.fetch_sub(1, std::memory_order_release);
-        throw_system_error(error, "call_soon_threadsafe: write to the reactor's eventfd", wake_fd);
-    }
-    // Taken by the loop, which runs it (or by close(), which drops it):
-    // the write was not needed.
-}
-
-void Reactor::drain_wakeups() {
-    Impl& impl = *impl_;
-    if (const int error = drain_wakeup(impl.wake_fd, detail::WakeupCall::drain_read); error != 0) [[unlikely]] {
-        refuse_drain(error, impl.wake_fd);
-    }
-    take_wakeups();
-}
-
-void Reactor::take_wakeups() {
-    Impl& impl = *impl_;
-    {
-        std::lock_guard lock{impl.incoming_mutex};
-        if (impl.incoming_spare.empty()) [[likely]] {
-            impl.incoming.swap(impl.incoming_spare);
-        } else {
-            // Taken twice in one iteration (a missed wakeup besides a
-            // drained one): appended after the batch taken first.
-            impl.incoming_spare.reserve(impl.incoming_spare.size() + impl.incoming.size());
-            std::move(impl.incoming.begin(), impl.incoming.end(), std::back_inserter(impl.incoming_spare));
-            impl.incoming.clear();
-        }
-        // Cleared while taking the queue: a callback added after this point
-        // writes a new wakeup, so none is left behind without one.
-        impl.wake_pending = false;
-        ++impl.incoming_takes;
-    }
-    // The batch runs in place in this iteration (run_iteration step 4):
-    // these callbacks have no handle to cancel them.
-    for (int signo = 1; signo < signal_limit; ++signo) {
-        if (!impl.signal_handlers[static_cast<std::size_t>(signo)]) {
-            continue;
-        }
-        if (signal_routes[static_cast<std::size_t>(signo)].pending.exchange(false, std::memory_order_acq_rel)) {
-            queued_soon(soon_.emplace([this, signo] { run_signal_handler(signo); }));
-        }
-    }
-}
-
-// ----- Signals ----------------------------------------------------------------------------------
-
-void Reactor::add_signal_handler(int signo, Callback callback) {
-    check_usable("add_signal_handler");
-    require_callback(callback, "add_signal_handler");
-    if (signo <= 0 || signo >= signal_limit || signo == SIGKILL || signo == SIGSTOP) {
-        throw std::invalid_argument(fmt::format("invalid signal number: {}", signo));
-    }
-    Impl& impl = *impl_;
-    const auto index = static_cast<std::size_t>(signo);
-    std::unique_lock lock{signal_owners_mutex};
-    SignalRoute& route = signal_routes[index];
-    if (route.owner != nullptr && route.owner != this) {
-        throw std::logic_error(fmt::format("add_signal_handler: signal {} is handled by another reactor", signo));
-    }
-    if (!impl.previous_actions[index]) {
-        struct sigaction action {};
-        action.sa_handler = muxio_on_signal;
-        sigemptyset(&action.sa_mask);
-        // SA_RESTART: other threads' blocking calls are not disturbed; this
-        // loop is woken by the descriptor write, not by EINTR.
-        action.sa_flags = SA_RESTART;
-        struct sigaction previous {};
-        route.pending.store(false);
-        route.wake_fd.store(impl.wake_fd, std::memory_order_release);
-        if (::sigaction(signo, &action, &previous) == -1) {
-            route.wake_fd.store(-1);
-            throw_system_error(errno, fmt::format("sigaction({})", signo));
-        }
-        impl.previous_actions[index] = previous;
-        route.owner = this;
-    }
-    // The replaced handler dies after the lock is released (its captures'
-    // destructors may add or remove signal handlers).
-    Callback replaced = std::exchange(impl.signal_handlers[index], std::move(callback));
-    lock.unlock();
-}
-
-bool Reactor::remove_signal_handler(int signo) {
-    check_thread("remove_signal_handler");
-    if (signo <= 0 || signo >= signal_limit || closed_) {
-        return false;
-    }
-    Impl& impl = *impl_;
-    const auto index = static_cast<std::size_t>(signo);
-    if (!impl.previous_actions[index]) {
-        return false;
-    }
-    // Declared before the lock so the handler dies after it is released.
-    const Callback removed = std::move(impl.signal_handlers[index]);
-    std::lock_guard lock{signal_owners_mutex};
-    ::sigaction(signo, &*impl.previous_actions[index], nullptr);
-    impl.previous_actions[index].reset();
-    SignalRoute& route = signal_routes[index];
-    route.wake_fd.store(-1, std::memory_order_release);
-    route.pending.store(false);
-    route.owner = nullptr;
-    return true;
-}
-
-void Reactor::run_signal_handler(int signo) {
-    Callback& slot = impl_->signal_handlers[static_cast<std::size_t>(signo)];
-    if (!slot) {
-        return;
-    }
-    // Same precaution as for fd callbacks: the handler may remove itself.
-    Callback running = std::move(slot);
-    invoke(running);
-    if (!slot && impl_->previous_actions[static_cast<std::size_t>(signo)]) {
-        slot = std::move(running);
-    }
-}
-
-// ----- Embedding ------------------------------------------------------------------------------------
-
-int Reactor::embed_fd() {
-    check_usable("embed_fd");
-    Impl& impl = *impl_;
-    const int selector_fd = impl.selector->fileno();
-    if (selector_fd < 0) {
-        throw std::logic_error(
-            fmt::format("embed_fd: the {} selector has no pollable descriptor; use epoll, io_uring or kqueue",
-                        impl.selector->name()));
-    }
-    if (impl.embed_timer_fd < 0) {
-        const int timer = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        if (timer < 0) {
-            throw_system_error(errno, "timerfd_create");
-        }
-        try {
-            impl.selector->register_(timer, EVENT_READ);
-        } catch (...) {
-            ::close(timer);
-            throw;
-        }
-        impl.embed_timer_fd = timer;
-        embedded_ = true;
-        rearm_embedding();
-    }
-    return selector_fd;
-}
-
-void Reactor::rearm_embedding() {
-    Impl& impl = *impl_;
-    // Work queued: fire at once (TimePoint::min() stands for "now").
-    // Otherwise at the nearest timer. Ready descriptors make the selector's
-    // own descriptor readable without help.
-    const std::optional<TimePoint> target =
-        soon_.empty() ? impl.scheduler.next_deadline() : std::optional<TimePoint>{TimePoint::min()};
-    if (target == impl.embed_armed_for) {
-        return;
-    }
-    itimerspec spec{};  // all zero: disarmed
-    int flags = 0;
-    if (target) {
-        // A zero it_value would disarm the timer: one nanosecond is the
-        // earliest expiry that still fires.
-        constexpr Duration earliest{1};
-        if (impl.clock) {
-            // An injected clock has no kernel counterpart: arm for the time
-            // left as that clock sees it now, on the real clock.
-            spec.it_value = to_timespec(std::max(detail::time_until(*target, impl.now()), earliest));
-        } else {
-            // steady_clock is CLOCK_MONOTONIC: arm at the deadline itself, so
-            // time spent between now and the call cannot push it later.
-            spec.it_value = to_timespec(std::max(target->time_since_epoch(), earliest));
-            flags = TFD_TIMER_ABSTIME;
-        }
-    }
-    if (::timerfd_settime(impl.embed_timer_fd, flags, &spec, nullptr) == -1) {
-        throw_system_error(errno, "timerfd_settime", impl.embed_timer_fd);
-    }
-    impl.embed_armed_for = target;
-}
-
-std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
-    check_thread("time_to_next_work");
-    if (closed_) {
-        return std::nullopt;
-    }
-    if (!soon_.empty()) {
-        return Duration::zero();
-    }
-    if (const auto deadline = impl_->scheduler.next_deadline()) {
-        return impl_->time_until(*deadline);
-    }
-    return std::nullopt;
 }
 
 }  // namespace muxio

@@ -21,9 +21,9 @@
 #include <cstdint>
 #include <span>
 
-#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
+#include "selector/descriptor_table.hpp"
 #include "selector/poll_mask.hpp"
 
 namespace muxio::detail {

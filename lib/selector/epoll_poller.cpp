@@ -23,9 +23,9 @@
 #include <cerrno>
 #include <cstdint>
 
-#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
+#include "selector/descriptor_table.hpp"
 
 namespace muxio::detail {
 namespace {

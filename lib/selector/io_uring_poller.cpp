@@ -15,9 +15,9 @@
 #include <optional>
 #include <vector>
 
-#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
+#include "selector/descriptor_table.hpp"
 #include "selector/poll_mask.hpp"
 
 namespace muxio::detail {

@@ -24,9 +24,9 @@
 #include <type_traits>
 #include <utility>
 
-#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
+#include "selector/descriptor_table.hpp"
 
 namespace {
 namespace kqueue1_fallback {

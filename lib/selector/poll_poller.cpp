@@ -4,8 +4,8 @@
 #include <cerrno>
 #include <cstdint>
 
-#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
+#include "selector/descriptor_table.hpp"
 #include "selector/poll_mask.hpp"
 
 namespace muxio::detail {

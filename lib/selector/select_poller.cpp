@@ -8,8 +8,8 @@
 
 #include <fmt/format.h>
 
-#include "selector/descriptor_table.hpp"
 #include "muxio/detail/poller.hpp"
+#include "selector/descriptor_table.hpp"
 
 namespace muxio::detail {
 namespace {
