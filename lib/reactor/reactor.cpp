@@ -260,7 +260,8 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
 
     // 3. Take the due timers, in deadline order, ties in scheduling order.
     //    The clock is read after the wait, so nothing runs before its
-    //    deadline. No timer, no clock read (23 ns on the benchmark machine).
+    //    deadline. No timer, no clock read: a loop of I/O alone never pays
+    //    for one.
     impl.due.clear();
     if (impl.scheduler.timer_count() != 0) {
         const TimePoint now = impl.now();

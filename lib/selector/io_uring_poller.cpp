@@ -53,15 +53,9 @@ std::uint32_t next_sequence(std::uint32_t sequence) noexcept {
     return (sequence + 1) & sequence_mask;
 }
 
-unsigned to_poll_mask(Events events) noexcept {
-    unsigned mask = 0;
-    if (events.contains(EVENT_READ)) {
-        mask |= POLLIN;
-    }
-    if (events.contains(EVENT_WRITE)) {
-        mask |= POLLOUT;
-    }
-    return mask;
+// POLL_ADD takes poll(2)'s mask widened to 32 bits.
+unsigned poll_add_mask(Events events) noexcept {
+    return static_cast<unsigned short>(to_poll_mask(events));
 }
 
 Events from_poll_result(std::int32_t result) noexcept {
@@ -140,7 +134,7 @@ public:
         // Everything that can throw for want of memory happens first.
         Entry& entry = grow_to(fd);
         entry.sequence = next_sequence(entry.sequence);
-        entry.mask = to_poll_mask(events);
+        entry.mask = poll_add_mask(events);
         entry.token = token;
         const int refused = arm_now(fd, entry);
         entry.registered = refused == 0;
@@ -153,7 +147,7 @@ public:
     // The old arm is cancelled and a new one submitted (arm_again()).
     void modify(int fd, Events /*old_events*/, Events new_events, std::uint64_t token) override {
         Entry& entry = registered_entry(fd);
-        if (arm_again(fd, entry, to_poll_mask(new_events), token) != 0) {
+        if (arm_again(fd, entry, poll_add_mask(new_events), token) != 0) {
             // The descriptor was closed (EBADF): the kernel watches nothing
             // for it. The registration stays; every wait arms it again, is
             // refused again and reports an error condition, until remove(),
@@ -169,7 +163,7 @@ public:
         Entry& entry = registered_entry(fd);
         const unsigned old_mask = entry.mask;
         const std::uint64_t old_token = entry.token;
-        if (const int refused = arm_again(fd, entry, to_poll_mask(new_events), token); refused != 0) {
+        if (const int refused = arm_again(fd, entry, poll_add_mask(new_events), token); refused != 0) {
             entry.mask = old_mask;
             entry.token = old_token;
             queue_rearm(fd, entry);  // a closed registration, as in modify()
