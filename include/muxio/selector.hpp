@@ -22,7 +22,7 @@
 
 #include "muxio/detail/chunked_table.hpp"
 #include "muxio/detail/poller.hpp"
-#include "muxio/detail/prefetch.hpp"
+#include "muxio/detail/registration_token.hpp"
 #include "muxio/error.hpp"
 #include "muxio/events.hpp"
 #include "muxio/file_object.hpp"
@@ -180,6 +180,11 @@ private:
 ///
 /// Not thread-safe: one selector belongs to one thread at a time.
 /// Not copyable or movable: keys and views point into it.
+namespace detail {
+template <class Data>
+class SelectorLoopAccess;
+}  // namespace detail
+
 template <class Data>
 class BaseSelector {
 public:
@@ -328,10 +333,7 @@ public:
             // descriptor was unregistered, or unregistered and registered
             // again (a new generation), after the kernel queued the event.
             const Key* key = find_current(event.token);
-            if (key == nullptr) {
-                continue;
-            }
-            if (const Events ready = event.events & key->events) {
+            if (const Events ready = watched(key, event.events)) {
                 ready_.emplace_back(*key, ready, event.token);
             }
         }
@@ -340,21 +342,6 @@ public:
 
     /// Blocks until something is ready.
     std::span<const Ready> select() { return select(detail::Timeout{}); }
-
-    /// select() for an event loop that looks each entry up itself anyway
-    /// (the reactor does, before every callback): the kernel's readiness as
-    /// (token, events) pairs, neither filtered nor masked. An entry may name
-    /// a registration that is gone (find_current() returns nullptr) and
-    /// carry events its key does not watch; errors and hang-ups set both
-    /// events (select(2)'s hang-up without an error: READ only). Waits as
-    /// select() does: an answer of stale entries only does not end it.
-    /// Saves select()'s per-entry lookup and copy. The span is valid until
-    /// the next select() or select_tokens().
-    std::span<const detail::PollEvent> select_tokens(detail::Timeout timeout) {
-        ensure_open("select");
-        ready_.clear();
-        return poller_->wait(timeout, live_filter());
-    }
 
     /// Any std::chrono duration; fractional durations round up.
     template <class Rep, class Period>
@@ -367,42 +354,6 @@ public:
     /// unregistered it, or replaced it with a new registration of the same
     /// descriptor. Does not touch the key, so it is safe to call for any entry.
     [[nodiscard]] bool is_current(const Ready& ready) const noexcept { return find_current(ready.token()) != nullptr; }
-
-    /// The key of the registration `token` (from ReadyKey::token()) names, or
-    /// nullptr once that registration is gone. How an event loop re-checks an
-    /// entry before each callback without a lookup by file object.
-    [[nodiscard]] const Key* find_current(std::uint64_t token) const noexcept {
-        const auto fd = static_cast<std::size_t>(token & 0xffff'ffffU);
-        if (fd >= slots_.size()) {
-            return nullptr;
-        }
-        const Slot& slot = slots_[fd];
-        // A matching generation implies a key (see Slot). Tokens are never
-        // made with generation 0, the generation of a slot never used.
-        if (slot.generation != static_cast<std::uint32_t>(token >> 32U)) {
-            return nullptr;
-        }
-        return &*slot.key;
-    }
-
-    /// The token of `key`'s registration now, as select_tokens() reports it
-    /// and find_current() resolves it; it changes with reregister().
-    [[nodiscard]] std::uint64_t token_of(const Key& key) const noexcept {
-        return make_token(key.fd, slots_[static_cast<std::size_t>(key.fd)].generation);
-    }
-
-    /// Asks the CPU to start loading the slot `token` names, for an event
-    /// loop that will call find_current(token) a little later: with many
-    /// descriptors the slot is a cache miss. A hint only; any token is safe.
-    void prefetch(std::uint64_t token) const noexcept {
-        const auto fd = static_cast<std::size_t>(token & 0xffff'ffffU);
-        if (fd < slots_.size()) {
-            const auto* first = reinterpret_cast<const char*>(&slots_[fd]);
-            for (std::size_t offset = 0; offset < sizeof(Slot); offset += 64) {
-                detail::prefetch(first + offset);
-            }
-        }
-    }
 
     /// The key of a registered file object; KeyError if it is not registered.
     [[nodiscard]] const Key& get_key(const FileObject& fileobj) const {
@@ -467,6 +418,8 @@ protected:
 
 private:
     friend class SelectorMap<Data>;
+    // The reactor's fast paths (detail/selector_loop.hpp).
+    friend class detail::SelectorLoopAccess<Data>;
 
     // The generation changes when a registration begins and when it ends,
     // so a token whose generation matches names a registration in place:
@@ -489,13 +442,46 @@ private:
                 }};
     }
 
+    // See detail::select_tokens().
+    std::span<const detail::PollEvent> select_tokens(detail::Timeout timeout) {
+        ensure_open("select");
+        ready_.clear();
+        return poller_->wait(timeout, live_filter());
+    }
+
+    // The key of the registration `token` names, or nullptr once it is gone.
+    [[nodiscard]] const Key* find_current(std::uint64_t token) const noexcept {
+        const std::size_t index = detail::RegistrationToken::slot(token);
+        if (index >= slots_.size()) {
+            return nullptr;
+        }
+        const Slot& slot = slots_[index];
+        // A matching generation implies a key (see Slot). Tokens are never
+        // made with generation 0, the generation of a slot never used.
+        if (slot.generation != detail::RegistrationToken::generation(token)) {
+            return nullptr;
+        }
+        return &*slot.key;
+    }
+
+    [[nodiscard]] std::uint64_t token_of(const Key& key) const noexcept {
+        return make_token(key.fd, slots_[static_cast<std::size_t>(key.fd)].generation);
+    }
+
+    // The one place events of a kernel answer meet the key's: what the key
+    // does not watch, and everything of a registration that is gone, is
+    // dropped.
+    static Events watched(const Key* key, Events events) noexcept {
+        return key != nullptr ? events & key->events : Events{};
+    }
+
     // Generation 0 stays the never-used slot's.
     static std::uint32_t next_generation(std::uint32_t generation) noexcept {
         return generation + 1U == 0U ? 1U : generation + 1U;
     }
 
     static std::uint64_t make_token(int fd, std::uint32_t generation) noexcept {
-        return (std::uint64_t{generation} << 32U) | static_cast<std::uint32_t>(fd);
+        return detail::RegistrationToken::make(fd, generation);
     }
 
     template <class Rep, class Period>

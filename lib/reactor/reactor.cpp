@@ -18,7 +18,9 @@
 
 #include <fmt/format.h>
 
+#include "muxio/detail/registration_token.hpp"
 #include "muxio/detail/ring_queue.hpp"
+#include "muxio/detail/selector_loop.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
@@ -75,9 +77,6 @@ constexpr std::uint64_t timer_token(detail::Scheduler::Id id) noexcept {
 }
 constexpr detail::Scheduler::Id timer_id(std::uint64_t token) noexcept {
     return {static_cast<std::uint32_t>(token & 0xffff'ffffU), static_cast<std::uint32_t>(token >> 32U)};
-}
-constexpr int fd_of_token(std::uint64_t token) noexcept {
-    return static_cast<int>(token & 0xffff'ffffU);
 }
 
 }  // namespace
@@ -238,9 +237,9 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    threadsafe callbacks and signal handlers join this iteration. The
     //    ready span stays valid through step 4: nothing else selects. Its
     //    entries are unchecked; dispatch_io() looks each one up.
-    const auto ready = impl.selector->select_tokens(wait);
+    const auto ready = detail::select_tokens(*impl.selector, wait);
     for (const detail::PollEvent& entry : ready) {
-        const int fd = fd_of_token(entry.token);
+        const int fd = detail::RegistrationToken::fd(entry.token);
         if (fd == impl.wake_fd) {
             drain_wakeups();
         } else if (fd == impl.embed_timer_fd) {
@@ -304,10 +303,10 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     const std::size_t ready_count = ready.size();
     for (std::size_t index = 0; index < ready_count; ++index) {
         if (index + 1 < ready_count) {
-            impl.selector->prefetch(ready[index + 1].token);
+            detail::prefetch_slot(*impl.selector, ready[index + 1].token);
         }
         const detail::PollEvent& entry = ready[index];
-        const int fd = fd_of_token(entry.token);
+        const int fd = detail::RegistrationToken::fd(entry.token);
         if (fd != impl.wake_fd && fd != impl.embed_timer_fd) {
             ran += dispatch_io(entry.token, entry.events);
         }
@@ -347,15 +346,15 @@ void Reactor::report(std::exception_ptr error) noexcept {
     // Checked before each callback: an earlier one of this iteration may
     // have removed this fd, or removed and added it again (a new
     // registration, which the token's generation tells apart).
-    const Impl::Key* key = impl.selector->find_current(token);
+    const Impl::Key* key = detail::find_current(*impl.selector, token);
     std::size_t ran = 0;
-    if (key != nullptr && events.contains(EVENT_READ) && key->events.contains(EVENT_READ)) {
+    if (detail::watched(key, events).contains(EVENT_READ)) {
         ++ran;
         if (!impl.run_handler(*this, *key, EVENT_READ, token)) {
-            key = impl.selector->find_current(token);
+            key = detail::find_current(*impl.selector, token);
         }
     }
-    if (key != nullptr && events.contains(EVENT_WRITE) && key->events.contains(EVENT_WRITE)) {
+    if (detail::watched(key, events).contains(EVENT_WRITE)) {
         ++ran;
         impl.run_handler(*this, *key, EVENT_WRITE, token);
     }
@@ -393,7 +392,7 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
     impl.touching(fd, side);
     if (fd == impl.running_fd) {
         impl.running_renewed = true;  // the running callback goes back under the new token
-        impl.renewed_token = impl.selector->token_of(*key);
+        impl.renewed_token = detail::token_of(*impl.selector, *key);
     }
     // The replaced callback dies last, once the key is consistent: its
     // captures' destructors may call back into the reactor, even remove `fd`.

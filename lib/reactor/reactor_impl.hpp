@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "muxio/detail/ring_queue.hpp"
+#include "muxio/detail/selector_loop.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/selector.hpp"
 #include "reactor/scheduler.hpp"
@@ -184,7 +185,7 @@ struct Reactor::Impl {
         const std::uint64_t current = running_renewed ? renewed_token : token;
         running_renewed = false;
         if (!running_replaced) {
-            if (const Key* still = selector->find_current(current)) {
+            if (const Key* still = detail::find_current(*selector, current)) {
                 (side == EVENT_READ ? still->data.reader : still->data.writer) = std::move(running);
             }
         }

@@ -91,6 +91,7 @@
 #include <fmt/format.h>
 
 #include "muxio/detail/poller.hpp"
+#include "muxio/detail/selector_loop.hpp"
 #include "muxio/selectors.hpp"
 
 namespace muxio::fuzz::selector_model {
@@ -999,7 +1000,7 @@ private:
             const SelectorKey<int>* key = nullptr;
             std::uint64_t token_before = 0;
             if (fd && backend.keys.contains(*fd) && !backend.closed) {
-                token_before = backend.selector->token_of(backend.selector->get_map().at(*fd));
+                token_before = muxio::detail::token_of(*backend.selector, backend.selector->get_map().at(*fd));
             }
             const Outcome got = attempt([&] { key = &backend.selector->reregister(target->fileobj(), events); });
             expect(backend, "reregister", *target, expected, got);
@@ -1010,7 +1011,7 @@ private:
                 model.file = state.file;
                 model.events = events;
                 expect_key(backend, "reregister", model, *key);
-                if (backend.selector->token_of(*key) == token_before) {
+                if (muxio::detail::token_of(*backend.selector, *key) == token_before) {
                     fail(fmt::format("operation #{}: reregister on {} kept the token", operation_, backend.name));
                 }
             } else if (got.error == Error::system_error) {
@@ -1021,7 +1022,7 @@ private:
                 model.binding = number_state(*fd).kind == NumberState::closed ? Binding::closed : Binding::loose;
                 const SelectorKey<int>& kept = backend.selector->get_map().at(*fd);
                 expect_key(backend, "reregister", model, kept);
-                if (backend.selector->token_of(kept) != token_before) {
+                if (muxio::detail::token_of(*backend.selector, kept) != token_before) {
                     fail(fmt::format("operation #{}: a refused reregister on {} changed the token", operation_,
                                      backend.name));
                 }
@@ -1237,8 +1238,8 @@ private:
                 const detail::Timeout wait =
                     timeout ? detail::Timeout{*timeout} : detail::Timeout{std::chrono::nanoseconds{0}};
                 if (tokens) {
-                    for (const detail::PollEvent& event : backend.selector->select_tokens(wait)) {
-                        const SelectorKey<int>* key = backend.selector->find_current(event.token);
+                    for (const detail::PollEvent& event : muxio::detail::select_tokens(*backend.selector, wait)) {
+                        const SelectorKey<int>* key = muxio::detail::find_current(*backend.selector, event.token);
                         if (key == nullptr) {
                             continue;  // stale: the reactor skips it too
                         }
@@ -1251,8 +1252,9 @@ private:
                 } else {
                     for (const auto& ready : backend.selector->select(wait)) {
                         const SelectorKey<int>& key = ready.key();
-                        if (!backend.selector->is_current(ready) || backend.selector->token_of(key) != ready.token() ||
-                            !ready.events() || !key.events.contains(ready.events())) {
+                        if (!backend.selector->is_current(ready) ||
+                            muxio::detail::token_of(*backend.selector, key) != ready.token() || !ready.events() ||
+                            !key.events.contains(ready.events())) {
                             fail(fmt::format("operation #{}: {} select reports fd {} {} not as its key", operation_,
                                              backend.name, key.fd, ready.events()));
                         }

@@ -32,6 +32,7 @@
 #include <fmt/format.h>
 
 #include "muxio/detail/poller.hpp"
+#include "muxio/detail/selector_loop.hpp"
 #include "muxio/selectors.hpp"
 #include "support/allocation_failure.hpp"
 #include "support/selector_support.hpp"
@@ -1239,21 +1240,21 @@ TEST_CASE_TEMPLATE("is_current tells whether the registration of a ready entry r
     const auto& right_entry = ready[0].key().fd == pair.left.get() ? ready[1] : ready[0];
     CHECK(selector.is_current(left_entry));
     CHECK(selector.is_current(right_entry));
-    CHECK(selector.find_current(left_entry.token()) == &left_entry.key());
-    CHECK(selector.find_current(right_entry.token()) == &right_entry.key());
+    CHECK(muxio::detail::find_current(selector, left_entry.token()) == &left_entry.key());
+    CHECK(muxio::detail::find_current(selector, right_entry.token()) == &right_entry.key());
 
     // As a callback for an earlier entry might: unregister one, modify the other.
     (void)selector.unregister(pair.left.get());
     (void)selector.modify(pair.right.get(), EVENT_READ_WRITE, 3);
     CHECK_FALSE(selector.is_current(left_entry));
     CHECK(selector.is_current(right_entry));  // modify keeps the registration
-    CHECK(selector.find_current(left_entry.token()) == nullptr);
-    CHECK(selector.find_current(right_entry.token()) == &right_entry.key());
+    CHECK(muxio::detail::find_current(selector, left_entry.token()) == nullptr);
+    CHECK(muxio::detail::find_current(selector, right_entry.token()) == &right_entry.key());
 
     // A new registration of the same number is a different registration.
     (void)selector.register_(pair.left.get(), EVENT_WRITE, 4);
     CHECK_FALSE(selector.is_current(left_entry));
-    CHECK(selector.find_current(left_entry.token()) == nullptr);
+    CHECK(muxio::detail::find_current(selector, left_entry.token()) == nullptr);
     const auto again = selector.select(5s);
     REQUIRE(again.size() == 2);
     CHECK(selector.is_current(again[0]));
@@ -1267,30 +1268,30 @@ TEST_CASE_TEMPLATE("select_tokens reports raw readiness that find_current resolv
     const auto& left_key = selector.register_(pair.left.get(), EVENT_READ_WRITE, 1);
     (void)selector.register_(pair.right.get(), EVENT_READ, 2);
     muxio::test::write_all(pair.right.get(), "x");  // left: readable and writable; right: neither
-    const auto ready = selector.select_tokens(5s);
+    const auto ready = muxio::detail::select_tokens(selector, 5s);
     REQUIRE(ready.size() == 1);
-    CHECK(selector.find_current(ready[0].token) == &left_key);
+    CHECK(muxio::detail::find_current(selector, ready[0].token) == &left_key);
     CHECK(ready[0].events == EVENT_READ_WRITE);
 
     // Unfiltered: after an unregister the entry stays, and find_current tells
     // it is stale; the select() that follows reports the new state.
     const std::uint64_t token = ready[0].token;
     (void)selector.unregister(pair.left.get());
-    CHECK(selector.find_current(token) == nullptr);
+    CHECK(muxio::detail::find_current(selector, token) == nullptr);
     (void)selector.register_(pair.left.get(), EVENT_WRITE, 3);
-    CHECK(selector.find_current(token) == nullptr);  // a new registration, a new token
-    const auto again = selector.select_tokens(5s);
+    CHECK(muxio::detail::find_current(selector, token) == nullptr);  // a new registration, a new token
+    const auto again = muxio::detail::select_tokens(selector, 5s);
     REQUIRE(again.size() == 1);
-    REQUIRE(selector.find_current(again[0].token) != nullptr);
-    CHECK(selector.find_current(again[0].token)->data == 3);
+    REQUIRE(muxio::detail::find_current(selector, again[0].token) != nullptr);
+    CHECK(muxio::detail::find_current(selector, again[0].token)->data == 3);
     CHECK(again[0].events.contains(EVENT_WRITE));
 
     // prefetch() is a hint any token may be given: current, stale, or naming
     // a descriptor far beyond the table (ASan checks that nothing is read).
-    selector.prefetch(again[0].token);
-    selector.prefetch(token);
-    selector.prefetch(std::uint64_t{0xffff'fff0U} | (std::uint64_t{7} << 32U));
-    CHECK(selector.find_current(again[0].token)->data == 3);
+    muxio::detail::prefetch_slot(selector, again[0].token);
+    muxio::detail::prefetch_slot(selector, token);
+    muxio::detail::prefetch_slot(selector, std::uint64_t{0xffff'fff0U} | (std::uint64_t{7} << 32U));
+    CHECK(muxio::detail::find_current(selector, again[0].token)->data == 3);
 }
 
 TEST_CASE_TEMPLATE("data may be move-only", B, MUXIO_TEST_BACKENDS) {
@@ -1479,7 +1480,7 @@ TEST_CASE_TEMPLATE("reregister watches the file a reused fd number names now, un
     SelectorOf<B> selector;
     const int number = old_pair.left.get();
     const auto& key = selector.register_(number, EVENT_READ, 1);
-    const std::uint64_t old_token = selector.token_of(key);
+    const std::uint64_t old_token = muxio::detail::token_of(selector, key);
     UniqueFd duplicate;
     SUBCASE("the old file closed") {}
     SUBCASE("the old file kept open by a duplicate, and ready") {
@@ -1494,8 +1495,8 @@ TEST_CASE_TEMPLATE("reregister watches the file a reused fd number names now, un
     CHECK(&selector.reregister(number, EVENT_READ) == &key);
     CHECK(key.data == 1);
     CHECK(key.events == EVENT_READ);
-    CHECK(selector.token_of(key) != old_token);
-    CHECK(selector.find_current(old_token) == nullptr);
+    CHECK(muxio::detail::token_of(selector, key) != old_token);
+    CHECK(muxio::detail::find_current(selector, old_token) == nullptr);
     CHECK(selector.select(0s).empty());  // the old file's readiness is not the new one's
     CHECK(selector.select(20ms).empty());
     muxio::test::write_all(new_pair.right.get(), "new");
@@ -1513,7 +1514,7 @@ TEST_CASE_TEMPLATE("reregister of a closed fd throws EBADF and keeps the key, re
     SelectorOf<B> selector;
     const int closed = pair.left.get();
     const auto& key = selector.register_(closed, EVENT_READ_WRITE, 1);
-    const std::uint64_t token = selector.token_of(key);
+    const std::uint64_t token = muxio::detail::token_of(selector, key);
     pair.left.reset();
     try {
         (void)selector.reregister(closed, EVENT_READ);
@@ -1524,7 +1525,7 @@ TEST_CASE_TEMPLATE("reregister of a closed fd throws EBADF and keeps the key, re
     }
     CHECK(&selector.get_key(closed) == &key);
     CHECK(key.events == EVENT_READ_WRITE);
-    CHECK(selector.token_of(key) == token);
+    CHECK(muxio::detail::token_of(selector, key) == token);
     for (int round = 0; round < 2; ++round) {
         CHECK(ready_by_fd(selector.select(5s)) == std::map<int, Events>{{closed, EVENT_READ_WRITE}});
     }
