@@ -36,11 +36,20 @@ namespace muxio {
 /// unregister(). The selector never reads `data`, so it stays yours to change
 /// in place, even through the const keys that select() and get_key() return;
 /// change `events` only through modify().
+///
+/// fmt formats it as `SelectorKey(fd=5, events=READ)`, with `data=...` when
+/// Data is formattable.
 template <class Data>
 struct SelectorKey {
+    /// What was registered, compared by identity (see FileObject).
     FileObject fileobj;
+    /// The descriptor at registration: `fileobj.fileno()` then. Kept, so an
+    /// object closed since can still be unregistered.
     int fd = -1;
+    /// The events watched: always a valid mask.
     Events events;
+    /// The caller's data, never read by the selector. unregister() hands it
+    /// back in the key it returns; close() destroys it.
     mutable Data data;
 };
 
@@ -49,15 +58,21 @@ struct SelectorKey {
 template <class Data>
 class ReadyKey {
 public:
+    /// Made by select(): `events` ready for `key`, whose registration `token`
+    /// names (BaseSelector::token_of()).
     ReadyKey(const SelectorKey<Data>& key, Events events, std::uint64_t token) noexcept
         : key_{&key}, events_{events}, token_{token} {}
 
+    /// The key, owned by the selector. Precondition: still registered (see
+    /// BaseSelector::is_current()); a key unregistered since dangles.
     [[nodiscard]] const SelectorKey<Data>& key() const noexcept { return *key_; }
+    /// The ready events: never empty, always within key().events.
     [[nodiscard]] Events events() const noexcept { return events_; }
     /// Identifies the registration this readiness belongs to; see
     /// BaseSelector::is_current().
     [[nodiscard]] std::uint64_t token() const noexcept { return token_; }
 
+    /// key() for `I == 0`, events() for `I == 1`: the structured binding.
     template <std::size_t I>
     [[nodiscard]] decltype(auto) get() const noexcept {
         static_assert(I < 2);
@@ -85,27 +100,35 @@ class BaseSelector;
 template <class Data>
 class SelectorMap {
 public:
+    /// A forward iterator over the keys, in descriptor order. Invalidated by
+    /// register_(), unregister() and the selector's close().
     class iterator {
     public:
-        using iterator_category = std::forward_iterator_tag;
-        using value_type = SelectorKey<Data>;
-        using difference_type = std::ptrdiff_t;
-        using pointer = const SelectorKey<Data>*;
-        using reference = const SelectorKey<Data>&;
+        using iterator_category = std::forward_iterator_tag;  ///< A forward iterator.
+        using value_type = SelectorKey<Data>;                 ///< The keys.
+        using difference_type = std::ptrdiff_t;               ///< Distance between iterators.
+        using pointer = const SelectorKey<Data>*;             ///< Keys are read-only.
+        using reference = const SelectorKey<Data>&;           ///< Keys are read-only.
 
+        /// A singular iterator: only assignment and comparison are valid.
         iterator() = default;
+        /// The key. Precondition: dereferenceable (not end()).
         reference operator*() const { return *(*slot_).key; }
+        /// The key's address. Precondition: dereferenceable (not end()).
         pointer operator->() const { return &*(*slot_).key; }
+        /// Moves to the next registered descriptor. Precondition: not end().
         iterator& operator++() {
             ++slot_;
             skip_empty();
             return *this;
         }
+        /// Post-increment.
         iterator operator++(int) {
             auto before = *this;
             ++*this;
             return before;
         }
+        /// Same position in the same map.
         friend bool operator==(const iterator& a, const iterator& b) noexcept { return a.slot_ == b.slot_; }
 
     private:
@@ -121,7 +144,9 @@ public:
         SlotIterator end_{};
     };
 
+    /// Number of registrations.
     [[nodiscard]] std::size_t size() const noexcept { return selector_->size_; }
+    /// True when nothing is registered.
     [[nodiscard]] bool empty() const noexcept { return size() == 0; }
     /// True when `fileobj` is registered. Never throws for an invalid file
     /// object: it is simply not there.
@@ -137,9 +162,12 @@ public:
         }
         throw KeyError(fmt::format("{} is not registered", BaseSelector<Data>::describe(fileobj)));
     }
+    /// at(): KeyError if `fileobj` is not registered (Python's `map[fileobj]`).
     [[nodiscard]] const SelectorKey<Data>& operator[](const FileObject& fileobj) const { return at(fileobj); }
 
+    /// The key of the lowest registered descriptor.
     [[nodiscard]] iterator begin() const { return {selector_->slots_.begin(), selector_->slots_.end()}; }
+    /// Past the last key.
     [[nodiscard]] iterator end() const { return {selector_->slots_.end(), selector_->slots_.end()}; }
 
 private:
@@ -183,9 +211,9 @@ private:
 template <class Data>
 class BaseSelector {
 public:
-    using Key = SelectorKey<Data>;
-    using Ready = ReadyKey<Data>;
-    using Map = SelectorMap<Data>;
+    using Key = SelectorKey<Data>;  ///< What register_() returns.
+    using Ready = ReadyKey<Data>;   ///< One entry of select()'s result.
+    using Map = SelectorMap<Data>;  ///< What get_map() returns.
 
     BaseSelector(const BaseSelector&) = delete;
     BaseSelector& operator=(const BaseSelector&) = delete;
@@ -341,15 +369,7 @@ public:
     /// Blocks until something is ready.
     std::span<const Ready> select() { return select(detail::Timeout{}); }
 
-    /// select() for an event loop that looks each entry up itself anyway
-    /// (the reactor does, before every callback): the kernel's readiness as
-    /// (token, events) pairs, neither filtered nor masked. An entry may name
-    /// a registration that is gone (find_current() returns nullptr) and
-    /// carry events its key does not watch; errors and hang-ups set both
-    /// events (select(2)'s hang-up without an error: READ only). Waits as
-    /// select() does: an answer of stale entries only does not end it.
-    /// Saves select()'s per-entry lookup and copy. The span is valid until
-    /// the next select() or select_tokens().
+    /// The reactor's fast path: select() as raw (token, events) pairs, neither filtered nor masked.
     std::span<const detail::PollEvent> select_tokens(detail::Timeout timeout) {
         ensure_open("select");
         ready_.clear();
@@ -368,9 +388,7 @@ public:
     /// descriptor. Does not touch the key, so it is safe to call for any entry.
     [[nodiscard]] bool is_current(const Ready& ready) const noexcept { return find_current(ready.token()) != nullptr; }
 
-    /// The key of the registration `token` (from ReadyKey::token()) names, or
-    /// nullptr once that registration is gone. How an event loop re-checks an
-    /// entry before each callback without a lookup by file object.
+    /// The key of the registration `token` names, or nullptr once it is gone.
     [[nodiscard]] const Key* find_current(std::uint64_t token) const noexcept {
         const auto fd = static_cast<std::size_t>(token & 0xffff'ffffU);
         if (fd >= slots_.size()) {
@@ -391,9 +409,7 @@ public:
         return make_token(key.fd, slots_[static_cast<std::size_t>(key.fd)].generation);
     }
 
-    /// Asks the CPU to start loading the slot `token` names, for an event
-    /// loop that will call find_current(token) a little later: with many
-    /// descriptors the slot is a cache miss. A hint only; any token is safe.
+    /// A hint to load the slot `token` names before find_current(token); any token is safe.
     void prefetch(std::uint64_t token) const noexcept {
         const auto fd = static_cast<std::size_t>(token & 0xffff'ffffU);
         if (fd < slots_.size()) {
@@ -447,6 +463,7 @@ public:
         size_ = 0;
     }
 
+    /// True after close() or abandon().
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
 
     /// The kernel object behind the selector (epoll, io_uring, kqueue or
@@ -620,7 +637,9 @@ struct std::tuple_element<1, muxio::ReadyKey<Data>> {
     using type = muxio::Events;
 };
 
-/// Formats as `SelectorKey(fd=5, events=READ)`, with `data=...` when Data is formattable.
+// Formats as `SelectorKey(fd=5, events=READ)`, with `data=...` when Data is
+// formattable. Out of the API reference, as Events' formatter is.
+/// \cond
 template <class Data>
 struct fmt::formatter<muxio::SelectorKey<Data>> : fmt::formatter<fmt::string_view> {
     template <class FormatContext>
@@ -632,3 +651,4 @@ struct fmt::formatter<muxio::SelectorKey<Data>> : fmt::formatter<fmt::string_vie
         }
     }
 };
+/// \endcond
