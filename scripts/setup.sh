@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages muxio needs to build and test, when missing.
 #
-#   bash scripts/setup.sh            # compilers, CMake, Ninja, fmt, spdlog, doctest, liburing, ...
+#   bash scripts/setup.sh            # compilers, CMake, Ninja, fmt, spdlog, doctest, liburing, doxygen, ...
 #   bash scripts/setup.sh --bench    # also the benchmark peers: libuv, libevent, asio
 #   bash scripts/setup.sh --lint     # also clang-format and clang-tidy
 #   bash scripts/setup.sh --check    # only report what is missing (exit 1 if anything is)
@@ -18,7 +18,9 @@ set -euo pipefail
 # dev, release, asan, tsan; its sanitizer runtimes come with it), clang the
 # second one (preset clang; with libclang-rt-dev's libFuzzer, preset fuzz).
 # pkg-config finds liburing and is what the install test checks muxio.pc
-# with. python3 runs the project's helper scripts.
+# with. python3 runs the project's helper scripts. doxygen builds the API
+# reference (target docs), which CI builds with preset dev so that an
+# undocumented public name fails it.
 BUILD_PACKAGES=(
     g++
     clang
@@ -36,6 +38,7 @@ BUILD_PACKAGES=(
     curl
     git
     python3
+    doxygen
 )
 # Peer libraries, for bench/ only (never linked into the library).
 BENCH_PACKAGES=(libuv1-dev libevent-dev libasio-dev wrk nginx-light redis-server)

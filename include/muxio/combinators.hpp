@@ -301,7 +301,9 @@ requires(detail::TaskOrConvertible<A>&&...) && (detail::TaskConvertible<A> || ..
 /// What when_any() returns: which task ended first, and its value.
 template <class T>
 struct AnyResult {
+    /// Position of the first task to end among when_any()'s arguments, from 0.
     std::size_t index;
+    /// Its value; std::monostate for Task<void>.
     detail::NonVoid<T> value;
 };
 

@@ -13,32 +13,46 @@ namespace muxio {
 /// outside can be represented and refused: `register_` and `modify` throw
 /// `std::invalid_argument` for an empty mask or one with bits other than
 /// EVENT_READ | EVENT_WRITE (see `is_valid()`).
+///
+/// fmt formats it as `READ`, `WRITE`, `READ|WRITE`, or `0` for none, with
+/// any other bits in hex (`READ|0x4`).
 class Events {
 public:
+    /// The empty mask.
     constexpr Events() noexcept = default;
     /// Wraps raw bits; nothing is checked here, only where the mask is used.
     static constexpr Events from_bits(std::uint32_t bits) noexcept { return Events{bits}; }
 
+    /// The raw bits, unchecked (EVENT_READ is 1, EVENT_WRITE 2).
     [[nodiscard]] constexpr std::uint32_t bits() const noexcept { return bits_; }
+    /// True when no bit is set.
     [[nodiscard]] constexpr bool empty() const noexcept { return bits_ == 0; }
     /// True when every bit of `other` is set here.
     [[nodiscard]] constexpr bool contains(Events other) const noexcept { return (bits_ & other.bits_) == other.bits_; }
     /// True when the mask is non-empty and holds only EVENT_READ / EVENT_WRITE.
     [[nodiscard]] constexpr bool is_valid() const noexcept;
 
+    /// True when any bit is set: `if (events & EVENT_READ)`.
     constexpr explicit operator bool() const noexcept { return bits_ != 0; }
 
+    /// The union of two masks.
     friend constexpr Events operator|(Events a, Events b) noexcept { return Events{a.bits_ | b.bits_}; }
+    /// The intersection of two masks.
     friend constexpr Events operator&(Events a, Events b) noexcept { return Events{a.bits_ & b.bits_}; }
+    /// Every bit not set in `a`, unknown ones included, so the result is not
+    /// a valid mask; meant for masking: `events & ~EVENT_WRITE`.
     friend constexpr Events operator~(Events a) noexcept { return Events{~a.bits_}; }
+    /// Adds the bits of `o`.
     constexpr Events& operator|=(Events o) noexcept {
         bits_ |= o.bits_;
         return *this;
     }
+    /// Keeps only the bits also in `o`.
     constexpr Events& operator&=(Events o) noexcept {
         bits_ &= o.bits_;
         return *this;
     }
+    /// Same bits.
     friend constexpr bool operator==(Events, Events) noexcept = default;
 
 private:
@@ -59,7 +73,10 @@ constexpr bool Events::is_valid() const noexcept {
 
 }  // namespace muxio
 
-/// Formats as `READ`, `WRITE`, `READ|WRITE`, `0` for none; unknown bits as hex.
+// Formats as `READ`, `WRITE`, `READ|WRITE`, `0` for none; unknown bits as hex.
+// Out of the API reference: Doxygen cannot place a specialization of
+// fmt's template, and the format is documented on Events.
+/// \cond
 template <>
 struct fmt::formatter<muxio::Events> : fmt::formatter<fmt::string_view> {
     template <class FormatContext>
@@ -83,3 +100,4 @@ struct fmt::formatter<muxio::Events> : fmt::formatter<fmt::string_view> {
         return out;
     }
 };
+/// \endcond

@@ -1,6 +1,30 @@
 // Umbrella header: everything public in muxio.
 #pragma once
 
+/// \mainpage muxio
+///
+/// I/O multiplexing for C++20 on Unix, in layers, each using only the one
+/// below it:
+///
+/// - **Selectors** (muxio/selector.hpp, muxio/selectors.hpp): Python's
+///   `selectors` in C++. muxio::BaseSelector and the named selectors, one per
+///   kernel mechanism; muxio::DefaultSelector picks the best one.
+/// - **Reactor** (muxio/reactor.hpp): muxio::Reactor, an event loop of fd
+///   callbacks, timers, thread-safe wakeups and signal handlers.
+/// - **Coroutines** (muxio/task.hpp, muxio/awaitables.hpp, muxio/run.hpp,
+///   muxio/combinators.hpp, muxio/task_group.hpp): muxio::Task, awaits of
+///   readiness and time, spawn(), timeouts and structured concurrency.
+/// - **Sockets** (muxio/net.hpp): addresses, TCP, UDP and Unix-domain sockets
+///   with awaitable operations, and name resolution off the loop.
+///
+/// Errors are the types of muxio/error.hpp and the standard exceptions; each
+/// class and function says which it throws. `#include "muxio/muxio.hpp"`
+/// includes everything.
+
+/// \namespace muxio
+/// Everything public in muxio. Names in muxio::detail (and the headers in
+/// muxio/detail/) are implementation, and may change without notice.
+
 #include "muxio/awaitables.hpp"
 #include "muxio/combinators.hpp"
 #include "muxio/config.hpp"

@@ -36,6 +36,8 @@ namespace muxio {
 /// Formatted with fmt or to_string() as `127.0.0.1:80`, `[::1]:80`,
 /// `[fe80::1%2]:80`, `unix:/run/app.sock`, `unix:@name` (abstract) or
 /// `unix:<unnamed>`; parse() reads all of these back but the last.
+/// std::hash is specialized, consistent with `==` (see hash()), so it can key
+/// an unordered container.
 class SocketAddress {
 public:
     /// The unspecified address.
@@ -71,8 +73,11 @@ public:
 
     /// AF_INET, AF_INET6, AF_UNIX, or AF_UNSPEC when unspecified.
     [[nodiscard]] int family() const noexcept;
+    /// family() is AF_INET.
     [[nodiscard]] bool is_ipv4() const noexcept { return family() == AF_INET; }
+    /// family() is AF_INET6 (an IPv4-mapped address included).
     [[nodiscard]] bool is_ipv6() const noexcept { return family() == AF_INET6; }
+    /// family() is AF_UNIX: a path, an abstract name, or unnamed.
     [[nodiscard]] bool is_unix() const noexcept { return family() == AF_UNIX; }
     /// 127.0.0.0/8, ::1, or an IPv4-mapped 127.0.0.0/8.
     [[nodiscard]] bool is_loopback() const noexcept;
@@ -89,12 +94,17 @@ public:
     /// True for a name in the abstract namespace.
     [[nodiscard]] bool is_abstract() const noexcept;
 
+    /// The forms listed above; `<unspecified>` for an unspecified address.
     [[nodiscard]] std::string to_string() const;
 
     /// The raw address, for system calls.
     [[nodiscard]] const sockaddr* data() const noexcept;
+    /// The raw storage, capacity() bytes, for the kernel to fill in; call
+    /// resize() afterwards.
     [[nodiscard]] sockaddr* data() noexcept;
+    /// The length of the address in data(), as system calls take it.
     [[nodiscard]] socklen_t size() const noexcept { return size_; }
+    /// The size of `sockaddr_storage`: room for any address family.
     [[nodiscard]] static constexpr socklen_t capacity() noexcept { return sizeof(sockaddr_storage); }
     /// Sets size() after the kernel wrote into data() (accept, recvfrom).
     /// std::invalid_argument if `size` exceeds capacity().
@@ -116,10 +126,12 @@ private:
 /// read_exact() met the end of the stream before its buffer was full.
 class IncompleteRead : public std::runtime_error {
 public:
+    /// `message` names the operation, the peer and the counts.
     IncompleteRead(const std::string& message, std::size_t received, std::size_t expected)
         : std::runtime_error{message}, received_{received}, expected_{expected} {}
     /// Bytes read (and stored at the start of the buffer) before the end.
     [[nodiscard]] std::size_t received() const noexcept { return received_; }
+    /// Bytes asked for: the size of the buffer.
     [[nodiscard]] std::size_t expected() const noexcept { return expected_; }
 
 private:
@@ -222,17 +234,23 @@ public:
     /// The Task it converts to.
     using task_type = Task<T>;
 
+    /// Precondition: `other` not awaited yet (as when it is made a Task).
     StreamOperation(StreamOperation&&) noexcept = default;
     StreamOperation& operator=(StreamOperation&&) = delete;
     StreamOperation(const StreamOperation&) = delete;
     StreamOperation& operator=(const StreamOperation&) = delete;
     ~StreamOperation() = default;
 
+    /// Awaiter protocol: tries the system call. std::logic_error for a closed
+    /// socket or a second await.
     bool await_ready() { return io_.await_ready(); }
+    /// Awaiter protocol: waits for readiness; what Reactor::add_reader() throws.
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> awaiter) {
         return io_.await_suspend(awaiter);
     }
+    /// Awaiter protocol: the result, or what the operation failed with
+    /// (std::system_error, IncompleteRead, muxio::Cancelled).
     T await_resume() {
         if constexpr (std::is_void_v<T>) {
             (void)io_.await_resume();
@@ -316,6 +334,7 @@ class Socket {
 public:
     /// The descriptor, -1 once closed, released or detached.
     [[nodiscard]] int fileno() const noexcept { return watch_.fd(); }
+    /// fileno() >= 0: false once closed, released or detached.
     [[nodiscard]] bool is_open() const noexcept { return watch_.fd() >= 0; }
     /// The reactor the socket waits on. Precondition: the socket is bound to
     /// one (not default-constructed, moved from, or detached by the
@@ -352,12 +371,16 @@ public:
     }
 
 protected:
+    /// A closed socket.
     Socket() noexcept = default;
+    /// Owns `fd`, an open non-blocking descriptor, on `reactor`.
+    /// Precondition: `reactor` is usable (Reactor::require_usable()).
     Socket(Reactor& reactor, int fd) noexcept : watch_{reactor, fd} {}
-    // A move takes the descriptor, its lasting registration and a pending
-    // readable()/writable() await along (a pending read or write refers to
-    // the socket itself: see the contract).
+    /// Takes the descriptor, its lasting registration and a pending
+    /// readable()/writable() await along; `other` ends closed. A pending read
+    /// or write refers to the socket itself: none may be pending on `other`.
     Socket(Socket&& other) noexcept = default;
+    /// close(), then as the move constructor.
     Socket& operator=(Socket&& other) noexcept;
     Socket(const Socket&) = delete;
     Socket& operator=(const Socket&) = delete;
@@ -383,7 +406,11 @@ private:
 };
 
 /// How shutdown() ends a stream.
-enum class ShutdownHow { read, write, both };
+enum class ShutdownHow {
+    read,   ///< SHUT_RD: ends the reading side.
+    write,  ///< SHUT_WR: no more writes; the peer reads the end of the stream.
+    both    ///< SHUT_RDWR: both.
+};
 
 /// A connected byte stream: what TcpStream and UnixStream share.
 class StreamSocket : public Socket {
@@ -433,9 +460,13 @@ public:
     [[nodiscard]] const SocketAddress& peer_address() const noexcept { return peer_; }
 
 protected:
+    /// A closed stream.
     StreamSocket() noexcept = default;
+    /// Owns the connected `fd`, whose peer is `peer` (see Socket's constructor).
     StreamSocket(Reactor& reactor, int fd, const SocketAddress& peer) noexcept : Socket{reactor, fd}, peer_{peer} {}
+    /// As Socket's move constructor; the peer address comes along.
     StreamSocket(StreamSocket&&) noexcept = default;
+    /// As Socket's move assignment.
     StreamSocket& operator=(StreamSocket&&) noexcept = default;
     ~StreamSocket() = default;
 
@@ -457,7 +488,9 @@ class TcpStream final : public StreamSocket {
 public:
     /// A closed stream, to assign to later.
     TcpStream() noexcept = default;
+    /// Moves the socket (see Socket's move constructor); `other` ends closed.
     TcpStream(TcpStream&&) noexcept = default;
+    /// Closes this socket, then moves `other` here.
     TcpStream& operator=(TcpStream&&) noexcept = default;
     ~TcpStream() = default;
 
@@ -477,7 +510,9 @@ public:
     [[nodiscard]] static TcpStream adopt(Reactor& reactor, int fd);
 
     /// TCP_NODELAY: send small writes at once instead of coalescing them.
+    /// std::logic_error if closed, std::system_error if the kernel refuses.
     void set_nodelay(bool enabled);
+    /// Whether TCP_NODELAY is set. Errors as set_nodelay().
     [[nodiscard]] bool nodelay() const;
 
 private:
@@ -488,8 +523,11 @@ private:
 /// A connected Unix-domain stream socket.
 class UnixStream final : public StreamSocket {
 public:
+    /// A closed stream, to assign to later.
     UnixStream() noexcept = default;
+    /// Moves the socket (see Socket's move constructor); `other` ends closed.
     UnixStream(UnixStream&&) noexcept = default;
+    /// Closes this socket, then moves `other` here.
     UnixStream& operator=(UnixStream&&) noexcept = default;
     ~UnixStream() = default;
 
@@ -524,8 +562,11 @@ struct ListenOptions {
 /// A listening TCP socket.
 class TcpListener final : public Socket {
 public:
+    /// A closed listener, to assign to later.
     TcpListener() noexcept = default;
+    /// Moves the socket (see Socket's move constructor); `other` ends closed.
     TcpListener(TcpListener&&) noexcept = default;
+    /// Closes this socket, then moves `other` here.
     TcpListener& operator=(TcpListener&&) noexcept = default;
     ~TcpListener() = default;
 
@@ -572,9 +613,13 @@ struct UnixListenOptions {
 /// A listening Unix-domain stream socket, bound to a path or an abstract name.
 class UnixListener final : public Socket {
 public:
+    /// A closed listener, to assign to later.
     UnixListener() noexcept = default;
+    /// Moves the socket and the duty to remove its path; `other` ends closed.
     UnixListener(UnixListener&& other) noexcept;
+    /// close() (removing this listener's path), then as the move constructor.
     UnixListener& operator=(UnixListener&& other) noexcept;
+    /// Removes the path, as close() does, and closes the socket.
     ~UnixListener();
 
     /// socket(), bind(), listen(), with the options above.
@@ -592,6 +637,7 @@ public:
     /// closes as Socket::close() does.
     void close() noexcept;
 
+    /// The address bound to. No system call.
     [[nodiscard]] const SocketAddress& local_address() const noexcept { return local_; }
 
 private:
@@ -609,8 +655,11 @@ private:
 
 /// How UdpSocket::bind() sets up its socket.
 struct UdpOptions {
+    /// SO_REUSEADDR: share the address with other sockets that set it too.
     bool reuse_address = false;
+    /// SO_REUSEPORT: several sockets on one port, the kernel balancing.
     bool reuse_port = false;
+    /// IPV6_V6ONLY for an IPv6 address: false lets "::" receive IPv4 too.
     bool ipv6_only = false;
     /// SO_BROADCAST: allow sending to broadcast addresses.
     bool broadcast = false;
@@ -629,8 +678,11 @@ struct Datagram {
 /// A UDP socket (IPv4 or IPv6).
 class UdpSocket final : public Socket {
 public:
+    /// A closed socket, to assign to later.
     UdpSocket() noexcept = default;
+    /// Moves the socket (see Socket's move constructor); `other` ends closed.
     UdpSocket(UdpSocket&&) noexcept = default;
+    /// Closes this socket, then moves `other` here.
     UdpSocket& operator=(UdpSocket&&) noexcept = default;
     ~UdpSocket() = default;
 
@@ -655,9 +707,12 @@ public:
     /// Receives one datagram, waiting for one.
     Task<Datagram> recv_from(std::span<std::byte> buffer, std::stop_token token = {});
 
+    /// One sendto() with MSG_NOSIGNAL: the datagram's size, or nullopt (see Socket).
     std::optional<std::size_t> try_send_to(std::span<const std::byte> buffer, const SocketAddress& destination,
                                            std::error_code& error) noexcept;
+    /// One send() to the connected peer: the datagram's size, or nullopt (see Socket).
     std::optional<std::size_t> try_send(std::span<const std::byte> buffer, std::error_code& error) noexcept;
+    /// One recvmsg(): the datagram, or nullopt (see Socket).
     std::optional<Datagram> try_recv_from(std::span<std::byte> buffer, std::error_code& error) noexcept;
 
 private:
@@ -673,6 +728,7 @@ struct ResolveHints {
     int family = AF_UNSPEC;
     /// SOCK_STREAM, SOCK_DGRAM, or 0 for any (duplicates are dropped).
     int socktype = SOCK_STREAM;
+    /// IPPROTO_TCP, IPPROTO_UDP, or 0 for any.
     int protocol = 0;
     /// AI_* flags, e.g. AI_PASSIVE for an empty host meaning "any address".
     int flags = 0;
@@ -713,7 +769,9 @@ public:
     Task<std::vector<SocketAddress>> resolve(Reactor& reactor, std::string host, std::string service,
                                              ResolveHints hints = {}, std::stop_token token = {});
 
-    struct Pool;  // lib/resolver.cpp
+    /// The worker threads (lib/resolver.cpp). Public only for the
+    /// implementation's use; not part of the API.
+    struct Pool;
 
 private:
     std::unique_ptr<Pool> pool_;
@@ -734,8 +792,9 @@ struct std::hash<muxio::SocketAddress> {
     std::size_t operator()(const muxio::SocketAddress& address) const noexcept { return address.hash(); }
 };
 
-/// `fmt::format("{}", address)` writes to_string(); string format specs
-/// (width, alignment) apply.
+// `fmt::format("{}", address)` writes to_string(); string format specs
+// (width, alignment) apply. Out of the API reference, as Events' formatter is.
+/// \cond
 template <>
 struct fmt::formatter<muxio::SocketAddress> : fmt::formatter<std::string_view> {
     auto format(const muxio::SocketAddress& address, fmt::format_context& context) const
@@ -744,3 +803,4 @@ struct fmt::formatter<muxio::SocketAddress> : fmt::formatter<std::string_view> {
         return fmt::formatter<std::string_view>::format(text, context);
     }
 };
+/// \endcond

@@ -254,9 +254,9 @@ struct ReactorOptions {
 /// iteration, so nothing starves I/O.
 class Reactor {
 public:
-    using Clock = std::chrono::steady_clock;
-    using TimePoint = Clock::time_point;
-    using Duration = Clock::duration;
+    using Clock = std::chrono::steady_clock;  ///< Timers' clock, unless ReactorOptions::clock replaces it.
+    using TimePoint = Clock::time_point;      ///< A deadline; any value is valid (see call_at()).
+    using Duration = Clock::duration;         ///< A delay, in steady_clock's ticks.
     /// Receives an exception that escaped a callback.
     using ExceptionHandler = std::function<void(std::exception_ptr)>;
 
@@ -447,13 +447,15 @@ public:
     [[nodiscard]] int embed_fd();
     /// How long until the reactor has work: zero if callbacks are queued or a
     /// timer is due, the time to the nearest timer (Duration::max() if it is
-    /// further than that), or nullopt if nothing is scheduled.
+    /// further than that), or nullopt if nothing is scheduled or the reactor
+    /// is closed.
     [[nodiscard]] std::optional<Duration> time_to_next_work() const;
 
     /// The selector's mechanism name.
     [[nodiscard]] std::string_view selector_name() const noexcept;
 
-    /// Number of callbacks scheduled (queued or on timers) and not yet run.
+    /// Number of callbacks scheduled (queued or on timers) and not yet run;
+    /// 0 once closed.
     [[nodiscard]] std::size_t scheduled_count() const;
 
 private:

@@ -36,11 +36,20 @@ namespace muxio {
 /// unregister(). The selector never reads `data`, so it stays yours to change
 /// in place, even through the const keys that select() and get_key() return;
 /// change `events` only through modify().
+///
+/// fmt formats it as `SelectorKey(fd=5, events=READ)`, with `data=...` when
+/// Data is formattable.
 template <class Data>
 struct SelectorKey {
+    /// What was registered, compared by identity (see FileObject).
     FileObject fileobj;
+    /// The descriptor at registration: `fileobj.fileno()` then. Kept, so an
+    /// object closed since can still be unregistered.
     int fd = -1;
+    /// The events watched: always a valid mask.
     Events events;
+    /// The caller's data, never read by the selector. unregister() hands it
+    /// back in the key it returns; close() destroys it.
     mutable Data data;
 };
 
@@ -49,15 +58,21 @@ struct SelectorKey {
 template <class Data>
 class ReadyKey {
 public:
+    /// Made by select(): `events` ready for `key`, whose registration `token`
+    /// names (BaseSelector::token_of()).
     ReadyKey(const SelectorKey<Data>& key, Events events, std::uint64_t token) noexcept
         : key_{&key}, events_{events}, token_{token} {}
 
+    /// The key, owned by the selector. Precondition: still registered (see
+    /// BaseSelector::is_current()); a key unregistered since dangles.
     [[nodiscard]] const SelectorKey<Data>& key() const noexcept { return *key_; }
+    /// The ready events: never empty, always within key().events.
     [[nodiscard]] Events events() const noexcept { return events_; }
     /// Identifies the registration this readiness belongs to; see
     /// BaseSelector::is_current().
     [[nodiscard]] std::uint64_t token() const noexcept { return token_; }
 
+    /// key() for `I == 0`, events() for `I == 1`: the structured binding.
     template <std::size_t I>
     [[nodiscard]] decltype(auto) get() const noexcept {
         static_assert(I < 2);
@@ -85,27 +100,35 @@ class BaseSelector;
 template <class Data>
 class SelectorMap {
 public:
+    /// A forward iterator over the keys, in descriptor order. Invalidated by
+    /// register_(), unregister() and the selector's close().
     class iterator {
     public:
-        using iterator_category = std::forward_iterator_tag;
-        using value_type = SelectorKey<Data>;
-        using difference_type = std::ptrdiff_t;
-        using pointer = const SelectorKey<Data>*;
-        using reference = const SelectorKey<Data>&;
+        using iterator_category = std::forward_iterator_tag;  ///< A forward iterator.
+        using value_type = SelectorKey<Data>;                 ///< The keys.
+        using difference_type = std::ptrdiff_t;               ///< Distance between iterators.
+        using pointer = const SelectorKey<Data>*;             ///< Keys are read-only.
+        using reference = const SelectorKey<Data>&;           ///< Keys are read-only.
 
+        /// A singular iterator: only assignment and comparison are valid.
         iterator() = default;
+        /// The key. Precondition: dereferenceable (not end()).
         reference operator*() const { return *(*slot_).key; }
+        /// The key's address. Precondition: dereferenceable (not end()).
         pointer operator->() const { return &*(*slot_).key; }
+        /// Moves to the next registered descriptor. Precondition: not end().
         iterator& operator++() {
             ++slot_;
             skip_empty();
             return *this;
         }
+        /// Post-increment.
         iterator operator++(int) {
             auto before = *this;
             ++*this;
             return before;
         }
+        /// Same position in the same map.
         friend bool operator==(const iterator& a, const iterator& b) noexcept { return a.slot_ == b.slot_; }
 
     private:
@@ -121,7 +144,9 @@ public:
         SlotIterator end_{};
     };
 
+    /// Number of registrations.
     [[nodiscard]] std::size_t size() const noexcept { return selector_->size_; }
+    /// True when nothing is registered.
     [[nodiscard]] bool empty() const noexcept { return size() == 0; }
     /// True when `fileobj` is registered. Never throws for an invalid file
     /// object: it is simply not there.
@@ -137,9 +162,12 @@ public:
         }
         throw KeyError(fmt::format("{} is not registered", BaseSelector<Data>::describe(fileobj)));
     }
+    /// at(): KeyError if `fileobj` is not registered (Python's `map[fileobj]`).
     [[nodiscard]] const SelectorKey<Data>& operator[](const FileObject& fileobj) const { return at(fileobj); }
 
+    /// The key of the lowest registered descriptor.
     [[nodiscard]] iterator begin() const { return {selector_->slots_.begin(), selector_->slots_.end()}; }
+    /// Past the last key.
     [[nodiscard]] iterator end() const { return {selector_->slots_.end(), selector_->slots_.end()}; }
 
 private:
@@ -188,9 +216,9 @@ class SelectorLoopAccess;
 template <class Data>
 class BaseSelector {
 public:
-    using Key = SelectorKey<Data>;
-    using Ready = ReadyKey<Data>;
-    using Map = SelectorMap<Data>;
+    using Key = SelectorKey<Data>;  ///< What register_() returns.
+    using Ready = ReadyKey<Data>;   ///< One entry of select()'s result.
+    using Map = SelectorMap<Data>;  ///< What get_map() returns.
 
     BaseSelector(const BaseSelector&) = delete;
     BaseSelector& operator=(const BaseSelector&) = delete;
@@ -398,6 +426,7 @@ public:
         size_ = 0;
     }
 
+    /// True after close() or abandon().
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
 
     /// The kernel object behind the selector (epoll, io_uring, kqueue or
@@ -606,7 +635,9 @@ struct std::tuple_element<1, muxio::ReadyKey<Data>> {
     using type = muxio::Events;
 };
 
-/// Formats as `SelectorKey(fd=5, events=READ)`, with `data=...` when Data is formattable.
+// Formats as `SelectorKey(fd=5, events=READ)`, with `data=...` when Data is
+// formattable. Out of the API reference, as Events' formatter is.
+/// \cond
 template <class Data>
 struct fmt::formatter<muxio::SelectorKey<Data>> : fmt::formatter<fmt::string_view> {
     template <class FormatContext>
@@ -618,3 +649,4 @@ struct fmt::formatter<muxio::SelectorKey<Data>> : fmt::formatter<fmt::string_vie
         }
     }
 };
+/// \endcond

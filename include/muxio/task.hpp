@@ -193,11 +193,14 @@ class [[nodiscard]] Task {
     static_assert(!std::is_reference_v<T>, "Task<T&> is not supported; return a pointer");
 
 public:
-    using promise_type = detail::Promise<T>;
-    using Handle = std::coroutine_handle<promise_type>;
+    using promise_type = detail::Promise<T>;             ///< For the compiler's coroutine machinery.
+    using Handle = std::coroutine_handle<promise_type>;  ///< The coroutine a Task owns.
 
+    /// An empty task (valid() is false), to assign to later.
     Task() noexcept = default;
+    /// Takes the coroutine; `other` ends empty.
     Task(Task&& other) noexcept : handle_{std::exchange(other.handle_, {})} {}
+    /// Destroys the coroutine held (as the destructor does), then takes `other`'s.
     Task& operator=(Task&& other) noexcept {
         if (this != &other) {
             reset();
@@ -217,6 +220,9 @@ public:
     /// Awaits the task: starts it, and returns its value or rethrows its
     /// exception when it ends. std::logic_error for an empty task.
     auto operator co_await() & noexcept { return Awaiter{handle_, {}}; }
+    /// The same for a temporary, `co_await std::move(task)` or `co_await make()`:
+    /// the Task must live until the await ends, as a temporary in the
+    /// co_await expression does.
     auto operator co_await() && noexcept { return Awaiter{handle_, {}}; }
 
 private:
