@@ -437,7 +437,7 @@ public:
     /// A descriptor that polls readable whenever the reactor has work (I/O
     /// ready, a timer due, a callback queued), so another loop can watch it
     /// and call run_once(0). Needs a selector that owns a kernel object
-    /// (epoll, io_uring, kqueue): std::logic_error with select or poll.
+    /// (epoll, io_uring): std::logic_error with select or poll.
     /// Timers reach it through a timerfd: on steady_clock it is armed at the
     /// nearest deadline itself; on an injected clock, for the time left as
     /// that clock reads when work is scheduled and after each iteration,

@@ -92,6 +92,11 @@ private:
 template <class Data>
 class BaseSelector;
 
+namespace detail {
+template <class Data>
+class SelectorLoopAccess;
+}  // namespace detail
+
 /// A read-only view of a selector's registrations (Python's `get_map()`):
 /// size, lookup by file object, iteration in descriptor order.
 ///
@@ -208,11 +213,6 @@ private:
 ///
 /// Not thread-safe: one selector belongs to one thread at a time.
 /// Not copyable or movable: keys and views point into it.
-namespace detail {
-template <class Data>
-class SelectorLoopAccess;
-}  // namespace detail
-
 template <class Data>
 class BaseSelector {
 public:
