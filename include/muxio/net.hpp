@@ -769,7 +769,7 @@ public:
     Task<std::vector<SocketAddress>> resolve(Reactor& reactor, std::string host, std::string service,
                                              ResolveHints hints = {}, std::stop_token token = {});
 
-    /// The worker threads (lib/resolver.cpp). Public only for the
+    /// The worker threads (lib/net/resolver.cpp). Public only for the
     /// implementation's use; not part of the API.
     struct Pool;
 
