@@ -1,8 +1,8 @@
-// select_bench: what one select() call costs with one active socketpair among
+// bench-select: what one select() call costs with one active socketpair among
 // K idle descriptors, for every muxio backend compiled in and for a
 // hand-written epoll_wait loop (the floor). bench/select_bench.py does the
-// same work with Python's selectors; bench/run_select_bench.sh runs both,
-// interleaved, and prints the medians (docs/BENCHMARKS.md).
+// same work with Python's selectors; `bench/muxbench.py select` runs both,
+// interleaved, and prints the medians.
 //
 // The work of one iteration, identical for every contender:
 //  - one select() that does not block (timeout zero);
@@ -338,9 +338,9 @@ std::vector<std::string> all_contenders() {
 
 void print_usage() {
     fmt::print(
-        "usage: select_bench [--k LIST] [--contenders LIST] [--iterations N] [--repetitions R] [--target-ms MS]\n"
+        "usage: bench-select [--k LIST] [--contenders LIST] [--iterations N] [--repetitions R] [--target-ms MS]\n"
         "                    [--clock cpu|wall]\n"
-        "       select_bench --list    (the default contenders, one a line)\n"
+        "       bench-select --list    (the default contenders, one a line)\n"
         "  --k LIST           idle descriptors, comma-separated (default 10,100,1000,10000)\n"
         "  --contenders LIST  raw-epoll and muxio backends (default: {}); also raw-epoll_pwait2,\n"
         "                     the raw loop waiting with epoll_pwait2 as muxio does (a diagnostic)\n"
@@ -451,7 +451,7 @@ int main(int argc, char** argv) {
         }
         return 0;
     } catch (const std::exception& error) {
-        fmt::print(stderr, "select_bench: {}\n", error.what());
+        fmt::print(stderr, "bench-select: {}\n", error.what());
         return 1;
     }
 }

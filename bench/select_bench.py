@@ -6,7 +6,7 @@ reader is readable because its writer sent one byte at setup that nobody
 reads; for each (key, events) returned, add key.data to a sum and OR events
 into a mask. The K idle descriptors are both ends of K/2 AF_UNIX socketpairs,
 registered for READ, created before the active pair. Prints the same rows as
-select_bench: contender K ns_per_select min_ns iterations repetitions.
+bench-select: contender K ns_per_select min_ns iterations repetitions.
 """
 
 import argparse

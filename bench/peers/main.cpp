@@ -1,5 +1,5 @@
 // bench-<library> --mode MODE [--variant V] [options]: one library's side of
-// the benchmarks bench/muxbench.py drives (bench/README.md lists the modes).
+// the benchmarks bench/muxbench.py drives.
 //   echo, http   serve on 127.0.0.1:--port until killed
 //   timers       --count timers with random delays 1..--max-delay-ms, half
 //                cancelled; CPU ns per operation (schedule, cancel or fire)
