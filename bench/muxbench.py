@@ -64,7 +64,7 @@ ROLES = {
                    floor="raw-epoll", pairs=(("muxio-epoll", "raw-epoll_pwait2"), ("python-epoll", "muxio-epoll"),
                                               ("python-poll", "muxio-poll"), ("python-select", "muxio-select"))),
     "callgrind": dict(subjects=("muxio", "muxio-coro"), peers=("libuv", "libevent", "asio", "asio-coro"),
-                      floor="epoll", pairs=()),
+                      floor="epoll", pairs=(), verdicts=False),  # one deterministic count: no noise to judge
 }
 
 # Per results row: its table, group within the table, the metric the
@@ -164,11 +164,11 @@ def summarize(runs, command):
                 versus = {p: ratio(server, p) for p in peers}
                 best = min(peers, key=lambda p: median(series[p]))
                 ratios.append(("best peer " + best, versus[best]))
-                verdicts["peers"] = verdict_against_peers(versus)
+                verdicts["peers"] = verdict_against_peers(versus) if roles.get("verdicts", True) else None
             floor = roles["floor"]
             if server in roles["subjects"] and floor in servers:
                 ratios.append((floor, ratio(server, floor)))
-                verdicts[floor] = verdict_against_floor(ratios[-1][1], roles.get("tolerance", 0.05))
+                verdicts[floor] = verdict_against_floor(ratios[-1][1]) if roles.get("verdicts", True) else None
             for a, b in roles["pairs"]:
                 if a == server and b in servers:
                     ratios.append((b, ratio(a, b)))
@@ -176,6 +176,7 @@ def summarize(runs, command):
                 ratios.append((ordered[0], ratio(server, ordered[0])))
             present = [v for v in values if v is not None]
             interval = median_interval(present)
+            verdicts = {k: v for k, v in verdicts.items() if v}
             rows.append(dict(
                 table=table, group=group, server=server, metric=metric, unit=cell["unit"], lower_is_better=True,
                 rounds=rounds, values=values, median=middle, interval=list(interval) if interval else None,
@@ -467,6 +468,7 @@ def run_resp(runner, job):
                 continue
             # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",...
             fields = line[-1].replace('"', "").split(",")
+            verdicts = {k: v for k, v in verdicts.items() if v}
             rows.append(dict(job, test=test, clients=args.resp_clients, requests=requests, rps=float(fields[1]),
                              p50_ms=float(fields[4]), p99_ms=float(fields[6]), server_vmhwm_kb=vmhwm_kb(server.pid),
                              server_cpu_ns_per_req=(after - before) / requests if after else None))
@@ -586,9 +588,9 @@ def jobs_of(args):
                 job = dict(bench="ab-" + args.bench, server=names[-1], index=index, connections=n, size=args.size)
                 job["config"] = f"{args.size} B, {n} conn." if args.bench == "echo" else f"{n} conn."
                 job["metric"] = "server_cpu_ns_per_msg" if args.bench == "echo" else "server_cpu_ns_per_req"
-                runner = (lambda r, j, b=build, s=server: run_echo(r, dict(j, server=s), b, args.perf)) \
-                    if args.bench == "echo" else (lambda r, j, b=build, s=server: run_http(r, dict(j, server=s), b))
-                jobs.append((runner, job))
+                jobs.append((lambda r, j, b=build, s=server: [dict(row, server=j["server"]) for row in (
+                    run_echo(r, dict(j, server=s), b, args.perf) if args.bench == "echo"
+                    else run_http(r, dict(j, server=s), b))], job))
         return jobs
     raise SystemExit(f"muxbench: unknown command {c}")
 

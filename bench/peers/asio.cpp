@@ -232,7 +232,8 @@ struct CallbackPingPong {
     char pong_byte = 0;
 
     void read_ping() {
-        ping_socket->async_read_some(asio::buffer(&ping_byte, 1), [this](const std::error_code& error, std::size_t got) {
+        ping_socket->async_read_some(asio::buffer(&ping_byte, 1), [this](const std::error_code& error,
+                                                                         std::size_t got) {
             check_or_abort(!error && got == 1 && ping_byte == static_cast<char>(completed), "ping: wrong byte echoed");
             if (++completed == round_trips) {
                 context->stop();
@@ -243,11 +244,12 @@ struct CallbackPingPong {
         });
     }
     void read_pong() {
-        pong_socket->async_read_some(asio::buffer(&pong_byte, 1), [this](const std::error_code& error, std::size_t got) {
-            check_or_abort(!error && got == 1, "pong: short read");
-            write_byte(pong_socket->native_handle(), pong_byte);
-            read_pong();
-        });
+        pong_socket->async_read_some(asio::buffer(&pong_byte, 1),
+                                     [this](const std::error_code& error, std::size_t got) {
+                                         check_or_abort(!error && got == 1, "pong: short read");
+                                         write_byte(pong_socket->native_handle(), pong_byte);
+                                         read_pong();
+                                     });
     }
 };
 

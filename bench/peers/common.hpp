@@ -40,10 +40,14 @@ inline std::int64_t clock_ns(clockid_t clock) {
     }
     return std::int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
 }
-inline std::int64_t wall_ns() { return clock_ns(CLOCK_MONOTONIC); }
+inline std::int64_t wall_ns() {
+    return clock_ns(CLOCK_MONOTONIC);
+}
 /// CPU time of the whole process, every thread: the cross-thread benchmarks
 /// charge the producer too.
-inline std::int64_t process_cpu_ns() { return clock_ns(CLOCK_PROCESS_CPUTIME_ID); }
+inline std::int64_t process_cpu_ns() {
+    return clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+}
 
 /// Pins the calling thread to one core; a negative core leaves it alone.
 inline void pin_this_thread(int core) {
@@ -228,8 +232,8 @@ inline Next on_readable(Connection& connection, Mode mode) {
     if (got <= 0) {
         return got == 0 || (errno != EAGAIN && errno != EINTR) ? Next::close : Next::nothing;
     }
-    const auto answer = respond(mode, connection.carry, {scratch.input.data(), static_cast<std::size_t>(got)},
-                                scratch.output);
+    const auto answer =
+        respond(mode, connection.carry, {scratch.input.data(), static_cast<std::size_t>(got)}, scratch.output);
     if (!answer || answer->empty()) {
         return answer ? Next::nothing : Next::close;
     }

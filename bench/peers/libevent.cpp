@@ -33,7 +33,8 @@ struct Base {
             throw std::runtime_error("event_base_new failed");
         }
         if (watch_idle) {
-            idle = event_new(base, pair.first(), EV_READ | EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
+            idle = event_new(
+                base, pair.first(), EV_READ | EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
             check(event_add(idle, nullptr), "event_add");
         }
     }
@@ -93,18 +94,20 @@ void on_acceptable(evutil_socket_t listener, short /*what*/, void* base) {
     for (int fd; (fd = ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0;) {
         set_nodelay(fd);
         auto* c = new EventConnection{{fd, {}, {}, 0}};
-        c->reader = event_new(static_cast<event_base*>(base), fd, EV_READ | EV_PERSIST,
-                              [](evutil_socket_t, short, void* self) {
-                                  auto* connection = static_cast<EventConnection*>(self);
-                                  apply(connection, on_readable(connection->state, mode));
-                              },
-                              c);
-        c->writer = event_new(static_cast<event_base*>(base), fd, EV_WRITE | EV_PERSIST,
-                              [](evutil_socket_t, short, void* self) {
-                                  auto* connection = static_cast<EventConnection*>(self);
-                                  apply(connection, on_writable(connection->state));
-                              },
-                              c);
+        c->reader = event_new(
+            static_cast<event_base*>(base), fd, EV_READ | EV_PERSIST,
+            [](evutil_socket_t, short, void* self) {
+                auto* connection = static_cast<EventConnection*>(self);
+                apply(connection, on_readable(connection->state, mode));
+            },
+            c);
+        c->writer = event_new(
+            static_cast<event_base*>(base), fd, EV_WRITE | EV_PERSIST,
+            [](evutil_socket_t, short, void* self) {
+                auto* connection = static_cast<EventConnection*>(self);
+                apply(connection, on_writable(connection->state));
+            },
+            c);
         event_add(c->reader, nullptr);
     }
 }
@@ -112,8 +115,8 @@ void on_acceptable(evutil_socket_t listener, short /*what*/, void* base) {
 void serve(Mode served, const Options& options) {
     mode = served;
     const Base owned{false};
-    event* accept_event = event_new(owned.base, make_listener(options.port), EV_READ | EV_PERSIST, on_acceptable,
-                                    owned.base);
+    event* accept_event =
+        event_new(owned.base, make_listener(options.port), EV_READ | EV_PERSIST, on_acceptable, owned.base);
     check(event_add(accept_event, nullptr), "event_add");
     for (;;) {
         event_base_dispatch(owned.base);
@@ -127,8 +130,8 @@ Measurement timers(const TimerWorkload& workload) {
     const Base owned{false};
     const Timing timing;
     for (std::size_t i = 0; i < count; ++i) {
-        evtimer_assign(events[i], owned.base, [](evutil_socket_t, short, void* n) { ++*static_cast<std::size_t*>(n); },
-                       &fired);
+        evtimer_assign(
+            events[i], owned.base, [](evutil_socket_t, short, void* n) { ++*static_cast<std::size_t*>(n); }, &fired);
         const timeval delay{static_cast<time_t>(workload.delays_ms[i] / 1000),
                             static_cast<suseconds_t>(workload.delays_ms[i] % 1000) * 1000};
         evtimer_add(events[i], &delay);
@@ -162,19 +165,20 @@ Measurement soon(const SoonWorkload& workload) {
     const Timing timing;
     for (std::size_t i = 0; i < workload.chains; ++i) {
         chains[i] = {&state, events[i]};
-        event_assign(events[i], owned.base, -1, 0,
-                     [](evutil_socket_t, short, void* arg) {
-                         auto* chain = static_cast<Chain*>(arg);
-                         SoonState& s = *chain->state;
-                         ++s.ran;
-                         if (s.scheduled < s.total) {
-                             ++s.scheduled;
-                             event_active(chain->self, EV_TIMEOUT, 0);
-                         } else if (s.ran == s.total) {
-                             event_base_loopbreak(s.base);
-                         }
-                     },
-                     &chains[i]);
+        event_assign(
+            events[i], owned.base, -1, 0,
+            [](evutil_socket_t, short, void* arg) {
+                auto* chain = static_cast<Chain*>(arg);
+                SoonState& s = *chain->state;
+                ++s.ran;
+                if (s.scheduled < s.total) {
+                    ++s.scheduled;
+                    event_active(chain->self, EV_TIMEOUT, 0);
+                } else if (s.ran == s.total) {
+                    event_base_loopbreak(s.base);
+                }
+            },
+            &chains[i]);
         ++state.scheduled;
         event_active(events[i], EV_TIMEOUT, 0);
     }
@@ -200,19 +204,20 @@ struct Loop {
 
     Loop()
         : owned{use_threads()},
-          wakeup{event_new(owned.base, -1, 0,
-                           [](evutil_socket_t, short, void* arg) {
-                               auto* self = static_cast<Loop*>(arg);
-                               {
-                                   const std::lock_guard lock{self->mutex};
-                                   self->running.swap(self->incoming);
-                               }
-                               for (auto& callback : self->running) {
-                                   callback();
-                               }
-                               self->running.clear();
-                           },
-                           this)} {}
+          wakeup{event_new(
+              owned.base, -1, 0,
+              [](evutil_socket_t, short, void* arg) {
+                  auto* self = static_cast<Loop*>(arg);
+                  {
+                      const std::lock_guard lock{self->mutex};
+                      self->running.swap(self->incoming);
+                  }
+                  for (auto& callback : self->running) {
+                      callback();
+                  }
+                  self->running.clear();
+              },
+              this)} {}
     ~Loop() { event_free(wakeup); }
     Loop(const Loop&) = delete;
     Loop& operator=(const Loop&) = delete;

@@ -158,8 +158,9 @@ Measurement timers(const TimerWorkload& workload) {
     for (std::size_t i = 0; i < count; ++i) {
         uv_timer_init(&owned.loop, &handles[i]);
         handles[i].data = &fired;
-        uv_timer_start(&handles[i], [](uv_timer_t* timer) { ++*static_cast<std::size_t*>(timer->data); },
-                       workload.delays_ms[i], 0);
+        uv_timer_start(
+            &handles[i], [](uv_timer_t* timer) { ++*static_cast<std::size_t*>(timer->data); }, workload.delays_ms[i],
+            0);
     }
     for (const std::uint32_t index : workload.cancel_order) {
         uv_timer_stop(&handles[index]);

@@ -90,8 +90,9 @@ void measure(const Options& options, std::string_view impl) {
             check_count(latencies.size(), workload.count);
             std::sort(latencies.begin(), latencies.end());
             const auto at = [&](double f) {
-                return static_cast<double>(latencies[static_cast<std::size_t>(
-                           f * static_cast<double>(latencies.size() - 1))]) / 1e3;
+                return static_cast<double>(
+                           latencies[static_cast<std::size_t>(f * static_cast<double>(latencies.size() - 1))]) /
+                       1e3;
             };
             p50.push_back(at(0.50));
             p99.push_back(at(0.99));
@@ -101,8 +102,7 @@ void measure(const Options& options, std::string_view impl) {
         const std::size_t trips = count(200'000);
         const auto run = need(library.readable, options);
         const auto [cpu, wall] = per_unit(options, trips, trips, [&] { return run(trips, options); });
-        std::printf("bench=readable impl=%s cpu_ns_per_round_trip=%.1f wall_ns_per_round_trip=%.1f\n", name, cpu,
-                    wall);
+        std::printf("bench=readable impl=%s cpu_ns_per_round_trip=%.1f wall_ns_per_round_trip=%.1f\n", name, cpu, wall);
     } else if (options.mode == "spawn") {
         const std::size_t tasks = count(100'000);
         const auto run = need(library.spawn, options);
@@ -170,7 +170,8 @@ int main(int argc, char** argv) {
         return 0;
     } catch (const std::exception& error) {
         std::fprintf(stderr, "bench-%s: %s\n", library.name, error.what());
-        std::fprintf(stderr, "usage: bench-%s --mode echo|http|timers|soon|threadsafe|latency|readable|spawn%s%s%s "
+        std::fprintf(stderr,
+                     "usage: bench-%s --mode echo|http|timers|soon|threadsafe|latency|readable|spawn%s%s%s "
                      "[--port P] [--count N] [--reps R] ... (see bench/peers/main.cpp)\n",
                      library.name, *library.variants != 0 ? " [--variant " : "", library.variants,
                      *library.variants != 0 ? "]" : "");

@@ -31,7 +31,8 @@ private:
             case Next::nothing:
                 break;
             case Next::watch_writable:
-                reactor_.add_writer(connection->fd, [this, connection] { apply(connection, on_writable(*connection)); });
+                reactor_.add_writer(connection->fd,
+                                    [this, connection] { apply(connection, on_writable(*connection)); });
                 reactor_.remove_reader(connection->fd);
                 break;
             case Next::watch_readable:
@@ -118,7 +119,9 @@ Measurement soon(const SoonWorkload& workload) {
 struct Loop {
     SocketPair pair;
     muxio::Reactor reactor;
-    Loop() { reactor.add_reader(pair.first(), [] {}); }
+    Loop() {
+        reactor.add_reader(pair.first(), [] {});
+    }
     template <class F>
     void post(F f) {
         reactor.call_soon_threadsafe(std::move(f));

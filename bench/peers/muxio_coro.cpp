@@ -27,7 +27,9 @@
 namespace bench {
 namespace {
 
-std::span<std::byte> shared_buffer() { return std::as_writable_bytes(std::span{scratch.input}); }
+std::span<std::byte> shared_buffer() {
+    return std::as_writable_bytes(std::span{scratch.input});
+}
 
 muxio::Task<void> serve_stream(muxio::TcpStream stream, Mode mode) {
     const std::span<std::byte> buffer = shared_buffer();
@@ -36,7 +38,8 @@ muxio::Task<void> serve_stream(muxio::TcpStream stream, Mode mode) {
     try {
         for (;;) {
             const std::size_t got = co_await stream.read_some(buffer);
-            const auto answer = got == 0 ? std::nullopt : respond(mode, carry, {scratch.input.data(), got}, scratch.output);
+            const auto answer =
+                got == 0 ? std::nullopt : respond(mode, carry, {scratch.input.data(), got}, scratch.output);
             if (!answer) {
                 break;
             }
