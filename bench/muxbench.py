@@ -405,8 +405,9 @@ def run_echo(runner, job, build=None, perf=False):
                         str(args.duration * 0.8)], capture_output=True)
         report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso", "-q"],
                                 capture_output=True, text=True).stdout
+        shares = [float(line.split()[0].rstrip("%")) for line in report.splitlines() if "%" in line]
         user_share = sum(float(line.split()[0].rstrip("%")) for line in report.splitlines()
-                         if line.strip() and "kernel" not in line) / 100
+                         if "%" in line and "kernel" not in line) / 100 if shares else None
     out, err = client.communicate()
     runner.stop(server)
     if client.returncode != 0:

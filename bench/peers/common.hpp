@@ -149,16 +149,10 @@ class Response {
 public:
     std::string_view get() {
         if (const std::time_t now = std::time(nullptr); now != built_for_) {
-            static constexpr std::array<const char*, 7> days{"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-            static constexpr std::array<const char*, 12> months{"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
             std::tm utc{};
             ::gmtime_r(&now, &utc);
-            std::array<char, 64> date{};
-            std::snprintf(date.data(), date.size(), "%s, %02d %s %04d %02d:%02d:%02d GMT",
-                          days[static_cast<std::size_t>(utc.tm_wday) % 7], utc.tm_mday,
-                          months[static_cast<std::size_t>(utc.tm_mon) % 12], utc.tm_year + 1900, utc.tm_hour,
-                          utc.tm_min, utc.tm_sec);
+            std::array<char, 64> date{};  // the C locale's day and month names are HTTP's
+            (void)std::strftime(date.data(), date.size(), "%a, %d %b %Y %H:%M:%S GMT", &utc);
             text_ = std::string{"HTTP/1.1 200 OK\r\nServer: muxio-http\r\nDate: "} + date.data() +
                     "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\nHello, World!";
             built_for_ = now;

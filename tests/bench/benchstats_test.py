@@ -141,5 +141,17 @@ class Summary(unittest.TestCase):
         self.assertIn("peers: within noise of first; epoll: within 5%", output.getvalue())
 
 
+class Charts(unittest.TestCase):
+    """bench/charts.py draws a bar per server and group, a whisker per interval."""
+
+    def test_svg(self):
+        import xml.dom.minidom
+        import charts
+        rows, _ = muxbench.summarize(echo_runs(), "echo")
+        svg = xml.dom.minidom.parseString(charts.chart("Echo", "ns/msg", rows))
+        self.assertEqual(len([r for r in svg.getElementsByTagName("rect") if r.getElementsByTagName("title")]), 4)
+        self.assertEqual(len(svg.getElementsByTagName("path")), 4)
+
+
 if __name__ == "__main__":
     unittest.main()
