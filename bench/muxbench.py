@@ -30,6 +30,7 @@ import random
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -620,7 +621,10 @@ def build(args):
     if args.build_dir == os.path.join(ROOT, "build", "bench") and not os.path.exists(
             os.path.join(args.build_dir, "CMakeCache.txt")):
         subprocess.run(["cmake", "--preset", "bench"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", args.build_dir, "-j2"], check=True, stdout=subprocess.DEVNULL)
+    targets = ["bench-" + name for name in ("epoll", "muxio", "muxio-coro", "libuv", "libevent", "asio", "echo-client",
+                                            "select")] + ["muxio-http", "muxio-resp"]
+    subprocess.run(["cmake", "--build", args.build_dir, "-j2", "--target"] + targets, check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def wait_for_load(limit, most_s=600):
@@ -756,6 +760,7 @@ def main():
     p.add_argument("files", nargs="+")
     p.set_defaults(func=summary)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # through the finally clauses that stop the servers
     try:
         args.func(args)
     except KeyboardInterrupt:
