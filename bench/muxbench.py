@@ -122,7 +122,7 @@ def number(value):
     return value if isinstance(value, (int, float)) and value == value else None
 
 
-def summarize(runs, command):
+def summarize(runs, command, tolerance=0.05):
     """The rows of the results: per table, group and server the per-round
     values of the metric, their median and 90% interval, the medians of the
     other figures, the within-round ratios and the verdicts."""
@@ -169,7 +169,7 @@ def summarize(runs, command):
             floor = roles["floor"]
             if server in roles["subjects"] and floor in servers:
                 ratios.append((floor, ratio(server, floor)))
-                verdicts[floor] = verdict_against_floor(ratios[-1][1]) if roles.get("verdicts", True) else None
+                verdicts[floor] = verdict_against_floor(ratios[-1][1], tolerance) if roles.get("verdicts", True) else None
             for a, b in roles["pairs"]:
                 if a == server and b in servers:
                     ratios.append((b, ratio(a, b)))
@@ -655,7 +655,7 @@ def run(args):
     finally:
         runner.close()
     result["host"]["load_end"] = os.getloadavg()[0]
-    result["rows"], cells = summarize(result["runs"], args.command)
+    result["rows"], cells = summarize(result["runs"], args.command, args.tolerance)
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(path, "w") as out:
@@ -675,9 +675,10 @@ def summary(args):
         with open(path) as results:
             data = json.load(results)
         command = command or data["command"]
+        tolerance = data["settings"].get("tolerance", 0.05)
         for row in data["runs"]:
             runs.append(dict(row, round=f"{index}:{row['round']}" if len(args.files) > 1 else row["round"]))
-    rows, cells = summarize(runs, command)
+    rows, cells = summarize(runs, command, tolerance)
     print_tables(rows, cells)
     idle_memory(rows)
 
@@ -699,6 +700,8 @@ def main():
         p.add_argument("--wait-load", type=float, default=None,
                        help="first wait (at most 10 min) until the 1-minute load average is below this")
         p.add_argument("--results", default=os.path.join(HERE, "results"), help="directory of the JSON results")
+        p.add_argument("--tolerance", type=float, default=0.05,
+                       help="how far above the floor (raw epoll) still passes, as a fraction (default 0.05)")
         if servers:
             p.add_argument("--servers", type=listed, default=listed(servers), help=f"default {servers}")
         if connections:
