@@ -639,7 +639,7 @@ def wait_for_load(limit, most_s=600):
 def run(args):
     build(args)
     jobs = jobs_of(args)
-    wait_for_load(args.wait_load)
+    wait_for_load(args.wait_load, args.wait_load_max)
     result = dict(schema="muxbench/1", command=args.command, argv=sys.argv[1:], host=host(),
                   settings={k: v for k, v in vars(args).items() if k not in ("func",)}, runs=[])
     runner = Runner(args)
@@ -698,7 +698,8 @@ def main():
         p.add_argument("--client-cpu", type=int, default=1, help="core of every load generator (default 1)")
         p.add_argument("--port-base", type=int, default=23000, help="ports are tried from here up (default 23000)")
         p.add_argument("--wait-load", type=float, default=None,
-                       help="first wait (at most 10 min) until the 1-minute load average is below this")
+                       help="first wait until the 1-minute load average is below this")
+        p.add_argument("--wait-load-max", type=int, default=600, help="... but at most this many seconds (default 600)")
         p.add_argument("--results", default=os.path.join(HERE, "results"), help="directory of the JSON results")
         p.add_argument("--tolerance", type=float, default=0.05,
                        help="how far above the floor (raw epoll) still passes, as a fraction (default 0.05)")
