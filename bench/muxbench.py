@@ -470,7 +470,6 @@ def run_resp(runner, job):
                 continue
             # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",...
             fields = line[-1].replace('"', "").split(",")
-            verdicts = {k: v for k, v in verdicts.items() if v}
             rows.append(dict(job, test=test, clients=args.resp_clients, requests=requests, rps=float(fields[1]),
                              p50_ms=float(fields[4]), p99_ms=float(fields[6]), server_vmhwm_kb=vmhwm_kb(server.pid),
                              server_cpu_ns_per_req=(after - before) / requests if after else None))
