@@ -1,6 +1,5 @@
-"""What the benchmark summaries share: the rows of a results file, number
-formatting, and the statistics that decide whether one server is ahead of
-another on a noisy machine.
+"""The statistics that decide whether one server is ahead of another on a
+noisy machine (bench/muxbench.py's verdicts).
 
 The figures compared are ratios taken within a round (two servers run back to
 back, so the ratio cancels the drift between rounds). Their median is the
@@ -12,34 +11,9 @@ import math
 import statistics
 
 
-def load(path):
-    """Rows of whitespace-separated key=value pairs; numbers become floats."""
-    rows = []
-    with open(path) as results:
-        for line in results:
-            if line.startswith("#") or not line.strip():
-                continue
-            row = {}
-            for pair in line.split():
-                key, _, value = pair.partition("=")
-                try:
-                    row[key] = float(value)
-                except ValueError:
-                    row[key] = value
-            rows.append(row)
-    return rows
-
-
 def clean(values):
     """The numbers among `values`, without NaN and None."""
     return [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-
-
-def fmt(value, digits=0):
-    """A number with thin grouping (1 234), or "-" for a missing one."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}".replace(",", " ")
 
 
 def median_coverage(n, k):
@@ -131,19 +105,3 @@ def verdict_against_floor(comparison, tolerance=0.05):
         return f"above {percent} (too few rounds to tell)"
     return f"above {percent}"
 
-
-def print_ab_table(specs, by_round, unit, extra_title, extra):
-    """The table of an interleaved A/B (ab_echo.sh, ab_http.sh): per contender
-    the median of its server CPU figure (`unit`, e.g. "ns/msg"), the median
-    of its ratios to the first contender within each round with their
-    interval, and the median of `extra` (index -> values; "-" if none).
-    `by_round`: round -> {contender index -> figure}."""
-    print(f"| contender | server CPU {unit} | over {specs[0]}, within each round [90% interval] | {extra_title} |")
-    print("|---|---:|---:|---:|")
-    for index, spec in enumerate(specs):
-        values = [r[index] for r in by_round.values() if index in r]
-        ratios = Comparison([r[index] / r[0] for r in by_round.values() if index in r and r.get(0)])
-        median = f"{statistics.median(values):.0f}" if values else "-"
-        more = f"{statistics.median(extra[index]):.0f}" if extra.get(index) else "-"
-        print(f"| {spec} | {median} | {ratios.cell()} | {more} |")
-    print(f"\nMedians over {len(by_round)} interleaved rounds; the interval is distribution-free (5 rounds or more).")

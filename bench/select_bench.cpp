@@ -1,8 +1,8 @@
-// select_bench: what one select() call costs with one active socketpair among
+// bench-select: what one select() call costs with one active socketpair among
 // K idle descriptors, for every muxio backend compiled in and for a
 // hand-written epoll_wait loop (the floor). bench/select_bench.py does the
-// same work with Python's selectors; bench/run_select_bench.sh runs both,
-// interleaved, and prints the medians (docs/BENCHMARKS.md).
+// same work with Python's selectors; `bench/muxbench.py select` runs both,
+// interleaved, and prints the medians.
 //
 // The work of one iteration, identical for every contender:
 //  - one select() that does not block (timeout zero);
@@ -29,7 +29,6 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -38,6 +37,7 @@
 #include <exception>
 #include <memory>
 #include <span>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -75,40 +75,12 @@ constexpr std::uint64_t idle_data = std::uint64_t{1} << 40U;
     throw std::system_error(errno, std::system_category(), std::string{what});
 }
 
-class Fd {
-public:
-    Fd() = default;
-    explicit Fd(int fd) noexcept : fd_{fd} {}
-    Fd(Fd&& other) noexcept : fd_{std::exchange(other.fd_, -1)} {}
-    Fd& operator=(Fd&& other) noexcept {
-        if (this != &other) {
-            reset();
-            fd_ = std::exchange(other.fd_, -1);
-        }
-        return *this;
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() { reset(); }
-
-    [[nodiscard]] int get() const noexcept { return fd_; }
-    void reset() noexcept {
-        if (fd_ >= 0) {
-            ::close(fd_);
-            fd_ = -1;
-        }
-    }
-
-private:
-    int fd_ = -1;
-};
-
-std::pair<Fd, Fd> make_socketpair() {
+std::pair<int, int> make_socketpair() {
     std::array<int, 2> fds{};
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds.data()) == -1) {
         fail_errno("socketpair");
     }
-    return {Fd{fds[0]}, Fd{fds[1]}};
+    return {fds[0], fds[1]};
 }
 
 // Room for K idle descriptors, the active pair, a selector's own descriptor
@@ -135,28 +107,34 @@ void raise_fd_limit(std::size_t idle) {
 // The descriptors of one K: idle ones first, then the active pair, whose
 // writer has one byte pending for the reader.
 struct Fixture {
-    std::vector<Fd> idle_fds;  // K of them registered; one spare end when K is odd
+    std::vector<int> idle_fds;  // K of them registered; one spare end when K is odd
     std::size_t idle_count = 0;
-    Fd active_reader;
-    Fd active_writer;
+    int active_reader = -1;
+    int active_writer = -1;
 
     explicit Fixture(std::size_t idle) : idle_count{idle} {
         raise_fd_limit(idle);
-        idle_fds.reserve(idle + 1);
         while (idle_fds.size() < idle) {
-            auto [a, b] = make_socketpair();
-            idle_fds.push_back(std::move(a));
-            idle_fds.push_back(std::move(b));
+            const auto [a, b] = make_socketpair();
+            idle_fds.insert(idle_fds.end(), {a, b});
         }
         std::tie(active_reader, active_writer) = make_socketpair();
-        const char byte = 'x';
-        if (::write(active_writer.get(), &byte, 1) != 1) {
+        if (const char byte = 'x'; ::write(active_writer, &byte, 1) != 1) {
             fail_errno("write to the active socketpair");
         }
     }
+    ~Fixture() {
+        for (const int fd : idle_fds) {
+            ::close(fd);
+        }
+        ::close(active_reader);
+        ::close(active_writer);
+    }
+    Fixture(const Fixture&) = delete;
+    Fixture& operator=(const Fixture&) = delete;
 
-    [[nodiscard]] std::span<const Fd> idle() const noexcept { return std::span{idle_fds}.first(idle_count); }
-    [[nodiscard]] int highest_fd() const noexcept { return std::max(active_reader.get(), active_writer.get()); }
+    [[nodiscard]] std::span<const int> idle() const noexcept { return std::span{idle_fds}.first(idle_count); }
+    [[nodiscard]] int highest_fd() const noexcept { return std::max(active_reader, active_writer); }
 };
 
 // What a batch of select() calls saw.
@@ -182,10 +160,10 @@ class MuxioContender final : public Contender {
 public:
     MuxioContender(std::string_view backend, const Fixture& fixture)
         : selector_{muxio::make_selector<std::uint64_t>(backend)} {
-        for (const Fd& fd : fixture.idle()) {
-            (void)selector_->register_(fd.get(), muxio::EVENT_READ, idle_data);
+        for (const int fd : fixture.idle()) {
+            (void)selector_->register_(fd, muxio::EVENT_READ, idle_data);
         }
-        (void)selector_->register_(fixture.active_reader.get(), muxio::EVENT_READ, active_data);
+        (void)selector_->register_(fixture.active_reader, muxio::EVENT_READ, active_data);
     }
 
     [[nodiscard]] std::string label() const override { return fmt::format("muxio-{}", selector_->name()); }
@@ -214,24 +192,25 @@ public:
     // poller does, instead of epoll_wait with 0 ms (a diagnostic variant that
     // separates the system call's own cost from muxio's).
     RawEpollContender(const Fixture& fixture, bool pwait2) : epfd_{::epoll_create1(EPOLL_CLOEXEC)}, pwait2_{pwait2} {
-        if (epfd_.get() < 0) {
+        if (epfd_ < 0) {
             fail_errno("epoll_create1");
         }
         records_.reserve(fixture.idle_count + 1);
-        for (const Fd& fd : fixture.idle()) {
-            records_.push_back({fd.get(), idle_data});
+        for (const int fd : fixture.idle()) {
+            records_.push_back({fd, idle_data});
         }
-        records_.push_back({fixture.active_reader.get(), active_data});
+        records_.push_back({fixture.active_reader, active_data});
         for (Record& record : records_) {
             epoll_event event{};
             event.events = EPOLLIN;
             event.data.ptr = &record;
-            if (::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, record.fd, &event) == -1) {
+            if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, record.fd, &event) == -1) {
                 fail_errno("epoll_ctl(ADD)");
             }
         }
     }
 
+    ~RawEpollContender() override { ::close(epfd_); }
     [[nodiscard]] std::string label() const override { return pwait2_ ? "raw-epoll_pwait2" : "raw-epoll"; }
 
     Seen run(std::uint64_t count) override {
@@ -239,8 +218,8 @@ public:
         const timespec zero{};
         for (std::uint64_t i = 0; i < count; ++i) {
             const int ready =
-                pwait2_ ? ::epoll_pwait2(epfd_.get(), events_.data(), static_cast<int>(events_.size()), &zero, nullptr)
-                        : ::epoll_wait(epfd_.get(), events_.data(), static_cast<int>(events_.size()), 0);
+                pwait2_ ? ::epoll_pwait2(epfd_, events_.data(), static_cast<int>(events_.size()), &zero, nullptr)
+                        : ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), 0);
             if (ready < 0) {
                 fail_errno("epoll_wait");
             }
@@ -258,7 +237,7 @@ private:
         int fd;
         std::uint64_t data;
     };
-    Fd epfd_;
+    int epfd_;
     bool pwait2_;
     std::vector<Record> records_;
     std::array<epoll_event, 64> events_{};
@@ -304,28 +283,18 @@ struct Options {
     std::uint64_t iterations = 0;         // 0: calibrated to `target` per repetition
     std::size_t repetitions = 5;
     std::chrono::milliseconds target{20};
-    std::string clock = "cpu";
+    bool wall_clock = false;
 };
 
-std::vector<std::string> split(std::string_view list) {
+std::vector<std::string> split(const std::string& list) {
     std::vector<std::string> items;
-    while (!list.empty()) {
-        const std::size_t comma = list.find(',');
-        if (std::string_view item = list.substr(0, comma); !item.empty()) {
-            items.emplace_back(item);
+    std::istringstream in{list};
+    for (std::string item; std::getline(in, item, ',');) {
+        if (!item.empty()) {
+            items.push_back(item);
         }
-        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
     }
     return items;
-}
-
-std::uint64_t parse_number(std::string_view text, std::string_view option) {
-    std::uint64_t value = 0;
-    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (error != std::errc{} || end != text.data() + text.size()) {
-        throw std::invalid_argument(fmt::format("{}: not a number: '{}'", option, text));
-    }
-    return value;
 }
 
 std::vector<std::string> all_contenders() {
@@ -336,58 +305,44 @@ std::vector<std::string> all_contenders() {
     return names;
 }
 
-void print_usage() {
-    fmt::print(
-        "usage: select_bench [--k LIST] [--contenders LIST] [--iterations N] [--repetitions R] [--target-ms MS]\n"
-        "                    [--clock cpu|wall]\n"
-        "       select_bench --list    (the default contenders, one a line)\n"
-        "  --k LIST           idle descriptors, comma-separated (default 10,100,1000,10000)\n"
-        "  --contenders LIST  raw-epoll and muxio backends (default: {}); also raw-epoll_pwait2,\n"
-        "                     the raw loop waiting with epoll_pwait2 as muxio does (a diagnostic)\n"
-        "  --iterations N     select() calls per repetition; 0 calibrates to --target-ms (default 0)\n"
-        "  --repetitions R    timed repetitions, interleaved across contenders; the median is printed (default 5)\n"
-        "  --target-ms MS     calibrated repetition length (default 20)\n"
-        "  --clock CLOCK      cpu: the thread's CPU time (default); wall: the monotonic clock\n"
-        "Prints one row per contender and K: contender K ns_per_select min_ns iterations repetitions.\n",
-        fmt::join(all_contenders(), ","));
-}
+constexpr const char* usage =
+    "usage: bench-select [--k LIST] [--contenders LIST] [--iterations N] [--repetitions R] [--target-ms MS]\n"
+    "                    [--clock cpu|wall]     or: bench-select --list (the default contenders)\n"
+    "  --k: idle descriptors (default 10,100,1000,10000); --contenders: raw-epoll and muxio backends (default\n"
+    "  all), also raw-epoll_pwait2, the raw loop waiting with epoll_pwait2 as muxio does; --iterations: select()\n"
+    "  calls per repetition, 0 calibrates to --target-ms (default 20); --repetitions: interleaved across\n"
+    "  contenders, the median is printed (default 5); --clock: the thread's CPU time (default) or monotonic.\n"
+    "Prints one row per contender and K: contender K ns_per_select min_ns iterations repetitions.\n";
 
 Options parse_options(std::span<char*> args) {
     Options options;
     for (std::size_t i = 1; i < args.size(); ++i) {
         const std::string_view arg = args[i];
-        if (arg == "--help" || arg == "-h") {
-            print_usage();
-            std::exit(0);
-        }
-        if (arg == "--list") {
-            fmt::print("{}\n", fmt::join(all_contenders(), "\n"));
+        if (arg == "--help" || arg == "-h" || arg == "--list") {
+            fmt::print("{}", arg == "--list" ? fmt::format("{}\n", fmt::join(all_contenders(), "\n")) : usage);
             std::exit(0);
         }
         if (i + 1 >= args.size()) {
             throw std::invalid_argument(fmt::format("{}: missing value (see --help)", arg));
         }
-        const std::string_view value = args[++i];
+        const std::string value = args[++i];
         if (arg == "--k") {
             options.ks.clear();
             for (const std::string& k : split(value)) {
-                options.ks.push_back(static_cast<std::size_t>(parse_number(k, arg)));
+                options.ks.push_back(std::stoul(k));
             }
         } else if (arg == "--contenders") {
             options.contenders = split(value);
         } else if (arg == "--iterations") {
-            options.iterations = parse_number(value, arg);
+            options.iterations = std::stoull(value);
         } else if (arg == "--repetitions") {
-            options.repetitions = std::max<std::size_t>(1, static_cast<std::size_t>(parse_number(value, arg)));
-        } else if (arg == "--clock") {
-            if (value != "cpu" && value != "wall") {
-                throw std::invalid_argument(fmt::format("--clock: 'cpu' or 'wall', not '{}'", value));
-            }
-            options.clock = value;
+            options.repetitions = std::max<std::size_t>(1, std::stoul(value));
+        } else if (arg == "--clock" && (value == "cpu" || value == "wall")) {
+            options.wall_clock = value == "wall";
         } else if (arg == "--target-ms") {
-            options.target = std::chrono::milliseconds{parse_number(value, arg)};
+            options.target = std::chrono::milliseconds{std::stoul(value)};
         } else {
-            throw std::invalid_argument(fmt::format("unknown option {} (see --help)", arg));
+            throw std::invalid_argument(fmt::format("bad option {} {} (see --help)", arg, value));
         }
     }
     if (options.contenders.empty()) {
@@ -444,14 +399,14 @@ void run_k(const Options& options, std::size_t k) {
 int main(int argc, char** argv) {
     try {
         const Options options = parse_options(std::span{argv, static_cast<std::size_t>(argc)});
-        batch_clock = options.clock == "cpu" ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
+        batch_clock = options.wall_clock ? CLOCK_MONOTONIC : CLOCK_THREAD_CPUTIME_ID;
         fmt::print("# contender K ns_per_select min_ns iterations repetitions\n");
         for (const std::size_t k : options.ks) {
             run_k(options, k);
         }
         return 0;
     } catch (const std::exception& error) {
-        fmt::print(stderr, "select_bench: {}\n", error.what());
+        fmt::print(stderr, "bench-select: {}\n", error.what());
         return 1;
     }
 }

@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
-"""The select() cost benchmark of bench/select_bench.cpp, with Python's selectors.
+"""bench-select's work with Python's selectors (bench/select_bench.cpp).
 
-The same work per iteration as the C++ binary: one sel.select(0); the active
-reader is readable because its writer sent one byte at setup that nobody
-reads; for each (key, events) returned, add key.data to a sum and OR events
-into a mask. The K idle descriptors are both ends of K/2 AF_UNIX socketpairs,
-registered for READ, created before the active pair. Prints the same rows as
-select_bench: contender K ns_per_select min_ns iterations repetitions.
+Per iteration one sel.select(0); the active reader is readable because its
+writer sent one byte at setup that nobody reads; for each (key, events)
+returned, add key.data to a sum and OR events into a mask. The K idle
+descriptors are both ends of K/2 AF_UNIX socketpairs, registered for READ,
+created before the active pair. Prints bench-select's rows: contender K
+ns_per_select min_ns iterations repetitions.
 """
-
 import argparse
 import resource
 import selectors
@@ -19,155 +18,79 @@ import time
 
 ACTIVE_DATA = 1
 IDLE_DATA = 1 << 40
-
-SELECTORS = {
-    "select": "SelectSelector",
-    "poll": "PollSelector",
-    "epoll": "EpollSelector",
-}
-
-# select.select() refuses descriptors from FD_SETSIZE on; 1024 on Linux.
-FD_SETSIZE = 1024
+SELECTORS = {"select": "SelectSelector", "poll": "PollSelector", "epoll": "EpollSelector"}
+FD_SETSIZE = 1024  # select.select() refuses descriptors from here on
 
 
-def raise_fd_limit(idle):
-    wanted = idle + 64
+def run_k(args, k, clock_ns):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= wanted:
-        return
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        sys.exit(f"select_bench.py: K = {idle} needs {wanted} descriptors; the hard RLIMIT_NOFILE is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if soft < k + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (k + 64, hard))
+    sockets = []
+    while len(sockets) < k:
+        sockets.extend(socket.socketpair())
+    reader, writer = socket.socketpair()
+    writer.send(b"x")
+    contenders = []
+    for name in args.contenders:
+        if name == "select" and max(reader.fileno(), writer.fileno()) >= FD_SETSIZE:
+            print(f"python-{name} {k} skipped")
+            continue
+        selector = getattr(selectors, SELECTORS[name])()
+        for sock in sockets[:k]:
+            selector.register(sock, selectors.EVENT_READ, IDLE_DATA)
+        selector.register(reader, selectors.EVENT_READ, ACTIVE_DATA)
+        contenders.append((f"python-{name}", selector))
 
-
-class Fixture:
-    """K idle descriptors, then the active pair with one byte pending."""
-
-    def __init__(self, idle):
-        raise_fd_limit(idle)
-        self.sockets = []
-        while len(self.sockets) < idle:
-            self.sockets.extend(socket.socketpair())
-        self.idle = self.sockets[:idle]
-        self.active_reader, self.active_writer = socket.socketpair()
-        self.active_writer.send(b"x")
-
-    def highest_fd(self):
-        return max(self.active_reader.fileno(), self.active_writer.fileno())
-
-    def close(self):
-        for sock in self.sockets + [self.active_reader, self.active_writer]:
-            sock.close()
-
-
-class Contender:
-    def __init__(self, name, fixture):
-        self.label = f"python-{name}"
-        self.selector = getattr(selectors, SELECTORS[name])()
-        for sock in fixture.idle:
-            self.selector.register(sock, selectors.EVENT_READ, IDLE_DATA)
-        self.selector.register(fixture.active_reader, selectors.EVENT_READ, ACTIVE_DATA)
-
-    def run(self, count):
-        select = self.selector.select
-        data_sum = 0
-        mask = 0
+    def batch(label, selector, count):
+        select, data_sum, mask = selector.select, 0, 0
+        start = clock_ns()
         for _ in range(count):
             for key, events in select(0):
                 data_sum += key.data
                 mask |= events
-        return data_sum, mask
+        elapsed = clock_ns() - start
+        if data_sum != count * ACTIVE_DATA or (count and mask != selectors.EVENT_READ):
+            raise RuntimeError(f"{label}: {count} calls reported data sum {data_sum:#x} and events {mask:#x}")
+        return elapsed
 
-    def close(self):
-        self.selector.close()
+    def calibrate(label, selector):  # also the warm-up
+        count, target = 16, args.target_ms * 1_000_000
+        while True:
+            elapsed = batch(label, selector, count)
+            if elapsed >= target / 8:
+                return max(1, int(count * target / max(elapsed, 1)))
+            count *= 2
 
-
-# The thread's CPU time by default, as in select_bench.cpp: a select() with
-# timeout zero never sleeps, so its CPU time is its cost, without the time the
-# process sat preempted on a shared machine.
-clock_ns = time.thread_time_ns
-
-
-def time_batch(contender, count):
-    start = clock_ns()
-    data_sum, mask = contender.run(count)
-    elapsed = clock_ns() - start
-    if data_sum != count * ACTIVE_DATA or (count > 0 and mask != selectors.EVENT_READ):
-        raise RuntimeError(f"{contender.label}: {count} calls reported data sum {data_sum:#x} and events {mask:#x}")
-    return elapsed
-
-
-def calibrate(contender, target_ms):
-    """Doubles the batch until it is measurable, then scales it to about target_ms; also the warm-up."""
-    target_ns = target_ms * 1_000_000
-    count = 16
-    while True:
-        elapsed = time_batch(contender, count)
-        if elapsed >= target_ns / 8 or count >= 1 << 40:
-            return max(1, int(count * target_ns / max(elapsed, 1)))
-        count *= 2
-
-
-def run_k(args, k):
-    fixture = Fixture(k)
-    contenders = []
-    try:
-        for name in args.contenders:
-            if name == "select" and fixture.highest_fd() >= FD_SETSIZE:
-                print(f"# python-{name} K={k} skipped: highest fd {fixture.highest_fd()} "
-                      f"is not below FD_SETSIZE ({FD_SETSIZE})")
-                print(f"python-{name} {k} skipped")
-                continue
-            contenders.append(Contender(name, fixture))
-        iterations = []
-        for contender in contenders:
-            if args.iterations:
-                time_batch(contender, args.iterations // 10 + 1)  # warm-up
-                iterations.append(args.iterations)
-            else:
-                iterations.append(calibrate(contender, args.target_ms))
-        samples = [[] for _ in contenders]
-        for rep in range(args.repetitions):
-            for n in range(len(contenders)):
-                c = (n + rep) % len(contenders)
-                samples[c].append(time_batch(contenders[c], iterations[c]) / iterations[c])
-        for c, contender in enumerate(contenders):
-            print(f"{contender.label} {k} {statistics.median(samples[c]):.1f} {min(samples[c]):.1f} "
-                  f"{iterations[c]} {args.repetitions}")
-        sys.stdout.flush()
-    finally:
-        for contender in contenders:
-            contender.close()
-        fixture.close()
-
-
-def comma_list(convert):
-    return lambda text: [convert(item) for item in text.split(",") if item]
+    iterations = [calibrate(*c) for c in contenders]
+    samples = [[] for _ in contenders]
+    for rep in range(args.repetitions):  # interleaved, the order rotating
+        for n in range(len(contenders)):
+            c = (n + rep) % len(contenders)
+            samples[c].append(batch(*contenders[c], iterations[c]) / iterations[c])
+    for (label, selector), runs, count in zip(contenders, samples, iterations):
+        print(f"{label} {k} {statistics.median(runs):.1f} {min(runs):.1f} {count} {args.repetitions}")
+        selector.close()
+    for sock in sockets + [reader, writer]:
+        sock.close()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--k", type=comma_list(int), default=[10, 100, 1000, 10000],
-                        help="idle descriptors, comma-separated (default 10,100,1000,10000)")
-    parser.add_argument("--contenders", type=comma_list(str), default=list(SELECTORS),
-                        help="selectors to run: select,poll,epoll (default all)")
-    parser.add_argument("--iterations", type=int, default=0,
-                        help="select() calls per repetition; 0 calibrates to --target-ms (default 0)")
-    parser.add_argument("--repetitions", type=int, default=5,
-                        help="timed repetitions, interleaved across contenders; the median is printed (default 5)")
-    parser.add_argument("--target-ms", type=int, default=20, help="calibrated repetition length (default 20)")
+    numbers = lambda text: [int(item) for item in text.split(",") if item]  # noqa: E731
+    parser.add_argument("--k", type=numbers, default=[10, 100, 1000, 10000], help="idle descriptors")
+    parser.add_argument("--contenders", type=lambda t: [c for c in t.split(",") if c in SELECTORS],
+                        default=list(SELECTORS), help="select,poll,epoll (default all)")
+    parser.add_argument("--repetitions", type=int, default=5, help="timed repetitions, their median (default 5)")
+    parser.add_argument("--target-ms", type=int, default=20, help="length of one repetition (default 20)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
-                        help="cpu: the thread's CPU time (default); wall: the monotonic clock")
+                        help="cpu: the thread's CPU time, without the time spent preempted (default)")
     args = parser.parse_args()
-    global clock_ns
-    clock_ns = time.thread_time_ns if args.clock == "cpu" else time.monotonic_ns
-    for name in args.contenders:
-        if name not in SELECTORS:
-            parser.error(f"unknown contender {name!r}; choose from {','.join(SELECTORS)}")
     args.repetitions = max(1, args.repetitions)
     print("# contender K ns_per_select min_ns iterations repetitions")
     for k in args.k:
-        run_k(args, k)
+        run_k(args, k, time.thread_time_ns if args.clock == "cpu" else time.monotonic_ns)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ BUILD_PACKAGES=(
     python3
     doxygen
 )
-# Peer libraries, for bench/ only (never linked into the library).
-BENCH_PACKAGES=(libuv1-dev libevent-dev libasio-dev wrk nginx-light redis-server)
+# Peer libraries and load generators, for bench/ only (never linked into the
+# library); valgrind for `muxbench.py callgrind`, perf for `muxbench.py ab --perf`.
+BENCH_PACKAGES=(libuv1-dev libevent-dev libasio-dev wrk nginx-light redis-server valgrind linux-perf)
 # Linters, for developers who want them.
 LINT_PACKAGES=(clang-format clang-tidy)
 

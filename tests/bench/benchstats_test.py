@@ -1,33 +1,18 @@
 #!/usr/bin/env python3
-"""The statistics behind the benchmark verdicts (bench/benchstats.py), and
-the application summary built on them (bench/summarize_app_bench.py) run on
-a small synthetic results file."""
+"""The statistics behind the benchmark verdicts (bench/benchstats.py) and
+the summary bench/muxbench.py builds on them, on synthetic results."""
 import contextlib
 import io
 import os
 import sys
-import tempfile
 import unittest
-import unittest.mock
 
 BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench")
 sys.path.insert(0, BENCH)
 
 import benchstats  # noqa: E402
+import muxbench  # noqa: E402
 from benchstats import Comparison, median_coverage, median_interval  # noqa: E402
-
-
-def summary_of(summarizer, lines):
-    """What `summarizer`'s main() prints for a results file of `lines`."""
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as results:
-        results.write("\n".join(lines) + "\n")
-    try:
-        output = io.StringIO()
-        with contextlib.redirect_stdout(output), unittest.mock.patch.object(sys, "argv", ["x", results.name]):
-            summarizer.main()
-    finally:
-        os.unlink(results.name)
-    return output.getvalue()
 
 
 class Coverage(unittest.TestCase):
@@ -103,66 +88,69 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(Comparison([]).cell(), "-")
 
 
-class AbTable(unittest.TestCase):
-    """The table of ab_echo.sh and ab_http.sh: ratios to the first contender
-    within each round, whatever the rounds' overall level."""
+def echo_runs(rounds=7):
+    """Rounds of one echo cell: muxio level with libevent, far ahead of
+    libuv, 3% above epoll."""
+    runs = []
+    wobble = (0.97, 1.02, 1.0, 1.03, 0.98, 1.01, 0.99)
+    for round_ in range(rounds):
+        for server, cpu in (("muxio", 1000.0), ("libevent", 1000.0), ("libuv", 1500.0), ("epoll", 970.0)):
+            scale = wobble[round_] if server == "muxio" else 1.0
+            runs.append(dict(bench="echo", round=round_, server=server, size=64, connections=64, idle=0,
+                             msgs_per_s=1000.0, p99_us=10.0, server_cpu_ns_per_msg=cpu * scale,
+                             server_vmhwm_kb=100.0))
+    return runs
 
-    def test_rows(self):
-        by_round = {str(r): {0: 100.0 * (r + 1), 1: 90.0 * (r + 1)} for r in range(5)}
+
+class Summary(unittest.TestCase):
+    """bench/muxbench.py's rows: medians, intervals, ratios and verdicts."""
+
+    def test_echo_verdicts(self):
+        rows, _ = muxbench.summarize(echo_runs(), "echo")
+        muxio = next(r for r in rows if r["server"] == "muxio")
+        self.assertEqual(muxio["group"], "64 conn.")
+        self.assertEqual(muxio["verdicts"], {"peers": "within noise of first", "epoll": "within 5%"})
+        self.assertEqual(len(muxio["values"]), 7)
+        self.assertAlmostEqual(muxio["median"], 1000.0)
+        self.assertEqual([r["over"] for r in muxio["ratios"]], ["best peer libevent", "epoll"])
+        self.assertEqual(muxio["ratios"][0]["interval"], [0.97, 1.03])
+        self.assertEqual(next(r for r in rows if r["server"] == "libuv")["verdicts"], {})
+
+    def test_behind_a_peer_in_every_round(self):
+        runs = [dict(r, server_cpu_ns_per_msg=1100.0 + r["round"]) if r["server"] == "muxio" else r
+                for r in echo_runs()]
+        rows, _ = muxbench.summarize(runs, "echo")
+        self.assertEqual(next(r for r in rows if r["server"] == "muxio")["verdicts"]["peers"], "behind libevent")
+
+    def test_ab_ratios_to_the_first_contender_within_each_round(self):
+        runs = [dict(bench="ab-echo", round=r, server=name, index=index, config="64 B, 1000 conn.",
+                     metric="server_cpu_ns_per_msg", server_cpu_ns_per_msg=cpu * (r + 1))
+                for r in range(5) for index, (name, cpu) in enumerate((("old:muxio", 100.0), ("new:muxio", 90.0)))]
+        rows, _ = muxbench.summarize(runs, "ab")
+        self.assertEqual([r["server"] for r in rows], ["old:muxio", "new:muxio"])
+        self.assertEqual(rows[0]["ratios"], [])
+        self.assertEqual(rows[1]["ratios"][0]["over"], "old:muxio")
+        self.assertAlmostEqual(rows[1]["ratios"][0]["median"], 0.9)
+        self.assertAlmostEqual(rows[1]["ratios"][0]["interval"][1], 0.9)
+
+    def test_tables_print(self):
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
-            benchstats.print_ab_table(["old", "new"], by_round, "ns/msg", "user-space ns/msg", {1: [5.0, 7.0]})
-        text = output.getvalue()
-        self.assertIn("| old | 300 | 1.000 [1.000, 1.000] | - |", text)
-        self.assertIn("| new | 270 | 0.900 [0.900, 0.900] | 6 |", text)
-        self.assertIn("Medians over 5 interleaved rounds", text)
+            muxbench.print_tables(*muxbench.summarize(echo_runs(), "echo"))
+        self.assertIn("| 64 conn. | muxio | 1 000 [970, 1 030] |", output.getvalue())
+        self.assertIn("peers: within noise of first; epoll: within 5%", output.getvalue())
 
 
-class AppSummary(unittest.TestCase):
-    """Seven rounds of one echo cell: muxio level with libevent, far ahead of
-    libuv, 3% above epoll; and muxio-http behind libevent in every round."""
+class Charts(unittest.TestCase):
+    """bench/charts.py draws a bar per server and group, a whisker per interval."""
 
-    def test_verdicts_reach_the_goal_table(self):
-        lines = []
-        echo = {"muxio": 1000.0, "libevent": 1000.0, "libuv": 1500.0, "epoll": 970.0}
-        wobble = (0.97, 1.02, 1.0, 1.03, 0.98, 1.01, 0.99)
-        for round_ in range(7):
-            for impl, cpu in echo.items():
-                scale = wobble[round_] if impl == "muxio" else 1.0
-                lines.append(f"bench=echo round={round_} impl={impl} size=64 connections=64 msgs_per_s=1000 "
-                             f"p99_us=10 server_cpu_ns_per_msg={cpu * scale} server_vmhwm_kb=100")
-            for impl, cpu in (("muxio-http", 1100.0), ("libevent", 1000.0), ("epoll", 1000.0)):
-                lines.append(f"bench=http round={round_} impl={impl} connections=64 rps=1000 p50_us=1 p99_us=2 "
-                             f"server_cpu_ns_per_req={cpu + round_} server_vmhwm_kb=100")
-        import summarize_app_bench
-        summarize_app_bench.GOAL.clear()
-        text = summary_of(summarize_app_bench, lines)
-        self.assertIn("| echo 64 B, 64, muxio | peers | within noise of first |", text)
-        self.assertIn("| echo 64 B, 64, muxio | epoll | within 5% |", text)
-        self.assertIn("| HTTP, 64, muxio-http | peers | behind libevent |", text)
-
-
-class ReactorSummary(unittest.TestCase):
-    """Five rounds of the echo benchmark at one connection count and of the
-    timers: muxio ahead of every peer in both, 1% above epoll on echo."""
-
-    def test_verdict_rows(self):
-        lines = []
-        for round_ in range(5):
-            for impl, cpu in (("muxio", 1010.0), ("libevent", 1100.0), ("libuv", 1200.0), ("asio", 1300.0),
-                              ("epoll", 1000.0)):
-                lines.append(f"round={round_} bench=echo impl={impl} connections=64 msgs_per_s=1 p50_us=1 "
-                             f"p99_us=1 server_cpu_ns_per_msg={cpu + round_} server_ticks_ns_per_msg=1 "
-                             "client_cpu_ns_per_msg=1")
-            for impl, ns in (("muxio", 200.0), ("libuv", 900.0), ("libevent", 800.0), ("asio", 600.0)):
-                lines.append(f"round={round_} bench=timers impl={impl} cpu_ns_per_op={ns} cpu_ns_per_timer={ns} "
-                             f"wall_ms={ns / 100}")
-        sys.path.insert(0, os.path.join(BENCH, "reactor"))
-        import summarize_reactor_bench
-        text = summary_of(summarize_reactor_bench, lines)
-        self.assertIn("| **against the peers** | first |", text)
-        self.assertIn("| **against epoll (2%)** | within 2% |", text)
-        self.assertIn("| **muxio against the peers, within rounds** | first | first | first |", text)
+    def test_svg(self):
+        import xml.dom.minidom
+        import charts
+        rows, _ = muxbench.summarize(echo_runs(), "echo")
+        svg = xml.dom.minidom.parseString(charts.chart("Echo", "ns/msg", rows))
+        self.assertEqual(len([r for r in svg.getElementsByTagName("rect") if r.getElementsByTagName("title")]), 4)
+        self.assertEqual(len(svg.getElementsByTagName("path")), 4)
 
 
 if __name__ == "__main__":

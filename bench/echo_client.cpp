@@ -1,9 +1,9 @@
-// reactor_echo_client: the one load generator every echo server is measured
+// bench-echo-client: the one load generator every echo server is measured
 // with. A level-triggered epoll loop on one thread drives N connections, each
 // playing ping-pong: send a SIZE-byte message, wait until all of it came back
 // (checking the bytes), send the next. Nothing in it depends on the server.
 //
-//   reactor_echo_client --port P --connections N [--size 64] [--warmup 0.5]
+//   bench-echo-client --port P --connections N [--size 64] [--warmup 0.5]
 //                       [--duration 3] [--server-pid PID] [--idle 0]
 //
 // After the warm-up it measures for DURATION seconds: messages completed,
@@ -42,7 +42,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench_common.hpp"
+#include "peers/common.hpp"
 
 namespace {
 
@@ -230,7 +230,7 @@ int run(const Options& options) {
 
     std::vector<std::int64_t> latencies;
     latencies.reserve(1U << 20U);
-    std::vector<char> buffer(bench::echo_buffer_size);
+    std::vector<char> buffer(bench::buffer_size);
     std::array<epoll_event, 1024> events{};
     bool measuring = false;
     std::int64_t opened_at = 0;
@@ -266,14 +266,14 @@ int run(const Options& options) {
                 if (got < 0 && errno == EAGAIN) {
                     continue;
                 }
-                std::fprintf(stderr, "reactor_echo_client: the server closed a connection or failed: %s\n",
+                std::fprintf(stderr, "bench-echo-client: the server closed a connection or failed: %s\n",
                              got == 0 ? "end of file" : std::strerror(errno));
                 return 1;
             }
             const auto length = static_cast<std::size_t>(got);
             if (connection.received + length > message.size() ||
                 std::memcmp(buffer.data(), message.data() + connection.received, length) != 0) {
-                std::fputs("reactor_echo_client: the echo differs from the message sent\n", stderr);
+                std::fputs("bench-echo-client: the echo differs from the message sent\n", stderr);
                 return 1;
             }
             connection.received += length;
@@ -343,13 +343,13 @@ int main(int argc, char** argv) {
         } else if (option == "--idle") {
             options.idle = std::stoul(value);
         } else {
-            std::fprintf(stderr, "reactor_echo_client: unknown option %s\n", argv[i]);
+            std::fprintf(stderr, "bench-echo-client: unknown option %s\n", argv[i]);
             return 2;
         }
     }
     if (options.port == 0 || options.connections == 0 || options.size == 0) {
         std::fputs(
-            "usage: reactor_echo_client --port P --connections N [--size 64] [--warmup 0.5] "
+            "usage: bench-echo-client --port P --connections N [--size 64] [--warmup 0.5] "
             "[--duration 3] [--server-pid PID] [--idle 0]\n",
             stderr);
         return 2;
@@ -357,7 +357,7 @@ int main(int argc, char** argv) {
     try {
         return run(options);
     } catch (const std::exception& error) {
-        std::fprintf(stderr, "reactor_echo_client: %s\n", error.what());
+        std::fprintf(stderr, "bench-echo-client: %s\n", error.what());
         return 1;
     }
 }
