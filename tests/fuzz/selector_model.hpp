@@ -431,9 +431,14 @@ private:
         return static_cast<int>(files_.size() - 1);
     }
 
-    void adopt(Handle& handle, int fd, int file) {
-        handle.fd = fd;
-        handle.file = file;
+    // `handle` is a free_slot() the caller made sure of: null only if the
+    // harness miscounted, which is its own failure.
+    void adopt(Handle* handle, int fd, int file) {
+        if (handle == nullptr) {
+            fail(fmt::format("no free handle for fd {}", fd));
+        }
+        handle->fd = fd;
+        handle->file = file;
         ++files_[static_cast<std::size_t>(file)].descriptors;
         number_opened(fd);
     }
@@ -499,9 +504,9 @@ private:
         small_buffers(fds[0], files_[static_cast<std::size_t>(a)].kind);
         small_buffers(fds[1], files_[static_cast<std::size_t>(b)].kind);
         first = free_slot();
-        adopt(*first, fds[0], a);
+        adopt(first, fds[0], a);
         second = free_slot();
-        adopt(*second, fds[1], b);
+        adopt(second, fds[1], b);
         trace("  {} fd {} <-> fd {}", pipe ? "pipe" : "socketpair", fds[0], fds[1]);
         return true;
     }
@@ -515,7 +520,7 @@ private:
         if (fd < 0) {
             fail(fmt::format("open /dev/null: errno {}", errno));
         }
-        adopt(*handle, fd, new_file(Kind::devnull));
+        adopt(handle, fd, new_file(Kind::devnull));
         trace("  /dev/null fd {}", fd);
         return true;
     }
@@ -622,7 +627,7 @@ private:
             fail(fmt::format("dup: errno {}", errno));
         }
         trace("#{} dup fd {} -> fd {}", operation_, source->fd, fd);
-        adopt(*slot, fd, source->file);
+        adopt(slot, fd, source->file);
     }
 
     void op_close(std::uint8_t which) {
@@ -797,7 +802,7 @@ private:
             fail(fmt::format("dup3({}, {}): errno {}", source, number, errno));
         }
         trace("#{} reuse fd {} for the file of fd {}", operation_, number, source);
-        adopt(*slot, number, file);
+        adopt(slot, number, file);
         if (fresh_first != nullptr) {
             close_handle(*fresh_first);  // the pair's end lives on under `number` only
         }

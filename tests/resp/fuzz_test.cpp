@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "resp_parser.hpp"
 #include "resp_test_support.hpp"
 
@@ -56,9 +58,9 @@ public:
             out += below(2) == 0 ? "\r\n" : "\n";
             return out;
         }
-        out = "*" + std::to_string(words.size()) + "\r\n";
+        out = fmt::format("*{}\r\n", words.size());
         for (const auto& word : words) {
-            out += "$" + std::to_string(word.size()) + "\r\n" + word + "\r\n";
+            out += fmt::format("${}\r\n{}\r\n", word.size(), word);
         }
         return out;
     }

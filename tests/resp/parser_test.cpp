@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "resp_parser.hpp"
 #include "resp_test_support.hpp"
 
@@ -60,7 +62,7 @@ TEST_CASE("pipelined requests all parse, in order, in one buffer") {
     std::string input;
     std::vector<Words> expected;
     for (int i = 0; i < 20; ++i) {
-        const std::string key = "k" + std::to_string(i);
+        const std::string key = fmt::format("k{}", i);
         input += encode({"GET", key});
         input += "PING " + key + "\r\n";
         expected.push_back({"GET", key});
@@ -192,7 +194,8 @@ TEST_CASE("lines longer than the inline limit are refused, with or without their
     CHECK(parse_whole(std::string(16, 'a'), limits).leftover == 16);
     CHECK(parse_whole(std::string(17, 'a'), limits).error == "Protocol error: too big inline request");
     CHECK(parse_bytewise(std::string(40, 'a'), limits).error == "Protocol error: too big inline request");
-    CHECK(parse_whole("*" + std::string(20, '1'), limits).error == "Protocol error: too big mbulk count string");
+    CHECK(parse_whole(fmt::format("*{}", std::string(20, '1')), limits).error ==
+          "Protocol error: too big mbulk count string");
     CHECK(parse_whole("*1\r\n$" + std::string(20, '1'), limits).error == "Protocol error: too big bulk count string");
     // The same whether the line end arrives with the line or later (Redis
     // accepts it in the first case): the pieces do not change the outcome.

@@ -1,3 +1,5 @@
+#include <fmt/format.h>
+
 #include "resp_test_support.hpp"
 
 #include <doctest/doctest.h>
@@ -61,9 +63,9 @@ Parsed parse_bytewise(std::string_view input, ParserLimits limits) {
 }
 
 std::string encode(std::initializer_list<std::string_view> words) {
-    std::string out = "*" + std::to_string(words.size()) + "\r\n";
+    std::string out = fmt::format("*{}\r\n", words.size());
     for (const std::string_view word : words) {
-        out += "$" + std::to_string(word.size()) + "\r\n";
+        out += fmt::format("${}\r\n", word.size());
         out += word;
         out += "\r\n";
     }

@@ -20,6 +20,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <fmt/format.h>
+
 #include "commands.hpp"
 #include "muxio/reactor.hpp"
 #include "resp_test_support.hpp"
@@ -139,7 +141,7 @@ TEST_CASE("pipelined requests in one write get every reply, in order") {
     std::string expected;
     for (int i = 0; i < 200; ++i) {
         request += encode({"INCR", "n"});
-        expected += ":" + std::to_string(i + 1) + "\r\n";
+        expected += fmt::format(":{}\r\n", i + 1);
     }
     request += "GET n\r\nECHO \"a b\"\r\n";
     expected += "$3\r\n200\r\n$3\r\na b\r\n";
@@ -211,7 +213,7 @@ TEST_CASE("a client that does not read stops being read from, then gets everythi
     client.send("PING\r\n");
     CHECK(fixture.run_until({&client}, [&] { return fixture.server.stats().read_pauses > 0; }));
     client.set_reading(true);
-    const std::string one = "$" + std::to_string(value.size()) + "\r\n" + value + "\r\n";
+    const std::string one = fmt::format("${}\r\n{}\r\n", value.size(), value);
     const std::size_t total = one.size() * requests + 7;
     CHECK(fixture.run_until({&client}, [&] { return client.received().size() >= total; }));
     REQUIRE(client.received().size() == total);
@@ -422,9 +424,9 @@ TEST_CASE("a reply over the output buffer limit closes that client without being
     for (int i = 0; i < 100; ++i) {
         words.emplace_back("big");
     }
-    std::string request = "*" + std::to_string(words.size()) + "\r\n";
+    std::string request = fmt::format("*{}\r\n", words.size());
     for (const std::string_view word : words) {
-        request += "$" + std::to_string(word.size()) + "\r\n" + std::string{word} + "\r\n";
+        request += fmt::format("${}\r\n{}\r\n", word.size(), word);
     }
     greedy.send("PING\r\n" + request + "PING\r\n");
     good.send(encode({"MGET", "big", "big", "nothing"}) + "PING\r\n");

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "muxio/reactor.hpp"
 #include "resp_test_support.hpp"
 #include "store.hpp"
@@ -118,7 +120,7 @@ TEST_CASE("a mass expiry is spread over iterations by the budget") {
     ExpiryTimer expiry{fixture.reactor, fixture.store, 100};
     const Millis now = fixture.store.now();
     for (int i = 0; i < 250; ++i) {
-        fixture.store.set("k" + std::to_string(i), "v", now + 5ms);
+        fixture.store.set(fmt::format("k{}", i), "v", now + 5ms);
     }
     fixture.clock.now += 5ms;
     CHECK(fixture.reactor.run_once(std::chrono::steady_clock::duration::zero()) == 1);
