@@ -283,7 +283,10 @@ public:
     /// replacing a callback costs a system call; the callback is in place
     /// only once the kernel agreed. std::system_error with EBADF if `fd` is
     /// closed: nothing changes then, and a side `fd` already has stays, and is
-    /// called as for an error condition (see remove_reader()).
+    /// called as for an error condition (see remove_reader()). Any other
+    /// refusal (ENOMEM, a failed io_uring submission) throws
+    /// std::system_error too and changes nothing either: a callback being
+    /// replaced stays in place.
     void add_reader(int fd, Callback callback);
     /// Like add_reader() for writability.
     void add_writer(int fd, Callback callback);
@@ -300,10 +303,17 @@ public:
     /// Before any call reveals the close, what happens depends on the
     /// mechanism (docs/ARCHITECTURE.md, "Contracts under misuse").
     ///
+    /// When `fd` keeps a writer, the kernel is asked to stop watching
+    /// readability. If it refuses for another reason than EBADF (ENOMEM, a
+    /// failed io_uring submission), std::system_error is thrown and nothing
+    /// changed: the reader and the writer both stay registered and are
+    /// called as before, also when the reader was removing itself from its
+    /// own callback.
+    ///
     /// False once the reactor is closed; the fork error in a forked child
     /// (the registration is the parent's too).
     bool remove_reader(int fd);
-    /// Like remove_reader() for the writer.
+    /// Like remove_reader() for the writer (a refusal keeps both sides too).
     bool remove_writer(int fd);
     /// True if `fd` has a reader now (added and not removed). False for a
     /// negative fd, the reactor's own descriptors, and once the reactor is

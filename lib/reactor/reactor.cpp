@@ -426,27 +426,43 @@ bool Reactor::remove_handler(int fd, Events side) {
     if (key == nullptr || !key->events.contains(side) || fd == impl.wake_fd || fd == impl.embed_timer_fd) {
         return false;
     }
-    impl.touching(fd, side);
     const Events remaining = key->events & ~side;
     if (remaining.empty()) {
+        impl.touching(fd, side);
         // The returned key, and the callbacks in it, die here.
         (void)impl.selector->unregister(fd);
-    } else {
-        // Dies at the end of this block, after the modify, for the same
-        // reason as in add_handler(). On a descriptor closed behind the
-        // reactor's back the modify succeeds too: the other side stays, and
-        // the selector reports it as an error condition until it is removed.
-        const Callback removed = std::move(side == EVENT_READ ? key->data.reader : key->data.writer);
-        try {
-            impl.selector->modify(fd, remaining);
-        } catch (const std::system_error& error) {
-            // A mechanism that still refuses a closed descriptor (kqueue,
-            // /dev/poll) made the selector drop the key: removal must work
-            // after a close all the same.
-            if (error.code() != std::errc::bad_file_descriptor) {
-                throw;
-            }
+        return true;
+    }
+    // The flag touching() may set, so that a refusal can take it back
+    // (running_touched may stay: it only costs the running callback a
+    // lookup).
+    const bool was_replaced = impl.running_replaced;
+    impl.touching(fd, side);
+    Callback& slot = side == EVENT_READ ? key->data.reader : key->data.writer;
+    // Dies at the end of this function, after the modify, for the same
+    // reason as in add_handler().
+    Callback removed = std::move(slot);
+    try {
+        // Not BaseSelector::modify(): on a refusal it unregisters the fd, and
+        // the other side would go with it. This leaves the key as it was.
+        detail::modify_or_keep(*impl.selector, fd, remaining);
+    } catch (const std::system_error& error) {
+        // On a descriptor closed behind the reactor's back the modify
+        // succeeds: the other side stays, and the selector reports it as an
+        // error condition until it is removed. A mechanism that still
+        // refuses a closed descriptor (kqueue, /dev/poll) may have dropped
+        // part of the registration: the fd goes, removal must work after a
+        // close all the same.
+        if (error.code() == std::errc::bad_file_descriptor) {
+            (void)impl.selector->unregister(fd);
+            return true;
         }
+        // Refused otherwise (ENOMEM, a failed io_uring submission): the
+        // kernel still watches both sides, so both callbacks stay, a running
+        // callback that removed itself included.
+        slot.assign_to_empty(std::move(removed));
+        impl.running_replaced = was_replaced;
+        throw;
     }
     return true;
 }

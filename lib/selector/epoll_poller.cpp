@@ -114,6 +114,7 @@ public:
         Registration& registration = registrations_.at_growing(fd);  // there since add(): no allocation
         const std::uint32_t mask = to_epoll_mask(new_events);
         if (registration.state == State::closed) {
+            const Registration before = registration;
             registration.token = token;
             registration.mask = mask;
             if (is_own(fd) || ::fcntl(fd, F_GETFD) == -1) {
@@ -128,6 +129,7 @@ public:
             registration.state = State::watched;
             if (const int error = rebuild(); error != 0) {
                 note_closed(fd);
+                registration = before;  // closed, with its old events and token (Poller::modify())
                 throw_system_error(error, "epoll: rebuilding the set", fd);
             }
             return;

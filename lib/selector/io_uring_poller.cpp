@@ -424,7 +424,8 @@ private:
     // whether it fired before the cancellation reached it or reports
     // -ECANCELED. (IORING_OP_POLL_REMOVE's update mode would save one request
     // but fails with ENOENT when the old arm already fired, which needs the
-    // same re-arm anyway.) Returns the errno of a refused poll (see arm_now()).
+    // same re-arm anyway.) Returns the errno of a refused poll (see arm_now());
+    // throws, with the old mask and token back, when the submission fails.
     int arm_again(int fd, Entry& entry, unsigned mask, std::uint64_t token) {
         if (entry.armed) {
             int error = 0;
@@ -434,10 +435,24 @@ private:
             }
             prepare_cancel(cancel, fd, entry);
         }
+        const unsigned old_mask = entry.mask;
+        const std::uint64_t old_token = entry.token;
         entry.sequence = next_sequence(entry.sequence);
         entry.mask = mask;
         entry.token = token;
-        return arm_now(fd, entry);
+        try {
+            return arm_now(fd, entry);
+        } catch (...) {
+            // The submission failed: the new poll never reaches the kernel,
+            // the cancellation of the old one (if any) goes with the next
+            // call. The registration stays as it was (Poller::modify()): the
+            // next wait arms it again, and a level-triggered poll reports
+            // whatever is still ready.
+            entry.mask = old_mask;
+            entry.token = old_token;
+            queue_rearm(fd, entry);
+            throw;
+        }
     }
 
     // See fileno(). Best effort: whatever fails here is retried by the next wait.

@@ -1,25 +1,39 @@
 // Registrations under misuse, on every selector: a Reactor made while
 // allocations fail, descriptors closed or duplicated behind the reactor's
-// back, and descriptor numbers reused without telling it.
+// back, and descriptor numbers reused without telling it. And registrations
+// the kernel refuses to change (a seccomp filter in a child).
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include "muxio/config.hpp"
+#if MUXIO_HAS_IO_URING
+#include <linux/io_uring.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include <doctest/doctest.h>
 
 #include "muxio/reactor.hpp"
 #include "reactor/reactor_support.hpp"
 #include "support/allocation_failure.hpp"
+#include "support/seccomp.hpp"
 #include "support/support.hpp"
 
 using namespace std::chrono_literals;
@@ -286,3 +300,158 @@ TEST_CASE("add_reader and add_writer on a closed fd throw EBADF and change nothi
         CHECK(reactor.run_once(0s) == 0);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The kernel refusing to change a registration: seccomp in a child process
+
+#if MUXIO_TEST_HAS_SECCOMP && (MUXIO_HAS_EPOLL || MUXIO_HAS_IO_URING)
+
+namespace {
+
+// A selector whose modify() asks the kernel, and how to make the kernel
+// refuse that request (and only that: waits still work) with ENOMEM.
+struct RefusedModify {
+    std::string_view selector;
+    muxio::test::SyscallRefusal refusal;
+};
+
+// epoll: every epoll_ctl; io_uring: every io_uring_enter that only submits
+// (a wait sets IORING_ENTER_GETEVENTS, a modify's submission does not).
+std::vector<RefusedModify> refused_modifies() {
+    std::vector<RefusedModify> cases;
+    const auto& usable = muxio::reactor_test::usable_selectors();
+    const auto is_usable = [&](std::string_view name) {
+        return std::find(usable.begin(), usable.end(), name) != usable.end();
+    };
+#if MUXIO_HAS_EPOLL
+    if (is_usable("epoll")) {
+        cases.push_back({"epoll", {.number = SYS_epoll_ctl}});
+    }
+#endif
+#if MUXIO_HAS_IO_URING
+    if (is_usable("io_uring")) {
+        cases.push_back(
+            {"io_uring", {.number = SYS_io_uring_enter, .argument = 3, .unless_flags = IORING_ENTER_GETEVENTS}});
+    }
+#endif
+    return cases;
+}
+
+bool install(const RefusedModify& refused) {
+    return muxio::test::refuse_syscalls_in_this_process(std::span{&refused.refusal, 1}, ENOMEM);
+}
+
+// What a call that the kernel should refuse did, as a word of the report.
+template <class F>
+std::string refusal_of(F call) {
+    try {
+        call();
+        return "accepted";
+    } catch (const std::system_error& error) {
+        return error.code() == std::error_code{ENOMEM, std::system_category()} ? "enomem"
+                                                                               : std::string{"other:"} + error.what();
+    }
+}
+
+// One byte to `fd`, outside doctest (this runs in the child).
+bool poke(int fd) {
+    return ::write(fd, "x", 1) == 1;
+}
+
+// Runs `report` in a child and checks that its line is `expected`.
+void check_child(const std::function<std::string()>& report, std::string_view expected) {
+    const auto line = muxio::test::report_from_child(report, 20s);
+    REQUIRE_MESSAGE(line.has_value(), "the child did not finish");
+    if (*line == "no-seccomp") {
+        MESSAGE("skipped: the kernel refused the seccomp filter");
+        return;
+    }
+    CHECK(*line == expected);
+}
+
+}  // namespace
+
+TEST_CASE("remove_reader refused by the kernel throws and leaves the reader and the writer in place") {
+    FdLeakCheck leak_check;
+    for (const RefusedModify& refused : refused_modifies()) {
+        CAPTURE(refused.selector);
+        check_child(
+            [&] {
+                Reactor reactor{with_selector(refused.selector)};
+                SocketPair pair;
+                const int fd = pair.left.get();
+                int reads = 0;
+                int writes = 0;
+                reactor.add_reader(fd, [&] {
+                    ++reads;
+                    char byte = 0;
+                    (void)::read(fd, &byte, 1);
+                });
+                reactor.add_writer(fd, [&] { ++writes; });
+                if (!install(refused)) {
+                    return std::string{"no-seccomp"};
+                }
+                std::string report = refusal_of([&] { (void)reactor.remove_reader(fd); });
+                report += reactor.has_reader(fd) ? " reader" : " no-reader";
+                report += reactor.has_writer(fd) ? " writer" : " no-writer";
+                // The kernel still watches both sides, and both callbacks are
+                // there to be called.
+                report += poke(pair.right.get()) ? "" : " poke-failed";
+                (void)reactor.run_once(2s);
+                report += " reads=" + std::to_string(reads);
+                report += writes > 0 ? " wrote" : " not-written";
+                // Replacing the reader, refused too, keeps the one in place.
+                report += " " + refusal_of([&] { reactor.add_reader(fd, [] {}); });
+                report += reactor.has_reader(fd) ? " reader" : " no-reader";
+                report += poke(pair.right.get()) ? "" : " poke-failed";
+                (void)reactor.run_once(2s);
+                report += " reads=" + std::to_string(reads);
+                return report;
+            },
+            "enomem reader writer reads=1 wrote enomem reader reads=2");
+    }
+}
+
+TEST_CASE("a reader removing itself when the kernel refuses stays registered and fires again") {
+    FdLeakCheck leak_check;
+    for (const RefusedModify& refused : refused_modifies()) {
+        CAPTURE(refused.selector);
+        check_child(
+            [&] {
+                Reactor reactor{with_selector(refused.selector)};
+                SocketPair pair;
+                const int fd = pair.left.get();
+                int reads = 0;
+                int writes = 0;
+                std::string inside;
+                reactor.add_reader(fd, [&] {
+                    ++reads;
+                    char byte = 0;
+                    (void)::read(fd, &byte, 1);
+                    if (reads == 1) {
+                        inside = refusal_of([&] { (void)reactor.remove_reader(fd); });
+                        inside += reactor.has_reader(fd) ? " reader" : " no-reader";
+                    }
+                });
+                reactor.add_writer(fd, [&] { ++writes; });
+                if (!install(refused)) {
+                    return std::string{"no-seccomp"};
+                }
+                std::string report = poke(pair.right.get()) ? "" : "poke-failed ";
+                (void)reactor.run_once(2s);
+                report += inside;
+                report += " reads=" + std::to_string(reads);
+                // The writer, ready in the same iteration, ran after it.
+                report += writes > 0 ? " wrote" : " not-written";
+                report += reactor.has_reader(fd) ? " reader" : " no-reader";
+                report += reactor.has_writer(fd) ? " writer" : " no-writer";
+                report += poke(pair.right.get()) ? "" : " poke-failed";
+                (void)reactor.run_once(2s);
+                report += " reads=" + std::to_string(reads);
+                return report;
+            },
+            "enomem reader reads=1 wrote reader writer reads=2");
+    }
+}
+
+#endif  // MUXIO_TEST_HAS_SECCOMP && (MUXIO_HAS_EPOLL || MUXIO_HAS_IO_URING)

@@ -1,24 +1,12 @@
 // DefaultSelector and the factories: the best mechanism first, the
 // MUXIO_SELECTOR override, selection by name, and falling back when the
 // kernel refuses io_uring or epoll (shown with a seccomp filter in a child).
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#if defined(__linux__)
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#endif
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
-#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -34,6 +22,7 @@
 #include "muxio/detail/poller.hpp"
 #include "muxio/error.hpp"
 #include "muxio/selectors.hpp"
+#include "support/seccomp.hpp"
 #include "support/selector_support.hpp"
 #include "support/support.hpp"
 
@@ -42,7 +31,6 @@ using muxio::EVENT_WRITE;
 using muxio::test::FdLeakCheck;
 using muxio::test::ScopedEnv;
 using muxio::test::SocketPair;
-using muxio::test::UniqueFd;
 
 namespace {
 
@@ -229,24 +217,9 @@ TEST_CASE("make_first_accepted without candidates throws invalid_argument") {
 // ---------------------------------------------------------------------------
 // Fallback when the kernel refuses: seccomp in a child process
 
-#if defined(__linux__) && (defined(__x86_64__) || defined(__aarch64__))
+#if MUXIO_TEST_HAS_SECCOMP
 
 namespace {
-
-#if defined(__x86_64__)
-constexpr std::uint32_t audit_arch = AUDIT_ARCH_X86_64;
-#else
-constexpr std::uint32_t audit_arch = AUDIT_ARCH_AARCH64;
-#endif
-
-// The BPF macros of <linux/filter.h> are C casts; these are the same
-// instructions without them.
-constexpr sock_filter bpf_statement(std::uint16_t code, std::uint32_t k) {
-    return sock_filter{code, 0, 0, k};
-}
-constexpr sock_filter bpf_jump_if_equal(std::uint32_t k, std::uint8_t if_true, std::uint8_t if_false) {
-    return sock_filter{BPF_JMP | BPF_JEQ | BPF_K, if_true, if_false, k};
-}
 
 // The system calls that create io_uring and epoll instances.
 std::vector<std::uint32_t> refused_syscalls() {
@@ -264,26 +237,7 @@ std::vector<std::uint32_t> refused_syscalls() {
 // process, as a container runtime's seccomp profile may. Returns false if the
 // kernel would not install the filter.
 bool refuse_io_uring_and_epoll() {
-    const auto refused = refused_syscalls();
-    std::vector<sock_filter> program;
-    // A foreign architecture's numbering means nothing here: allow.
-    program.push_back(bpf_statement(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));
-    program.push_back(bpf_jump_if_equal(audit_arch, 1, 0));
-    program.push_back(bpf_statement(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
-    program.push_back(bpf_statement(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));
-    for (std::size_t i = 0; i < refused.size(); ++i) {
-        // Jump over the remaining comparisons and the ALLOW to the EPERM return.
-        const auto to_refusal = static_cast<std::uint8_t>(refused.size() - i);
-        program.push_back(bpf_jump_if_equal(refused[i], to_refusal, 0));
-    }
-    program.push_back(bpf_statement(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
-    program.push_back(bpf_statement(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)));
-
-    const sock_fprog filter{static_cast<unsigned short>(program.size()), program.data()};
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        return false;
-    }
-    return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &filter) == 0;
+    return muxio::test::refuse_syscalls_in_this_process(refused_syscalls(), EPERM);
 }
 
 // What the child found, written to the pipe as one line.
@@ -318,73 +272,12 @@ std::string child_report() {
     return report;
 }
 
-// Runs child_report() in a child process; returns its line, or nullopt if
-// the child did not finish within the deadline (it is killed then).
-std::optional<std::string> run_child(std::chrono::milliseconds deadline) {
-    std::array<int, 2> fds{-1, -1};
-    REQUIRE(::pipe2(fds.data(), O_CLOEXEC) == 0);
-    UniqueFd read_end{fds[0]};
-    UniqueFd write_end{fds[1]};
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-        int status = 0;
-        try {
-            const std::string report = child_report();
-            status =
-                ::write(write_end.get(), report.data(), report.size()) == static_cast<ssize_t>(report.size()) ? 0 : 2;
-        } catch (...) {
-            status = 3;
-        }
-        ::_exit(status);  // no atexit handlers, no doctest report from the child
-    }
-    write_end.reset();
-
-    std::string line;
-    const auto start = std::chrono::steady_clock::now();
-    bool finished = false;
-    while (!finished) {
-        const auto left =
-            deadline - std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
-        if (left <= 0ms) {
-            break;
-        }
-        pollfd entry{read_end.get(), POLLIN, 0};
-        const int ready = ::poll(&entry, 1, static_cast<int>(left.count()));
-        if (ready < 0 && errno == EINTR) {
-            continue;
-        }
-        REQUIRE(ready >= 0);
-        if (ready == 0) {
-            break;
-        }
-        std::array<char, 512> buffer{};
-        const ssize_t got = ::read(read_end.get(), buffer.data(), buffer.size());
-        if (got <= 0) {
-            finished = true;  // end of file: the child exited
-        } else {
-            line.append(buffer.data(), static_cast<std::size_t>(got));
-        }
-    }
-    if (!finished) {
-        ::kill(child, SIGKILL);
-    }
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, 0) == child);  // returns at once: exited or killed
-    if (!finished) {
-        return std::nullopt;
-    }
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
-    return line;
-}
-
 }  // namespace
 
 TEST_CASE("DefaultSelector falls back to poll when the kernel refuses io_uring and epoll") {
     FdLeakCheck leak_check;
     const ScopedEnv no_override{"MUXIO_SELECTOR", std::nullopt};
-    const auto report = run_child(20s);
+    const auto report = muxio::test::report_from_child(child_report, 20s);
     REQUIRE_MESSAGE(report.has_value(), "the child did not finish");
     REQUIRE_MESSAGE(*report != "no-seccomp", "the kernel refused the seccomp filter");
     std::string expected = "poll";
@@ -397,4 +290,4 @@ TEST_CASE("DefaultSelector falls back to poll when the kernel refuses io_uring a
     CHECK(*report == expected);
 }
 
-#endif  // Linux on x86_64 or aarch64
+#endif  // MUXIO_TEST_HAS_SECCOMP

@@ -92,7 +92,12 @@ public:
     /// before. A descriptor closed since is no error: the registration stays,
     /// as a closed one that every wait reports as an error condition until
     /// remove() (see the contract above). Throws std::system_error only when
-    /// the mechanism itself fails; the caller then removes the descriptor.
+    /// the mechanism itself fails (ENOMEM, a refused io_uring submission).
+    /// epoll, io_uring, poll and select then leave the registration as it
+    /// was: its old events and token, watched again by the next wait at the
+    /// latest. kqueue and /dev/poll may have applied part of the change: the
+    /// caller must remove the descriptor then (BaseSelector::modify() always
+    /// does, Python's rule).
     virtual void modify(int fd, Events old_events, Events new_events, std::uint64_t token) = 0;
     /// Watches `fd` anew, under a new `token`, for the open file its number
     /// names now: for a caller whose user may have closed the descriptor and

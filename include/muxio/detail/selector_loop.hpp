@@ -6,9 +6,12 @@
 #include <cstdint>
 #include <span>
 
+#include <fmt/format.h>
+
 #include "muxio/detail/poller.hpp"
 #include "muxio/detail/prefetch.hpp"
 #include "muxio/detail/registration_token.hpp"
+#include "muxio/error.hpp"
 #include "muxio/events.hpp"
 #include "muxio/selector.hpp"
 
@@ -29,6 +32,19 @@ public:
     }
     static std::uint64_t token_of(const Selector& selector, const Key& key) noexcept { return selector.token_of(key); }
     static Events watched(const Key* key, Events events) noexcept { return Selector::watched(key, events); }
+    static void modify_or_keep(Selector& selector, int fd, Events events) {
+        selector.ensure_open("modify");
+        Selector::check_events(events);
+        auto* slot = selector.slot_of(fd);
+        if (slot == nullptr) {
+            throw KeyError(fmt::format("fd {} is not registered", fd));
+        }
+        Key& key = *slot->key;
+        if (events != key.events) {
+            selector.poller_->modify(fd, key.events, events, Selector::make_token(fd, slot->generation));
+            key.events = events;
+        }
+    }
     static void prefetch(const Selector& selector, std::uint64_t token) noexcept {
         const std::size_t slot = RegistrationToken::slot(token);
         if (slot < selector.slots_.size()) {
@@ -75,6 +91,17 @@ std::uint64_t token_of(const BaseSelector<Data>& selector, const SelectorKey<Dat
 template <class Data>
 Events watched(const SelectorKey<Data>* key, Events events) noexcept {
     return SelectorLoopAccess<Data>::watched(key, events);
+}
+
+/// BaseSelector::modify() of the events only, without Python's rule: when
+/// the kernel refuses, `fd` stays registered as it was (its key, events and
+/// token; what the kernel watches for it, Poller::modify()) and the error is
+/// rethrown. For an event loop whose key holds more than the refused change
+/// (the reactor: a reader and a writer), which must not lose the rest. Only
+/// for epoll, io_uring, poll and select, whose modify() promises that.
+template <class Data>
+void modify_or_keep(BaseSelector<Data>& selector, int fd, Events events) {
+    SelectorLoopAccess<Data>::modify_or_keep(selector, fd, events);
 }
 
 /// Asks the CPU to start loading the slot `token` names, for an event loop
