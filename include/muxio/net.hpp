@@ -734,6 +734,11 @@ struct ResolveHints {
     int flags = 0;
 };
 
+namespace detail {
+// The worker threads of a Resolver (lib/net/resolver.cpp).
+struct ResolverPool;
+}  // namespace detail
+
 /// Runs getaddrinfo(3) on worker threads of its own, so the loop never
 /// blocks on DNS. Threads start on demand, at most `max_threads` of them,
 /// and are joined by the destructor (which waits for lookups in progress and
@@ -769,12 +774,8 @@ public:
     Task<std::vector<SocketAddress>> resolve(Reactor& reactor, std::string host, std::string service,
                                              ResolveHints hints = {}, std::stop_token token = {});
 
-    /// The worker threads (lib/net/resolver.cpp). Public only for the
-    /// implementation's use; not part of the API.
-    struct Pool;
-
 private:
-    std::unique_ptr<Pool> pool_;
+    std::unique_ptr<detail::ResolverPool> pool_;
 };
 
 /// Resolver::resolve() on the process's shared resolver (at most four

@@ -154,13 +154,13 @@ const std::error_category& resolver_category() noexcept {
 
 // ----- The worker pool ----------------------------------------------------------------
 
-struct Resolver::Pool {
-    explicit Pool(std::size_t threads) : max_threads{threads} {}
-    Pool(const Pool&) = delete;
-    Pool& operator=(const Pool&) = delete;
-    Pool(Pool&&) = delete;
-    Pool& operator=(Pool&&) = delete;
-    ~Pool() { shutdown(); }
+struct detail::ResolverPool {
+    explicit ResolverPool(std::size_t threads) : max_threads{threads} {}
+    ResolverPool(const ResolverPool&) = delete;
+    ResolverPool& operator=(const ResolverPool&) = delete;
+    ResolverPool(ResolverPool&&) = delete;
+    ResolverPool& operator=(ResolverPool&&) = delete;
+    ~ResolverPool() { shutdown(); }
 
     void submit(const std::shared_ptr<Request>& request) {
         const std::lock_guard lock{mutex};
@@ -285,7 +285,7 @@ namespace {
 // nothing to it) and the coroutine stays suspended for its owner to destroy.
 class LookupAwaiter : private detail::CloseHook {
 public:
-    LookupAwaiter(Resolver::Pool& pool, std::shared_ptr<Request> request, std::stop_token token) noexcept
+    LookupAwaiter(detail::ResolverPool& pool, std::shared_ptr<Request> request, std::stop_token token) noexcept
         : pool_{&pool}, request_{std::move(request)}, token_{std::move(token)} {}
     LookupAwaiter(const LookupAwaiter&) = delete;
     LookupAwaiter& operator=(const LookupAwaiter&) = delete;
@@ -362,7 +362,7 @@ private:
         request_->post_locked();
     }
 
-    Resolver::Pool* pool_;
+    detail::ResolverPool* pool_;
     std::shared_ptr<Request> request_;
     std::stop_token token_;
     std::stop_token ambient_;
@@ -419,7 +419,7 @@ Resolver::Resolver(std::size_t max_threads) {
     if (max_threads == 0) {
         throw std::invalid_argument("Resolver: max_threads must be at least 1");
     }
-    pool_ = std::make_unique<Pool>(max_threads);
+    pool_ = std::make_unique<detail::ResolverPool>(max_threads);
 }
 
 Resolver::~Resolver() = default;

@@ -120,7 +120,8 @@ bool Poller::to_timeval(Timeout timeout, ::timeval& out) noexcept {
 namespace {
 
 // Best first: io_uring and epoll cost nothing per idle descriptor. Which of
-// the two leads is decided by bench/select_bench (see docs/BENCHMARKS.md).
+// the two leads is decided by bench-select (bench/select_bench.cpp; see
+// docs/BENCHMARKS.md).
 constexpr auto compiled_pollers = std::to_array<PollerFactory>({
 #if MUXIO_HAS_EPOLL
     {"epoll", &make_epoll_poller},
