@@ -29,12 +29,18 @@ int injected_fault(WakeupCall call, int fd) noexcept {
 
 std::atomic<std::uint64_t> missed_wakeups{0};
 
-int write_wakeup(int fd, detail::WakeupCall call) noexcept {
-    const std::uint64_t one = 1;
+namespace {
+
+// One eventfd read or write (`transfer`), a test's injected fault first,
+// retried after a signal. 0 once it went through or would block (EAGAIN: a
+// full counter is readable already, an empty one has nothing to drain),
+// else the errno value. Async-signal-safe.
+template <class Transfer>
+int eventfd_call(int fd, WakeupCall call, Transfer transfer) noexcept {
     for (;;) {
         int error = injected_fault(call, fd);
         if (error == 0) {
-            if (::write(fd, &one, sizeof one) >= 0) {
+            if (transfer() >= 0) {
                 return 0;
             }
             error = errno;
@@ -48,23 +54,16 @@ int write_wakeup(int fd, detail::WakeupCall call) noexcept {
     }
 }
 
+}  // namespace
+
+int write_wakeup(int fd, WakeupCall call) noexcept {
+    const std::uint64_t one = 1;
+    return eventfd_call(fd, call, [&] { return ::write(fd, &one, sizeof one); });
+}
+
 int drain_wakeup(int fd, WakeupCall call) noexcept {
     std::uint64_t count = 0;
-    for (;;) {
-        int error = injected_fault(call, fd);
-        if (error == 0) {
-            if (::read(fd, &count, sizeof count) >= 0) {
-                return 0;
-            }
-            error = errno;
-        }
-        if (error == EAGAIN) {
-            return 0;
-        }
-        if (error != EINTR) {
-            return error;
-        }
-    }
+    return eventfd_call(fd, call, [&] { return ::read(fd, &count, sizeof count); });
 }
 
 void refuse_drain(int error, int fd) {
