@@ -98,8 +98,8 @@ def check(layers: dict[str, str], includes: dict[str, list[str]], unclaimed: lis
 
 
 def transitive_reduction(edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """The edges no longer path implies: a picture of what each box needs
-    directly, not of everything it reaches."""
+    """The edges that no longer path implies: a picture of what each box
+    needs directly, not of everything it reaches."""
     successors: dict[str, set[str]] = {}
     for source, target in edges:
         successors.setdefault(source, set()).add(target)
