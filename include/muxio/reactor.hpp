@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "muxio/detail/ring_queue.hpp"
+#include "muxio/detail/soon_queue.hpp"
 #include "muxio/detail/unique_function.hpp"
 #include "muxio/selector.hpp"
 
@@ -341,7 +341,7 @@ public:
     requires(std::is_class_v<std::remove_cvref_t<F>> && !std::is_same_v<std::remove_cvref_t<F>, Callback> &&
              std::is_invocable_v<std::decay_t<F>&>) TimerHandle call_soon(F&& callback) {
         check_usable("call_soon");
-        const std::uint64_t position = soon_.emplace(std::forward<F>(callback));
+        const std::uint64_t position = soon_.queue.emplace(std::forward<F>(callback));
         return queued_soon(position);
     }
     /// Runs `callback` once `delay` has passed: never earlier; callbacks due at
@@ -504,7 +504,7 @@ private:
         return detail::fork_generation.load(std::memory_order_relaxed) != fork_generation_;
     }
     TimerHandle queued_soon(std::uint64_t position) {
-        ++soon_live_;
+        ++soon_.live;
         if (embedded_ && !running_) [[unlikely]] {
             rearm_embedding();
         }
@@ -536,12 +536,7 @@ private:
     void rearm_embedding();
 
     std::unique_ptr<Impl> impl_;
-    // call_soon() callbacks waiting for the next iteration. A callback lives
-    // in the queue itself, named by its position, and is cancelled by
-    // emptying it in place (asyncio's handle with a cancelled flag): no
-    // record to allocate and free. Here, not in Impl, for the inline call_soon().
-    detail::RingQueue<Callback> soon_;
-    std::size_t soon_live_ = 0;  // queued callbacks not yet run or cancelled
+    detail::SoonQueue soon_;
     std::uint64_t fork_generation_ = 0;
     bool embedded_ = false;  // embed_fd() was called: queuing work re-arms its timer
     bool running_ = false;   // the loop thread's own view of whether owner_ is set

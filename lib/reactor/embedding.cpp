@@ -66,7 +66,7 @@ void Reactor::rearm_embedding() {
     // Otherwise at the nearest timer. Ready descriptors make the selector's
     // own descriptor readable without help.
     const std::optional<TimePoint> target =
-        soon_.empty() ? impl.scheduler.next_deadline() : std::optional<TimePoint>{TimePoint::min()};
+        soon_.queue.empty() ? impl.scheduler.next_deadline() : std::optional<TimePoint>{TimePoint::min()};
     if (target == impl.embed_armed_for) {
         return;
     }
@@ -98,7 +98,7 @@ std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
     if (closed_) {
         return std::nullopt;
     }
-    if (!soon_.empty()) {
+    if (!soon_.queue.empty()) {
         return Duration::zero();
     }
     if (const auto deadline = impl_->scheduler.next_deadline()) {

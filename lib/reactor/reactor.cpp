@@ -224,7 +224,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    run()'s business: it passes a zero timeout. Here it would make every
     //    later run_once() poll, a busy loop for a caller driving run_once().)
     detail::Timeout wait = timeout;
-    if (!soon_.empty()) {
+    if (!soon_.queue.empty()) {
         wait = Duration::zero();
     } else if (const auto deadline = impl.scheduler.next_deadline()) {
         const Duration until = impl.time_until(*deadline);
@@ -273,15 +273,15 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    (signal handlers among them), the threadsafe batch, I/O callbacks,
     //    due timers. What these callbacks schedule waits for the next
     //    iteration.
-    if (!soon_.empty()) {
-        std::swap(soon_, impl.running_batch);
-        soon_.restart_at(impl.running_batch.next_position());
+    if (!soon_.queue.empty()) {
+        std::swap(soon_.queue, impl.running_batch);
+        soon_.queue.restart_at(impl.running_batch.next_position());
         do {
             // Out of the queue before it runs, so its own handle no longer
             // finds it; destroyed after, in place.
             Callback& callback = impl.running_batch.pop_in_place();
             if (callback) {
-                --soon_live_;
+                --soon_.live;
                 invoke(callback);
                 callback = nullptr;
                 ++ran;
@@ -505,7 +505,7 @@ bool Reactor::remove_writer(int fd) {
 TimerHandle Reactor::call_soon(Callback callback) {
     check_usable("call_soon");
     detail::require_callback(callback, "call_soon");
-    return queued_soon(soon_.push(std::move(callback)));
+    return queued_soon(soon_.queue.push(std::move(callback)));
 }
 
 TimerHandle Reactor::call_later(Duration delay, Callback callback) {
@@ -530,7 +530,7 @@ Reactor::TimePoint Reactor::time() const {
 
 std::size_t Reactor::scheduled_count() const {
     check_thread("scheduled_count");
-    return closed_ ? 0 : impl_->scheduler.size() + soon_live_;
+    return closed_ ? 0 : impl_->scheduler.size() + soon_.live;
 }
 
 bool TimerHandle::cancel() {
@@ -545,7 +545,7 @@ bool TimerHandle::cancel() {
     if (!queued_) {
         return impl.scheduler.cancel(timer_id(id_));
     }
-    Callback* queued = reactor_->soon_.find(id_);
+    Callback* queued = reactor_->soon_.queue.find(id_);
     if (queued == nullptr) {
         queued = impl.running_batch.find(id_);
     }
@@ -555,7 +555,7 @@ bool TimerHandle::cancel() {
     // Destroyed once the entry is empty: the captures' destructors may
     // schedule callbacks, which can grow the queue and move the entry.
     const Callback doomed = std::move(*queued);
-    --reactor_->soon_live_;
+    --reactor_->soon_.live;
     return true;
 }
 
@@ -571,7 +571,7 @@ bool TimerHandle::pending() const {
     if (!queued_) {
         return impl.scheduler.pending(timer_id(id_));
     }
-    const Callback* queued = reactor_->soon_.find(id_);
+    const Callback* queued = reactor_->soon_.queue.find(id_);
     if (queued == nullptr) {
         queued = impl.running_batch.find(id_);
     }
@@ -650,9 +650,9 @@ void Reactor::close() {
         impl.selector->close();
     }
     impl.scheduler.clear();
-    soon_.clear();
+    soon_.queue.clear();
     impl.running_batch.clear();
-    soon_live_ = 0;
+    soon_.live = 0;
     embedded_ = false;
     impl.due.clear();
     impl.incoming_spare.clear();

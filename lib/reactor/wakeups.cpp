@@ -174,7 +174,7 @@ void Reactor::take_wakeups() {
             continue;
         }
         if (detail::signal_routes[static_cast<std::size_t>(signo)].pending.exchange(false, std::memory_order_acq_rel)) {
-            queued_soon(soon_.emplace([this, signo] { run_signal_handler(signo); }));
+            queued_soon(soon_.queue.emplace([this, signo] { run_signal_handler(signo); }));
         }
     }
 }
