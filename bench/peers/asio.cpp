@@ -159,28 +159,9 @@ struct Loop {
 
 Measurement soon(const SoonWorkload& workload) {
     Loop loop;
-    struct State {
-        Loop* loop;
-        std::size_t total;
-        std::size_t scheduled = 0;
-        std::size_t ran = 0;
-        void step() {
-            ++ran;
-            if (scheduled < total) {
-                ++scheduled;
-                loop->post([this] { step(); });
-            } else if (ran == total) {
-                loop->stop();
-            }
-        }
-    } state{&loop, workload.total};
-    const Timing timing;
-    for (std::size_t i = 0; i < workload.chains; ++i) {
-        ++state.scheduled;
-        loop.post([s = &state] { s->step(); });
-    }
-    loop.run();
-    return timing.stop(state.ran);
+    return soon_chains(
+        workload, [&](auto&& callback) { loop.post(std::forward<decltype(callback)>(callback)); }, [&] { loop.stop(); },
+        [&] { loop.run(); });
 }
 
 Measurement threadsafe(const CrossThreadWorkload& workload) {

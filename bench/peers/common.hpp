@@ -309,6 +309,37 @@ struct SoonWorkload {
     std::size_t chains = 0;
 };
 
+/// The call_soon benchmark as every library with a call_soon runs it:
+/// `chains` chains of callbacks, each scheduling the next, `total` in all.
+/// `schedule(f)` is the library's call_soon, `stop()` ends its loop, `run()`
+/// runs the loop until then.
+template <class Schedule, class Stop, class Run>
+Measurement soon_chains(const SoonWorkload& workload, Schedule schedule, Stop stop, Run run) {
+    struct State {
+        Schedule* schedule;
+        Stop* stop;
+        std::size_t total;
+        std::size_t scheduled = 0;
+        std::size_t ran = 0;
+        void step() {
+            ++ran;
+            if (scheduled < total) {
+                ++scheduled;
+                (*schedule)([this] { step(); });
+            } else if (ran == total) {
+                (*stop)();
+            }
+        }
+    } state{&schedule, &stop, workload.total};
+    const Timing timing;
+    for (std::size_t i = 0; i < workload.chains; ++i) {
+        ++state.scheduled;
+        schedule([s = &state] { s->step(); });
+    }
+    run();
+    return timing.stop(state.ran);
+}
+
 /// Another thread on `producer_core` schedules into the loop on `loop_core`:
 /// `count` callbacks as fast as it can (throughput), or one at a time with
 /// `gap_ns` of quiet after each has run, so the loop sleeps again (latency).

@@ -205,29 +205,9 @@ private:
 Measurement soon(const SoonWorkload& workload) {
     OwnedLoop owned;
     SoonQueue queue{&owned.loop};
-    struct State {
-        SoonQueue* queue;
-        uv_loop_t* loop;
-        std::size_t total;
-        std::size_t scheduled = 0;
-        std::size_t ran = 0;
-        void step() {
-            ++ran;
-            if (scheduled < total) {
-                ++scheduled;
-                queue->call_soon([this] { step(); });
-            } else if (ran == total) {
-                uv_stop(loop);
-            }
-        }
-    } state{&queue, &owned.loop, workload.total};
-    const Timing timing;
-    for (std::size_t i = 0; i < workload.chains; ++i) {
-        ++state.scheduled;
-        queue.call_soon([s = &state] { s->step(); });
-    }
-    uv_run(&owned.loop, UV_RUN_DEFAULT);
-    const Measurement measured = timing.stop(state.ran);
+    const Measurement measured = soon_chains(
+        workload, [&](auto&& callback) { queue.call_soon(std::forward<decltype(callback)>(callback)); },
+        [&] { uv_stop(&owned.loop); }, [&] { uv_run(&owned.loop, UV_RUN_DEFAULT); });
     owned.finish();
     return measured;
 }

@@ -92,28 +92,9 @@ Measurement soon(const SoonWorkload& workload) {
     const SocketPair pair;
     muxio::Reactor reactor;
     reactor.add_reader(pair.first(), [] {});
-    struct State {
-        muxio::Reactor* reactor;
-        std::size_t total;
-        std::size_t scheduled = 0;
-        std::size_t ran = 0;
-        void step() {
-            ++ran;
-            if (scheduled < total) {
-                ++scheduled;
-                reactor->call_soon([this] { step(); });
-            } else if (ran == total) {
-                reactor->stop();
-            }
-        }
-    } state{&reactor, workload.total};
-    const Timing timing;
-    for (std::size_t i = 0; i < workload.chains; ++i) {
-        ++state.scheduled;
-        reactor.call_soon([s = &state] { s->step(); });
-    }
-    reactor.run();
-    return timing.stop(state.ran);
+    return soon_chains(
+        workload, [&](auto&& callback) { reactor.call_soon(std::forward<decltype(callback)>(callback)); },
+        [&] { reactor.stop(); }, [&] { reactor.run(); });
 }
 
 struct Loop {
