@@ -164,16 +164,6 @@ Measurement soon(const SoonWorkload& workload) {
         [&] { loop.run(); });
 }
 
-Measurement threadsafe(const CrossThreadWorkload& workload) {
-    Loop loop;
-    return threadsafe_throughput(loop, workload);
-}
-
-std::vector<std::int64_t> latency(const CrossThreadWorkload& workload) {
-    Loop loop;
-    return threadsafe_latency(loop, workload);
-}
-
 using Local = asio::local::stream_protocol::socket;
 
 // A failed check must not leave the other side waiting forever.
@@ -288,8 +278,8 @@ const Library library{.name = "asio",
                       .serve = serve,
                       .timers = timers,
                       .soon = soon,
-                      .threadsafe = threadsafe,
-                      .latency = latency,
+                      .threadsafe = threadsafe_throughput<Loop>,
+                      .latency = threadsafe_latency<Loop>,
                       .readable = readable,
                       .spawn = spawn};
 

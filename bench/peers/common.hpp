@@ -351,9 +351,11 @@ struct CrossThreadWorkload {
 
 /// The cross-thread benchmarks, written once for every library. `Loop` has
 /// post(f), the library's call_soon_threadsafe, callable from any thread;
-/// run(), until stop() is called from inside the loop.
+/// run(), until stop() is called from inside the loop. Each makes a loop
+/// of its own.
 template <class Loop>
-Measurement threadsafe_throughput(Loop& loop, const CrossThreadWorkload& workload) {
+Measurement threadsafe_throughput(const CrossThreadWorkload& workload) {
+    Loop loop;
     struct State {
         Loop* loop;
         std::size_t total;
@@ -387,7 +389,8 @@ Measurement threadsafe_throughput(Loop& loop, const CrossThreadWorkload& workloa
 
 /// Latencies in nanoseconds from the call to the callback, one per sample.
 template <class Loop>
-std::vector<std::int64_t> threadsafe_latency(Loop& loop, const CrossThreadWorkload& workload) {
+std::vector<std::int64_t> threadsafe_latency(const CrossThreadWorkload& workload) {
+    Loop loop;
     struct State {
         std::vector<std::int64_t> latencies;
         std::atomic<bool> done{false};

@@ -237,16 +237,6 @@ struct Loop {
     void stop() { event_base_loopbreak(owned.base); }
 };
 
-Measurement threadsafe(const CrossThreadWorkload& workload) {
-    Loop loop;
-    return threadsafe_throughput(loop, workload);
-}
-
-std::vector<std::int64_t> latency(const CrossThreadWorkload& workload) {
-    Loop loop;
-    return threadsafe_latency(loop, workload);
-}
-
 }  // namespace
 
 const Library library{.name = "libevent",
@@ -254,7 +244,7 @@ const Library library{.name = "libevent",
                       .serve = serve,
                       .timers = timers,
                       .soon = soon,
-                      .threadsafe = threadsafe,
-                      .latency = latency};
+                      .threadsafe = threadsafe_throughput<Loop>,
+                      .latency = threadsafe_latency<Loop>};
 
 }  // namespace bench

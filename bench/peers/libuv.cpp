@@ -250,16 +250,6 @@ struct Loop {
     void stop() { uv_stop(&owned.loop); }
 };
 
-Measurement threadsafe(const CrossThreadWorkload& workload) {
-    Loop loop;
-    return threadsafe_throughput(loop, workload);
-}
-
-std::vector<std::int64_t> latency(const CrossThreadWorkload& workload) {
-    Loop loop;
-    return threadsafe_latency(loop, workload);
-}
-
 }  // namespace
 
 const Library library{.name = "libuv",
@@ -267,7 +257,7 @@ const Library library{.name = "libuv",
                       .serve = serve,
                       .timers = timers,
                       .soon = soon,
-                      .threadsafe = threadsafe,
-                      .latency = latency};
+                      .threadsafe = threadsafe_throughput<Loop>,
+                      .latency = threadsafe_latency<Loop>};
 
 }  // namespace bench

@@ -111,16 +111,6 @@ struct Loop {
     void stop() { reactor.stop(); }
 };
 
-Measurement threadsafe(const CrossThreadWorkload& workload) {
-    Loop loop;
-    return threadsafe_throughput(loop, workload);
-}
-
-std::vector<std::int64_t> latency(const CrossThreadWorkload& workload) {
-    Loop loop;
-    return threadsafe_latency(loop, workload);
-}
-
 // The callback reference of the coroutine ping-pong: both readers stay
 // registered for the whole run.
 Measurement readable(std::size_t round_trips, const Options& /*options*/) {
@@ -155,8 +145,8 @@ const Library library{.name = "muxio",
                       .serve = serve,
                       .timers = timers,
                       .soon = soon,
-                      .threadsafe = threadsafe,
-                      .latency = latency,
+                      .threadsafe = threadsafe_throughput<Loop>,
+                      .latency = threadsafe_latency<Loop>,
                       .readable = readable};
 
 }  // namespace bench
