@@ -36,6 +36,7 @@ def chart(title, unit, rows):
     top = max((r["interval"][1] if r["interval"] else r["median"] or 0) for r in rows) or 1
     bar, gap, left, height = 14, 24, 80, 220
     width = left + len(groups) * (len(servers) * bar + gap) + 160
+    width = max(width, left + 7 * len(title) + 20)  # the title must fit (13 px sans: about 7 px a character)
     y = lambda v: 40 + height * (1 - v / top)  # noqa: E731
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 90}" font-family="sans-serif" '
            f'font-size="11"><text x="{left}" y="20" font-size="13">{html.escape(title)}</text>',
