@@ -35,7 +35,9 @@ def chart(title, unit, rows):
     servers = list(dict.fromkeys(r["server"] for r in rows))
     top = max((r["interval"][1] if r["interval"] else r["median"] or 0) for r in rows) or 1
     bar, gap, left, height = 14, 24, 80, 220
-    width = left + len(groups) * (len(servers) * bar + gap) + 160
+    # A group is as wide as its bars or its label (11 px sans: about 6.5 px a character), whichever is wider.
+    step = max(len(servers) * bar + gap, 6.5 * max(len(group) for group in groups) + 10)
+    width = left + len(groups) * step + 160
     width = max(width, left + 7 * len(title) + 20)  # the title must fit (13 px sans: about 7 px a character)
     y = lambda v: 40 + height * (1 - v / top)  # noqa: E731
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 90}" font-family="sans-serif" '
@@ -47,7 +49,7 @@ def chart(title, unit, rows):
         out.append(f'<line x1="{left - 4}" x2="{width - 160}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#ddd"/>'
                    f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:,.{0 if top > 40 else 2}f}</text>')
     for g, group in enumerate(groups):
-        x0 = left + g * (len(servers) * bar + gap)
+        x0 = left + g * step
         for s, server in enumerate(servers):
             row = next((r for r in rows if r["group"] == group and r["server"] == server), None)
             if not row or row["median"] is None:
