@@ -137,6 +137,32 @@ def a_client_that_never_reads_is_disconnected_and_the_others_go_on():
         print(f"  stalled client dropped after {sent} bytes sent to the room")
 
 
+def a_leaving_client_that_never_reads_its_last_lines_is_closed_after_the_linger():
+    # More than the kernel can hold for the stalled client (its send buffer
+    # at most tcp_wmem's maximum, its receive buffer small), so some of it is
+    # still queued in the server when the client says /quit.
+    kernel_max = int(open("/proc/sys/net/ipv4/tcp_wmem").read().split()[2])
+    program, port = start("--max-line", "32768", "--max-queued", str(1 << 30), "--linger", "0.3")
+    with program:
+        talker = join(port, 1, [])
+        reader = join(port, 2, [talker])
+        stalled = join(port, 3, [talker, reader], rcvbuf=4096)
+        line = "z" * 30000
+        sent = 0
+        while sent < 2 * kernel_max + (1 << 20):
+            talker.send(line + "\n")
+            sent += len(line)
+            check(reader.read_line() == "guest1: " + line, "the reader missed a line")
+        stalled.send("/quit\n")
+        reader.expect(r"\* guest3 left \(did not read its last lines\)")
+        talker.expect(r"\* guest3 left \(did not read its last lines\)")
+        rest = program.stop(signal.SIGTERM, 0)
+        check(rest == ["stopped by signal 15: 3 clients served, 0 disconnected for not reading, 2 still connected"],
+              f"unexpected end: {rest}")
+        for client in (talker, reader, stalled):
+            client.close()
+
+
 def sigterm_closes_every_connection():
     program, port = start()
     with program:
@@ -167,7 +193,7 @@ def bad_command_lines_are_refused():
     for argv, needle in ((["--bind", "example.com"], "not an IPv4 or IPv6 address"),
                          (["--max-line", "0"], "--max-line"),
                          (["--max-line", "1000", "--max-queued", "1999"], "at least twice --max-line"),
-                         (["--max-clients", "-3"], "--max-clients")):
+                         (["--max-clients", "-3"], "--max-clients"), (["--linger", "0"], "--linger")):
         status, out, err = run([example] + argv)
         check(status == 2, f"{argv}: exit status {status}")
         check(needle in err, f"{argv}: stderr {err!r}")
@@ -177,5 +203,6 @@ def bad_command_lines_are_refused():
 
 main([lines_go_to_the_others_and_nicknames_rename_their_sender,
       a_line_over_the_limit_ends_its_senders_connection_only,
-      a_client_that_never_reads_is_disconnected_and_the_others_go_on, sigterm_closes_every_connection,
+      a_client_that_never_reads_is_disconnected_and_the_others_go_on,
+      a_leaving_client_that_never_reads_its_last_lines_is_closed_after_the_linger, sigterm_closes_every_connection,
       the_server_turns_away_clients_over_its_limit, bad_command_lines_are_refused])

@@ -151,6 +151,10 @@ void LineServer::disconnect(ClientId client) {
     reactor_.remove_reader(c.stream.fileno());  // what it sends from now on is ignored
     if (c.output.empty()) {
         close(c, {});
+    } else {
+        // A client that does not take its last lines must not keep the
+        // connection open forever (nothing more is queued for it meanwhile).
+        c.linger = reactor_.call_later(options_.linger, [this, &c] { close(c, "did not read its last lines"); });
     }
 }
 
@@ -195,6 +199,7 @@ void LineServer::close(Connection& c, std::string reason) {
         return;
     }
     c.closed = true;
+    c.linger.cancel();
     c.stream.close();  // removes its reader and writer, then closes
     c.output.clear();
     c.queued = 0;

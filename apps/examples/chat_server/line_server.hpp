@@ -7,6 +7,7 @@
 // ClientLink and LineHandler.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <deque>
 #include <memory>
@@ -30,6 +31,9 @@ struct LineServerOptions {
     std::size_t max_queued = 64 * 1024;
     // More clients than this are told the server is full and closed.
     std::size_t max_clients = 1000;
+    // How long a client being disconnected (/quit, a line too long) has to
+    // take the lines still queued for it before its connection is closed.
+    std::chrono::milliseconds linger{5000};
 };
 
 struct LineServerStats {
@@ -69,6 +73,14 @@ private:
         bool writer = false;         // a writer callback is registered
         bool closing = false;        // disconnect() asked: close once `output` is out
         bool closed = false;         // the socket is closed, the erase is pending
+        muxio::TimerHandle linger;   // ends the wait of a closing client for its last lines
+
+        Connection() = default;
+        Connection(const Connection&) = delete;
+        Connection& operator=(const Connection&) = delete;
+        Connection(Connection&&) = delete;
+        Connection& operator=(Connection&&) = delete;
+        ~Connection() { linger.cancel(); }  // its callback points here
     };
 
     void accept();

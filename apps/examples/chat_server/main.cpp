@@ -5,7 +5,8 @@
 // A client that does not read what it is sent is disconnected once more than
 // --max-queued bytes wait for it ("* guest3 left (not reading)"), so one
 // stalled client costs the server a bounded amount of memory and the others
-// go on; a line longer than --max-line ends its sender's connection too.
+// go on; a line longer than --max-line ends its sender's connection too. A
+// client leaving (/quit) gets --linger seconds to read its last lines.
 //
 // The program is in three parts: chat_room.{hpp,cpp}, the protocol, with no
 // socket in it; line_server.{hpp,cpp}, the connections (accept loop, line
@@ -19,6 +20,7 @@
 // Exit status: 0 after SIGINT or SIGTERM, 1 on a failure (the port is taken),
 // 2 for a bad command line.
 
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
@@ -62,6 +64,11 @@ int run(int argc, char** argv) {
     app.add_option("--max-clients", options.max_clients, "clients at once; more are turned away")
         ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))
         ->capture_default_str();
+    double linger_seconds = 5.0;
+    app.add_option("--linger", linger_seconds,
+                   "seconds a client leaving (/quit, a line too long) has to read its last lines")
+        ->check(CLI::Range(0.001, 3600.0))
+        ->capture_default_str();
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& error) {
@@ -75,6 +82,7 @@ int run(int argc, char** argv) {
                    options.max_queued, options.max_line);
         return exit_usage;
     }
+    options.linger = std::chrono::milliseconds{static_cast<std::int64_t>(linger_seconds * 1000.0 + 0.5)};
     const std::optional<muxio::SocketAddress> address = muxio::SocketAddress::ip(bind_host, port);
     if (!address) {
         fmt::print(stderr, "example-chat-server: --bind {}: not an IPv4 or IPv6 address\n", bind_host);
