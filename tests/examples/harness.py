@@ -22,6 +22,17 @@ class TestFailure(Exception):
     pass
 
 
+# What a sanitizer build prints on a finding. Its exit status may be the one a
+# test expects (ASan's is 1, as an example's failure), so stderr is read too.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer")
+
+
+def check_sanitizers(name, stderr):
+    for marker in SANITIZER_MARKERS:
+        if marker in stderr:
+            fail(f"{name}: a sanitizer reported a finding:\n{stderr}")
+
+
 def fail(message):
     raise TestFailure(message)
 
@@ -109,6 +120,7 @@ class Program:
         rest = []
         while (line := self.read_line()) is not None:
             rest.append(line)
+        check_sanitizers(self.name, self.stderr())
         check(status == expected_status, f"{self.name} exited with {status}, expected {expected_status}")
         return rest
 
@@ -128,6 +140,7 @@ def run(argv, timeout=DEADLINE):
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         fail(f"{argv} did not exit within {timeout} s")
+    check_sanitizers(os.path.basename(argv[0]), done.stderr.decode())
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
