@@ -97,9 +97,9 @@ def sigint_cancels_a_pending_read_at_once():
 def run_for_requests_the_stop_through_the_token():
     server = Server("silent")
     with Program([client, "--port", str(server.port), "--timeout", "600", "--run-for", "0.2"]) as program:
-        program.expect(r"connected to .*")
+        # Stopped while connecting or, far more likely, while waiting for the reply.
         rest = program.finish(0)
-        check(rest == ["stopped after --run-for: 0 replies"], f"unexpected end: {rest}")
+        check(rest[-1] == "stopped after --run-for: 0 replies", f"unexpected end: {rest}")
     server.close()
 
 

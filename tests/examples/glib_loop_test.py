@@ -21,21 +21,31 @@ def start(*extra):
     return program, port
 
 
-def answers_lines_and_closes_a_silent_connection_on_the_reactor_timer():
+def answers_each_line_in_upper_case():
+    program, port = start()
+    with program:
+        first, second = LineClient(port), LineClient(port)
+        first.send("hello glib\r\nsecond line\n")
+        second.send("from the other one\n")
+        check(first.read_line() == "HELLO GLIB", "first reply")
+        check(first.read_line() == "SECOND LINE", "second reply")
+        check(second.read_line() == "FROM THE OTHER ONE", "the other connection's reply")
+        rest = program.stop(signal.SIGTERM, 0)
+        check(rest == ["stopped by signal 15: 2 connections, 3 lines"], f"unexpected end: {rest}")
+        check(first.expect_closed() == [] and second.expect_closed() == [], "connections left open")
+        first.close()
+        second.close()
+
+
+def a_silent_connection_is_closed_by_a_reactor_timer():
     program, port = start("--idle-timeout", "0.3")
     with program:
         silent = LineClient(port)
-        talker = LineClient(port)
-        talker.send("hello glib\r\nsecond line\n")
-        check(talker.read_line() == "HELLO GLIB", "first reply")
-        check(talker.read_line() == "SECOND LINE", "second reply")
-        # The silent one is told, then closed, by a reactor timer.
         lines = silent.expect_closed()
         check(lines == ["bye: idle for 300 ms"], f"silent client got {lines}")
         silent.close()
-        talker.close()
         rest = program.stop(signal.SIGTERM, 0)
-        check(rest == ["stopped by signal 15: 2 connections, 2 lines"], f"unexpected end: {rest}")
+        check(rest == ["stopped by signal 15: 1 connections, 0 lines"], f"unexpected end: {rest}")
 
 
 def a_line_longer_than_the_limit_ends_its_connection_only():
@@ -82,6 +92,6 @@ def bad_command_lines_are_refused():
     check(status == 0 and "--idle-timeout" in out, f"--help: {status} {out!r}")
 
 
-main([answers_lines_and_closes_a_silent_connection_on_the_reactor_timer,
+main([answers_each_line_in_upper_case, a_silent_connection_is_closed_by_a_reactor_timer,
       a_line_longer_than_the_limit_ends_its_connection_only, glib_timeouts_print_the_status_beside_the_reactor,
       a_reactor_without_an_embeddable_descriptor_is_refused, bad_command_lines_are_refused])
