@@ -264,9 +264,15 @@ int run(int argc, char** argv) {
             fmt::print("stdin closed: serving until SIGINT or SIGTERM\n");
             std::fflush(stdout);
         }
-        if (next_status && Clock::now() >= *next_status) {
+        const Clock::time_point now = Clock::now();
+        if (next_status && now >= *next_status) {
             print_status(stats);
-            next_status = *next_status + status_period;
+            // On the period's beat, but without a burst to catch up after a
+            // stall (a stopped process, say).
+            *next_status += status_period;
+            if (*next_status <= now) {
+                next_status = now + status_period;
+            }
         }
     }
 
