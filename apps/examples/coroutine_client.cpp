@@ -52,7 +52,7 @@ struct ClientOptions {
     std::chrono::milliseconds timeout{};  // for each reply
     std::chrono::milliseconds connect_timeout{};
     std::chrono::milliseconds interval{};  // between requests
-    std::size_t max_line = 64 * 1024;
+    std::size_t max_line = std::size_t{64} * 1024;
 };
 
 // Reads '\n'-terminated lines from a stream. Bytes that arrive past a newline

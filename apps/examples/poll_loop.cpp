@@ -70,7 +70,7 @@ muxio::Task<void> echo(muxio::TcpStream stream, EchoStats& stats) {
         EchoStats& stats;
         ~Closed() { --stats.open; }
     } closed{stats};
-    std::vector<std::byte> buffer(16 * 1024);
+    std::vector<std::byte> buffer(std::size_t{16} * 1024);
     try {
         for (;;) {
             const std::size_t got = co_await stream.read_some(buffer);

@@ -28,7 +28,7 @@ struct LineServerOptions {
     // Bytes queued for a client beyond what its socket took. A client that
     // does not read hits this and is disconnected, so it costs the server at
     // most this much memory, however much the others say.
-    std::size_t max_queued = 64 * 1024;
+    std::size_t max_queued = std::size_t{64} * 1024;
     // More clients than this are told the server is full and closed.
     std::size_t max_clients = 1000;
     // How long a client being disconnected (/quit, a line too long) has to
@@ -105,7 +105,7 @@ private:
     ClientId next_id_ = 1;
     // One read buffer for every connection: what a read returns is appended
     // to that connection's input before the next read.
-    std::vector<std::byte> read_buffer_ = std::vector<std::byte>(16 * 1024);
+    std::vector<std::byte> read_buffer_ = std::vector<std::byte>(std::size_t{16} * 1024);
     LineServerStats stats_;
 };
 
