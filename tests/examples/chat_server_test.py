@@ -8,6 +8,8 @@ then SIGTERM and bad input.
 """
 
 import signal
+import socket
+import struct
 import sys
 import time
 
@@ -163,6 +165,33 @@ def a_leaving_client_that_never_reads_its_last_lines_is_closed_after_the_linger(
             client.close()
 
 
+def a_client_that_vanishes_with_lines_queued_for_it_leaves_and_the_others_go_on():
+    kernel_max = int(open("/proc/sys/net/ipv4/tcp_wmem").read().split()[2])
+    program, port = start("--max-line", "32768", "--max-queued", str(1 << 30))
+    with program:
+        talker = join(port, 1, [])
+        reader = join(port, 2, [talker])
+        vanishing = join(port, 3, [talker, reader], rcvbuf=4096)
+        line = "v" * 30000
+        sent = 0
+        while sent < 2 * kernel_max + (1 << 20):  # some of it still queued in the server
+            talker.send(line + "\n")
+            sent += len(line)
+            check(reader.read_line() == "guest1: " + line, "the reader missed a line")
+        # Gone mid-write: a reset, not an orderly close.
+        vanishing.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        vanishing.close()
+        reader.expect(r"\* guest3 left \((Connection reset by peer|Broken pipe)\)")
+        talker.expect(r"\* guest3 left \((Connection reset by peer|Broken pipe)\)")
+        talker.send("still here\n")
+        reader.expect(r"guest1: still here")
+        rest = program.stop(signal.SIGTERM, 0)
+        check(rest == ["stopped by signal 15: 3 clients served, 0 disconnected for not reading, 2 still connected"],
+              f"unexpected end: {rest}")
+        talker.close()
+        reader.close()
+
+
 def sigterm_closes_every_connection():
     program, port = start()
     with program:
@@ -204,5 +233,6 @@ def bad_command_lines_are_refused():
 main([lines_go_to_the_others_and_nicknames_rename_their_sender,
       a_line_over_the_limit_ends_its_senders_connection_only,
       a_client_that_never_reads_is_disconnected_and_the_others_go_on,
-      a_leaving_client_that_never_reads_its_last_lines_is_closed_after_the_linger, sigterm_closes_every_connection,
+      a_leaving_client_that_never_reads_its_last_lines_is_closed_after_the_linger,
+      a_client_that_vanishes_with_lines_queued_for_it_leaves_and_the_others_go_on, sigterm_closes_every_connection,
       the_server_turns_away_clients_over_its_limit, bad_command_lines_are_refused])
