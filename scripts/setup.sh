@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages muxio needs to build and test, when missing.
 #
-#   bash scripts/setup.sh            # compilers, CMake, Ninja, fmt, spdlog, doctest, liburing, doxygen, ...
+#   bash scripts/setup.sh            # compilers, CMake, Ninja, fmt, spdlog, doctest, liburing, doxygen, GLib, ...
 #   bash scripts/setup.sh --bench    # also the benchmark peers: libuv, libevent, asio
 #   bash scripts/setup.sh --lint     # also clang-format and clang-tidy
 #   bash scripts/setup.sh --check    # only report what is missing (exit 1 if anything is)
@@ -20,7 +20,8 @@ set -euo pipefail
 # pkg-config finds liburing and is what the install test checks muxio.pc
 # with. python3 runs the project's helper scripts. doxygen builds the API
 # reference (target docs), which CI builds with preset dev so that an
-# undocumented public name fails it.
+# undocumented public name fails it. libglib2.0-dev is for one example,
+# apps/examples/glib_loop.cpp (the reactor in a GLib main loop).
 BUILD_PACKAGES=(
     g++
     clang
@@ -39,6 +40,7 @@ BUILD_PACKAGES=(
     git
     python3
     doxygen
+    libglib2.0-dev
 )
 # Peer libraries and load generators, for bench/ only (never linked into the
 # library); valgrind for `muxbench.py callgrind`, perf for `muxbench.py ab --perf`.
