@@ -119,6 +119,11 @@ public:
     /// sent first); `drained` runs once the last connection is lost (at once
     /// if there is none). Replaces an earlier shutdown's callback.
     void shutdown(std::function<void()> drained);
+    /// stop_listening(), and `drained` runs once every connection open now
+    /// has ended on its own (at once if there is none): a graceful stop
+    /// that lets clients finish. Call shutdown() or close() later to hurry
+    /// them. Replaces an earlier drain's or shutdown's callback.
+    void drain(std::function<void()> drained);
 
     /// Connections open now (their connection_lost() not yet returned).
     [[nodiscard]] std::size_t connection_count() const noexcept { return count_; }
@@ -161,6 +166,7 @@ private:
     std::vector<std::byte> read_buffer_;  // shared by the connections' transports
     TimerHandle retry_;
     bool resource_paused_ = false;
+    bool short_of_resources_ = false;  // warned of EMFILE and the like, no accept since
     bool destroying_ = false;
     bool shutting_down_ = false;
     std::function<void()> drained_;

@@ -188,12 +188,26 @@ public:
     void write(std::span<const std::byte> data);
     /// write() of text.
     void write(std::string_view text) { write(std::as_bytes(std::span{text.data(), text.size()})); }
+    /// write() of several buffers in order, with one sendmsg(2) when nothing
+    /// is queued (a response's head and body without joining them first).
+    /// Same contract as write().
+    void writev(std::span<const std::span<const std::byte>> buffers);
+    /// Queues `count` bytes of the file `file` from `offset`, sent with
+    /// sendfile(2) after what is queued before it and never read into
+    /// memory. The transport owns `file` from the call on (also when it
+    /// throws) and closes it once sent or when the connection ends. They
+    /// count in write_buffer_size(). A file that ends before `count` bytes
+    /// ends the connection with ENODATA (the peer was promised more). Errors
+    /// as write(); std::invalid_argument for a negative `file` or `offset`.
+    void send_file(int file, std::int64_t offset, std::uint64_t count);
     /// Ends the writing side once the queue is sent (shutdown(SHUT_WR): the
     /// peer reads the end of the stream); reading goes on. Harmless when
     /// closing or already done.
     void write_eof();
     /// Bytes queued, not yet taken by the kernel.
-    [[nodiscard]] std::size_t write_buffer_size() const noexcept { return queue_.size() - queue_head_; }
+    [[nodiscard]] std::size_t write_buffer_size() const noexcept {
+        return queue_.size() - queue_head_ + static_cast<std::size_t>(file_bytes_);
+    }
     /// Sets the marks of pause_writing() and resume_writing() (low clamped
     /// to high); takes effect at the next write or drain.
     void set_write_buffer_limits(std::size_t high, std::size_t low) noexcept;
@@ -283,6 +297,8 @@ private:
     void flush_queue();
     void after_drain();
     void enqueue(std::span<const std::byte> data);
+    void drop_queue() noexcept;
+    bool send_queued_file();
     void check_high_water();
     void update_reader() noexcept;
     void add_writer() noexcept;
@@ -331,8 +347,22 @@ private:
     std::size_t high_water_;
     std::size_t low_water_;
     std::size_t read_size_;
+    // A file queued by send_file(), sent once the bytes queued before it
+    // (up to stream position `at`) are out.
+    struct QueuedFile {
+        std::uint64_t at = 0;
+        int fd = -1;
+        std::int64_t offset = 0;
+        std::uint64_t left = 0;
+    };
+
     std::vector<std::byte> queue_;
     std::size_t queue_head_ = 0;
+    std::uint64_t queued_in_ = 0;   // bytes ever put into queue_
+    std::uint64_t queued_out_ = 0;  // bytes of queue_ ever sent
+    std::vector<QueuedFile> files_;
+    std::size_t files_head_ = 0;
+    std::uint64_t file_bytes_ = 0;             // left to send of files_
     std::span<std::byte> shared_buffer_;       // a Server's, shared by its connections
     std::unique_ptr<std::byte[]> own_buffer_;  // allocated at the first read needing it
     detail::TransportFrame* frames_ = nullptr;

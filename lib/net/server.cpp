@@ -214,7 +214,13 @@ void Server::on_acceptable(Listener& listener) {
             }
             ++stats_.accept_errors;
             if (out_of_resources(error)) {
-                logger().warn("Server: accept on {}: {}; pausing accepts", listener.address, error.message());
+                // Once per shortage, not at every retry.
+                if (!short_of_resources_) {
+                    logger().warn("Server: accept on {}: {}; pausing accepts", listener.address, error.message());
+                    short_of_resources_ = true;
+                } else {
+                    logger().debug("Server: accept on {}: {}; pausing accepts", listener.address, error.message());
+                }
                 pause_accepting();
             } else {
                 logger().debug("Server: accept on {}: {}", listener.address, error.message());
@@ -222,6 +228,7 @@ void Server::on_acceptable(Listener& listener) {
             return;
         }
         ++stats_.accepted;
+        short_of_resources_ = false;
         if (options_.max_connections > 0 && count_ >= options_.max_connections) {
             refuse(fd, peer);
             continue;
@@ -376,11 +383,16 @@ void Server::close() noexcept {
 
 void Server::shutdown(std::function<void()> drained) {
     stop_listening();
-    drained_ = std::move(drained);
-    shutting_down_ = true;
     for (Connection* connection = connections_; connection != nullptr; connection = connection->next) {
         connection->transport.close();
     }
+    drain(std::move(drained));
+}
+
+void Server::drain(std::function<void()> drained) {
+    stop_listening();
+    drained_ = std::move(drained);
+    shutting_down_ = true;
     if (count_ == 0) {
         shutting_down_ = false;
         std::function<void()> done = std::move(drained_);

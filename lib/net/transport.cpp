@@ -3,10 +3,13 @@
 #include "muxio/transport.hpp"
 
 #include <fcntl.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <exception>
 #include <stdexcept>
@@ -25,6 +28,11 @@ namespace {
 // does not leave a connection holding megabytes; below it the storage is
 // kept and reused.
 constexpr std::size_t keep_queue_capacity = std::size_t{1} << 20U;
+// The most one sendfile() call is asked for, so one connection's large file
+// does not hold the loop.
+constexpr std::uint64_t sendfile_chunk = std::uint64_t{1} << 20U;
+// Buffers one writev() passes to sendmsg() at most; more are sent in turns.
+constexpr std::size_t max_iovecs = 64;
 
 std::error_code last_error(int errnum) noexcept {
     return {errnum, std::system_category()};
@@ -107,6 +115,7 @@ Transport::~Transport() {
         timer_.cancel();
     }
     release_descriptor();
+    drop_queue();
 }
 
 void Transport::release_descriptor() noexcept {
@@ -156,8 +165,7 @@ void Transport::reactor_closed(detail::CloseHook& hook) noexcept {
         self.state_ = State::ended;
         self.reason_ = std::make_error_code(std::errc::operation_canceled);
         self.release_descriptor();
-        std::vector<std::byte>{}.swap(self.queue_);
-        self.queue_head_ = 0;
+        self.drop_queue();
     }
     if (self.state_ == State::ended) {
         try {
@@ -405,6 +413,140 @@ void Transport::enqueue(std::span<const std::byte> data) {
         queue_head_ = 0;
     }
     queue_.insert(queue_.end(), data.begin(), data.end());
+    queued_in_ += data.size();
+}
+
+void Transport::drop_queue() noexcept {
+    std::vector<std::byte>{}.swap(queue_);
+    queue_head_ = 0;
+    for (std::size_t i = files_head_; i < files_.size(); ++i) {
+        ::close(files_[i].fd);
+    }
+    files_.clear();
+    files_head_ = 0;
+    file_bytes_ = 0;
+}
+
+void Transport::writev(std::span<const std::span<const std::byte>> buffers) {
+    if (state_ >= State::ended) {
+        return;
+    }
+    if (closing_ || eof_pending_) [[unlikely]] {
+        throw std::logic_error("Transport::writev: the transport is closing (close() or write_eof() was called)");
+    }
+    if (state_ != State::open || write_buffer_size() > 0 || buffers.size() > max_iovecs) {
+        for (const std::span<const std::byte> buffer : buffers) {
+            write(buffer);
+            if (state_ >= State::ended) {
+                return;
+            }
+        }
+        return;
+    }
+    std::array<iovec, max_iovecs> vectors{};
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < buffers.size(); ++i) {
+        // iovec's base is not const; sendmsg() only reads it.
+        vectors[i] = {const_cast<std::byte*>(buffers[i].data()), buffers[i].size()};  // NOLINT
+        total += buffers[i].size();
+    }
+    if (total == 0) {
+        return;
+    }
+    msghdr message{};
+    message.msg_iov = vectors.data();
+    message.msg_iovlen = buffers.size();
+    int errnum = 0;
+    const ssize_t sent = detail::transfer_errno(errnum, [&] { return ::sendmsg(fd_, &message, MSG_NOSIGNAL); });
+    if (sent < 0 && errnum != 0) {
+        finish(last_error(errnum));
+        return;
+    }
+    auto skip = static_cast<std::size_t>(std::max<ssize_t>(sent, 0));
+    if (skip > 0) {
+        note_activity();
+    }
+    if (skip == total) {
+        return;
+    }
+    for (const std::span<const std::byte> buffer : buffers) {
+        if (skip >= buffer.size()) {
+            skip -= buffer.size();
+            continue;
+        }
+        enqueue(buffer.subspan(skip));
+        skip = 0;
+    }
+    add_writer();
+    if (state_ == State::open) {
+        check_high_water();
+    }
+}
+
+void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
+    if (file < 0) {
+        throw std::invalid_argument("Transport::send_file: negative descriptor");
+    }
+    if (state_ >= State::ended) {
+        ::close(file);
+        return;
+    }
+    if (closing_ || eof_pending_ || offset < 0) [[unlikely]] {
+        ::close(file);
+        if (offset < 0) {
+            throw std::invalid_argument("Transport::send_file: negative offset");
+        }
+        throw std::logic_error("Transport::send_file: the transport is closing (close() or write_eof() was called)");
+    }
+    if (count == 0) {
+        ::close(file);
+        return;
+    }
+    try {
+        files_.push_back(QueuedFile{queued_in_, file, offset, count});
+    } catch (...) {
+        ::close(file);
+        throw;
+    }
+    file_bytes_ += count;
+    if (state_ == State::open) {
+        add_writer();
+    }
+    if (state_ == State::open || state_ == State::starting || state_ == State::connecting) {
+        check_high_water();
+    }
+}
+
+bool Transport::send_queued_file() {
+    QueuedFile& file = files_[files_head_];
+    off_t offset = file.offset;
+    int errnum = 0;
+    const ssize_t sent = detail::transfer_errno(errnum, [&] {
+        return ::sendfile(fd_, file.fd, &offset, static_cast<std::size_t>(std::min(file.left, sendfile_chunk)));
+    });
+    if (sent < 0) {
+        if (errnum != 0) {
+            finish(last_error(errnum));
+            return false;
+        }
+        return true;
+    }
+    if (sent == 0) {
+        finish(std::make_error_code(std::errc::no_message_available));  // ENODATA: the file is shorter
+        return false;
+    }
+    note_activity();
+    file.offset = offset;
+    file.left -= static_cast<std::uint64_t>(sent);
+    file_bytes_ -= static_cast<std::uint64_t>(sent);
+    if (file.left == 0) {
+        ::close(std::exchange(file.fd, -1));
+        if (++files_head_ == files_.size()) {
+            files_.clear();
+            files_head_ = 0;
+        }
+    }
+    return true;
 }
 
 void Transport::check_high_water() {
@@ -456,8 +598,16 @@ void Transport::on_writable() {
 }
 
 void Transport::flush_queue() {
-    const std::size_t size = write_buffer_size();
-    if (size > 0) {
+    if (files_head_ < files_.size() && files_[files_head_].at == queued_out_) {
+        if (!send_queued_file()) {
+            return;
+        }
+    } else if (const std::size_t buffered = queue_.size() - queue_head_; buffered > 0) {
+        // Up to the next file, if one is queued.
+        const std::size_t size =
+            files_head_ < files_.size()
+                ? static_cast<std::size_t>(std::min<std::uint64_t>(files_[files_head_].at - queued_out_, buffered))
+                : buffered;
         int errnum = 0;
         const ssize_t sent = detail::transfer_errno(
             errnum, [&] { return ::send(fd_, queue_.data() + queue_head_, size, MSG_NOSIGNAL); });
@@ -469,6 +619,7 @@ void Transport::flush_queue() {
         }
         note_activity();
         queue_head_ += static_cast<std::size_t>(sent);
+        queued_out_ += static_cast<std::uint64_t>(sent);
         if (queue_head_ == queue_.size()) {
             queue_.clear();
             queue_head_ = 0;
@@ -544,8 +695,7 @@ void Transport::finish(std::error_code reason) noexcept {
     soon_.cancel();  // a start() not run yet
     timer_.cancel();
     timer_due_ = TimePoint::max();
-    std::vector<std::byte>{}.swap(queue_);
-    queue_head_ = 0;
+    drop_queue();
     if (frames_ != nullptr) {
         lost_pending_ = true;
     } else {

@@ -16,6 +16,7 @@
 
 #include "muxio/net.hpp"
 #include "reactor/reactor_support.hpp"
+#include "support/captured_log.hpp"
 #include "support/support.hpp"
 #include "transport/transport_support.hpp"
 
@@ -123,6 +124,7 @@ TEST_CASE("listen refuses an address that is neither IP nor Unix-domain, and a h
 
 TEST_CASE("a factory that returns null or throws closes the connection and the server goes on") {
     FdLeakCheck leak_check;
+    CapturedLog log;
     Reactor reactor;
     int calls = 0;
     Server server{reactor, [&](const SocketAddress&) -> std::unique_ptr<Protocol> {
@@ -144,10 +146,12 @@ TEST_CASE("a factory that returns null or throws closes the connection and the s
     write_all(third.get(), "ok");
     CHECK(read_reply(reactor, third.get(), 2) == "ok");
     CHECK(server.stats().setup_failures == 2);
+    CHECK(log.text().find("cannot serve the connection") != std::string::npos);
 }
 
 TEST_CASE("out of descriptors, accepting pauses without spinning, keeps the listener and recovers") {
     FdLeakCheck leak_check;
+    CapturedLog log{spdlog::level::warn};
     Reactor reactor;
     ServerOptions options;
     options.accept_retry = 30ms;
@@ -176,6 +180,10 @@ TEST_CASE("out of descriptors, accepting pauses without spinning, keeps the list
     CHECK(server.stats().accept_errors <= 10);
     CHECK(server.stats().accept_pauses == server.stats().accept_errors);
     CHECK(iterations <= 30);
+    // Warned once for the shortage, not at each retry.
+    const std::string text = log.text();
+    CHECK(text.find("Too many open files") != std::string::npos);
+    CHECK(text.find("Too many open files") == text.rfind("Too many open files"));
     REQUIRE(run_until(reactor, [&] { return server.connection_count() == 1; }));
     write_all(client.get(), "back");
     CHECK(read_reply(reactor, client.get(), 4) == "back");
@@ -265,6 +273,27 @@ TEST_CASE("shutdown stops listening, lets connections send what is queued, and r
     bool at_once = false;
     server.shutdown([&] { at_once = true; });
     CHECK(at_once);
+}
+
+TEST_CASE("drain stops listening and reports once the open connections have ended on their own") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Server server{reactor, echo_factory()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    UniqueFd client = connect_to(address);
+    REQUIRE(run_until(reactor, [&] { return server.connection_count() == 1; }));
+    bool drained = false;
+    server.drain([&] { drained = true; });
+    CHECK_FALSE(server.is_accepting());
+    for (int i = 0; i < 5; ++i) {
+        reactor.run_once(10ms);
+    }
+    CHECK_FALSE(drained);
+    write_all(client.get(), "still served");
+    CHECK(read_reply(reactor, client.get(), 12) == "still served");
+    client.reset();
+    REQUIRE(run_until(reactor, [&] { return drained; }));
+    CHECK(server.connection_count() == 0);
 }
 
 TEST_CASE("close from inside a connection's callback aborts every connection") {

@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
+#include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -526,6 +528,88 @@ TEST_CASE("a warm write queue reuses its storage: no allocation per queued write
     }
     CHECK(allocation_count() == before);
     CHECK(side.transport->write_buffer_size() == 50 * chunk.size());
+}
+
+}  // namespace
+}  // namespace muxio::test
+
+namespace muxio::test {
+namespace {
+
+// A temporary file holding `content`, opened for reading.
+UniqueFd file_with(const std::string& content) {
+    char name[] = "/tmp/muxio-transport-file-XXXXXX";
+    UniqueFd fd{::mkstemp(name)};
+    REQUIRE(fd.get() >= 0);
+    ::unlink(name);
+    REQUIRE(::write(fd.get(), content.data(), content.size()) == static_cast<ssize_t>(content.size()));
+    return fd;
+}
+
+TEST_CASE("send_file sends a file slice between the bytes written before and after it, in order") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Adopted side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    std::string content;
+    for (int i = 0; i < 300000; ++i) {
+        content += static_cast<char>('a' + i % 26);
+    }
+    UniqueFd file = file_with(content);
+    side.transport->write(std::string_view{"head:"});
+    side.transport->send_file(file.release(), 10, content.size() - 20);
+    CHECK(side.transport->write_buffer_size() == content.size() - 20);
+    side.transport->write(std::string_view{":tail"});
+    side.transport->close();
+    std::string got;
+    bool open = true;
+    REQUIRE(run_until(reactor, [&] {
+        if (open) {
+            open = read_available(side.peer.get(), got);
+        }
+        return !open && side.protocol.lost == 1;
+    }));
+    CHECK(got == "head:" + content.substr(10, content.size() - 20) + ":tail");
+    CHECK_FALSE(*side.protocol.reason);
+}
+
+TEST_CASE("send_file of a file shorter than announced ends the connection with ENODATA") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Adopted side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    UniqueFd file = file_with("short");
+    side.transport->send_file(file.release(), 0, 100);
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK(*side.protocol.reason == std::errc::no_message_available);
+}
+
+TEST_CASE("send_file refuses a negative descriptor or offset and closes the file it was given") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Adopted side{reactor};
+    CHECK_THROWS_AS(side.transport->send_file(-1, 0, 1), std::invalid_argument);
+    UniqueFd file = file_with("x");
+    CHECK_THROWS_AS(side.transport->send_file(file.release(), -1, 1), std::invalid_argument);
+}
+
+TEST_CASE("writev sends several buffers with one call and queues the rest in order when the kernel is full") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Adopted side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    const std::string head = "HTTP/1.1 200 OK\r\n\r\n";
+    const std::string body(512 * 1024, 'b');
+    const std::array<std::span<const std::byte>, 3> parts{bytes_of(head), bytes_of(body), bytes_of("end")};
+    side.transport->writev(parts);
+    side.transport->writev(parts);
+    std::string got;
+    const std::size_t want = 2 * (head.size() + body.size() + 3);
+    REQUIRE(run_until(reactor, [&] {
+        (void)read_available(side.peer.get(), got);
+        return got.size() >= want;
+    }));
+    CHECK(got == head + body + "end" + head + body + "end");
 }
 
 }  // namespace
