@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <exception>
 #include <stdexcept>
 #include <utility>
@@ -48,9 +49,12 @@ struct Server::Connection {
 
 namespace {
 
-bool out_of_resources(const std::error_code& error) noexcept {
-    return error == std::errc::too_many_files_open || error == std::errc::too_many_files_open_in_system ||
-           error == std::errc::no_buffer_space || error == std::errc::not_enough_memory;
+// accept_one() reports errno values in std::system_category. They are
+// compared and printed as numbers and with strerror(), never through the
+// category's virtual functions: out of descriptors, UBSan's check of a
+// virtual call may need a descriptor of its own, and fails.
+bool out_of_resources(int errnum) noexcept {
+    return errnum == EMFILE || errnum == ENFILE || errnum == ENOBUFS || errnum == ENOMEM;
 }
 
 }  // namespace
@@ -213,17 +217,19 @@ void Server::on_acceptable(Listener& listener) {
                 return;  // none queued
             }
             ++stats_.accept_errors;
-            if (out_of_resources(error)) {
+            if (out_of_resources(error.value())) {
                 // Once per shortage, not at every retry.
                 if (!short_of_resources_) {
-                    logger().warn("Server: accept on {}: {}; pausing accepts", listener.address, error.message());
+                    logger().warn("Server: accept on {}: {}; pausing accepts", listener.address,
+                                  std::strerror(error.value()));
                     short_of_resources_ = true;
                 } else {
-                    logger().debug("Server: accept on {}: {}; pausing accepts", listener.address, error.message());
+                    logger().debug("Server: accept on {}: {}; pausing accepts", listener.address,
+                                   std::strerror(error.value()));
                 }
                 pause_accepting();
             } else {
-                logger().debug("Server: accept on {}: {}", listener.address, error.message());
+                logger().debug("Server: accept on {}: {}", listener.address, std::strerror(error.value()));
             }
             return;
         }
