@@ -114,6 +114,21 @@ TEST_CASE("a server echoes over a Unix-domain socket path and removes the path w
     CHECK(read_reply(reactor, client.get(), 5) == "still");
 }
 
+TEST_CASE("a client transport connects to a server on a Unix-domain path and echoes") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const std::string path = fmt::format("/tmp/muxio-transport-client-{}.sock", ::getpid());
+    Server server{reactor, echo_factory()};
+    const SocketAddress address = server.listen(SocketAddress::unix_path(path));
+    Recorder client;
+    client.on_made = [](Recorder& self) { self.transport->write(std::string_view{"unix echo"}); };
+    auto transport = Transport::connect(reactor, address, client);
+    REQUIRE(run_until(reactor, [&] { return client.received == "unix echo"; }));
+    transport->close();
+    REQUIRE(run_until(reactor, [&] { return client.lost == 1 && server.connection_count() == 0; }));
+    CHECK_FALSE(*client.reason);
+}
+
 TEST_CASE("listen refuses an address that is neither IP nor Unix-domain, and a host name") {
     Reactor reactor;
     Server server{reactor, echo_factory()};
@@ -353,7 +368,10 @@ TEST_CASE("an echoed message costs no allocation once warm") {
         return;
     }
     Reactor reactor;
-    Server server{reactor, echo_factory()};
+    // With an idle timeout: a read or write notes the time and touches no timer.
+    ServerOptions options;
+    options.transport.idle_timeout = 60s;
+    Server server{reactor, echo_factory(), options};
     UniqueFd client = connect_to(server.listen("127.0.0.1", 0));
     const std::string message(64, 'm');
     char reply[64];

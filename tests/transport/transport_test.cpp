@@ -49,6 +49,32 @@ TEST_CASE("a transport calls connection_made in the next iteration, then deliver
     CHECK(side.protocol.lost == 0);
 }
 
+TEST_CASE("a protocol's own buffer from get_buffer receives the bytes, and data_received points into it") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    // Parses in place: each read lands after what is held already.
+    struct InPlace : Protocol {
+        std::array<std::byte, 64> storage{};
+        std::size_t held = 0;
+        bool pointed_into_storage = true;
+        std::span<std::byte> get_buffer(std::size_t size_hint) override {
+            CHECK(size_hint == 1024);
+            return std::span{storage}.subspan(held, 4);  // small, to take several reads
+        }
+        void data_received(std::span<const std::byte> data) override {
+            pointed_into_storage = pointed_into_storage && data.data() == storage.data() + held;
+            held += data.size();
+        }
+    };
+    InPlace protocol;
+    SocketPair pair;
+    Transport transport{reactor, pair.left.release(), protocol, TransportOptions{.read_size = 1024}};
+    write_all(pair.right.get(), "0123456789");
+    REQUIRE(run_until(reactor, [&] { return protocol.held == 10; }));
+    CHECK(protocol.pointed_into_storage);
+    CHECK(std::string_view{reinterpret_cast<const char*>(protocol.storage.data()), 10} == "0123456789");
+}
+
 TEST_CASE("a write the kernel takes at once is sent without queueing") {
     FdLeakCheck leak_check;
     Reactor reactor;
