@@ -105,6 +105,15 @@ public:
     /// listen() on a Unix-domain socket path.
     SocketAddress listen_unix(std::string_view path, const UnixListenOptions& options = {});
 
+    /// Serves connections from `listener`, bound and listening already on
+    /// this server's reactor (set up with options of one's own, or shared
+    /// with SO_REUSEPORT). Returns its address. std::invalid_argument if it
+    /// is closed; what Reactor::add_reader() throws.
+    SocketAddress listen(TcpListener listener);
+    /// Serves connections from a Unix-domain `listener`, as above; the
+    /// server removes its path when it stops listening (per its options).
+    SocketAddress listen(UnixListener listener);
+
     /// Sets what is done with a connection over the limit (OverLimit::refuse);
     /// by default it is closed without a word.
     void set_refusal_handler(RefusalHandler handler) { refusal_ = std::move(handler); }

@@ -138,6 +138,35 @@ SocketAddress Server::listen_unix(std::string_view path, const UnixListenOptions
     return add_listener(std::move(listener));
 }
 
+SocketAddress Server::listen(TcpListener listener) {
+    if (reactor_ == nullptr) {
+        throw std::logic_error("Server::listen: reactor is closed");
+    }
+    if (!listener.is_open()) {
+        throw std::invalid_argument("Server::listen: the TCP listener is closed");
+    }
+    auto adopted = std::make_unique<Listener>();
+    adopted->fd = listener.fileno();
+    adopted->address = listener.local_address();
+    adopted->tcp = std::move(listener);
+    return add_listener(std::move(adopted));
+}
+
+SocketAddress Server::listen(UnixListener listener) {
+    if (reactor_ == nullptr) {
+        throw std::logic_error("Server::listen: reactor is closed");
+    }
+    if (!listener.is_open()) {
+        throw std::invalid_argument("Server::listen: the Unix-domain listener is closed");
+    }
+    auto adopted = std::make_unique<Listener>();
+    adopted->fd = listener.fileno();
+    adopted->address = listener.local_address();
+    adopted->local = std::move(listener);
+    adopted->is_tcp = false;
+    return add_listener(std::move(adopted));
+}
+
 SocketAddress Server::add_listener(std::unique_ptr<Listener> listener) {
     listener->server = this;
     Listener& added = *listener;

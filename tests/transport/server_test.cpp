@@ -129,6 +129,22 @@ TEST_CASE("a client transport connects to a server on a Unix-domain path and ech
     CHECK_FALSE(*client.reason);
 }
 
+TEST_CASE("a server serves a listener bound beforehand and refuses a closed one") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Server server{reactor, echo_factory()};
+    ListenOptions options;
+    options.reuse_port = true;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0), options);
+    const SocketAddress address = server.listen(std::move(listener));
+    CHECK(server.addresses().at(0) == address);
+    UniqueFd client = connect_to(address);
+    write_all(client.get(), "adopted");
+    CHECK(read_reply(reactor, client.get(), 7) == "adopted");
+    CHECK_THROWS_AS(server.listen(TcpListener{}), std::invalid_argument);
+    CHECK_THROWS_AS(server.listen(UnixListener{}), std::invalid_argument);
+}
+
 TEST_CASE("listen refuses an address that is neither IP nor Unix-domain, and a host name") {
     Reactor reactor;
     Server server{reactor, echo_factory()};
