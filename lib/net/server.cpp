@@ -47,18 +47,6 @@ struct Server::Connection {
     Connection* next = nullptr;
 };
 
-namespace {
-
-// accept_one() reports errno values in std::system_category. They are
-// compared and printed as numbers and with strerror(), never through the
-// category's virtual functions: out of descriptors, UBSan's check of a
-// virtual call may need a descriptor of its own, and fails.
-bool out_of_resources(int errnum) noexcept {
-    return errnum == EMFILE || errnum == ENFILE || errnum == ENOBUFS || errnum == ENOMEM;
-}
-
-}  // namespace
-
 Server::Server(Reactor& reactor, ProtocolFactory factory, ServerOptions options)
     : reactor_{&reactor}, factory_{std::move(factory)}, options_{std::move(options)} {
     reactor.require_usable("Server");
@@ -246,20 +234,20 @@ void Server::on_acceptable(Listener& listener) {
                 return;  // none queued
             }
             ++stats_.accept_errors;
-            if (out_of_resources(error.value())) {
-                // Once per shortage, not at every retry.
-                if (!short_of_resources_) {
-                    logger().warn("Server: accept on {}: {}; pausing accepts", listener.address,
-                                  std::strerror(error.value()));
-                    short_of_resources_ = true;
-                } else {
-                    logger().debug("Server: accept on {}: {}; pausing accepts", listener.address,
-                                   std::strerror(error.value()));
-                }
-                pause_accepting();
+            // Out of descriptors or memory, the connection stays queued; any
+            // other error left here is the listener's own (accept_one()
+            // skips those of one connection). Either way the listener stays
+            // readable, so trying again at once would spin: pause. Warned
+            // once per spell, not at every retry.
+            if (!short_of_resources_) {
+                logger().warn("Server: accept on {}: {}; pausing accepts", listener.address,
+                              std::strerror(error.value()));
+                short_of_resources_ = true;
             } else {
-                logger().debug("Server: accept on {}: {}", listener.address, std::strerror(error.value()));
+                logger().debug("Server: accept on {}: {}; pausing accepts", listener.address,
+                               std::strerror(error.value()));
             }
+            pause_accepting();
             return;
         }
         ++stats_.accepted;
