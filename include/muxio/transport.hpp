@@ -157,9 +157,10 @@ public:
 
     /// Takes ownership of `fd`, a connected stream socket (made non-blocking
     /// here), for `protocol`. connection_made() runs in the reactor's next
-    /// iteration, and reading starts then. What Reactor::call_soon() throws
-    /// (the caller keeps `fd` then); std::invalid_argument if `fd` is
-    /// negative.
+    /// iteration, and reading starts then. On any throw the caller keeps
+    /// `fd`: std::invalid_argument if it is negative, std::system_error if
+    /// it cannot be made non-blocking, what Reactor::require_usable() and
+    /// Reactor::call_soon() throw (a closed reactor: std::logic_error).
     Transport(Reactor& reactor, int fd, Protocol& protocol, TransportOptions options = {});
     /// Ends the connection if it is not over (closing the descriptor, no
     /// protocol callback), removes every registration and timer.
