@@ -640,3 +640,39 @@ TEST_CASE("writev sends several buffers with one call and queues the rest in ord
 
 }  // namespace
 }  // namespace muxio::test
+
+namespace muxio::test {
+namespace {
+
+TEST_CASE("a TCP peer's reset ends the connection with ECONNRESET, once") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+    const SocketAddress address = listener.local_address();
+    UniqueFd peer{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    REQUIRE(::connect(peer.get(), address.data(), address.size()) == 0);
+    std::optional<TcpStream> accepted;
+    REQUIRE(run_until(reactor, [&] {
+        if (!accepted) {
+            std::error_code error;
+            accepted = listener.try_accept(error);
+        }
+        return accepted.has_value();
+    }));
+    Recorder protocol;
+    Transport transport{reactor, accepted->release(), protocol};
+    REQUIRE(run_until(reactor, [&] { return protocol.made == 1; }));
+    const linger abortive{1, 0};  // close() sends a reset
+    REQUIRE(::setsockopt(peer.get(), SOL_SOCKET, SO_LINGER, &abortive, sizeof abortive) == 0);
+    peer.reset();
+    REQUIRE(run_until(reactor, [&] { return protocol.lost == 1; }));
+    CHECK(*protocol.reason == std::errc::connection_reset);
+    for (int i = 0; i < 3; ++i) {
+        reactor.run_once(0s);
+    }
+    CHECK(protocol.lost == 1);
+    CHECK(protocol.eofs == 0);
+}
+
+}  // namespace
+}  // namespace muxio::test
