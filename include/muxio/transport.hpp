@@ -234,7 +234,9 @@ public:
     // ----- Ending -------------------------------------------------------------
 
     /// Stops reading and ends the connection once the queue is sent:
-    /// connection_lost() with an empty reason. Harmless when closing or over.
+    /// connection_lost() with an empty reason. A peer that never reads
+    /// keeps it waiting: the idle timeout bounds that (or abort()).
+    /// Harmless when closing or over.
     void close();
     /// Ends the connection now, dropping the queue: connection_lost() with
     /// `reason` (ECONNABORTED unless given). Harmless when over.

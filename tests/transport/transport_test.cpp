@@ -14,6 +14,7 @@
 #include <doctest/doctest.h>
 
 #include "muxio/net.hpp"
+#include "muxio/server.hpp"
 #include "reactor/reactor_support.hpp"
 #include "support/support.hpp"
 #include "transport/transport_support.hpp"
@@ -672,6 +673,43 @@ TEST_CASE("a TCP peer's reset ends the connection with ECONNRESET, once") {
     }
     CHECK(protocol.lost == 1);
     CHECK(protocol.eofs == 0);
+}
+
+}  // namespace
+}  // namespace muxio::test
+
+namespace muxio::test {
+namespace {
+
+TEST_CASE("a connection_lost still queued when the reactor closes is delivered once, by the close") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Adopted side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    side.transport->abort(std::make_error_code(std::errc::io_error));
+    CHECK(side.protocol.lost == 0);
+    reactor.close();
+    CHECK(side.protocol.lost == 1);
+    CHECK(*side.protocol.reason == std::errc::io_error);
+}
+
+TEST_CASE("an exception in connection_lost reaches the reactor's handler and a server still frees the connection") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    int handled = 0;
+    reactor.set_exception_handler([&](std::exception_ptr) { ++handled; });
+    struct Throwing : Protocol {
+        void connection_lost(std::error_code) override { throw std::runtime_error{"cleanup failed"}; }
+    };
+    Server server{reactor, [](const SocketAddress&) { return std::make_unique<Throwing>(); }};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    {
+        UniqueFd client{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+        REQUIRE(::connect(client.get(), address.data(), address.size()) == 0);
+        REQUIRE(run_until(reactor, [&] { return server.connection_count() == 1; }));
+    }
+    REQUIRE(run_until(reactor, [&] { return server.connection_count() == 0; }));
+    CHECK(handled == 1);
 }
 
 }  // namespace
