@@ -135,6 +135,10 @@ void Transport::release_descriptor() noexcept {
             if (writer_added_) {
                 reactor_->remove_writer(fd_);
             }
+        } catch (const std::logic_error&) {
+            // A child forked after the reactor was made: the registrations
+            // are the parent's too, and the reactor leaves them alone. Only
+            // this process's copy of the descriptor is closed, below.
         } catch (...) {
             // The kernel would not change the registration (ENOMEM). Removing
             // it after the close cannot fail (EBADF is no error there), and

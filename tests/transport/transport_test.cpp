@@ -16,6 +16,8 @@
 #include "muxio/net.hpp"
 #include "muxio/server.hpp"
 #include "reactor/reactor_support.hpp"
+#include "support/captured_log.hpp"
+#include "support/seccomp.hpp"
 #include "support/support.hpp"
 #include "transport/transport_support.hpp"
 
@@ -710,6 +712,29 @@ TEST_CASE("an exception in connection_lost reaches the reactor's handler and a s
     }
     REQUIRE(run_until(reactor, [&] { return server.connection_count() == 0; }));
     CHECK(handled == 1);
+}
+
+}  // namespace
+}  // namespace muxio::test
+
+namespace muxio::test {
+namespace {
+
+TEST_CASE("a transport inherited by a forked child is destroyed there quietly, and the parent's goes on") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Adopted side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    const std::optional<std::string> line = report_from_child(
+        [&] {
+            CapturedLog log{spdlog::level::debug};
+            side.transport.reset();
+            return log.text().empty() ? std::string{"quiet"} : log.text();
+        },
+        std::chrono::seconds{10});
+    CHECK(line == "quiet");
+    write_all(side.peer.get(), "parent");
+    REQUIRE(run_until(reactor, [&] { return side.protocol.received == "parent"; }));
 }
 
 }  // namespace
