@@ -36,7 +36,7 @@ HEADER_LAYERS = {
     "reactor": ["reactor.hpp", "detail/soon_queue.hpp"],
     "coro": ["task.hpp", "awaitables.hpp", "run.hpp", "combinators.hpp", "task_group.hpp",
              "detail/resume_loop.hpp"],
-    "net": ["net.hpp"],
+    "net": ["net.hpp", "transport.hpp", "server.hpp"],
     "umbrella": ["muxio.hpp"],
 }
 

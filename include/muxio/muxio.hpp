@@ -16,6 +16,9 @@
 ///   readiness and time, spawn(), timeouts and structured concurrency.
 /// - **Sockets** (muxio/net.hpp): addresses, TCP, UDP and Unix-domain sockets
 ///   with awaitable operations, and name resolution off the loop.
+/// - **Transports** (muxio/transport.hpp, muxio/server.hpp): buffered stream
+///   transports with back-pressure for callback protocols, and a server with
+///   an accept loop, a connection limit and per-connection timeouts.
 ///
 /// Errors are the types of muxio/error.hpp and the standard exceptions; each
 /// class and function says which it throws. `#include "muxio/muxio.hpp"`
@@ -37,5 +40,7 @@
 #include "muxio/run.hpp"
 #include "muxio/selector.hpp"
 #include "muxio/selectors.hpp"
+#include "muxio/server.hpp"
 #include "muxio/task.hpp"
 #include "muxio/task_group.hpp"
+#include "muxio/transport.hpp"

@@ -1,0 +1,860 @@
+// Transport of include/muxio/transport.hpp: a stream socket's reads, queued
+// writes, timers and end, on the reactor's callbacks.
+#include "muxio/transport.hpp"
+
+#include <fcntl.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <exception>
+#include <stdexcept>
+#include <utility>
+
+#include "muxio/error.hpp"
+#include "muxio/log.hpp"
+
+#include "net/socket_ops.hpp"
+
+// A call into the protocol links a frame on the stack into frames_ and
+// unlinks it when the call returns, unless the transport was destroyed
+// meanwhile: then nothing of it may be touched, and the pointer is left
+// behind in freed memory. GCC's optimiser cannot see that and warns.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#endif
+
+namespace muxio {
+
+namespace {
+
+// A write queue that grew past this is freed once it drains, so a burst
+// does not leave a connection holding megabytes; below it the storage is
+// kept and reused.
+constexpr std::size_t keep_queue_capacity = std::size_t{1} << 20U;
+// The most one sendfile() call is asked for, so one connection's large file
+// does not hold the loop.
+constexpr std::uint64_t sendfile_chunk = std::uint64_t{1} << 20U;
+// Buffers one writev() passes to sendmsg() at most; more are sent in turns.
+constexpr std::size_t max_iovecs = 64;
+
+std::error_code last_error(int errnum) noexcept {
+    return {errnum, std::system_category()};
+}
+
+}  // namespace
+
+// ----- Construction and destruction -------------------------------------------
+
+Transport::Transport(Reactor& reactor, int fd, Protocol& protocol, const TransportOptions& options, State state)
+    : reactor_{&reactor},
+      protocol_{&protocol},
+      fd_{fd},
+      state_{state},
+      high_water_{options.high_water},
+      low_water_{std::min(options.low_water, options.high_water)},
+      read_size_{std::max<std::size_t>(options.read_size, 1)},
+      idle_timeout_{std::max(options.idle_timeout, Duration::zero())} {
+    reactor.require_usable("Transport");
+    if (fd < 0) {
+        throw std::invalid_argument("Transport: negative descriptor");
+    }
+    hook_.owner = this;
+    hook_.hook(reactor, detail::CloseHook::Phase::late, &Transport::reactor_closed);
+}
+
+Transport::Transport(Reactor& reactor, int fd, Protocol& protocol, TransportOptions options)
+    : Transport{reactor, fd, protocol, options, State::starting} {
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ((flags & O_NONBLOCK) == 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)) {
+        const int errnum = errno;
+        fd_ = -1;  // the caller keeps it
+        throw_system_error(errnum, "Transport: make non-blocking", fd);
+    }
+    peer_ = detail::peer_of(fd);
+    try {
+        soon_ = reactor.call_soon([this] { start(); });
+    } catch (...) {
+        fd_ = -1;
+        throw;
+    }
+}
+
+std::unique_ptr<Transport> Transport::connect(Reactor& reactor, const SocketAddress& address, Protocol& protocol,
+                                              TransportOptions options) {
+    reactor.require_usable("Transport::connect");
+    if (!address.is_ipv4() && !address.is_ipv6() && !address.is_unix()) {
+        throw std::invalid_argument(fmt::format("Transport::connect: {} is not an IP or Unix-domain address", address));
+    }
+    const int fd = detail::open_socket(address.family(), SOCK_STREAM);
+    std::unique_ptr<Transport> transport;
+    try {
+        transport.reset(new Transport{reactor, fd, protocol, options, State::connecting});
+    } catch (...) {
+        ::close(fd);
+        throw;
+    }
+    transport->connect_to_ = address;
+    transport->peer_ = address;
+    try {
+        if (detail::start_connect(fd, address)) {
+            transport->reactor_->add_writer(fd, [raw = transport.get()] { raw->on_writable(); });
+            transport->writer_added_ = true;
+        } else {
+            transport->state_ = State::starting;
+            transport->soon_ = reactor.call_soon([raw = transport.get()] { raw->start(); });
+        }
+    } catch (const std::system_error& error) {
+        transport->finish(error.code());
+    }
+    return transport;
+}
+
+Transport::~Transport() {
+    for (detail::TransportFrame* frame = frames_; frame != nullptr; frame = frame->previous) {
+        frame->destroyed = true;
+    }
+    if (reactor_ != nullptr) {
+        soon_.cancel();
+        timer_.cancel();
+    }
+    release_descriptor();
+    drop_queue();
+}
+
+void Transport::release_descriptor() noexcept {
+    if (reactor_ != nullptr) {
+        try {
+            if (reader_added_) {
+                reactor_->remove_reader(fd_);
+            }
+            if (writer_added_) {
+                reactor_->remove_writer(fd_);
+            }
+        } catch (const std::logic_error&) {
+            // A child forked after the reactor was made: the registrations
+            // are the parent's too, and the reactor leaves them alone. Only
+            // this process's copy of the descriptor is closed, below.
+        } catch (...) {
+            // The kernel would not change the registration (ENOMEM). Removing
+            // it after the close cannot fail (EBADF is no error there), and
+            // must happen: the callbacks point at this transport.
+            const int fd = std::exchange(fd_, -1);
+            ::close(fd);
+            try {
+                if (reader_added_) {
+                    (void)reactor_->remove_reader(fd);
+                }
+                if (writer_added_) {
+                    (void)reactor_->remove_writer(fd);
+                }
+            } catch (...) {
+                logger().error("Transport: cannot remove the registrations of fd {}", fd);
+            }
+        }
+    }
+    reader_added_ = false;
+    writer_added_ = false;
+    if (fd_ >= 0) {
+        ::close(std::exchange(fd_, -1));
+    }
+}
+
+void Transport::reactor_closed(detail::CloseHook& hook) noexcept {
+    Transport& self = *static_cast<Hook&>(hook).owner;
+    // The registrations and queued callbacks went with the reactor; the
+    // handles must not be used any more.
+    self.reactor_ = nullptr;
+    self.reader_added_ = false;
+    self.writer_added_ = false;
+    self.soon_ = {};
+    self.timer_ = {};
+    if (self.state_ < State::ended) {
+        self.state_ = State::ended;
+        self.reason_ = std::make_error_code(std::errc::operation_canceled);
+        self.release_descriptor();
+        self.drop_queue();
+    }
+    if (self.state_ == State::ended) {
+        try {
+            (void)self.deliver_lost_now();
+        } catch (const std::exception& error) {
+            logger().error("Transport: connection_lost threw while the reactor closed: {}", error.what());
+        } catch (...) {
+            logger().error("Transport: connection_lost threw while the reactor closed");
+        }
+    }
+}
+
+// ----- Calls into the protocol ---------------------------------------------------
+
+template <class Body>
+bool Transport::call_protocol(Body&& body) {
+    detail::TransportFrame frame{frames_, false};
+    frames_ = &frame;
+    try {
+        body();
+    } catch (...) {
+        if (frame.destroyed) {
+            throw;
+        }
+        frames_ = frame.previous;
+        finish(std::make_error_code(std::errc::connection_aborted));
+        throw;
+    }
+    if (frame.destroyed) {
+        return false;
+    }
+    frames_ = frame.previous;
+    if (frames_ == nullptr && lost_pending_) {
+        // Called from one of the transport's methods, outside its callbacks:
+        // the caller may go on using it, so the end is told later.
+        lost_pending_ = false;
+        schedule_lost();
+    }
+    return true;
+}
+
+template <class Body>
+void Transport::dispatch(Body&& body) {
+    detail::TransportFrame frame{frames_, false};
+    frames_ = &frame;
+    std::exception_ptr error;
+    try {
+        body();
+    } catch (...) {
+        error = std::current_exception();
+    }
+    if (frame.destroyed) {
+        if (error) {
+            std::rethrow_exception(error);
+        }
+        return;
+    }
+    frames_ = frame.previous;
+    if (error) {
+        finish(std::make_error_code(std::errc::connection_aborted));
+    }
+    if (frames_ == nullptr && lost_pending_) {
+        lost_pending_ = false;
+        soon_.cancel();
+        try {
+            (void)deliver_lost_now();
+        } catch (...) {
+            if (!error) {
+                throw;
+            }
+        }
+    }
+    if (error) {
+        std::rethrow_exception(error);
+    }
+}
+
+// ----- Starting ------------------------------------------------------------------
+
+void Transport::start() {
+    soon_ = {};
+    dispatch([this] {
+        if (state_ != State::starting) {
+            return;
+        }
+        begin();
+    });
+}
+
+void Transport::begin() {
+    state_ = State::open;
+    if (idle_timeout_ > Duration::zero()) {
+        last_activity_ = reactor_->time();
+        rearm_timer();
+    }
+    if (!call_protocol([this] { protocol_->connection_made(*this); }) || state_ != State::open) {
+        return;
+    }
+    update_reader();
+    if (state_ != State::open) {
+        return;
+    }
+    if (write_buffer_size() > 0) {
+        add_writer();
+    } else {
+        after_drain();
+    }
+}
+
+void Transport::on_connected() {
+    try {
+        detail::finish_connect(fd_, connect_to_);
+    } catch (const std::system_error& error) {
+        finish(error.code());
+        return;
+    }
+    if (write_buffer_size() == 0) {
+        remove_writer();
+    }
+    begin();
+}
+
+// ----- Reading -------------------------------------------------------------------
+
+std::span<std::byte> Transport::read_buffer() {
+    if (!shared_buffer_.empty()) {
+        return shared_buffer_.first(std::min(shared_buffer_.size(), read_size_));
+    }
+    if (!own_buffer_) {
+        own_buffer_ = std::make_unique<std::byte[]>(read_size_);
+    }
+    return {own_buffer_.get(), read_size_};
+}
+
+void Transport::on_readable() {
+    dispatch([this] {
+        if (state_ != State::open || !reader_added_) {
+            return;
+        }
+        std::span<std::byte> buffer;
+        if (!call_protocol([&] { buffer = protocol_->get_buffer(read_size_); }) || state_ != State::open ||
+            !reader_added_) {
+            return;
+        }
+        if (buffer.empty()) {
+            buffer = read_buffer();
+        }
+        int errnum = 0;
+        const ssize_t got =
+            detail::transfer_errno(errnum, [&] { return ::recv(fd_, buffer.data(), buffer.size(), 0); });
+        if (got > 0) {
+            note_activity();
+            (void)call_protocol([&] { protocol_->data_received(buffer.first(static_cast<std::size_t>(got))); });
+            return;
+        }
+        if (got == 0) {
+            read_eof_ = true;
+            update_reader();
+            bool keep_open = false;
+            if (!call_protocol([&] { keep_open = protocol_->eof_received(); })) {
+                return;
+            }
+            if (!keep_open) {
+                close();
+            }
+            return;
+        }
+        if (errnum != 0) {
+            finish(last_error(errnum));
+        }
+    });
+}
+
+void Transport::update_reader() noexcept {
+    const bool want = state_ == State::open && !closing_ && !read_eof_ && !read_paused_;
+    if (want == reader_added_ || reactor_ == nullptr) {
+        return;
+    }
+    try {
+        if (want) {
+            reactor_->add_reader(fd_, [this] { on_readable(); });
+        } else {
+            reactor_->remove_reader(fd_);
+        }
+        reader_added_ = want;
+    } catch (const std::system_error& error) {
+        finish(error.code());
+    } catch (...) {
+        finish(std::make_error_code(std::errc::not_enough_memory));
+    }
+}
+
+void Transport::pause_reading() {
+    read_paused_ = true;
+    update_reader();
+}
+
+void Transport::resume_reading() {
+    read_paused_ = false;
+    update_reader();
+}
+
+// ----- Writing -------------------------------------------------------------------
+
+void Transport::write(std::span<const std::byte> data) {
+    if (state_ >= State::ended) {
+        return;
+    }
+    if (closing_ || eof_pending_) [[unlikely]] {
+        throw std::logic_error("Transport::write: the transport is closing (close() or write_eof() was called)");
+    }
+    if (data.empty()) {
+        return;
+    }
+    if (state_ != State::open || write_buffer_size() > 0) {
+        enqueue(data);
+        check_high_water();
+        return;
+    }
+    int errnum = 0;
+    const ssize_t sent =
+        detail::transfer_errno(errnum, [&] { return ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL); });
+    if (sent > 0) {
+        note_activity();
+        if (static_cast<std::size_t>(sent) == data.size()) {
+            return;
+        }
+    } else if (errnum != 0) {
+        finish(last_error(errnum));
+        return;
+    }
+    enqueue(data.subspan(static_cast<std::size_t>(std::max<ssize_t>(sent, 0))));
+    add_writer();
+    if (state_ == State::open) {
+        check_high_water();
+    }
+}
+
+void Transport::enqueue(std::span<const std::byte> data) {
+    if (queue_head_ == queue_.size()) {
+        queue_.clear();
+        queue_head_ = 0;
+    } else if (queue_head_ > 0 && queue_.size() + data.size() > queue_.capacity()) {
+        queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(queue_head_));
+        queue_head_ = 0;
+    }
+    queue_.insert(queue_.end(), data.begin(), data.end());
+    queued_in_ += data.size();
+}
+
+void Transport::drop_queue() noexcept {
+    std::vector<std::byte>{}.swap(queue_);
+    queue_head_ = 0;
+    for (std::size_t i = files_head_; i < files_.size(); ++i) {
+        ::close(files_[i].fd);
+    }
+    files_.clear();
+    files_head_ = 0;
+    file_bytes_ = 0;
+}
+
+void Transport::writev(std::span<const std::span<const std::byte>> buffers) {
+    if (state_ >= State::ended) {
+        return;
+    }
+    if (closing_ || eof_pending_) [[unlikely]] {
+        throw std::logic_error("Transport::writev: the transport is closing (close() or write_eof() was called)");
+    }
+    if (state_ != State::open || write_buffer_size() > 0 || buffers.size() > max_iovecs) {
+        for (const std::span<const std::byte> buffer : buffers) {
+            write(buffer);
+            if (state_ >= State::ended) {
+                return;
+            }
+        }
+        return;
+    }
+    std::array<iovec, max_iovecs> vectors{};
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < buffers.size(); ++i) {
+        // iovec's base is not const; sendmsg() only reads it.
+        vectors[i] = {const_cast<std::byte*>(buffers[i].data()), buffers[i].size()};  // NOLINT
+        total += buffers[i].size();
+    }
+    if (total == 0) {
+        return;
+    }
+    msghdr message{};
+    message.msg_iov = vectors.data();
+    message.msg_iovlen = buffers.size();
+    int errnum = 0;
+    const ssize_t sent = detail::transfer_errno(errnum, [&] { return ::sendmsg(fd_, &message, MSG_NOSIGNAL); });
+    if (sent < 0 && errnum != 0) {
+        finish(last_error(errnum));
+        return;
+    }
+    auto skip = static_cast<std::size_t>(std::max<ssize_t>(sent, 0));
+    if (skip > 0) {
+        note_activity();
+    }
+    if (skip == total) {
+        return;
+    }
+    for (const std::span<const std::byte> buffer : buffers) {
+        if (skip >= buffer.size()) {
+            skip -= buffer.size();
+            continue;
+        }
+        enqueue(buffer.subspan(skip));
+        skip = 0;
+    }
+    add_writer();
+    if (state_ == State::open) {
+        check_high_water();
+    }
+}
+
+void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
+    if (file < 0) {
+        throw std::invalid_argument("Transport::send_file: negative descriptor");
+    }
+    if (state_ >= State::ended) {
+        ::close(file);
+        return;
+    }
+    if (closing_ || eof_pending_ || offset < 0) [[unlikely]] {
+        ::close(file);
+        if (offset < 0) {
+            throw std::invalid_argument("Transport::send_file: negative offset");
+        }
+        throw std::logic_error("Transport::send_file: the transport is closing (close() or write_eof() was called)");
+    }
+    if (count == 0) {
+        ::close(file);
+        return;
+    }
+    try {
+        files_.push_back(QueuedFile{queued_in_, file, offset, count});
+    } catch (...) {
+        ::close(file);
+        throw;
+    }
+    file_bytes_ += count;
+    if (state_ == State::open) {
+        add_writer();
+    }
+    if (state_ == State::open || state_ == State::starting || state_ == State::connecting) {
+        check_high_water();
+    }
+}
+
+bool Transport::send_queued_file() {
+    QueuedFile& file = files_[files_head_];
+    off_t offset = file.offset;
+    int errnum = 0;
+    const ssize_t sent = detail::transfer_errno(errnum, [&] {
+        return ::sendfile(fd_, file.fd, &offset, static_cast<std::size_t>(std::min(file.left, sendfile_chunk)));
+    });
+    if (sent < 0) {
+        if (errnum != 0) {
+            finish(last_error(errnum));
+            return false;
+        }
+        return true;
+    }
+    if (sent == 0) {
+        finish(std::make_error_code(std::errc::no_message_available));  // ENODATA: the file is shorter
+        return false;
+    }
+    note_activity();
+    file.offset = offset;
+    file.left -= static_cast<std::uint64_t>(sent);
+    file_bytes_ -= static_cast<std::uint64_t>(sent);
+    if (file.left == 0) {
+        ::close(std::exchange(file.fd, -1));
+        if (++files_head_ == files_.size()) {
+            files_.clear();
+            files_head_ = 0;
+        }
+    }
+    return true;
+}
+
+void Transport::check_high_water() {
+    if (!write_paused_ && write_buffer_size() > high_water_) {
+        write_paused_ = true;
+        (void)call_protocol([this] { protocol_->pause_writing(); });
+    }
+}
+
+void Transport::set_write_buffer_limits(std::size_t high, std::size_t low) noexcept {
+    high_water_ = high;
+    low_water_ = std::min(low, high);
+}
+
+void Transport::add_writer() noexcept {
+    if (writer_added_ || reactor_ == nullptr) {
+        return;
+    }
+    try {
+        reactor_->add_writer(fd_, [this] { on_writable(); });
+        writer_added_ = true;
+    } catch (const std::system_error& error) {
+        finish(error.code());
+    } catch (...) {
+        finish(std::make_error_code(std::errc::not_enough_memory));
+    }
+}
+
+void Transport::remove_writer() noexcept {
+    if (!writer_added_ || reactor_ == nullptr) {
+        return;
+    }
+    try {
+        reactor_->remove_writer(fd_);
+        writer_added_ = false;
+    } catch (const std::system_error& error) {
+        finish(error.code());
+    }
+}
+
+void Transport::on_writable() {
+    dispatch([this] {
+        if (state_ == State::connecting) {
+            on_connected();
+        } else if (state_ == State::open) {
+            flush_queue();
+        }
+    });
+}
+
+void Transport::flush_queue() {
+    if (files_head_ < files_.size() && files_[files_head_].at == queued_out_) {
+        if (!send_queued_file()) {
+            return;
+        }
+    } else if (const std::size_t buffered = queue_.size() - queue_head_; buffered > 0) {
+        // Up to the next file, if one is queued.
+        const std::size_t size =
+            files_head_ < files_.size()
+                ? static_cast<std::size_t>(std::min<std::uint64_t>(files_[files_head_].at - queued_out_, buffered))
+                : buffered;
+        int errnum = 0;
+        const ssize_t sent = detail::transfer_errno(
+            errnum, [&] { return ::send(fd_, queue_.data() + queue_head_, size, MSG_NOSIGNAL); });
+        if (sent < 0) {
+            if (errnum != 0) {
+                finish(last_error(errnum));
+            }
+            return;
+        }
+        note_activity();
+        queue_head_ += static_cast<std::size_t>(sent);
+        queued_out_ += static_cast<std::uint64_t>(sent);
+        if (queue_head_ == queue_.size()) {
+            queue_.clear();
+            queue_head_ = 0;
+            if (queue_.capacity() > keep_queue_capacity) {
+                std::vector<std::byte>{}.swap(queue_);
+            }
+        }
+    }
+    if (write_paused_ && write_buffer_size() <= low_water_) {
+        write_paused_ = false;
+        if (!call_protocol([this] { protocol_->resume_writing(); }) || state_ != State::open) {
+            return;
+        }
+    }
+    if (write_buffer_size() == 0) {
+        remove_writer();
+        if (state_ == State::open) {
+            after_drain();
+        }
+    }
+}
+
+void Transport::after_drain() {
+    if (eof_pending_ && !eof_written_) {
+        eof_written_ = true;
+        if (::shutdown(fd_, SHUT_WR) != 0 && errno != ENOTCONN) {
+            finish(last_error(errno));
+            return;
+        }
+    }
+    if (closing_) {
+        finish({});
+    }
+}
+
+void Transport::write_eof() {
+    if (state_ >= State::ended || closing_ || eof_pending_) {
+        return;
+    }
+    eof_pending_ = true;
+    if (state_ == State::open && write_buffer_size() == 0) {
+        after_drain();
+    }
+}
+
+// ----- Ending --------------------------------------------------------------------
+
+void Transport::close() {
+    if (state_ >= State::ended || closing_) {
+        return;
+    }
+    closing_ = true;
+    update_reader();
+    if (state_ == State::open && write_buffer_size() == 0) {
+        after_drain();
+    }
+}
+
+void Transport::abort(std::error_code reason) {
+    finish(reason);
+}
+
+void Transport::finish(std::error_code reason) noexcept {
+    if (state_ >= State::ended) {
+        return;
+    }
+    state_ = State::ended;
+    reason_ = reason;
+    release_descriptor();
+    if (reactor_ == nullptr) {
+        return;  // the close hook delivers
+    }
+    soon_.cancel();  // a start() not run yet
+    timer_.cancel();
+    timer_due_ = TimePoint::max();
+    drop_queue();
+    if (frames_ != nullptr) {
+        lost_pending_ = true;
+    } else {
+        schedule_lost();
+    }
+}
+
+void Transport::schedule_lost() noexcept {
+    try {
+        soon_ = reactor_->call_soon([this] { deliver_lost(); });
+    } catch (const std::exception& error) {
+        // Out of memory: delivered when the reactor closes, or never if the
+        // owner destroys the transport first.
+        logger().error("Transport: cannot schedule connection_lost: {}", error.what());
+    }
+}
+
+void Transport::deliver_lost() {
+    soon_ = {};
+    if (state_ == State::ended) {
+        (void)deliver_lost_now();
+    }
+}
+
+bool Transport::deliver_lost_now() {
+    state_ = State::lost;
+    lost_pending_ = false;
+    hook_.unhook();
+    reactor_ = nullptr;  // nothing of the reactor is used from now on
+    detail::TransportFrame frame{frames_, false};
+    frames_ = &frame;
+    std::exception_ptr error;
+    try {
+        protocol_->connection_lost(reason_);
+    } catch (...) {
+        error = std::current_exception();
+    }
+    if (frame.destroyed) {
+        if (error) {
+            std::rethrow_exception(error);
+        }
+        return false;
+    }
+    frames_ = frame.previous;
+    const bool released = release_ != nullptr;
+    if (released) {
+        release_(release_context_, *this);  // destroys this
+    }
+    if (error) {
+        std::rethrow_exception(error);
+    }
+    return !released;
+}
+
+void Transport::end_now(std::error_code reason) noexcept {
+    finish(reason);
+    if (state_ == State::ended) {
+        lost_pending_ = false;
+        if (reactor_ != nullptr) {
+            soon_.cancel();
+        }
+        try {
+            (void)deliver_lost_now();
+        } catch (const std::exception& error) {
+            logger().error("Transport: connection_lost threw: {}", error.what());
+        } catch (...) {
+            logger().error("Transport: connection_lost threw");
+        }
+    }
+}
+
+// ----- Timers --------------------------------------------------------------------
+
+void Transport::note_activity() {
+    if (idle_timeout_ > Duration::zero()) {
+        last_activity_ = reactor_->time();
+    }
+}
+
+void Transport::set_idle_timeout(Duration timeout) {
+    idle_timeout_ = std::max(timeout, Duration::zero());
+    if (idle_timeout_ > Duration::zero() && state_ == State::open) {
+        last_activity_ = reactor_->time();
+        rearm_timer();
+    }
+}
+
+void Transport::set_deadline(TimePoint when) {
+    deadline_ = when;
+    if (state_ == State::open) {
+        rearm_timer();
+    }
+}
+
+void Transport::set_deadline_after(Duration delay) {
+    if (state_ >= State::ended) {
+        return;
+    }
+    set_deadline(detail::deadline_after(reactor_->time(), delay));
+}
+
+void Transport::rearm_timer() {
+    if (reactor_ == nullptr || state_ >= State::ended) {
+        return;
+    }
+    TimePoint due = deadline_;
+    if (idle_timeout_ > Duration::zero()) {
+        due = std::min(due, detail::deadline_after(last_activity_, idle_timeout_));
+    }
+    if (due == TimePoint::max() || timer_due_ <= due) {
+        // Nothing to time, or the armed timer comes first and looks again.
+        return;
+    }
+    timer_.cancel();
+    timer_ = reactor_->call_at(due, [this] { on_timer(); });
+    timer_due_ = due;
+}
+
+void Transport::on_timer() {
+    timer_ = {};
+    timer_due_ = TimePoint::max();
+    dispatch([this] {
+        if (state_ != State::open) {
+            return;
+        }
+        const TimePoint now = reactor_->time();
+        TimeoutKind kind = TimeoutKind::idle;
+        if (deadline_ <= now) {
+            kind = TimeoutKind::deadline;
+            deadline_ = TimePoint::max();
+        } else if (idle_timeout_ <= Duration::zero() || detail::deadline_after(last_activity_, idle_timeout_) > now) {
+            rearm_timer();
+            return;
+        }
+        bool handled = false;
+        if (!call_protocol([&] { handled = protocol_->timed_out(kind); }) || state_ != State::open) {
+            return;
+        }
+        if (!handled) {
+            finish(std::make_error_code(std::errc::timed_out));
+            return;
+        }
+        if (kind == TimeoutKind::idle) {
+            last_activity_ = now;
+        }
+        rearm_timer();
+    });
+}
+
+}  // namespace muxio
