@@ -351,4 +351,18 @@ void warn_stop_not_heard(const char* combinator) noexcept {
     }
 }
 
+void log_child_failure(const std::exception_ptr& failure, const char* context) noexcept {
+    try {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const std::exception& error) {
+            logger().error("TaskGroup: {}: {}", context, error.what());
+        } catch (...) {
+            logger().error("TaskGroup: {}: an exception not derived from std::exception", context);
+        }
+    } catch (...) {
+        // Logging itself failed (out of memory): nothing is left to tell.
+    }
+}
+
 }  // namespace muxio::detail
