@@ -153,7 +153,17 @@ public:
           fd_{watch.fd()} {}
     ReactorWait(const ReactorWait&) = delete;
     ReactorWait& operator=(const ReactorWait&) = delete;
-    ReactorWait(ReactorWait&&) = delete;
+    /// Moves a wait that was not awaited yet (precondition), so that a
+    /// combinator can keep `readable(...)` and its kin in a frame of its own.
+    ReactorWait(ReactorWait&& other) noexcept
+        : watch_{other.watch_},
+          attempt_{other.attempt_},
+          operation_{other.operation_},
+          token_{std::move(other.token_)},
+          kind_{other.kind_},
+          reactor_{other.reactor_},
+          fd_{other.fd_},
+          when_{other.when_} {}
     ReactorWait& operator=(ReactorWait&&) = delete;
     ~ReactorWait() {
         // After an ordinary resumption there is nothing left to undo.

@@ -1,11 +1,13 @@
-// Combining tasks: with_timeout(), when_all(), when_any(), and the joining
-// machinery TaskGroup shares.
+// Combining tasks and awaitables: with_timeout(), when_all(), when_any(),
+// and the joining machinery TaskGroup shares.
 #pragma once
 
 #include <chrono>
+#include <concepts>
 #include <coroutine>
 #include <cstddef>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
@@ -23,6 +25,161 @@
 namespace muxio {
 
 namespace detail {
+
+template <class A>
+concept HasMemberCoAwait = requires(A&& awaitable) {
+    static_cast<A&&>(awaitable).operator co_await();
+};
+template <class A>
+concept HasFreeCoAwait = requires(A&& awaitable) {
+    operator co_await(static_cast<A&&>(awaitable));
+};
+
+// The awaiter `co_await expr` uses, for an expression of type A (A&& an
+// rvalue, A& an lvalue): what operator co_await returns, or the object itself.
+template <class A>
+struct AwaiterOf {
+    using type = A;
+};
+template <HasMemberCoAwait A>
+struct AwaiterOf<A> {
+    using type = decltype(std::declval<A>().operator co_await());
+};
+template <class A>
+requires(!HasMemberCoAwait<A> && HasFreeCoAwait<A>) struct AwaiterOf<A> {
+    using type = decltype(operator co_await(std::declval<A>()));
+};
+template <class A>
+using awaiter_t = std::remove_reference_t<typename AwaiterOf<A&&>::type>;
+
+template <class H>
+concept AwaitSuspendResult =
+    std::same_as<H, void> || std::same_as<H, bool> || std::convertible_to<H, std::coroutine_handle<>>;
+
+template <class W>
+concept Awaiter = requires(W& awaiter, std::coroutine_handle<Promise<void>> handle) {
+    { awaiter.await_ready() } -> std::convertible_to<bool>;
+    { awaiter.await_suspend(handle) } -> AwaitSuspendResult;
+    awaiter.await_resume();
+};
+
+}  // namespace detail
+
+/// What `co_await` accepts inside a muxio Task: an awaiter (await_ready(),
+/// await_suspend(handle), await_resume()) or an object whose operator
+/// co_await, member or free, returns one. A is the argument's type as a
+/// forwarding reference sees it (an rvalue `T`/`T&&` or an lvalue `T&`).
+template <class A>
+concept Awaitable = detail::Awaiter<detail::awaiter_t<A>>;
+
+/// What `co_await` of an A returns (await_resume()'s type, references kept).
+template <class A>
+requires Awaitable<A>
+using await_result_t = decltype(std::declval<detail::awaiter_t<A>&>().await_resume());
+
+/// Customisation point: true for an awaitable type whose pending await ends
+/// promptly (most often with muxio::Cancelled) once the ambient stop token of
+/// the awaiting task is stopped. muxio's own awaitables (readable(),
+/// writable(), sleep_for(), sleep_until(), yield(), get_stop_token()) are;
+/// Task and socket operations count as such wherever they are taken.
+///
+/// A user's awaitable becomes stop-aware by reading the token in a templated
+/// `await_suspend(std::coroutine_handle<P> handle)` through
+/// `handle.promise().get_stop_token()`, resuming (on the loop's thread) when
+/// it is stopped, and then declaring it:
+///
+///     template <> inline constexpr bool muxio::enable_stop_aware<MyAwaitable> = true;
+///
+/// What the combinators do with one that is not is said at with_timeout().
+template <class A>
+inline constexpr bool enable_stop_aware = false;
+
+/// readable(), writable(), sleep_for(), sleep_until() and yield() listen to the stop token.
+template <>
+inline constexpr bool enable_stop_aware<detail::ReactorWait> = true;
+/// get_stop_token() never suspends.
+template <>
+inline constexpr bool enable_stop_aware<detail::StopTokenAwaiter> = true;
+
+namespace detail {
+
+// Logs, once per await, that a combinator stopped an awaitable which is not
+// declared stop-aware, and therefore waits for it to end.
+void warn_stop_not_heard(const char* combinator) noexcept;
+
+struct WarnStopNotHeard {
+    const char* combinator;
+    void operator()() const noexcept { warn_stop_not_heard(combinator); }
+};
+
+// What a Task made of an awaitable returns: a value as it is, an lvalue
+// reference as a std::reference_wrapper (Task<T&> does not exist), an
+// rvalue reference as the value it refers to, moved.
+template <class R>
+struct TaskValue {
+    using type = std::remove_cv_t<R>;
+};
+template <class R>
+struct TaskValue<R&> {
+    using type = std::reference_wrapper<R>;
+};
+template <class R>
+struct TaskValue<R&&> {
+    using type = std::remove_cv_t<R>;
+};
+template <class A>
+using awaitable_task_t = Task<typename TaskValue<await_result_t<A>>::type>;
+
+// The Task a combinator runs for an awaitable: `Stored` is its type (owned,
+// moved into the frame) or a reference to it (an lvalue, awaited in place).
+template <class Stored>
+awaitable_task_t<Stored&&> awaitable_task(Stored awaitable, const char* combinator) {
+    using Result = await_result_t<Stored&&>;
+    [[maybe_unused]] std::optional<std::stop_callback<WarnStopNotHeard>> warn;
+    if constexpr (!enable_stop_aware<std::remove_cvref_t<Stored>>) {
+        std::stop_token token = co_await get_stop_token();
+        if (token.stop_possible()) {
+            warn.emplace(std::move(token), WarnStopNotHeard{combinator});
+        }
+    }
+    if constexpr (std::is_void_v<Result>) {
+        co_await static_cast<Stored&&>(awaitable);
+    } else if constexpr (std::is_lvalue_reference_v<Result>) {
+        co_return std::ref(co_await static_cast<Stored&&>(awaitable));
+    } else {
+        co_return co_await static_cast<Stored&&>(awaitable);
+    }
+}
+
+// The Task that stands for a combinator's argument. Precondition:
+// Awaitable<A> (the combinators check it first, for a short error).
+template <class A>
+auto as_task(A&& awaitable, const char* combinator) {
+    using Plain = std::remove_cvref_t<A>;
+    if constexpr (is_task_v<Plain>) {
+        static_assert(!std::is_lvalue_reference_v<A>, "muxio combinators take a Task by value: std::move() it");
+        return Plain{std::move(awaitable)};
+    } else if constexpr (TaskConvertible<A>) {
+        return into_task(std::forward<A>(awaitable));
+    } else if constexpr (std::is_lvalue_reference_v<A>) {
+        return awaitable_task<A>(awaitable, combinator);
+    } else {
+        static_assert(std::is_move_constructible_v<Plain>,
+                      "muxio combinators keep an rvalue awaitable in a frame of their own, so it must be movable; "
+                      "pass a non-movable one as an lvalue that outlives the await");
+        return awaitable_task<Plain>(std::move(awaitable), combinator);
+    }
+}
+
+template <class A>
+using as_task_t = decltype(as_task(std::declval<A>(), nullptr));
+
+template <class T>
+struct TaskResult;
+template <class T>
+struct TaskResult<Task<T>> {
+    using type = T;
+};
 
 // Forwards a stop request from one token to a stop_source (an outer
 // cancellation reaching the children of a combinator).
@@ -256,10 +413,33 @@ Task<T> with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeou
     }
 }
 
-/// with_timeout() of a socket operation (see StreamOperation), made a Task.
-template <detail::TaskConvertible A, class Rep, class Period>
-auto with_timeout(Reactor& reactor, std::chrono::duration<Rep, Period> timeout, A&& operation) {
-    return with_timeout(reactor, timeout, detail::into_task(std::forward<A>(operation)));
+/// with_timeout() of any awaitable (muxio::Awaitable): `readable(reactor,
+/// fd)`, `sleep_for(...)`, a socket operation, a user's own awaiter. It is
+/// made a Task (that allocates its frame) and awaited as one; the result is
+/// what its await_resume() returns (an lvalue reference comes back as a
+/// std::reference_wrapper). An rvalue is moved into that frame; an lvalue is
+/// awaited in place and must outlive the await.
+///
+/// Cancellation reaches the awaitable through the ambient stop token of that
+/// Task, which muxio's awaitables listen to (see enable_stop_aware). An
+/// awaitable that does not listen cannot be interrupted: with_timeout() then
+/// waits for it to end (its value is returned, as for a task that ignores
+/// the cancellation), and logs a warning through muxio::logger() when it
+/// stops it, so that the wait is never silent. It is not abandoned, since
+/// it may still resume its frame or write into memory its caller owns.
+///
+/// Anything else is refused at compile time by a static_assert naming
+/// muxio::Awaitable.
+template <class A, class Rep, class Period>
+requires(!detail::is_task_v<std::remove_cvref_t<A>>) auto with_timeout(Reactor& reactor,
+                                                                       std::chrono::duration<Rep, Period> timeout,
+                                                                       A&& awaitable) {
+    static_assert(Awaitable<A>,
+                  "with_timeout: the argument must be muxio::Awaitable (a Task, an object with await_ready(), "
+                  "await_suspend(handle) and await_resume(), or one with operator co_await)");
+    if constexpr (Awaitable<A>) {
+        return with_timeout(reactor, timeout, detail::as_task(std::forward<A>(awaitable), "with_timeout"));
+    }
 }
 
 /// Runs the tasks concurrently and returns their values in order (a void
@@ -291,11 +471,19 @@ Task<std::tuple<detail::NonVoid<T>...>> when_all(Task<T>... tasks) {
     co_return std::tuple<detail::NonVoid<T>...>{detail::take_non_void(tasks)...};
 }
 
-/// when_all() where some arguments are socket operations (see
-/// StreamOperation): each is made a Task.
+/// when_all() of any mix of Tasks and awaitables (muxio::Awaitable): each
+/// awaitable is made a Task, as with_timeout() does, with the same rules for
+/// rvalues, lvalues, references and awaitables that do not listen to the
+/// stop token (when_all() waits for them). A static_assert names
+/// muxio::Awaitable for an argument that is not one.
 template <class... A>
-requires(detail::TaskOrConvertible<A>&&...) && (detail::TaskConvertible<A> || ...) auto when_all(A&&... tasks) {
-    return when_all(detail::into_task(std::forward<A>(tasks))...);
+requires(sizeof...(A) > 0 && !(detail::is_task_v<std::remove_cvref_t<A>> && ...)) auto when_all(A&&... awaitables) {
+    static_assert((Awaitable<A> && ...),
+                  "when_all: every argument must be muxio::Awaitable (a Task, an object with await_ready(), "
+                  "await_suspend(handle) and await_resume(), or one with operator co_await)");
+    if constexpr ((Awaitable<A> && ...)) {
+        return when_all(detail::as_task(std::forward<A>(awaitables), "when_all")...);
+    }
 }
 
 /// What when_any() returns: which task ended first, and its value.
@@ -333,11 +521,24 @@ requires(std::is_same_v<T, Rest>&&...) Task<AnyResult<T>> when_any(Task<T> first
     co_return AnyResult<T>{winner, detail::take_non_void(*tasks[winner])};
 }
 
-/// when_any() where some arguments are socket operations (see
-/// StreamOperation): each is made a Task.
+/// when_any() of any mix of Tasks and awaitables (muxio::Awaitable), each
+/// awaitable made a Task as when_all() does; every argument must produce the
+/// same type. The losers are cancelled and awaited: one that does not listen
+/// to the stop token is waited for (see with_timeout()). A static_assert
+/// names the requirement an argument misses.
 template <class... A>
-requires(detail::TaskOrConvertible<A>&&...) && (detail::TaskConvertible<A> || ...) auto when_any(A&&... tasks) {
-    return when_any(detail::into_task(std::forward<A>(tasks))...);
+requires(sizeof...(A) > 0 && !(detail::is_task_v<std::remove_cvref_t<A>> && ...)) auto when_any(A&&... awaitables) {
+    static_assert((Awaitable<A> && ...),
+                  "when_any: every argument must be muxio::Awaitable (a Task, an object with await_ready(), "
+                  "await_suspend(handle) and await_resume(), or one with operator co_await)");
+    if constexpr ((Awaitable<A> && ...)) {
+        using First = typename detail::TaskResult<detail::as_task_t<std::tuple_element_t<0, std::tuple<A...>>>>::type;
+        static_assert((std::is_same_v<First, typename detail::TaskResult<detail::as_task_t<A>>::type> && ...),
+                      "when_any: every argument must produce the same type");
+        if constexpr ((std::is_same_v<First, typename detail::TaskResult<detail::as_task_t<A>>::type> && ...)) {
+            return when_any(detail::as_task(std::forward<A>(awaitables), "when_any")...);
+        }
+    }
 }
 
 }  // namespace muxio

@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -192,6 +193,28 @@ private:
 ///  - `std::system_error`: the kernel refused; the message names the call and fd.
 ///  - `std::logic_error`: any use after close(), except close() itself.
 ///
+/// register_() and modify() also come as `noexcept` overloads taking a
+/// `std::error_code&` (asio's convention; the throwing forms stay the
+/// default), for paths where a refusal is expected: they return the key, or
+/// nullptr with the error set, and never throw. Every failure the throwing
+/// form reports comes as a code, a closed selector included (a `noexcept`
+/// function cannot throw, and a closed object is asio's bad_descriptor):
+///  - the kernel's refusal: its errno (e.g. EBADF for a closed descriptor,
+///    EPERM for a regular file on epoll);
+///  - `std::errc::file_exists`: already registered (KeyError), epoll's EEXIST;
+///  - `std::errc::no_such_file_or_directory`: not registered (KeyError),
+///    epoll's ENOENT;
+///  - `std::errc::bad_file_descriptor`: a negative descriptor, an object
+///    whose fileno() fails and that is not registered, or a closed selector
+///    (is_closed() tells these apart);
+///  - `std::errc::invalid_argument`: an empty or unknown events mask, or a
+///    descriptor the mechanism cannot represent (select: FD_SETSIZE);
+///  - `std::errc::not_enough_memory`: the descriptor table could not grow.
+///
+/// A failed register_() leaves the selector exactly as it was; so does a
+/// failed modify(), except when the kernel refuses the new events, which
+/// unregisters the key as the throwing form does (Python's rule).
+///
 /// A registration names a descriptor number; what the kernel watches behind
 /// it differs per mechanism, and these rules make them agree
 /// (docs/ARCHITECTURE.md, "Contracts under misuse"):
@@ -259,6 +282,55 @@ public:
         return register_(fileobj, events, Data{});
     }
 
+    /// register_() reporting failures in `error` (see the class comment):
+    /// the new key, or nullptr with `error` set and the selector exactly as
+    /// it was. `error` is cleared on success.
+    const Key* register_(const FileObject& fileobj, Events events, Data data,
+                         std::error_code& error) noexcept requires std::is_nothrow_move_constructible_v<Data> {
+        error.clear();
+        if (closed_) {
+            error = std::make_error_code(std::errc::bad_file_descriptor);
+            return nullptr;
+        }
+        if (!events.is_valid()) {
+            error = std::make_error_code(std::errc::invalid_argument);
+            return nullptr;
+        }
+        const int fd = try_fd_of(fileobj);
+        if (fd < 0) {
+            error = std::make_error_code(std::errc::bad_file_descriptor);
+            return nullptr;
+        }
+        if (slot_of(fd) != nullptr) {
+            error = std::make_error_code(std::errc::file_exists);
+            return nullptr;
+        }
+        const auto index = static_cast<std::size_t>(fd);
+        const std::uint32_t generation = next_generation(index < slots_.size() ? slots_[index].generation : 0U);
+        poller_->try_add(fd, events, make_token(fd, generation), error);
+        if (error) {
+            return nullptr;
+        }
+        try {
+            grow_to(fd);
+        } catch (...) {
+            (void)poller_->remove(fd, events);
+            error = std::make_error_code(std::errc::not_enough_memory);
+            return nullptr;
+        }
+        Slot& slot = slots_[index];
+        slot.key.emplace(Key{fileobj, fd, events, std::move(data)});
+        slot.generation = generation;
+        ++size_;
+        return &*slot.key;
+    }
+
+    /// The same with a value-initialized `Data`.
+    const Key* register_(const FileObject& fileobj, Events events, std::error_code& error) noexcept requires
+        std::is_nothrow_default_constructible_v<Data> && std::is_nothrow_move_constructible_v<Data> {
+        return register_(fileobj, events, Data{}, error);
+    }
+
     /// Unregisters `fileobj` and returns its key, data included. KeyError if it
     /// is not registered. Succeeds when the descriptor was closed since it was
     /// registered, also for an object whose fileno() now fails: it is found by
@@ -311,6 +383,53 @@ public:
                 throw;
             }
             key.events = events;
+        }
+        return key;
+    }
+
+    /// modify() reporting failures in `error` (see the class comment): the
+    /// key, or nullptr with `error` set. Only a kernel refusing the new
+    /// events changes the selector then: the key is unregistered, as
+    /// modify() does. `error` is cleared on success.
+    const Key* modify(const FileObject& fileobj, Events events, std::error_code& error) noexcept {
+        error.clear();
+        if (closed_) {
+            error = std::make_error_code(std::errc::bad_file_descriptor);
+            return nullptr;
+        }
+        if (!events.is_valid()) {
+            error = std::make_error_code(std::errc::invalid_argument);
+            return nullptr;
+        }
+        const int fd = try_fd_of(fileobj);
+        if (fd < 0) {
+            error = std::make_error_code(std::errc::bad_file_descriptor);
+            return nullptr;
+        }
+        Slot* slot = slot_of(fd);
+        if (slot == nullptr) {
+            error = std::make_error_code(std::errc::no_such_file_or_directory);
+            return nullptr;
+        }
+        Key& key = *slot->key;
+        if (events != key.events) {
+            poller_->try_modify(fd, key.events, events, make_token(fd, slot->generation), error);
+            if (error) {
+                (void)poller_->remove(fd, key.events);
+                forget(*slot);
+                return nullptr;
+            }
+            key.events = events;
+        }
+        return &key;
+    }
+
+    /// The same, also replacing the data (only if the events could be set).
+    const Key* modify(const FileObject& fileobj, Events events, Data data,
+                      std::error_code& error) noexcept requires std::is_nothrow_move_assignable_v<Data> {
+        const Key* key = modify(fileobj, events, error);
+        if (key != nullptr) {
+            key->data = std::move(data);
         }
         return key;
     }
@@ -582,17 +701,26 @@ private:
     // negative number, as a closed socket object does) the object may still be
     // registered, so it is searched for by identity, as Python does.
     int fd_of(const FileObject& fileobj) const {
-        if (fileobj.is_descriptor()) {
-            const int fd = fileobj.fileno();
-            if (fd < 0) {
-                throw std::invalid_argument(fmt::format("invalid file descriptor: {}", fd));
-            }
+        const int fd = try_fd_of(fileobj);
+        if (fd >= 0) {
             return fd;
+        }
+        if (fileobj.is_descriptor()) {
+            throw std::invalid_argument(fmt::format("invalid file descriptor: {}", fileobj.fileno()));
+        }
+        throw std::invalid_argument("invalid file object: its fileno() failed and it is not registered");
+    }
+
+    // fd_of() answering -1 where it throws.
+    int try_fd_of(const FileObject& fileobj) const noexcept {
+        if (fileobj.is_descriptor()) {
+            const int fd = fileobj.fileno();  // a stored number: cannot throw
+            return fd < 0 ? -1 : fd;
         }
         int fd = -1;
         try {
             fd = fileobj.fileno();
-        } catch (const std::exception&) {
+        } catch (...) {
             fd = -1;
         }
         if (fd >= 0) {
@@ -603,16 +731,12 @@ private:
                 return key.fd;
             }
         }
-        throw std::invalid_argument("invalid file object: its fileno() failed and it is not registered");
+        return -1;
     }
 
     const Key* find_key(const FileObject& fileobj) const noexcept {
-        try {
-            const Slot* slot = slot_of(fd_of(fileobj));
-            return slot != nullptr ? &*slot->key : nullptr;
-        } catch (const std::invalid_argument&) {
-            return nullptr;
-        }
+        const Slot* slot = slot_of(try_fd_of(fileobj));
+        return slot != nullptr ? &*slot->key : nullptr;
     }
 
     std::unique_ptr<detail::Poller> poller_;

@@ -3,31 +3,42 @@
 
 #include <coroutine>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
+#include <type_traits>
 #include <utility>
 
 #include "muxio/combinators.hpp"
+#include "muxio/error.hpp"
 #include "muxio/task.hpp"
 
 namespace muxio {
 
+/// What a TaskGroup does when a child fails, that is, ends with an exception
+/// other than the muxio::Cancelled of the group's own cancellation.
+enum class ChildFailure : std::uint8_t {
+    /// The first failure stops the group's token, cancelling the siblings,
+    /// and join() rethrows it (trio's nursery). The default.
+    cancel_group,
+    /// The siblings go on; every failure goes to the group's failure handler
+    /// and join() does not rethrow it. For a server whose children are its
+    /// connections: one failing client must not end the others.
+    isolate,
+};
+
+/// Receives a child's failure that join() does not rethrow; called on the
+/// loop thread as the child ends (or as the group is destroyed). What it
+/// throws is logged and dropped.
+using ChildFailureHandler = std::function<void(std::exception_ptr)>;
+
 namespace detail {
 
-template <class T>
-JoinChild group_child(Join& join, Task<T> task) {
-    co_await Completion<T>{TaskAccess::handle(task)};
-    try {
-        TaskAccess::handle(task).promise().rethrow_if_failed();
-    } catch (...) {
-        if (!join.first_error) {
-            join.first_error = std::current_exception();
-            join.stop.request_stop();
-        }
-    }
-}
+// Logs a child's failure through muxio::logger() (error level).
+void log_child_failure(const std::exception_ptr& failure, const char* context) noexcept;
 
 }  // namespace detail
 
@@ -39,11 +50,27 @@ JoinChild group_child(Join& join, Task<T> task) {
 ///     co_await group.join();  // both ended; rethrows the first failure
 ///
 /// spawn() starts a child at once (it runs until its first suspension before
-/// spawn() returns). The first child to fail stops the group's token, which
-/// every child has as its ambient token, so its siblings' pending awaits throw
-/// muxio::Cancelled; join() waits for all and rethrows that first failure.
+/// spawn() returns). Every child has the group's token as its ambient token.
 /// While a task awaits join(), a stop request on its own ambient token
-/// cancels the children too.
+/// cancels the children too, and join() then throws muxio::Cancelled.
+///
+/// Failures: a child *fails* when it ends with an exception, except a
+/// muxio::Cancelled that ends it once the group's token was stopped (by
+/// cancel(), by the joiner's cancellation, or by a first failure): that is
+/// the group's own doing, not a failure. So `cancel()` then `co_await
+/// join()` returns normally, unless a child failed for real. What happens at
+/// a failure is the group's ChildFailure policy:
+/// - cancel_group (default): the first failure stops the group's token, so
+///   its siblings' pending awaits throw Cancelled, and join() rethrows it.
+/// - isolate: the siblings go on; join() does not rethrow it.
+///
+/// No failure is dropped silently: every one that join() does not rethrow
+/// (each one under isolate, the later ones under cancel_group, a first one
+/// nobody joined before the group was destroyed) goes to the failure handler
+/// given to the constructor, or without one is logged through
+/// muxio::logger() at error level. failed() counts them all.
+///
+///     TaskGroup connections{ChildFailure::isolate};  // a server's clients
 ///
 /// Children cannot outlive the group: destroying it destroys the frames of
 /// those still running (their pending awaits removed, nothing resumed), so
@@ -61,7 +88,12 @@ JoinChild group_child(Join& join, Task<T> task) {
 /// Not movable: the children point to it.
 class TaskGroup {
 public:
+    /// A group with the cancel_group policy whose later failures are logged.
     TaskGroup() = default;
+    /// A group with `policy`; the failures join() does not rethrow go to
+    /// `on_failure`, or are logged if it is empty.
+    explicit TaskGroup(ChildFailure policy, ChildFailureHandler on_failure = {}) noexcept
+        : policy_{policy}, on_failure_{std::move(on_failure)} {}
     TaskGroup(const TaskGroup&) = delete;
     TaskGroup& operator=(const TaskGroup&) = delete;
     TaskGroup(TaskGroup&&) = delete;
@@ -73,6 +105,9 @@ public:
         // The frames of running children go first (the Join must outlive
         // them), latest first.
         detail::JoinChild::destroy_all(children_);
+        if (join_.first_error) {
+            report(std::exchange(join_.first_error, nullptr), "a failure nobody joined");
+        }
     }
 
     /// Adds `task` as a child and starts it; its value is discarded.
@@ -83,24 +118,40 @@ public:
             throw std::logic_error("TaskGroup::spawn: empty Task");
         }
         detail::TaskAccess::set_stop_token(task, join_.stop.get_token());
-        detail::group_child(join_, std::move(task)).start_in(join_, children_);
+        child(*this, std::move(task)).start_in(join_, children_);
     }
-    /// spawn() of a socket operation (see StreamOperation), made a Task.
-    template <detail::TaskConvertible A>
-    void spawn(A&& operation) {
-        spawn(detail::into_task(std::forward<A>(operation)));
+    /// spawn() of any awaitable (muxio::Awaitable): a socket operation,
+    /// readable(), a user's awaiter, made a Task as with_timeout() does (an
+    /// lvalue is awaited in place and must outlive the child).
+    template <class A>
+    requires(!detail::is_task_v<std::remove_cvref_t<A>>) void spawn(A&& awaitable) {
+        static_assert(Awaitable<A>,
+                      "TaskGroup::spawn: the argument must be muxio::Awaitable (a Task, an object with await_ready(), "
+                      "await_suspend(handle) and await_resume(), or one with operator co_await)");
+        if constexpr (Awaitable<A>) {
+            spawn(detail::as_task(std::forward<A>(awaitable), "TaskGroup"));
+        }
     }
 
-    /// Stops the group's token: the children's pending awaits throw Cancelled.
+    /// Stops the group's token: the children's pending awaits throw
+    /// Cancelled, which is not a failure (join() returns normally for it).
+    /// Children spawned afterwards start cancelled.
     void cancel() noexcept { join_.stop.request_stop(); }
 
     /// Number of children still running.
     [[nodiscard]] std::size_t running() const noexcept { return join_.running; }
+    /// Number of children that failed so far (see the class comment).
+    [[nodiscard]] std::size_t failed() const noexcept { return failed_; }
+    /// The policy given to the constructor.
+    [[nodiscard]] ChildFailure policy() const noexcept { return policy_; }
 
-    /// `co_await group.join()` resumes once no child runs, and rethrows the
-    /// first failure of a child (once: a second join() does not rethrow it).
-    /// One task at a time may await it: std::logic_error (at the co_await)
-    /// for a second one while the first waits.
+    /// `co_await group.join()` resumes once no child runs. Under cancel_group
+    /// it rethrows the first failure of a child (once: a second join() does
+    /// not rethrow it); under isolate it rethrows none. Throws
+    /// muxio::Cancelled if the awaiting task's own ambient token was stopped
+    /// while it waited (its children were cancelled then). One task at a time
+    /// may await it: std::logic_error (at the co_await) for a second one
+    /// while the first waits.
     [[nodiscard]] auto join() noexcept { return JoinAwaiter{this}; }
 
 private:
@@ -128,9 +179,9 @@ private:
             }
             group_->joiner_ = this;
             group_->join_.parent = awaiter;
-            const std::stop_token outer = detail::ambient_stop_token(awaiter);
-            if (outer.stop_possible()) {
-                forward_.emplace(outer, detail::ForwardStop{&group_->join_.stop});
+            outer_ = detail::ambient_stop_token(awaiter);
+            if (outer_.stop_possible()) {
+                forward_.emplace(outer_, detail::ForwardStop{&group_->join_.stop});
             }
         }
         void await_resume() {
@@ -140,6 +191,9 @@ private:
             }
             if (group_->join_.first_error) {
                 std::rethrow_exception(std::exchange(group_->join_.first_error, nullptr));
+            }
+            if (outer_.stop_requested()) {
+                throw Cancelled{};
             }
         }
 
@@ -154,12 +208,53 @@ private:
         }
 
         TaskGroup* group_;
+        std::stop_token outer_;
         std::optional<std::stop_callback<detail::ForwardStop>> forward_;
     };
+
+    // The body of a child: awaits `task` and sorts out how it ended.
+    template <class T>
+    static detail::JoinChild child(TaskGroup& group, Task<T> task) {
+        co_await detail::Completion<T>{detail::TaskAccess::handle(task)};
+        try {
+            detail::TaskAccess::handle(task).promise().rethrow_if_failed();
+        } catch (const Cancelled&) {
+            if (!group.join_.stop.stop_requested()) {
+                group.child_failed(std::current_exception());
+            }
+        } catch (...) {
+            group.child_failed(std::current_exception());
+        }
+    }
+
+    void child_failed(std::exception_ptr failure) noexcept {
+        ++failed_;
+        if (policy_ == ChildFailure::cancel_group && !join_.first_error) {
+            join_.first_error = std::move(failure);
+            join_.stop.request_stop();
+            return;
+        }
+        report(std::move(failure), "a child failed");
+    }
+
+    void report(std::exception_ptr failure, const char* context) const noexcept {
+        if (!on_failure_) {
+            detail::log_child_failure(failure, context);
+            return;
+        }
+        try {
+            on_failure_(failure);
+        } catch (...) {
+            detail::log_child_failure(failure, "a child failed, and the failure handler threw");
+        }
+    }
 
     detail::Join join_;
     detail::JoinChild::promise_type* children_ = nullptr;  // running, newest first
     JoinAwaiter* joiner_ = nullptr;                        // the join() awaited now, if any
+    ChildFailure policy_ = ChildFailure::cancel_group;
+    ChildFailureHandler on_failure_;
+    std::size_t failed_ = 0;
 };
 
 }  // namespace muxio

@@ -7,8 +7,11 @@
 #include <utility>
 
 #include "muxio/awaitables.hpp"
+#include "muxio/combinators.hpp"
 #include "muxio/detail/resume_loop.hpp"
 #include "muxio/error.hpp"
+#include "muxio/log.hpp"
+#include "muxio/task_group.hpp"
 
 namespace muxio::detail {
 
@@ -333,6 +336,33 @@ void FdWatch::detach() noexcept {
 
 void ReactorWait::throw_cancelled() {
     throw Cancelled{};
+}
+
+// ----- Combinators and task groups ----------------------------------------------------
+
+void warn_stop_not_heard(const char* combinator) noexcept {
+    try {
+        logger().warn(
+            "{}: cancelling an awaitable that is not declared stop-aware (muxio::enable_stop_aware); "
+            "waiting for it to end",
+            combinator);
+    } catch (...) {
+        // A stop callback must not throw; losing the warning is the lesser harm.
+    }
+}
+
+void log_child_failure(const std::exception_ptr& failure, const char* context) noexcept {
+    try {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const std::exception& error) {
+            logger().error("TaskGroup: {}: {}", context, error.what());
+        } catch (...) {
+            logger().error("TaskGroup: {}: an exception not derived from std::exception", context);
+        }
+    } catch (...) {
+        // Logging itself failed (out of memory): nothing is left to tell.
+    }
 }
 
 }  // namespace muxio::detail

@@ -10,8 +10,10 @@
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -74,6 +76,46 @@ std::span<const PollEvent> Poller::wait(Timeout timeout, LiveFilter live) {
         if (bounded && deadline != Clock::time_point::max()) {
             timeout = std::max(nanoseconds::zero(), std::chrono::duration_cast<nanoseconds>(deadline - Clock::now()));
         }
+    }
+}
+
+namespace {
+
+// What a backend's throwing add() or modify() said, as an error_code.
+std::error_code code_of_current_exception() noexcept {
+    try {
+        throw;
+    } catch (const std::system_error& error) {
+        return error.code();
+    } catch (const std::invalid_argument&) {
+        return std::make_error_code(std::errc::invalid_argument);
+    } catch (const std::bad_alloc&) {
+        return std::make_error_code(std::errc::not_enough_memory);
+    } catch (const std::length_error&) {
+        return std::make_error_code(std::errc::not_enough_memory);
+    } catch (...) {
+        return std::make_error_code(std::errc::io_error);
+    }
+}
+
+}  // namespace
+
+void Poller::try_add(int fd, Events events, std::uint64_t token, std::error_code& error) noexcept {
+    error.clear();
+    try {
+        add(fd, events, token);
+    } catch (...) {
+        error = code_of_current_exception();
+    }
+}
+
+void Poller::try_modify(int fd, Events old_events, Events new_events, std::uint64_t token,
+                        std::error_code& error) noexcept {
+    error.clear();
+    try {
+        modify(fd, old_events, new_events, token);
+    } catch (...) {
+        error = code_of_current_exception();
     }
 }
 

@@ -99,6 +99,16 @@ public:
     /// caller must remove the descriptor then (BaseSelector::modify() always
     /// does, Python's rule).
     virtual void modify(int fd, Events old_events, Events new_events, std::uint64_t token) = 0;
+    /// add() reporting a refusal in `error` instead of throwing (cleared on
+    /// success; on failure nothing changed): the kernel's errno,
+    /// std::errc::invalid_argument for a descriptor the mechanism cannot
+    /// represent, std::errc::not_enough_memory. The default calls add() and
+    /// converts what it throws; a backend may override it to skip the throw.
+    virtual void try_add(int fd, Events events, std::uint64_t token, std::error_code& error) noexcept;
+    /// modify() reporting a failure in `error` instead of throwing, as
+    /// try_add() does; what a failure leaves is what modify() leaves.
+    virtual void try_modify(int fd, Events old_events, Events new_events, std::uint64_t token,
+                            std::error_code& error) noexcept;
     /// Watches `fd` anew, under a new `token`, for the open file its number
     /// names now: for a caller whose user may have closed the descriptor and
     /// had its number reused by another file without removing it first
