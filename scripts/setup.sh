@@ -20,7 +20,8 @@ set -euo pipefail
 # pkg-config finds liburing and is what the install test checks muxio.pc
 # with. python3 runs the project's helper scripts. doxygen builds the API
 # reference (target docs), which CI builds with preset dev so that an
-# undocumented public name fails it.
+# undocumented public name fails it. libssl-dev builds muxio::tls (MUXIO_TLS);
+# its tests run openssl s_client/s_server and curl against it.
 BUILD_PACKAGES=(
     g++
     clang
@@ -39,6 +40,8 @@ BUILD_PACKAGES=(
     git
     python3
     doxygen
+    libssl-dev
+    openssl
 )
 # Peer libraries and load generators, for bench/ only (never linked into the
 # library); valgrind for `muxbench.py callgrind`, perf for `muxbench.py ab --perf`.

@@ -16,6 +16,10 @@
 ///   readiness and time, spawn(), timeouts and structured concurrency.
 /// - **Sockets** (muxio/net.hpp): addresses, TCP, UDP and Unix-domain sockets
 ///   with awaitable operations, and name resolution off the loop.
+/// - **TLS** (muxio/tls.hpp, the separate library muxio::tls, built when
+///   OpenSSL is found: MUXIO_HAS_TLS): muxio::TlsContext, muxio::TlsStream
+///   over any stream socket, and muxio::TlsEngine, the state machine without
+///   I/O. Not included by this header: include it and link muxio::tls.
 ///
 /// Errors are the types of muxio/error.hpp and the standard exceptions; each
 /// class and function says which it throws. `#include "muxio/muxio.hpp"`
