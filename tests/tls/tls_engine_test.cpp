@@ -110,7 +110,7 @@ TEST_CASE("an engine's output is bounded: write stops with want_output until the
     CHECK(received == data);
 }
 
-TEST_CASE("an engine whose input ends mid-record reports truncated; after close_notify it reports closed") {
+TEST_CASE("an engine whose input ends mid-record reports truncated, and after close_notify reports closed") {
     TlsEngine client{muxio::tls_test::client_context(), "localhost"};
     TlsEngine server{muxio::tls_test::server_context()};
     handshake(client, server);
