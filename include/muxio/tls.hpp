@@ -222,18 +222,23 @@ struct TlsResult {
 /// drives it over a coroutine socket; a callback transport or a user's own
 /// loop can drive it the same way.
 ///
-/// Both buffers are bounded (input_capacity() and output_capacity() bytes),
-/// which is the back-pressure: write() stops with want_output when the
-/// output is full, and input_space() is empty until read() or handshake()
-/// took what came in. Any output (handshake messages, alerts, close_notify,
+/// Both buffers are bounded (buffer_size bytes each), which is the
+/// back-pressure: write() encrypts only while the output has room for a
+/// whole record and then stops with want_output, and input_space() is empty
+/// until read() or handshake() took what came in. The room write() leaves
+/// is for what a read must send (a key update's answer, an alert), so a
+/// read never waits for a writer to drain the output. Any output (handshake messages, alerts, close_notify,
 /// a TLS 1.3 key update answer) may appear after any step: a driver sends
 /// output() whenever it is not empty. Renegotiation is refused.
 ///
 /// Move-only; single-threaded like everything else on a reactor.
 class TlsEngine {
 public:
+    /// The most ciphertext one TLS record takes (16 KiB of plaintext and
+    /// the record's overhead, rounded up).
+    static constexpr std::size_t max_record_size = 16 * 1024 + 512;
     /// Bytes each of the two buffers holds: two full TLS records.
-    static constexpr std::size_t buffer_size = 2 * (16 * 1024 + 512);
+    static constexpr std::size_t buffer_size = 2 * max_record_size;
 
     /// An empty engine (valid() false), to assign to later.
     TlsEngine() noexcept = default;
@@ -268,9 +273,10 @@ public:
     /// (truncated if the input ended without close_notify).
     /// Precondition: handshake_done().
     TlsResult read(std::span<std::byte> buffer) noexcept;
-    /// Encrypts from `buffer` into the output, whole records, as many as
-    /// fit: bytes with ok; or want_output (send, then call again with the
-    /// same bytes), failed (closed after close_notify).
+    /// Encrypts from `buffer` into the output, whole records, while the
+    /// output has room for one more and a record's worth to spare: bytes
+    /// with ok; or want_output (send, then call again with the rest of the
+    /// bytes), failed (closed after close_notify).
     /// Precondition: handshake_done().
     TlsResult write(std::span<const std::byte> buffer) noexcept;
     /// Queues close_notify in the output (once; later calls do nothing):

@@ -253,8 +253,10 @@ TlsResult TlsEngine::write(std::span<const std::byte> buffer) noexcept {
         return {0, TlsStatus::failed};
     }
     std::size_t written = 0;
-    // Record by record (partial writes), until the output is full.
-    while (written < buffer.size()) {
+    // Record by record (partial writes), while a whole record fits and
+    // leaves a record's room for what reads must send: OpenSSL then never
+    // holds half a record back, and a read never finds the output full.
+    while (written < buffer.size() && output_pending() <= max_record_size / 2) {
         ERR_clear_error();
         const int result = SSL_write(as_ssl(ssl_), buffer.data() + written, clamp_int(buffer.size() - written));
         if (result > 0) {
@@ -273,6 +275,9 @@ TlsResult TlsEngine::write(std::span<const std::byte> buffer) noexcept {
             return {written, status};
         }
         break;
+    }
+    if (written == 0 && !buffer.empty()) {
+        return {0, TlsStatus::want_output};
     }
     return {written, TlsStatus::ok};
 }

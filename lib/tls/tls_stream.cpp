@@ -2,7 +2,6 @@
 // operation runs the engine, sends what it produced, and waits on the
 // socket's readiness only when a try_read/try_write would block, as the
 // plain streams do.
-#include <chrono>
 #include <cstddef>
 #include <optional>
 #include <span>
@@ -215,15 +214,19 @@ Task<std::size_t> TlsStream::read_some(std::span<std::byte> buffer, std::stop_to
                 }
                 break;
             case TlsStatus::want_output:
-                // The output is full and the read must add to it. A writer
-                // waiting for room owns the socket's writability wait and
-                // will drain it; without one, this read waits itself.
-                if (!writing_) {
-                    while (!send_now(operation)) {
-                        co_await socket_->writable(token);
-                    }
-                } else {
-                    co_await sleep_for(socket_->reactor(), std::chrono::milliseconds{1}, token);
+                // The output is full and the read must add to it. Without a
+                // writer this read waits for room itself. With one, the room
+                // TlsEngine::write() leaves for reads (half a record) is
+                // used up: only a peer that sends messages demanding answers
+                // faster than it reads them gets here, and it is refused
+                // rather than buffered without bound.
+                if (writing_) {
+                    throw TlsError{TlsErrc::protocol_error,
+                                   fmt::format("{} with {}: the peer demands answers faster than it reads them",
+                                               operation, describe_peer())};
+                }
+                while (!send_now(operation)) {
+                    co_await socket_->writable(token);
                 }
                 break;
         }
