@@ -376,13 +376,15 @@ struct SocketDeleter {
 ///   one write-side operation (write_all, shutdown) at a time; the two may
 ///   run at once (full duplex). A second one of a side throws
 ///   std::logic_error. The handshake is both sides.
-/// - Back-pressure as the plain stream's: write_all() encrypts at most two
-///   records ahead of what the kernel took and waits for room; read_some()
-///   receives only when the engine has no plaintext to give.
+/// - Back-pressure as the plain stream's: write_all() encrypts at most a
+///   record and a half ahead of what the kernel took and waits for room;
+///   read_some() receives only when the engine has no plaintext to give.
 /// - Cancellation: each operation listens to `token` and the awaiting
-///   task's token and throws muxio::Cancelled while it waits. A TLS stream
-///   cancelled in the middle of a write has sent part of a record: only
-///   close() is safe afterwards.
+///   task's token and throws muxio::Cancelled while it waits. How much of a
+///   cancelled write_all() was sent is unspecified, as for the plain
+///   streams; records already made go out with the next write or
+///   shutdown(), so the stream stays usable. A cancelled handshake may be
+///   awaited again, or the stream closed.
 /// - Errors: TlsError (see TlsErrc) for TLS failures, naming the operation
 ///   and the peer; std::system_error for the socket's (ECONNRESET, EPIPE);
 ///   std::logic_error for a closed stream.

@@ -1,6 +1,7 @@
 // TlsStream between a muxio client and a muxio server on loopback: echo,
 // verification failures naming their check, SNI and ALPN, close_notify
 // both ways, truncation, a stalled handshake, misuse.
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
@@ -422,7 +423,50 @@ TEST_CASE("a handshake that stalls is ended by with_timeout, and closing the str
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body()));
 }
 
-TEST_CASE("a handshake cancelled through its stop token throws Cancelled") {
+TEST_CASE(
+    "a write_all cancelled while the peer does not read leaves the stream usable: the peer gets a prefix, then the "
+    "rest") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const std::vector<std::byte> payload = pattern(8 << 20, 11);
+    auto body = [&]() -> Task<void> {
+        Handshake pair = co_await handshake_pair(reactor, client_context(), server_context(), "localhost");
+        REQUIRE(pair.client_outcome.ok);
+        bool timed_out = false;
+        try {
+            co_await muxio::with_timeout(reactor, 50ms, pair.client.write_all(payload));
+        } catch (const muxio::TimeoutError&) {
+            timed_out = true;
+        }
+        REQUIRE(timed_out);  // the server reads nothing: the socket buffers fill
+        auto finish = [&]() -> Task<void> {
+            co_await pair.client.write_all("tail");
+            co_await pair.client.shutdown();
+        };
+        auto drain = [&]() -> Task<std::vector<std::byte>> {
+            std::vector<std::byte> received;
+            std::vector<std::byte> buffer(65536);
+            for (;;) {
+                const std::size_t got = co_await pair.server.read_some(buffer);
+                if (got == 0) {
+                    co_return received;
+                }
+                received.insert(received.end(), buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(got));
+            }
+        };
+        auto [finished, received] = co_await muxio::when_all(finish(), drain());
+        (void)finished;
+        REQUIRE(received.size() >= 4);
+        const std::size_t prefix = received.size() - 4;
+        CHECK(prefix > 0);
+        CHECK(prefix < payload.size());
+        CHECK(std::equal(received.begin(), received.begin() + static_cast<std::ptrdiff_t>(prefix), payload.begin()));
+        CHECK(std::string(reinterpret_cast<const char*>(received.data() + prefix), 4) == "tail");
+    };
+    muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
+}
+
+TEST_CASE("a handshake cancelled through its stop token throws Cancelled, and may be awaited again") {
     FdLeakCheck leak_check;
     Reactor reactor;
     auto body = [&]() -> Task<void> {
@@ -433,11 +477,15 @@ TEST_CASE("a handshake cancelled through its stop token throws Cancelled") {
         reactor.call_later(20ms, [&stop] { stop.request_stop(); });
         bool cancelled = false;
         try {
-            co_await client.handshake(stop.get_token());  // the server never answers
+            co_await client.handshake(stop.get_token());  // the server does not answer yet
         } catch (const muxio::Cancelled&) {
             cancelled = true;
         }
         CHECK(cancelled);
+        TlsStream server = TlsStream::server(std::move(tcp.server), server_context());
+        co_await muxio::when_all(client.handshake(), server.handshake());
+        CHECK(client.engine().handshake_done());
+        CHECK(server.engine().handshake_done());
     };
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body()));
 }
