@@ -8,14 +8,40 @@ install(TARGETS muxio EXPORT muxioTargets
   ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}"
   LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}"
   RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
+# muxio/tls.hpp only with the library behind it.
+set(muxio_header_excludes "")
+if(NOT MUXIO_HAS_TLS)
+  set(muxio_header_excludes PATTERN "tls.hpp" EXCLUDE)
+endif()
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/muxio"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
-  FILES_MATCHING PATTERN "*.hpp")
+  FILES_MATCHING PATTERN "*.hpp" ${muxio_header_excludes})
 install(FILES "${PROJECT_BINARY_DIR}/include/muxio/config.hpp"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/muxio")
 install(EXPORT muxioTargets
   NAMESPACE muxio::
   DESTINATION "${MUXIO_INSTALL_CMAKEDIR}")
+
+# muxio::tls, in an export set of its own: muxioConfig.cmake loads it only
+# when OpenSSL is found, so that a consumer of the core library alone never
+# needs OpenSSL (find_package(muxio COMPONENTS tls) asks for it).
+set(MUXIO_CONFIG_HAS_TLS ${MUXIO_HAS_TLS})
+set(MUXIO_CONFIG_TLS_NEEDS_OPENSSL 0)
+if(MUXIO_HAS_TLS)
+  install(TARGETS muxio_tls EXPORT muxioTlsTargets
+    ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}"
+    LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}"
+    RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
+  install(EXPORT muxioTlsTargets
+    NAMESPACE muxio::
+    DESTINATION "${MUXIO_INSTALL_CMAKEDIR}")
+  # A static libmuxio_tls carries no record of OpenSSL: its exported target
+  # names OpenSSL::SSL, which the package must then find.
+  get_target_property(muxio_tls_library_type muxio_tls TYPE)
+  if(muxio_tls_library_type STREQUAL "STATIC_LIBRARY")
+    set(MUXIO_CONFIG_TLS_NEEDS_OPENSSL 1)
+  endif()
+endif()
 
 # A static libmuxio carries no record of liburing: whoever links it must
 # link liburing too. The CMake package then looks liburing up (the exported
@@ -58,3 +84,15 @@ else()
 endif()
 configure_file("${PROJECT_SOURCE_DIR}/cmake/muxio.pc.in" "${PROJECT_BINARY_DIR}/muxio.pc" @ONLY)
 install(FILES "${PROJECT_BINARY_DIR}/muxio.pc" DESTINATION "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
+# muxio-tls.pc: `pkg-config --libs muxio-tls` links muxio::tls, muxio and OpenSSL.
+if(MUXIO_HAS_TLS)
+  if(muxio_tls_library_type STREQUAL "STATIC_LIBRARY")
+    set(MUXIO_TLS_PC_REQUIRES "muxio libssl libcrypto")
+    set(MUXIO_TLS_PC_PRIVATE_REQUIRES "")
+  else()
+    set(MUXIO_TLS_PC_REQUIRES "muxio")
+    set(MUXIO_TLS_PC_PRIVATE_REQUIRES "libssl libcrypto")
+  endif()
+  configure_file("${PROJECT_SOURCE_DIR}/cmake/muxio-tls.pc.in" "${PROJECT_BINARY_DIR}/muxio-tls.pc" @ONLY)
+  install(FILES "${PROJECT_BINARY_DIR}/muxio-tls.pc" DESTINATION "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
+endif()

@@ -2,7 +2,7 @@
 """The include graph of muxio's layers, checked and drawn.
 
 Every header of include/muxio/ and every file of lib/ belongs to one layer:
-base, selector, reactor, coro, net (lowest first), or the umbrella header on
+base, selector, reactor, coro, net, tls (lowest first), or the umbrella header on
 top. A file may include files of its own layer and of the layers below it,
 never above: that is what lets each layer be read, tested and replaced
 without the ones that use it.
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["base", "selector", "reactor", "coro", "net", "umbrella"]
+LAYERS = ["base", "selector", "reactor", "coro", "net", "tls", "umbrella"]
 
 # Public headers by layer; lib/ files take the layer of their folder.
 HEADER_LAYERS = {
@@ -37,6 +37,7 @@ HEADER_LAYERS = {
     "coro": ["task.hpp", "awaitables.hpp", "run.hpp", "combinators.hpp", "task_group.hpp",
              "detail/resume_loop.hpp"],
     "net": ["net.hpp", "transport.hpp", "server.hpp"],
+    "tls": ["tls.hpp"],
     "umbrella": ["muxio.hpp"],
 }
 

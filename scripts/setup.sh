@@ -21,7 +21,9 @@ set -euo pipefail
 # with. python3 runs the project's helper scripts. doxygen builds the API
 # reference (target docs), which CI builds with preset dev so that an
 # undocumented public name fails it. libglib2.0-dev is for one example,
-# apps/examples/glib_loop.cpp (the reactor in a GLib main loop).
+# apps/examples/glib_loop.cpp (the reactor in a GLib main loop). libssl-dev
+# builds muxio::tls (MUXIO_TLS); its tests run openssl s_client/s_server and
+# curl against it.
 BUILD_PACKAGES=(
     g++
     clang
@@ -41,6 +43,8 @@ BUILD_PACKAGES=(
     python3
     doxygen
     libglib2.0-dev
+    libssl-dev
+    openssl
 )
 # Peer libraries and load generators, for bench/ only (never linked into the
 # library); valgrind for `muxbench.py callgrind`, perf for `muxbench.py ab --perf`.

@@ -19,6 +19,10 @@
 /// - **Transports** (muxio/transport.hpp, muxio/server.hpp): buffered stream
 ///   transports with back-pressure for callback protocols, and a server with
 ///   an accept loop, a connection limit and per-connection timeouts.
+/// - **TLS** (muxio/tls.hpp, the separate library muxio::tls, built when
+///   OpenSSL is found: MUXIO_HAS_TLS): muxio::TlsContext, muxio::TlsStream
+///   over any stream socket, and muxio::TlsEngine, the state machine without
+///   I/O. Not included by this header: include it and link muxio::tls.
 ///
 /// Errors are the types of muxio/error.hpp and the standard exceptions; each
 /// class and function says which it throws. `#include "muxio/muxio.hpp"`

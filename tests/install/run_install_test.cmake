@@ -3,7 +3,9 @@
 #  2. configure, build and run consumer/ with CMAKE_PREFIX_PATH=PREFIX,
 #     checking that find_package(muxio) found the copy in PREFIX;
 #  3. compile consumer/main.cpp with `pkg-config --cflags --libs muxio`
-#     (PKG_CONFIG_PATH=PREFIX/LIBDIR/pkgconfig) and run that too.
+#     (PKG_CONFIG_PATH=PREFIX/LIBDIR/pkgconfig) and run that too;
+#  4. with TLS=1 (muxio::tls built), the same for consumer/tls_main.cpp:
+#     find_package(muxio COMPONENTS tls) and muxio-tls.pc.
 # The consumer is built as a user's debug build is, whatever CONFIG muxio
 # was built in: CMake's Debug (no -O, so -O0) and, through pkg-config,
 # -O0 -g, with no flag but what the package gives. Its coroutine chains
@@ -47,6 +49,9 @@ endif()
 if(CXX_FLAGS)
   list(APPEND configure_args "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}")
 endif()
+if(TLS)
+  list(APPEND configure_args -DMUXIO_EXPECT_TLS=ON)
+endif()
 run("configure consumer" "${CMAKE_COMMAND}" ${configure_args})
 file(STRINGS "${CONSUMER_BINARY_DIR}/CMakeCache.txt" found_dir REGEX "^muxio_DIR:")
 string(REGEX REPLACE "^muxio_DIR:[A-Z]+=" "" found_dir "${found_dir}")
@@ -58,6 +63,9 @@ if(NOT at EQUAL 0)
 endif()
 run("build consumer" "${CMAKE_COMMAND}" --build "${CONSUMER_BINARY_DIR}")
 run("run consumer (find_package)" "${CONSUMER_BINARY_DIR}/muxio_consumer")
+if(TLS)
+  run("run TLS consumer (find_package, component tls)" "${CONSUMER_BINARY_DIR}/muxio_tls_consumer")
+endif()
 
 # The same program through muxio.pc.
 if(NOT PKG_CONFIG)
@@ -84,3 +92,22 @@ run("compile consumer (pkg-config)" "${CXX_COMPILER}" -std=c++20 -O0 -g ${extra_
   ${pc_flags} -o "${pc_program}")
 # For a shared libmuxio: the pkg-config build has no run path into PREFIX.
 run("run consumer (pkg-config)" "${CMAKE_COMMAND}" -E env "LD_LIBRARY_PATH=${PREFIX}/${LIBDIR}" "${pc_program}")
+
+# muxio::tls through muxio-tls.pc.
+if(TLS)
+  execute_process(
+    COMMAND "${CMAKE_COMMAND}" -E env "PKG_CONFIG_PATH=${pc_path}" "${PKG_CONFIG}" --cflags --libs muxio-tls
+    RESULT_VARIABLE result
+    OUTPUT_VARIABLE tls_pc_flags
+    ERROR_VARIABLE pc_error
+    OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT result EQUAL 0)
+    message(FATAL_ERROR "pkg-config --cflags --libs muxio-tls failed (${result}): ${pc_error}")
+  endif()
+  message(STATUS "pkg-config --cflags --libs muxio-tls: ${tls_pc_flags}")
+  separate_arguments(tls_pc_flags UNIX_COMMAND "${tls_pc_flags}")
+  set(tls_pc_program "${CONSUMER_BINARY_DIR}/muxio_tls_consumer_pkgconfig")
+  run("compile TLS consumer (pkg-config)" "${CXX_COMPILER}" -std=c++20 -O0 -g ${extra_flags}
+    "${CONSUMER_SOURCE_DIR}/tls_main.cpp" ${tls_pc_flags} -o "${tls_pc_program}")
+  run("run TLS consumer (pkg-config)" "${CMAKE_COMMAND}" -E env "LD_LIBRARY_PATH=${PREFIX}/${LIBDIR}" "${tls_pc_program}")
+endif()
