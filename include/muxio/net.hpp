@@ -139,6 +139,25 @@ private:
     std::size_t expected_;
 };
 
+/// BufferedReader::read_until() or read_line() found no delimiter within
+/// its `max` bytes. The bytes stay in the reader's buffer, unconsumed: drop
+/// them with BufferedReader::consume() (or read them with read_some()) to go
+/// on, or close the stream.
+class LimitOverrun : public std::runtime_error {
+public:
+    /// `message` names the operation, the peer, the delimiter and the limit.
+    LimitOverrun(const std::string& message, std::size_t limit, std::size_t buffered)
+        : std::runtime_error{message}, limit_{limit}, buffered_{buffered} {}
+    /// The `max` the operation was given.
+    [[nodiscard]] std::size_t limit() const noexcept { return limit_; }
+    /// Bytes in the reader's buffer when it gave up (at least limit()).
+    [[nodiscard]] std::size_t buffered() const noexcept { return buffered_; }
+
+private:
+    std::size_t limit_;
+    std::size_t buffered_;
+};
+
 /// The category of getaddrinfo's EAI_* codes (EAI_SYSTEM errors use
 /// std::system_category instead); messages come from gai_strerror().
 [[nodiscard]] const std::error_category& resolver_category() noexcept;
@@ -146,8 +165,11 @@ private:
 // ----- Sockets --------------------------------------------------------------------
 
 class StreamSocket;
+class BufferedReader;
 
 namespace detail {
+
+class BufferedIo;
 
 // One read or write of a StreamSocket, awaited without a coroutine frame of
 // its own: it lives in the awaiting coroutine's frame (or in a Task made from
@@ -397,6 +419,7 @@ protected:
 
 private:
     friend class detail::StreamIo;
+    friend class detail::BufferedIo;
     [[noreturn, gnu::cold]] void refuse_closed(std::string_view operation) const;
 
     // The descriptor and the reactor with the socket's readiness
@@ -475,12 +498,237 @@ protected:
 
 private:
     friend class detail::StreamIo;
+    friend class detail::BufferedIo;
 
     // The last read_some()/read_exact() read less than it asked for, so the
     // socket was empty then: the next one waits for readiness before reading.
     // Next to the socket's watch, which a read touches anyway.
     bool drained_ = false;
     SocketAddress peer_;
+};
+
+namespace detail {
+
+// One operation of a BufferedReader, awaited as StreamIo is (in the
+// awaiting coroutine's frame, no allocation): it works on the buffered bytes
+// in await_ready() and, when it needs more, waits on the socket's watch with
+// an Attempt that reads and looks again, so the coroutine resumes once.
+class BufferedIo {
+public:
+    enum class Op : std::uint8_t { read_until, read_line, read_some, read_exact };
+
+    BufferedIo(BufferedReader& reader, Op op, std::string_view delimiter, std::size_t max, std::span<std::byte> buffer,
+               std::stop_token token) noexcept
+        : reader_{&reader}, out_{buffer}, delimiter_{delimiter}, max_{max}, token_{std::move(token)}, op_{op} {}
+    // Precondition: not awaited yet.
+    BufferedIo(BufferedIo&& other) noexcept
+        : reader_{other.reader_},
+          out_{other.out_},
+          delimiter_{other.delimiter_},
+          max_{other.max_},
+          token_{std::move(other.token_)},
+          op_{other.op_} {}
+    BufferedIo& operator=(BufferedIo&&) = delete;
+    BufferedIo(const BufferedIo&) = delete;
+    BufferedIo& operator=(const BufferedIo&) = delete;
+    ~BufferedIo() {
+        if (armed_) {
+            wait_.destroy();
+        }
+    }
+
+    bool await_ready();
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        return arm().await_suspend(awaiter);
+    }
+    // The byte count (read_some, read_exact) or the line's length with its
+    // delimiter; throws what the operation ended with.
+    std::size_t await_resume() {
+        if (armed_) {
+            wait_->await_resume();  // muxio::Cancelled
+        }
+        if (outcome_ != Outcome::done && outcome_ != Outcome::clean_end) [[unlikely]] {
+            fail();
+        }
+        return done_;
+    }
+    // After await_resume() of read_until/read_line: the line, or nullopt at
+    // a clean end of the stream.
+    [[nodiscard]] std::optional<std::string_view> line() const noexcept;
+
+private:
+    enum class Outcome : std::uint8_t { pending, done, clean_end, end_of_stream, error, overrun };
+
+    [[noreturn]] void fail() const;
+    ReactorWait& arm();
+    bool attempt() noexcept;
+    bool attempt_line() noexcept;
+    bool attempt_read() noexcept;
+    static bool attempt_on_ready(void* self) noexcept { return static_cast<BufferedIo*>(self)->attempt(); }
+
+    BufferedReader* reader_;
+    std::span<std::byte> out_;
+    std::string_view delimiter_;
+    std::size_t max_;
+    std::size_t done_ = 0;
+    std::size_t scanned_ = 0;     // bytes after the reader's start searched without a match
+    std::size_t line_start_ = 0;  // where the line found starts in the reader's buffer
+    std::stop_token token_;
+    int error_ = 0;
+    Outcome outcome_ = Outcome::pending;
+    bool armed_ = false;
+    bool awaited_ = false;
+    Op op_;
+    ManualLifetime<ReactorWait> wait_;
+};
+
+}  // namespace detail
+
+/// What BufferedReader's operations return: an awaitable like
+/// StreamOperation (lazy, awaited once, allocates nothing, converts to a
+/// Task<T>); the reader and the buffer passed in must outlive it.
+template <class T>
+class [[nodiscard]] BufferedOperation {
+public:
+    /// The Task it converts to.
+    using task_type = Task<T>;
+
+    /// Precondition: `other` not awaited yet.
+    BufferedOperation(BufferedOperation&&) noexcept = default;
+    BufferedOperation& operator=(BufferedOperation&&) = delete;
+    BufferedOperation(const BufferedOperation&) = delete;
+    BufferedOperation& operator=(const BufferedOperation&) = delete;
+    ~BufferedOperation() = default;
+
+    /// Awaiter protocol: works on the buffered bytes, then tries a read.
+    /// std::logic_error for a closed socket or a second await.
+    bool await_ready() { return io_.await_ready(); }
+    /// Awaiter protocol: waits for readiness; what Reactor::add_reader() throws.
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        return io_.await_suspend(awaiter);
+    }
+    /// Awaiter protocol: the result, or what the operation failed with
+    /// (std::system_error, IncompleteRead, LimitOverrun, muxio::Cancelled).
+    T await_resume() {
+        const std::size_t done = io_.await_resume();
+        if constexpr (std::is_void_v<T>) {
+            (void)done;
+        } else if constexpr (std::is_same_v<T, std::size_t>) {
+            return done;
+        } else {
+            return io_.line();
+        }
+    }
+
+    /// A Task that awaits the operation. Precondition: not awaited yet.
+    // NOLINTNEXTLINE(google-explicit-constructor): usable where a Task is.
+    operator Task<T>() && { return into_task(std::move(*this)); }
+
+private:
+    friend class BufferedReader;
+    explicit BufferedOperation(detail::BufferedIo io) noexcept : io_{std::move(io)} {}
+
+    static Task<T> into_task(BufferedOperation operation) {
+        if constexpr (std::is_void_v<T>) {
+            co_await operation;
+        } else {
+            co_return co_await operation;
+        }
+    }
+
+    detail::BufferedIo io_;
+};
+
+/// A read buffer over a StreamSocket (TcpStream, UnixStream): reads up to a
+/// delimiter (read_until, read_line) keeping the bytes that came after it
+/// for the next read, and reads of a size (read_some, read_exact) that take
+/// the buffered bytes first.
+///
+/// A separate object rather than members of StreamSocket, so that a stream
+/// read with fixed-size frames pays for no buffer and the socket's layout
+/// stays as it is; it refers to the stream, which it does not own. All
+/// reads of a stream must then go through its reader, or bytes buffered
+/// here would be skipped. Writes go to the stream itself.
+///
+/// - The stream must outlive the reader and must not be moved while it is
+///   used (the reader keeps its address). One operation at a time, as on the
+///   stream (a second pending read is std::logic_error).
+/// - A line comes back as a std::string_view into the reader's buffer,
+///   valid until the next operation on the reader or its destruction; copy
+///   what must live longer. No allocation once the buffer has grown to the
+///   longest line: a read loop over lines allocates nothing.
+/// - Each operation reads as much as the buffer holds, so a line read is
+///   usually one recv() for several lines.
+/// - Cancellation (muxio::Cancelled, as on the stream): read_until and
+///   read_line lose nothing (what was read stays buffered for the next
+///   call); read_exact has consumed what it stored in its buffer.
+class BufferedReader {
+public:
+    /// The buffer's first size; it grows to the longest line asked for.
+    static constexpr std::size_t default_capacity = 4096;
+
+    /// A reader of `stream`, with a buffer of `capacity` bytes (at least 1)
+    /// allocated here.
+    explicit BufferedReader(StreamSocket& stream, std::size_t capacity = default_capacity);
+
+    /// Reads up to and including `delimiter` (one or more bytes, found also
+    /// when they arrive split over several reads). Returns the bytes up to
+    /// and including the delimiter, consumed from the reader; or nullopt if
+    /// the stream ended with nothing buffered (a clean end).
+    ///
+    /// Errors: muxio::LimitOverrun if the first `max` bytes hold no whole
+    /// delimiter (a line of `max` bytes, delimiter included, is accepted);
+    /// the bytes stay buffered. muxio::IncompleteRead if the stream ends
+    /// after some bytes but before a delimiter: received() is their count,
+    /// expected() is `max`, and the bytes stay buffered (buffered()).
+    /// std::system_error for a failed read; std::invalid_argument (at the
+    /// co_await) for an empty delimiter or a `max` shorter than it.
+    BufferedOperation<std::optional<std::string_view>> read_until(std::string_view delimiter, std::size_t max,
+                                                                  std::stop_token token = {}) {
+        return BufferedOperation<std::optional<std::string_view>>{
+            {*this, detail::BufferedIo::Op::read_until, delimiter, max, {}, std::move(token)}};
+    }
+    /// read_until("\n", max) returning the line without its "\n" or "\r\n";
+    /// nullopt at a clean end. `max` counts the line ending. Errors as
+    /// read_until().
+    BufferedOperation<std::optional<std::string_view>> read_line(std::size_t max, std::stop_token token = {}) {
+        return BufferedOperation<std::optional<std::string_view>>{
+            {*this, detail::BufferedIo::Op::read_line, "\n", max, {}, std::move(token)}};
+    }
+    /// Moves buffered bytes into `buffer` at once if there are any; reads
+    /// the stream otherwise, as StreamSocket::read_some() does.
+    BufferedOperation<std::size_t> read_some(std::span<std::byte> buffer, std::stop_token token = {}) {
+        return BufferedOperation<std::size_t>{
+            {*this, detail::BufferedIo::Op::read_some, {}, 0, buffer, std::move(token)}};
+    }
+    /// Fills `buffer`, buffered bytes first. muxio::IncompleteRead if the
+    /// stream ends first (the bytes read are at the start of `buffer`).
+    BufferedOperation<void> read_exact(std::span<std::byte> buffer, std::stop_token token = {}) {
+        return BufferedOperation<void>{{*this, detail::BufferedIo::Op::read_exact, {}, 0, buffer, std::move(token)}};
+    }
+
+    /// The bytes read from the stream and not consumed yet. Valid until the
+    /// next operation or consume().
+    [[nodiscard]] std::span<const std::byte> buffered() const noexcept {
+        return std::span{buffer_}.subspan(begin_, end_ - begin_);
+    }
+    /// Drops the first `count` buffered bytes (all of them if fewer).
+    void consume(std::size_t count) noexcept;
+    /// The stream read from.
+    [[nodiscard]] StreamSocket& stream() const noexcept { return *stream_; }
+
+private:
+    friend class detail::BufferedIo;
+    // Room after end_ for one more read: moves the bytes to the front, and
+    // grows the buffer only when it is full of them.
+    void make_room();
+
+    StreamSocket* stream_;
+    std::vector<std::byte> buffer_;
+    std::size_t begin_ = 0;  // first byte not consumed
+    std::size_t end_ = 0;    // one past the last byte read
 };
 
 /// A TCP connection (IPv4 or IPv6).
