@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -176,6 +177,13 @@ class BufferedIo;
 // it), tries the system call in await_ready(), and when that would block,
 // waits on the socket's FdWatch with an Attempt that does the I/O on
 // readiness, so the coroutine resumes once, with the operation over.
+//
+// Writes queue on their socket in the order they were awaited. The first
+// one (the head) waits on the watch; the others wait on a timer that never
+// fires, which gives them the reactor's cancellation for free, until the
+// head ends: then the next one replaces its timer by the watch's write
+// wait, or, when it has to end without writing (a failed or closed
+// socket, a stop already requested), is resumed in the next iteration.
 class StreamIo {
 public:
     enum class Op : std::uint8_t { read_some, read_exact, write_some, write_all };
@@ -198,6 +206,9 @@ public:
         if (armed_) {
             wait_.destroy();
         }
+        if (queued_) [[unlikely]] {
+            leave_queue(false);
+        }
     }
 
     // std::logic_error if the socket is closed, or if this operation was
@@ -205,10 +216,21 @@ public:
     bool await_ready();
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        if (queued_) {
+            handle_ = awaiter.address();
+            resume_as_head_ = &suspend_on_watch<Promise>;
+            if (!is_head()) {
+                return wait_in_queue().await_suspend(awaiter);
+            }
+            on_watch_ = true;
+        }
         return arm().await_suspend(awaiter);
     }
     // The bytes moved; throws what the operation ended with.
     std::size_t await_resume() {
+        if (queued_ || failure_ || ended_in_queue_) [[unlikely]] {
+            return finish_queued();
+        }
         if (armed_) {
             wait_->await_resume();  // muxio::Cancelled
         }
@@ -219,9 +241,28 @@ public:
     }
 
 private:
+    friend class ::muxio::StreamSocket;
     [[noreturn]] void fail() const;
     [[nodiscard]] bool reading() const noexcept { return op_ == Op::read_some || op_ == Op::read_exact; }
+    [[nodiscard]] bool is_head() const noexcept;
     ReactorWait& arm();
+    ReactorWait& wait_in_queue();
+    std::size_t finish_queued();
+    // Leaves the socket's write queue; `cancelled`: part of a message may be
+    // out, which breaks the socket's write side. Starts the next write.
+    void leave_queue(bool cancelled) noexcept;
+    // This write became the head: waits on the watch, or ends (see the class comment).
+    // False if it ended.
+    bool start_as_head() noexcept;
+    // Takes this write, the head, out of the queue.
+    void unlink_head() noexcept;
+    // Ends a write that left the queue without writing: resumes it in the
+    // next iteration with `failure` (none: Cancelled).
+    void end_from_queue(std::exception_ptr failure) noexcept;
+    template <class Promise>
+    static bool suspend_on_watch(StreamIo& self) {
+        return self.wait_->await_suspend(std::coroutine_handle<Promise>::from_address(self.handle_));
+    }
     // One round of system calls: true once the operation is over.
     bool attempt() noexcept;
     static bool attempt_on_ready(void* self) noexcept { return static_cast<StreamIo*>(self)->attempt(); }
@@ -238,6 +279,13 @@ private:
     bool armed_ = false;          // wait_ is alive
     bool awaited_ = false;
     Op op_;
+    bool queued_ = false;          // in the socket's write queue
+    bool on_watch_ = false;        // the head, waiting on the watch
+    bool ended_in_queue_ = false;  // ended by end_from_queue()
+    StreamIo* next_ = nullptr;     // the next write in the queue
+    void* handle_ = nullptr;       // the awaiting coroutine, while queued
+    bool (*resume_as_head_)(StreamIo& self) = nullptr;
+    std::exception_ptr failure_;  // what end_from_queue() ended it with
     ManualLifetime<ReactorWait> wait_;
 };
 
@@ -336,9 +384,9 @@ private:
 ///   that refers to the socket and to the buffer passed in: both must
 ///   outlive it. They try the system call first and wait for readiness only
 ///   when it would block, so a ready socket costs no reactor round trip.
-/// - At most one pending read-side and one pending write-side operation per
-///   socket (full duplex is fine); a second one throws std::logic_error, as
-///   muxio::readable() does.
+/// - At most one pending read-side operation per socket; a second one
+///   throws std::logic_error, as muxio::readable() does. A stream's writes
+///   (write_some, write_all) queue instead: see StreamSocket.
 /// - Cancellation: each operation listens to its `token` and to the ambient
 ///   token of the task awaiting it, and throws muxio::Cancelled when one is
 ///   stopped while it waits; its reactor registration is removed. How much
@@ -436,6 +484,28 @@ enum class ShutdownHow {
 };
 
 /// A connected byte stream: what TcpStream and UnixStream share.
+///
+/// Writes from several tasks queue on the socket in the order they are
+/// awaited (started by co_await, or when the Task made of one starts), and
+/// go out one after the other, each message whole: a write starts only
+/// once the one before it has ended. A write awaited while none is queued
+/// tries the kernel at once (no reactor round trip). Each completes or
+/// fails on its own:
+/// - Cancelling a queued write that has not started takes it out of the
+///   queue; the others go on untouched. Cancelling write_all() part-way
+///   through its message (some bytes sent, not all) cannot take the bytes
+///   back, and whatever is written next would follow a truncated message:
+///   the write side is broken then. The cancelled write throws
+///   muxio::Cancelled, and every write queued behind it or awaited later
+///   fails with std::system_error ECANCELED, writing nothing; reads go on,
+///   and close() is what is left to do. A write_some() sends nothing until
+///   it returns, so cancelling one never breaks the stream.
+/// - A write that fails (the peer vanished: EPIPE, ECONNRESET; never
+///   SIGPIPE) breaks the write side the same way: the writes queued behind
+///   it, and later ones, fail with the same error without a system call,
+///   in the next iteration of the loop.
+/// - close() (or destruction, or release()) ends queued writes with
+///   muxio::Cancelled.
 class StreamSocket : public Socket {
 public:
     /// Reads what is there, at most `buffer.size()` bytes, waiting until at
@@ -477,6 +547,13 @@ public:
     /// the end of the stream) or both. std::system_error on failure.
     void shutdown(ShutdownHow how = ShutdownHow::write);
 
+    /// As Socket::close(); queued writes end with muxio::Cancelled (the one
+    /// in progress as the socket's pending awaits do, the others in the next
+    /// iteration of the loop).
+    void close() noexcept;
+    /// As Socket::release(); queued writes end as with close().
+    [[nodiscard]] int release() noexcept;
+
     /// The peer, as known when the stream was connected, accepted or adopted
     /// (unspecified if the kernel could not tell then). Stays available after
     /// the connection broke, for messages.
@@ -487,11 +564,13 @@ protected:
     StreamSocket() noexcept = default;
     /// Owns the connected `fd`, whose peer is `peer` (see Socket's constructor).
     StreamSocket(Reactor& reactor, int fd, const SocketAddress& peer) noexcept : Socket{reactor, fd}, peer_{peer} {}
-    /// As Socket's move constructor; the peer address comes along.
-    StreamSocket(StreamSocket&&) noexcept = default;
-    /// As Socket's move assignment.
-    StreamSocket& operator=(StreamSocket&&) noexcept = default;
-    ~StreamSocket() = default;
+    /// As Socket's move constructor; the peer address and the queued
+    /// writes come along.
+    StreamSocket(StreamSocket&& other) noexcept;
+    /// As Socket's move assignment (close() first).
+    StreamSocket& operator=(StreamSocket&& other) noexcept;
+    /// close().
+    ~StreamSocket() { close(); }
 
     /// std::system_error "<verb> <peer> on fd N: <errno text>".
     [[noreturn]] void fail(int errnum, std::string_view verb) const;
@@ -500,10 +579,19 @@ private:
     friend class detail::StreamIo;
     friend class detail::BufferedIo;
 
+    // Queued writes end: the head with the watch's release, the others in
+    // the next iteration, all with muxio::Cancelled.
+    void end_queued_writes() noexcept;
+
     // The last read_some()/read_exact() read less than it asked for, so the
     // socket was empty then: the next one waits for readiness before reading.
     // Next to the socket's watch, which a read touches anyway.
     bool drained_ = false;
+    // errno of the write that broke the write side (ECANCELED: one cancelled
+    // part-way through); every later write fails with it.
+    int write_error_ = 0;
+    detail::StreamIo* write_head_ = nullptr;  // the write queue, oldest first
+    detail::StreamIo* write_tail_ = nullptr;
     SocketAddress peer_;
 };
 
