@@ -840,6 +840,17 @@ public:
     /// resolver's order until one connects. If none does, std::system_error
     /// with the last failure's code, naming the host and each address tried.
     static Task<TcpStream> connect(Reactor& reactor, std::string host, std::uint16_t port, std::stop_token token = {});
+    /// connect() with the kernel's answer in `error` instead of an exception
+    /// (asio's convention: a refused connection is an expected failure).
+    /// The awaited Task gives the connected stream with `error` cleared, or
+    /// a closed stream with `error` set (ECONNREFUSED, ETIMEDOUT, EMFILE
+    /// from socket(), ...); the half-open socket is closed then. `error`
+    /// must outlive the Task. Mistakes still throw: std::invalid_argument
+    /// for an address that is not IPv4 or IPv6, std::logic_error for a
+    /// closed reactor; and cancellation throws muxio::Cancelled, as every
+    /// await does.
+    static Task<TcpStream> connect(Reactor& reactor, SocketAddress address, std::error_code& error,
+                                   std::stop_token token = {});
     /// Takes ownership of a connected TCP socket (made non-blocking here;
     /// its close-on-exec flag is left as it is). std::invalid_argument, the
     /// caller still owning `fd`, if it is not an IPv4 or IPv6 stream socket.
@@ -872,6 +883,13 @@ public:
     /// rather than waiting. std::system_error "connect unix:/path: <reason>";
     /// std::invalid_argument if `address` is not Unix-domain.
     static Task<UnixStream> connect(Reactor& reactor, SocketAddress address, std::stop_token token = {});
+    /// connect() with the kernel's answer in `error`, as
+    /// TcpStream::connect(reactor, address, error, token): ENOENT (no such
+    /// path), ECONNREFUSED (nobody listens), EAGAIN (backlog full) come back
+    /// with a closed stream. std::invalid_argument if `address` is not
+    /// Unix-domain.
+    static Task<UnixStream> connect(Reactor& reactor, SocketAddress address, std::error_code& error,
+                                    std::stop_token token = {});
     /// Two connected streams (socketpair(2)). std::system_error on failure.
     [[nodiscard]] static std::pair<UnixStream, UnixStream> pair(Reactor& reactor);
     /// Takes ownership of a connected Unix-domain stream socket, as
@@ -912,6 +930,13 @@ public:
     /// `address` is not IPv4 or IPv6.
     [[nodiscard]] static TcpListener bind(Reactor& reactor, const SocketAddress& address,
                                           const ListenOptions& options = {});
+    /// bind() with the kernel's refusal (EADDRINUSE, EACCES, EMFILE, ...)
+    /// in `error` instead of an exception: the listener with `error`
+    /// cleared, or nullopt with `error` set and nothing left open. Mistakes
+    /// still throw, as bind() does: std::invalid_argument for an address
+    /// that is not IPv4 or IPv6, std::logic_error for a closed reactor.
+    [[nodiscard]] static std::optional<TcpListener> bind(Reactor& reactor, const SocketAddress& address,
+                                                         std::error_code& error, const ListenOptions& options = {});
 
     /// Accepts the next connection, waiting for one if none is queued; the
     /// stream's peer_address() says who it is. Connections the peer aborted
@@ -919,6 +944,14 @@ public:
     /// <reason>" otherwise, notably EMFILE/ENFILE (out of descriptors): it
     /// is thrown, never retried, so a server cannot spin on it.
     Task<TcpStream> accept(std::stop_token token = {});
+    /// accept() with a failure in `error` instead of an exception: the
+    /// awaited Task gives the stream with `error` cleared, or a closed
+    /// stream with `error` set (EMFILE, ENFILE, ENOBUFS, ...) at once,
+    /// without retrying or waiting: the connection stays queued, so the
+    /// caller decides when to try again (after closing something, or a
+    /// delay). `error` must outlive the Task. A closed listener throws
+    /// std::logic_error and cancellation muxio::Cancelled, as accept().
+    Task<TcpStream> accept(std::error_code& error, std::stop_token token = {});
     /// One accept4(): for callback servers driven by Reactor::add_reader.
     /// EMFILE/ENFILE come back in `error`; retrying at once would spin, as
     /// the connection stays queued.
@@ -929,6 +962,10 @@ public:
 
 private:
     TcpListener(Reactor& reactor, int fd) noexcept : Socket{reactor, fd} {}
+    // Both bind()s: on failure, nullopt with `error` set and, if `failed`
+    // is given, the failing call named there for the exception's message.
+    static std::optional<TcpListener> open(Reactor& reactor, const SocketAddress& address, const ListenOptions& options,
+                                           std::error_code& error, std::string* failed);
     SocketAddress local_;
 };
 
@@ -963,9 +1000,17 @@ public:
     /// if `address` is not Unix-domain.
     [[nodiscard]] static UnixListener bind(Reactor& reactor, const SocketAddress& address,
                                            const UnixListenOptions& options = {});
+    /// bind() with the kernel's refusal in `error`, as
+    /// TcpListener::bind(reactor, address, error, options) does.
+    /// std::invalid_argument if `address` is not Unix-domain.
+    [[nodiscard]] static std::optional<UnixListener> bind(Reactor& reactor, const SocketAddress& address,
+                                                          std::error_code& error,
+                                                          const UnixListenOptions& options = {});
 
     /// As TcpListener::accept(). The peer of a Unix stream is usually unnamed.
     Task<UnixStream> accept(std::stop_token token = {});
+    /// As TcpListener::accept(error, token).
+    Task<UnixStream> accept(std::error_code& error, std::stop_token token = {});
     /// As TcpListener::try_accept().
     std::optional<UnixStream> try_accept(std::error_code& error) noexcept;
 
@@ -978,6 +1023,10 @@ public:
 
 private:
     UnixListener(Reactor& reactor, int fd) noexcept : Socket{reactor, fd} {}
+    // As TcpListener::open().
+    static std::optional<UnixListener> open(Reactor& reactor, const SocketAddress& address,
+                                            const UnixListenOptions& options, std::error_code& error,
+                                            std::string* failed);
     void unlink_path() noexcept;
 
     SocketAddress local_;

@@ -488,6 +488,28 @@ Task<TcpStream> TcpStream::connect(Reactor& reactor, std::string host, std::uint
     throw_system_error(last_error, fmt::format("connect {}:{} (tried {})", host, port, fmt::join(addresses, ", ")));
 }
 
+Task<TcpStream> TcpStream::connect(Reactor& reactor, SocketAddress address, std::error_code& error,
+                                   std::stop_token token) {
+    reactor.require_usable("TcpStream::connect");
+    detail::require_ip(address, "TcpStream::connect");
+    if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
+        throw Cancelled{};
+    }
+    const int fd = detail::open_socket(address.family(), SOCK_STREAM, error);
+    if (fd < 0) {
+        co_return TcpStream{};
+    }
+    TcpStream stream{reactor, fd, address};
+    if (detail::start_connect(fd, address, error)) {
+        co_await stream.writable(token);
+        detail::finish_connect(stream.fileno(), error);
+    }
+    if (error) {
+        co_return TcpStream{};  // `stream` closes the half-open socket
+    }
+    co_return std::move(stream);
+}
+
 TcpStream TcpStream::adopt(Reactor& reactor, int fd) {
     reactor.require_usable("TcpStream::adopt");
     const SocketAddress peer = detail::prepare_adopted(fd, {AF_INET, AF_INET6}, "TcpStream");
@@ -518,6 +540,28 @@ Task<UnixStream> UnixStream::connect(Reactor& reactor, SocketAddress address, st
     if (detail::start_connect(stream.fileno(), address)) {
         co_await stream.writable(token);
         detail::finish_connect(stream.fileno(), address);
+    }
+    co_return std::move(stream);
+}
+
+Task<UnixStream> UnixStream::connect(Reactor& reactor, SocketAddress address, std::error_code& error,
+                                     std::stop_token token) {
+    reactor.require_usable("UnixStream::connect");
+    detail::require_unix(address, "UnixStream::connect");
+    if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
+        throw Cancelled{};
+    }
+    const int fd = detail::open_socket(AF_UNIX, SOCK_STREAM, error);
+    if (fd < 0) {
+        co_return UnixStream{};
+    }
+    UnixStream stream{reactor, fd, address};
+    if (detail::start_connect(fd, address, error)) {
+        co_await stream.writable(token);
+        detail::finish_connect(stream.fileno(), error);
+    }
+    if (error) {
+        co_return UnixStream{};
     }
     co_return std::move(stream);
 }
