@@ -207,7 +207,7 @@ public:
             wait_.destroy();
         }
         if (queued_) [[unlikely]] {
-            leave_queue(false);
+            leave_queue(true);  // as a cancellation: part of a message may be out
         }
     }
 

@@ -245,3 +245,24 @@ TEST_CASE_FIXTURE(Pair, "a timed-out queued write ends alone while the write bef
     };
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
 }
+
+TEST_CASE("closing the reactor under queued writes frees their frames and leaves the stream closable") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    auto [left, right] = UnixStream::pair(reactor);
+    const std::vector<std::byte> first = pattern(1 << 20, 1);
+    const std::vector<std::byte> second = pattern(5000, 2);
+    auto writer = [](UnixStream& stream, std::span<const std::byte> data, Live /*held*/) -> Task<void> {
+        co_await stream.write_all(data);
+    };
+    muxio::spawn(reactor, writer(left, first, Live{}));
+    muxio::spawn(reactor, writer(left, second, Live{}));
+    muxio::spawn(reactor, writer(left, second, Live{}));
+    reactor.run_once(0ms);  // each one runs: the first waits for room, the others queue
+    reactor.run_once(0ms);
+    CHECK(reactor.has_writer(left.fileno()));
+    reactor.close();  // destroys the spawned frames, the head's first
+    left.close();
+    right.close();
+}
