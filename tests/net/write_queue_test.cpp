@@ -11,6 +11,7 @@
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -265,4 +266,28 @@ TEST_CASE("closing the reactor under queued writes frees their frames and leaves
     reactor.close();  // destroys the spawned frames, the head's first
     left.close();
     right.close();
+}
+
+TEST_CASE_FIXTURE(Pair, "a stop from another thread takes a queued write out of the queue, the others intact") {
+    const std::vector<std::byte> first = pattern(1 << 20, 1);
+    const std::vector<std::byte> dropped = pattern(5000, 2);
+    const std::vector<std::byte> last = pattern(7000, 3);
+    const std::vector<std::vector<std::byte>> expected{first, last};
+    auto body = [&]() -> Task<void> {
+        std::stop_source source;
+        auto stop_from_thread = [](Reactor& loop, std::stop_source& stop) -> Task<void> {
+            co_await muxio::yield(loop);  // the three writes are queued now
+            std::thread{[&stop] { stop.request_stop(); }}.join();
+        };
+        auto [a, b, c, stopped, whole] = co_await muxio::when_all(
+            write_message(left, first, {}, Live{}), write_message(left, dropped, source.get_token(), Live{}),
+            write_message(left, last, {}, Live{}), stop_from_thread(reactor, source),
+            read_messages(right, expected, Live{}));
+        (void)stopped;
+        CHECK(a.ok);
+        CHECK(b.cancelled);
+        CHECK(c.ok);
+        CHECK(whole);
+    };
+    muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
 }
