@@ -1,5 +1,6 @@
 // Sockets for coroutines: addresses; TCP, UDP and Unix-domain sockets whose
-// operations are awaitable; name resolution off the loop.
+// operations are awaitable; a buffered reader for lines and delimiters;
+// name resolution off the loop.
 #pragma once
 
 #include <sys/socket.h>
