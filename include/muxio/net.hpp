@@ -1,5 +1,6 @@
 // Sockets for coroutines: addresses; TCP, UDP and Unix-domain sockets whose
-// operations are awaitable; name resolution off the loop.
+// operations are awaitable; a buffered reader for lines and delimiters;
+// name resolution off the loop.
 #pragma once
 
 #include <sys/socket.h>
@@ -7,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -139,6 +141,25 @@ private:
     std::size_t expected_;
 };
 
+/// BufferedReader::read_until() or read_line() found no delimiter within
+/// its `max` bytes. The bytes stay in the reader's buffer, unconsumed: drop
+/// them with BufferedReader::consume() (or read them with read_some()) to go
+/// on, or close the stream.
+class LimitOverrun : public std::runtime_error {
+public:
+    /// `message` names the operation, the peer, the delimiter and the limit.
+    LimitOverrun(const std::string& message, std::size_t limit, std::size_t buffered)
+        : std::runtime_error{message}, limit_{limit}, buffered_{buffered} {}
+    /// The `max` the operation was given.
+    [[nodiscard]] std::size_t limit() const noexcept { return limit_; }
+    /// Bytes in the reader's buffer when it gave up (at least limit()).
+    [[nodiscard]] std::size_t buffered() const noexcept { return buffered_; }
+
+private:
+    std::size_t limit_;
+    std::size_t buffered_;
+};
+
 /// The category of getaddrinfo's EAI_* codes (EAI_SYSTEM errors use
 /// std::system_category instead); messages come from gai_strerror().
 [[nodiscard]] const std::error_category& resolver_category() noexcept;
@@ -146,14 +167,24 @@ private:
 // ----- Sockets --------------------------------------------------------------------
 
 class StreamSocket;
+class BufferedReader;
 
 namespace detail {
+
+class BufferedIo;
 
 // One read or write of a StreamSocket, awaited without a coroutine frame of
 // its own: it lives in the awaiting coroutine's frame (or in a Task made from
 // it), tries the system call in await_ready(), and when that would block,
 // waits on the socket's FdWatch with an Attempt that does the I/O on
 // readiness, so the coroutine resumes once, with the operation over.
+//
+// Writes queue on their socket in the order they were awaited. The first
+// one (the head) waits on the watch; the others wait on a timer that never
+// fires, which gives them the reactor's cancellation for free, until the
+// head ends: then the next one replaces its timer by the watch's write
+// wait, or, when it has to end without writing (a failed or closed
+// socket, a stop already requested), is resumed in the next iteration.
 class StreamIo {
 public:
     enum class Op : std::uint8_t { read_some, read_exact, write_some, write_all };
@@ -176,6 +207,9 @@ public:
         if (armed_) {
             wait_.destroy();
         }
+        if (queued_) [[unlikely]] {
+            leave_queue(true);  // as a cancellation: part of a message may be out
+        }
     }
 
     // std::logic_error if the socket is closed, or if this operation was
@@ -183,10 +217,21 @@ public:
     bool await_ready();
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        if (queued_) {
+            handle_ = awaiter.address();
+            resume_as_head_ = &suspend_on_watch<Promise>;
+            if (!is_head()) {
+                return wait_in_queue().await_suspend(awaiter);
+            }
+            on_watch_ = true;
+        }
         return arm().await_suspend(awaiter);
     }
     // The bytes moved; throws what the operation ended with.
     std::size_t await_resume() {
+        if (queued_ || failure_ || ended_in_queue_) [[unlikely]] {
+            return finish_queued();
+        }
         if (armed_) {
             wait_->await_resume();  // muxio::Cancelled
         }
@@ -197,9 +242,28 @@ public:
     }
 
 private:
+    friend class ::muxio::StreamSocket;
     [[noreturn]] void fail() const;
     [[nodiscard]] bool reading() const noexcept { return op_ == Op::read_some || op_ == Op::read_exact; }
+    [[nodiscard]] bool is_head() const noexcept;
     ReactorWait& arm();
+    ReactorWait& wait_in_queue();
+    std::size_t finish_queued();
+    // Leaves the socket's write queue; `cancelled`: part of a message may be
+    // out, which breaks the socket's write side. Starts the next write.
+    void leave_queue(bool cancelled) noexcept;
+    // This write became the head: waits on the watch, or ends (see the class comment).
+    // False if it ended.
+    bool start_as_head() noexcept;
+    // Takes this write, the head, out of the queue.
+    void unlink_head() noexcept;
+    // Ends a write that left the queue without writing: resumes it in the
+    // next iteration with `failure` (none: Cancelled).
+    void end_from_queue(std::exception_ptr failure) noexcept;
+    template <class Promise>
+    static bool suspend_on_watch(StreamIo& self) {
+        return self.wait_->await_suspend(std::coroutine_handle<Promise>::from_address(self.handle_));
+    }
     // One round of system calls: true once the operation is over.
     bool attempt() noexcept;
     static bool attempt_on_ready(void* self) noexcept { return static_cast<StreamIo*>(self)->attempt(); }
@@ -216,6 +280,13 @@ private:
     bool armed_ = false;          // wait_ is alive
     bool awaited_ = false;
     Op op_;
+    bool queued_ = false;          // in the socket's write queue
+    bool on_watch_ = false;        // the head, waiting on the watch
+    bool ended_in_queue_ = false;  // ended by end_from_queue()
+    StreamIo* next_ = nullptr;     // the next write in the queue
+    void* handle_ = nullptr;       // the awaiting coroutine, while queued
+    bool (*resume_as_head_)(StreamIo& self) = nullptr;
+    std::exception_ptr failure_;  // what end_from_queue() ended it with
     ManualLifetime<ReactorWait> wait_;
 };
 
@@ -314,9 +385,9 @@ private:
 ///   that refers to the socket and to the buffer passed in: both must
 ///   outlive it. They try the system call first and wait for readiness only
 ///   when it would block, so a ready socket costs no reactor round trip.
-/// - At most one pending read-side and one pending write-side operation per
-///   socket (full duplex is fine); a second one throws std::logic_error, as
-///   muxio::readable() does.
+/// - At most one pending read-side operation per socket; a second one
+///   throws std::logic_error, as muxio::readable() does. A stream's writes
+///   (write_some, write_all) queue instead: see StreamSocket.
 /// - Cancellation: each operation listens to its `token` and to the ambient
 ///   token of the task awaiting it, and throws muxio::Cancelled when one is
 ///   stopped while it waits; its reactor registration is removed. How much
@@ -397,6 +468,7 @@ protected:
 
 private:
     friend class detail::StreamIo;
+    friend class detail::BufferedIo;
     [[noreturn, gnu::cold]] void refuse_closed(std::string_view operation) const;
 
     // The descriptor and the reactor with the socket's readiness
@@ -413,6 +485,28 @@ enum class ShutdownHow {
 };
 
 /// A connected byte stream: what TcpStream and UnixStream share.
+///
+/// Writes from several tasks queue on the socket in the order they are
+/// awaited (started by co_await, or when the Task made of one starts), and
+/// go out one after the other, each message whole: a write starts only
+/// once the one before it has ended. A write awaited while none is queued
+/// tries the kernel at once (no reactor round trip). Each completes or
+/// fails on its own:
+/// - Cancelling a queued write that has not started takes it out of the
+///   queue; the others go on untouched. Cancelling write_all() part-way
+///   through its message (some bytes sent, not all) cannot take the bytes
+///   back, and whatever is written next would follow a truncated message:
+///   the write side is broken then. The cancelled write throws
+///   muxio::Cancelled, and every write queued behind it or awaited later
+///   fails with std::system_error ECANCELED, writing nothing; reads go on,
+///   and close() is what is left to do. A write_some() sends nothing until
+///   it returns, so cancelling one never breaks the stream.
+/// - A write that fails (the peer vanished: EPIPE, ECONNRESET; never
+///   SIGPIPE) breaks the write side the same way: the writes queued behind
+///   it, and later ones, fail with the same error without a system call,
+///   in the next iteration of the loop.
+/// - close() (or destruction, or release()) ends queued writes with
+///   muxio::Cancelled.
 class StreamSocket : public Socket {
 public:
     /// Reads what is there, at most `buffer.size()` bytes, waiting until at
@@ -454,6 +548,13 @@ public:
     /// the end of the stream) or both. std::system_error on failure.
     void shutdown(ShutdownHow how = ShutdownHow::write);
 
+    /// As Socket::close(); queued writes end with muxio::Cancelled (the one
+    /// in progress as the socket's pending awaits do, the others in the next
+    /// iteration of the loop).
+    void close() noexcept;
+    /// As Socket::release(); queued writes end as with close().
+    [[nodiscard]] int release() noexcept;
+
     /// The peer, as known when the stream was connected, accepted or adopted
     /// (unspecified if the kernel could not tell then). Stays available after
     /// the connection broke, for messages.
@@ -464,23 +565,259 @@ protected:
     StreamSocket() noexcept = default;
     /// Owns the connected `fd`, whose peer is `peer` (see Socket's constructor).
     StreamSocket(Reactor& reactor, int fd, const SocketAddress& peer) noexcept : Socket{reactor, fd}, peer_{peer} {}
-    /// As Socket's move constructor; the peer address comes along.
-    StreamSocket(StreamSocket&&) noexcept = default;
-    /// As Socket's move assignment.
-    StreamSocket& operator=(StreamSocket&&) noexcept = default;
-    ~StreamSocket() = default;
+    /// As Socket's move constructor; the peer address and the queued
+    /// writes come along.
+    StreamSocket(StreamSocket&& other) noexcept;
+    /// As Socket's move assignment (close() first).
+    StreamSocket& operator=(StreamSocket&& other) noexcept;
+    /// close().
+    ~StreamSocket() { close(); }
 
     /// std::system_error "<verb> <peer> on fd N: <errno text>".
     [[noreturn]] void fail(int errnum, std::string_view verb) const;
 
 private:
     friend class detail::StreamIo;
+    friend class detail::BufferedIo;
+
+    // Queued writes end: the head with the watch's release, the others in
+    // the next iteration, all with muxio::Cancelled.
+    void end_queued_writes() noexcept;
 
     // The last read_some()/read_exact() read less than it asked for, so the
     // socket was empty then: the next one waits for readiness before reading.
     // Next to the socket's watch, which a read touches anyway.
     bool drained_ = false;
+    // errno of the write that broke the write side (ECANCELED: one cancelled
+    // part-way through); every later write fails with it.
+    int write_error_ = 0;
+    detail::StreamIo* write_head_ = nullptr;  // the write queue, oldest first
+    detail::StreamIo* write_tail_ = nullptr;
     SocketAddress peer_;
+};
+
+namespace detail {
+
+// One operation of a BufferedReader, awaited as StreamIo is (in the
+// awaiting coroutine's frame, no allocation): it works on the buffered bytes
+// in await_ready() and, when it needs more, waits on the socket's watch with
+// an Attempt that reads and looks again, so the coroutine resumes once.
+class BufferedIo {
+public:
+    enum class Op : std::uint8_t { read_until, read_line, read_some, read_exact };
+
+    BufferedIo(BufferedReader& reader, Op op, std::string_view delimiter, std::size_t max, std::span<std::byte> buffer,
+               std::stop_token token) noexcept
+        : reader_{&reader}, out_{buffer}, delimiter_{delimiter}, max_{max}, token_{std::move(token)}, op_{op} {}
+    // Precondition: not awaited yet.
+    BufferedIo(BufferedIo&& other) noexcept
+        : reader_{other.reader_},
+          out_{other.out_},
+          delimiter_{other.delimiter_},
+          max_{other.max_},
+          token_{std::move(other.token_)},
+          op_{other.op_} {}
+    BufferedIo& operator=(BufferedIo&&) = delete;
+    BufferedIo(const BufferedIo&) = delete;
+    BufferedIo& operator=(const BufferedIo&) = delete;
+    ~BufferedIo() {
+        if (armed_) {
+            wait_.destroy();
+        }
+    }
+
+    bool await_ready();
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        return arm().await_suspend(awaiter);
+    }
+    // The byte count (read_some, read_exact) or the line's length with its
+    // delimiter; throws what the operation ended with.
+    std::size_t await_resume() {
+        if (armed_) {
+            wait_->await_resume();  // muxio::Cancelled
+        }
+        if (outcome_ != Outcome::done && outcome_ != Outcome::clean_end) [[unlikely]] {
+            fail();
+        }
+        return done_;
+    }
+    // After await_resume() of read_until/read_line: the line, or nullopt at
+    // a clean end of the stream.
+    [[nodiscard]] std::optional<std::string_view> line() const noexcept;
+
+private:
+    enum class Outcome : std::uint8_t { pending, done, clean_end, end_of_stream, error, overrun };
+
+    [[noreturn]] void fail() const;
+    ReactorWait& arm();
+    bool attempt() noexcept;
+    bool attempt_line() noexcept;
+    bool attempt_read() noexcept;
+    static bool attempt_on_ready(void* self) noexcept { return static_cast<BufferedIo*>(self)->attempt(); }
+
+    BufferedReader* reader_;
+    std::span<std::byte> out_;
+    std::string_view delimiter_;
+    std::size_t max_;
+    std::size_t done_ = 0;
+    std::size_t scanned_ = 0;     // bytes after the reader's start searched without a match
+    std::size_t line_start_ = 0;  // where the line found starts in the reader's buffer
+    std::stop_token token_;
+    int error_ = 0;
+    Outcome outcome_ = Outcome::pending;
+    bool armed_ = false;
+    bool awaited_ = false;
+    Op op_;
+    ManualLifetime<ReactorWait> wait_;
+};
+
+}  // namespace detail
+
+/// What BufferedReader's operations return: an awaitable like
+/// StreamOperation (lazy, awaited once, allocates nothing, converts to a
+/// Task<T>); the reader and the buffer passed in must outlive it.
+template <class T>
+class [[nodiscard]] BufferedOperation {
+public:
+    /// The Task it converts to.
+    using task_type = Task<T>;
+
+    /// Precondition: `other` not awaited yet.
+    BufferedOperation(BufferedOperation&&) noexcept = default;
+    BufferedOperation& operator=(BufferedOperation&&) = delete;
+    BufferedOperation(const BufferedOperation&) = delete;
+    BufferedOperation& operator=(const BufferedOperation&) = delete;
+    ~BufferedOperation() = default;
+
+    /// Awaiter protocol: works on the buffered bytes, then tries a read.
+    /// std::logic_error for a closed socket or a second await.
+    bool await_ready() { return io_.await_ready(); }
+    /// Awaiter protocol: waits for readiness; what Reactor::add_reader() throws.
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        return io_.await_suspend(awaiter);
+    }
+    /// Awaiter protocol: the result, or what the operation failed with
+    /// (std::system_error, IncompleteRead, LimitOverrun, muxio::Cancelled).
+    T await_resume() {
+        const std::size_t done = io_.await_resume();
+        if constexpr (std::is_void_v<T>) {
+            (void)done;
+        } else if constexpr (std::is_same_v<T, std::size_t>) {
+            return done;
+        } else {
+            return io_.line();
+        }
+    }
+
+    /// A Task that awaits the operation. Precondition: not awaited yet.
+    // NOLINTNEXTLINE(google-explicit-constructor): usable where a Task is.
+    operator Task<T>() && { return into_task(std::move(*this)); }
+
+private:
+    friend class BufferedReader;
+    explicit BufferedOperation(detail::BufferedIo io) noexcept : io_{std::move(io)} {}
+
+    static Task<T> into_task(BufferedOperation operation) {
+        if constexpr (std::is_void_v<T>) {
+            co_await operation;
+        } else {
+            co_return co_await operation;
+        }
+    }
+
+    detail::BufferedIo io_;
+};
+
+/// A read buffer over a StreamSocket (TcpStream, UnixStream): reads up to a
+/// delimiter (read_until, read_line) keeping the bytes that came after it
+/// for the next read, and reads of a size (read_some, read_exact) that take
+/// the buffered bytes first.
+///
+/// A separate object rather than members of StreamSocket, so that a stream
+/// read with fixed-size frames pays for no buffer and the socket's layout
+/// stays as it is; it refers to the stream, which it does not own. All
+/// reads of a stream must then go through its reader, or bytes buffered
+/// here would be skipped. Writes go to the stream itself.
+///
+/// - The stream must outlive the reader and must not be moved while it is
+///   used (the reader keeps its address). One operation at a time, as on the
+///   stream (a second pending read is std::logic_error).
+/// - A line comes back as a std::string_view into the reader's buffer,
+///   valid until the next operation on the reader or its destruction; copy
+///   what must live longer. No allocation once the buffer has grown to the
+///   longest line: a read loop over lines allocates nothing.
+/// - Each operation reads as much as the buffer holds, so a line read is
+///   usually one recv() for several lines.
+/// - Cancellation (muxio::Cancelled, as on the stream): read_until and
+///   read_line lose nothing (what was read stays buffered for the next
+///   call); read_exact has consumed what it stored in its buffer.
+class BufferedReader {
+public:
+    /// The buffer's first size; it grows to the longest line asked for.
+    static constexpr std::size_t default_capacity = 4096;
+
+    /// A reader of `stream`, with a buffer of `capacity` bytes (at least 1)
+    /// allocated here.
+    explicit BufferedReader(StreamSocket& stream, std::size_t capacity = default_capacity);
+
+    /// Reads up to and including `delimiter` (one or more bytes, found also
+    /// when they arrive split over several reads). Returns the bytes up to
+    /// and including the delimiter, consumed from the reader; or nullopt if
+    /// the stream ended with nothing buffered (a clean end).
+    ///
+    /// Errors: muxio::LimitOverrun if the first `max` bytes hold no whole
+    /// delimiter (a line of `max` bytes, delimiter included, is accepted);
+    /// the bytes stay buffered. muxio::IncompleteRead if the stream ends
+    /// after some bytes but before a delimiter: received() is their count,
+    /// expected() is `max`, and the bytes stay buffered (buffered()).
+    /// std::system_error for a failed read; std::invalid_argument (at the
+    /// co_await) for an empty delimiter or a `max` shorter than it.
+    BufferedOperation<std::optional<std::string_view>> read_until(std::string_view delimiter, std::size_t max,
+                                                                  std::stop_token token = {}) {
+        return BufferedOperation<std::optional<std::string_view>>{
+            {*this, detail::BufferedIo::Op::read_until, delimiter, max, {}, std::move(token)}};
+    }
+    /// read_until("\n", max) returning the line without its "\n" or "\r\n";
+    /// nullopt at a clean end. `max` counts the line ending. Errors as
+    /// read_until().
+    BufferedOperation<std::optional<std::string_view>> read_line(std::size_t max, std::stop_token token = {}) {
+        return BufferedOperation<std::optional<std::string_view>>{
+            {*this, detail::BufferedIo::Op::read_line, "\n", max, {}, std::move(token)}};
+    }
+    /// Moves buffered bytes into `buffer` at once if there are any; reads
+    /// the stream otherwise, as StreamSocket::read_some() does.
+    BufferedOperation<std::size_t> read_some(std::span<std::byte> buffer, std::stop_token token = {}) {
+        return BufferedOperation<std::size_t>{
+            {*this, detail::BufferedIo::Op::read_some, {}, 0, buffer, std::move(token)}};
+    }
+    /// Fills `buffer`, buffered bytes first. muxio::IncompleteRead if the
+    /// stream ends first (the bytes read are at the start of `buffer`).
+    BufferedOperation<void> read_exact(std::span<std::byte> buffer, std::stop_token token = {}) {
+        return BufferedOperation<void>{{*this, detail::BufferedIo::Op::read_exact, {}, 0, buffer, std::move(token)}};
+    }
+
+    /// The bytes read from the stream and not consumed yet. Valid until the
+    /// next operation or consume().
+    [[nodiscard]] std::span<const std::byte> buffered() const noexcept {
+        return std::span{buffer_}.subspan(begin_, end_ - begin_);
+    }
+    /// Drops the first `count` buffered bytes (all of them if fewer).
+    void consume(std::size_t count) noexcept;
+    /// The stream read from.
+    [[nodiscard]] StreamSocket& stream() const noexcept { return *stream_; }
+
+private:
+    friend class detail::BufferedIo;
+    // Room after end_ for one more read: moves the bytes to the front, and
+    // grows the buffer only when it is full of them.
+    void make_room();
+
+    StreamSocket* stream_;
+    std::vector<std::byte> buffer_;
+    std::size_t begin_ = 0;  // first byte not consumed
+    std::size_t end_ = 0;    // one past the last byte read
 };
 
 /// A TCP connection (IPv4 or IPv6).
@@ -504,6 +841,17 @@ public:
     /// resolver's order until one connects. If none does, std::system_error
     /// with the last failure's code, naming the host and each address tried.
     static Task<TcpStream> connect(Reactor& reactor, std::string host, std::uint16_t port, std::stop_token token = {});
+    /// connect() with the kernel's answer in `error` instead of an exception
+    /// (asio's convention: a refused connection is an expected failure).
+    /// The awaited Task gives the connected stream with `error` cleared, or
+    /// a closed stream with `error` set (ECONNREFUSED, ETIMEDOUT, EMFILE
+    /// from socket(), ...); the half-open socket is closed then. `error`
+    /// must outlive the Task. Mistakes still throw: std::invalid_argument
+    /// for an address that is not IPv4 or IPv6, std::logic_error for a
+    /// closed reactor; and cancellation throws muxio::Cancelled, as every
+    /// await does.
+    static Task<TcpStream> connect(Reactor& reactor, SocketAddress address, std::error_code& error,
+                                   std::stop_token token = {});
     /// Takes ownership of a connected TCP socket (made non-blocking here;
     /// its close-on-exec flag is left as it is). std::invalid_argument, the
     /// caller still owning `fd`, if it is not an IPv4 or IPv6 stream socket.
@@ -536,6 +884,13 @@ public:
     /// rather than waiting. std::system_error "connect unix:/path: <reason>";
     /// std::invalid_argument if `address` is not Unix-domain.
     static Task<UnixStream> connect(Reactor& reactor, SocketAddress address, std::stop_token token = {});
+    /// connect() with the kernel's answer in `error`, as
+    /// TcpStream::connect(reactor, address, error, token): ENOENT (no such
+    /// path), ECONNREFUSED (nobody listens), EAGAIN (backlog full) come back
+    /// with a closed stream. std::invalid_argument if `address` is not
+    /// Unix-domain.
+    static Task<UnixStream> connect(Reactor& reactor, SocketAddress address, std::error_code& error,
+                                    std::stop_token token = {});
     /// Two connected streams (socketpair(2)). std::system_error on failure.
     [[nodiscard]] static std::pair<UnixStream, UnixStream> pair(Reactor& reactor);
     /// Takes ownership of a connected Unix-domain stream socket, as
@@ -576,6 +931,13 @@ public:
     /// `address` is not IPv4 or IPv6.
     [[nodiscard]] static TcpListener bind(Reactor& reactor, const SocketAddress& address,
                                           const ListenOptions& options = {});
+    /// bind() with the kernel's refusal (EADDRINUSE, EACCES, EMFILE, ...)
+    /// in `error` instead of an exception: the listener with `error`
+    /// cleared, or nullopt with `error` set and nothing left open. Mistakes
+    /// still throw, as bind() does: std::invalid_argument for an address
+    /// that is not IPv4 or IPv6, std::logic_error for a closed reactor.
+    [[nodiscard]] static std::optional<TcpListener> bind(Reactor& reactor, const SocketAddress& address,
+                                                         std::error_code& error, const ListenOptions& options = {});
 
     /// Accepts the next connection, waiting for one if none is queued; the
     /// stream's peer_address() says who it is. Connections the peer aborted
@@ -583,6 +945,14 @@ public:
     /// <reason>" otherwise, notably EMFILE/ENFILE (out of descriptors): it
     /// is thrown, never retried, so a server cannot spin on it.
     Task<TcpStream> accept(std::stop_token token = {});
+    /// accept() with a failure in `error` instead of an exception: the
+    /// awaited Task gives the stream with `error` cleared, or a closed
+    /// stream with `error` set (EMFILE, ENFILE, ENOBUFS, ...) at once,
+    /// without retrying or waiting: the connection stays queued, so the
+    /// caller decides when to try again (after closing something, or a
+    /// delay). `error` must outlive the Task. A closed listener throws
+    /// std::logic_error and cancellation muxio::Cancelled, as accept().
+    Task<TcpStream> accept(std::error_code& error, std::stop_token token = {});
     /// One accept4(): for callback servers driven by Reactor::add_reader.
     /// EMFILE/ENFILE come back in `error`; retrying at once would spin, as
     /// the connection stays queued.
@@ -593,6 +963,10 @@ public:
 
 private:
     TcpListener(Reactor& reactor, int fd) noexcept : Socket{reactor, fd} {}
+    // Both bind()s: on failure, nullopt with `error` set and, if `failed`
+    // is given, the failing call named there for the exception's message.
+    static std::optional<TcpListener> open(Reactor& reactor, const SocketAddress& address, const ListenOptions& options,
+                                           std::error_code& error, std::string* failed);
     SocketAddress local_;
 };
 
@@ -627,9 +1001,17 @@ public:
     /// if `address` is not Unix-domain.
     [[nodiscard]] static UnixListener bind(Reactor& reactor, const SocketAddress& address,
                                            const UnixListenOptions& options = {});
+    /// bind() with the kernel's refusal in `error`, as
+    /// TcpListener::bind(reactor, address, error, options) does.
+    /// std::invalid_argument if `address` is not Unix-domain.
+    [[nodiscard]] static std::optional<UnixListener> bind(Reactor& reactor, const SocketAddress& address,
+                                                          std::error_code& error,
+                                                          const UnixListenOptions& options = {});
 
     /// As TcpListener::accept(). The peer of a Unix stream is usually unnamed.
     Task<UnixStream> accept(std::stop_token token = {});
+    /// As TcpListener::accept(error, token).
+    Task<UnixStream> accept(std::error_code& error, std::stop_token token = {});
     /// As TcpListener::try_accept().
     std::optional<UnixStream> try_accept(std::error_code& error) noexcept;
 
@@ -642,6 +1024,10 @@ public:
 
 private:
     UnixListener(Reactor& reactor, int fd) noexcept : Socket{reactor, fd} {}
+    // As TcpListener::open().
+    static std::optional<UnixListener> open(Reactor& reactor, const SocketAddress& address,
+                                            const UnixListenOptions& options, std::error_code& error,
+                                            std::string* failed);
     void unlink_path() noexcept;
 
     SocketAddress local_;

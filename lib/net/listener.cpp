@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -20,29 +22,70 @@ namespace muxio {
 
 // ----- TcpListener ----------------------------------------------------------------
 
-TcpListener TcpListener::bind(Reactor& reactor, const SocketAddress& address, const ListenOptions& options) {
+std::optional<TcpListener> TcpListener::open(Reactor& reactor, const SocketAddress& address,
+                                             const ListenOptions& options, std::error_code& error,
+                                             std::string* failed) {
     reactor.require_usable("TcpListener::bind");
     detail::require_ip(address, "TcpListener::bind");
-    TcpListener listener{reactor, detail::open_socket(address.family(), SOCK_STREAM)};
-    const int fd = listener.fileno();
-    if (options.reuse_address) {
-        detail::set_option(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
+    const int fd = detail::open_socket(address.family(), SOCK_STREAM, error);
+    if (fd < 0) {
+        if (failed != nullptr) {
+            *failed = detail::socket_call(address.family(), SOCK_STREAM);
+        }
+        return std::nullopt;
     }
-    if (options.reuse_port) {
-        detail::set_option(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
+    TcpListener listener{reactor, fd};
+    const auto option = [&](int level, int name, int value, std::string_view what) {
+        if (detail::set_option(fd, level, name, value, error)) {
+            return true;
+        }
+        if (failed != nullptr) {
+            *failed = fmt::format("setsockopt({}) on fd {}", what, fd);
+        }
+        return false;
+    };
+    if (options.reuse_address && !option(SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")) {
+        return std::nullopt;
     }
-    if (address.is_ipv6()) {
-        // Set either way, so "::" means the same whatever net.ipv6.bindv6only says.
-        detail::set_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, options.ipv6_only ? 1 : 0, "IPV6_V6ONLY");
+    if (options.reuse_port && !option(SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT")) {
+        return std::nullopt;
+    }
+    // Set either way, so "::" means the same whatever net.ipv6.bindv6only says.
+    if (address.is_ipv6() && !option(IPPROTO_IPV6, IPV6_V6ONLY, options.ipv6_only ? 1 : 0, "IPV6_V6ONLY")) {
+        return std::nullopt;
     }
     if (::bind(fd, address.data(), address.size()) != 0) {
-        throw_system_error(errno, fmt::format("bind {}", address));
+        error = detail::errno_code(errno);
+        if (failed != nullptr) {
+            *failed = fmt::format("bind {}", address);
+        }
+        return std::nullopt;
     }
     if (::listen(fd, options.backlog) != 0) {
-        throw_system_error(errno, fmt::format("listen on {}", address), fd);
+        error = detail::errno_code(errno);
+        if (failed != nullptr) {
+            *failed = fmt::format("listen on {} on fd {}", address, fd);
+        }
+        return std::nullopt;
     }
     listener.local_ = listener.Socket::local_address();
+    error.clear();
     return listener;
+}
+
+TcpListener TcpListener::bind(Reactor& reactor, const SocketAddress& address, const ListenOptions& options) {
+    std::error_code error;
+    std::string failed;
+    std::optional<TcpListener> listener = open(reactor, address, options, error, &failed);
+    if (!listener) {
+        throw_system_error(error.value(), failed);
+    }
+    return std::move(*listener);
+}
+
+std::optional<TcpListener> TcpListener::bind(Reactor& reactor, const SocketAddress& address, std::error_code& error,
+                                             const ListenOptions& options) {
+    return open(reactor, address, options, error, nullptr);
 }
 
 std::optional<TcpStream> TcpListener::try_accept(std::error_code& error) noexcept {
@@ -81,6 +124,20 @@ Task<TcpStream> TcpListener::accept(std::stop_token token) {
         co_await readable(token);
     }
     co_return accepted;
+}
+
+Task<TcpStream> TcpListener::accept(std::error_code& error, std::stop_token token) {
+    require_open("accept");
+    for (;;) {
+        std::optional<TcpStream> accepted = try_accept(error);
+        if (accepted) {
+            co_return std::move(*accepted);
+        }
+        if (error) {
+            co_return TcpStream{};  // not retried: the connection stays queued
+        }
+        co_await readable(token);
+    }
 }
 
 // ----- UnixListener ---------------------------------------------------------------
@@ -127,11 +184,19 @@ void UnixListener::unlink_path() noexcept {
     }
 }
 
-UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, const UnixListenOptions& options) {
+std::optional<UnixListener> UnixListener::open(Reactor& reactor, const SocketAddress& address,
+                                               const UnixListenOptions& options, std::error_code& error,
+                                               std::string* failed) {
     reactor.require_usable("UnixListener::bind");
     detail::require_unix(address, "UnixListener::bind");
-    UnixListener listener{reactor, detail::open_socket(AF_UNIX, SOCK_STREAM)};
-    const int fd = listener.fileno();
+    const int fd = detail::open_socket(AF_UNIX, SOCK_STREAM, error);
+    if (fd < 0) {
+        if (failed != nullptr) {
+            *failed = detail::socket_call(AF_UNIX, SOCK_STREAM);
+        }
+        return std::nullopt;
+    }
+    UnixListener listener{reactor, fd};
     const bool has_file = !address.path().empty() && !address.is_abstract();
     const std::string path{has_file ? address.path() : std::string_view{}};
     struct stat info {};
@@ -139,7 +204,11 @@ UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, 
         ::unlink(path.c_str());
     }
     if (::bind(fd, address.data(), address.size()) != 0) {
-        throw_system_error(errno, fmt::format("bind {}", address));
+        error = detail::errno_code(errno);
+        if (failed != nullptr) {
+            *failed = fmt::format("bind {}", address);
+        }
+        return std::nullopt;
     }
     listener.local_ = address;
     if (has_file && options.unlink_on_close && ::lstat(path.c_str(), &info) == 0) {
@@ -149,9 +218,29 @@ UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, 
         listener.owns_path_ = true;
     }
     if (::listen(fd, options.backlog) != 0) {
-        throw_system_error(errno, fmt::format("listen on {}", address), fd);
+        error = detail::errno_code(errno);
+        if (failed != nullptr) {
+            *failed = fmt::format("listen on {} on fd {}", address, fd);
+        }
+        return std::nullopt;  // the listener removes the path it made
     }
+    error.clear();
     return listener;
+}
+
+UnixListener UnixListener::bind(Reactor& reactor, const SocketAddress& address, const UnixListenOptions& options) {
+    std::error_code error;
+    std::string failed;
+    std::optional<UnixListener> listener = open(reactor, address, options, error, &failed);
+    if (!listener) {
+        throw_system_error(error.value(), failed);
+    }
+    return std::move(*listener);
+}
+
+std::optional<UnixListener> UnixListener::bind(Reactor& reactor, const SocketAddress& address, std::error_code& error,
+                                               const UnixListenOptions& options) {
+    return open(reactor, address, options, error, nullptr);
 }
 
 std::optional<UnixStream> UnixListener::try_accept(std::error_code& error) noexcept {
@@ -170,6 +259,20 @@ Task<UnixStream> UnixListener::accept(std::stop_token token) {
         co_await readable(token);
     }
     co_return accepted;
+}
+
+Task<UnixStream> UnixListener::accept(std::error_code& error, std::stop_token token) {
+    require_open("accept");
+    for (;;) {
+        std::optional<UnixStream> accepted = try_accept(error);
+        if (accepted) {
+            co_return std::move(*accepted);
+        }
+        if (error) {
+            co_return UnixStream{};  // not retried: the connection stays queued
+        }
+        co_await readable(token);
+    }
 }
 
 }  // namespace muxio

@@ -24,13 +24,36 @@ namespace muxio::detail {
     }
 }
 
+std::string socket_call(int family, int type) {
+    return fmt::format("socket({}, {})", family_name(family), type == SOCK_DGRAM ? "SOCK_DGRAM" : "SOCK_STREAM");
+}
+
 [[nodiscard]] int open_socket(int family, int type) {
-    const int fd = ::socket(family, type | socket_flags, 0);
+    std::error_code error;
+    const int fd = open_socket(family, type, error);
     if (fd < 0) {
-        throw_system_error(errno, fmt::format("socket({}, {})", family_name(family),
-                                              type == SOCK_DGRAM ? "SOCK_DGRAM" : "SOCK_STREAM"));
+        throw_system_error(error.value(), socket_call(family, type));
     }
     return fd;
+}
+
+[[nodiscard]] int open_socket(int family, int type, std::error_code& error) noexcept {
+    const int fd = ::socket(family, type | socket_flags, 0);
+    if (fd < 0) {
+        error = errno_code(errno);
+    } else {
+        error.clear();
+    }
+    return fd;
+}
+
+bool set_option(int fd, int level, int name, int value, std::error_code& error) noexcept {
+    if (::setsockopt(fd, level, name, &value, sizeof value) != 0) {
+        error = errno_code(errno);
+        return false;
+    }
+    error.clear();
+    return true;
 }
 
 void set_option(int fd, int level, int name, int value, std::string_view option) {
@@ -104,6 +127,24 @@ SocketAddress prepare_adopted(int fd, std::initializer_list<int> families, std::
 }
 
 bool start_connect(int fd, const SocketAddress& address) {
+    std::error_code error;
+    const bool in_progress = start_connect(fd, address, error);
+    if (error) {
+        throw_system_error(error.value(), fmt::format("connect {}", address));
+    }
+    return in_progress;
+}
+
+void finish_connect(int fd, const SocketAddress& address) {
+    std::error_code error;
+    finish_connect(fd, error);
+    if (error) {
+        throw_system_error(error.value(), fmt::format("connect {}", address));
+    }
+}
+
+bool start_connect(int fd, const SocketAddress& address, std::error_code& error) noexcept {
+    error.clear();
     if (::connect(fd, address.data(), address.size()) == 0) {
         return false;
     }
@@ -113,17 +154,20 @@ bool start_connect(int fd, const SocketAddress& address) {
     if (errnum == EINPROGRESS || errnum == EINTR) {
         return true;
     }
-    throw_system_error(errnum, fmt::format("connect {}", address));
+    error = errno_code(errnum);
+    return false;
 }
 
-void finish_connect(int fd, const SocketAddress& address) {
+void finish_connect(int fd, std::error_code& error) noexcept {
     int errnum = 0;
     socklen_t size = sizeof errnum;
     if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &errnum, &size) != 0) {
         errnum = errno;
     }
     if (errnum != 0) {
-        throw_system_error(errnum, fmt::format("connect {}", address));
+        error = errno_code(errnum);
+    } else {
+        error.clear();
     }
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <system_error>
 
@@ -67,8 +68,14 @@ std::optional<std::size_t> transfer(std::error_code& error, Call call) noexcept 
 
 // A new non-blocking, close-on-exec socket.
 [[nodiscard]] int open_socket(int family, int type);
+// The same, -1 with `error` set on failure.
+[[nodiscard]] int open_socket(int family, int type, std::error_code& error) noexcept;
+// What open_socket() names in its message: "socket(AF_INET, SOCK_STREAM)".
+[[nodiscard]] std::string socket_call(int family, int type);
 
 void set_option(int fd, int level, int name, int value, std::string_view option);
+// The same: false with `error` set on failure.
+bool set_option(int fd, int level, int name, int value, std::error_code& error) noexcept;
 [[nodiscard]] int get_option(int fd, int level, int name, std::string_view option);
 
 // std::invalid_argument naming `operation` unless the address is of the family.
@@ -87,6 +94,10 @@ SocketAddress prepare_adopted(int fd, std::initializer_list<int> families, std::
 // and call finish_connect(); false: connected already.
 bool start_connect(int fd, const SocketAddress& address);
 void finish_connect(int fd, const SocketAddress& address);
+// The same with the failure in `error` (cleared otherwise): start_connect()
+// is false when connected or failed.
+bool start_connect(int fd, const SocketAddress& address, std::error_code& error) noexcept;
+void finish_connect(int fd, std::error_code& error) noexcept;
 
 // One accept4(), new descriptor non-blocking and close-on-exec: the
 // descriptor, or -1 with `error` cleared (none queued) or set.

@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
+#include <exception>
 #include <string>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -77,6 +79,60 @@ void Socket::refuse_closed(std::string_view operation) const {
 
 // ----- StreamSocket -------------------------------------------------------------------
 
+StreamSocket::StreamSocket(StreamSocket&& other) noexcept
+    : Socket{std::move(other)},
+      drained_{std::exchange(other.drained_, false)},
+      write_error_{std::exchange(other.write_error_, 0)},
+      write_head_{std::exchange(other.write_head_, nullptr)},
+      write_tail_{std::exchange(other.write_tail_, nullptr)},
+      peer_{other.peer_} {
+    for (detail::StreamIo* write = write_head_; write != nullptr; write = write->next_) {
+        write->socket_ = this;
+    }
+}
+
+StreamSocket& StreamSocket::operator=(StreamSocket&& other) noexcept {
+    if (this != &other) {
+        close();
+        Socket::operator=(std::move(other));
+        drained_ = std::exchange(other.drained_, false);
+        write_error_ = std::exchange(other.write_error_, 0);
+        write_head_ = std::exchange(other.write_head_, nullptr);
+        write_tail_ = std::exchange(other.write_tail_, nullptr);
+        peer_ = other.peer_;
+        for (detail::StreamIo* write = write_head_; write != nullptr; write = write->next_) {
+            write->socket_ = this;
+        }
+    }
+    return *this;
+}
+
+void StreamSocket::close() noexcept {
+    end_queued_writes();
+    Socket::close();
+}
+
+int StreamSocket::release() noexcept {
+    end_queued_writes();
+    return Socket::release();
+}
+
+void StreamSocket::end_queued_writes() noexcept {
+    detail::StreamIo* write = std::exchange(write_head_, nullptr);
+    write_tail_ = nullptr;
+    write_error_ = 0;
+    while (write != nullptr) {
+        detail::StreamIo* const next = std::exchange(write->next_, nullptr);
+        write->queued_ = false;
+        // The head waits on the watch, which the close ends with Cancelled;
+        // the others wait on their timers.
+        if (!write->on_watch_) {
+            write->end_from_queue(nullptr);
+        }
+        write = next;
+    }
+}
+
 void StreamSocket::fail(int errnum, std::string_view verb) const {
     if (peer_.family() == AF_UNSPEC) {
         throw_system_error(errnum, verb, fileno());
@@ -112,6 +168,16 @@ std::string_view operation_name(StreamIo::Op op) noexcept {
     return "stream operation";
 }
 
+// What a failed write's message starts with.
+std::string write_failure(const StreamSocket& socket, int errnum) {
+    const SocketAddress& peer = socket.peer_address();
+    std::string what = peer.family() == AF_UNSPEC ? std::string{"write"} : fmt::format("write to {}", peer);
+    if (errnum == ECANCELED) {
+        what += " (an earlier write was cancelled part-way through its message)";
+    }
+    return what;
+}
+
 }  // namespace
 
 bool StreamIo::await_ready() {
@@ -120,15 +186,178 @@ bool StreamIo::await_ready() {
     }
     awaited_ = true;
     socket_->require_open(operation_name(op_));
-    // After a read that emptied the socket, a read now would most likely
-    // fail with EAGAIN: a wasted system call per message in a
-    // request-response exchange. Readiness comes first then; if data did
-    // arrive meanwhile, the wait ends in the next iteration.
-    if (reading() && socket_->drained_ && !read_buffer_.empty()) {
-        socket_->drained_ = false;
+    if (reading()) {
+        // After a read that emptied the socket, a read now would most likely
+        // fail with EAGAIN: a wasted system call per message in a
+        // request-response exchange. Readiness comes first then; if data did
+        // arrive meanwhile, the wait ends in the next iteration.
+        if (socket_->drained_ && !read_buffer_.empty()) {
+            socket_->drained_ = false;
+            return false;
+        }
+        return attempt();
+    }
+    StreamSocket& socket = *socket_;
+    if (socket.write_error_ != 0) [[unlikely]] {
+        error_ = socket.write_error_;
+        return true;
+    }
+    if (socket.write_head_ == nullptr) [[likely]] {
+        if (attempt()) {
+            if (error_ != 0) {
+                socket.write_error_ = error_;
+            }
+            return true;
+        }
+    }
+    // Behind other writes, or the head that waits for room.
+    queued_ = true;
+    if (socket.write_tail_ == nullptr) {
+        socket.write_head_ = this;
+    } else {
+        socket.write_tail_->next_ = this;
+    }
+    socket.write_tail_ = this;
+    return false;
+}
+
+bool StreamIo::is_head() const noexcept {
+    return socket_->write_head_ == this;
+}
+
+ReactorWait& StreamIo::wait_in_queue() {
+    ReactorWait& wait =
+        wait_.construct(socket_->reactor(), ReactorWait::Kind::timer, -1, Reactor::TimePoint::max(), token_);
+    armed_ = true;
+    return wait;
+}
+
+std::size_t StreamIo::finish_queued() {
+    bool cancelled = false;
+    if (armed_) {
+        try {
+            wait_->await_resume();
+        } catch (const Cancelled&) {
+            cancelled = true;
+        }
+    }
+    if (queued_) {
+        leave_queue(cancelled);
+    }
+    if (failure_) {
+        std::rethrow_exception(failure_);
+    }
+    if (cancelled || ended_in_queue_) {
+        throw Cancelled{};
+    }
+    if (error_ != 0) {
+        fail();
+    }
+    return done_;
+}
+
+void StreamIo::leave_queue(bool cancelled) noexcept {
+    StreamSocket& socket = *socket_;
+    queued_ = false;
+    on_watch_ = false;
+    if (cancelled && done_ > 0 && done_ < write_buffer_.size()) {
+        socket.write_error_ = ECANCELED;  // a truncated message is out
+    } else if (!cancelled && error_ != 0) {
+        socket.write_error_ = error_;
+    }
+    // Unlinks this write: a few pointers, the queue being short.
+    StreamIo* previous = nullptr;
+    for (StreamIo* write = socket.write_head_; write != nullptr; previous = write, write = write->next_) {
+        if (write == this) {
+            (previous == nullptr ? socket.write_head_ : previous->next_) = next_;
+            if (socket.write_tail_ == this) {
+                socket.write_tail_ = previous;
+            }
+            break;
+        }
+    }
+    next_ = nullptr;
+    while (socket.write_head_ != nullptr && !socket.write_head_->on_watch_) {
+        if (socket.write_head_->handle_ == nullptr) {
+            break;  // the new head has not suspended yet: its await_suspend arms it
+        }
+        (void)socket.write_head_->start_as_head();
+    }
+}
+
+bool StreamIo::start_as_head() noexcept {
+    StreamSocket& socket = *socket_;
+    if (armed_) {
+        wait_.destroy();  // the queue's timer, with its stop callbacks and any cancellation posted
+        armed_ = false;
+    }
+    if (socket.watch_.reactor() == nullptr) {
+        // The reactor is closed: nothing resumes anything. The queue stays,
+        // for the owners of the frames to destroy.
+        on_watch_ = true;
         return false;
     }
-    return attempt();
+    if (socket.write_error_ != 0) {
+        unlink_head();
+        end_from_queue(std::make_exception_ptr(
+            make_system_error(socket.write_error_, write_failure(socket, socket.write_error_), socket.fileno())));
+        return false;
+    }
+    try {
+        arm();
+        on_watch_ = true;
+        if (resume_as_head_(*this)) {
+            return true;
+        }
+        // A stop was requested already: nothing was registered.
+    } catch (...) {
+        // The watch refused (another task waits for writability, or the
+        // socket is closed): ends as cancelled below.
+    }
+    on_watch_ = false;
+    if (armed_) {
+        wait_.destroy();
+        armed_ = false;
+    }
+    unlink_head();
+    end_from_queue(nullptr);
+    return false;
+}
+
+void StreamIo::unlink_head() noexcept {
+    StreamSocket& socket = *socket_;
+    socket.write_head_ = std::exchange(next_, nullptr);
+    if (socket.write_head_ == nullptr) {
+        socket.write_tail_ = nullptr;
+    }
+    queued_ = false;
+}
+
+void StreamIo::end_from_queue(std::exception_ptr failure) noexcept {
+    queued_ = false;
+    ended_in_queue_ = true;
+    failure_ = std::move(failure);
+    if (armed_) {
+        wait_.destroy();
+        armed_ = false;
+    }
+    Reactor* const reactor = socket_->watch_.reactor();
+    if (reactor == nullptr || handle_ == nullptr) {
+        return;  // a closed reactor resumes nothing
+    }
+    try {
+        ReactorWait& wait =
+            wait_.construct(*reactor, ReactorWait::Kind::soon, -1, Reactor::TimePoint{}, std::stop_token{});
+        armed_ = true;
+        // No stop token here (a plain handle has no promise): it resumes.
+        (void)wait.await_suspend(std::coroutine_handle<>::from_address(handle_));
+    } catch (...) {
+        // The reactor is closing: the frame is its owner's to destroy.
+        if (armed_) {
+            wait_.destroy();
+            armed_ = false;
+        }
+    }
 }
 
 ReactorWait& StreamIo::arm() {
@@ -204,7 +433,10 @@ bool StreamIo::attempt() noexcept {
 
 void StreamIo::fail() const {
     if (error_ != 0) {
-        socket_->fail(error_, reading() ? "read from" : "write to");
+        if (!reading()) {
+            throw_system_error(error_, write_failure(*socket_, error_), socket_->fileno());
+        }
+        socket_->fail(error_, "read from");
     }
     const SocketAddress& peer = socket_->peer_address();
     const std::string from = peer.family() == AF_UNSPEC ? std::string{} : " from " + peer.to_string();
@@ -256,6 +488,28 @@ Task<TcpStream> TcpStream::connect(Reactor& reactor, std::string host, std::uint
     throw_system_error(last_error, fmt::format("connect {}:{} (tried {})", host, port, fmt::join(addresses, ", ")));
 }
 
+Task<TcpStream> TcpStream::connect(Reactor& reactor, SocketAddress address, std::error_code& error,
+                                   std::stop_token token) {
+    reactor.require_usable("TcpStream::connect");
+    detail::require_ip(address, "TcpStream::connect");
+    if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
+        throw Cancelled{};
+    }
+    const int fd = detail::open_socket(address.family(), SOCK_STREAM, error);
+    if (fd < 0) {
+        co_return TcpStream{};
+    }
+    TcpStream stream{reactor, fd, address};
+    if (detail::start_connect(fd, address, error)) {
+        co_await stream.writable(token);
+        detail::finish_connect(stream.fileno(), error);
+    }
+    if (error) {
+        co_return TcpStream{};  // `stream` closes the half-open socket
+    }
+    co_return std::move(stream);
+}
+
 TcpStream TcpStream::adopt(Reactor& reactor, int fd) {
     reactor.require_usable("TcpStream::adopt");
     const SocketAddress peer = detail::prepare_adopted(fd, {AF_INET, AF_INET6}, "TcpStream");
@@ -286,6 +540,28 @@ Task<UnixStream> UnixStream::connect(Reactor& reactor, SocketAddress address, st
     if (detail::start_connect(stream.fileno(), address)) {
         co_await stream.writable(token);
         detail::finish_connect(stream.fileno(), address);
+    }
+    co_return std::move(stream);
+}
+
+Task<UnixStream> UnixStream::connect(Reactor& reactor, SocketAddress address, std::error_code& error,
+                                     std::stop_token token) {
+    reactor.require_usable("UnixStream::connect");
+    detail::require_unix(address, "UnixStream::connect");
+    if (token.stop_requested() || (co_await get_stop_token()).stop_requested()) {
+        throw Cancelled{};
+    }
+    const int fd = detail::open_socket(AF_UNIX, SOCK_STREAM, error);
+    if (fd < 0) {
+        co_return UnixStream{};
+    }
+    UnixStream stream{reactor, fd, address};
+    if (detail::start_connect(fd, address, error)) {
+        co_await stream.writable(token);
+        detail::finish_connect(stream.fileno(), error);
+    }
+    if (error) {
+        co_return UnixStream{};
     }
     co_return std::move(stream);
 }

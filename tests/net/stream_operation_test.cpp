@@ -186,7 +186,9 @@ TEST_CASE_FIXTURE(Pair, "a stream operation converts to a Task wherever one is t
     CHECK(text_of(std::span{buffer}.first(3)) == "fgh");
 }
 
-TEST_CASE_FIXTURE(Pair, "cancelling write_all midway frees the socket's writer for the next write") {
+TEST_CASE_FIXTURE(Pair, "cancelling write_all midway frees the writer and fails later writes with ECANCELED") {
+    // Part of the message is out: whatever followed it would be read as its
+    // rest, so the write side refuses from then on; reads go on.
     const std::vector<std::byte> payload = muxio::net_test::pattern(4 << 20, 3);
     auto body = [](Reactor& loop, UnixStream& writer, int reader_fd, std::span<const std::byte> data,
                    Live /*held*/) -> Task<void> {
@@ -195,7 +197,17 @@ TEST_CASE_FIXTURE(Pair, "cancelling write_all midway frees the socket's writer f
         CHECK_THROWS_AS(co_await writer.write_all(data, source.get_token()), muxio::Cancelled);
         CHECK(muxio::test::drain(reader_fd) > 0);  // part of it went out
         muxio::test::drain(reader_fd);
-        co_await writer.write_all(bytes("after"));  // the writer's slot is free again
+        try {
+            co_await writer.write_all(bytes("after"));
+            FAIL("a write after a truncated message went out");
+        } catch (const std::system_error& error) {
+            CHECK(error.code() == std::errc::operation_canceled);
+            CHECK(std::string_view{error.what()}.find("cancelled part-way") != std::string_view::npos);
+        }
+        CHECK(muxio::test::drain(reader_fd) == 0);  // nothing after the truncated message
+        muxio::test::write_all(reader_fd, "x");
+        std::array<std::byte, 1> byte{};
+        CHECK(co_await writer.read_some(byte) == 1);
     };
     muxio::run_until_complete(reactor,
                               muxio::with_timeout(reactor, 30s, body(reactor, left, right.fileno(), payload, Live{})));
