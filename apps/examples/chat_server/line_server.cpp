@@ -1,221 +1,176 @@
 #include "line_server.hpp"
 
-#include <chrono>
-#include <optional>
+#include <sys/socket.h>
+
+#include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <system_error>
 
 #include <fmt/format.h>
 
+#include "muxio/transport.hpp"
+
 namespace chat {
+
+// One client: the Protocol its Transport calls. The Server owns it and frees
+// it right after connection_lost(), so it may keep `transport_` until then.
+class LineConnection final : public muxio::Protocol {
+public:
+    LineConnection(LineServer& server, ClientId id) : server_{server}, id_{id} {}
+
+    void connection_made(muxio::Transport& transport) override {
+        transport_ = &transport;
+        server_.clients_.emplace(id_, this);
+        server_.handler_->on_connect(id_);
+    }
+
+    void data_received(std::span<const std::byte> data) override {
+        // `data` is the Server's read buffer, shared by every connection:
+        // keep the start of a line that is not complete yet.
+        input_.append(reinterpret_cast<const char*>(data.data()), data.size());
+        std::size_t start = 0;
+        for (std::size_t newline = input_.find('\n'); newline != std::string::npos;
+             newline = input_.find('\n', start)) {
+            std::string_view line{input_.data() + start, newline - start};
+            start = newline + 1;
+            if (!line.empty() && line.back() == '\r') {
+                line.remove_suffix(1);
+            }
+            if (line.size() > server_.options_.max_line) {
+                refuse_long_line();
+                return;
+            }
+            server_.handler_->on_line(id_, line);
+            if (transport_->is_closing()) {
+                return;  // the handler let it go (/quit): read no further
+            }
+        }
+        input_.erase(0, start);
+        if (input_.size() > server_.options_.max_line) {
+            refuse_long_line();  // no newline in sight: stop buffering
+        }
+    }
+
+    // The client ended its side: it still gets what is queued for it, like
+    // a client that said /quit.
+    bool eof_received() override {
+        leave();
+        return true;  // leave() closed it already
+    }
+
+    // The high water mark is --max-queued (see server_options()): the client
+    // is that far behind. A chat room cannot stop producing for one member
+    // (the others keep talking), so it is dropped instead; that bounds the
+    // memory a stalled client costs.
+    void pause_writing() override {
+        ++server_.stats_.dropped_slow;
+        reason_ = "not reading";
+        transport_->abort();
+    }
+
+    // Only the deadline leave() sets is armed: the linger ran out.
+    bool timed_out(muxio::TimeoutKind /*kind*/) override {
+        reason_ = "did not read its last lines";
+        return false;  // the transport aborts
+    }
+
+    // Never runs inside a Transport call (so never inside LineServer::send()
+    // while the room iterates over its members): telling the handler here,
+    // which broadcasts the departure, is safe.
+    void connection_lost(std::error_code error) override {
+        server_.clients_.erase(id_);
+        if (reason_.empty() && error) {
+            reason_ = error.message();  // "Connection reset by peer", ...
+        }
+        // No connection_made() (the reactor closed first): the handler never
+        // heard of it. No handler: the LineServer is being destroyed.
+        if (transport_ != nullptr && server_.handler_ != nullptr) {
+            server_.handler_->on_disconnect(id_, reason_);
+        }
+    }
+
+    void send(const Message& message) {
+        // A leaving client gets nothing more (write() after close() throws).
+        if (!transport_->is_closing()) {
+            transport_->write(*message);
+        }
+    }
+
+    // Closes once the queue is sent (reading stops now), but gives a client
+    // that does not read only the linger to take it.
+    void leave() {
+        if (transport_->is_closing()) {
+            return;  // leaving already, or gone: keep the first linger
+        }
+        transport_->set_deadline_after(server_.options_.linger);
+        transport_->close();
+    }
+
+private:
+    void refuse_long_line() {
+        input_.clear();
+        send(std::make_shared<const std::string>(
+            fmt::format("* line longer than {} bytes, disconnecting\n", server_.options_.max_line)));
+        leave();
+    }
+
+    LineServer& server_;
+    ClientId id_;
+    muxio::Transport* transport_ = nullptr;
+    std::string input_;
+    std::string reason_;  // why it left, when the transport's error does not tell
+};
 
 namespace {
 
-std::span<const std::byte> unsent(const std::string& text, std::size_t sent) {
-    return std::as_bytes(std::span{text}).subspan(sent);
+muxio::ServerOptions server_options(const LineServerOptions& options) {
+    muxio::ServerOptions result;
+    result.max_connections = options.max_clients;
+    result.over_limit = muxio::OverLimit::refuse;  // with the refusal handler below
+    // pause_writing() as soon as more than --max-queued bytes wait: the
+    // bound on a slow client (LineConnection::pause_writing()).
+    result.transport.high_water = options.max_queued;
+    result.transport.low_water = options.max_queued;
+    return result;
 }
 
 }  // namespace
 
-LineServer::LineServer(muxio::Reactor& reactor, muxio::TcpListener listener, LineServerOptions options)
-    : reactor_{reactor}, listener_{std::move(listener)}, options_{options} {}
+LineServer::LineServer(muxio::Reactor& reactor, LineServerOptions options)
+    : options_{options},
+      server_{reactor,
+              [this](const muxio::SocketAddress& /*peer*/) {
+                  ++stats_.accepted;
+                  return std::make_unique<LineConnection>(*this, next_id_++);
+              },
+              server_options(options)} {
+    server_.set_refusal_handler([](int fd, const muxio::SocketAddress& /*peer*/) {
+        // Best effort, one send: the Server closes the connection after.
+        static constexpr std::string_view full = "* the server is full, try later\n";
+        (void)::send(fd, full.data(), full.size(), MSG_NOSIGNAL);
+    });
+}
 
 LineServer::~LineServer() {
-    reap_.cancel();
-    accept_pause_.cancel();
+    handler_ = nullptr;  // then server_, destroyed first, ends the connections
 }
 
-void LineServer::start(LineHandler& handler) {
+muxio::SocketAddress LineServer::listen(const muxio::SocketAddress& address, LineHandler& handler) {
     handler_ = &handler;
-    reactor_.add_reader(listener_.fileno(), [this] { accept(); });
-}
-
-// A few connections per wakeup: the reactor is level-triggered, so more
-// queued ones come next iteration, after the established clients had a turn.
-void LineServer::accept() {
-    for (int round = 0; round < 16; ++round) {
-        std::error_code error;
-        std::optional<muxio::TcpStream> stream = listener_.try_accept(error);
-        if (error) {
-            // Out of descriptors, say. The connection stays queued and the
-            // listener readable: retrying at once would spin, so pause.
-            fmt::print(stderr, "example-chat-server: accept: {}\n", error.message());
-            reactor_.remove_reader(listener_.fileno());
-            accept_pause_ = reactor_.call_later(std::chrono::milliseconds{100}, [this] {
-                reactor_.add_reader(listener_.fileno(), [this] { accept(); });
-            });
-            return;
-        }
-        if (!stream) {
-            return;
-        }
-        if (connections_.size() >= options_.max_clients) {
-            // Best effort, one write; the stream closes at the end of scope.
-            static constexpr std::string_view full = "* the server is full, try later\n";
-            std::error_code ignored;
-            (void)stream->try_write(std::as_bytes(std::span{full}), ignored);
-            continue;
-        }
-        ++stats_.accepted;
-        auto connection = std::make_unique<Connection>();
-        connection->id = next_id_++;
-        connection->stream = std::move(*stream);
-        Connection& c = *connection;
-        reactor_.add_reader(c.stream.fileno(), [this, &c] { on_readable(c); });
-        connections_.emplace(c.id, std::move(connection));
-        handler_->on_connect(c.id);
-    }
-}
-
-void LineServer::on_readable(Connection& c) {
-    std::error_code error;
-    const std::optional<std::size_t> got = c.stream.try_read(read_buffer_, error);
-    if (!got && !error) {
-        return;  // nothing after all
-    }
-    if (!got || *got == 0) {
-        close(c, error ? error.message() : std::string{});
-        return;
-    }
-    c.input.append(reinterpret_cast<const char*>(read_buffer_.data()), *got);
-    std::size_t start = 0;
-    for (std::size_t newline = c.input.find('\n'); newline != std::string::npos; newline = c.input.find('\n', start)) {
-        std::string_view line{c.input.data() + start, newline - start};
-        start = newline + 1;
-        if (!line.empty() && line.back() == '\r') {
-            line.remove_suffix(1);
-        }
-        if (line.size() > options_.max_line) {
-            refuse_long_line(c);
-            return;
-        }
-        handler_->on_line(c.id, line);
-        if (c.closing || c.closed) {
-            return;  // the handler let it go (/quit): read no further
-        }
-    }
-    c.input.erase(0, start);
-    if (c.input.size() > options_.max_line) {
-        refuse_long_line(c);  // no newline in sight: stop buffering
-    }
-}
-
-void LineServer::refuse_long_line(Connection& c) {
-    c.input.clear();
-    send(c.id, std::make_shared<const std::string>(
-                   fmt::format("* line longer than {} bytes, disconnecting\n", options_.max_line)));
-    disconnect(c.id);
+    return server_.listen(address);
 }
 
 void LineServer::send(ClientId client, const Message& message) {
-    const auto found = connections_.find(client);
-    if (found == connections_.end() || found->second->closing || found->second->closed) {
-        return;
-    }
-    Connection& c = *found->second;
-    std::size_t sent = 0;
-    if (c.output.empty()) {
-        // The common case: the socket takes it all now, nothing is queued.
-        std::error_code error;
-        sent = c.stream.try_write(unsent(*message, 0), error).value_or(0);
-        if (error) {
-            close(c, error.message());
-            return;
-        }
-        if (sent == message->size()) {
-            return;
-        }
-        c.front_sent = sent;
-    }
-    c.output.push_back(message);
-    c.queued += message->size() - sent;
-    if (c.queued > options_.max_queued) {
-        ++stats_.dropped_slow;
-        close(c, "not reading");
-        return;
-    }
-    if (!c.writer) {
-        reactor_.add_writer(c.stream.fileno(), [this, &c] { on_writable(c); });
-        c.writer = true;
+    if (const auto found = clients_.find(client); found != clients_.end()) {
+        found->second->send(message);
     }
 }
 
 void LineServer::disconnect(ClientId client) {
-    const auto found = connections_.find(client);
-    if (found == connections_.end() || found->second->closed) {
-        return;
-    }
-    Connection& c = *found->second;
-    c.closing = true;
-    reactor_.remove_reader(c.stream.fileno());  // what it sends from now on is ignored
-    if (c.output.empty()) {
-        close(c, {});
-    } else {
-        // A client that does not take its last lines must not keep the
-        // connection open forever (nothing more is queued for it meanwhile).
-        c.linger = reactor_.call_later(options_.linger, [this, &c] { close(c, "did not read its last lines"); });
-    }
-}
-
-void LineServer::on_writable(Connection& c) {
-    flush(c);
-    if (c.closed) {
-        return;
-    }
-    if (c.output.empty()) {
-        reactor_.remove_writer(c.stream.fileno());
-        c.writer = false;
-        if (c.closing) {
-            close(c, {});
-        }
-    }
-}
-
-void LineServer::flush(Connection& c) {
-    while (!c.output.empty()) {
-        const std::string& front = *c.output.front();
-        std::error_code error;
-        const std::size_t sent = c.stream.try_write(unsent(front, c.front_sent), error).value_or(0);
-        if (error) {
-            close(c, error.message());
-            return;
-        }
-        if (sent == 0) {
-            return;  // the socket is full again
-        }
-        c.front_sent += sent;
-        c.queued -= sent;
-        if (c.front_sent < front.size()) {
-            return;
-        }
-        c.output.pop_front();
-        c.front_sent = 0;
-    }
-}
-
-void LineServer::close(Connection& c, std::string reason) {
-    if (c.closed) {
-        return;
-    }
-    c.closed = true;
-    c.linger.cancel();
-    c.stream.close();  // removes its reader and writer, then closes
-    c.output.clear();
-    c.queued = 0;
-    closed_.emplace_back(c.id, std::move(reason));
-    if (!reap_.pending()) {
-        reap_ = reactor_.call_soon([this] { reap(); });
-    }
-}
-
-void LineServer::reap() {
-    // Taken whole: telling the handler may close more connections, which
-    // then wait for the next reap().
-    const std::vector<std::pair<ClientId, std::string>> closed = std::exchange(closed_, {});
-    for (const auto& [id, reason] : closed) {
-        connections_.erase(id);
-        handler_->on_disconnect(id, reason);
+    if (const auto found = clients_.find(client); found != clients_.end()) {
+        found->second->leave();
     }
 }
 

@@ -9,9 +9,10 @@
 // client leaving (/quit) gets --linger seconds to read its last lines.
 //
 // The program is in three parts: chat_room.{hpp,cpp}, the protocol, with no
-// socket in it; line_server.{hpp,cpp}, the connections (accept loop, line
-// splitting, output queues and their bound) on Reactor::add_reader and
-// add_writer; and this file, which wires them to a reactor and a command line.
+// socket in it; line_server.{hpp,cpp}, the connections: a muxio::Server with
+// a Protocol per client that splits lines, the Transport's write queue and
+// water marks for the bound, close() after the queue drains for /quit; and
+// this file, which wires them to a reactor and a command line.
 //
 //   example-chat-server --port 7002
 //   nc 127.0.0.1 7002          # in two or three terminals
@@ -90,9 +91,9 @@ int run(int argc, char** argv) {
     }
 
     muxio::Reactor reactor;
-    chat::LineServer server{reactor, muxio::TcpListener::bind(reactor, *address), options};
+    chat::LineServer server{reactor, options};
     chat::ChatRoom room{server};
-    server.start(room);
+    const muxio::SocketAddress bound = server.listen(*address, room);
 
     int stopped_by = 0;
     for (const int signo : {SIGINT, SIGTERM}) {
@@ -102,7 +103,7 @@ int run(int argc, char** argv) {
         });
     }
 
-    fmt::print("listening on {}\n", server.local_address());
+    fmt::print("listening on {}\n", bound);
     std::fflush(stdout);
     reactor.run();
 
