@@ -40,6 +40,8 @@ public:
     [[nodiscard]] int get() const noexcept { return fd_; }
     [[nodiscard]] explicit operator bool() const noexcept { return fd_ >= 0; }
     void reset(int fd = -1) noexcept;
+    /// Gives up ownership: returns the descriptor, which the caller closes.
+    [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
 
 private:
     int fd_ = -1;

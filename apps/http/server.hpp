@@ -1,6 +1,7 @@
-// Server: the network side of muxio-http on a muxio::Reactor. Accepts
-// connections, feeds each one's bytes to a RequestParser, answers through a
-// Handler in request order, and closes idle connections.
+// Server: the network side of muxio-http on a muxio::Server. Feeds each
+// connection's bytes to a RequestParser and answers through a Handler in
+// request order; the accept loop, connection limit, queues and timers are
+// muxio's Server and Transport.
 #pragma once
 
 #include <chrono>
@@ -9,13 +10,11 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "handler.hpp"
-#include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
+#include "muxio/server.hpp"
 #include "request_parser.hpp"
 
 namespace muxio::http {
@@ -75,27 +74,18 @@ struct ServerStats {
 
 /// An HTTP/1.1 server on one reactor, in that reactor's thread.
 ///
-/// Each connection has one reactor timer for all its deadlines: the idle
-/// timeout since its last activity, the head deadline while a request head
-/// is arriving, the body deadline while its body is. The timer is armed for
-/// the nearest and, when it fires, re-armed for what is left: activity only
-/// stores a time, so a busy connection costs one timer operation per
-/// timeout period, not per read; the start of a head or body that arrives
-/// over several reads re-arms it once if its deadline is nearer. A deadline
-/// passed in the middle of a request answers 408 (if the answer fits in the
-/// socket at once) and closes; an idle connection between requests closes
-/// without a word.
+/// Timers are the transport's one per connection: the idle timeout, and a
+/// deadline set when a request head, then its body, did not arrive in the
+/// read that began it. A deadline passed in the middle of a request answers
+/// 408 (if the answer fits in the socket at once) and closes; an idle
+/// connection between requests closes without a word.
 ///
 /// What a connection may hold is bounded: input up to input_buffer_limit,
-/// queued output up to output_high_water (then it stops reading), and one
-/// open file: parsing stops while a file response is queued, so however
-/// many requests a client pipelines without reading, its connection holds
-/// its socket and at most one file. Over the server, max_connections.
-///
-/// The accept path loses nothing: a connection the reactor cannot watch
-/// (its selector refuses the descriptor) is closed at once and counted, a
-/// connection over max_connections is answered 503 and closed; both are
-/// logged at most once per 10 s, and the listener goes on.
+/// queued output up to output_high_water (then it stops parsing and
+/// reading), and one open file: parsing stops while a file response is
+/// queued, so however many requests a client pipelines without reading,
+/// its connection holds its socket and at most one file. Over the server,
+/// max_connections: one more is answered 503 and closed.
 class Server {
 public:
     /// Binds and listens (std::system_error if the kernel refuses,
@@ -110,7 +100,7 @@ public:
     Server& operator=(Server&&) = delete;
 
     /// The port listened on.
-    [[nodiscard]] std::uint16_t port() const noexcept { return listener_.local_address().port(); }
+    [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
 
     /// Stops accepting, closes idle connections, lets the others finish the
     /// response under way (answered with `Connection: close`) and stops the
@@ -118,11 +108,12 @@ public:
     /// closes everything at once.
     void shutdown();
 
-    [[nodiscard]] std::size_t connection_count() const noexcept { return connections_.size(); }
-    [[nodiscard]] const ServerStats& stats() const noexcept { return stats_; }
+    /// Connections open (those shutdown() closed no longer count).
+    [[nodiscard]] std::size_t connection_count() const noexcept { return open_; }
+    [[nodiscard]] ServerStats stats() const noexcept;
 
 private:
-    struct Connection;
+    class Connection;
 
     // Logs a recurring condition at most once per interval; allow() gives
     // how many were left unlogged since the last time, or nullopt.
@@ -135,57 +126,28 @@ private:
         std::uint64_t suppressed_ = 0;
     };
 
-    void on_acceptable();
-    void open_connection(TcpStream accepted);
-    void refuse(TcpStream accepted);
-    void pause_accepting();
-    void resume_accepting();
-    void on_readable(Connection& connection);
-    void on_writable(Connection& connection);
-    void on_timer(Connection& connection);
-    [[nodiscard]] Reactor::TimePoint deadline_of(const Connection& connection) const noexcept;
-    // Notes the start of a head or a body that did not arrive in one piece.
-    void track_request(Connection& connection);
-    void respond_timeout(Connection& connection);
-    // Parses what may be parsed, answers, writes; false if `connection` was destroyed.
-    bool pump(Connection& connection);
-    void parse_input(Connection& connection);
-    // Parses and answers requests from `input` while back-pressure allows;
-    // returns the bytes used.
-    std::size_t parse_requests(Connection& connection, std::string_view input);
-    void respond(Connection& connection, const Request& request);
-    void respond_error(Connection& connection, const ParseError& error);
-    // Queues a small error answer with Connection: close, the last one.
-    void answer_and_close(Connection& connection, int status);
-    bool flush(Connection& connection);
-    bool begin_linger(Connection& connection);
-    void drain_linger(Connection& connection);
-    void update_interest(Connection& connection);
-    void arm_timer(Connection& connection, Reactor::TimePoint when);
-    void destroy(Connection& connection);
-    void close_all();
+    [[nodiscard]] static ServerOptions server_options(const ServerConfig& config);
+    void refuse(int fd);
+    void close_all() noexcept;
 
     Reactor& reactor_;
     Handler handler_;
     ServerConfig config_;
-    TcpListener listener_;
-    bool accepting_ = false;
-    bool accept_paused_ = false;
-    TimerHandle accept_retry_;
+    std::uint16_t port_ = 0;
     bool stopping_ = false;
     TimerHandle grace_timer_;
-    std::unordered_map<int, std::unique_ptr<Connection>> connections_;
-    std::vector<char> scratch_;  // one receive buffer, shared by every connection
-    // The emptied buffer of the last text chunk sent in full. The next
-    // connection to answer writes into it, whichever it is: responses are
-    // then assembled in memory that stays warm and is not allocated, where a
-    // buffer per connection would be one more cold line per request with
-    // hundreds of connections.
-    std::string spare_text_;
+    std::size_t open_ = 0;
+    // The answers of the connection being served, written at once when it
+    // has nothing more to parse: one buffer for every connection, so it
+    // stays warm and allocated.
+    std::string out_;
+    std::vector<char> refusal_input_;
     DateCache date_;
     ServerStats stats_;
     LogLimiter refusal_log_;
     LogLimiter register_failure_log_;
+    // Last: destroyed first, its connections' protocols still find the rest.
+    muxio::Server server_;
 };
 
 }  // namespace muxio::http
