@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -357,6 +358,68 @@ TEST_CASE("the TCP service greets and echoes lines") {
     CHECK(fixture.daemon->status().served == 1);
     client.close();
     fixture.run_until([&] { return fixture.daemon->connections() == 0; });
+}
+
+TEST_CASE("a TCP client that does not read its echoes is not read from until they are sent, and loses none") {
+    FdLeakCheck leak_check;
+    Fixture fixture{"greeting = \"\"\n"};
+    const muxio::SocketAddress address = fixture.daemon->tcp_address();
+    const UniqueFd fd{::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)};
+    REQUIRE(fd.get() >= 0);
+    const int status = ::connect(fd.get(), address.data(), address.size());
+    REQUIRE((status == 0 || errno == EINPROGRESS));
+    fixture.run_until([&] { return fixture.daemon->connections() == 1; });
+
+    // Lines go out until the writes make no progress while the loop runs:
+    // the daemon holds an unsent answer and reads no more. A daemon that
+    // kept reading would take every byte up to the limit.
+    const std::string line = std::string(999, 'l') + '\n';
+    constexpr std::size_t limit = std::size_t{256} * 1024 * 1024;
+    std::size_t sent = 0;  // within the current line
+    std::size_t lines_sent = 0;
+    int idle = 0;
+    while (idle < 50 && lines_sent * line.size() < limit) {
+        const ssize_t n = ::send(fd.get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            sent += static_cast<std::size_t>(n);
+            if (sent == line.size()) {
+                sent = 0;
+                ++lines_sent;
+            }
+            idle = 0;
+            continue;
+        }
+        REQUIRE((errno == EAGAIN || errno == EWOULDBLOCK));
+        ++idle;
+        fixture.reactor.run_once(1ms);
+    }
+    REQUIRE(idle == 50);  // held back before the limit
+    // Every complete line comes back, intact and in order, once the client
+    // reads (a partial last one waits for its end).
+    std::string received;
+    std::size_t lines_back = 0;
+    bool intact = true;
+    fixture.run_until(
+        [&] {
+            std::array<char, 65536> buffer{};
+            for (;;) {
+                const ssize_t got = ::recv(fd.get(), buffer.data(), buffer.size(), 0);
+                if (got <= 0) {
+                    break;
+                }
+                received.append(buffer.data(), static_cast<std::size_t>(got));
+            }
+            std::size_t newline = 0;
+            while ((newline = received.find('\n')) != std::string::npos) {
+                intact = intact && received.compare(0, newline + 1, line) == 0;
+                received.erase(0, newline + 1);
+                ++lines_back;
+            }
+            return lines_back == lines_sent;
+        },
+        60s);
+    CHECK(intact);
+    CHECK(received.empty());
 }
 
 TEST_CASE("out of descriptors, accepting pauses and the queued connection is served once they are back") {
