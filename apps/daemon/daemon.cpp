@@ -5,22 +5,20 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <array>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
-#include <stop_token>
+#include <string>
 #include <system_error>
 #include <utility>
 
 #include <fmt/format.h>
 
-#include "muxio/awaitables.hpp"
-#include "muxio/error.hpp"
-#include "muxio/run.hpp"
-#include "muxio/task.hpp"
+#include "muxio/server.hpp"
+#include "muxio/transport.hpp"
 
 namespace muxio::apps::daemon {
 
@@ -33,13 +31,6 @@ using namespace std::chrono_literals;
 constexpr std::size_t max_tcp_line = std::size_t{64} * 1024;
 constexpr std::size_t max_control_line = 1024;
 constexpr std::size_t read_size = 4096;
-// How long accepting pauses when the process is out of descriptors: the
-// connection stays queued, so retrying at once would spin.
-constexpr auto accept_pause = 100ms;
-
-bool out_of_descriptors(const std::error_code& error) noexcept {
-    return error == std::errc::too_many_files_open || error == std::errc::too_many_files_open_in_system;
-}
 
 Reactor::Duration to_duration(Seconds seconds) {
     return std::chrono::ceil<Reactor::Duration>(seconds);
@@ -77,11 +68,10 @@ std::string_view to_string(State state) noexcept {
     return "unknown";
 }
 
-// Everything the tasks and the timer share. It answers the control commands
-// itself (ControlTarget), so a control client needs nothing but this.
+// Everything the connections and the timer share. It answers the control
+// commands itself (ControlTarget), so a control client needs nothing but this.
 struct Daemon::Core final : ControlTarget {
-    Core(Reactor& loop, std::shared_ptr<spdlog::logger> logger, Config initial, DaemonOptions settings)
-        : reactor{loop}, log{std::move(logger)}, config{std::move(initial)}, options{std::move(settings)} {}
+    Core(Reactor& loop, std::shared_ptr<spdlog::logger> logger, Config initial, DaemonOptions settings);
 
     // ControlTarget.
     [[nodiscard]] StatusReport status() const override;
@@ -89,6 +79,7 @@ struct Daemon::Core final : ControlTarget {
     ReloadResult reload() override;
 
     bool request_stop(std::string_view reason);
+    void stop_accepting();
     void end_drain();
     void apply_log_level();
     void schedule_heartbeat(Reactor::TimePoint when);
@@ -111,45 +102,19 @@ struct Daemon::Core final : ControlTarget {
     std::uint64_t connection_errors = 0;
     std::size_t connections = 0;
     std::size_t control_clients = 0;
-    std::size_t tasks = 0;
+    bool accepting = true;
 
-    // Three groups of tasks, cancelled at different moments: the TCP accept
-    // loop when the stop begins, the TCP clients when the drain ends, the
-    // control channel last.
-    std::stop_source accept_stop;
-    std::stop_source connection_stop;
-    std::stop_source control_stop;
+    // Last: they free their connections, whose protocols count into the
+    // fields above, when they are destroyed. Stopped at different moments:
+    // the TCP listener when the stop begins, the TCP connections when the
+    // drain ends, the control channel then too.
+    Server tcp;
+    Server control;
 };
 
 namespace {
 
 using Core = Daemon::Core;
-
-// Counts one thing (a task, a connection) for as long as it lives. Passed to
-// a coroutine by value, it lives in the coroutine's frame, so the count drops
-// however the frame ends: the task returned, or Reactor::close() destroyed it
-// suspended or before it started. It keeps Core alive for the same time.
-class Ticket {
-public:
-    Ticket(std::shared_ptr<Core> core, std::size_t Core::*counter) : core_{std::move(core)}, counter_{counter} {
-        ++((*core_).*counter_);
-    }
-    Ticket(Ticket&& other) noexcept : core_{std::move(other.core_)}, counter_{other.counter_} {}
-    Ticket& operator=(Ticket&&) = delete;
-    Ticket(const Ticket&) = delete;
-    Ticket& operator=(const Ticket&) = delete;
-    ~Ticket() {
-        if (core_) {
-            --((*core_).*counter_);
-        }
-    }
-    [[nodiscard]] Core& core() const noexcept { return *core_; }
-    [[nodiscard]] const std::shared_ptr<Core>& shared() const noexcept { return core_; }
-
-private:
-    std::shared_ptr<Core> core_;
-    std::size_t Core::*counter_;
-};
 
 // The reply to every complete line in `lines`, each answered by `answer`
 // (nullopt: no reply), ending with an error line if a line was too long:
@@ -169,147 +134,146 @@ std::string answer_lines(LineBuffer& lines, Answer&& answer) {
     return reply;
 }
 
+// What a connection can end with through the peer's or the network's doing,
+// as opposed to the daemon's (the reactor refused the descriptor, memory
+// ran out), which is worth a warning.
+bool peer_error(const std::error_code& error) noexcept {
+    return error == std::errc::connection_reset || error == std::errc::broken_pipe || error == std::errc::timed_out ||
+           error == std::errc::not_connected || error == std::errc::host_unreachable ||
+           error == std::errc::network_unreachable;
+}
+
+// A connection of either service: reads lines, answers what one read brings
+// with one write, and reads nothing more while an answer is not sent (the
+// write queue's high water mark is zero), so a client that does not read
+// cannot make the daemon buffer without end. Counted in `Core::*counter`
+// for as long as it exists.
+class LineProtocol : public Protocol {
+public:
+    LineProtocol(Core& core, std::size_t Core::*counter, std::size_t max_line)
+        : core_{core}, counter_{counter}, lines_{max_line} {
+        ++(core_.*counter_);
+    }
+    ~LineProtocol() override { --(core_.*counter_); }
+    LineProtocol(const LineProtocol&) = delete;
+    LineProtocol& operator=(const LineProtocol&) = delete;
+    LineProtocol(LineProtocol&&) = delete;
+    LineProtocol& operator=(LineProtocol&&) = delete;
+
+    void connection_made(Transport& transport) override { transport_ = &transport; }
+    void data_received(std::span<const std::byte> data) override {
+        lines_.append(data);
+        const std::string reply = answer(lines_);
+        if (!reply.empty()) {
+            transport_->write(reply);
+        }
+        if (lines_.overflowed()) {
+            overflowed();
+            transport_->close();
+        }
+    }
+    void pause_writing() override { transport_->pause_reading(); }
+    void resume_writing() override { transport_->resume_reading(); }
+    void connection_lost(std::error_code reason) override {
+        if (!reason) {
+            ended_by_client();
+        } else if (reason == std::errc::connection_aborted || reason == std::errc::operation_canceled) {
+            ended_by_daemon();
+        } else {
+            ++core_.connection_errors;
+            failed(reason, peer_error(reason));
+        }
+    }
+
+protected:
+    // The reply to the complete lines received.
+    virtual std::string answer(LineBuffer& lines) = 0;
+    virtual void overflowed() {}
+    virtual void ended_by_client() {}
+    virtual void ended_by_daemon() {}
+    // `by_peer`: a reset or the like, else the daemon's own failure.
+    virtual void failed(std::error_code reason, bool by_peer) = 0;
+
+    Core& core_;
+    Transport* transport_ = nullptr;
+
+private:
+    std::size_t Core::*counter_;
+    LineBuffer lines_;
+};
+
 // One TCP client: the greeting, then each line sent back.
-// `task` only counts: it lives as long as the frame.
-Task<void> serve_tcp_client([[maybe_unused]] Ticket task, Ticket connection, TcpStream stream) {
-    Core& core = connection.core();
-    const SocketAddress peer = stream.peer_address();
-    core.log->debug("connection from {}", peer);
-    try {
-        if (!core.config.greeting.empty()) {
-            const std::string greeting = core.config.greeting + '\n';
-            co_await stream.write_all(greeting);
-        }
-        LineBuffer lines{max_tcp_line};
-        std::array<std::byte, read_size> buffer{};
-        for (;;) {
-            const std::size_t got = co_await stream.read_some(buffer);
-            if (got == 0) {
-                break;
-            }
-            lines.append(std::span<const std::byte>{buffer.data(), got});
-            const std::string reply = answer_lines(lines, [](std::string& line) { return std::move(line); });
-            if (!reply.empty()) {
-                co_await stream.write_all(reply);
-            }
-            if (lines.overflowed()) {
-                core.log->warn("connection from {}: line longer than {} bytes; closing", peer, max_tcp_line);
-                break;
-            }
-        }
-        core.log->debug("connection from {} closed by the client", peer);
-    } catch (const Cancelled&) {
-        core.log->debug("connection from {} closed by the daemon", peer);
-    } catch (const std::system_error& error) {
-        // Mostly the peer's doing (reset, gone).
-        ++core.connection_errors;
-        core.log->debug("connection from {}: {}", peer, error.what());
-    } catch (const std::exception& error) {
-        // The daemon's: the reactor could not watch the descriptor (select
-        // from FD_SETSIZE up), or memory ran out. The stream closes with the
-        // frame, now.
-        ++core.connection_errors;
-        core.log->warn("connection from {}: cannot serve it, closed it: {}", peer, error.what());
-    }
-}
-
-// Accepts until cancelled, handing each connection to `serve`. When the
-// process is out of descriptors the connection stays queued, so the loop
-// pauses instead of spinning on it; so it does after any error but the
-// kernel's for one connection. A connection `serve` fails to take is closed
-// (it is destroyed with the exception) and counted. `channel` prefixes the
-// warnings.
-template <class Listener, class Serve>
-Task<void> accept_until_cancelled(Core& core, Listener& listener, std::string_view channel, Serve serve) {
-    for (;;) {
-        bool pause = false;
-        try {
-            auto stream = co_await listener.accept();
-            try {
-                serve(std::move(stream));
-            } catch (const std::exception& error) {
-                ++core.connection_errors;
-                core.log->warn("{}cannot serve a connection, closed it: {}", channel, error.what());
-            }
-        } catch (const Cancelled&) {
-            co_return;
-        } catch (const std::system_error& error) {
-            core.log->warn("{}{}", channel, error.what());
-            pause = out_of_descriptors(error.code());
-        } catch (const std::exception& error) {
-            // The listener itself may not be watchable: retrying at once could spin.
-            core.log->warn("{}accept: {}; pausing accepts for {} ms", channel, error.what(),
-                           std::chrono::duration_cast<std::chrono::milliseconds>(accept_pause).count());
-            pause = true;
-        }
-        if (pause) {
-            try {
-                co_await sleep_for(core.reactor, accept_pause);
-            } catch (const Cancelled&) {
-                co_return;
-            }
-        }
-    }
-}
-
-Task<void> accept_tcp(Ticket task, TcpListener listener) {
-    Core& core = task.core();
-    co_await accept_until_cancelled(core, listener, "", [&task, &core](TcpStream stream) {
+class TcpClient final : public LineProtocol {
+public:
+    TcpClient(Core& core, const SocketAddress& peer)
+        : LineProtocol{core, &Core::connections, max_tcp_line}, peer_{peer} {
         ++core.served;
-        spawn(core.reactor,
-              serve_tcp_client(Ticket{task.shared(), &Core::tasks}, Ticket{task.shared(), &Core::connections},
-                               std::move(stream)),
-              core.connection_stop.get_token());
-    });
-    core.log->info("no longer accepting connections on {}", listener.local_address());
-    // The listener closes here, with the frame: new connections are refused.
-}
+        core.log->debug("connection from {}", peer_);
+    }
+    void connection_made(Transport& transport) override {
+        LineProtocol::connection_made(transport);
+        if (!core_.config.greeting.empty()) {
+            transport.write(core_.config.greeting + '\n');
+        }
+    }
+
+private:
+    std::string answer(LineBuffer& lines) override {
+        return answer_lines(lines, [](std::string& line) { return std::move(line); });
+    }
+    void overflowed() override {
+        core_.log->warn("connection from {}: line longer than {} bytes; closing", peer_, max_tcp_line);
+    }
+    void ended_by_client() override { core_.log->debug("connection from {} closed by the client", peer_); }
+    void ended_by_daemon() override { core_.log->debug("connection from {} closed by the daemon", peer_); }
+    void failed(std::error_code reason, bool by_peer) override {
+        if (by_peer) {
+            core_.log->debug("connection from {}: {}", peer_, reason.message());
+        } else {
+            core_.log->warn("connection from {}: cannot serve it, closed it: {}", peer_, reason.message());
+        }
+    }
+
+    SocketAddress peer_;
+};
 
 // One control client: each line is a command, each answered by one line.
-Task<void> serve_control_client([[maybe_unused]] Ticket task, Ticket client, UnixStream stream) {
-    Core& core = client.core();
-    try {
-        LineBuffer lines{max_control_line};
-        std::array<std::byte, read_size> buffer{};
-        for (;;) {
-            const std::size_t got = co_await stream.read_some(buffer);
-            if (got == 0) {
-                break;
-            }
-            lines.append(std::span<const std::byte>{buffer.data(), got});
-            const std::string reply =
-                answer_lines(lines, [&core](const std::string& line) { return handle_control_line(line, core); });
-            if (!reply.empty()) {
-                co_await stream.write_all(reply);
-            }
-            if (lines.overflowed()) {
-                break;
-            }
-        }
-    } catch (const Cancelled&) {
-        // The daemon is stopping.
-    } catch (const std::system_error& error) {
-        ++core.connection_errors;
-        core.log->debug("control client: {}", error.what());
-    } catch (const std::exception& error) {
-        // As for a TCP client: the stream closes with the frame, now.
-        ++core.connection_errors;
-        core.log->warn("control client: cannot serve it, closed it: {}", error.what());
-    }
-}
+class ControlClient final : public LineProtocol {
+public:
+    explicit ControlClient(Core& core) : LineProtocol{core, &Core::control_clients, max_control_line} {}
 
-Task<void> accept_control(Ticket task, UnixListener listener) {
-    Core& core = task.core();
-    co_await accept_until_cancelled(core, listener, "control channel: ", [&task, &core](UnixStream stream) {
-        spawn(core.reactor,
-              serve_control_client(Ticket{task.shared(), &Core::tasks}, Ticket{task.shared(), &Core::control_clients},
-                                   std::move(stream)),
-              core.control_stop.get_token());
-    });
-    // The listener closes with the frame and removes its socket file.
+private:
+    std::string answer(LineBuffer& lines) override {
+        return answer_lines(lines, [this](const std::string& line) { return handle_control_line(line, core_); });
+    }
+    void failed(std::error_code reason, bool by_peer) override {
+        if (by_peer) {
+            core_.log->debug("control client: {}", reason.message());
+        } else {
+            core_.log->warn("control client: cannot serve it, closed it: {}", reason.message());
+        }
+    }
+};
+
+ServerOptions line_server_options() {
+    ServerOptions options;
+    options.transport.read_size = read_size;
+    options.transport.high_water = 0;
+    options.transport.low_water = 0;
+    return options;
 }
 
 }  // namespace
+
+Daemon::Core::Core(Reactor& loop, std::shared_ptr<spdlog::logger> logger, Config initial, DaemonOptions settings)
+    : reactor{loop},
+      log{std::move(logger)},
+      config{std::move(initial)},
+      options{std::move(settings)},
+      tcp{loop, [this](const SocketAddress& peer) { return std::make_unique<TcpClient>(*this, peer); },
+          line_server_options()},
+      control{loop, [this](const SocketAddress&) { return std::make_unique<ControlClient>(*this); },
+              line_server_options()} {}
 
 // ----- Core ---------------------------------------------------------------------------------
 
@@ -359,27 +323,36 @@ bool Core::request_stop(std::string_view reason) {
     }
     state = State::draining;
     drain_deadline = reactor.time() + to_duration(config.drain_timeout);
-    accept_stop.request_stop();
+    stop_accepting();
     log->info("{}: stopping; draining {} connection(s) for up to {} s", reason, connections,
               config.drain_timeout.count());
     return true;
+}
+
+void Core::stop_accepting() {
+    if (!accepting) {
+        return;
+    }
+    accepting = false;
+    tcp.stop_listening();  // new connections are refused from now on
+    log->info("no longer accepting connections on {}", tcp_address);
 }
 
 void Core::end_drain() {
     if (state == State::stopping) {
         return;
     }
-    if (state == State::running) {
-        accept_stop.request_stop();
-    }
+    stop_accepting();
     if (connections != 0) {
         log->warn("closing {} connection(s) still open at the end of the drain", connections);
     }
     state = State::stopping;
     drain_deadline.reset();
     heartbeat_timer.cancel();
-    connection_stop.request_stop();
-    control_stop.request_stop();
+    // Each connection ends now and is freed in the next iteration; the
+    // control listener closes and removes its socket file.
+    tcp.close();
+    control.close();
 }
 
 void Core::apply_log_level() {
@@ -409,31 +382,22 @@ void Core::heartbeat() {
 // ----- Daemon -------------------------------------------------------------------------------
 
 Daemon::Daemon(Reactor& reactor, std::shared_ptr<spdlog::logger> log, Config config, DaemonOptions options)
-    : core_{std::make_shared<Core>(reactor, std::move(log), std::move(config), std::move(options))} {
+    : core_{std::make_unique<Core>(reactor, std::move(log), std::move(config), std::move(options))} {
     Core& core = *core_;
     core.apply_log_level();
-    TcpListener tcp = TcpListener::bind(reactor, core.options.tcp_address);
-    core.tcp_address = tcp.local_address();
-    UnixListener control;
+    core.tcp_address = core.tcp.listen(core.options.tcp_address);
     if (!core.options.control_path.empty()) {
         if (someone_listens(core.options.control_path)) {
             throw std::runtime_error(
                 fmt::format("control socket {} is in use by a running process", core.options.control_path));
         }
-        control = UnixListener::bind(reactor, SocketAddress::unix_path(core.options.control_path));
+        (void)core.control.listen_unix(core.options.control_path);
     }
     core.schedule_heartbeat(reactor.time() + to_duration(core.config.interval));
-    spawn(reactor, accept_tcp(Ticket{core_, &Core::tasks}, std::move(tcp)), core.accept_stop.get_token());
-    if (control.is_open()) {
-        spawn(reactor, accept_control(Ticket{core_, &Core::tasks}, std::move(control)), core.control_stop.get_token());
-    }
 }
 
 Daemon::~Daemon() {
     core_->heartbeat_timer.cancel();
-    core_->accept_stop.request_stop();
-    core_->connection_stop.request_stop();
-    core_->control_stop.request_stop();
 }
 
 const SocketAddress& Daemon::tcp_address() const noexcept {
@@ -461,7 +425,7 @@ bool Daemon::advance() {
     if (core.state == State::draining && (core.connections == 0 || core.reactor.time() >= *core.drain_deadline)) {
         core.end_drain();
     }
-    return core.state == State::stopping && core.tasks == 0;
+    return core.state == State::stopping && open_connections() == 0;
 }
 
 State Daemon::state() const noexcept {
@@ -476,8 +440,8 @@ std::size_t Daemon::connections() const noexcept {
     return core_->connections;
 }
 
-std::size_t Daemon::tasks() const noexcept {
-    return core_->tasks;
+std::size_t Daemon::open_connections() const noexcept {
+    return core_->tcp.connection_count() + core_->control.connection_count();
 }
 
 StatusReport Daemon::status() const {

@@ -21,7 +21,7 @@ namespace muxio::apps::daemon {
 
 /// running: serving. draining: no longer accepting TCP connections, waiting
 /// for the open ones to end (the control channel still answers). stopping:
-/// everything cancelled, the tasks ending.
+/// every connection closed, their ends being delivered.
 enum class State { running, draining, stopping };
 
 [[nodiscard]] std::string_view to_string(State state) noexcept;
@@ -37,20 +37,20 @@ struct DaemonOptions {
     std::optional<spdlog::level::level_enum> log_level_override;
 };
 
-/// The daemon's state and tasks. Every service is a coroutine spawned on the
-/// reactor: an accept loop per listener and a task per client. They share
-/// the daemon's state through a reference count, so destroying the Daemon
-/// before the reactor closes is safe: the tasks are cancelled, and those
-/// still suspended are destroyed by Reactor::close().
+/// The daemon's state and services. Each service is a muxio::Server (the
+/// TCP one, the control one) whose connections are line protocols on
+/// transports. Destroying the Daemon ends every connection and closes the
+/// listeners at once; so does the reactor closing first, after which the
+/// Daemon may still be destroyed.
 class Daemon {
 public:
     /// Binds the TCP listener and the control socket, applies `config`
-    /// (generation 1), schedules the heartbeat and spawns the accept loops,
-    /// which start in the next iteration. std::system_error if a bind fails;
+    /// (generation 1), schedules the heartbeat; connections are accepted
+    /// from the next iteration on. std::system_error if a bind fails;
     /// std::runtime_error if the control path belongs to a daemon that
     /// answers (a socket nobody listens on is replaced).
     Daemon(Reactor& reactor, std::shared_ptr<spdlog::logger> log, Config config, DaemonOptions options);
-    /// Cancels the heartbeat and every task.
+    /// Cancels the heartbeat, ends every connection, closes the listeners.
     ~Daemon();
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;
@@ -73,7 +73,7 @@ public:
 
     /// To call after each iteration of the loop: ends the drain once no
     /// connection is left or its deadline passed, and returns true once the
-    /// daemon is stopping and all of its tasks have ended.
+    /// daemon is stopping and all of its connections have ended.
     bool advance();
 
     [[nodiscard]] State state() const noexcept;
@@ -81,15 +81,15 @@ public:
     [[nodiscard]] std::optional<Reactor::TimePoint> drain_deadline() const noexcept;
     /// TCP connections open now.
     [[nodiscard]] std::size_t connections() const noexcept;
-    /// Tasks spawned and not ended (accept loops, clients).
-    [[nodiscard]] std::size_t tasks() const noexcept;
+    /// TCP and control connections whose end has not been delivered yet.
+    [[nodiscard]] std::size_t open_connections() const noexcept;
     [[nodiscard]] StatusReport status() const;
     [[nodiscard]] const Config& config() const noexcept;
 
-    struct Core;  // daemon.cpp; shared with the tasks
+    struct Core;  // daemon.cpp
 
 private:
-    std::shared_ptr<Core> core_;
+    std::unique_ptr<Core> core_;
 };
 
 }  // namespace muxio::apps::daemon

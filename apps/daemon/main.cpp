@@ -52,9 +52,9 @@ constexpr int exit_ok = 0;
 constexpr int exit_failed = 1;
 constexpr int exit_usage = 2;
 
-// How long the tasks get to end once everything is cancelled; they need an
-// iteration or two, so this only bounds a bug. Reactor::close() then
-// destroys what is left.
+// How long the connections get to end once everything is closed; they need
+// an iteration, so this only bounds a bug. Destroying the daemon then ends
+// what is left.
 constexpr auto stop_grace = 2s;
 
 // poll(2)'s timeout: milliseconds rounded up, so the loop never wakes just
@@ -85,7 +85,7 @@ void run_loop(Reactor& reactor, Daemon& daemon, spdlog::logger& log) {
             if (!give_up) {
                 give_up = now + stop_grace;
             } else if (now >= *give_up) {
-                log.warn("{} task(s) still running after {} ms; closing them", daemon.tasks(),
+                log.warn("{} connection(s) still ending after {} ms; closing them", daemon.open_connections(),
                          std::chrono::duration_cast<std::chrono::milliseconds>(stop_grace).count());
                 return;
             }
@@ -215,8 +215,8 @@ int run(int argc, char** argv) {
 
     const StatusReport last = daemon->status();
     daemon.reset();
-    // Ends what is still suspended (their sockets close, the control socket
-    // file is removed with its listener) and restores the signal dispositions.
+    // The daemon closed its sockets and removed the control socket file;
+    // this restores the signal dispositions.
     reactor.close();
     log->info("stopped after {:.3f} s: {} connection(s) served, {} heartbeat(s), generation {}", last.uptime,
               last.served, last.ticks, last.generation);

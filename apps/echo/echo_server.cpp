@@ -3,7 +3,9 @@
 #include <cerrno>
 #include <chrono>
 #include <exception>
+#include <memory>
 #include <span>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -21,15 +23,67 @@ using namespace std::chrono_literals;
 // One read per readiness of at most this much: large enough for 4 KiB
 // messages in bulk, small enough to stay in cache.
 constexpr std::size_t read_size = std::size_t{64} * 1024;
-// Connections accepted per readiness of the listener, so a flood of
-// connections cannot starve the established ones.
-constexpr int accepts_per_wakeup = 64;
-// How long accepting pauses when the process is out of descriptors: the
-// queued connection stays queued, so retrying at once would spin.
+// How long the coroutine server's accepting pauses when the process is out
+// of descriptors: the queued connection stays queued, so retrying at once
+// would spin.
 constexpr auto accept_pause = 100ms;
 
 bool out_of_descriptors(const std::error_code& error) noexcept {
     return error == std::errc::too_many_files_open || error == std::errc::too_many_files_open_in_system;
+}
+
+// What a connection can end with through the peer's or the network's doing,
+// as opposed to the server's (the reactor refused the descriptor, memory
+// ran out), which is worth a warning.
+bool peer_error(const std::error_code& error) noexcept {
+    return error == std::errc::connection_reset || error == std::errc::broken_pipe || error == std::errc::timed_out ||
+           error == std::errc::not_connected || error == std::errc::host_unreachable ||
+           error == std::errc::network_unreachable;
+}
+
+// One connection of the callback server. The steady state is one read into
+// the server's shared buffer and one write of it back: a write the kernel
+// takes whole copies and allocates nothing.
+class EchoProtocol final : public Protocol {
+public:
+    EchoProtocol(EchoStats& stats, const SocketAddress& peer) : stats_{stats}, peer_{peer} {}
+
+    void connection_made(Transport& transport) override { transport_ = &transport; }
+    void data_received(std::span<const std::byte> data) override {
+        stats_.bytes += data.size();
+        transport_->write(data);
+    }
+    // The write queue's high water mark is zero: anything unsent stops
+    // reading until it is out, so a slow reader cannot make the server
+    // buffer without end.
+    void pause_writing() override { transport_->pause_reading(); }
+    void resume_writing() override { transport_->resume_reading(); }
+    void connection_lost(std::error_code reason) override {
+        ++stats_.closed;
+        // A clean end, shutdown() or the reactor closing.
+        if (!reason || reason == std::errc::connection_aborted || reason == std::errc::operation_canceled) {
+            return;
+        }
+        ++stats_.connection_errors;
+        if (peer_error(reason)) {
+            logger().debug("muxio-echo: connection from {}: {}", peer_, reason.message());
+        } else {
+            logger().warn("muxio-echo: connection from {}, closed it: {}", peer_, reason.message());
+        }
+    }
+
+private:
+    EchoStats& stats_;
+    Transport* transport_ = nullptr;
+    SocketAddress peer_;
+};
+
+ServerOptions callback_server_options() {
+    ServerOptions options;
+    options.transport.read_size = read_size;
+    options.transport.high_water = 0;
+    options.transport.low_water = 0;
+    return options;
 }
 
 }  // namespace
@@ -37,161 +91,29 @@ bool out_of_descriptors(const std::error_code& error) noexcept {
 // ----- Callbacks ----------------------------------------------------------------------
 
 CallbackEchoServer::CallbackEchoServer(Reactor& reactor, TcpListener listener)
-    : reactor_{reactor}, listener_{std::move(listener)}, buffer_(read_size) {
-    reactor_.add_reader(listener_.fileno(), [this] { accept_ready(); });
+    : server_{reactor,
+              [this](const SocketAddress& peer) -> std::unique_ptr<Protocol> {
+                  return std::make_unique<EchoProtocol>(stats_, peer);
+              },
+              callback_server_options()} {
+    server_.listen(std::move(listener));
 }
 
-CallbackEchoServer::~CallbackEchoServer() {
-    shutdown();
-}
+CallbackEchoServer::~CallbackEchoServer() = default;
 
 void CallbackEchoServer::shutdown() noexcept {
-    resume_accepting_.cancel();
-    listener_.close();  // removes its reader first
-    // Closing a stream removes its reader and writer before the descriptor.
-    stats_.closed += connections_.size();
-    connections_.clear();
+    server_.close();
 }
 
-void CallbackEchoServer::accept_ready() {
-    for (int i = 0; i < accepts_per_wakeup; ++i) {
-        std::error_code error;
-        std::optional<TcpStream> stream = listener_.try_accept(error);
-        if (!stream) {
-            if (error) {
-                pause_accepting(error);
-            }
-            return;
-        }
-        ++stats_.accepted;
-        const int fd = stream->fileno();
-        try {
-            serve(std::move(*stream));
-        } catch (const std::exception& failure) {
-            // serve() left nothing behind: the stream is closed, its reader
-            // (if any) removed with it, and the table does not have it.
-            ++stats_.closed;
-            ++stats_.connection_errors;
-            logger().warn("muxio-echo: cannot serve the connection on fd {}, closed it: {}", fd, failure.what());
-        }
-    }
-}
-
-// Everything that may fail is done before the connection enters the table,
-// and the connection owns the stream until then: an exception closes the
-// stream, which removes the reader added for it.
-void CallbackEchoServer::serve(TcpStream stream) {
-    stream.set_nodelay(true);
-    auto connection = std::make_unique<Connection>();
-    connection->stream = std::move(stream);
-    const int fd = connection->stream.fileno();
-    Connection* raw = connection.get();
-    reactor_.add_reader(fd, [this, raw] { readable(*raw); });
-    connections_.emplace(fd, std::move(connection));
-}
-
-void CallbackEchoServer::pause_accepting(const std::error_code& error) {
-    ++stats_.accept_errors;
-    if (!out_of_descriptors(error)) {
-        // A transient failure of one connection (the kernel reports most of
-        // them as the connection's own error later): go on accepting.
-        logger().warn("muxio-echo: accept on {}: {}", listener_.local_address(), error.message());
-        return;
-    }
-    logger().warn("muxio-echo: accept on {}: {}; pausing accepts for {} ms", listener_.local_address(), error.message(),
-                  accept_pause.count());
-    reactor_.remove_reader(listener_.fileno());
-    resume_accepting_ = reactor_.call_later(accept_pause, [this] { resume_accepting(); });
-}
-
-void CallbackEchoServer::resume_accepting() {
-    try {
-        reactor_.add_reader(listener_.fileno(), [this] { accept_ready(); });
-    } catch (const std::exception& failure) {
-        // Not watching the listener would stop the server for good: try again.
-        logger().warn("muxio-echo: cannot watch the listener {}: {}; retrying in {} ms", listener_.local_address(),
-                      failure.what(), accept_pause.count());
-        resume_accepting_ = reactor_.call_later(accept_pause, [this] { resume_accepting(); });
-    }
-}
-
-void CallbackEchoServer::readable(Connection& connection) {
-    std::error_code error;
-    const std::optional<std::size_t> got = connection.stream.try_read(buffer_, error);
-    if (!got) {
-        if (error) {
-            logger().debug("muxio-echo: read from {}: {}", connection.stream.peer_address(), error.message());
-            ++stats_.connection_errors;
-            close(connection);
-        }
-        return;  // spurious wakeup
-    }
-    if (*got == 0) {
-        close(connection);
-        return;
-    }
-    const std::span<const std::byte> received{buffer_.data(), *got};
-    const std::optional<std::size_t> sent = connection.stream.try_write(received, error);
-    if (error) {
-        logger().debug("muxio-echo: write to {}: {}", connection.stream.peer_address(), error.message());
-        ++stats_.connection_errors;
-        close(connection);
-        return;
-    }
-    const std::size_t written = sent.value_or(0);
-    stats_.bytes += written;
-    if (written < received.size()) {
-        // The peer is not reading: keep the rest and read no more until it
-        // is sent, so a slow reader cannot make the server buffer without end.
-        try {
-            connection.unsent.assign(received.begin() + static_cast<std::ptrdiff_t>(written), received.end());
-            connection.unsent_offset = 0;
-            const int fd = connection.stream.fileno();
-            reactor_.remove_reader(fd);
-            reactor_.add_writer(fd, [this, raw = &connection] { writable(*raw); });
-        } catch (const std::exception& failure) {
-            fail(connection, failure);
-        }
-    }
-}
-
-void CallbackEchoServer::writable(Connection& connection) {
-    std::error_code error;
-    const std::span<const std::byte> rest = std::span{connection.unsent}.subspan(connection.unsent_offset);
-    const std::optional<std::size_t> sent = connection.stream.try_write(rest, error);
-    if (error) {
-        logger().debug("muxio-echo: write to {}: {}", connection.stream.peer_address(), error.message());
-        ++stats_.connection_errors;
-        close(connection);
-        return;
-    }
-    connection.unsent_offset += sent.value_or(0);
-    stats_.bytes += sent.value_or(0);
-    if (connection.unsent_offset == connection.unsent.size()) {
-        connection.unsent.clear();
-        try {
-            const int fd = connection.stream.fileno();
-            reactor_.remove_writer(fd);
-            reactor_.add_reader(fd, [this, raw = &connection] { readable(*raw); });
-        } catch (const std::exception& failure) {
-            fail(connection, failure);
-        }
-    }
-}
-
-void CallbackEchoServer::fail(Connection& connection, const std::exception& failure) {
-    // Without its reader or writer the connection would stay in the table
-    // for ever, never served and never closed.
-    logger().warn("muxio-echo: connection from {}, closed it: {}", connection.stream.peer_address(), failure.what());
-    ++stats_.connection_errors;
-    close(connection);
-}
-
-void CallbackEchoServer::close(Connection& connection) {
-    ++stats_.closed;
-    // Erasing destroys the stream, which removes its callbacks (this one
-    // included: the reactor keeps a running callback alive until it returns).
-    connections_.erase(connection.stream.fileno());
+EchoStats CallbackEchoServer::stats() const noexcept {
+    EchoStats stats = stats_;
+    const ServerStats& accepting = server_.stats();
+    stats.accepted = accepting.accepted;
+    // Connections the Server accepted and could not hand to a protocol.
+    stats.closed += accepting.setup_failures;
+    stats.connection_errors += accepting.setup_failures;
+    stats.accept_errors = accepting.accept_errors;
+    return stats;
 }
 
 // ----- Coroutines -----------------------------------------------------------------------

@@ -4,15 +4,12 @@
 #pragma once
 
 #include <cstddef>
-#include <exception>
 #include <memory>
 #include <stop_token>
-#include <system_error>
-#include <unordered_map>
-#include <vector>
 
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
+#include "muxio/server.hpp"
 #include "muxio/task.hpp"
 
 namespace muxio::apps {
@@ -32,14 +29,15 @@ struct EchoStats {
     std::size_t connection_errors = 0;
 };
 
-/// An echo server on reactor callbacks: the listener's reader accepts, each
-/// connection's reader reads and writes back. When the peer reads slower
-/// than it writes, the unsent rest is kept, the connection stops reading
-/// (back-pressure) and a writer finishes the send. Out of descriptors
-/// (EMFILE), accepting pauses for a moment instead of spinning. A
-/// connection that cannot be served (its reader cannot be added) is closed
-/// at once, counted in connection_errors and logged; it is never left in
-/// the table, and accepting goes on.
+/// An echo server on reactor callbacks: a muxio::Server accepts, and each
+/// connection's Protocol writes back what its Transport reads, straight from
+/// the server's shared read buffer. When the peer reads slower than it
+/// writes, the transport keeps the unsent rest and the connection stops
+/// reading until it is sent (back-pressure: a write queue above zero bytes
+/// pauses reading). Out of descriptors (EMFILE), the Server pauses accepting
+/// instead of spinning. A connection that cannot be served (the reactor
+/// refuses its descriptor) is closed at once, counted in connection_errors
+/// and logged, and accepting goes on.
 class CallbackEchoServer {
 public:
     /// Starts listening: the reader is added now, connections are served
@@ -49,34 +47,16 @@ public:
     CallbackEchoServer(const CallbackEchoServer&) = delete;
     CallbackEchoServer& operator=(const CallbackEchoServer&) = delete;
 
-    /// Stops accepting and closes every connection. Idempotent.
+    /// Stops accepting and closes every connection (their counts are
+    /// settled in the reactor's next iteration). Idempotent.
     void shutdown() noexcept;
 
-    [[nodiscard]] const EchoStats& stats() const noexcept { return stats_; }
-    [[nodiscard]] std::size_t connections() const noexcept { return connections_.size(); }
+    [[nodiscard]] EchoStats stats() const noexcept;
+    [[nodiscard]] std::size_t connections() const noexcept { return server_.connection_count(); }
 
 private:
-    struct Connection {
-        TcpStream stream;
-        std::vector<std::byte> unsent;  // what the peer has not taken yet
-        std::size_t unsent_offset = 0;
-    };
-
-    void accept_ready();
-    void serve(TcpStream stream);
-    void pause_accepting(const std::error_code& error);
-    void resume_accepting();
-    void readable(Connection& connection);
-    void writable(Connection& connection);
-    void fail(Connection& connection, const std::exception& failure);
-    void close(Connection& connection);
-
-    Reactor& reactor_;
-    TcpListener listener_;
-    std::unordered_map<int, std::unique_ptr<Connection>> connections_;  // by fd
-    std::vector<std::byte> buffer_;
-    TimerHandle resume_accepting_;
-    EchoStats stats_;
+    EchoStats stats_;  // what the protocols count; stats() adds the server's
+    Server server_;    // after stats_: its connections count into it until they are freed
 };
 
 /// The same server as coroutines: an accept loop and one task per

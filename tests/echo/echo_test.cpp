@@ -292,6 +292,51 @@ TEST_CASE("a connection the selector cannot watch is closed at once, and the ech
     }
 }
 
+TEST_CASE("the callback echo server allocates nothing per message once warm") {
+    FdLeakCheck leak_check;
+    if (!muxio::test::counts_allocations) {
+        return;
+    }
+    Reactor reactor;
+    AnyServer server{reactor, false};
+    const muxio::test::UniqueFd client = connect_to(server.address);
+    std::array<char, 64> message{};
+    message.fill('m');
+    std::array<char, 64> echoed{};
+    // One message there and back; false if it did not come back in time.
+    // Nothing here asserts, so the count sees the server's allocations only.
+    const auto round_trip = [&]() -> bool {
+        if (::send(client.get(), message.data(), message.size(), MSG_NOSIGNAL) !=
+            static_cast<ssize_t>(message.size())) {
+            return false;
+        }
+        std::size_t got = 0;
+        for (int iteration = 0; iteration < 1000 && got < message.size(); ++iteration) {
+            reactor.run_once(10ms);
+            const ssize_t n = ::recv(client.get(), echoed.data() + got, echoed.size() - got, 0);
+            if (n > 0) {
+                got += static_cast<std::size_t>(n);
+            }
+        }
+        return got == message.size();
+    };
+    for (int i = 0; i < 10; ++i) {  // accepted, connected, warm
+        REQUIRE(round_trip());
+    }
+    const std::size_t before = muxio::test::allocation_count();
+    int echoed_back = 0;
+    for (int i = 0; i < 200; ++i) {
+        echoed_back += round_trip() ? 1 : 0;
+    }
+    const std::size_t allocations = muxio::test::allocation_count() - before;
+    REQUIRE(echoed_back == 200);
+    CHECK(allocations == 0);
+    CHECK(echoed == message);
+    CHECK(server.stats().bytes == 210 * message.size());
+    server.shutdown();
+    reactor.run_once(0s);
+}
+
 TEST_CASE("loadgen drives each echo server with every byte checked") {
     FdLeakCheck leak_check;
     for (const bool coroutine : {false, true}) {
