@@ -57,6 +57,9 @@ Server::Server(Reactor& reactor, ProtocolFactory factory, ServerOptions options)
     options_.transport.read_size = std::max<std::size_t>(options_.transport.read_size, 1);
     hook_.owner = this;
     hook_.hook(reactor, detail::CloseHook::Phase::late, &Server::reactor_closed);
+    // The accept path warns when descriptors have run out; the logger is
+    // made now, while making it cannot fail for want of one.
+    (void)logger();
 }
 
 Server::~Server() {

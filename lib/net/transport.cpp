@@ -365,6 +365,9 @@ void Transport::update_reader() noexcept {
         reader_added_ = want;
     } catch (const std::system_error& error) {
         finish(error.code());
+    } catch (const std::invalid_argument&) {
+        // The selector cannot watch this descriptor (select's FD_SETSIZE).
+        finish(std::make_error_code(std::errc::invalid_argument));
     } catch (...) {
         finish(std::make_error_code(std::errc::not_enough_memory));
     }
@@ -582,6 +585,9 @@ void Transport::add_writer() noexcept {
         writer_added_ = true;
     } catch (const std::system_error& error) {
         finish(error.code());
+    } catch (const std::invalid_argument&) {
+        // The selector cannot watch this descriptor (select's FD_SETSIZE).
+        finish(std::make_error_code(std::errc::invalid_argument));
     } catch (...) {
         finish(std::make_error_code(std::errc::not_enough_memory));
     }
