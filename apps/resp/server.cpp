@@ -78,7 +78,6 @@ std::string check_options(const ServerOptions& options) {
     return {};
 }
 
-
 // One client: its bytes go through the parser to the dispatcher, the replies
 // of each batch into the server's out_ and out with one write. The
 // transport queues what the kernel does not take; past output_high_water
@@ -342,8 +341,8 @@ private:
             done += result.consumed;
             if (after == After::over_limit) {
                 ++server_.stats_.output_limit_disconnects;
-                logger().warn("connection {} closed: its replies would exceed the output buffer limit of {} bytes",
-                              id_, options.max_output_buffer);
+                logger().warn("connection {} closed: its replies would exceed the output buffer limit of {} bytes", id_,
+                              options.max_output_buffer);
                 doomed_ = true;
             } else if (after == After::close) {
                 closing_ = true;
@@ -502,8 +501,8 @@ std::size_t Server::buffer_capacity() const {
     std::size_t total = out_.capacity();
     if (server_) {
         server_->for_each_connection([&total](muxio::Transport& transport) {
-            total += static_cast<const Connection&>(transport.protocol()).input_capacity() +
-                     transport.write_buffer_size();
+            total +=
+                static_cast<const Connection&>(transport.protocol()).input_capacity() + transport.write_buffer_size();
         });
     }
     return total;

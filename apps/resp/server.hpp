@@ -56,7 +56,9 @@ struct ServerOptions {
     /// read back.
     std::size_t max_output_buffer = std::size_t{1} << 30U;
     /// client-output-buffer-limit's soft limit: a connection whose unsent
-    /// replies stay above it for output_soft_time (0: at once) is closed.
+    /// replies go above it and are above it still output_soft_time later
+    /// (0: at once) is closed; seeing them below it in between (after a
+    /// batch of replies, or as they drain) starts the count afresh.
     /// 0: no soft limit.
     std::size_t output_soft_limit = 0;
     std::chrono::milliseconds output_soft_time{0};
@@ -104,9 +106,7 @@ public:
     void close() noexcept;
 
     [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
-    [[nodiscard]] std::size_t connection_count() const noexcept {
-        return server_ ? server_->connection_count() : 0;
-    }
+    [[nodiscard]] std::size_t connection_count() const noexcept { return server_ ? server_->connection_count() : 0; }
     /// False while accepting is paused after running out of descriptors.
     [[nodiscard]] bool accepting() const noexcept { return server_ && server_->is_accepting(); }
 
