@@ -3,7 +3,6 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <optional>
@@ -15,26 +14,14 @@
 #include <utility>
 
 #include <fmt/format.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
+#include "muxio/log.hpp"
 #include "muxio/net.hpp"
 
 namespace resp {
 
 spdlog::logger& logger() {
-    static const std::shared_ptr<spdlog::logger> instance = [] {
-        if (auto existing = spdlog::get("muxio-resp")) {
-            return existing;
-        }
-        auto made = spdlog::stderr_color_mt("muxio-resp");
-        made->set_level(spdlog::level::warn);
-        if (const char* level = std::getenv("MUXIO_LOG_LEVEL"); level != nullptr && *level != '\0') {
-            made->set_level(spdlog::level::from_str(level));
-        }
-        return made;
-    }();
-    return *instance;
+    return muxio::logger();
 }
 
 namespace {

@@ -20,8 +20,10 @@
 
 namespace resp {
 
-/// The `muxio-resp` logger, on stderr, warnings and errors only unless
-/// told otherwise (main's --log-level, or MUXIO_LOG_LEVEL).
+/// muxio-resp's logger: muxio's own (include/muxio/log.hpp), on stderr,
+/// warnings and errors only unless told otherwise (main's --log-level, or
+/// MUXIO_LOG_LEVEL), so that one level governs the app and the library
+/// under it (its accept pauses and refused connections, say).
 [[nodiscard]] spdlog::logger& logger();
 
 /// Limits follow Redis's configuration of the same purpose (named below);
