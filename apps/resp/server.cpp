@@ -1,9 +1,8 @@
 #include "server.hpp"
 
+#include <sys/socket.h>
+
 #include <algorithm>
-#include <cerrno>
-#include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <limits>
 #include <optional>
@@ -15,36 +14,17 @@
 #include <utility>
 
 #include <fmt/format.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
+#include "muxio/log.hpp"
 #include "muxio/net.hpp"
 
 namespace resp {
 
 spdlog::logger& logger() {
-    static const std::shared_ptr<spdlog::logger> instance = [] {
-        if (auto existing = spdlog::get("muxio-resp")) {
-            return existing;
-        }
-        auto made = spdlog::stderr_color_mt("muxio-resp");
-        made->set_level(spdlog::level::warn);
-        if (const char* level = std::getenv("MUXIO_LOG_LEVEL"); level != nullptr && *level != '\0') {
-            made->set_level(spdlog::level::from_str(level));
-        }
-        return made;
-    }();
-    return *instance;
+    return muxio::logger();
 }
 
 namespace {
-
-// accept() errors that lose only the connection being accepted. try_accept
-// already skips most of them (see accept(2), "Error handling"), but reports
-// these two: retrying at once is right, pausing would delay every client.
-bool is_lost_connection(int error) noexcept {
-    return error == EPERM || error == EOPNOTSUPP;
-}
 
 // Bytes asked of the kernel per read into the shared buffer: like Redis's
 // 16 KiB, a bit larger. A connection holding at least this much of a request
@@ -56,6 +36,7 @@ constexpr std::size_t max_read_chunk = std::size_t{4} << 20U;
 // Most connections a single readiness of the listener accepts, so a connect
 // storm shares the loop with the connected clients.
 constexpr int accepts_per_wakeup = 64;
+constexpr std::size_t no_direct_read = std::numeric_limits<std::size_t>::max();
 // Buffers grown past these for a large request or reply are given back once
 // empty, so an idle connection does not keep much.
 constexpr std::size_t keep_input = read_chunk;
@@ -84,38 +65,357 @@ std::string check_options(const ServerOptions& options) {
     return {};
 }
 
-struct Server::Connection {
-    Connection(muxio::TcpStream accepted, std::uint64_t number, const ParserLimits& limits)
-        : stream{std::move(accepted)}, id{number}, parser{limits} {}
-    ~Connection() { soft_limit_timer.cancel(); }
-    Connection(const Connection&) = delete;
-    Connection& operator=(const Connection&) = delete;
+// One client: its bytes go through the parser to the dispatcher, the replies
+// of each batch into the server's out_ and out with one write. The
+// transport queues what the kernel does not take; past output_high_water
+// (the transport's high water mark) requests wait and reading stops until
+// the replies drain to a quarter of it.
+class Server::Connection final : public muxio::Protocol {
+public:
+    Connection(Server& server, std::uint64_t id) : server_{server}, id_{id}, parser_{server.options_.limits} {}
 
-    [[nodiscard]] std::size_t pending() const noexcept { return out.size() - out_head; }
-    [[nodiscard]] std::size_t unparsed_size() const noexcept { return in.size() - in_head; }
-    [[nodiscard]] std::string_view unparsed() const noexcept { return std::string_view{in}.substr(in_head); }
+    void connection_made(muxio::Transport& transport) override {
+        transport_ = &transport;
+        // Watching the descriptor now, rather than once this returns, shows
+        // here whether the reactor takes it (select does not past
+        // FD_SETSIZE): such a connection was never served.
+        transport.resume_reading();
+        if (transport.is_closed()) {
+            ++server_.setup_failures_;
+            refused_ = true;
+            logger().warn("connection refused: the reactor cannot watch its descriptor");
+            return;
+        }
+        ++server_.stats_.accepted;
+        logger().debug("connection {} accepted (fd {})", id_, transport.fileno());
+    }
 
-    // The server adds its own reader and writer on stream.fileno(), so the
-    // stream's awaits (readable(), read_some(), ...) must never be used.
-    // Destroying it removes those registrations, then closes the descriptor.
-    muxio::TcpStream stream;
-    std::uint64_t id;
-    Parser parser;
-    // Input: bytes [in_head, size) of `in` are received and not yet
-    // consumed by the parser.
-    std::string in;
-    std::size_t in_head = 0;
-    // Output: bytes [out_head, size) of `out` are replies not yet sent.
-    std::string out;
-    std::size_t out_head = 0;
-    // Armed while the unsent replies are over the soft limit.
-    muxio::TimerHandle soft_limit_timer;
-    bool reading = false;  // a reader is registered
-    bool writing = false;  // a writer is registered
-    bool paused = false;   // replies over the high-water mark: requests wait
-    bool eof = false;      // the client shut down its side
-    bool closing = false;  // close once the replies are out (QUIT, protocol error)
-    bool doomed = false;   // over a limit: close at once, unsent replies and all
+    std::span<std::byte> get_buffer(std::size_t size_hint) override {
+        (void)size_hint;
+        end_direct_read(0);
+        if (in_head_ == in_.size()) {
+            in_.clear();
+            in_head_ = 0;
+        }
+        // Nothing much buffered: the transport reads into the server's
+        // shared buffer, and only an unfinished rest is copied here.
+        const std::size_t held = in_.size() - in_head_;
+        if (held < read_chunk) {
+            return {};
+        }
+        const std::size_t limit = server_.options_.max_query_buffer;
+        const std::size_t wanted = parser_.bytes_wanted();
+        std::size_t want = read_chunk;
+        if (wanted > held) {
+            want = std::clamp(wanted - held, read_chunk, std::min(held, max_read_chunk));
+        }
+        // One byte past the limit is enough to know the limit is passed.
+        want = std::min(want, limit - std::min(held, limit) + 1);
+        make_room(held + want, wanted);
+        in_.resize(held + want);
+        direct_held_ = held;
+        return std::as_writable_bytes(std::span{in_.data() + held, want});
+    }
+
+    void data_received(std::span<const std::byte> data) override {
+        guarded([&] {
+            server_.stats_.bytes_received += data.size();
+            if (direct_held_ != no_direct_read) {
+                end_direct_read(data.size());
+                server_.note_buffers(in_.capacity(), 0);
+                serve_buffered();
+                return;
+            }
+            const std::string_view fresh{reinterpret_cast<const char*>(data.data()), data.size()};
+            if (in_head_ < in_.size()) {
+                in_.erase(0, in_head_);  // less than a read: a cheap move
+                in_head_ = 0;
+                in_.append(fresh);
+                server_.note_buffers(in_.capacity(), 0);
+                serve_buffered();
+                return;
+            }
+            serve_fresh(fresh);
+        });
+    }
+
+    bool eof_received() override {
+        end_direct_read(0);
+        eof_ = true;
+        // Every complete request is answered unless some wait for the
+        // replies to drain; whatever remains then is a fragment that will
+        // never complete. The transport closes once the replies are out.
+        return held_back_;
+    }
+
+    void pause_writing() override {
+        ++server_.stats_.read_pauses;
+        transport_->pause_reading();
+    }
+
+    void resume_writing() override {
+        if (transport_->is_closing()) {
+            return;
+        }
+        guarded([&] {
+            serve_buffered();
+            if (!transport_->is_closing() && !transport_->writing_paused()) {
+                transport_->resume_reading();
+            }
+        });
+    }
+
+    bool timed_out(muxio::TimeoutKind kind) override {
+        if (kind == muxio::TimeoutKind::deadline &&
+            transport_->write_buffer_size() <= server_.options_.output_soft_limit) {
+            return true;  // drained below the soft limit meanwhile
+        }
+        if (kind == muxio::TimeoutKind::deadline) {
+            ++server_.stats_.output_limit_disconnects;
+            logger().warn("connection {} closed: its unsent replies stayed over the soft limit of {} bytes for {} ms",
+                          id_, server_.options_.output_soft_limit, server_.options_.output_soft_time.count());
+        }
+        return false;
+    }
+
+    void connection_lost(std::error_code reason) override {
+        if (!refused_) {
+            if (reason) {
+                logger().debug("connection {} closed: {}", id_, reason.message());
+            } else {
+                logger().debug("connection {} closed", id_);
+            }
+        }
+        transport_ = nullptr;
+    }
+
+    [[nodiscard]] std::size_t input_capacity() const noexcept { return in_.capacity(); }
+
+private:
+    [[nodiscard]] std::string_view unparsed() const noexcept { return std::string_view{in_}.substr(in_head_); }
+
+    // After a read into in_'s tail (get_buffer()): only `got` bytes came.
+    void end_direct_read(std::size_t got) {
+        if (direct_held_ != no_direct_read) {
+            in_.resize(direct_held_ + got);
+            direct_held_ = no_direct_read;
+        }
+    }
+
+    // std::bad_alloc for a request too large for the memory left, say:
+    // this client goes, the server stays.
+    template <class F>
+    void guarded(F&& body) {
+        try {
+            body();
+        } catch (const std::exception& error) {
+            logger().warn("connection {} closed: {}", id_, error.what());
+            server_.out_.clear();
+            if (transport_ != nullptr) {
+                transport_->abort();
+            }
+        }
+    }
+
+    // Makes in_ hold `size` bytes from its unparsed front without moving
+    // them again soon: capacity grows geometrically, as a string's does,
+    // but not past `ceiling` (the end of the request in progress, where
+    // known), so a large request does not end up with twice its size.
+    void make_room(std::size_t size, std::size_t ceiling) {
+        if (in_head_ > 0) {
+            // The parser's offsets are relative to in_head_: moving the
+            // unparsed bytes to the front keeps them right.
+            in_.erase(0, in_head_);
+            in_head_ = 0;
+        }
+        if (size <= in_.capacity()) {
+            return;
+        }
+        // reserve() on a non-empty string may double whatever it is asked;
+        // an empty one takes the capacity given.
+        std::string bigger;
+        bigger.reserve(std::min(std::max(size, 2 * in_.capacity()), std::max(size, ceiling)));
+        bigger.append(in_);
+        in_.swap(bigger);
+    }
+
+    // Requests straight from a read into the server's shared buffer, with
+    // nothing buffered before: only an unfinished rest (or requests held
+    // back by the output bound) is copied to in_.
+    void serve_fresh(std::string_view fresh) {
+        held_back_ = false;
+        const std::size_t done = run_requests(fresh);
+        if (!closing_ && !doomed_ && done < fresh.size()) {
+            in_.assign(fresh.substr(done));
+            in_head_ = 0;
+            server_.note_buffers(in_.capacity(), 0);
+        }
+        send_replies();
+        if (closing_ || doomed_) {
+            return;
+        }
+        if (held_back_ && !transport_->writing_paused()) {
+            serve_buffered();
+            return;
+        }
+        after_batch();
+    }
+
+    // Answers the complete requests buffered, a batch at a time while the
+    // kernel takes the replies, until they run out or the output is full.
+    void serve_buffered() {
+        for (;;) {
+            held_back_ = false;
+            in_head_ += run_requests(unparsed());
+            send_replies();
+            if (closing_ || doomed_) {
+                return;
+            }
+            if (!held_back_ || transport_->writing_paused()) {
+                break;
+            }
+        }
+        if (in_head_ == in_.size()) {
+            in_head_ = 0;
+            if (in_.capacity() > keep_input) {
+                std::string{}.swap(in_);
+            } else {
+                in_.clear();
+            }
+        }
+        after_batch();
+    }
+
+    std::size_t run_requests(std::string_view input) {
+        const ServerOptions& options = server_.options_;
+        std::string& out = server_.out_;
+        std::size_t done = 0;
+        while (!closing_ && !doomed_) {
+            const std::size_t queued = transport_->write_buffer_size();
+            if (transport_->writing_paused() || out.size() + queued >= options.output_high_water) {
+                held_back_ = true;
+                break;
+            }
+            const Parser::Result result = parser_.parse(input.substr(done));
+            if (result.status == Parser::Status::need_more) {
+                done += result.consumed;
+                // Nothing held: nothing announced either.
+                if (const std::size_t held = input.size() - done; held > 0) {
+                    const std::size_t wanted = parser_.bytes_wanted();
+                    if (held > options.max_query_buffer || wanted > options.max_query_buffer) {
+                        refuse_request(std::max(held, wanted), wanted > held);
+                    }
+                }
+                break;
+            }
+            if (result.status == Parser::Status::error) {
+                ++server_.stats_.protocol_errors;
+                logger().info("connection {}: {}", id_, parser_.error());
+                reply::error(out, fmt::format("ERR {}", parser_.error()));
+                closing_ = true;
+                break;
+            }
+            if (parser_.request_size() > options.max_query_buffer) {
+                // Arrived within one read: refused all the same, so that the
+                // outcome does not depend on how the request was split.
+                refuse_request(parser_.request_size(), false);
+                break;
+            }
+            // The arguments view the input: run the command before consuming
+            // it. The limit is on the unsent replies: queued, then built.
+            const std::size_t out_limit = options.max_output_buffer - std::min(queued, options.max_output_buffer);
+            const After after = server_.dispatcher_.execute(parser_.args(), out, out_limit);
+            done += result.consumed;
+            if (after == After::over_limit) {
+                ++server_.stats_.output_limit_disconnects;
+                logger().warn("connection {} closed: its replies would exceed the output buffer limit of {} bytes", id_,
+                              options.max_output_buffer);
+                doomed_ = true;
+            } else if (after == After::close) {
+                closing_ = true;
+            }
+        }
+        return done;
+    }
+
+    void refuse_request(std::size_t size, bool announced) {
+        ++server_.stats_.query_limit_disconnects;
+        logger().warn("connection {} closed: its request ({} bytes{}) exceeds the query buffer limit of {} bytes", id_,
+                      size, announced ? " at least, as announced" : "", server_.options_.max_query_buffer);
+        doomed_ = true;
+    }
+
+    // The batch's replies in one write; a connection over a limit goes at
+    // once, unsent replies and all.
+    void send_replies() {
+        std::string& out = server_.out_;
+        if (doomed_) {
+            out.clear();
+            transport_->abort();
+            return;
+        }
+        if (!out.empty()) {
+            server_.note_buffers(0, out.capacity());
+            transport_->write(std::string_view{out});
+            out.clear();
+            if (out.capacity() > keep_output) {
+                std::string{}.swap(out);
+            }
+            server_.note_buffers(0, transport_->write_buffer_size());
+        }
+        if (closing_) {
+            transport_->close();
+        }
+    }
+
+    void after_batch() {
+        if (eof_ && !held_back_) {
+            transport_->close();
+            return;
+        }
+        watch_soft_limit();
+    }
+
+    // client-output-buffer-limit's soft limit, on the transport's deadline:
+    // set when the unsent replies go over it, looked at when it passes
+    // (timed_out()), cleared when they are seen below it.
+    void watch_soft_limit() {
+        const ServerOptions& options = server_.options_;
+        if (options.output_soft_limit == 0) {
+            return;
+        }
+        if (transport_->write_buffer_size() <= options.output_soft_limit) {
+            transport_->clear_deadline();
+            return;
+        }
+        if (transport_->deadline() != muxio::Transport::TimePoint::max()) {
+            return;
+        }
+        if (options.output_soft_time.count() <= 0) {
+            ++server_.stats_.output_limit_disconnects;
+            logger().warn("connection {} closed: its unsent replies went over the soft limit of {} bytes", id_,
+                          options.output_soft_limit);
+            transport_->abort();
+            return;
+        }
+        transport_->set_deadline_after(options.output_soft_time);
+    }
+
+    Server& server_;
+    muxio::Transport* transport_ = nullptr;
+    std::uint64_t id_;
+    Parser parser_;
+    // Bytes [in_head_, size) of in_ are received and not yet consumed by
+    // the parser.
+    std::string in_;
+    std::size_t in_head_ = 0;
+    // get_buffer() handed out in_'s tail after this many bytes.
+    std::size_t direct_held_ = no_direct_read;
+    bool held_back_ = false;  // complete requests wait for the replies to drain
+    bool eof_ = false;        // the client shut down its side
+    bool closing_ = false;    // close once the replies are out (QUIT, protocol error)
+    bool doomed_ = false;     // over a limit: closed at once, unsent replies and all
+    bool refused_ = false;    // the reactor refused the descriptor
 };
 
 Server::Server(muxio::Reactor& reactor, Dispatcher& dispatcher, ServerOptions options)
@@ -138,432 +438,66 @@ std::uint16_t Server::start() {
             "resolved",
             options_.bind));
     }
-    scratch_.resize(read_chunk);
+    muxio::ServerOptions serving;
+    serving.transport.high_water = options_.output_high_water;
+    serving.transport.low_water = options_.output_high_water / 4;
+    serving.transport.read_size = read_chunk;
+    serving.max_connections = options_.max_clients;
+    serving.over_limit = muxio::OverLimit::refuse;
+    serving.accepts_per_wakeup = accepts_per_wakeup;
+    serving.accept_retry = options_.accept_pause;
+    // Replies go out at once instead of waiting for the client's next
+    // request under Nagle's algorithm.
+    serving.tcp_nodelay = true;
+    auto server = std::make_unique<muxio::Server>(
+        reactor_, [this](const muxio::SocketAddress&) { return std::make_unique<Connection>(*this, next_id_++); },
+        serving);
+    server->set_refusal_handler([this](int fd, const muxio::SocketAddress&) {
+        // One send on a fresh socket: its send buffer is empty, so the line
+        // goes whole or (the client already gone) not at all.
+        (void)::send(fd, max_clients_reply.data(), max_clients_reply.size(), MSG_NOSIGNAL);
+        logger().info("connection refused: max number of clients ({}) reached", options_.max_clients);
+    });
     muxio::ListenOptions listen;
     // Restarting while old connections linger in TIME_WAIT must work.
     listen.reuse_address = true;
-    listener_ = muxio::TcpListener::bind(reactor_, *address, listen);
-    port_ = listener_.local_address().port();
-    try {
-        resume_accepting();
-    } catch (...) {
-        listener_.close();
-        throw;
-    }
+    port_ = server->listen(*address, listen).port();
+    server_ = std::move(server);
     dispatcher_.set_port(port_);
     logger().info("listening on {}:{}", options_.bind, port_);
     return port_;
 }
 
 void Server::close() noexcept {
-    accept_timer_.cancel();
-    accepting_ = false;
-    listener_.close();  // removes its reader first
-    while (!connections_.empty()) {
-        drop(*connections_.begin()->second);
+    if (server_) {
+        closed_server_stats_ = server_->stats();
+        // Ends every connection now, from here.
+        server_.reset();
     }
 }
 
-std::size_t Server::buffer_capacity() const noexcept {
-    std::size_t total = 0;
-    for (const auto& [fd, connection] : connections_) {
-        total += connection->in.capacity() + connection->out.capacity();
+const Server::Stats& Server::stats() const noexcept {
+    const muxio::ServerStats& serving = server_ ? server_->stats() : closed_server_stats_;
+    stats_.accept_pauses = serving.accept_pauses;
+    stats_.rejected_connections = serving.refused;
+    stats_.registration_failures = serving.setup_failures + setup_failures_;
+    return stats_;
+}
+
+std::size_t Server::buffer_capacity() const {
+    std::size_t total = out_.capacity();
+    if (server_) {
+        server_->for_each_connection([&total](muxio::Transport& transport) {
+            total +=
+                static_cast<const Connection&>(transport.protocol()).input_capacity() + transport.write_buffer_size();
+        });
     }
     return total;
 }
 
-void Server::resume_accepting() {
-    if (!listener_.is_open()) {
-        return;
-    }
-    reactor_.add_reader(listener_.fileno(), [this] { on_acceptable(); });
-    accepting_ = true;
-}
-
-void Server::pause_accepting(int error) {
-    ++stats_.accept_pauses;
-    logger().warn("accept: {}; not accepting for {} ms", std::strerror(error), options_.accept_pause.count());
-    reactor_.remove_reader(listener_.fileno());
-    accepting_ = false;
-    accept_timer_ = reactor_.call_later(options_.accept_pause, [this] {
-        try {
-            resume_accepting();
-        } catch (const std::exception& failure) {
-            logger().error("cannot watch the listener again: {}", failure.what());
-        }
-    });
-}
-
-void Server::on_acceptable() {
-    // The socket calls report errno values in std::system_category; they are
-    // logged with strerror(), not error.message(). That keeps every virtual
-    // call on the category out of this path, where descriptors may have run
-    // out: UBSan's vptr check needs a pipe() of its own and misfires on EMFILE.
-    for (int i = 0; i < accepts_per_wakeup; ++i) {
-        std::error_code error;
-        std::optional<muxio::TcpStream> accepted = listener_.try_accept(error);
-        if (accepted) {
-            if (connections_.size() >= options_.max_clients) {
-                refuse(std::move(*accepted));
-            } else {
-                add_connection(std::move(*accepted));
-            }
-            continue;
-        }
-        if (!error) {
-            return;  // none queued
-        }
-        if (is_lost_connection(error.value())) {
-            logger().debug("accept: {}", std::strerror(error.value()));
-            continue;
-        }
-        // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or
-        // worse: the connection stays queued and the listener readable, so
-        // watching it now would only spin. Wait a little instead.
-        pause_accepting(error.value());
-        return;
-    }
-}
-
-void Server::refuse(muxio::TcpStream stream) noexcept {
-    ++stats_.rejected_connections;
-    // One write on a fresh socket: its send buffer is empty, so the line
-    // goes whole or (the client already gone) not at all. Then the stream
-    // closes as it goes out of scope.
-    try {
-        std::error_code error;
-        (void)stream.try_write(std::as_bytes(std::span{max_clients_reply.data(), max_clients_reply.size()}), error);
-        logger().info("connection refused: max number of clients ({}) reached", options_.max_clients);
-    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): the client is refused either way
-    }
-}
-
-void Server::add_connection(muxio::TcpStream stream) {
-    const int fd = stream.fileno();
-    try {
-        try {
-            // Replies go out at once instead of waiting for the client's next
-            // request under Nagle's algorithm; failing is harmless.
-            stream.set_nodelay(true);
-        } catch (const std::system_error& error) {
-            logger().debug("{}", error.what());
-        }
-        // Until the reactor watches it, the connection belongs to `owned`:
-        // any failure below closes it as the exception unwinds.
-        auto owned = std::make_unique<Connection>(std::move(stream), next_id_++, options_.limits);
-        Connection& connection = *owned;
-        update_interest(connection);
-        connections_.emplace(fd, std::move(owned));
-        ++stats_.accepted;
-        logger().debug("connection {} accepted (fd {})", connection.id, fd);
-    } catch (const std::exception& error) {
-        // E.g. select's FD_SETSIZE, or no memory left: refuse this client,
-        // keep the others and the listener.
-        ++stats_.registration_failures;
-        logger().warn("connection refused: cannot serve fd {}: {}", fd, error.what());
-    }
-}
-
-template <class F>
-void Server::guarded(Connection* connection, F&& body) noexcept {
-    const int fd = connection->stream.fileno();
-    const std::uint64_t id = connection->id;
-    try {
-        body();
-    } catch (const std::exception& error) {
-        // std::bad_alloc for a request too large for the memory left, or the
-        // reactor refusing the descriptor: this client goes, the server stays.
-        logger().warn("connection {} closed: {}", id, error.what());
-        const auto it = connections_.find(fd);
-        if (it != connections_.end() && it->second->id == id) {
-            drop(*it->second);
-        }
-    }
-}
-
-void Server::on_readable(Connection& c) {
-    if (c.in_head == c.in.size()) {
-        c.in.clear();
-        c.in_head = 0;
-    }
-    const std::size_t held = c.unparsed_size();
-    const bool direct = held >= read_chunk;
-    std::span<char> room{scratch_};
-    if (direct) {
-        const std::size_t wanted = c.parser.bytes_wanted();
-        std::size_t want = read_chunk;
-        if (wanted > held) {
-            want = std::clamp(wanted - held, read_chunk, std::min(held, max_read_chunk));
-        }
-        // One byte past the limit is enough to know the limit is passed.
-        want = std::min(want, options_.max_query_buffer - std::min(held, options_.max_query_buffer) + 1);
-        make_room(c, held + want, wanted);
-        c.in.resize(held + want);
-        room = std::span{c.in.data() + held, want};
-    }
-    std::error_code error;
-    const std::optional<std::size_t> got = c.stream.try_read(std::as_writable_bytes(room), error);
-    if (direct) {
-        c.in.resize(held + got.value_or(0));
-    }
-    if (!got) {
-        if (error) {
-            logger().debug("connection {}: read: {}", c.id, std::strerror(error.value()));
-            drop(c);
-        }
-        return;
-    }
-    stats_.bytes_received += *got;
-    if (*got == 0) {
-        c.eof = true;  // answer what was sent, then close
-    }
-    const std::string_view fresh{scratch_.data(), *got};
-    if (!direct && held > 0) {
-        c.in.erase(0, c.in_head);  // less than a read: a cheap move
-        c.in_head = 0;
-        c.in.append(fresh);
-    } else if (!direct) {
-        // Nothing buffered: the requests run from the shared buffer, and
-        // only an unfinished rest (or requests held back by the output
-        // bound) is copied to the connection.
-        const std::size_t done = c.paused ? 0 : run_requests(c, fresh);
-        if (done < fresh.size()) {
-            c.in.assign(fresh.substr(done));
-            c.in_head = 0;
-        }
-        settle(c);
-        return;
-    }
-    note_buffers(c);
-    pump(c);
-}
-
-// Makes `c.in` hold `size` bytes from its unparsed front without moving them
-// again soon: capacity grows geometrically, as a string's does, but not
-// past `ceiling` (the end of the request in progress, where known), so a
-// large request does not end up with twice its size.
-void Server::make_room(Connection& c, std::size_t size, std::size_t ceiling) {
-    if (c.in_head > 0) {
-        // The parser's offsets are relative to in_head: moving the unparsed
-        // bytes to the front keeps them right.
-        c.in.erase(0, c.in_head);
-        c.in_head = 0;
-    }
-    if (size <= c.in.capacity()) {
-        return;
-    }
-    // reserve() on a non-empty string may double whatever it is asked;
-    // an empty one takes the capacity given.
-    std::string bigger;
-    bigger.reserve(std::min(std::max(size, 2 * c.in.capacity()), std::max(size, ceiling)));
-    bigger.append(c.in);
-    c.in.swap(bigger);
-}
-
-std::size_t Server::run_requests(Connection& c, std::string_view input) {
-    std::size_t done = 0;
-    while (!c.closing && !c.doomed && c.pending() < options_.output_high_water) {
-        const Parser::Result result = c.parser.parse(input.substr(done));
-        if (result.status == Parser::Status::need_more) {
-            done += result.consumed;
-            // Nothing held: nothing announced either.
-            if (const std::size_t held = input.size() - done; held > 0) {
-                const std::size_t wanted = c.parser.bytes_wanted();
-                if (held > options_.max_query_buffer || wanted > options_.max_query_buffer) {
-                    refuse_request(c, std::max(held, wanted), wanted > held);
-                }
-            }
-            break;
-        }
-        if (result.status == Parser::Status::error) {
-            ++stats_.protocol_errors;
-            logger().info("connection {}: {}", c.id, c.parser.error());
-            reply::error(c.out, fmt::format("ERR {}", c.parser.error()));
-            c.closing = true;
-            break;
-        }
-        if (c.parser.request_size() > options_.max_query_buffer) {
-            // Arrived within one read: refused all the same, so that the
-            // outcome does not depend on how the request was split.
-            refuse_request(c, c.parser.request_size(), false);
-            break;
-        }
-        // The arguments view the input: run the command before consuming it.
-        // `out` holds sent bytes before out_head; the limit is on the rest.
-        const std::size_t out_limit =
-            c.out_head + std::min(options_.max_output_buffer, std::numeric_limits<std::size_t>::max() - c.out_head);
-        const After after = dispatcher_.execute(c.parser.args(), c.out, out_limit);
-        done += result.consumed;
-        if (after == After::over_limit) {
-            ++stats_.output_limit_disconnects;
-            logger().warn("connection {} closed: its replies would exceed the output buffer limit of {} bytes", c.id,
-                          options_.max_output_buffer);
-            c.doomed = true;
-        } else if (after == After::close) {
-            c.closing = true;
-        }
-    }
-    if (!c.closing && !c.doomed && c.pending() >= options_.output_high_water && !c.paused) {
-        c.paused = true;
-        ++stats_.read_pauses;
-    }
-    return done;
-}
-
-void Server::refuse_request(Connection& c, std::size_t size, bool announced) {
-    ++stats_.query_limit_disconnects;
-    logger().warn("connection {} closed: its request ({} bytes{}) exceeds the query buffer limit of {} bytes", c.id,
-                  size, announced ? " at least, as announced" : "", options_.max_query_buffer);
-    c.doomed = true;
-}
-
-void Server::run_buffered(Connection& c) {
-    c.in_head += run_requests(c, c.unparsed());
-    if (c.in_head == c.in.size()) {
-        c.in_head = 0;
-        if (c.in.capacity() > keep_input) {
-            std::string{}.swap(c.in);
-        } else {
-            c.in.clear();
-        }
-    }
-}
-
-bool Server::flush(Connection& c) {
-    while (c.pending() > 0) {
-        std::error_code error;
-        const std::optional<std::size_t> sent =
-            c.stream.try_write(std::as_bytes(std::span{c.out.data() + c.out_head, c.pending()}), error);
-        if (!sent) {
-            if (!error) {
-                return true;  // the kernel's buffer is full
-            }
-            logger().debug("connection {}: write: {}", c.id, std::strerror(error.value()));
-            return false;
-        }
-        c.out_head += *sent;
-    }
-    c.out.clear();
-    c.out_head = 0;
-    if (c.out.capacity() > keep_output) {
-        std::string{}.swap(c.out);
-    }
-    return true;
-}
-
-// After anything happened on a connection: answer the complete requests
-// buffered (as many as the output bound allows), then settle().
-void Server::pump(Connection& c) {
-    if (!c.paused) {
-        run_buffered(c);
-    }
-    settle(c);
-}
-
-// Sends the replies with as few writes as the kernel permits, runs requests
-// held back as the replies drain, enforces the limits, and watches for what
-// comes next.
-void Server::settle(Connection& c) {
-    note_buffers(c);
-    if (c.doomed) {
-        drop(c);
-        return;
-    }
-    // Paused requests resume once the replies drain below a quarter of the
-    // high-water mark; the kernel may take a whole batch of replies at once,
-    // so this repeats until the output stays full or the requests run out.
-    for (;;) {
-        if (!flush(c)) {
-            drop(c);
-            return;
-        }
-        if (!c.paused || c.pending() > options_.output_high_water / 4) {
-            break;
-        }
-        c.paused = false;
-        run_buffered(c);
-        note_buffers(c);
-        if (c.doomed) {
-            drop(c);
-            return;
-        }
-    }
-    // Not paused means every complete request is answered; after the
-    // client's EOF whatever remains is a fragment that will never complete.
-    if (c.pending() == 0 && (c.closing || (c.eof && !c.paused))) {
-        drop(c);
-        return;
-    }
-    if (options_.output_soft_limit > 0) {
-        watch_soft_limit(c);
-        if (c.doomed) {
-            drop(c);
-            return;
-        }
-    }
-    update_interest(c);
-}
-
-void Server::watch_soft_limit(Connection& c) {
-    if (c.pending() <= options_.output_soft_limit) {
-        c.soft_limit_timer.cancel();
-        return;
-    }
-    if (c.soft_limit_timer.pending()) {
-        return;
-    }
-    const auto over = [this](Connection& connection) {
-        ++stats_.output_limit_disconnects;
-        logger().warn("connection {} closed: its unsent replies stayed over the soft limit of {} bytes for {} ms",
-                      connection.id, options_.output_soft_limit, options_.output_soft_time.count());
-    };
-    if (options_.output_soft_time.count() <= 0) {
-        over(c);
-        c.doomed = true;
-        return;
-    }
-    Connection* const connection = &c;
-    c.soft_limit_timer = reactor_.call_later(options_.output_soft_time, [this, connection, over] {
-        // Cancelled whenever the replies drain below the limit, and when the
-        // connection goes: still over it.
-        guarded(connection, [&] {
-            over(*connection);
-            drop(*connection);
-        });
-    });
-}
-
-void Server::update_interest(Connection& c) {
-    const bool want_read = !c.closing && !c.eof && !c.paused;
-    const bool want_write = c.pending() > 0;
-    Connection* const connection = &c;
-    const int fd = c.stream.fileno();
-    if (want_read && !c.reading) {
-        reactor_.add_reader(fd, [this, connection] { guarded(connection, [&] { on_readable(*connection); }); });
-        c.reading = true;
-    } else if (!want_read && c.reading) {
-        reactor_.remove_reader(fd);
-        c.reading = false;
-    }
-    if (want_write && !c.writing) {
-        reactor_.add_writer(fd, [this, connection] { guarded(connection, [&] { pump(*connection); }); });
-        c.writing = true;
-    } else if (!want_write && c.writing) {
-        reactor_.remove_writer(fd);
-        c.writing = false;
-    }
-}
-
-void Server::note_buffers(const Connection& c) noexcept {
-    stats_.peak_input_buffer = std::max(stats_.peak_input_buffer, c.in.capacity());
-    stats_.peak_output_buffer = std::max(stats_.peak_output_buffer, c.out.capacity());
-}
-
-void Server::drop(Connection& c) noexcept {
-    const int fd = c.stream.fileno();
-    logger().debug("connection {} closed", c.id);
-    // Destroys c; its stream unregisters the descriptor, then closes it.
-    connections_.erase(fd);
+void Server::note_buffers(std::size_t input, std::size_t output) noexcept {
+    stats_.peak_input_buffer = std::max(stats_.peak_input_buffer, input);
+    stats_.peak_output_buffer = std::max(stats_.peak_output_buffer, output);
 }
 
 }  // namespace resp

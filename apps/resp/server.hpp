@@ -1,6 +1,6 @@
-// muxio-resp's network side: a listening socket and its connections on a
-// muxio::Reactor, each connection feeding its bytes through a Parser to the
-// Dispatcher and writing the replies back.
+// muxio-resp's network side: a muxio::Server listening on one address, each
+// connection a Protocol feeding its bytes through a Parser to the Dispatcher
+// and writing each batch of replies back with one write.
 #pragma once
 
 #include <chrono>
@@ -9,19 +9,21 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 
 #include <spdlog/logger.h>
 
 #include "commands.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
+#include "muxio/server.hpp"
 #include "resp_parser.hpp"
 
 namespace resp {
 
-/// The `muxio-resp` logger, on stderr, warnings and errors only unless
-/// told otherwise (main's --log-level, or MUXIO_LOG_LEVEL).
+/// muxio-resp's logger: muxio's own (include/muxio/log.hpp), on stderr,
+/// warnings and errors only unless told otherwise (main's --log-level, or
+/// MUXIO_LOG_LEVEL), so that one level governs the app and the library
+/// under it (its accept pauses and refused connections, say).
 [[nodiscard]] spdlog::logger& logger();
 
 /// Limits follow Redis's configuration of the same purpose (named below);
@@ -56,7 +58,9 @@ struct ServerOptions {
     /// read back.
     std::size_t max_output_buffer = std::size_t{1} << 30U;
     /// client-output-buffer-limit's soft limit: a connection whose unsent
-    /// replies stay above it for output_soft_time (0: at once) is closed.
+    /// replies go above it and are above it still output_soft_time later
+    /// (0: at once) is closed; seeing them below it in between (after a
+    /// batch of replies, or as they drain) starts the count afresh.
     /// 0: no soft limit.
     std::size_t output_soft_limit = 0;
     std::chrono::milliseconds output_soft_time{0};
@@ -81,11 +85,11 @@ struct ServerOptions {
 /// the reactor's callbacks. Errors on one connection close that connection
 /// (logged at debug level); the server goes on.
 ///
-/// Accepting is exception-safe: a connection that cannot be taken on (the
-/// reactor refuses its descriptor, as select does at FD_SETSIZE, or memory
-/// runs out) is closed at once, logged and counted in
-/// Stats::registration_failures; nothing of it stays behind and the
-/// listener goes on.
+/// Accepting (a muxio::Server) is exception-safe: a connection that cannot
+/// be taken on (the reactor refuses its descriptor, as select does at
+/// FD_SETSIZE, or memory runs out) is closed at once, logged and counted in
+/// Stats::registration_failures; nothing of it stays behind and the listener
+/// goes on.
 class Server {
 public:
     /// std::invalid_argument if check_options() finds fault with `options`.
@@ -100,12 +104,13 @@ public:
     /// address; std::system_error if it cannot be bound.
     std::uint16_t start();
     /// Stops accepting and closes every connection, replies unsent or not.
+    /// Not from inside a connection's callbacks.
     void close() noexcept;
 
     [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
-    [[nodiscard]] std::size_t connection_count() const noexcept { return connections_.size(); }
+    [[nodiscard]] std::size_t connection_count() const noexcept { return server_ ? server_->connection_count() : 0; }
     /// False while accepting is paused after running out of descriptors.
-    [[nodiscard]] bool accepting() const noexcept { return accepting_; }
+    [[nodiscard]] bool accepting() const noexcept { return server_ && server_->is_accepting(); }
 
     struct Stats {
         std::uint64_t accepted = 0;
@@ -118,49 +123,32 @@ public:
         std::uint64_t query_limit_disconnects = 0;   // over max_query_buffer
         std::uint64_t output_limit_disconnects = 0;  // over max_output_buffer or the soft limit
         std::size_t peak_input_buffer = 0;           // largest input buffer of any connection, allocated bytes
-        std::size_t peak_output_buffer = 0;          // likewise for output
+        std::size_t peak_output_buffer = 0;          // likewise for output: replies built or queued
     };
-    [[nodiscard]] const Stats& stats() const noexcept { return stats_; }
-    /// Bytes allocated to the connections' input and output buffers now.
-    [[nodiscard]] std::size_t buffer_capacity() const noexcept;
+    [[nodiscard]] const Stats& stats() const noexcept;
+    /// Bytes held for the connections' input and output now: their input
+    /// buffers and unsent replies, and the buffer replies are built in.
+    [[nodiscard]] std::size_t buffer_capacity() const;
 
 private:
-    struct Connection;
+    class Connection;
 
-    void on_acceptable();
-    void pause_accepting(int error);
-    void resume_accepting();
-    void refuse(muxio::TcpStream stream) noexcept;
-    void add_connection(muxio::TcpStream stream);
-    void on_readable(Connection& connection);
-    static void make_room(Connection& connection, std::size_t size, std::size_t ceiling);
-    void pump(Connection& connection);
-    void settle(Connection& connection);
-    void run_buffered(Connection& connection);
-    std::size_t run_requests(Connection& connection, std::string_view input);
-    void refuse_request(Connection& connection, std::size_t size, bool announced);
-    [[nodiscard]] bool flush(Connection& connection);
-    void watch_soft_limit(Connection& connection);
-    void update_interest(Connection& connection);
-    void note_buffers(const Connection& connection) noexcept;
-    void drop(Connection& connection) noexcept;
-    template <class F>
-    void guarded(Connection* connection, F&& body) noexcept;
+    void note_buffers(std::size_t input, std::size_t output) noexcept;
 
     muxio::Reactor& reactor_;
     Dispatcher& dispatcher_;
     ServerOptions options_;
-    muxio::TcpListener listener_;
+    std::unique_ptr<muxio::Server> server_;
     std::uint16_t port_ = 0;
-    bool accepting_ = false;
-    muxio::TimerHandle accept_timer_;
     std::uint64_t next_id_ = 0;
-    std::unordered_map<int, std::unique_ptr<Connection>> connections_;  // by descriptor
-    // Where a connection with nothing buffered reads into: complete requests
-    // run from here, and only an unfinished rest is copied to the
-    // connection, so an idle connection holds no input buffer.
-    std::string scratch_;
-    Stats stats_;
+    // Where every connection builds a batch of replies before its one
+    // write: the transport queues only what the kernel does not take, so
+    // an idle connection holds no output buffer.
+    std::string out_;
+    // The muxio::Server's counters are added in when stats() is asked.
+    mutable Stats stats_;
+    muxio::ServerStats closed_server_stats_;  // of a server close() destroyed
+    std::uint64_t setup_failures_ = 0;        // the reactor refused a connection's descriptor
 };
 
 }  // namespace resp

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -526,4 +527,47 @@ TEST_CASE("a connection the selector refuses is closed at once and the listener 
     CHECK(fixture.run_until({&later}, [&] { return later.received() == "+PONG\r\n"; }));
     CHECK(fixture.server.connection_count() == 1);
     CHECK(fixture.server.stats().accepted == 1);
+}
+
+TEST_CASE("a warm connection answers GET and PING one at a time without allocating") {
+    muxio::test::FdLeakCheck leak_check;
+    ServerFixture fixture;
+    fixture.store.set("key", "value", std::nullopt);
+    UniqueFd fd{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    REQUIRE(fd.get() >= 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(fixture.port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+    // A client that allocates nothing itself: fixed buffers, no strings.
+    const auto exchange = [&](std::string_view request, std::string_view reply) {
+        if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+            return false;
+        }
+        std::array<char, 64> received{};
+        std::size_t got = 0;
+        for (int i = 0; i < 5000 && got < reply.size(); ++i) {
+            fixture.reactor.run_once(2ms);
+            const ssize_t n = ::recv(fd.get(), received.data() + got, received.size() - got, MSG_DONTWAIT);
+            if (n > 0) {
+                got += static_cast<std::size_t>(n);
+            }
+        }
+        return std::string_view{received.data(), got} == reply;
+    };
+    constexpr std::string_view get = "*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
+    constexpr std::string_view ping = "*1\r\n$4\r\nPING\r\n";
+    for (int i = 0; i < 3; ++i) {
+        REQUIRE(exchange(get, "$5\r\nvalue\r\n"));
+        REQUIRE(exchange(ping, "+PONG\r\n"));
+    }
+    const std::size_t before = muxio::test::allocation_count();
+    bool answered = true;
+    for (int i = 0; i < 50; ++i) {
+        answered = answered && exchange(get, "$5\r\nvalue\r\n") && exchange(ping, "+PONG\r\n");
+    }
+    const std::size_t after = muxio::test::allocation_count();
+    CHECK(answered);
+    CHECK(after == before);
 }
