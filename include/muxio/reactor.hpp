@@ -162,7 +162,8 @@ std::chrono::steady_clock::duration clamp_delay(std::chrono::duration<Rep, Perio
 
 }  // namespace detail
 
-/// Cancels a callback scheduled with call_soon(), call_later() or call_at().
+/// Cancels a callback scheduled with call_soon(), call_later(), call_at() or
+/// call_every(), and moves a timer's deadline.
 ///
 /// A plain value: copying it copies the right to cancel. Cancelling twice,
 /// after the callback ran, or through a default-constructed handle does
@@ -179,10 +180,41 @@ public:
     TimerHandle() = default;
 
     /// Cancels the callback if it has not run yet; its captures are destroyed
-    /// now. Returns true if this call cancelled it.
+    /// now (a call_every() callback cancelled while it runs: once it
+    /// returns). Returns true if this call cancelled it.
     bool cancel();
-    /// True while the callback is scheduled and has neither run nor been cancelled.
+    /// True while the callback is scheduled and has neither run nor been
+    /// cancelled. A call_every() timer stays pending until cancelled, also
+    /// while its callback runs.
     [[nodiscard]] bool pending() const;
+
+    /// Moves a pending timer (call_later(), call_at(), call_every()) to
+    /// `when`, keeping its callback and this handle: nothing is allocated
+    /// once the reactor's timer heap has grown to its high-water mark
+    /// (libuv's uv_timer_again, an idle timeout pushed back on each read).
+    /// `when` is taken as call_at() takes it. Returns true if the timer was
+    /// pending; the callback then runs at `when`, not at its old deadline,
+    /// even when that deadline had come and the timer was about to run in
+    /// this iteration. A call_every() timer's next tick moves to `when` and
+    /// the ticks after follow every interval from there; called from its
+    /// own callback, it sets the next tick.
+    ///
+    /// Returns false and changes nothing when there is nothing to move: a
+    /// one-shot timer whose callback ran or is running (schedule a new one),
+    /// a cancelled timer, a call_soon() handle (it has no deadline), a
+    /// default-constructed handle, or after the reactor's close().
+    /// std::bad_alloc if the heap must grow and cannot (nothing changed);
+    /// std::logic_error from another thread while the reactor runs.
+    bool reschedule_at(std::chrono::steady_clock::time_point when);
+    /// reschedule_at() the reactor's time() plus `delay`, clamped as
+    /// call_later() clamps it.
+    bool reschedule_after(std::chrono::steady_clock::duration delay);
+    /// Any std::chrono duration, converted as call_later() converts it
+    /// (std::invalid_argument for a floating-point NaN).
+    template <class Rep, class Period>
+    bool reschedule_after(std::chrono::duration<Rep, Period> delay) {
+        return reschedule_after(detail::clamp_delay(delay, "TimerHandle::reschedule_after"));
+    }
 
 private:
     friend class Reactor;
@@ -361,6 +393,30 @@ public:
     TimerHandle call_later(std::chrono::duration<Rep, Period> delay, Callback callback) {
         return call_later(detail::clamp_delay(delay, "call_later"), std::move(callback));
     }
+    /// Runs `callback` every `interval`, first once `interval` has passed,
+    /// until the returned handle's cancel() (which its own callback may
+    /// call: it then does not run again).
+    ///
+    /// Fixed rate: the ticks are `start + k * interval` (start is the time of
+    /// this call), so the period does not drift by the callback's own run
+    /// time or the loop's lateness. No catch-up burst: a tick taken late (a
+    /// slow callback, a busy or suspended loop) runs once, as soon as the
+    /// loop gets to it, and the next tick is the first one of the grid still
+    /// ahead of the time the loop read when it took the late one; the ticks
+    /// missed meanwhile are skipped, not run. Never early, like any timer.
+    /// TimerHandle::reschedule_at() moves the grid. Nothing is allocated per
+    /// tick.
+    ///
+    /// std::invalid_argument for an interval of zero or less (a timer due
+    /// in every iteration would spin) and an empty callback; otherwise the
+    /// errors of call_at(). An interval too large for the clock fires never.
+    TimerHandle call_every(Duration interval, Callback callback);
+    /// Any std::chrono duration, rounded up to a tick (std::invalid_argument
+    /// for a NaN).
+    template <class Rep, class Period>
+    TimerHandle call_every(std::chrono::duration<Rep, Period> interval, Callback callback) {
+        return call_every(detail::clamp_delay(interval, "call_every"), std::move(callback));
+    }
     /// The reactor's clock now.
     [[nodiscard]] TimePoint time() const;
 
@@ -471,6 +527,7 @@ public:
 private:
     friend class TimerHandle;
     friend class detail::FdWatch;
+    TimerHandle schedule_timer(TimePoint when, Callback callback, Duration interval, std::string_view operation);
     friend class detail::CloseHook;
     struct Impl;
 

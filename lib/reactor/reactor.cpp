@@ -262,8 +262,9 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    deadline. No timer, no clock read: a loop of I/O alone never pays
     //    for one.
     impl.due.clear();
+    TimePoint now{};
     if (impl.scheduler.timer_count() != 0) {
-        const TimePoint now = impl.now();
+        now = impl.now();
         while (const auto due = impl.scheduler.pop_due(now)) {
             impl.due.push_back(*due);
         }
@@ -319,9 +320,13 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         if (index + prefetch_distance < due_count) {
             impl.scheduler.prefetch(impl.due[index + prefetch_distance]);
         }
-        if (Callback callback = impl.scheduler.take(impl.due[index])) {
+        bool repeating = false;
+        if (Callback callback = impl.scheduler.take(impl.due[index], &repeating)) {
             invoke(callback);
             ++ran;
+            if (repeating) [[unlikely]] {
+                impl.scheduler.finish_repeat(impl.due[index], std::move(callback), now);
+            }
         }
     }
 
@@ -515,9 +520,21 @@ TimerHandle Reactor::call_later(Duration delay, Callback callback) {
 }
 
 TimerHandle Reactor::call_at(TimePoint when, Callback callback) {
-    check_usable("call_at");
-    detail::require_callback(callback, "call_at");
-    const auto id = impl_->scheduler.add_timer(when, std::move(callback));
+    return schedule_timer(when, std::move(callback), Duration::zero(), "call_at");
+}
+
+TimerHandle Reactor::call_every(Duration interval, Callback callback) {
+    check_usable("call_every");
+    if (interval <= Duration::zero()) {
+        throw std::invalid_argument("call_every: the interval must be positive");
+    }
+    return schedule_timer(detail::deadline_after(impl_->now(), interval), std::move(callback), interval, "call_every");
+}
+
+TimerHandle Reactor::schedule_timer(TimePoint when, Callback callback, Duration interval, std::string_view operation) {
+    check_usable(operation);
+    detail::require_callback(callback, operation);
+    const auto id = impl_->scheduler.add_timer(when, std::move(callback), interval);
     if (impl_->embed_timer_fd >= 0 && !running_) {
         rearm_embedding();
     }
@@ -557,6 +574,34 @@ bool TimerHandle::cancel() {
     const Callback doomed = std::move(*queued);
     --reactor_->soon_.live;
     return true;
+}
+
+bool TimerHandle::reschedule_at(std::chrono::steady_clock::time_point when) {
+    if (reactor_ == nullptr) {
+        return false;
+    }
+    reactor_->check_thread("TimerHandle::reschedule_at");
+    if (reactor_->closed_ || queued_) {
+        return false;
+    }
+    if (!reactor_->impl_->scheduler.reschedule(timer_id(id_), when)) {
+        return false;
+    }
+    if (reactor_->impl_->embed_timer_fd >= 0 && !reactor_->running_) {
+        reactor_->rearm_embedding();
+    }
+    return true;
+}
+
+bool TimerHandle::reschedule_after(std::chrono::steady_clock::duration delay) {
+    if (reactor_ == nullptr) {
+        return false;
+    }
+    reactor_->check_thread("TimerHandle::reschedule_after");
+    if (reactor_->closed_ || queued_) {
+        return false;
+    }
+    return reschedule_at(detail::deadline_after(reactor_->impl_->now(), delay));
 }
 
 bool TimerHandle::pending() const {
