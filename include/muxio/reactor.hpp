@@ -11,7 +11,9 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 
@@ -235,6 +237,70 @@ struct ReactorOptions {
     /// The clock for time(), call_later() and timers; steady_clock::now when
     /// empty. Tests inject a manual clock here.
     std::function<std::chrono::steady_clock::time_point()> clock;
+    /// Debug mode (asyncio's): when set, every callback that runs for this
+    /// long or longer is logged as a warning through the `muxio` logger,
+    /// naming what it was registered for (see CallbackOrigin), and close()
+    /// logs the descriptors still registered. Costs two clock reads per
+    /// callback and per iteration (idle time is measured too). See
+    /// Reactor::set_slow_callback_threshold().
+    std::optional<std::chrono::steady_clock::duration> slow_callback_threshold;
+    /// Measures ReactorMetrics::idle_time without debug mode: two clock
+    /// reads per iteration, around the kernel wait (libuv's
+    /// UV_METRICS_IDLE_TIME). Off by default: the loop then reads the clock
+    /// only when it has timers.
+    bool measure_idle_time = false;
+};
+
+/// What a callback was registered as: told to the exception handler and
+/// named in debug mode's warnings.
+enum class CallbackKind : std::uint8_t {
+    reader,      ///< add_reader(); CallbackOrigin::fd says which descriptor
+    writer,      ///< add_writer(); CallbackOrigin::fd says which descriptor
+    timer,       ///< call_later(), call_at() or call_every()
+    soon,        ///< call_soon()
+    threadsafe,  ///< call_soon_threadsafe() (stop_threadsafe() too)
+    signal,      ///< add_signal_handler(); CallbackOrigin::signo says which signal
+};
+
+/// Names one callback of a reactor.
+struct CallbackOrigin {
+    CallbackKind kind = CallbackKind::soon;  ///< what it was registered as
+    int fd = -1;                             ///< the descriptor of a reader or writer; -1 otherwise
+    int signo = 0;                           ///< the signal of a signal handler; 0 otherwise
+};
+
+/// The origin as words for a log line: "reader of fd 7", "writer of fd 7",
+/// "timer", "call_soon callback", "call_soon_threadsafe callback",
+/// "handler of signal 15".
+[[nodiscard]] std::string describe(const CallbackOrigin& origin);
+
+/// What a reactor holds now (Reactor::stats()); the reactor's own
+/// descriptors (wakeup eventfd, embedding timerfd) are not counted.
+struct ReactorStats {
+    std::size_t descriptors = 0;      ///< descriptors with a reader, a writer or both
+    std::size_t readers = 0;          ///< descriptors with a reader
+    std::size_t writers = 0;          ///< descriptors with a writer
+    std::size_t soon_callbacks = 0;   ///< call_soon() callbacks queued, not run or cancelled
+    std::size_t timers = 0;           ///< timers scheduled, not run or cancelled (call_every(): until cancelled)
+    std::size_t signal_handlers = 0;  ///< signals with a handler
+};
+
+/// Running totals of a reactor's loop (Reactor::metrics()), counted from its
+/// construction. Each field is read atomically; together they are not one
+/// snapshot (a read during an iteration may see one field updated and the
+/// next not yet).
+struct ReactorMetrics {
+    std::uint64_t iterations = 0;     ///< iterations of run() and run_once() completed
+    std::uint64_t callbacks_run = 0;  ///< callbacks run by those iterations
+    /// Time spent blocked in the kernel wait (select). Measured only in debug
+    /// mode or with ReactorOptions::measure_idle_time; zero otherwise.
+    std::chrono::steady_clock::duration idle_time{};
+    /// How late the loop took due timers: the time from the earliest due
+    /// timer's deadline to the clock reading that took it, in the last
+    /// iteration that took any, and the largest ever seen.
+    std::chrono::steady_clock::duration timer_lag_last{};
+    std::chrono::steady_clock::duration timer_lag_max{};  ///< see timer_lag_last
+    std::uint64_t slow_callbacks = 0;                     ///< callbacks debug mode logged as slow
 };
 
 /// An event loop in the model of asyncio's selector loop.
@@ -291,6 +357,8 @@ public:
     using Duration = Clock::duration;         ///< A delay, in steady_clock's ticks.
     /// Receives an exception that escaped a callback.
     using ExceptionHandler = std::function<void(std::exception_ptr)>;
+    /// Receives an exception that escaped a callback, and which callback it was.
+    using OriginExceptionHandler = std::function<void(std::exception_ptr, const CallbackOrigin&)>;
 
     /// Creates the selector (std::system_error if the kernel refuses every
     /// mechanism, std::invalid_argument for an unknown name) and the wakeup
@@ -495,8 +563,33 @@ public:
 
     /// Replaces the handler of exceptions escaping callbacks; an empty
     /// function restores the default, which logs the exception through the
-    /// `muxio` logger and goes on. Other callbacks of the iteration still run.
+    /// `muxio` logger, naming the callback (e.g. "reactor: exception in
+    /// reader of fd 7: ..."), and goes on. Other callbacks of the iteration
+    /// still run. An exception the handler itself throws goes to the
+    /// default. A call_every() timer whose callback throws keeps repeating.
     void set_exception_handler(ExceptionHandler handler);
+    /// Like the other overload; the handler is also told which callback
+    /// threw (its kind, and its fd or signal number).
+    void set_exception_handler(OriginExceptionHandler handler);
+    /// Restores the default handler.
+    void set_exception_handler(std::nullptr_t /*none*/) { set_exception_handler(ExceptionHandler{}); }
+
+    // ----- Introspection and debugging ---------------------------------------
+
+    /// Counts of registered descriptors, queued callbacks and timers, kept
+    /// as the reactor changes (no walk over its tables). Thread rules as for
+    /// has_reader(): the loop's thread while it runs, any one thread when it
+    /// does not. All zero once closed.
+    [[nodiscard]] ReactorStats stats() const;
+    /// The loop's running totals. Any thread, any time until the reactor is
+    /// destroyed, also while it runs and after close(): the loop stores each
+    /// field atomically, with no system call and no clock read of its own
+    /// (see ReactorMetrics::idle_time).
+    [[nodiscard]] ReactorMetrics metrics() const noexcept;
+    /// Turns debug mode on (a threshold) or off (nullopt); see
+    /// ReactorOptions::slow_callback_threshold. The loop's thread while it
+    /// runs; takes effect from the next callback.
+    void set_slow_callback_threshold(std::optional<Duration> threshold);
 
     // ----- Embedding --------------------------------------------------------
 
@@ -577,8 +670,11 @@ private:
     [[gnu::cold]] void notify_close_hooks(detail::CloseHook& sentinel) noexcept;
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
     std::size_t dispatch_io(std::uint64_t token, Events events);
-    void invoke(Callback& callback) noexcept;
-    void report(std::exception_ptr error) noexcept;
+    void invoke(Callback& callback, CallbackKind kind) noexcept;
+    [[gnu::noinline]] void invoke_timed(Callback& callback, CallbackKind kind) noexcept;
+    [[gnu::cold, gnu::noinline]] void report(std::exception_ptr error, CallbackKind kind) noexcept;
+    [[nodiscard]] CallbackOrigin origin_of(CallbackKind kind) const noexcept;
+    [[gnu::cold]] void report_still_registered() const noexcept;
     void add_handler(int fd, Events side, Callback callback);
     // Swaps the callback of a side `fd` has, and nothing else: no system
     // call, no new token. For FdWatch, whose callbacks point at it and follow
@@ -596,6 +692,7 @@ private:
     detail::SoonQueue soon_;
     std::uint64_t fork_generation_ = 0;
     bool embedded_ = false;  // embed_fd() was called: queuing work re-arms its timer
+    bool debug_ = false;     // a slow-callback threshold is set: callbacks are timed
     bool running_ = false;   // the loop thread's own view of whether owner_ is set
     // The detail::this_thread_tag() of the thread in run() or run_once(),
     // or null when none is.

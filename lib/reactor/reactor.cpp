@@ -32,13 +32,31 @@ namespace muxio {
 std::atomic<std::uint64_t> detail::fork_generation{0};
 std::atomic<detail::WakeupFault> detail::wakeup_fault{nullptr};
 
-void detail::default_exception_handler(std::exception_ptr error) {
+std::string describe(const CallbackOrigin& origin) {
+    switch (origin.kind) {
+        case CallbackKind::reader:
+            return fmt::format("reader of fd {}", origin.fd);
+        case CallbackKind::writer:
+            return fmt::format("writer of fd {}", origin.fd);
+        case CallbackKind::timer:
+            return "timer";
+        case CallbackKind::soon:
+            return "call_soon callback";
+        case CallbackKind::threadsafe:
+            return "call_soon_threadsafe callback";
+        case CallbackKind::signal:
+            return fmt::format("handler of signal {}", origin.signo);
+    }
+    return "callback";
+}
+
+void detail::default_exception_handler(std::exception_ptr error, const CallbackOrigin& origin) {
     try {
         std::rethrow_exception(std::move(error));
     } catch (const std::exception& e) {
-        logger().error("reactor: exception in callback: {}", e.what());
+        logger().error("reactor: exception in {}: {}", describe(origin), e.what());
     } catch (...) {
-        logger().error("reactor: unknown exception in callback");
+        logger().error("reactor: unknown exception in {}", describe(origin));
     }
 }
 
@@ -72,6 +90,13 @@ std::uint64_t current_fork_generation(void (*in_child)()) {
 // may run another reactor); see Reactor::after_fork_in_child().
 thread_local Reactor* innermost_run = nullptr;
 
+void note_timer_lag(detail::LoopMetrics& metrics, Reactor::Duration lag) noexcept {
+    metrics.timer_lag_last.store(lag.count(), std::memory_order_relaxed);
+    if (lag.count() > metrics.timer_lag_max.load(std::memory_order_relaxed)) {
+        metrics.timer_lag_max.store(lag.count(), std::memory_order_relaxed);
+    }
+}
+
 constexpr std::uint64_t timer_token(detail::Scheduler::Id id) noexcept {
     return (std::uint64_t{id.generation} << 32U) | id.slot;
 }
@@ -85,6 +110,8 @@ constexpr detail::Scheduler::Id timer_id(std::uint64_t token) noexcept {
 
 Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     impl_->clock = std::move(options.clock);
+    impl_->measure_idle = options.measure_idle_time;
+    set_slow_callback_threshold(options.slow_callback_threshold);
     fork_generation_ = current_fork_generation(&Reactor::after_fork_in_child);
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
@@ -237,7 +264,13 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    threadsafe callbacks and signal handlers join this iteration. The
     //    ready span stays valid through step 4: nothing else selects. Its
     //    entries are unchecked; dispatch_io() looks each one up.
+    const std::size_t ran_before = ran;
+    const bool timing_wait = debug_ || impl.measure_idle;
+    const TimePoint wait_began = timing_wait ? impl.now() : TimePoint{};
     const auto ready = detail::select_tokens(*impl.selector, wait);
+    if (timing_wait) [[unlikely]] {
+        detail::LoopMetrics::add(impl.metrics.idle_time, (impl.now() - wait_began).count());
+    }
     for (const detail::PollEvent& entry : ready) {
         const int fd = detail::RegistrationToken::fd(entry.token);
         if (fd == impl.wake_fd) {
@@ -265,6 +298,9 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     TimePoint now{};
     if (impl.scheduler.timer_count() != 0) {
         now = impl.now();
+        if (const TimePoint earliest = *impl.scheduler.next_deadline(); earliest <= now) {
+            note_timer_lag(impl.metrics, detail::time_until(now, earliest));
+        }
         while (const auto due = impl.scheduler.pop_due(now)) {
             impl.due.push_back(*due);
         }
@@ -283,7 +319,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
             Callback& callback = impl.running_batch.pop_in_place();
             if (callback) {
                 --soon_.live;
-                invoke(callback);
+                invoke(callback, CallbackKind::soon);
                 callback = nullptr;
                 ++ran;
             }
@@ -293,7 +329,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         // Run in place: only drain_wakeups() touches incoming_spare, and not
         // before the next select.
         for (Callback& callback : impl.incoming_spare) {
-            invoke(callback);
+            invoke(callback, CallbackKind::threadsafe);
             ++ran;
         }
         impl.incoming_spare.clear();
@@ -322,7 +358,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         }
         bool repeating = false;
         if (Callback callback = impl.scheduler.take(impl.due[index], &repeating)) {
-            invoke(callback);
+            invoke(callback, CallbackKind::timer);
             ++ran;
             if (repeating) [[unlikely]] {
                 impl.scheduler.finish_repeat(impl.due[index], std::move(callback), now);
@@ -333,13 +369,54 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     if (impl.embed_timer_fd >= 0) {
         rearm_embedding();
     }
+    detail::LoopMetrics::add(impl.metrics.iterations, std::uint64_t{1});
+    detail::LoopMetrics::add(impl.metrics.callbacks_run, static_cast<std::uint64_t>(ran - ran_before));
 }
 
-void Reactor::report(std::exception_ptr error) noexcept {
+CallbackOrigin Reactor::origin_of(CallbackKind kind) const noexcept {
+    CallbackOrigin origin{kind};
+    if (kind == CallbackKind::reader || kind == CallbackKind::writer) {
+        origin.fd = impl_->running_fd;
+    } else if (kind == CallbackKind::signal) {
+        origin.signo = impl_->running_signal;
+    }
+    return origin;
+}
+
+void Reactor::report(std::exception_ptr error, CallbackKind kind) noexcept {
+    const CallbackOrigin origin = origin_of(kind);
     try {
-        impl_->exception_handler(std::move(error));
+        impl_->exception_handler(std::move(error), origin);
     } catch (...) {
-        detail::default_exception_handler(std::current_exception());
+        detail::default_exception_handler(std::current_exception(), origin);
+    }
+}
+
+// Debug mode's invoke(): the callback between two clock readings. A signal
+// handler runs inside a call_soon callback of the reactor's own; only the
+// innermost slow callback is reported, under its own name.
+void Reactor::invoke_timed(Callback& callback, CallbackKind kind) noexcept {
+    Impl& impl = *impl_;
+    const CallbackOrigin origin = origin_of(kind);  // before it runs: it may change its registration
+    impl.slow_reported = false;
+    TimePoint began{};
+    try {
+        began = impl.now();
+        callback();
+    } catch (...) {
+        report(std::current_exception(), kind);
+    }
+    try {
+        const Duration took = detail::time_until(impl.now(), began);
+        if (took >= impl.slow_threshold && !impl.slow_reported) {
+            impl.slow_reported = true;
+            detail::LoopMetrics::add(impl.metrics.slow_callbacks, std::uint64_t{1});
+            logger().warn("reactor: slow callback: {} took {:.3f} ms (threshold {:.3f} ms)", describe(origin),
+                          std::chrono::duration<double, std::milli>{took}.count(),
+                          std::chrono::duration<double, std::milli>{impl.slow_threshold}.count());
+        }
+    } catch (...) {
+        // A clock or a logger that throws: debugging output is not worth the callback's iteration.
     }
 }
 
@@ -386,8 +463,11 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
         (side == EVENT_READ ? handlers.reader : handlers.writer) = std::move(callback);
         impl.selector->register_(fd, side, std::move(handlers));
         impl.touching(fd, side);
+        ++impl.descriptor_count;
+        ++impl.side_count(side);
         return;
     }
+    const bool had_side = key->events.contains(side);
     // Registered anew even when only a callback is replaced: the fd may have
     // been closed and its number reused without telling the reactor, and the
     // kernel would then watch the old file, or nothing, for the new reader.
@@ -395,6 +475,9 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
     // closed fd this throws EBADF and changes nothing.
     impl.selector->reregister(fd, key->events | side);
     impl.touching(fd, side);
+    if (!had_side) {
+        ++impl.side_count(side);
+    }
     if (fd == impl.running_fd) {
         impl.running_renewed = true;  // the running callback goes back under the new token
         impl.renewed_token = detail::token_of(*impl.selector, *key);
@@ -434,6 +517,8 @@ bool Reactor::remove_handler(int fd, Events side) {
     const Events remaining = key->events & ~side;
     if (remaining.empty()) {
         impl.touching(fd, side);
+        --impl.descriptor_count;
+        --impl.side_count(side);
         // The returned key, and the callbacks in it, die here.
         (void)impl.selector->unregister(fd);
         return true;
@@ -459,6 +544,9 @@ bool Reactor::remove_handler(int fd, Events side) {
         // part of the registration: the fd goes, removal must work after a
         // close all the same.
         if (error.code() == std::errc::bad_file_descriptor) {
+            --impl.descriptor_count;
+            --impl.side_count(side);
+            --impl.side_count(remaining);
             (void)impl.selector->unregister(fd);
             return true;
         }
@@ -469,6 +557,7 @@ bool Reactor::remove_handler(int fd, Events side) {
         impl.running_replaced = was_replaced;
         throw;
     }
+    --impl.side_count(side);
     return true;
 }
 
@@ -543,6 +632,42 @@ TimerHandle Reactor::schedule_timer(TimePoint when, Callback callback, Duration 
 
 Reactor::TimePoint Reactor::time() const {
     return impl_->now();
+}
+
+ReactorStats Reactor::stats() const {
+    check_thread("stats");
+    ReactorStats stats;
+    if (closed_) {
+        return stats;
+    }
+    const Impl& impl = *impl_;
+    stats.descriptors = impl.descriptor_count;
+    stats.readers = impl.reader_count;
+    stats.writers = impl.writer_count;
+    stats.soon_callbacks = soon_.live;
+    stats.timers = impl.scheduler.size();
+    for (const Callback& handler : impl.signal_handlers) {
+        stats.signal_handlers += handler ? 1U : 0U;
+    }
+    return stats;
+}
+
+ReactorMetrics Reactor::metrics() const noexcept {
+    const detail::LoopMetrics& totals = impl_->metrics;
+    ReactorMetrics metrics;
+    metrics.iterations = totals.iterations.load(std::memory_order_relaxed);
+    metrics.callbacks_run = totals.callbacks_run.load(std::memory_order_relaxed);
+    metrics.idle_time = Duration{totals.idle_time.load(std::memory_order_relaxed)};
+    metrics.timer_lag_last = Duration{totals.timer_lag_last.load(std::memory_order_relaxed)};
+    metrics.timer_lag_max = Duration{totals.timer_lag_max.load(std::memory_order_relaxed)};
+    metrics.slow_callbacks = totals.slow_callbacks.load(std::memory_order_relaxed);
+    return metrics;
+}
+
+void Reactor::set_slow_callback_threshold(std::optional<Duration> threshold) {
+    check_thread("set_slow_callback_threshold");
+    debug_ = threshold.has_value();
+    impl_->slow_threshold = threshold.value_or(Duration::zero());
 }
 
 std::size_t Reactor::scheduled_count() const {
@@ -649,6 +774,9 @@ void Reactor::close() {
     // pending await, a socket's reader) is forgotten rather than asked of the
     // shared epoll or io_uring instance.
     const bool inherited = forked_away();
+    if (debug_) {
+        report_still_registered();
+    }
     if (!inherited) {
         // Spawned tasks' frames go first, while the reactor still works:
         // their pending awaits remove their registrations.
@@ -695,6 +823,9 @@ void Reactor::close() {
         impl.selector->close();
     }
     impl.scheduler.clear();
+    impl.descriptor_count = 0;
+    impl.reader_count = 0;
+    impl.writer_count = 0;
     soon_.queue.clear();
     impl.running_batch.clear();
     soon_.live = 0;
@@ -724,7 +855,41 @@ void Reactor::notify_close_hooks(detail::CloseHook& sentinel) noexcept {
 
 void Reactor::set_exception_handler(ExceptionHandler handler) {
     check_thread("set_exception_handler");
-    impl_->exception_handler = handler ? std::move(handler) : ExceptionHandler{detail::default_exception_handler};
+    if (!handler) {
+        impl_->exception_handler = detail::default_exception_handler;
+        return;
+    }
+    impl_->exception_handler = [handler = std::move(handler)](std::exception_ptr error, const CallbackOrigin&) {
+        handler(std::move(error));
+    };
+}
+
+void Reactor::set_exception_handler(OriginExceptionHandler handler) {
+    check_thread("set_exception_handler");
+    impl_->exception_handler = handler ? std::move(handler) : OriginExceptionHandler{detail::default_exception_handler};
+}
+
+void Reactor::report_still_registered() const noexcept {
+    try {
+        const Impl& impl = *impl_;
+        for (const auto& key : impl.selector->get_map()) {
+            if (key.fd == impl.wake_fd || key.fd == impl.embed_timer_fd) {
+                continue;
+            }
+            const char* sides = key.events == (EVENT_READ | EVENT_WRITE) ? "a reader and a writer"
+                                : key.events.contains(EVENT_READ)        ? "a reader"
+                                                                         : "a writer";
+            logger().warn("reactor: close: fd {} still has {}", key.fd, sides);
+        }
+        if (const std::size_t timers = impl.scheduler.size(); timers != 0) {
+            logger().warn("reactor: close: {} timer(s) still scheduled", timers);
+        }
+        if (soon_.live != 0) {
+            logger().warn("reactor: close: {} call_soon callback(s) still queued", soon_.live);
+        }
+    } catch (...) {
+        // Logging only: close() goes on whatever happens here.
+    }
 }
 
 std::string_view Reactor::selector_name() const noexcept {

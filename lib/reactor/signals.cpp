@@ -103,7 +103,8 @@ void Reactor::run_signal_handler(int signo) {
     }
     // Same precaution as for fd callbacks: the handler may remove itself.
     Callback running = std::move(slot);
-    invoke(running);
+    impl_->running_signal = signo;
+    invoke(running, CallbackKind::signal);
     if (!slot && impl_->previous_actions[static_cast<std::size_t>(signo)]) {
         slot = std::move(running);
     }
