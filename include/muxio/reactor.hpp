@@ -390,6 +390,26 @@ public:
     void add_reader(int fd, Callback callback);
     /// Like add_reader() for writability.
     void add_writer(int fd, Callback callback);
+    /// add_reader() that reports a failure in `ec` instead of throwing
+    /// (asio's convention); `ec` is cleared on success. On any failure the
+    /// reactor is exactly as before (a callback being replaced stays) and
+    /// `callback` is destroyed before the call returns: it never runs.
+    ///
+    /// - std::errc::invalid_argument: a negative `fd`, one of the reactor's
+    ///   own descriptors, or an empty `callback` (what the throwing form
+    ///   reports as std::invalid_argument).
+    /// - the kernel's error, in std::system_category(): e.g. EBADF for a
+    ///   closed `fd`, ENOMEM.
+    /// - std::errc::not_enough_memory: an allocation failed.
+    /// - std::errc::operation_canceled: the reactor is closed.
+    /// - std::errc::operation_not_permitted: a call from another thread
+    ///   while the reactor runs, or in a process forked after the reactor
+    ///   was made. Programming errors, which the throwing form reports as
+    ///   std::logic_error; here they are codes too, since this form never
+    ///   throws.
+    void add_reader(int fd, Callback callback, std::error_code& ec) noexcept;
+    /// Like the add_reader() above for writability.
+    void add_writer(int fd, Callback callback, std::error_code& ec) noexcept;
     /// Removes the reader of `fd`; returns whether there was one. The fd is
     /// unregistered when it has neither reader nor writer. A callback removed
     /// during an iteration is not called again in that iteration.
@@ -415,6 +435,16 @@ public:
     bool remove_reader(int fd);
     /// Like remove_reader() for the writer (a refusal keeps both sides too).
     bool remove_writer(int fd);
+    /// remove_reader() that reports a refusal in `ec` instead of throwing;
+    /// `ec` is cleared on success. Returns whether a reader was removed
+    /// (false whenever `ec` is set; nothing changed then). The kernel's
+    /// error in std::system_category(), std::errc::not_enough_memory, or
+    /// std::errc::operation_not_permitted from another thread while the
+    /// reactor runs or in a forked child. A closed reactor or a negative fd
+    /// is no error: false, as remove_reader() returns.
+    bool remove_reader(int fd, std::error_code& ec) noexcept;
+    /// Like the remove_reader() above for the writer.
+    bool remove_writer(int fd, std::error_code& ec) noexcept;
     /// True if `fd` has a reader now (added and not removed). False for a
     /// negative fd, the reactor's own descriptors, and once the reactor is
     /// closed. Lets a caller refuse to replace someone else's reader, as the
@@ -504,6 +534,24 @@ public:
     void call_soon_threadsafe(Callback callback);
     /// stop(), from any thread.
     void stop_threadsafe();
+    /// Wakes the loop from a signal handler of the caller's own (one
+    /// installed with sigaction(2), where add_signal_handler() does not
+    /// fit). Async-signal-safe: it only loads a few atomics and write(2)s
+    /// to the reactor's wakeup eventfd, and it leaves errno as it found it.
+    /// Any thread, any time; never blocks, never throws, allocates nothing.
+    ///
+    /// The loop's current wait, or its next one, returns at once; that
+    /// iteration runs what is due as usual (run_once() may return 0) and
+    /// the caller's own flag, set by its handler before this call, tells
+    /// the loop's owner why it woke. Wakeups coalesce with each other and
+    /// with call_soon_threadsafe()'s. A write the kernel refuses (a full
+    /// counter is no refusal) is not retried: nothing in a signal handler
+    /// could report it.
+    ///
+    /// Does nothing once close() has begun, or in a process forked after
+    /// the reactor was made. The reactor must still exist: uninstall the
+    /// handler, or make it forget the reactor, before destroying it.
+    void wakeup_from_signal() const noexcept;
 
     // ----- Signals ----------------------------------------------------------
 
@@ -668,14 +716,29 @@ private:
     // pthread_atfork's child handler.
     [[gnu::cold]] static void after_fork_in_child() noexcept;
     [[gnu::cold]] void notify_close_hooks(detail::CloseHook& sentinel) noexcept;
+    // Debug mode and idle-time measurement run another instantiation of the
+    // loop (Timed), so that the plain one carries none of their checks.
+    void run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
+        if (timed_) [[unlikely]] {
+            run_iteration<true>(timeout, ran);
+        } else {
+            run_iteration<false>(timeout, ran);
+        }
+    }
+    template <bool Timed>
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
+    template <bool Timed>
     std::size_t dispatch_io(std::uint64_t token, Events events);
+    template <bool Timed>
     void invoke(Callback& callback, CallbackKind kind) noexcept;
     [[gnu::noinline]] void invoke_timed(Callback& callback, CallbackKind kind) noexcept;
     [[gnu::cold, gnu::noinline]] void report(std::exception_ptr error, CallbackKind kind) noexcept;
     [[nodiscard]] CallbackOrigin origin_of(CallbackKind kind) const noexcept;
     [[gnu::cold]] void report_still_registered() const noexcept;
     void add_handler(int fd, Events side, Callback callback);
+    void add_handler(int fd, Events side, Callback callback, std::error_code& ec) noexcept;
+    bool remove_handler(int fd, Events side, std::error_code& ec) noexcept;
+    [[nodiscard]] std::errc misuse() const noexcept;
     // Swaps the callback of a side `fd` has, and nothing else: no system
     // call, no new token. For FdWatch, whose callbacks point at it and follow
     // it when it moves. std::logic_error if `fd` has no such side.
@@ -693,6 +756,7 @@ private:
     std::uint64_t fork_generation_ = 0;
     bool embedded_ = false;  // embed_fd() was called: queuing work re-arms its timer
     bool debug_ = false;     // a slow-callback threshold is set: callbacks are timed
+    bool timed_ = false;     // debug_, or idle time measured: the loop reads the clock around its wait
     bool running_ = false;   // the loop thread's own view of whether owner_ is set
     // The detail::this_thread_tag() of the thread in run() or run_once(),
     // or null when none is.

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
@@ -121,6 +122,7 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     }
     impl_->selector->register_(wake.get(), EVENT_READ);
     impl_->wake_fd = wake.release();  // close() closes it from here on
+    impl_->signal_wake_fd.store(impl_->wake_fd, std::memory_order_release);
 }
 
 Reactor::~Reactor() {
@@ -243,6 +245,7 @@ std::size_t Reactor::run_once(std::optional<Duration> timeout) {
     return ran;
 }
 
+template <bool Timed>
 void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     Impl& impl = *impl_;
 
@@ -265,11 +268,13 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    ready span stays valid through step 4: nothing else selects. Its
     //    entries are unchecked; dispatch_io() looks each one up.
     const std::size_t ran_before = ran;
-    const bool timing_wait = debug_ || impl.measure_idle;
-    const TimePoint wait_began = timing_wait ? impl.now() : TimePoint{};
+    TimePoint wait_began{};
+    if constexpr (Timed) {
+        wait_began = impl.now();
+    }
     const auto ready = detail::select_tokens(*impl.selector, wait);
-    if (timing_wait) [[unlikely]] {
-        detail::LoopMetrics::add(impl.metrics.idle_time, (impl.now() - wait_began).count());
+    if constexpr (Timed) {
+        detail::LoopMetrics::add(impl.metrics.idle_time, detail::time_until(impl.now(), wait_began).count());
     }
     for (const detail::PollEvent& entry : ready) {
         const int fd = detail::RegistrationToken::fd(entry.token);
@@ -295,9 +300,9 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    deadline. No timer, no clock read: a loop of I/O alone never pays
     //    for one.
     impl.due.clear();
-    TimePoint now{};
     if (impl.scheduler.timer_count() != 0) {
-        now = impl.now();
+        const TimePoint now = impl.now();
+        impl.timers_taken_at = now;
         if (const TimePoint earliest = *impl.scheduler.next_deadline(); earliest <= now) {
             note_timer_lag(impl.metrics, detail::time_until(now, earliest));
         }
@@ -319,7 +324,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
             Callback& callback = impl.running_batch.pop_in_place();
             if (callback) {
                 --soon_.live;
-                invoke(callback, CallbackKind::soon);
+                invoke<Timed>(callback, CallbackKind::soon);
                 callback = nullptr;
                 ++ran;
             }
@@ -329,7 +334,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         // Run in place: only drain_wakeups() touches incoming_spare, and not
         // before the next select.
         for (Callback& callback : impl.incoming_spare) {
-            invoke(callback, CallbackKind::threadsafe);
+            invoke<Timed>(callback, CallbackKind::threadsafe);
             ++ran;
         }
         impl.incoming_spare.clear();
@@ -345,7 +350,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         const detail::PollEvent& entry = ready[index];
         const int fd = detail::RegistrationToken::fd(entry.token);
         if (fd != impl.wake_fd && fd != impl.embed_timer_fd) {
-            ran += dispatch_io(entry.token, entry.events);
+            ran += dispatch_io<Timed>(entry.token, entry.events);
         }
     }
     // A few timers ahead are fetched while one runs: in a large heap each
@@ -358,10 +363,10 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         }
         bool repeating = false;
         if (Callback callback = impl.scheduler.take(impl.due[index], &repeating)) {
-            invoke(callback, CallbackKind::timer);
+            invoke<Timed>(callback, CallbackKind::timer);
             ++ran;
             if (repeating) [[unlikely]] {
-                impl.scheduler.finish_repeat(impl.due[index], std::move(callback), now);
+                impl.scheduler.finish_repeat(impl.due[index], std::move(callback), impl.timers_taken_at);
             }
         }
     }
@@ -423,6 +428,7 @@ void Reactor::invoke_timed(Callback& callback, CallbackKind kind) noexcept {
 // Inlined into the loop, with run_handler(): after the callback's system
 // calls every return up to the loop mispredicts (perf puts the dispatch's
 // samples on the instructions after calls), so fewer frames cost less.
+template <bool Timed>
 [[gnu::always_inline]] inline std::size_t Reactor::dispatch_io(std::uint64_t token, Events events) {
     Impl& impl = *impl_;
     // Checked before each callback: an earlier one of this iteration may
@@ -432,13 +438,13 @@ void Reactor::invoke_timed(Callback& callback, CallbackKind kind) noexcept {
     std::size_t ran = 0;
     if (detail::watched(key, events).contains(EVENT_READ)) {
         ++ran;
-        if (!impl.run_handler(*this, *key, EVENT_READ, token)) {
+        if (!impl.run_handler<Timed>(*this, *key, EVENT_READ, token)) {
             key = detail::find_current(*impl.selector, token);
         }
     }
     if (detail::watched(key, events).contains(EVENT_WRITE)) {
         ++ran;
-        impl.run_handler(*this, *key, EVENT_WRITE, token);
+        impl.run_handler<Timed>(*this, *key, EVENT_WRITE, token);
     }
     return ran;
 }
@@ -587,6 +593,84 @@ void Reactor::add_reader(int fd, Callback callback) {
 void Reactor::add_writer(int fd, Callback callback) {
     add_handler(fd, EVENT_WRITE, std::move(callback));
 }
+void Reactor::add_reader(int fd, Callback callback, std::error_code& ec) noexcept {
+    add_handler(fd, EVENT_READ, std::move(callback), ec);
+}
+void Reactor::add_writer(int fd, Callback callback, std::error_code& ec) noexcept {
+    add_handler(fd, EVENT_WRITE, std::move(callback), ec);
+}
+bool Reactor::remove_reader(int fd, std::error_code& ec) noexcept {
+    return remove_handler(fd, EVENT_READ, ec);
+}
+bool Reactor::remove_writer(int fd, std::error_code& ec) noexcept {
+    return remove_handler(fd, EVENT_WRITE, ec);
+}
+
+// Why a reactor refuses work, as the error_code forms report it; errc{}
+// when it does not.
+std::errc Reactor::misuse() const noexcept {
+    if (!on_loop_thread() || forked_away()) {
+        return std::errc::operation_not_permitted;
+    }
+    if (closed_) {
+        return std::errc::operation_canceled;
+    }
+    return std::errc{};
+}
+
+namespace {
+
+// What the throwing forms throw, as a code: the selector below reports the
+// kernel's refusals by exception.
+std::error_code code_of_current_exception() noexcept {
+    try {
+        throw;
+    } catch (const std::system_error& error) {
+        return error.code();
+    } catch (const std::bad_alloc&) {
+        return std::make_error_code(std::errc::not_enough_memory);
+    } catch (const std::invalid_argument&) {
+        return std::make_error_code(std::errc::invalid_argument);
+    } catch (const std::logic_error&) {
+        return std::make_error_code(std::errc::operation_not_permitted);
+    } catch (...) {
+        return std::make_error_code(std::errc::io_error);
+    }
+}
+
+}  // namespace
+
+void Reactor::add_handler(int fd, Events side, Callback callback, std::error_code& ec) noexcept {
+    ec.clear();
+    if (const std::errc refused = misuse(); refused != std::errc{}) {
+        ec = std::make_error_code(refused);
+        return;
+    }
+    if (fd < 0 || !callback || fd == impl_->wake_fd || fd == impl_->embed_timer_fd) {
+        ec = std::make_error_code(std::errc::invalid_argument);
+        return;
+    }
+    try {
+        add_handler(fd, side, std::move(callback));
+    } catch (...) {
+        ec = code_of_current_exception();
+    }
+}
+
+bool Reactor::remove_handler(int fd, Events side, std::error_code& ec) noexcept {
+    ec.clear();
+    if (!on_loop_thread() || (!closed_ && fd >= 0 && forked_away())) {
+        ec = std::make_error_code(std::errc::operation_not_permitted);
+        return false;
+    }
+    try {
+        return remove_handler(fd, side);
+    } catch (...) {
+        ec = code_of_current_exception();
+        return false;
+    }
+}
+
 bool Reactor::remove_reader(int fd) {
     return remove_handler(fd, EVENT_READ);
 }
@@ -667,6 +751,7 @@ ReactorMetrics Reactor::metrics() const noexcept {
 void Reactor::set_slow_callback_threshold(std::optional<Duration> threshold) {
     check_thread("set_slow_callback_threshold");
     debug_ = threshold.has_value();
+    timed_ = debug_ || impl_->measure_idle;
     impl_->slow_threshold = threshold.value_or(Duration::zero());
 }
 
@@ -802,8 +887,10 @@ void Reactor::close() {
             never_run.swap(impl.incoming);
         }
     }
-    while (!inherited && impl.wakers.load(std::memory_order_acquire) != 0) {
-        std::this_thread::yield();  // a call_soon_threadsafe() is still writing to wake_fd
+    impl.signal_wake_fd.store(-1, std::memory_order_release);
+    while (!inherited && (impl.wakers.load(std::memory_order_acquire) != 0 ||
+                          impl.signal_wakers.load(std::memory_order_acquire) != 0)) {
+        std::this_thread::yield();  // a call_soon_threadsafe() or wakeup_from_signal() is still writing to wake_fd
     }
     // Destroyed outside the lock: a capture's destructor may call
     // call_soon_threadsafe() and get its logic_error instead of a deadlock.

@@ -145,8 +145,9 @@ struct Reactor::Impl {
 
     // Debug mode (Reactor::debug_ says whether it is on).
     Duration slow_threshold{};
-    bool slow_reported = false;  // a callback nested in the one timed now was reported
-    bool measure_idle = false;   // ReactorOptions::measure_idle_time
+    bool slow_reported = false;   // a callback nested in the one timed now was reported
+    bool measure_idle = false;    // ReactorOptions::measure_idle_time
+    TimePoint timers_taken_at{};  // the clock reading that took this iteration's due timers
     detail::LoopMetrics metrics;
 
     // Embedding: a timerfd in the selector, armed so the selector's own
@@ -172,6 +173,12 @@ struct Reactor::Impl {
     std::uint64_t incoming_takes = 0;       // guarded by incoming_mutex: times `incoming` was taken
     std::atomic<int> wakers{0};             // call_soon_threadsafe() calls writing to wake_fd now
     std::uint64_t missed_wakeups_seen = 0;  // the loop's last look at missed_wakeups
+    // wakeup_from_signal()'s view of wake_fd: -1 once close() began. Lock-free,
+    // so a signal handler may read it; close() waits for signal_wakers to drop
+    // to zero before it closes the descriptor.
+    std::atomic<int> signal_wake_fd{-1};
+    std::atomic<int> signal_wakers{0};
+    static_assert(std::atomic<int>::is_always_lock_free, "wakeup_from_signal() needs lock-free atomics");
 
     // Signals handled by this reactor and what was installed before. Last:
     // 14 KiB that would otherwise part the fields a dispatch reads.
@@ -200,6 +207,7 @@ struct Reactor::Impl {
     // fd's registration without a new lookup: true unless the callback
     // touched it. The keys live at stable addresses, so an untouched key
     // needs neither a second lookup nor a check.
+    template <bool Timed>
     [[gnu::always_inline]] bool run_handler(Reactor& reactor, const Key& key, Events side, std::uint64_t token) {
         Callback& slot = side == EVENT_READ ? key.data.reader : key.data.writer;
         // Moved out while it runs, so that replacing or removing itself (or
@@ -209,7 +217,7 @@ struct Reactor::Impl {
         running_side = side;
         running_touched = false;
         running_replaced = false;
-        reactor.invoke(running, side == EVENT_READ ? CallbackKind::reader : CallbackKind::writer);
+        reactor.invoke<Timed>(running, side == EVENT_READ ? CallbackKind::reader : CallbackKind::writer);
         running_fd = -1;
         if (!running_touched) {
             slot.assign_to_empty(std::move(running));
@@ -229,10 +237,13 @@ struct Reactor::Impl {
 // In the header so that the loop and the signal dispatch both inline it:
 // the exception wrapper costs no call around every callback. `kind` is a
 // constant at each call site, used only on the cold paths.
+template <bool Timed>
 [[gnu::always_inline]] inline void Reactor::invoke(Callback& callback, CallbackKind kind) noexcept {
-    if (debug_) [[unlikely]] {
-        invoke_timed(callback, kind);
-        return;
+    if constexpr (Timed) {
+        if (debug_) {
+            invoke_timed(callback, kind);
+            return;
+        }
     }
     try {
         callback();
