@@ -237,18 +237,6 @@ struct ReactorOptions {
     /// The clock for time(), call_later() and timers; steady_clock::now when
     /// empty. Tests inject a manual clock here.
     std::function<std::chrono::steady_clock::time_point()> clock;
-    /// Debug mode (asyncio's): when set, every callback that runs for this
-    /// long or longer is logged as a warning through the `muxio` logger,
-    /// naming what it was registered for (see CallbackOrigin), and close()
-    /// logs the descriptors still registered. Costs two clock reads per
-    /// callback and per iteration (idle time is measured too). See
-    /// Reactor::set_slow_callback_threshold().
-    std::optional<std::chrono::steady_clock::duration> slow_callback_threshold;
-    /// Measures ReactorMetrics::idle_time without debug mode: two clock
-    /// reads per iteration, around the kernel wait (libuv's
-    /// UV_METRICS_IDLE_TIME). Off by default: the loop then reads the clock
-    /// only when it has timers.
-    bool measure_idle_time = false;
 };
 
 /// What a callback was registered as: told to the exception handler and
@@ -293,7 +281,8 @@ struct ReactorMetrics {
     std::uint64_t iterations = 0;     ///< iterations of run() and run_once() completed
     std::uint64_t callbacks_run = 0;  ///< callbacks run by those iterations
     /// Time spent blocked in the kernel wait (select). Measured only in debug
-    /// mode or with ReactorOptions::measure_idle_time; zero otherwise.
+    /// mode or after Reactor::set_idle_time_measurement(true); what was
+    /// measured stays when it is turned off.
     std::chrono::steady_clock::duration idle_time{};
     /// How late the loop took due timers: the time from the earliest due
     /// timer's deadline to the clock reading that took it, in the last
@@ -634,10 +623,21 @@ public:
     /// field atomically, with no system call and no clock read of its own
     /// (see ReactorMetrics::idle_time).
     [[nodiscard]] ReactorMetrics metrics() const noexcept;
-    /// Turns debug mode on (a threshold) or off (nullopt); see
-    /// ReactorOptions::slow_callback_threshold. The loop's thread while it
-    /// runs; takes effect from the next callback.
+    /// Turns debug mode (asyncio's) on with a threshold, or off with
+    /// nullopt (the default). While it is on, every callback that runs for
+    /// `threshold` or longer is logged as a warning through the `muxio`
+    /// logger, naming what it was registered for (see describe()), and
+    /// counted in ReactorMetrics::slow_callbacks; close() logs the
+    /// descriptors still registered and the timers and callbacks still
+    /// scheduled; idle time is measured. It costs two clock reads per
+    /// callback and per iteration. Thread rules as for stop(); takes effect
+    /// from the next iteration at the latest.
     void set_slow_callback_threshold(std::optional<Duration> threshold);
+    /// Measures ReactorMetrics::idle_time outside debug mode too (libuv's
+    /// UV_METRICS_IDLE_TIME): two clock reads per iteration, around the
+    /// kernel wait. Off by default: the plain loop reads the clock only
+    /// when it has timers. Thread rules as for stop().
+    void set_idle_time_measurement(bool on);
 
     // ----- Embedding --------------------------------------------------------
 

@@ -111,8 +111,6 @@ constexpr detail::Scheduler::Id timer_id(std::uint64_t token) noexcept {
 
 Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     impl_->clock = std::move(options.clock);
-    impl_->measure_idle = options.measure_idle_time;
-    set_slow_callback_threshold(options.slow_callback_threshold);
     fork_generation_ = current_fork_generation(&Reactor::after_fork_in_child);
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
@@ -404,15 +402,22 @@ void Reactor::invoke_timed(Callback& callback, CallbackKind kind) noexcept {
     Impl& impl = *impl_;
     const CallbackOrigin origin = origin_of(kind);  // before it runs: it may change its registration
     impl.slow_reported = false;
-    TimePoint began{};
+    // An injected clock that throws costs the measurement, not the callback.
+    std::optional<TimePoint> began;
     try {
         began = impl.now();
+    } catch (...) {
+    }
+    try {
         callback();
     } catch (...) {
         report(std::current_exception(), kind);
     }
+    if (!began) {
+        return;
+    }
     try {
-        const Duration took = detail::time_until(impl.now(), began);
+        const Duration took = detail::time_until(impl.now(), *began);
         if (took >= impl.slow_threshold && !impl.slow_reported) {
             impl.slow_reported = true;
             detail::LoopMetrics::add(impl.metrics.slow_callbacks, std::uint64_t{1});
@@ -746,6 +751,12 @@ ReactorMetrics Reactor::metrics() const noexcept {
     metrics.timer_lag_max = Duration{totals.timer_lag_max.load(std::memory_order_relaxed)};
     metrics.slow_callbacks = totals.slow_callbacks.load(std::memory_order_relaxed);
     return metrics;
+}
+
+void Reactor::set_idle_time_measurement(bool on) {
+    check_thread("set_idle_time_measurement");
+    impl_->measure_idle = on;
+    timed_ = debug_ || on;
 }
 
 void Reactor::set_slow_callback_threshold(std::optional<Duration> threshold) {

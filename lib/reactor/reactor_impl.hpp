@@ -146,7 +146,7 @@ struct Reactor::Impl {
     // Debug mode (Reactor::debug_ says whether it is on).
     Duration slow_threshold{};
     bool slow_reported = false;   // a callback nested in the one timed now was reported
-    bool measure_idle = false;    // ReactorOptions::measure_idle_time
+    bool measure_idle = false;    // set_idle_time_measurement()
     TimePoint timers_taken_at{};  // the clock reading that took this iteration's due timers
     detail::LoopMetrics metrics;
 

@@ -258,9 +258,8 @@ TEST_CASE("metrics report how late due timers were taken, the last time and the 
 
 TEST_CASE("metrics measure the time idle in the kernel wait when asked to") {
     FdLeakCheck leak_check;
-    muxio::ReactorOptions options;
-    options.measure_idle_time = true;
-    Reactor reactor{options};
+    Reactor reactor;
+    reactor.set_idle_time_measurement(true);
     CHECK(reactor.run_once(2ms) == 0);
     CHECK(reactor.metrics().idle_time >= 2ms);
     Reactor plain;
@@ -297,9 +296,8 @@ TEST_CASE("debug mode warns about callbacks slower than the threshold, naming wh
     FdLeakCheck leak_check;
     CapturedLog log;
     ManualClock clock;
-    muxio::ReactorOptions options = clock.options();
-    options.slow_callback_threshold = 10ms;
-    Reactor reactor{options};
+    Reactor reactor{clock.options()};
+    reactor.set_slow_callback_threshold(10ms);
     SocketPair pair;
     const int fd = pair.left.get();
     reactor.add_writer(fd, [&] {
