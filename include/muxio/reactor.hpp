@@ -668,7 +668,7 @@ public:
 private:
     friend class TimerHandle;
     friend class detail::FdWatch;
-    TimerHandle schedule_timer(TimePoint when, Callback callback, Duration interval, std::string_view operation);
+    TimerHandle schedule_timer(TimePoint when, Callback&& callback, Duration interval, std::string_view operation);
     friend class detail::CloseHook;
     struct Impl;
 

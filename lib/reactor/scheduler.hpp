@@ -114,15 +114,18 @@ public:
         make_room();
         Record& record = records_[id.slot];
         const State was = record.state;
+        const std::uint32_t old_tag = record.tag;
         if (was == State::scheduled) {
             note_dead_entry();  // its current entry
         } else if (was == State::running) {
             running_outside_ = false;
         }
         record.state = State::scheduled;
+        const bool was_top = was == State::scheduled && top().slot == id.slot && top().tag == old_tag;
         push(id.slot, deadline);
-        if (was == State::scheduled) {
+        if (was_top) {
             drop_cancelled_top();
+        } else if (was == State::scheduled) {
             compact_if_half_cancelled();
         }
         return true;
@@ -151,8 +154,13 @@ public:
         }
         record.state = State::cancelled;
         note_dead_entry();
-        drop_cancelled_top();
-        compact_if_half_cancelled();
+        // Only the top's own record is read: any other is a cache miss in a
+        // large heap.
+        if (top().slot == id.slot && top().tag == record.tag) {
+            drop_cancelled_top();
+        } else {
+            compact_if_half_cancelled();
+        }
         return true;
     }
 
@@ -283,10 +291,10 @@ private:
     // was cancelled meanwhile.
     enum class State : std::uint8_t { free, scheduled, cancelled, due, running, stopped };
 
-    // The callbacks are kept apart from the records' 12 bytes of state,
+    // The callbacks are kept apart from the records' 16 bytes of state,
     // which every heap operation reads: a million records fit in the cache,
-    // a million callbacks do not.
-    struct Record {
+    // a million callbacks do not. Aligned so that none straddles two lines.
+    struct alignas(16) Record {
         std::uint32_t generation = 0;
         std::uint32_t tag = 0;  // the tag of its live heap entry
         State state = State::free;
