@@ -33,9 +33,13 @@ std::atomic<int> errno_after_wakeup{0};
 extern "C" void raw_handler(int /*signo*/) {
     deliveries.fetch_add(1, std::memory_order_relaxed);
     if (Reactor* reactor = woken_reactor.load(std::memory_order_acquire)) {
+        // A value the wakeup must leave alone; the interrupted code's errno
+        // is restored after, as a signal handler must.
+        const int interrupted_errno = errno;
         errno = EDOM;
         reactor->wakeup_from_signal();
         errno_after_wakeup.store(errno, std::memory_order_relaxed);
+        errno = interrupted_errno;
     }
 }
 
