@@ -11,7 +11,9 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 
@@ -162,7 +164,8 @@ std::chrono::steady_clock::duration clamp_delay(std::chrono::duration<Rep, Perio
 
 }  // namespace detail
 
-/// Cancels a callback scheduled with call_soon(), call_later() or call_at().
+/// Cancels a callback scheduled with call_soon(), call_later(), call_at() or
+/// call_every(), and moves a timer's deadline.
 ///
 /// A plain value: copying it copies the right to cancel. Cancelling twice,
 /// after the callback ran, or through a default-constructed handle does
@@ -179,10 +182,41 @@ public:
     TimerHandle() = default;
 
     /// Cancels the callback if it has not run yet; its captures are destroyed
-    /// now. Returns true if this call cancelled it.
+    /// now (a call_every() callback cancelled while it runs: once it
+    /// returns). Returns true if this call cancelled it.
     bool cancel();
-    /// True while the callback is scheduled and has neither run nor been cancelled.
+    /// True while the callback is scheduled and has neither run nor been
+    /// cancelled. A call_every() timer stays pending until cancelled, also
+    /// while its callback runs.
     [[nodiscard]] bool pending() const;
+
+    /// Moves a pending timer (call_later(), call_at(), call_every()) to
+    /// `when`, keeping its callback and this handle: nothing is allocated
+    /// once the reactor's timer heap has grown to its high-water mark
+    /// (libuv's uv_timer_again, an idle timeout pushed back on each read).
+    /// `when` is taken as call_at() takes it. Returns true if the timer was
+    /// pending; the callback then runs at `when`, not at its old deadline,
+    /// even when that deadline had come and the timer was about to run in
+    /// this iteration. A call_every() timer's next tick moves to `when` and
+    /// the ticks after follow every interval from there; called from its
+    /// own callback, it sets the next tick.
+    ///
+    /// Returns false and changes nothing when there is nothing to move: a
+    /// one-shot timer whose callback ran or is running (schedule a new one),
+    /// a cancelled timer, a call_soon() handle (it has no deadline), a
+    /// default-constructed handle, or after the reactor's close().
+    /// std::bad_alloc if the heap must grow and cannot (nothing changed);
+    /// std::logic_error from another thread while the reactor runs.
+    bool reschedule_at(std::chrono::steady_clock::time_point when);
+    /// reschedule_at() the reactor's time() plus `delay`, clamped as
+    /// call_later() clamps it.
+    bool reschedule_after(std::chrono::steady_clock::duration delay);
+    /// Any std::chrono duration, converted as call_later() converts it
+    /// (std::invalid_argument for a floating-point NaN).
+    template <class Rep, class Period>
+    bool reschedule_after(std::chrono::duration<Rep, Period> delay) {
+        return reschedule_after(detail::clamp_delay(delay, "TimerHandle::reschedule_after"));
+    }
 
 private:
     friend class Reactor;
@@ -203,6 +237,59 @@ struct ReactorOptions {
     /// The clock for time(), call_later() and timers; steady_clock::now when
     /// empty. Tests inject a manual clock here.
     std::function<std::chrono::steady_clock::time_point()> clock;
+};
+
+/// What a callback was registered as: told to the exception handler and
+/// named in debug mode's warnings.
+enum class CallbackKind : std::uint8_t {
+    reader,      ///< add_reader(); CallbackOrigin::fd says which descriptor
+    writer,      ///< add_writer(); CallbackOrigin::fd says which descriptor
+    timer,       ///< call_later(), call_at() or call_every()
+    soon,        ///< call_soon()
+    threadsafe,  ///< call_soon_threadsafe() (stop_threadsafe() too)
+    signal,      ///< add_signal_handler(); CallbackOrigin::signo says which signal
+};
+
+/// Names one callback of a reactor.
+struct CallbackOrigin {
+    CallbackKind kind = CallbackKind::soon;  ///< what it was registered as
+    int fd = -1;                             ///< the descriptor of a reader or writer; -1 otherwise
+    int signo = 0;                           ///< the signal of a signal handler; 0 otherwise
+};
+
+/// The origin as words for a log line: "reader of fd 7", "writer of fd 7",
+/// "timer", "call_soon callback", "call_soon_threadsafe callback",
+/// "handler of signal 15".
+[[nodiscard]] std::string describe(const CallbackOrigin& origin);
+
+/// What a reactor holds now (Reactor::stats()); the reactor's own
+/// descriptors (wakeup eventfd, embedding timerfd) are not counted.
+struct ReactorStats {
+    std::size_t descriptors = 0;      ///< descriptors with a reader, a writer or both
+    std::size_t readers = 0;          ///< descriptors with a reader
+    std::size_t writers = 0;          ///< descriptors with a writer
+    std::size_t soon_callbacks = 0;   ///< call_soon() callbacks queued, not run or cancelled
+    std::size_t timers = 0;           ///< timers scheduled, not run or cancelled (call_every(): until cancelled)
+    std::size_t signal_handlers = 0;  ///< signals with a handler
+};
+
+/// Running totals of a reactor's loop (Reactor::metrics()), counted from its
+/// construction. Each field is read atomically; together they are not one
+/// snapshot (a read during an iteration may see one field updated and the
+/// next not yet).
+struct ReactorMetrics {
+    std::uint64_t iterations = 0;     ///< iterations of run() and run_once() completed
+    std::uint64_t callbacks_run = 0;  ///< callbacks run by those iterations
+    /// Time spent blocked in the kernel wait (select). Measured only in debug
+    /// mode or after Reactor::set_idle_time_measurement(true); what was
+    /// measured stays when it is turned off.
+    std::chrono::steady_clock::duration idle_time{};
+    /// How late the loop took due timers: the time from the earliest due
+    /// timer's deadline to the clock reading that took it, in the last
+    /// iteration that took any, and the largest ever seen.
+    std::chrono::steady_clock::duration timer_lag_last{};
+    std::chrono::steady_clock::duration timer_lag_max{};  ///< see timer_lag_last
+    std::uint64_t slow_callbacks = 0;                     ///< callbacks debug mode logged as slow
 };
 
 /// An event loop in the model of asyncio's selector loop.
@@ -259,6 +346,8 @@ public:
     using Duration = Clock::duration;         ///< A delay, in steady_clock's ticks.
     /// Receives an exception that escaped a callback.
     using ExceptionHandler = std::function<void(std::exception_ptr)>;
+    /// Receives an exception that escaped a callback, and which callback it was.
+    using OriginExceptionHandler = std::function<void(std::exception_ptr, const CallbackOrigin&)>;
 
     /// Creates the selector (std::system_error if the kernel refuses every
     /// mechanism, std::invalid_argument for an unknown name) and the wakeup
@@ -290,6 +379,26 @@ public:
     void add_reader(int fd, Callback callback);
     /// Like add_reader() for writability.
     void add_writer(int fd, Callback callback);
+    /// add_reader() that reports a failure in `ec` instead of throwing
+    /// (asio's convention); `ec` is cleared on success. On any failure the
+    /// reactor is exactly as before (a callback being replaced stays) and
+    /// `callback` is destroyed before the call returns: it never runs.
+    ///
+    /// - std::errc::invalid_argument: a negative `fd`, one of the reactor's
+    ///   own descriptors, or an empty `callback` (what the throwing form
+    ///   reports as std::invalid_argument).
+    /// - the kernel's error, in std::system_category(): e.g. EBADF for a
+    ///   closed `fd`, ENOMEM.
+    /// - std::errc::not_enough_memory: an allocation failed.
+    /// - std::errc::operation_canceled: the reactor is closed.
+    /// - std::errc::operation_not_permitted: a call from another thread
+    ///   while the reactor runs, or in a process forked after the reactor
+    ///   was made. Programming errors, which the throwing form reports as
+    ///   std::logic_error; here they are codes too, since this form never
+    ///   throws.
+    void add_reader(int fd, Callback callback, std::error_code& ec) noexcept;
+    /// Like the add_reader() above for writability.
+    void add_writer(int fd, Callback callback, std::error_code& ec) noexcept;
     /// Removes the reader of `fd`; returns whether there was one. The fd is
     /// unregistered when it has neither reader nor writer. A callback removed
     /// during an iteration is not called again in that iteration.
@@ -315,6 +424,16 @@ public:
     bool remove_reader(int fd);
     /// Like remove_reader() for the writer (a refusal keeps both sides too).
     bool remove_writer(int fd);
+    /// remove_reader() that reports a refusal in `ec` instead of throwing;
+    /// `ec` is cleared on success. Returns whether a reader was removed
+    /// (false whenever `ec` is set; nothing changed then). The kernel's
+    /// error in std::system_category(), std::errc::not_enough_memory, or
+    /// std::errc::operation_not_permitted from another thread while the
+    /// reactor runs or in a forked child. A closed reactor or a negative fd
+    /// is no error: false, as remove_reader() returns.
+    bool remove_reader(int fd, std::error_code& ec) noexcept;
+    /// Like the remove_reader() above for the writer.
+    bool remove_writer(int fd, std::error_code& ec) noexcept;
     /// True if `fd` has a reader now (added and not removed). False for a
     /// negative fd, the reactor's own descriptors, and once the reactor is
     /// closed. Lets a caller refuse to replace someone else's reader, as the
@@ -361,6 +480,30 @@ public:
     TimerHandle call_later(std::chrono::duration<Rep, Period> delay, Callback callback) {
         return call_later(detail::clamp_delay(delay, "call_later"), std::move(callback));
     }
+    /// Runs `callback` every `interval`, first once `interval` has passed,
+    /// until the returned handle's cancel() (which its own callback may
+    /// call: it then does not run again).
+    ///
+    /// Fixed rate: the ticks are `start + k * interval` (start is the time of
+    /// this call), so the period does not drift by the callback's own run
+    /// time or the loop's lateness. No catch-up burst: a tick taken late (a
+    /// slow callback, a busy or suspended loop) runs once, as soon as the
+    /// loop gets to it, and the next tick is the first one of the grid still
+    /// ahead of the time the loop read when it took the late one; the ticks
+    /// missed meanwhile are skipped, not run. Never early, like any timer.
+    /// TimerHandle::reschedule_at() moves the grid. Nothing is allocated per
+    /// tick.
+    ///
+    /// std::invalid_argument for an interval of zero or less (a timer due
+    /// in every iteration would spin) and an empty callback; otherwise the
+    /// errors of call_at(). An interval too large for the clock fires never.
+    TimerHandle call_every(Duration interval, Callback callback);
+    /// Any std::chrono duration, rounded up to a tick (std::invalid_argument
+    /// for a NaN).
+    template <class Rep, class Period>
+    TimerHandle call_every(std::chrono::duration<Rep, Period> interval, Callback callback) {
+        return call_every(detail::clamp_delay(interval, "call_every"), std::move(callback));
+    }
     /// The reactor's clock now.
     [[nodiscard]] TimePoint time() const;
 
@@ -380,6 +523,24 @@ public:
     void call_soon_threadsafe(Callback callback);
     /// stop(), from any thread.
     void stop_threadsafe();
+    /// Wakes the loop from a signal handler of the caller's own (one
+    /// installed with sigaction(2), where add_signal_handler() does not
+    /// fit). Async-signal-safe: it only loads a few atomics and write(2)s
+    /// to the reactor's wakeup eventfd, and it leaves errno as it found it.
+    /// Any thread, any time; never blocks, never throws, allocates nothing.
+    ///
+    /// The loop's current wait, or its next one, returns at once; that
+    /// iteration runs what is due as usual (run_once() may return 0) and
+    /// the caller's own flag, set by its handler before this call, tells
+    /// the loop's owner why it woke. Wakeups coalesce with each other and
+    /// with call_soon_threadsafe()'s. A write the kernel refuses (a full
+    /// counter is no refusal) is not retried: nothing in a signal handler
+    /// could report it.
+    ///
+    /// Does nothing once close() has begun, or in a process forked after
+    /// the reactor was made. The reactor must still exist: uninstall the
+    /// handler, or make it forget the reactor, before destroying it.
+    void wakeup_from_signal() const noexcept;
 
     // ----- Signals ----------------------------------------------------------
 
@@ -439,8 +600,44 @@ public:
 
     /// Replaces the handler of exceptions escaping callbacks; an empty
     /// function restores the default, which logs the exception through the
-    /// `muxio` logger and goes on. Other callbacks of the iteration still run.
+    /// `muxio` logger, naming the callback (e.g. "reactor: exception in
+    /// reader of fd 7: ..."), and goes on. Other callbacks of the iteration
+    /// still run. An exception the handler itself throws goes to the
+    /// default. A call_every() timer whose callback throws keeps repeating.
     void set_exception_handler(ExceptionHandler handler);
+    /// Like the other overload; the handler is also told which callback
+    /// threw (its kind, and its fd or signal number).
+    void set_exception_handler(OriginExceptionHandler handler);
+    /// Restores the default handler.
+    void set_exception_handler(std::nullptr_t /*none*/) { set_exception_handler(ExceptionHandler{}); }
+
+    // ----- Introspection and debugging ---------------------------------------
+
+    /// Counts of registered descriptors, queued callbacks and timers, kept
+    /// as the reactor changes (no walk over its tables). Thread rules as for
+    /// has_reader(): the loop's thread while it runs, any one thread when it
+    /// does not. All zero once closed.
+    [[nodiscard]] ReactorStats stats() const;
+    /// The loop's running totals. Any thread, any time until the reactor is
+    /// destroyed, also while it runs and after close(): the loop stores each
+    /// field atomically, with no system call and no clock read of its own
+    /// (see ReactorMetrics::idle_time).
+    [[nodiscard]] ReactorMetrics metrics() const noexcept;
+    /// Turns debug mode (asyncio's) on with a threshold, or off with
+    /// nullopt (the default). While it is on, every callback that runs for
+    /// `threshold` or longer is logged as a warning through the `muxio`
+    /// logger, naming what it was registered for (see describe()), and
+    /// counted in ReactorMetrics::slow_callbacks; close() logs the
+    /// descriptors still registered and the timers and callbacks still
+    /// scheduled; idle time is measured. It costs two clock reads per
+    /// callback and per iteration. Thread rules as for stop(); takes effect
+    /// from the next iteration at the latest.
+    void set_slow_callback_threshold(std::optional<Duration> threshold);
+    /// Measures ReactorMetrics::idle_time outside debug mode too (libuv's
+    /// UV_METRICS_IDLE_TIME): two clock reads per iteration, around the
+    /// kernel wait. Off by default: the plain loop reads the clock only
+    /// when it has timers. Thread rules as for stop().
+    void set_idle_time_measurement(bool on);
 
     // ----- Embedding --------------------------------------------------------
 
@@ -471,6 +668,7 @@ public:
 private:
     friend class TimerHandle;
     friend class detail::FdWatch;
+    TimerHandle schedule_timer(TimePoint when, Callback&& callback, Duration interval, std::string_view operation);
     friend class detail::CloseHook;
     struct Impl;
 
@@ -518,11 +716,29 @@ private:
     // pthread_atfork's child handler.
     [[gnu::cold]] static void after_fork_in_child() noexcept;
     [[gnu::cold]] void notify_close_hooks(detail::CloseHook& sentinel) noexcept;
+    // Debug mode and idle-time measurement run another instantiation of the
+    // loop (Timed), so that the plain one carries none of their checks.
+    void run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
+        if (timed_) [[unlikely]] {
+            run_iteration<true>(timeout, ran);
+        } else {
+            run_iteration<false>(timeout, ran);
+        }
+    }
+    template <bool Timed>
     void run_iteration(std::optional<Duration> timeout, std::size_t& ran);
+    template <bool Timed>
     std::size_t dispatch_io(std::uint64_t token, Events events);
-    void invoke(Callback& callback) noexcept;
-    void report(std::exception_ptr error) noexcept;
+    template <bool Timed>
+    void invoke(Callback& callback, CallbackKind kind) noexcept;
+    [[gnu::noinline]] void invoke_timed(Callback& callback, CallbackKind kind) noexcept;
+    [[gnu::cold, gnu::noinline]] void report(std::exception_ptr error, CallbackKind kind) noexcept;
+    [[nodiscard]] CallbackOrigin origin_of(CallbackKind kind) const noexcept;
+    [[gnu::cold]] void report_still_registered() const noexcept;
     void add_handler(int fd, Events side, Callback callback);
+    void add_handler(int fd, Events side, Callback callback, std::error_code& ec) noexcept;
+    bool remove_handler(int fd, Events side, std::error_code& ec) noexcept;
+    [[nodiscard]] std::errc misuse() const noexcept;
     // Swaps the callback of a side `fd` has, and nothing else: no system
     // call, no new token. For FdWatch, whose callbacks point at it and follow
     // it when it moves. std::logic_error if `fd` has no such side.
@@ -539,6 +755,8 @@ private:
     detail::SoonQueue soon_;
     std::uint64_t fork_generation_ = 0;
     bool embedded_ = false;  // embed_fd() was called: queuing work re-arms its timer
+    bool debug_ = false;     // a slow-callback threshold is set: callbacks are timed
+    bool timed_ = false;     // debug_, or idle time measured: the loop reads the clock around its wait
     bool running_ = false;   // the loop thread's own view of whether owner_ is set
     // The detail::this_thread_tag() of the thread in run() or run_once(),
     // or null when none is.

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
@@ -32,13 +33,31 @@ namespace muxio {
 std::atomic<std::uint64_t> detail::fork_generation{0};
 std::atomic<detail::WakeupFault> detail::wakeup_fault{nullptr};
 
-void detail::default_exception_handler(std::exception_ptr error) {
+std::string describe(const CallbackOrigin& origin) {
+    switch (origin.kind) {
+        case CallbackKind::reader:
+            return fmt::format("reader of fd {}", origin.fd);
+        case CallbackKind::writer:
+            return fmt::format("writer of fd {}", origin.fd);
+        case CallbackKind::timer:
+            return "timer";
+        case CallbackKind::soon:
+            return "call_soon callback";
+        case CallbackKind::threadsafe:
+            return "call_soon_threadsafe callback";
+        case CallbackKind::signal:
+            return fmt::format("handler of signal {}", origin.signo);
+    }
+    return "callback";
+}
+
+void detail::default_exception_handler(std::exception_ptr error, const CallbackOrigin& origin) {
     try {
         std::rethrow_exception(std::move(error));
     } catch (const std::exception& e) {
-        logger().error("reactor: exception in callback: {}", e.what());
+        logger().error("reactor: exception in {}: {}", describe(origin), e.what());
     } catch (...) {
-        logger().error("reactor: unknown exception in callback");
+        logger().error("reactor: unknown exception in {}", describe(origin));
     }
 }
 
@@ -72,6 +91,13 @@ std::uint64_t current_fork_generation(void (*in_child)()) {
 // may run another reactor); see Reactor::after_fork_in_child().
 thread_local Reactor* innermost_run = nullptr;
 
+void note_timer_lag(detail::LoopMetrics& metrics, Reactor::Duration lag) noexcept {
+    metrics.timer_lag_last.store(lag.count(), std::memory_order_relaxed);
+    if (lag.count() > metrics.timer_lag_max.load(std::memory_order_relaxed)) {
+        metrics.timer_lag_max.store(lag.count(), std::memory_order_relaxed);
+    }
+}
+
 constexpr std::uint64_t timer_token(detail::Scheduler::Id id) noexcept {
     return (std::uint64_t{id.generation} << 32U) | id.slot;
 }
@@ -94,6 +120,7 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     }
     impl_->selector->register_(wake.get(), EVENT_READ);
     impl_->wake_fd = wake.release();  // close() closes it from here on
+    impl_->signal_wake_fd.store(impl_->wake_fd, std::memory_order_release);
 }
 
 Reactor::~Reactor() {
@@ -216,6 +243,7 @@ std::size_t Reactor::run_once(std::optional<Duration> timeout) {
     return ran;
 }
 
+template <bool Timed>
 void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     Impl& impl = *impl_;
 
@@ -237,7 +265,15 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     //    threadsafe callbacks and signal handlers join this iteration. The
     //    ready span stays valid through step 4: nothing else selects. Its
     //    entries are unchecked; dispatch_io() looks each one up.
+    const std::size_t ran_before = ran;
+    TimePoint wait_began{};
+    if constexpr (Timed) {
+        wait_began = impl.now();
+    }
     const auto ready = detail::select_tokens(*impl.selector, wait);
+    if constexpr (Timed) {
+        detail::LoopMetrics::add(impl.metrics.idle_time, detail::time_until(impl.now(), wait_began).count());
+    }
     for (const detail::PollEvent& entry : ready) {
         const int fd = detail::RegistrationToken::fd(entry.token);
         if (fd == impl.wake_fd) {
@@ -264,6 +300,10 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     impl.due.clear();
     if (impl.scheduler.timer_count() != 0) {
         const TimePoint now = impl.now();
+        impl.timers_taken_at = now;
+        if (const TimePoint earliest = *impl.scheduler.next_deadline(); earliest <= now) {
+            note_timer_lag(impl.metrics, detail::time_until(now, earliest));
+        }
         while (const auto due = impl.scheduler.pop_due(now)) {
             impl.due.push_back(*due);
         }
@@ -282,7 +322,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
             Callback& callback = impl.running_batch.pop_in_place();
             if (callback) {
                 --soon_.live;
-                invoke(callback);
+                invoke<Timed>(callback, CallbackKind::soon);
                 callback = nullptr;
                 ++ran;
             }
@@ -292,7 +332,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         // Run in place: only drain_wakeups() touches incoming_spare, and not
         // before the next select.
         for (Callback& callback : impl.incoming_spare) {
-            invoke(callback);
+            invoke<Timed>(callback, CallbackKind::threadsafe);
             ++ran;
         }
         impl.incoming_spare.clear();
@@ -308,7 +348,7 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         const detail::PollEvent& entry = ready[index];
         const int fd = detail::RegistrationToken::fd(entry.token);
         if (fd != impl.wake_fd && fd != impl.embed_timer_fd) {
-            ran += dispatch_io(entry.token, entry.events);
+            ran += dispatch_io<Timed>(entry.token, entry.events);
         }
     }
     // A few timers ahead are fetched while one runs: in a large heap each
@@ -319,28 +359,81 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
         if (index + prefetch_distance < due_count) {
             impl.scheduler.prefetch(impl.due[index + prefetch_distance]);
         }
-        if (Callback callback = impl.scheduler.take(impl.due[index])) {
-            invoke(callback);
+        bool repeating = false;
+        if (Callback callback = impl.scheduler.take(impl.due[index], &repeating)) {
+            invoke<Timed>(callback, CallbackKind::timer);
             ++ran;
+            if (repeating) [[unlikely]] {
+                impl.scheduler.finish_repeat(impl.due[index], std::move(callback), impl.timers_taken_at);
+            }
         }
     }
 
     if (impl.embed_timer_fd >= 0) {
         rearm_embedding();
     }
+    detail::LoopMetrics::add(impl.metrics.iterations, std::uint64_t{1});
+    detail::LoopMetrics::add(impl.metrics.callbacks_run, static_cast<std::uint64_t>(ran - ran_before));
 }
 
-void Reactor::report(std::exception_ptr error) noexcept {
+CallbackOrigin Reactor::origin_of(CallbackKind kind) const noexcept {
+    CallbackOrigin origin{kind};
+    if (kind == CallbackKind::reader || kind == CallbackKind::writer) {
+        origin.fd = impl_->running_fd;
+    } else if (kind == CallbackKind::signal) {
+        origin.signo = impl_->running_signal;
+    }
+    return origin;
+}
+
+void Reactor::report(std::exception_ptr error, CallbackKind kind) noexcept {
+    const CallbackOrigin origin = origin_of(kind);
     try {
-        impl_->exception_handler(std::move(error));
+        impl_->exception_handler(std::move(error), origin);
     } catch (...) {
-        detail::default_exception_handler(std::current_exception());
+        detail::default_exception_handler(std::current_exception(), origin);
+    }
+}
+
+// Debug mode's invoke(): the callback between two clock readings. A signal
+// handler runs inside a call_soon callback of the reactor's own; only the
+// innermost slow callback is reported, under its own name.
+void Reactor::invoke_timed(Callback& callback, CallbackKind kind) noexcept {
+    Impl& impl = *impl_;
+    const CallbackOrigin origin = origin_of(kind);  // before it runs: it may change its registration
+    impl.slow_reported = false;
+    // An injected clock that throws costs the measurement, not the callback.
+    std::optional<TimePoint> began;
+    try {
+        began = impl.now();
+    } catch (...) {
+    }
+    try {
+        callback();
+    } catch (...) {
+        report(std::current_exception(), kind);
+    }
+    if (!began) {
+        return;
+    }
+    try {
+        const Duration took = detail::time_until(impl.now(), *began);
+        if (took >= impl.slow_threshold && !impl.slow_reported) {
+            impl.slow_reported = true;
+            detail::LoopMetrics::add(impl.metrics.slow_callbacks, std::uint64_t{1});
+            logger().warn("reactor: slow callback: {} took {:.3f} ms (threshold {:.3f} ms)", describe(origin),
+                          std::chrono::duration<double, std::milli>{took}.count(),
+                          std::chrono::duration<double, std::milli>{impl.slow_threshold}.count());
+        }
+    } catch (...) {
+        // A clock or a logger that throws: debugging output is not worth the callback's iteration.
     }
 }
 
 // Inlined into the loop, with run_handler(): after the callback's system
 // calls every return up to the loop mispredicts (perf puts the dispatch's
 // samples on the instructions after calls), so fewer frames cost less.
+template <bool Timed>
 [[gnu::always_inline]] inline std::size_t Reactor::dispatch_io(std::uint64_t token, Events events) {
     Impl& impl = *impl_;
     // Checked before each callback: an earlier one of this iteration may
@@ -350,13 +443,13 @@ void Reactor::report(std::exception_ptr error) noexcept {
     std::size_t ran = 0;
     if (detail::watched(key, events).contains(EVENT_READ)) {
         ++ran;
-        if (!impl.run_handler(*this, *key, EVENT_READ, token)) {
+        if (!impl.run_handler<Timed>(*this, *key, EVENT_READ, token)) {
             key = detail::find_current(*impl.selector, token);
         }
     }
     if (detail::watched(key, events).contains(EVENT_WRITE)) {
         ++ran;
-        impl.run_handler(*this, *key, EVENT_WRITE, token);
+        impl.run_handler<Timed>(*this, *key, EVENT_WRITE, token);
     }
     return ran;
 }
@@ -381,8 +474,11 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
         (side == EVENT_READ ? handlers.reader : handlers.writer) = std::move(callback);
         impl.selector->register_(fd, side, std::move(handlers));
         impl.touching(fd, side);
+        ++impl.descriptor_count;
+        ++impl.side_count(side);
         return;
     }
+    const bool had_side = key->events.contains(side);
     // Registered anew even when only a callback is replaced: the fd may have
     // been closed and its number reused without telling the reactor, and the
     // kernel would then watch the old file, or nothing, for the new reader.
@@ -390,6 +486,9 @@ void Reactor::add_handler(int fd, Events side, Callback callback) {
     // closed fd this throws EBADF and changes nothing.
     impl.selector->reregister(fd, key->events | side);
     impl.touching(fd, side);
+    if (!had_side) {
+        ++impl.side_count(side);
+    }
     if (fd == impl.running_fd) {
         impl.running_renewed = true;  // the running callback goes back under the new token
         impl.renewed_token = detail::token_of(*impl.selector, *key);
@@ -429,6 +528,8 @@ bool Reactor::remove_handler(int fd, Events side) {
     const Events remaining = key->events & ~side;
     if (remaining.empty()) {
         impl.touching(fd, side);
+        --impl.descriptor_count;
+        --impl.side_count(side);
         // The returned key, and the callbacks in it, die here.
         (void)impl.selector->unregister(fd);
         return true;
@@ -454,6 +555,9 @@ bool Reactor::remove_handler(int fd, Events side) {
         // part of the registration: the fd goes, removal must work after a
         // close all the same.
         if (error.code() == std::errc::bad_file_descriptor) {
+            --impl.descriptor_count;
+            --impl.side_count(side);
+            --impl.side_count(remaining);
             (void)impl.selector->unregister(fd);
             return true;
         }
@@ -464,6 +568,7 @@ bool Reactor::remove_handler(int fd, Events side) {
         impl.running_replaced = was_replaced;
         throw;
     }
+    --impl.side_count(side);
     return true;
 }
 
@@ -493,6 +598,84 @@ void Reactor::add_reader(int fd, Callback callback) {
 void Reactor::add_writer(int fd, Callback callback) {
     add_handler(fd, EVENT_WRITE, std::move(callback));
 }
+void Reactor::add_reader(int fd, Callback callback, std::error_code& ec) noexcept {
+    add_handler(fd, EVENT_READ, std::move(callback), ec);
+}
+void Reactor::add_writer(int fd, Callback callback, std::error_code& ec) noexcept {
+    add_handler(fd, EVENT_WRITE, std::move(callback), ec);
+}
+bool Reactor::remove_reader(int fd, std::error_code& ec) noexcept {
+    return remove_handler(fd, EVENT_READ, ec);
+}
+bool Reactor::remove_writer(int fd, std::error_code& ec) noexcept {
+    return remove_handler(fd, EVENT_WRITE, ec);
+}
+
+// Why a reactor refuses work, as the error_code forms report it; errc{}
+// when it does not.
+std::errc Reactor::misuse() const noexcept {
+    if (!on_loop_thread() || forked_away()) {
+        return std::errc::operation_not_permitted;
+    }
+    if (closed_) {
+        return std::errc::operation_canceled;
+    }
+    return std::errc{};
+}
+
+namespace {
+
+// What the throwing forms throw, as a code: the selector below reports the
+// kernel's refusals by exception.
+std::error_code code_of_current_exception() noexcept {
+    try {
+        throw;
+    } catch (const std::system_error& error) {
+        return error.code();
+    } catch (const std::bad_alloc&) {
+        return std::make_error_code(std::errc::not_enough_memory);
+    } catch (const std::invalid_argument&) {
+        return std::make_error_code(std::errc::invalid_argument);
+    } catch (const std::logic_error&) {
+        return std::make_error_code(std::errc::operation_not_permitted);
+    } catch (...) {
+        return std::make_error_code(std::errc::io_error);
+    }
+}
+
+}  // namespace
+
+void Reactor::add_handler(int fd, Events side, Callback callback, std::error_code& ec) noexcept {
+    ec.clear();
+    if (const std::errc refused = misuse(); refused != std::errc{}) {
+        ec = std::make_error_code(refused);
+        return;
+    }
+    if (fd < 0 || !callback || fd == impl_->wake_fd || fd == impl_->embed_timer_fd) {
+        ec = std::make_error_code(std::errc::invalid_argument);
+        return;
+    }
+    try {
+        add_handler(fd, side, std::move(callback));
+    } catch (...) {
+        ec = code_of_current_exception();
+    }
+}
+
+bool Reactor::remove_handler(int fd, Events side, std::error_code& ec) noexcept {
+    ec.clear();
+    if (!on_loop_thread() || (!closed_ && fd >= 0 && forked_away())) {
+        ec = std::make_error_code(std::errc::operation_not_permitted);
+        return false;
+    }
+    try {
+        return remove_handler(fd, side);
+    } catch (...) {
+        ec = code_of_current_exception();
+        return false;
+    }
+}
+
 bool Reactor::remove_reader(int fd) {
     return remove_handler(fd, EVENT_READ);
 }
@@ -515,9 +698,24 @@ TimerHandle Reactor::call_later(Duration delay, Callback callback) {
 }
 
 TimerHandle Reactor::call_at(TimePoint when, Callback callback) {
-    check_usable("call_at");
-    detail::require_callback(callback, "call_at");
-    const auto id = impl_->scheduler.add_timer(when, std::move(callback));
+    return schedule_timer(when, std::move(callback), Duration::zero(), "call_at");
+}
+
+TimerHandle Reactor::call_every(Duration interval, Callback callback) {
+    check_usable("call_every");
+    if (interval <= Duration::zero()) {
+        throw std::invalid_argument("call_every: the interval must be positive");
+    }
+    return schedule_timer(detail::deadline_after(impl_->now(), interval), std::move(callback), interval, "call_every");
+}
+
+// The callback by reference: moving a Callback is an indirect call, paid
+// once, into the scheduler.
+TimerHandle Reactor::schedule_timer(TimePoint when, Callback&& callback, Duration interval,
+                                    std::string_view operation) {
+    check_usable(operation);
+    detail::require_callback(callback, operation);
+    const auto id = impl_->scheduler.add_timer(when, std::move(callback), interval);
     if (impl_->embed_timer_fd >= 0 && !running_) {
         rearm_embedding();
     }
@@ -526,6 +724,49 @@ TimerHandle Reactor::call_at(TimePoint when, Callback callback) {
 
 Reactor::TimePoint Reactor::time() const {
     return impl_->now();
+}
+
+ReactorStats Reactor::stats() const {
+    check_thread("stats");
+    ReactorStats stats;
+    if (closed_) {
+        return stats;
+    }
+    const Impl& impl = *impl_;
+    stats.descriptors = impl.descriptor_count;
+    stats.readers = impl.reader_count;
+    stats.writers = impl.writer_count;
+    stats.soon_callbacks = soon_.live;
+    stats.timers = impl.scheduler.size();
+    for (const Callback& handler : impl.signal_handlers) {
+        stats.signal_handlers += handler ? 1U : 0U;
+    }
+    return stats;
+}
+
+ReactorMetrics Reactor::metrics() const noexcept {
+    const detail::LoopMetrics& totals = impl_->metrics;
+    ReactorMetrics metrics;
+    metrics.iterations = totals.iterations.load(std::memory_order_relaxed);
+    metrics.callbacks_run = totals.callbacks_run.load(std::memory_order_relaxed);
+    metrics.idle_time = Duration{totals.idle_time.load(std::memory_order_relaxed)};
+    metrics.timer_lag_last = Duration{totals.timer_lag_last.load(std::memory_order_relaxed)};
+    metrics.timer_lag_max = Duration{totals.timer_lag_max.load(std::memory_order_relaxed)};
+    metrics.slow_callbacks = totals.slow_callbacks.load(std::memory_order_relaxed);
+    return metrics;
+}
+
+void Reactor::set_idle_time_measurement(bool on) {
+    check_thread("set_idle_time_measurement");
+    impl_->measure_idle = on;
+    timed_ = debug_ || on;
+}
+
+void Reactor::set_slow_callback_threshold(std::optional<Duration> threshold) {
+    check_thread("set_slow_callback_threshold");
+    debug_ = threshold.has_value();
+    timed_ = debug_ || impl_->measure_idle;
+    impl_->slow_threshold = threshold.value_or(Duration::zero());
 }
 
 std::size_t Reactor::scheduled_count() const {
@@ -557,6 +798,34 @@ bool TimerHandle::cancel() {
     const Callback doomed = std::move(*queued);
     --reactor_->soon_.live;
     return true;
+}
+
+bool TimerHandle::reschedule_at(std::chrono::steady_clock::time_point when) {
+    if (reactor_ == nullptr) {
+        return false;
+    }
+    reactor_->check_thread("TimerHandle::reschedule_at");
+    if (reactor_->closed_ || queued_) {
+        return false;
+    }
+    if (!reactor_->impl_->scheduler.reschedule(timer_id(id_), when)) {
+        return false;
+    }
+    if (reactor_->impl_->embed_timer_fd >= 0 && !reactor_->running_) {
+        reactor_->rearm_embedding();
+    }
+    return true;
+}
+
+bool TimerHandle::reschedule_after(std::chrono::steady_clock::duration delay) {
+    if (reactor_ == nullptr) {
+        return false;
+    }
+    reactor_->check_thread("TimerHandle::reschedule_after");
+    if (reactor_->closed_ || queued_) {
+        return false;
+    }
+    return reschedule_at(detail::deadline_after(reactor_->impl_->now(), delay));
 }
 
 bool TimerHandle::pending() const {
@@ -604,6 +873,9 @@ void Reactor::close() {
     // pending await, a socket's reader) is forgotten rather than asked of the
     // shared epoll or io_uring instance.
     const bool inherited = forked_away();
+    if (debug_) {
+        report_still_registered();
+    }
     if (!inherited) {
         // Spawned tasks' frames go first, while the reactor still works:
         // their pending awaits remove their registrations.
@@ -629,8 +901,10 @@ void Reactor::close() {
             never_run.swap(impl.incoming);
         }
     }
-    while (!inherited && impl.wakers.load(std::memory_order_acquire) != 0) {
-        std::this_thread::yield();  // a call_soon_threadsafe() is still writing to wake_fd
+    impl.signal_wake_fd.store(-1, std::memory_order_release);
+    while (!inherited && (impl.wakers.load(std::memory_order_acquire) != 0 ||
+                          impl.signal_wakers.load(std::memory_order_acquire) != 0)) {
+        std::this_thread::yield();  // a call_soon_threadsafe() or wakeup_from_signal() is still writing to wake_fd
     }
     // Destroyed outside the lock: a capture's destructor may call
     // call_soon_threadsafe() and get its logic_error instead of a deadlock.
@@ -650,6 +924,9 @@ void Reactor::close() {
         impl.selector->close();
     }
     impl.scheduler.clear();
+    impl.descriptor_count = 0;
+    impl.reader_count = 0;
+    impl.writer_count = 0;
     soon_.queue.clear();
     impl.running_batch.clear();
     soon_.live = 0;
@@ -679,7 +956,41 @@ void Reactor::notify_close_hooks(detail::CloseHook& sentinel) noexcept {
 
 void Reactor::set_exception_handler(ExceptionHandler handler) {
     check_thread("set_exception_handler");
-    impl_->exception_handler = handler ? std::move(handler) : ExceptionHandler{detail::default_exception_handler};
+    if (!handler) {
+        impl_->exception_handler = detail::default_exception_handler;
+        return;
+    }
+    impl_->exception_handler = [handler = std::move(handler)](std::exception_ptr error, const CallbackOrigin&) {
+        handler(std::move(error));
+    };
+}
+
+void Reactor::set_exception_handler(OriginExceptionHandler handler) {
+    check_thread("set_exception_handler");
+    impl_->exception_handler = handler ? std::move(handler) : OriginExceptionHandler{detail::default_exception_handler};
+}
+
+void Reactor::report_still_registered() const noexcept {
+    try {
+        const Impl& impl = *impl_;
+        for (const auto& key : impl.selector->get_map()) {
+            if (key.fd == impl.wake_fd || key.fd == impl.embed_timer_fd) {
+                continue;
+            }
+            const char* sides = key.events == (EVENT_READ | EVENT_WRITE) ? "a reader and a writer"
+                                : key.events.contains(EVENT_READ)        ? "a reader"
+                                                                         : "a writer";
+            logger().warn("reactor: close: fd {} still has {}", key.fd, sides);
+        }
+        if (const std::size_t timers = impl.scheduler.size(); timers != 0) {
+            logger().warn("reactor: close: {} timer(s) still scheduled", timers);
+        }
+        if (soon_.live != 0) {
+            logger().warn("reactor: close: {} call_soon callback(s) still queued", soon_.live);
+        }
+    } catch (...) {
+        // Logging only: close() goes on whatever happens here.
+    }
 }
 
 std::string_view Reactor::selector_name() const noexcept {

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -68,8 +69,26 @@ int drain_wakeup(int fd, WakeupCall call) noexcept;
 // lost, and the caller of run() hears of it.
 [[noreturn, gnu::cold, gnu::noinline]] void refuse_drain(int error, int fd);
 
-// Logs what a callback threw, when the user set no handler of their own.
-void default_exception_handler(std::exception_ptr error);
+// Logs what a callback threw, naming it, when the user set no handler of
+// their own.
+void default_exception_handler(std::exception_ptr error, const CallbackOrigin& origin);
+
+// The loop's totals: stored by the loop thread alone, read by any thread.
+// A plain load and store, not an atomic add (one writer): no locked
+// instruction on the loop's path.
+struct LoopMetrics {
+    std::atomic<std::uint64_t> iterations{0};
+    std::atomic<std::uint64_t> callbacks_run{0};
+    std::atomic<std::uint64_t> slow_callbacks{0};
+    std::atomic<std::chrono::steady_clock::rep> idle_time{0};
+    std::atomic<std::chrono::steady_clock::rep> timer_lag_last{0};
+    std::atomic<std::chrono::steady_clock::rep> timer_lag_max{0};
+
+    template <class T>
+    static void add(std::atomic<T>& total, T amount) noexcept {
+        total.store(total.load(std::memory_order_relaxed) + amount, std::memory_order_relaxed);
+    }
+};
 
 [[noreturn, gnu::cold, gnu::noinline]] void refuse_empty_callback(std::string_view operation);
 
@@ -102,7 +121,7 @@ struct Reactor::Impl {
     // never does while it runs) and positions stay unique across both.
     detail::RingQueue<Callback> running_batch;
     std::vector<detail::Scheduler::Id> due;  // this iteration's due timers
-    ExceptionHandler exception_handler = detail::default_exception_handler;
+    OriginExceptionHandler exception_handler = detail::default_exception_handler;
 
     // The fd callback running now, moved out of its key: which fd and side;
     // whether it changed its fd's registration meanwhile (then the key must
@@ -117,6 +136,19 @@ struct Reactor::Impl {
     // new token. Cleared where it is read.
     bool running_renewed = false;
     std::uint64_t renewed_token = 0;
+    int running_signal = 0;  // the signal whose handler runs now, for its CallbackOrigin
+
+    // What stats() reports, kept as registrations change.
+    std::size_t descriptor_count = 0;
+    std::size_t reader_count = 0;
+    std::size_t writer_count = 0;
+
+    // Debug mode (Reactor::debug_ says whether it is on).
+    Duration slow_threshold{};
+    bool slow_reported = false;   // a callback nested in the one timed now was reported
+    bool measure_idle = false;    // set_idle_time_measurement()
+    TimePoint timers_taken_at{};  // the clock reading that took this iteration's due timers
+    detail::LoopMetrics metrics;
 
     // Embedding: a timerfd in the selector, armed so the selector's own
     // descriptor polls readable whenever there is work.
@@ -141,6 +173,12 @@ struct Reactor::Impl {
     std::uint64_t incoming_takes = 0;       // guarded by incoming_mutex: times `incoming` was taken
     std::atomic<int> wakers{0};             // call_soon_threadsafe() calls writing to wake_fd now
     std::uint64_t missed_wakeups_seen = 0;  // the loop's last look at missed_wakeups
+    // wakeup_from_signal()'s view of wake_fd: -1 once close() began. Lock-free,
+    // so a signal handler may read it; close() waits for signal_wakers to drop
+    // to zero before it closes the descriptor.
+    std::atomic<int> signal_wake_fd{-1};
+    std::atomic<int> signal_wakers{0};
+    static_assert(std::atomic<int>::is_always_lock_free, "wakeup_from_signal() needs lock-free atomics");
 
     // Signals handled by this reactor and what was installed before. Last:
     // 14 KiB that would otherwise part the fields a dispatch reads.
@@ -148,6 +186,8 @@ struct Reactor::Impl {
     std::array<std::optional<struct sigaction>, detail::signal_limit> previous_actions;
 
     TimePoint now() const { return clock ? clock() : Clock::now(); }
+
+    std::size_t& side_count(Events side) noexcept { return side == EVENT_READ ? reader_count : writer_count; }
 
     // The time left until `deadline` on this reactor's clock, saturated.
     // Out of line on purpose: inlined into run_iteration, these few
@@ -167,6 +207,7 @@ struct Reactor::Impl {
     // fd's registration without a new lookup: true unless the callback
     // touched it. The keys live at stable addresses, so an untouched key
     // needs neither a second lookup nor a check.
+    template <bool Timed>
     [[gnu::always_inline]] bool run_handler(Reactor& reactor, const Key& key, Events side, std::uint64_t token) {
         Callback& slot = side == EVENT_READ ? key.data.reader : key.data.writer;
         // Moved out while it runs, so that replacing or removing itself (or
@@ -176,7 +217,7 @@ struct Reactor::Impl {
         running_side = side;
         running_touched = false;
         running_replaced = false;
-        reactor.invoke(running);
+        reactor.invoke<Timed>(running, side == EVENT_READ ? CallbackKind::reader : CallbackKind::writer);
         running_fd = -1;
         if (!running_touched) {
             slot.assign_to_empty(std::move(running));
@@ -194,12 +235,20 @@ struct Reactor::Impl {
 };
 
 // In the header so that the loop and the signal dispatch both inline it:
-// the exception wrapper costs no call around every callback.
-[[gnu::always_inline]] inline void Reactor::invoke(Callback& callback) noexcept {
+// the exception wrapper costs no call around every callback. `kind` is a
+// constant at each call site, used only on the cold paths.
+template <bool Timed>
+[[gnu::always_inline]] inline void Reactor::invoke(Callback& callback, CallbackKind kind) noexcept {
+    if constexpr (Timed) {
+        if (debug_) {
+            invoke_timed(callback, kind);
+            return;
+        }
+    }
     try {
         callback();
     } catch (...) {
-        report(std::current_exception());
+        report(std::current_exception(), kind);
     }
 }
 

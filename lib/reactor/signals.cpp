@@ -103,7 +103,8 @@ void Reactor::run_signal_handler(int signo) {
     }
     // Same precaution as for fd callbacks: the handler may remove itself.
     Callback running = std::move(slot);
-    invoke(running);
+    impl_->running_signal = signo;
+    invoke<true>(running, CallbackKind::signal);  // debug mode decided at run time: not the loop
     if (!slot && impl_->previous_actions[static_cast<std::size_t>(signo)]) {
         slot = std::move(running);
     }

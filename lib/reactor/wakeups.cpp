@@ -111,6 +111,25 @@ void Reactor::call_soon_threadsafe(Callback callback) {
     }
 }
 
+void Reactor::wakeup_from_signal() const noexcept {
+    const int saved_errno = errno;
+    // A child forked after the reactor was made shares its eventfd with the
+    // parent: a write there would wake the parent's loop.
+    if (!forked_away()) {
+        Impl& impl = *impl_;
+        impl.signal_wakers.fetch_add(1, std::memory_order_acq_rel);
+        if (const int fd = impl.signal_wake_fd.load(std::memory_order_acquire); fd >= 0) {
+            if (detail::write_wakeup(fd, detail::WakeupCall::signal_write) != 0) {
+                // The loop's next iteration takes its wakeups whatever ends
+                // its wait: late, not lost.
+                detail::missed_wakeups.fetch_add(1, std::memory_order_relaxed);
+            }
+        }
+        impl.signal_wakers.fetch_sub(1, std::memory_order_release);
+    }
+    errno = saved_errno;
+}
+
 void Reactor::wakeup_failed(int error, int wake_fd, std::size_t position, std::uint64_t takes) {
     Impl& impl = *impl_;
     Callback refused;
