@@ -2,6 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <new>
+#include <stdexcept>
+
+#include "base/exception_code.hpp"
+
 namespace muxio {
 
 std::system_error make_system_error(int errnum, std::string_view operation, int fd) {
@@ -17,3 +22,25 @@ void throw_system_error(int errnum, std::string_view operation, int fd) {
 }
 
 }  // namespace muxio
+
+namespace muxio::detail {
+
+std::error_code code_of_current_exception() noexcept {
+    try {
+        throw;
+    } catch (const std::system_error& error) {
+        return error.code();
+    } catch (const std::bad_alloc&) {
+        return std::make_error_code(std::errc::not_enough_memory);
+    } catch (const std::length_error&) {
+        return std::make_error_code(std::errc::not_enough_memory);
+    } catch (const std::invalid_argument&) {
+        return std::make_error_code(std::errc::invalid_argument);
+    } catch (const std::logic_error&) {
+        return std::make_error_code(std::errc::operation_not_permitted);
+    } catch (...) {
+        return std::make_error_code(std::errc::io_error);
+    }
+}
+
+}  // namespace muxio::detail

@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include "base/exception_code.hpp"
 #include "muxio/detail/registration_token.hpp"
 #include "muxio/detail/ring_queue.hpp"
 #include "muxio/detail/selector_loop.hpp"
@@ -623,28 +624,6 @@ std::errc Reactor::misuse() const noexcept {
     return std::errc{};
 }
 
-namespace {
-
-// What the throwing forms throw, as a code: the selector below reports the
-// kernel's refusals by exception.
-std::error_code code_of_current_exception() noexcept {
-    try {
-        throw;
-    } catch (const std::system_error& error) {
-        return error.code();
-    } catch (const std::bad_alloc&) {
-        return std::make_error_code(std::errc::not_enough_memory);
-    } catch (const std::invalid_argument&) {
-        return std::make_error_code(std::errc::invalid_argument);
-    } catch (const std::logic_error&) {
-        return std::make_error_code(std::errc::operation_not_permitted);
-    } catch (...) {
-        return std::make_error_code(std::errc::io_error);
-    }
-}
-
-}  // namespace
-
 void Reactor::add_handler(int fd, Events side, Callback callback, std::error_code& ec) noexcept {
     ec.clear();
     if (const std::errc refused = misuse(); refused != std::errc{}) {
@@ -658,7 +637,7 @@ void Reactor::add_handler(int fd, Events side, Callback callback, std::error_cod
     try {
         add_handler(fd, side, std::move(callback));
     } catch (...) {
-        ec = code_of_current_exception();
+        ec = detail::code_of_current_exception();
     }
 }
 
@@ -671,7 +650,7 @@ bool Reactor::remove_handler(int fd, Events side, std::error_code& ec) noexcept 
     try {
         return remove_handler(fd, side);
     } catch (...) {
-        ec = code_of_current_exception();
+        ec = detail::code_of_current_exception();
         return false;
     }
 }

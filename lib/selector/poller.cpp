@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "base/exception_code.hpp"
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
@@ -79,33 +80,12 @@ std::span<const PollEvent> Poller::wait(Timeout timeout, LiveFilter live) {
     }
 }
 
-namespace {
-
-// What a backend's throwing add() or modify() said, as an error_code.
-std::error_code code_of_current_exception() noexcept {
-    try {
-        throw;
-    } catch (const std::system_error& error) {
-        return error.code();
-    } catch (const std::invalid_argument&) {
-        return std::make_error_code(std::errc::invalid_argument);
-    } catch (const std::bad_alloc&) {
-        return std::make_error_code(std::errc::not_enough_memory);
-    } catch (const std::length_error&) {
-        return std::make_error_code(std::errc::not_enough_memory);
-    } catch (...) {
-        return std::make_error_code(std::errc::io_error);
-    }
-}
-
-}  // namespace
-
 void Poller::try_add(int fd, Events events, std::uint64_t token, std::error_code& error) noexcept {
     error.clear();
     try {
         add(fd, events, token);
     } catch (...) {
-        error = code_of_current_exception();
+        error = detail::code_of_current_exception();
     }
 }
 
@@ -115,7 +95,7 @@ void Poller::try_modify(int fd, Events old_events, Events new_events, std::uint6
     try {
         modify(fd, old_events, new_events, token);
     } catch (...) {
-        error = code_of_current_exception();
+        error = detail::code_of_current_exception();
     }
 }
 
