@@ -80,8 +80,9 @@ std::string run_pair(const muxio::tls_test::Credentials& server_credentials, std
     muxio::TcpListener listener = muxio::TcpListener::bind(reactor, muxio::SocketAddress::ipv4("127.0.0.1", 0));
     const std::uint16_t port = listener.local_address().port();
     auto both = [&]() -> muxio::Task<std::string> {
-        auto [served, text] = co_await muxio::when_all(accept_and_greet(reactor, listener, server_context, server_failure),
-                                                       fetch_greeting(reactor, port, muxio::tls_test::pki().ca));
+        auto [served, text] =
+            co_await muxio::when_all(accept_and_greet(reactor, listener, server_context, server_failure),
+                                     fetch_greeting(reactor, port, muxio::tls_test::pki().ca));
         (void)served;
         co_return std::move(text);
     };
