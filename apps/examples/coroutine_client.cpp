@@ -27,11 +27,10 @@
 #include <cstdio>
 #include <exception>
 #include <optional>
-#include <span>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
-#include <vector>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -55,52 +54,13 @@ struct ClientOptions {
     std::size_t max_line = std::size_t{64} * 1024;
 };
 
-// Reads '\n'-terminated lines from a stream. Bytes that arrive past a newline
-// stay in `pending_` for the next call, so no byte of a reply is lost
-// whatever the reads return.
-class LineReader {
-public:
-    LineReader(muxio::TcpStream& stream, std::size_t max_line) : stream_{stream}, max_line_{max_line} {}
-
-    // The next line without its "\n" (or "\r\n"); nullopt when the peer
-    // closes between lines. std::runtime_error for a line longer than
-    // max_line or a stream that ends in the middle of one.
-    muxio::Task<std::optional<std::string>> read_line() {
-        for (;;) {
-            const std::size_t newline = pending_.find('\n');
-            if (newline != std::string::npos) {
-                std::string line = pending_.substr(0, newline);
-                pending_.erase(0, newline + 1);
-                if (!line.empty() && line.back() == '\r') {
-                    line.pop_back();
-                }
-                co_return line;
-            }
-            if (pending_.size() > max_line_) {
-                throw std::runtime_error(fmt::format("a reply line is longer than {} bytes", max_line_));
-            }
-            const std::size_t got = co_await stream_.read_some(chunk_);
-            if (got == 0) {
-                if (!pending_.empty()) {
-                    throw std::runtime_error("the server closed the connection in the middle of a reply");
-                }
-                co_return std::nullopt;
-            }
-            pending_.append(reinterpret_cast<const char*>(chunk_.data()), got);
-        }
-    }
-
-private:
-    muxio::TcpStream& stream_;
-    std::size_t max_line_;
-    std::string pending_;
-    std::vector<std::byte> chunk_ = std::vector<std::byte>(4096);
-};
-
 // The whole conversation. Every co_await below listens to the task's ambient
 // stop_token (the one run_until_complete() was given), so a stop request
 // ends whichever is pending with muxio::Cancelled; the stream and the reader
-// are then destroyed on the way out, closing the connection.
+// are then destroyed on the way out, closing the connection. Replies are read
+// through a muxio::BufferedReader: bytes that arrive past a newline stay
+// buffered for the next reply, and a reply line longer than max_line bytes
+// is refused (muxio::LimitOverrun) instead of growing the buffer without end.
 muxio::Task<void> converse(muxio::Reactor& reactor, const ClientOptions& options, std::size_t& replies) {
     const std::stop_token stop = co_await muxio::get_stop_token();
 
@@ -115,7 +75,7 @@ muxio::Task<void> converse(muxio::Reactor& reactor, const ClientOptions& options
     fmt::print("connected to {}\n", stream.peer_address());
     std::fflush(stdout);
 
-    LineReader reader{stream, options.max_line};
+    muxio::BufferedReader reader{stream};
     for (unsigned n = 1; options.count == 0 || n <= options.count; ++n) {
         // Awaits that find their socket ready complete without suspending, so
         // a loop of them would not notice a stop on its own: ask each round.
@@ -128,11 +88,16 @@ muxio::Task<void> converse(muxio::Reactor& reactor, const ClientOptions& options
         const std::string request = fmt::format("{} {}\n", options.message, n);
         co_await stream.write_all(request);
 
-        std::optional<std::string> reply;
+        // A view into the reader's buffer, valid until its next read.
+        std::optional<std::string_view> reply;
         try {
-            reply = co_await muxio::with_timeout(reactor, options.timeout, reader.read_line());
+            reply = co_await muxio::with_timeout(reactor, options.timeout, reader.read_line(options.max_line));
         } catch (const muxio::TimeoutError&) {
             throw std::runtime_error(fmt::format("no reply to request {} within {} ms", n, options.timeout.count()));
+        } catch (const muxio::LimitOverrun&) {
+            throw std::runtime_error(fmt::format("a reply line is longer than {} bytes", options.max_line));
+        } catch (const muxio::IncompleteRead&) {
+            throw std::runtime_error("the server closed the connection in the middle of a reply");
         }
         if (!reply) {
             throw std::runtime_error(fmt::format("the server closed the connection before replying to request {}", n));

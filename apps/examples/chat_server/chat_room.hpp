@@ -15,8 +15,10 @@ namespace chat {
 // Names a connection for as long as the server runs; never reused.
 using ClientId = std::uint64_t;
 
-// A line as sent, newline included. One broadcast line is one Message shared
-// by every recipient's queue: fanning it out copies a pointer, not the text.
+// A line as sent, newline included. One broadcast line is built once and
+// shared by the room's fan-out; each recipient's Transport::write() then sends
+// it at once and copies into that connection's write queue only what the
+// kernel does not take, so a slow reader holds its own copy of the rest.
 using Message = std::shared_ptr<const std::string>;
 
 // What the protocol asks of the connection layer.
