@@ -350,7 +350,7 @@ def server_command(runner, name, mode, port, build=None):
     if name in PROGRAMS:
         return [runner.program(PROGRAMS[name][0], build), "--mode", mode, "--port", str(port)] + variant_of(name)
     apps = os.path.join(build or runner.args.build_dir, "apps")
-    if name in ("muxio-http", "muxio-resp"):
+    if name in ("muxio-http", "muxio-resp", "muxio-echo"):  # muxio-echo: the app, in its callback mode
         return [os.path.join(apps, name), "--port", str(port), "--bind", "127.0.0.1"]
     if name == "redis-server":
         os.makedirs(os.path.join(runner.tmp, "redis"), exist_ok=True)
@@ -451,10 +451,10 @@ def run_http(runner, job, build=None):
         runner.stop(server)
 
 
-def run_resp(runner, job):
+def run_resp(runner, job, build=None):
     args = runner.args
     port = runner.next_port()
-    server = runner.start(server_command(runner, job["server"], "resp", port))
+    server = runner.start(server_command(runner, job["server"], "resp", port, build))
     rows = []
     try:
         if not runner.wait_listening(server, port):
@@ -585,6 +585,14 @@ def jobs_of(args):
             if not build or not os.path.exists(build):
                 raise SystemExit(f"muxbench: not BUILD_DIR:SERVER or PROGRAM:SERVER: {spec}")
             names.append(spec + (f" ({names.count(spec) + 1})" if spec in names else ""))
+            if args.bench == "resp":
+                for p in args.pipelines:
+                    job = dict(bench="ab-resp", server=names[-1], index=index, pipeline=p, config=f"-P {p}",
+                               metric="server_cpu_ns_per_req")
+                    jobs.append((lambda r, j, b=build, s=server: [
+                        dict(row, server=j["server"], config=f"{row['test']}, {j['config']}")
+                        for row in run_resp(r, dict(j, server=s), b)], job))
+                continue
             for n in args.connections or ([1000] if args.bench == "echo" else [512]):
                 job = dict(bench="ab-" + args.bench, server=names[-1], index=index, connections=n, size=args.size)
                 job["config"] = f"{args.size} B, {n} conn." if args.bench == "echo" else f"{n} conn."
@@ -720,12 +728,12 @@ def main():
     p.add_argument("--idle", type=lambda t: listed(t, int), default=[0],
                    help="idle connections held open beside the active ones, e.g. 0,10000 (default 0)")
     for name, help_ in (("http", "wrk against the HTTP servers: server CPU per request, requests/s, p50/p99"),
-                        ("ab", "A/B of one server from two builds (echo or http)")):
+                        ("ab", "A/B of one server from two builds (echo, http or resp)")):
         p = command(name, help_, servers="muxio-http,muxio,libuv,libevent,asio,epoll,nginx" if name == "http" else None,
                     rounds=7 if name == "http" else 9, connections="64,512" if name == "http" else None, duration=2)
         p.add_argument("--http-duration", type=int, default=3, help="wrk seconds, whole (default 3)")
         p.add_argument("--http-warmup", type=int, default=1, help="wrk warm-up run, seconds; 0: none (default 1)")
-    p.add_argument("bench", choices=("echo", "http"))
+    p.add_argument("bench", choices=("echo", "http", "resp"))
     p.add_argument("contenders", nargs="+", metavar="BUILD:SERVER",
                    help="a build directory (or a bench-* program copied aside) and a server name: build/old:muxio; "
                         "the first is the reference")
@@ -733,6 +741,9 @@ def main():
     p.add_argument("--connections", type=lambda t: listed(t, int), help="default 1000 (echo), 512 (http)")
     p.add_argument("--perf", action="store_true",
                    help="echo: also sample with perf for the user-space share of the server's CPU time")
+    p.add_argument("--pipelines", type=lambda t: listed(t, int), default=[1, 16], help="resp: -P values (default 1,16)")
+    p.add_argument("--resp-clients", type=int, default=50, help="resp: -c (default 50)")
+    p.add_argument("--resp-requests", type=int, default=100000, help="resp: -n per unit of -P (default 100000)")
     p = command("resp", "redis-benchmark set and get: server CPU per request", servers="muxio-resp,redis-server")
     p.add_argument("--pipelines", type=lambda t: listed(t, int), default=[1, 16], help="-P values (default 1,16)")
     p.add_argument("--resp-clients", type=int, default=50, help="-c (default 50)")
