@@ -193,9 +193,10 @@ public:
     /// is queued (a response's head and body without joining them first).
     /// Same contract as write().
     void writev(std::span<const std::span<const std::byte>> buffers);
-    /// Queues `count` bytes of the file `file` from `offset`, sent with
-    /// sendfile(2) after what is queued before it and never read into
-    /// memory. The transport owns `file` from the call on (also when it
+    /// Sends `count` bytes of the file `file` from `offset` with sendfile(2),
+    /// never reading them into memory: at once when nothing is queued (as
+    /// write() does), queueing what the kernel does not take; otherwise
+    /// after what is queued before it. The transport owns `file` from the call on (also when it
     /// throws) and closes it once sent or when the connection ends. They
     /// count in write_buffer_size(). A file that ends before `count` bytes
     /// ends the connection with ENODATA (the peer was promised more). Errors

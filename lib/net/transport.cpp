@@ -3,6 +3,8 @@
 #include "muxio/transport.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -44,6 +46,31 @@ constexpr std::size_t max_iovecs = 64;
 
 std::error_code last_error(int errnum) noexcept {
     return {errnum, std::system_category()};
+}
+
+// sendfile(2) to a socket whose peer is gone raises SIGPIPE, and unlike
+// send() it has no MSG_NOSIGNAL: the signal is blocked around the call and
+// one it raised is taken before the mask is restored. A SIGPIPE already
+// pending is someone else's and left alone.
+ssize_t sendfile_without_sigpipe(int socket, int file, off_t& offset, std::size_t count, int& errnum) noexcept {
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    sigset_t pending;
+    sigemptyset(&pending);
+    const bool was_pending = ::sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    sigset_t previous;
+    const bool masked = !was_pending && ::pthread_sigmask(SIG_BLOCK, &pipe_only, &previous) == 0;
+    const ssize_t sent = detail::transfer_errno(errnum, [&] { return ::sendfile(socket, file, &offset, count); });
+    if (masked) {
+        if (sent < 0 && errnum == EPIPE) {
+            const timespec no_wait{};
+            while (::sigtimedwait(&pipe_only, nullptr, &no_wait) < 0 && errno == EINTR) {
+            }
+        }
+        (void)::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+    }
+    return sent;
 }
 
 }  // namespace
@@ -525,6 +552,14 @@ void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
     }
     file_bytes_ += count;
     if (state_ == State::open) {
+        // Alone in the queue, it is sent now, as write() sends, and waits
+        // for writability only for what the kernel does not take.
+        if (files_.size() - files_head_ == 1 && queue_.size() == queue_head_ && !send_queued_file()) {
+            return;
+        }
+        if (write_buffer_size() == 0) {
+            return;
+        }
         add_writer();
     }
     if (state_ == State::open || state_ == State::starting || state_ == State::connecting) {
@@ -536,9 +571,8 @@ bool Transport::send_queued_file() {
     QueuedFile& file = files_[files_head_];
     off_t offset = file.offset;
     int errnum = 0;
-    const ssize_t sent = detail::transfer_errno(errnum, [&] {
-        return ::sendfile(fd_, file.fd, &offset, static_cast<std::size_t>(std::min(file.left, sendfile_chunk)));
-    });
+    const ssize_t sent = sendfile_without_sigpipe(
+        fd_, file.fd, offset, static_cast<std::size_t>(std::min(file.left, sendfile_chunk)), errnum);
     if (sent < 0) {
         if (errnum != 0) {
             finish(last_error(errnum));

@@ -1,0 +1,156 @@
+// Transport: send_file without a wait when nothing is queued, the unread
+// input drained before a clean close, and Protocol::write_drained().
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <doctest/doctest.h>
+
+#include "muxio/net.hpp"
+#include "muxio/transport.hpp"
+#include "support/support.hpp"
+#include "transport/transport_support.hpp"
+
+namespace muxio::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A transport on one end of a socket pair; the test holds the other end.
+struct Side {
+    explicit Side(Reactor& reactor, TransportOptions options = {}) {
+        SocketPair pair;
+        peer = std::move(pair.right);
+        transport = std::make_unique<Transport>(reactor, pair.left.release(), protocol, options);
+    }
+    Recorder protocol;
+    UniqueFd peer;
+    std::unique_ptr<Transport> transport;
+};
+
+UniqueFd file_with(std::string_view content) {
+    char name[] = "/tmp/muxio-drain-file-XXXXXX";
+    UniqueFd fd{::mkstemp(name)};
+    REQUIRE(fd.get() >= 0);
+    ::unlink(name);
+    REQUIRE(::write(fd.get(), content.data(), content.size()) == static_cast<ssize_t>(content.size()));
+    return fd;
+}
+
+std::string pattern(std::size_t size) {
+    std::string text;
+    text.reserve(size);
+    for (std::size_t i = 0; i < size; ++i) {
+        text += static_cast<char>('a' + i % 26);
+    }
+    return text;
+}
+
+// Reads non-blocking `fd` to its end, appending to `into`; the errno that
+// ended it, 0 for the end of the stream. Waits at most 10 s in all.
+int read_to_end(int fd, std::string& into) {
+    const Stopwatch watch;
+    char chunk[65536];
+    while (watch.elapsed() < 10s) {
+        const ssize_t got = ::recv(fd, chunk, sizeof chunk, 0);
+        if (got > 0) {
+            into.append(chunk, static_cast<std::size_t>(got));
+            continue;
+        }
+        if (got == 0) {
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            return errno;
+        }
+        pollfd readable{fd, POLLIN, 0};
+        (void)::poll(&readable, 1, 100);
+    }
+    return ETIMEDOUT;
+}
+
+// Waits (bounded) until `fd` has input to read.
+bool has_input(int fd) {
+    pollfd readable{fd, POLLIN, 0};
+    return ::poll(&readable, 1, 5000) == 1;
+}
+
+// ----- send_file ------------------------------------------------------------------
+
+TEST_CASE("send_file with nothing queued sends at once, without registering a writer") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Side side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    const std::string content = pattern(1000);
+    UniqueFd file = file_with(content);
+    side.transport->send_file(file.release(), 10, 900);
+    CHECK(side.transport->write_buffer_size() == 0);
+    CHECK(reactor.stats().writers == 0);
+    side.transport->write(std::string_view{":after"});
+    CHECK(reactor.stats().writers == 0);
+    std::string got;
+    CHECK(read_available(side.peer.get(), got));
+    CHECK(got == content.substr(10, 900) + ":after");
+    CHECK(side.protocol.lost == 0);
+}
+
+TEST_CASE("send_file of a file larger than the kernel takes queues the rest and sends it in order") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Side side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    const std::string content = pattern(3 * 1024 * 1024);
+    UniqueFd file = file_with(content);
+    side.transport->send_file(file.release(), 0, content.size());
+    CHECK(side.transport->write_buffer_size() > 0);
+    CHECK(side.transport->write_buffer_size() < content.size());  // part went at once
+    CHECK(reactor.stats().writers == 1);
+    side.transport->write(std::string_view{":tail"});
+    side.transport->close();
+    std::string got;
+    bool open = true;
+    REQUIRE(run_until(reactor, [&] {
+        if (open) {
+            open = read_available(side.peer.get(), got);
+        }
+        return !open && side.protocol.lost == 1;
+    }));
+    CHECK(got.size() == content.size() + 5);
+    CHECK(got == content + ":tail");
+    CHECK_FALSE(*side.protocol.reason);
+}
+
+TEST_CASE("send_file of an empty file sent at once ends the connection with ENODATA, after the call returns") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Side side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    UniqueFd file = file_with("");
+    side.transport->send_file(file.release(), 0, 10);
+    CHECK(side.transport->is_closed());
+    CHECK(side.protocol.lost == 0);
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK(*side.protocol.reason == std::errc::no_message_available);
+}
+
+TEST_CASE("send_file to a peer that is gone ends the connection with EPIPE or ECONNRESET and closes the file") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Side side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    side.peer.reset();
+    UniqueFd file = file_with("content");
+    side.transport->send_file(file.release(), 0, 7);
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK((*side.protocol.reason == std::errc::broken_pipe || *side.protocol.reason == std::errc::connection_reset));
+}
+
+}  // namespace
+}  // namespace muxio::test
