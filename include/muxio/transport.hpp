@@ -238,6 +238,13 @@ public:
     /// connection_lost() with an empty reason. A peer that never reads
     /// keeps it waiting: the idle timeout bounds that (or abort()).
     /// Harmless when closing or over.
+    ///
+    /// Just before the descriptor is closed, input the protocol did not
+    /// read is read and discarded, up to 64 KiB and without waiting: the
+    /// kernel answers a close with unread input by resetting the
+    /// connection, and a reset can destroy the last bytes the peer has not
+    /// read yet. With more unread than that, the peer may still see
+    /// ECONNRESET after reading what was sent.
     void close();
     /// Ends the connection now, dropping the queue: connection_lost() with
     /// `reason` (ECONNABORTED unless given). Harmless when over.

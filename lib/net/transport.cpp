@@ -48,6 +48,25 @@ std::error_code last_error(int errnum) noexcept {
     return {errnum, std::system_category()};
 }
 
+// How much unread input a clean close reads and discards at most.
+constexpr std::size_t close_drain_limit = std::size_t{64} * 1024;
+
+// Reads and discards what `fd` has to read, up to close_drain_limit, without
+// waiting. A socket closed with input unread makes the kernel reset the
+// connection instead of ending it, and a reset can destroy what the peer has
+// not read yet: the last answer before the close.
+void discard_unread_input(int fd) noexcept {
+    std::array<std::byte, std::size_t{16} * 1024> sink;  // filled, never looked at
+    for (std::size_t taken = 0; taken < close_drain_limit;) {
+        const ssize_t got = ::recv(fd, sink.data(), sink.size(), MSG_DONTWAIT);
+        if (got > 0) {
+            taken += static_cast<std::size_t>(got);
+        } else if (got == 0 || errno != EINTR) {
+            return;
+        }
+    }
+}
+
 // sendfile(2) to a socket whose peer is gone raises SIGPIPE, and unlike
 // send() it has no MSG_NOSIGNAL: the signal is blocked around the call and
 // one it raised is taken before the mask is restored. A SIGPIPE already
@@ -703,6 +722,9 @@ void Transport::after_drain() {
         }
     }
     if (closing_) {
+        if (!read_eof_) {
+            discard_unread_input(fd_);
+        }
         finish({});
     }
 }

@@ -1,5 +1,6 @@
 // Transport: send_file without a wait when nothing is queued, the unread
 // input drained before a clean close, and Protocol::write_drained().
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -150,6 +151,94 @@ TEST_CASE("send_file to a peer that is gone ends the connection with EPIPE or EC
     side.transport->send_file(file.release(), 0, 7);
     REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
     CHECK((*side.protocol.reason == std::errc::broken_pipe || *side.protocol.reason == std::errc::connection_reset));
+}
+
+// ----- Unread input at a clean close ------------------------------------------------
+
+TEST_CASE("close with unread input drains it: the peer reads the last bytes and then the end of stream, not a reset") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Side side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    side.transport->pause_reading();
+    write_all(side.peer.get(), "a request the protocol never reads\n");
+    REQUIRE(has_input(side.transport->fileno()));
+    side.transport->write(std::string_view{"bye\n"});
+    side.transport->close();
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK_FALSE(*side.protocol.reason);
+    std::string got;
+    CHECK(read_to_end(side.peer.get(), got) == 0);
+    CHECK(got == "bye\n");
+}
+
+TEST_CASE("close from inside data_received with more input pending still lets the peer read the answer and the end") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Side side{reactor, TransportOptions{.read_size = 4}};
+    side.protocol.on_data = [](Recorder& self, std::span<const std::byte>) {
+        self.transport->write(std::string_view{"bye\n"});
+        self.transport->close();
+    };
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    write_all(side.peer.get(), "quit and then some more");
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK(side.protocol.received == "quit");
+    CHECK_FALSE(*side.protocol.reason);
+    std::string got;
+    CHECK(read_to_end(side.peer.get(), got) == 0);
+    CHECK(got == "bye\n");
+}
+
+TEST_CASE("a TCP transport closed with unread input sends its last bytes and a FIN, not a reset") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+    const SocketAddress address = listener.local_address();
+    UniqueFd peer{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    REQUIRE(::connect(peer.get(), address.data(), address.size()) == 0);
+    std::optional<TcpStream> accepted;
+    REQUIRE(run_until(reactor, [&] {
+        if (!accepted) {
+            std::error_code error;
+            accepted = listener.try_accept(error);
+        }
+        return accepted.has_value();
+    }));
+    Recorder protocol;
+    Transport transport{reactor, accepted->release(), protocol};
+    REQUIRE(run_until(reactor, [&] { return protocol.made == 1; }));
+    transport.pause_reading();
+    REQUIRE(::send(peer.get(), "* chat line nobody reads\n", 25, MSG_NOSIGNAL) == 25);
+    REQUIRE(has_input(transport.fileno()));
+    transport.write(std::string_view{"* bye\n"});
+    transport.close();
+    REQUIRE(run_until(reactor, [&] { return protocol.lost == 1; }));
+    CHECK_FALSE(*protocol.reason);
+    const int flags = ::fcntl(peer.get(), F_GETFL);
+    REQUIRE(::fcntl(peer.get(), F_SETFL, flags | O_NONBLOCK) == 0);
+    std::string got;
+    CHECK(read_to_end(peer.get(), got) == 0);
+    CHECK(got == "* bye\n");
+}
+
+TEST_CASE("close with more unread input than the drain takes still ends the connection cleanly and at once") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Side side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    side.transport->pause_reading();
+    fill_until_blocked(side.peer.get());  // far more than the drain reads
+    side.transport->write(std::string_view{"bye\n"});
+    side.transport->close();
+    CHECK(side.transport->is_closed());
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK_FALSE(*side.protocol.reason);
+    std::string got;
+    const int end = read_to_end(side.peer.get(), got);
+    CHECK(got == "bye\n");
+    // The kernel resets a connection closed with input unread (documented).
+    CHECK(end == ECONNRESET);
 }
 
 }  // namespace
