@@ -32,8 +32,11 @@ enum class TimeoutKind : std::uint8_t {
 /// (aborts).
 ///
 /// Order: connection_made() once, then any number of get_buffer() /
-/// data_received(), pause_writing() / resume_writing() and timed_out(), at
-/// most one eof_received(), and last exactly one connection_lost(). A
+/// data_received(), pause_writing() / resume_writing(), write_drained() and
+/// timed_out(), at most one eof_received(), and last exactly one
+/// connection_lost(). When the queue drains after pause_writing(),
+/// resume_writing() comes first, then write_drained(); both come before a
+/// pending write_eof() or close() takes effect. A
 /// transport whose connect fails calls connection_lost() without
 /// connection_made(). All run on the reactor's thread, from its callbacks
 /// or (pause_writing()) from inside Transport::write().
@@ -80,6 +83,13 @@ public:
     virtual void pause_writing() {}
     /// The write queue drained to the low water mark after pause_writing().
     virtual void resume_writing() {}
+    /// The write queue (bytes and files) became empty after holding
+    /// something: the last queued byte went to the kernel. Not called for a
+    /// write() or send_file() the kernel took whole at once, nor when the
+    /// queue is dropped (abort(), an error). Also called when close() or
+    /// write_eof() is pending, before it takes effect (write() is refused
+    /// then).
+    virtual void write_drained() {}
     /// A timer of the transport ran out. Return false, the default, to have
     /// the transport abort with ETIMEDOUT; true if the protocol dealt with it
     /// (wrote an answer such as HTTP's 408 and closed, or decided to go on:

@@ -707,9 +707,14 @@ void Transport::flush_queue() {
     }
     if (write_buffer_size() == 0) {
         remove_writer();
-        if (state_ == State::open) {
-            after_drain();
+        if (state_ != State::open) {
+            return;
         }
+        if (!call_protocol([this] { protocol_->write_drained(); }) || state_ != State::open ||
+            write_buffer_size() > 0) {
+            return;  // ended, or the protocol wrote again: the writer sends that
+        }
+        after_drain();
     }
 }
 

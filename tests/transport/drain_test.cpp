@@ -7,8 +7,10 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 
 #include <doctest/doctest.h>
@@ -239,6 +241,195 @@ TEST_CASE("close with more unread input than the drain takes still ends the conn
     CHECK(got == "bye\n");
     // The kernel resets a connection closed with input unread (documented).
     CHECK(end == ECONNRESET);
+}
+
+// ----- write_drained ----------------------------------------------------------------
+
+// A Recorder that also counts write_drained().
+struct DrainRecorder : Recorder {
+    int drains = 0;
+    std::string events;  // "p" pause_writing, "r" resume_writing, "d" write_drained
+    std::function<void(DrainRecorder&)> on_drained;
+    void pause_writing() override {
+        events += 'p';
+        Recorder::pause_writing();
+    }
+    void resume_writing() override {
+        events += 'r';
+        Recorder::resume_writing();
+    }
+    void write_drained() override {
+        ++drains;
+        events += 'd';
+        if (on_drained) {
+            on_drained(*this);
+        }
+    }
+};
+
+struct DrainSide {
+    explicit DrainSide(Reactor& reactor, TransportOptions options = {}) {
+        SocketPair pair;
+        peer = std::move(pair.right);
+        transport = std::make_unique<Transport>(reactor, pair.left.release(), protocol, options);
+    }
+    DrainRecorder protocol;
+    UniqueFd peer;
+    std::unique_ptr<Transport> transport;
+};
+
+// Reads from `side`'s peer until `size` bytes arrived into `got`, bounded.
+bool receive(Reactor& reactor, DrainSide& side, std::string& got, std::size_t size) {
+    return run_until(reactor, [&] {
+        (void)read_available(side.peer.get(), got);
+        return got.size() >= size;
+    });
+}
+
+TEST_CASE("write_drained comes once after a backlog has been sent, and not for writes the kernel takes at once") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    DrainSide side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    side.transport->write(std::string_view{"ping"});
+    UniqueFd file = file_with("small file");
+    side.transport->send_file(file.release(), 0, 10);
+    for (int i = 0; i < 3; ++i) {
+        reactor.run_once(0s);
+    }
+    CHECK(side.protocol.drains == 0);
+    const std::string big = pattern(1024 * 1024);
+    side.transport->write(big);
+    REQUIRE(side.transport->write_buffer_size() > 0);
+    std::string got;
+    REQUIRE(receive(reactor, side, got, 14 + big.size()));
+    REQUIRE(run_until(reactor, [&] { return side.protocol.drains == 1; }));
+    CHECK(got == "pingsmall file" + big);
+    for (int i = 0; i < 3; ++i) {
+        reactor.run_once(0s);
+    }
+    CHECK(side.protocol.drains == 1);
+    CHECK(reactor.stats().writers == 0);
+}
+
+TEST_CASE("write_drained follows resume_writing when a paused queue drains, and a queued file counts in the queue") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    DrainSide side{reactor, TransportOptions{.high_water = 1024, .low_water = 0}};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    const std::string big = pattern(1024 * 1024);
+    side.transport->write(big);
+    CHECK(side.protocol.events == "p");
+    std::string got;
+    REQUIRE(receive(reactor, side, got, big.size()));
+    REQUIRE(run_until(reactor, [&] { return side.protocol.drains == 1; }));
+    CHECK(side.protocol.events == "prd");
+    UniqueFd file = file_with(big);
+    side.transport->send_file(file.release(), 0, big.size());
+    REQUIRE(side.transport->write_buffer_size() > 0);
+    got.clear();
+    REQUIRE(receive(reactor, side, got, big.size()));
+    REQUIRE(run_until(reactor, [&] { return side.protocol.drains == 2; }));
+    CHECK(got == big);
+    CHECK(side.protocol.events == "prdprd");
+}
+
+TEST_CASE("write_drained comes before a pending close takes effect, refuses writes there, and the close completes") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    DrainSide side{reactor};
+    bool closed_when_drained = true;
+    bool write_refused = false;
+    side.protocol.on_drained = [&](DrainRecorder& self) {
+        closed_when_drained = self.transport->is_closed();
+        try {
+            self.transport->write(std::string_view{"late"});
+        } catch (const std::logic_error&) {
+            write_refused = true;
+        }
+    };
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    const std::string big = pattern(1024 * 1024);
+    side.transport->write(big);
+    side.transport->close();
+    std::string got;
+    REQUIRE(receive(reactor, side, got, big.size()));
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK(side.protocol.drains == 1);
+    CHECK_FALSE(closed_when_drained);
+    CHECK(write_refused);
+    CHECK_FALSE(*side.protocol.reason);
+    CHECK(read_to_end(side.peer.get(), got) == 0);
+    CHECK(got == big);
+}
+
+TEST_CASE("close from inside write_drained ends the connection cleanly once the peer has everything") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    DrainSide side{reactor};
+    side.protocol.on_drained = [](DrainRecorder& self) { self.transport->close(); };
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    const std::string big = pattern(1024 * 1024);
+    side.transport->write(big);
+    std::string got;
+    REQUIRE(receive(reactor, side, got, big.size()));
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK(side.protocol.drains == 1);
+    CHECK_FALSE(*side.protocol.reason);
+    CHECK(read_to_end(side.peer.get(), got) == 0);
+    CHECK(got == big);
+}
+
+TEST_CASE("destroying the transport inside write_drained is safe and calls no connection_lost") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    DrainSide side{reactor};
+    side.protocol.on_drained = [&](DrainRecorder&) { side.transport.reset(); };
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    const std::string big = pattern(1024 * 1024);
+    side.transport->write(big);
+    std::string got;
+    REQUIRE(receive(reactor, side, got, big.size()));
+    REQUIRE(run_until(reactor, [&] { return side.transport == nullptr; }));
+    for (int i = 0; i < 3; ++i) {
+        reactor.run_once(0s);
+    }
+    CHECK(side.protocol.drains == 1);
+    CHECK(side.protocol.lost == 0);
+    CHECK(reactor.stats().descriptors == 0);
+}
+
+TEST_CASE("a write from inside write_drained that queues again brings one more write_drained once it is sent") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    DrainSide side{reactor};
+    const std::string big = pattern(1024 * 1024);
+    side.protocol.on_drained = [&](DrainRecorder& self) {
+        if (self.drains == 1) {
+            self.transport->write(big);
+        }
+    };
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    side.transport->write(big);
+    std::string got;
+    REQUIRE(receive(reactor, side, got, 2 * big.size()));
+    REQUIRE(run_until(reactor, [&] { return side.protocol.drains == 2; }));
+    for (int i = 0; i < 3; ++i) {
+        reactor.run_once(0s);
+    }
+    CHECK(side.protocol.drains == 2);
+    CHECK(got == big + big);
+}
+
+TEST_CASE("an aborted backlog brings no write_drained") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    DrainSide side{reactor};
+    REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
+    side.transport->write(pattern(1024 * 1024));
+    side.transport->abort();
+    REQUIRE(run_until(reactor, [&] { return side.protocol.lost == 1; }));
+    CHECK(side.protocol.drains == 0);
 }
 
 }  // namespace
