@@ -402,21 +402,19 @@ void Transport::update_reader() noexcept {
     if (want == reader_added_ || reactor_ == nullptr) {
         return;
     }
-    try {
-        if (want) {
-            reactor_->add_reader(fd_, [this] { on_readable(); });
-        } else {
-            reactor_->remove_reader(fd_);
-        }
-        reader_added_ = want;
-    } catch (const std::system_error& error) {
-        finish(error.code());
-    } catch (const std::invalid_argument&) {
-        // The selector cannot watch this descriptor (select's FD_SETSIZE).
-        finish(std::make_error_code(std::errc::invalid_argument));
-    } catch (...) {
-        finish(std::make_error_code(std::errc::not_enough_memory));
+    // EINVAL: the selector cannot watch this descriptor (select's FD_SETSIZE).
+    std::error_code error;
+    if (want) {
+        reactor_->add_reader(
+            fd_, [this] { on_readable(); }, error);
+    } else {
+        (void)reactor_->remove_reader(fd_, error);
     }
+    if (error) {
+        finish(error);
+        return;
+    }
+    reader_added_ = want;
 }
 
 void Transport::pause_reading() {
@@ -633,29 +631,28 @@ void Transport::add_writer() noexcept {
     if (writer_added_ || reactor_ == nullptr) {
         return;
     }
-    try {
-        reactor_->add_writer(fd_, [this] { on_writable(); });
-        writer_added_ = true;
-    } catch (const std::system_error& error) {
-        finish(error.code());
-    } catch (const std::invalid_argument&) {
-        // The selector cannot watch this descriptor (select's FD_SETSIZE).
-        finish(std::make_error_code(std::errc::invalid_argument));
-    } catch (...) {
-        finish(std::make_error_code(std::errc::not_enough_memory));
+    // EINVAL: the selector cannot watch this descriptor (select's FD_SETSIZE).
+    std::error_code error;
+    reactor_->add_writer(
+        fd_, [this] { on_writable(); }, error);
+    if (error) {
+        finish(error);
+        return;
     }
+    writer_added_ = true;
 }
 
 void Transport::remove_writer() noexcept {
     if (!writer_added_ || reactor_ == nullptr) {
         return;
     }
-    try {
-        reactor_->remove_writer(fd_);
-        writer_added_ = false;
-    } catch (const std::system_error& error) {
-        finish(error.code());
+    std::error_code error;
+    (void)reactor_->remove_writer(fd_, error);
+    if (error) {
+        finish(error);
+        return;
     }
+    writer_added_ = false;
 }
 
 void Transport::on_writable() {
