@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <exception>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 
 #include "muxio/error.hpp"
@@ -46,6 +47,17 @@ constexpr std::size_t max_iovecs = 64;
 
 std::error_code last_error(int errnum) noexcept {
     return {errnum, std::system_category()};
+}
+
+// The read buffer of a transport that has none from its protocol or server,
+// out of line: read_buffer() is on every read's path.
+[[gnu::noinline, gnu::cold]] std::unique_ptr<std::byte[]> allocate_read_buffer(std::size_t size) {
+    return std::make_unique<std::byte[]>(size);
+}
+
+// Out of line, so that the throw does not weigh on the write paths.
+[[noreturn, gnu::noinline, gnu::cold]] void throw_closing(const char* operation) {
+    throw std::logic_error(fmt::format("{}: the transport is closing (close() or write_eof() was called)", operation));
 }
 
 // How much unread input a clean close reads and discards at most.
@@ -271,7 +283,14 @@ void Transport::dispatch(Body&& body) {
     frames_ = &frame;
     std::exception_ptr error;
     try {
-        body();
+        // A body that takes the frame calls the protocol without a frame of
+        // its own and checks frame.destroyed after each call: what an
+        // exception does then is what call_protocol() would do, below.
+        if constexpr (std::is_invocable_v<Body, detail::TransportFrame&>) {
+            body(frame);
+        } else {
+            body();
+        }
     } catch (...) {
         error = std::current_exception();
     }
@@ -281,10 +300,12 @@ void Transport::dispatch(Body&& body) {
         }
         return;
     }
-    frames_ = frame.previous;
     if (error) {
+        // In the frame, as call_protocol() does: connection_lost() comes
+        // when the frame closes, before the exception goes on.
         finish(std::make_error_code(std::errc::connection_aborted));
     }
+    frames_ = frame.previous;
     if (frames_ == nullptr && lost_pending_) {
         lost_pending_ = false;
         soon_.cancel();
@@ -348,24 +369,27 @@ void Transport::on_connected() {
 
 // ----- Reading -------------------------------------------------------------------
 
-std::span<std::byte> Transport::read_buffer() {
+// Inline, as note_activity(): the library is built position-independent,
+// and GCC inlines no other function of external linkage (it could be
+// interposed), which costs a call and a frame on every read.
+inline std::span<std::byte> Transport::read_buffer() {
     if (!shared_buffer_.empty()) {
         return shared_buffer_.first(std::min(shared_buffer_.size(), read_size_));
     }
-    if (!own_buffer_) {
-        own_buffer_ = std::make_unique<std::byte[]>(read_size_);
+    if (!own_buffer_) [[unlikely]] {
+        own_buffer_ = allocate_read_buffer(read_size_);
     }
     return {own_buffer_.get(), read_size_};
 }
 
 void Transport::on_readable() {
-    dispatch([this] {
+    // Each read's path: the protocol is called in dispatch()'s frame.
+    dispatch([this](const detail::TransportFrame& frame) {
         if (state_ != State::open || !reader_added_) {
             return;
         }
-        std::span<std::byte> buffer;
-        if (!call_protocol([&] { buffer = protocol_->get_buffer(read_size_); }) || state_ != State::open ||
-            !reader_added_) {
+        std::span<std::byte> buffer = protocol_->get_buffer(read_size_);
+        if (frame.destroyed || state_ != State::open || !reader_added_) {
             return;
         }
         if (buffer.empty()) {
@@ -376,7 +400,7 @@ void Transport::on_readable() {
             detail::transfer_errno(errnum, [&] { return ::recv(fd_, buffer.data(), buffer.size(), 0); });
         if (got > 0) {
             note_activity();
-            (void)call_protocol([&] { protocol_->data_received(buffer.first(static_cast<std::size_t>(got))); });
+            protocol_->data_received(buffer.first(static_cast<std::size_t>(got)));
             return;
         }
         if (got == 0) {
@@ -434,7 +458,7 @@ void Transport::write(std::span<const std::byte> data) {
         return;
     }
     if (closing_ || eof_pending_) [[unlikely]] {
-        throw std::logic_error("Transport::write: the transport is closing (close() or write_eof() was called)");
+        throw_closing("Transport::write");
     }
     if (data.empty()) {
         return;
@@ -491,7 +515,7 @@ void Transport::writev(std::span<const std::span<const std::byte>> buffers) {
         return;
     }
     if (closing_ || eof_pending_) [[unlikely]] {
-        throw std::logic_error("Transport::writev: the transport is closing (close() or write_eof() was called)");
+        throw_closing("Transport::writev");
     }
     if (state_ != State::open || write_buffer_size() > 0 || buffers.size() > max_iovecs) {
         for (const std::span<const std::byte> buffer : buffers) {
@@ -555,7 +579,7 @@ void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
         if (offset < 0) {
             throw std::invalid_argument("Transport::send_file: negative offset");
         }
-        throw std::logic_error("Transport::send_file: the transport is closing (close() or write_eof() was called)");
+        throw_closing("Transport::send_file");
     }
     if (count == 0) {
         ::close(file);
@@ -845,7 +869,7 @@ void Transport::end_now(std::error_code reason) noexcept {
 
 // ----- Timers --------------------------------------------------------------------
 
-void Transport::note_activity() {
+inline void Transport::note_activity() {
     if (idle_timeout_ > Duration::zero()) {
         last_activity_ = reactor_->time();
     }

@@ -432,5 +432,65 @@ TEST_CASE("an aborted backlog brings no write_drained") {
     CHECK(side.protocol.drains == 0);
 }
 
+// ----- The read path's calls into the protocol -----------------------------------------
+
+TEST_CASE("an exception in get_buffer or data_received delivers connection_lost before it reaches the handler") {
+    for (const bool in_get_buffer : {true, false}) {
+        CAPTURE(in_get_buffer);
+        FdLeakCheck leak_check;
+        Reactor reactor;
+        struct Throwing : Recorder {
+            bool in_get_buffer = false;
+            std::span<std::byte> get_buffer(std::size_t) override {
+                if (in_get_buffer) {
+                    throw std::runtime_error{"no buffer"};
+                }
+                return {};
+            }
+        };
+        Throwing protocol;
+        protocol.in_get_buffer = in_get_buffer;
+        protocol.on_data = [](Recorder&, std::span<const std::byte>) { throw std::runtime_error{"bad input"}; };
+        int lost_when_handled = -1;
+        reactor.set_exception_handler([&](std::exception_ptr) { lost_when_handled = protocol.lost; });
+        SocketPair pair;
+        UniqueFd peer = std::move(pair.right);
+        Transport transport{reactor, pair.left.release(), protocol};
+        write_all(peer.get(), "x");
+        REQUIRE(run_until(reactor, [&] { return lost_when_handled >= 0; }));
+        CHECK(lost_when_handled == 1);
+        CHECK(*protocol.reason == std::errc::connection_aborted);
+        CHECK(protocol.received == (in_get_buffer ? "" : "x"));
+    }
+}
+
+TEST_CASE("destroying the transport inside get_buffer is safe: no read, no further callback") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    struct Destroying : Recorder {
+        std::unique_ptr<Transport>* owner = nullptr;
+        int buffers = 0;
+        std::span<std::byte> get_buffer(std::size_t) override {
+            ++buffers;
+            owner->reset();
+            return {};
+        }
+    };
+    Destroying protocol;
+    std::unique_ptr<Transport> transport;
+    protocol.owner = &transport;
+    SocketPair pair;
+    UniqueFd peer = std::move(pair.right);
+    transport = std::make_unique<Transport>(reactor, pair.left.release(), protocol);
+    write_all(peer.get(), "x");
+    REQUIRE(run_until(reactor, [&] { return transport == nullptr; }));
+    for (int i = 0; i < 3; ++i) {
+        reactor.run_once(0s);
+    }
+    CHECK(protocol.buffers == 1);
+    CHECK(protocol.received.empty());
+    CHECK(protocol.lost == 0);
+}
+
 }  // namespace
 }  // namespace muxio::test
