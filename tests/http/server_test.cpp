@@ -251,18 +251,20 @@ TEST_CASE("a client that does not read stops the server from reading its request
 TEST_CASE("an idle connection is closed by its timer, not before the timeout") {
     muxio::test::FdLeakCheck leak_check;
     ServerConfig config;
-    config.idle_timeout = 150ms;
+    // Far longer than the first wait, so that a loaded machine (sanitizers,
+    // parallel tests) cannot stretch that wait past the timeout.
+    config.idle_timeout = 600ms;
     Fixture fixture{config};
     const UniqueFd client = fixture.connect();
     REQUIRE(fixture.run_until([&] { return fixture.server->connection_count() == 1; }));
     const muxio::test::Stopwatch watch;
     std::string reply;
-    // Activity half-way through pushes the deadline back; between requests
+    // Activity before the timeout pushes the deadline back; between requests
     // the connection then closes without a word.
     CHECK_FALSE(fixture.run_until([&] { return read_available(client.get(), reply); }, 100ms));
     muxio::test::write_all(client.get(), "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     REQUIRE(fixture.run_until([&] { return read_available(client.get(), reply); }));
-    CHECK(watch.elapsed() >= 240ms);
+    CHECK(watch.elapsed() >= 690ms);  // the request's activity + the timeout
     CHECK(reply.starts_with("HTTP/1.1 200 OK\r\n"));
     CHECK(reply.ends_with("Hello, World!"));
     CHECK(fixture.server->stats().timed_out == 1);
