@@ -1,0 +1,322 @@
+// TLS on the callback Transport and Server (tls_filter()): handshake before
+// connection_made(), echo against TlsStream and openssl s_client, clients
+// verifying servers, failures (bad certificates, plain text, truncation,
+// stalls), back-pressure, pause/resume, close_notify both ways, send_file,
+// reentrancy, and allocations once warm.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "muxio/combinators.hpp"
+#include "muxio/net.hpp"
+#include "muxio/run.hpp"
+#include "muxio/server.hpp"
+#include "muxio/tls.hpp"
+#include "muxio/transport.hpp"
+#include "support/support.hpp"
+#include "tls/tls_support.hpp"
+#include "transport/transport_support.hpp"
+
+using namespace std::chrono_literals;
+using muxio::Reactor;
+using muxio::Server;
+using muxio::ServerOptions;
+using muxio::SocketAddress;
+using muxio::Task;
+using muxio::TcpListener;
+using muxio::TcpStream;
+using muxio::TlsContext;
+using muxio::TlsErrc;
+using muxio::TlsError;
+using muxio::TlsStream;
+using muxio::Transport;
+using muxio::TransportOptions;
+using muxio::test::bytes_of;
+using muxio::test::FdLeakCheck;
+using muxio::test::Recorder;
+using muxio::test::run_until;
+using muxio::tls_test::Child;
+using muxio::tls_test::client_context;
+using muxio::tls_test::find_program;
+using muxio::tls_test::pki;
+using muxio::tls_test::server_context;
+
+namespace {
+
+// What a server's protocols were told, kept after the server freed them.
+struct Events {
+    int made = 0;
+    int lost = 0;
+    int eofs = 0;
+    std::vector<std::error_code> reasons;
+    std::string received;
+    std::string server_name;
+    std::string version;
+};
+
+// A protocol factory for a Server: each connection a Recorder that echoes
+// (unless `echo` is false) and reports to `events`.
+Server::ProtocolFactory recording_factory(Events& events, bool echo = true) {
+    return [&events, echo](const SocketAddress&) {
+        auto protocol = std::make_unique<Recorder>();
+        protocol->echo = echo;
+        protocol->on_made = [&events](Recorder& self) {
+            ++events.made;
+            if (const muxio::TlsEngine* engine = muxio::tls_engine(*self.transport); engine != nullptr) {
+                events.server_name = engine->server_name();
+                events.version = engine->protocol_version();
+            }
+        };
+        protocol->on_lost = [&events](Recorder& self) {
+            ++events.lost;
+            events.eofs += self.eofs;
+            events.reasons.push_back(self.reason.value_or(std::error_code{}));
+            events.received += self.received;
+        };
+        return protocol;
+    };
+}
+
+ServerOptions tls_server_options(const TlsContext& context = server_context()) {
+    ServerOptions options;
+    options.transport.filter = muxio::tls_filter(context);
+    return options;
+}
+
+// Reads from `stream` until `size` bytes came or the stream ended.
+Task<std::string> read_bytes(TlsStream& stream, std::size_t size) {
+    std::string text;
+    std::array<std::byte, 16384> buffer{};
+    while (text.size() < size) {
+        const std::size_t got = co_await stream.read_some(buffer);
+        if (got == 0) {
+            break;
+        }
+        text.append(reinterpret_cast<const char*>(buffer.data()), got);
+    }
+    co_return text;
+}
+
+// A TLS client over a fresh TCP connection to `address`, handshake done.
+Task<TlsStream> tls_client(Reactor& reactor, const SocketAddress& address) {
+    TlsStream client = TlsStream::client(co_await TcpStream::connect(reactor, address), client_context(), "localhost");
+    co_await client.handshake();
+    co_return client;
+}
+
+bool have(const std::string& program) {
+    if (program.empty()) {
+        MESSAGE("skipped: the program is not installed (bash scripts/setup.sh installs it)");
+        return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+// ----- Server side --------------------------------------------------------------
+
+TEST_CASE(
+    "a TLS Server runs the handshake before connection_made, echoes to a TlsStream client and answers its "
+    "close_notify with its own") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    Server server{reactor, recording_factory(events), tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<std::string> {
+        TlsStream client = co_await tls_client(reactor, address);
+        co_await client.write_all("hello over tls");
+        std::string echoed = co_await read_bytes(client, 14);
+        co_await client.shutdown();
+        std::array<std::byte, 64> buffer{};
+        CHECK(co_await client.read_some(buffer) == 0);  // the server's close_notify
+        co_return echoed;
+    };
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body())) == "hello over tls");
+    REQUIRE(run_until(reactor, [&] { return events.lost == 1; }));
+    CHECK(events.made == 1);
+    CHECK(events.eofs == 1);
+    CHECK(events.reasons[0] == std::error_code{});
+    CHECK(events.server_name == "localhost");
+    CHECK(events.version == "TLSv1.3");
+    CHECK(server.connection_count() == 0);
+}
+
+TEST_CASE("openssl s_client verifies a TLS Server's certificate and gets its echo") {
+    FdLeakCheck leak_check;
+    const std::string openssl = find_program("openssl");
+    if (!have(openssl)) {
+        return;
+    }
+    Reactor reactor;
+    Events events;
+    Server server{reactor, recording_factory(events), tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    Child client{{openssl, "s_client", "-connect", "127.0.0.1:" + std::to_string(address.port()), "-servername",
+                  "localhost", "-CAfile", pki().ca, "-verify_return_error", "-verify_hostname", "localhost"}};
+    auto drive = [&]() -> Task<int> {
+        CHECK(co_await client.read_until(reactor, "Verify return code: 0 (ok)"));
+        client.write("hello from s_client\n");
+        const std::size_t from = client.output().size();
+        CHECK(co_await client.read_until(reactor, "hello from s_client", from));
+        client.close_input();  // s_client sends close_notify and exits
+        co_return co_await client.wait(reactor);
+    };
+    const int status = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, drive()));
+    CHECK(status == 0);
+    REQUIRE(run_until(reactor, [&] { return events.lost == 1; }));
+    CHECK(events.made == 1);
+    CHECK(events.received == "hello from s_client\n");
+    CHECK(events.reasons[0] == std::error_code{});
+}
+
+TEST_CASE(
+    "plain-text HTTP to a TLS Server ends with handshake_failed and no connection_made; the server serves the "
+    "next client") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    Server server{reactor, recording_factory(events), tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<std::string> {
+        TcpStream plain = co_await TcpStream::connect(reactor, address);
+        co_await plain.write_all(std::string_view{"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"});
+        std::array<std::byte, 256> buffer{};
+        try {
+            while (co_await plain.read_some(buffer) > 0) {
+                // the alert, then the end
+            }
+        } catch (const std::system_error&) {
+            // ECONNRESET: as good an end
+        }
+        TlsStream client = co_await tls_client(reactor, address);
+        co_await client.write_all("still serving");
+        co_return co_await read_bytes(client, 13);
+    };
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body())) == "still serving");
+    REQUIRE(run_until(reactor, [&] { return events.lost >= 1; }));
+    CHECK(events.made == 1);
+    CHECK(events.reasons[0] == TlsErrc::handshake_failed);
+}
+
+// ----- Client side --------------------------------------------------------------
+
+namespace {
+
+TransportOptions tls_client_options(const TlsContext& context = client_context(), std::string name = "localhost") {
+    TransportOptions options;
+    options.filter = muxio::tls_filter(context, std::move(name));
+    return options;
+}
+
+// Accepts one connection and runs a TlsStream server's handshake with
+// `context`: the error code it ended with (empty: it completed).
+Task<std::error_code> serve_handshake(TcpListener& listener, const TlsContext& context) {
+    TlsStream server = TlsStream::server(co_await listener.accept(), context);
+    try {
+        co_await server.handshake();
+    } catch (const TlsError& error) {
+        co_return error.code();
+    }
+    co_return std::error_code{};
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a TLS client transport sends what it wrote before the handshake first, then talks to a TlsStream server "
+    "and ends with close_notify both ways") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+    Recorder client;
+    std::string alpn;
+    client.on_made = [&](Recorder& self) {
+        const muxio::TlsEngine* engine = muxio::tls_engine(*self.transport);
+        REQUIRE(engine != nullptr);
+        alpn = engine->alpn_protocol();
+        self.transport->write("ping");
+    };
+    // Made outside the coroutine: GCC 12 cannot keep an initializer list's array in a coroutine frame.
+    const TlsContext alpn_context = muxio::tls_test::alpn_server_context({"m/1"});
+    auto serve = [&]() -> Task<std::string> {
+        TlsStream server = TlsStream::server(co_await listener.accept(), alpn_context);
+        co_await server.handshake();
+        std::string got = co_await read_bytes(server, 10);
+        co_await server.write_all("pong");
+        co_await server.shutdown();
+        std::array<std::byte, 64> buffer{};
+        CHECK(co_await server.read_some(buffer) == 0);  // the client's close_notify
+        co_return got;
+    };
+    std::unique_ptr<Transport> transport =
+        Transport::connect(reactor, listener.local_address(), client, tls_client_options(client_context({"m/1"})));
+    transport->write("early ");
+    CHECK(muxio::tls_engine(*transport) != nullptr);
+    CHECK(client.made == 0);
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, serve())) == "early ping");
+    REQUIRE(run_until(reactor, [&] { return client.lost == 1; }));
+    CHECK(client.made == 1);
+    CHECK(client.received == "pong");
+    CHECK(client.eofs == 1);
+    CHECK(*client.reason == std::error_code{});
+    CHECK(alpn == "m/1");
+}
+
+TEST_CASE(
+    "a TLS client transport refuses a self-signed server certificate: connection_lost(certificate_verify_failed) "
+    "and no connection_made") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+    Recorder client;
+    std::unique_ptr<Transport> transport =
+        Transport::connect(reactor, listener.local_address(), client, tls_client_options());
+    const std::error_code server_end = muxio::run_until_complete(
+        reactor, muxio::with_timeout(reactor, 20s, serve_handshake(listener, server_context(pki().self_signed))));
+    CHECK(server_end == TlsErrc::handshake_failed);  // the client's alert
+    REQUIRE(run_until(reactor, [&] { return client.lost == 1; }));
+    CHECK(client.made == 0);
+    CHECK(*client.reason == TlsErrc::certificate_verify_failed);
+}
+
+TEST_CASE("a TLS client transport refuses a certificate for another name: connection_lost(hostname_mismatch)") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+    Recorder client;
+    std::unique_ptr<Transport> transport =
+        Transport::connect(reactor, listener.local_address(), client, tls_client_options());
+    (void)muxio::run_until_complete(
+        reactor, muxio::with_timeout(reactor, 20s, serve_handshake(listener, server_context(pki().other_name))));
+    REQUIRE(run_until(reactor, [&] { return client.lost == 1; }));
+    CHECK(client.made == 0);
+    CHECK(*client.reason == TlsErrc::hostname_mismatch);
+}
+
+TEST_CASE("tls_filter refuses a verifying client context without a server name at once") {
+    CHECK_THROWS_AS((void)muxio::tls_filter(client_context()), std::invalid_argument);
+    CHECK_NOTHROW((void)muxio::tls_filter(server_context()));
+}
+
+TEST_CASE("tls_engine of a plain transport is null") {
+    Reactor reactor;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+    Recorder client;
+    std::unique_ptr<Transport> transport = Transport::connect(reactor, listener.local_address(), client);
+    CHECK(muxio::tls_engine(*transport) == nullptr);
+    CHECK(transport->filter() == nullptr);
+}
