@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
@@ -25,6 +26,7 @@
 #include "muxio/server.hpp"
 #include "muxio/tls.hpp"
 #include "muxio/transport.hpp"
+#include "net/net_support.hpp"
 #include "support/support.hpp"
 #include "tls/tls_support.hpp"
 #include "transport/transport_support.hpp"
@@ -319,4 +321,320 @@ TEST_CASE("tls_engine of a plain transport is null") {
     std::unique_ptr<Transport> transport = Transport::connect(reactor, listener.local_address(), client);
     CHECK(muxio::tls_engine(*transport) == nullptr);
     CHECK(transport->filter() == nullptr);
+}
+
+// ----- Failures, back-pressure, reentrancy ----------------------------------------
+
+namespace {
+
+std::string text_of(const std::vector<std::byte>& data) {
+    return {reinterpret_cast<const char*>(data.data()), data.size()};
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a TLS handshake that stalls ends at handshake_timeout with ETIMEDOUT and no connection_made, and the server "
+    "keeps serving others") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    ServerOptions options = tls_server_options();
+    options.transport.handshake_timeout = 200ms;
+    Server server{reactor, recording_factory(events), options};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<std::string> {
+        TcpStream silent = co_await TcpStream::connect(reactor, address);  // says nothing
+        TlsStream client = co_await tls_client(reactor, address);
+        co_await client.write_all("served");
+        std::string echoed = co_await read_bytes(client, 6);
+        std::array<std::byte, 16> buffer{};
+        CHECK(co_await silent.read_some(buffer) == 0);  // closed by the server at the timeout
+        co_return echoed;
+    };
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body())) == "served");
+    REQUIRE(run_until(reactor, [&] { return events.lost == 2; }));
+    CHECK(events.made == 1);
+    CHECK(std::count(events.reasons.begin(), events.reasons.end(), std::errc::timed_out) == 1);
+}
+
+TEST_CASE("a peer that sends half a TLS record and closes ends the connection with truncated") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    Server server{reactor, recording_factory(events), tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<void> {
+        TlsStream client = co_await tls_client(reactor, address);
+        // An application-data record header announcing 100 bytes, and 10 of them.
+        const std::array<unsigned char, 15> half{0x17, 0x03, 0x03, 0x00, 0x64, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+        co_await client.socket().write_all(std::as_bytes(std::span{half}));
+        client.close();
+    };
+    muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body()));
+    REQUIRE(run_until(reactor, [&] { return events.lost == 1; }));
+    CHECK(events.made == 1);
+    CHECK(events.eofs == 0);
+    CHECK(events.reasons[0] == TlsErrc::truncated);
+}
+
+TEST_CASE("a slow TLS reader makes the writer hit the high water mark, and resume_writing comes once it reads") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Recorder* writer = nullptr;
+    std::string sent;
+    bool resumed = false;
+    const std::vector<std::byte> chunk = muxio::net_test::pattern(std::size_t{64} * 1024, 7);
+    Server server{reactor,
+                  [&](const SocketAddress&) {
+                      auto protocol = std::make_unique<Recorder>();
+                      writer = protocol.get();
+                      protocol->on_made = [&](Recorder& self) {
+                          // Until the kernel and the queue are full: the pause comes from inside write().
+                          for (int i = 0; i < 2000 && self.pauses == 0; ++i) {
+                              self.transport->write(chunk);
+                              sent += text_of(chunk);
+                          }
+                      };
+                      protocol->on_resume = [&](Recorder& self) {
+                          resumed = true;
+                          self.transport->close();
+                      };
+                      protocol->on_lost = [&](Recorder&) { writer = nullptr; };
+                      return protocol;
+                  },
+                  tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    TlsStream client =
+        muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, tls_client(reactor, address)));
+    REQUIRE(run_until(reactor, [&] { return writer != nullptr && writer->pauses == 1; }));
+    CHECK(writer->transport->writing_paused());
+    CHECK(writer->transport->write_buffer_size() > writer->transport->high_water());
+    CHECK_FALSE(resumed);
+    const std::string got =
+        muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, read_bytes(client, sent.size() + 1)));
+    CHECK(resumed);
+    CHECK(got.size() == sent.size());
+    CHECK(got == sent);
+}
+
+namespace {
+
+// Reads a few bytes at a time into its own buffer (so the filter holds the
+// rest of a record), and pauses reading after the first.
+struct SmallReads : Recorder {
+    std::array<std::byte, 4> space{};
+    std::span<std::byte> get_buffer(std::size_t) override { return space; }
+};
+
+}  // namespace
+
+TEST_CASE(
+    "pause_reading holds back plaintext the TLS filter decrypted, and resume_reading delivers it without new "
+    "readiness") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Transport* server_side = nullptr;
+    std::string received;
+    Server server{reactor,
+                  [&](const SocketAddress&) {
+                      auto protocol = std::make_unique<SmallReads>();
+                      protocol->on_made = [&](Recorder& self) { server_side = self.transport; };
+                      protocol->on_data = [&](Recorder& self, std::span<const std::byte> data) {
+                          received.append(reinterpret_cast<const char*>(data.data()), data.size());
+                          self.transport->pause_reading();
+                      };
+                      return protocol;
+                  },
+                  tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<TlsStream> {
+        TlsStream client = co_await tls_client(reactor, address);
+        co_await client.write_all("one record of twenty");
+        co_return client;
+    };
+    TlsStream client = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body()));
+    REQUIRE(run_until(reactor, [&] { return received.size() == 4; }));
+    for (int i = 0; i < 20; ++i) {
+        reactor.run_once(std::chrono::milliseconds{0});
+    }
+    CHECK(received == "one ");
+    REQUIRE(server_side != nullptr);
+    CHECK_FALSE(server_side->is_reading());
+    // Each resume delivers four more bytes (and pauses again), from the filter alone.
+    for (int i = 0; i < 4 && received.size() < 20; ++i) {
+        const std::size_t before = received.size();
+        server_side->resume_reading();
+        REQUIRE(run_until(reactor, [&] { return received.size() > before; }));
+    }
+    CHECK(received == "one record of twenty");
+}
+
+TEST_CASE("several megabytes go both ways intact through a TLS Server's echo") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    Server server{reactor, recording_factory(events), tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    const std::vector<std::byte> payload = muxio::net_test::pattern(std::size_t{6} * 1024 * 1024 + 77, 3);
+    auto body = [&]() -> Task<std::string> {
+        TlsStream client = co_await tls_client(reactor, address);
+        auto send = [&]() -> Task<void> { co_await client.write_all(payload); };
+        auto [ignored, echoed] = co_await muxio::when_all(send(), read_bytes(client, payload.size()));
+        (void)ignored;
+        co_return echoed;
+    };
+    const std::string echoed = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 60s, body()));
+    CHECK(echoed.size() == payload.size());
+    CHECK(echoed == text_of(payload));
+    REQUIRE(run_until(reactor, [&] { return events.lost == 1; }));
+    CHECK(events.reasons[0] == TlsErrc::truncated);  // the client closed without close_notify
+}
+
+TEST_CASE("a TLS transport closed from data_received and destroyed from connection_lost ends once, cleanly") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+    Recorder client;
+    std::unique_ptr<Transport> transport;
+    client.on_made = [](Recorder& self) { self.transport->write("question"); };
+    client.on_data = [](Recorder& self, std::span<const std::byte>) {
+        self.transport->close();
+        self.transport->close();  // harmless twice
+    };
+    client.on_lost = [&](Recorder&) { transport.reset(); };
+    auto serve = [&]() -> Task<std::string> {
+        TlsStream server = TlsStream::server(co_await listener.accept(), server_context());
+        co_await server.handshake();
+        std::string got = co_await read_bytes(server, 8);
+        co_await server.write_all("answer");
+        std::array<std::byte, 64> buffer{};
+        CHECK(co_await server.read_some(buffer) == 0);  // the client's close_notify
+        co_return got;
+    };
+    transport = Transport::connect(reactor, listener.local_address(), client, tls_client_options());
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, serve())) == "question");
+    REQUIRE(run_until(reactor, [&] { return client.lost == 1; }));
+    CHECK(transport == nullptr);
+    CHECK(client.received == "answer");
+    CHECK(*client.reason == std::error_code{});
+}
+
+TEST_CASE("a TLS Server protocol that half-closes on the peer's close_notify may still answer, then sends its own") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    int eofs = 0;
+    // eof_received() is where the answer is written: a protocol of its own.
+    struct Answering : Recorder {
+        int* eofs_seen = nullptr;
+        bool eof_received() override {
+            ++*eofs_seen;
+            transport->write("got " + received);
+            transport->close();
+            return true;
+        }
+    };
+    Server answering{reactor,
+                     [&](const SocketAddress&) {
+                         auto protocol = std::make_unique<Answering>();
+                         protocol->eofs_seen = &eofs;
+                         return protocol;
+                     },
+                     tls_server_options()};
+    const SocketAddress address = answering.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<std::string> {
+        TlsStream client = co_await tls_client(reactor, address);
+        co_await client.write_all("request");
+        co_await client.shutdown();                   // close_notify: the server's end of stream
+        co_return co_await read_bytes(client, 1000);  // to the server's close_notify
+    };
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body())) == "got request");
+    CHECK(eofs == 1);
+}
+
+TEST_CASE("send_file over TLS sends the file's bytes between what was written before and after it") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const std::vector<std::byte> content = muxio::net_test::pattern(std::size_t{3} * 1024 * 1024 + 5, 11);
+    const std::string path = (pki().directory / "send_file.bin").string();
+    {
+        const int out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        REQUIRE(out >= 0);
+        muxio::test::write_all(out, text_of(content));
+        ::close(out);
+    }
+    Server server{reactor,
+                  [&](const SocketAddress&) {
+                      auto protocol = std::make_unique<Recorder>();
+                      protocol->on_made = [&](Recorder& self) {
+                          self.transport->write("head|");
+                          const int file = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+                          self.transport->send_file(file, 1, content.size() - 1);
+                          self.transport->write("|tail");
+                          self.transport->close();
+                      };
+                      return protocol;
+                  },
+                  tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<std::string> {
+        TlsStream client = co_await tls_client(reactor, address);
+        co_return co_await read_bytes(client, content.size() + 100);
+    };
+    const std::string got = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
+    CHECK(got.size() == content.size() - 1 + 10);
+    CHECK(got == "head|" + text_of(content).substr(1) + "|tail");
+    ::unlink(path.c_str());
+}
+
+TEST_CASE("send_file over TLS of a file shorter than promised ends the connection with ENODATA") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const std::string path = (pki().directory / "short.bin").string();
+    {
+        const int out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        REQUIRE(out >= 0);
+        muxio::test::write_all(out, "short");
+        ::close(out);
+    }
+    Events events;
+    Server server{reactor,
+                  [&](const SocketAddress&) {
+                      auto protocol = std::make_unique<Recorder>();
+                      protocol->on_made = [&](Recorder& self) {
+                          self.transport->send_file(::open(path.c_str(), O_RDONLY | O_CLOEXEC), 0, 100);
+                      };
+                      protocol->on_lost = [&](Recorder& self) { events.reasons.push_back(*self.reason); };
+                      return protocol;
+                  },
+                  tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    TlsStream client =
+        muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, tls_client(reactor, address)));
+    REQUIRE(run_until(reactor, [&] { return events.reasons.size() == 1; }));
+    CHECK(events.reasons[0] == std::errc::no_message_available);
+    ::unlink(path.c_str());
+}
+
+TEST_CASE(
+    "a TLS transport still handshaking when its reactor closes gets connection_lost(ECANCELED) and no "
+    "connection_made") {
+    FdLeakCheck leak_check;
+    Recorder client;
+    std::unique_ptr<Transport> transport;
+    {
+        Reactor reactor;
+        // The kernel completes the TCP handshake; nobody answers the TLS one.
+        TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+        transport = Transport::connect(reactor, listener.local_address(), client, tls_client_options());
+        for (int i = 0; i < 5; ++i) {
+            reactor.run_once(std::chrono::milliseconds{10});
+        }
+        CHECK(client.lost == 0);
+        reactor.close();
+        CHECK(client.lost == 1);
+    }
+    CHECK(client.made == 0);
+    CHECK(*client.reason == std::errc::operation_canceled);
+    transport.reset();
 }
