@@ -638,3 +638,49 @@ TEST_CASE(
     CHECK(*client.reason == std::errc::operation_canceled);
     transport.reset();
 }
+
+// ----- Allocations --------------------------------------------------------------
+
+TEST_CASE("an echo over TLS between a client transport and a TLS Server allocates nothing per message once warm") {
+    FdLeakCheck leak_check;
+    if (!muxio::test::counts_allocations) {
+        return;
+    }
+    Reactor reactor;
+    Server server{reactor,
+                  [](const SocketAddress&) {
+                      auto protocol = std::make_unique<Recorder>();
+                      protocol->echo = true;
+                      protocol->received.reserve(std::size_t{1} << 20U);
+                      return protocol;
+                  },
+                  tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    Recorder client;
+    client.received.reserve(std::size_t{1} << 20U);
+    std::unique_ptr<Transport> transport = Transport::connect(reactor, address, client, tls_client_options());
+    REQUIRE(run_until(reactor, [&] { return client.made == 1; }));
+    const std::string message(64, 'm');
+    // Plain loops: run_until's std::function may allocate for its captures.
+    const auto round_trips = [&](int count) {
+        for (int i = 0; i < count; ++i) {
+            const std::size_t want = client.received.size() + message.size();
+            transport->write(message);
+            for (int turn = 0; turn < 1000 && client.received.size() < want; ++turn) {
+                reactor.run_once(std::chrono::milliseconds{50});
+            }
+            if (client.received.size() < want) {
+                return false;
+            }
+        }
+        return true;
+    };
+    REQUIRE(round_trips(200));
+    const std::size_t before = muxio::test::allocation_count();
+    REQUIRE(round_trips(200));
+    const std::size_t allocations = muxio::test::allocation_count() - before;
+    MESSAGE("allocations per echoed message once warm: ", static_cast<double>(allocations) / 200);
+    CHECK(allocations == 0);
+    transport->close();
+    REQUIRE(run_until(reactor, [&] { return client.lost == 1; }));
+}
