@@ -40,10 +40,9 @@ enum class Awaiting : unsigned char { nothing, head, body };
 // One connection's protocol: parses what the transport reads, answers in
 // order into the server's shared buffer and writes it. Back-pressure is the
 // transport's: parsing and reading stop at pause_writing() and go on at
-// resume_writing(). To learn when the queue has drained (a file sent, the
-// last answer out before the linger), the water marks drop to zero for a
-// while: pause_writing() then comes with the first queued byte and
-// resume_writing() with the last one sent.
+// resume_writing(). write_drained() tells when the queue has emptied: a
+// file sent (no answer follows one until then), the last answer out before
+// the linger.
 class Server::Connection final : public Protocol {
 public:
     explicit Connection(Server& server) : server_{server}, parser_{server.config_.limits} {}
@@ -94,7 +93,7 @@ public:
         }
         // Requests held back are answered first; then, or now if there are
         // none, it closes once what is queued is sent.
-        if (!transport_->writing_paused()) {
+        if (!output_held()) {
             parse_input();
             finish_batch();
         }
@@ -104,8 +103,16 @@ public:
     void pause_writing() override { transport_->pause_reading(); }
 
     void resume_writing() override {
-        transport_->set_write_buffer_limits(server_.config_.output_high_water, server_.config_.output_high_water / 4);
         if (transport_->is_closing()) {
+            return;
+        }
+        parse_input();
+        finish_batch();
+    }
+
+    void write_drained() override {
+        sending_file_ = false;
+        if (lingering_ || transport_->is_closing()) {
             return;
         }
         parse_input();
@@ -164,8 +171,12 @@ private:
         }
     }
 
+    // Answers wait: the queue is over its high water mark, or a file is
+    // being sent.
+    [[nodiscard]] bool output_held() const noexcept { return sending_file_ || transport_->writing_paused(); }
+
     [[nodiscard]] bool may_parse() const noexcept {
-        return !close_after_output_ && !transport_->writing_paused() && !transport_->is_closing();
+        return !close_after_output_ && !output_held() && !transport_->is_closing();
     }
 
     void parse_input() {
@@ -226,11 +237,11 @@ private:
         if (!response.file) {
             server_.out_ += response.body;
         } else if (response.content_length > 0) {
-            // No answer follows until the file is sent (resume_writing()),
+            // No answer follows until the file is sent (write_drained()),
             // so a connection holds one file at most.
-            transport_->set_write_buffer_limits(0, 0);
             flush();
             transport_->send_file(response.file.release(), 0, response.content_length);
+            sending_file_ = transport_->write_buffer_size() > 0;
         }
     }
 
@@ -267,9 +278,6 @@ private:
         if (out.empty()) {
             return;
         }
-        if (close_after_output_) {
-            transport_->set_write_buffer_limits(0, 0);  // to hear when the last answer is out
-        }
         transport_->write(out);
         out.clear();
         if (out.capacity() > keep_out_capacity) {
@@ -293,11 +301,11 @@ private:
                 transport_->close();
             } else if (transport_->write_buffer_size() == 0) {
                 begin_linger();
-            }  // else resume_writing() comes when the queue is sent
+            }  // else write_drained() comes when the queue is sent
             return;
         }
         track_request();
-        if (transport_->writing_paused() || input_.size() - input_parsed_ >= server_.config_.input_buffer_limit) {
+        if (output_held() || input_.size() - input_parsed_ >= server_.config_.input_buffer_limit) {
             transport_->pause_reading();
         } else {
             transport_->resume_reading();
@@ -346,6 +354,7 @@ private:
     bool close_after_output_ = false;
     bool peer_closed_ = false;
     bool lingering_ = false;
+    bool sending_file_ = false;  // a file is queued: write_drained() tells when it is out
     Awaiting awaiting_ = Awaiting::nothing;
     // Read, not yet parsed: input_[input_parsed_...], held back by
     // back-pressure. What is parsed stays in front until the next read, so

@@ -33,8 +33,11 @@ enum class TimeoutKind : std::uint8_t {
 /// (aborts).
 ///
 /// Order: connection_made() once, then any number of get_buffer() /
-/// data_received(), pause_writing() / resume_writing() and timed_out(), at
-/// most one eof_received(), and last exactly one connection_lost(). A
+/// data_received(), pause_writing() / resume_writing(), write_drained() and
+/// timed_out(), at most one eof_received(), and last exactly one
+/// connection_lost(). When the queue drains after pause_writing(),
+/// resume_writing() comes first, then write_drained(); both come before a
+/// pending write_eof() or close() takes effect. A
 /// transport whose connect fails calls connection_lost() without
 /// connection_made(). All run on the reactor's thread, from its callbacks
 /// or (pause_writing()) from inside Transport::write().
@@ -81,6 +84,13 @@ public:
     virtual void pause_writing() {}
     /// The write queue drained to the low water mark after pause_writing().
     virtual void resume_writing() {}
+    /// The write queue (bytes and files) became empty after holding
+    /// something: the last queued byte went to the kernel. Not called for a
+    /// write() or send_file() the kernel took whole at once, nor when the
+    /// queue is dropped (abort(), an error). Also called when close() or
+    /// write_eof() is pending, before it takes effect (write() is refused
+    /// then).
+    virtual void write_drained() {}
     /// A timer of the transport ran out. Return false, the default, to have
     /// the transport abort with ETIMEDOUT; true if the protocol dealt with it
     /// (wrote an answer such as HTTP's 408 and closed, or decided to go on:
@@ -281,9 +291,10 @@ public:
     /// is queued (a response's head and body without joining them first).
     /// Same contract as write().
     void writev(std::span<const std::span<const std::byte>> buffers);
-    /// Queues `count` bytes of the file `file` from `offset`, sent with
-    /// sendfile(2) after what is queued before it and never read into
-    /// memory. The transport owns `file` from the call on (also when it
+    /// Sends `count` bytes of the file `file` from `offset` with sendfile(2),
+    /// never reading them into memory: at once when nothing is queued (as
+    /// write() does), queueing what the kernel does not take; otherwise
+    /// after what is queued before it. The transport owns `file` from the call on (also when it
     /// throws) and closes it once sent or when the connection ends. They
     /// count in write_buffer_size(). A file that ends before `count` bytes
     /// ends the connection with ENODATA (the peer was promised more). Errors
@@ -325,6 +336,13 @@ public:
     /// connection_lost() with an empty reason. A peer that never reads
     /// keeps it waiting: the idle timeout bounds that (or abort()).
     /// Harmless when closing or over.
+    ///
+    /// Just before the descriptor is closed, input the protocol did not
+    /// read is read and discarded, up to 64 KiB and without waiting: the
+    /// kernel answers a close with unread input by resetting the
+    /// connection, and a reset can destroy the last bytes the peer has not
+    /// read yet. With more unread than that, the peer may still see
+    /// ECONNRESET after reading what was sent.
     void close();
     /// Ends the connection now, dropping the queue: connection_lost() with
     /// `reason` (ECONNABORTED unless given). Harmless when over.

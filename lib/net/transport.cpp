@@ -3,6 +3,8 @@
 #include "muxio/transport.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -13,6 +15,7 @@
 #include <cerrno>
 #include <exception>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 
 #include "muxio/error.hpp"
@@ -44,6 +47,61 @@ constexpr std::size_t max_iovecs = 64;
 
 std::error_code last_error(int errnum) noexcept {
     return {errnum, std::system_category()};
+}
+
+// The read buffer of a transport that has none from its protocol or server,
+// out of line: read_buffer() is on every read's path.
+[[gnu::noinline, gnu::cold]] std::unique_ptr<std::byte[]> allocate_read_buffer(std::size_t size) {
+    return std::make_unique<std::byte[]>(size);
+}
+
+// Out of line, so that the throw does not weigh on the write paths.
+[[noreturn, gnu::noinline, gnu::cold]] void throw_closing(const char* operation) {
+    throw std::logic_error(fmt::format("{}: the transport is closing (close() or write_eof() was called)", operation));
+}
+
+// How much unread input a clean close reads and discards at most.
+constexpr std::size_t close_drain_limit = std::size_t{64} * 1024;
+
+// Reads and discards what `fd` has to read, up to close_drain_limit, without
+// waiting. A socket closed with input unread makes the kernel reset the
+// connection instead of ending it, and a reset can destroy what the peer has
+// not read yet: the last answer before the close.
+void discard_unread_input(int fd) noexcept {
+    std::array<std::byte, std::size_t{16} * 1024> sink;  // filled, never looked at
+    for (std::size_t taken = 0; taken < close_drain_limit;) {
+        const ssize_t got = ::recv(fd, sink.data(), sink.size(), MSG_DONTWAIT);
+        if (got > 0) {
+            taken += static_cast<std::size_t>(got);
+        } else if (got == 0 || errno != EINTR) {
+            return;
+        }
+    }
+}
+
+// sendfile(2) to a socket whose peer is gone raises SIGPIPE, and unlike
+// send() it has no MSG_NOSIGNAL: the signal is blocked around the call and
+// one it raised is taken before the mask is restored. A SIGPIPE already
+// pending is someone else's and left alone.
+ssize_t sendfile_without_sigpipe(int socket, int file, off_t& offset, std::size_t count, int& errnum) noexcept {
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    sigset_t pending;
+    sigemptyset(&pending);
+    const bool was_pending = ::sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    sigset_t previous;
+    const bool masked = !was_pending && ::pthread_sigmask(SIG_BLOCK, &pipe_only, &previous) == 0;
+    const ssize_t sent = detail::transfer_errno(errnum, [&] { return ::sendfile(socket, file, &offset, count); });
+    if (masked) {
+        if (sent < 0 && errnum == EPIPE) {
+            const timespec no_wait{};
+            while (::sigtimedwait(&pipe_only, nullptr, &no_wait) < 0 && errno == EINTR) {
+            }
+        }
+        (void)::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+    }
+    return sent;
 }
 
 }  // namespace
@@ -232,7 +290,14 @@ void Transport::dispatch(Body&& body) {
     frames_ = &frame;
     std::exception_ptr error;
     try {
-        body();
+        // A body that takes the frame calls the protocol without a frame of
+        // its own and checks frame.destroyed after each call: what an
+        // exception does then is what call_protocol() would do, below.
+        if constexpr (std::is_invocable_v<Body, detail::TransportFrame&>) {
+            body(frame);
+        } else {
+            body();
+        }
     } catch (...) {
         error = std::current_exception();
     }
@@ -242,10 +307,12 @@ void Transport::dispatch(Body&& body) {
         }
         return;
     }
-    frames_ = frame.previous;
     if (error) {
+        // In the frame, as call_protocol() does: connection_lost() comes
+        // when the frame closes, before the exception goes on.
         finish(std::make_error_code(std::errc::connection_aborted));
     }
+    frames_ = frame.previous;
     if (frames_ == nullptr && lost_pending_) {
         lost_pending_ = false;
         soon_.cancel();
@@ -313,12 +380,15 @@ void Transport::on_connected() {
 
 // ----- Reading -------------------------------------------------------------------
 
-std::span<std::byte> Transport::read_buffer() {
+// Inline, as note_activity(): the library is built position-independent,
+// and GCC inlines no other function of external linkage (it could be
+// interposed), which costs a call and a frame on every read.
+inline std::span<std::byte> Transport::read_buffer() {
     if (!shared_buffer_.empty()) {
         return shared_buffer_.first(std::min(shared_buffer_.size(), read_size_));
     }
-    if (!own_buffer_) {
-        own_buffer_ = std::make_unique<std::byte[]>(read_size_);
+    if (!own_buffer_) [[unlikely]] {
+        own_buffer_ = allocate_read_buffer(read_size_);
     }
     return {own_buffer_.get(), read_size_};
 }
@@ -328,13 +398,13 @@ void Transport::on_readable() {
         dispatch([this] { read_filtered(); });
         return;
     }
-    dispatch([this] {
+    // Each read's path: the protocol is called in dispatch()'s frame.
+    dispatch([this](const detail::TransportFrame& frame) {
         if (state_ != State::open || !reader_added_) {
             return;
         }
-        std::span<std::byte> buffer;
-        if (!call_protocol([&] { buffer = protocol_->get_buffer(read_size_); }) || state_ != State::open ||
-            !reader_added_) {
+        std::span<std::byte> buffer = protocol_->get_buffer(read_size_);
+        if (frame.destroyed || state_ != State::open || !reader_added_) {
             return;
         }
         if (buffer.empty()) {
@@ -345,7 +415,7 @@ void Transport::on_readable() {
             detail::transfer_errno(errnum, [&] { return ::recv(fd_, buffer.data(), buffer.size(), 0); });
         if (got > 0) {
             note_activity();
-            (void)call_protocol([&] { protocol_->data_received(buffer.first(static_cast<std::size_t>(got))); });
+            protocol_->data_received(buffer.first(static_cast<std::size_t>(got)));
             return;
         }
         if (got == 0) {
@@ -373,21 +443,19 @@ void Transport::update_reader() noexcept {
     if (want == reader_added_ || reactor_ == nullptr) {
         return;
     }
-    try {
-        if (want) {
-            reactor_->add_reader(fd_, [this] { on_readable(); });
-        } else {
-            reactor_->remove_reader(fd_);
-        }
-        reader_added_ = want;
-    } catch (const std::system_error& error) {
-        finish(error.code());
-    } catch (const std::invalid_argument&) {
-        // The selector cannot watch this descriptor (select's FD_SETSIZE).
-        finish(std::make_error_code(std::errc::invalid_argument));
-    } catch (...) {
-        finish(std::make_error_code(std::errc::not_enough_memory));
+    // EINVAL: the selector cannot watch this descriptor (select's FD_SETSIZE).
+    std::error_code error;
+    if (want) {
+        reactor_->add_reader(
+            fd_, [this] { on_readable(); }, error);
+    } else {
+        (void)reactor_->remove_reader(fd_, error);
     }
+    if (error) {
+        finish(error);
+        return;
+    }
+    reader_added_ = want;
 }
 
 void Transport::pause_reading() {
@@ -410,7 +478,7 @@ void Transport::write(std::span<const std::byte> data) {
         return;
     }
     if (closing_ || eof_pending_) [[unlikely]] {
-        throw std::logic_error("Transport::write: the transport is closing (close() or write_eof() was called)");
+        throw_closing("Transport::write");
     }
     if (filter_) [[unlikely]] {
         write_filtered(data);
@@ -471,7 +539,7 @@ void Transport::writev(std::span<const std::span<const std::byte>> buffers) {
         return;
     }
     if (closing_ || eof_pending_) [[unlikely]] {
-        throw std::logic_error("Transport::writev: the transport is closing (close() or write_eof() was called)");
+        throw_closing("Transport::writev");
     }
     if (filter_) [[unlikely]] {
         for (const std::span<const std::byte> buffer : buffers) {
@@ -544,7 +612,7 @@ void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
         if (offset < 0) {
             throw std::invalid_argument("Transport::send_file: negative offset");
         }
-        throw std::logic_error("Transport::send_file: the transport is closing (close() or write_eof() was called)");
+        throw_closing("Transport::send_file");
     }
     if (count == 0) {
         ::close(file);
@@ -562,6 +630,14 @@ void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
     }
     file_bytes_ += count;
     if (state_ == State::open) {
+        // Alone in the queue, it is sent now, as write() sends, and waits
+        // for writability only for what the kernel does not take.
+        if (files_.size() - files_head_ == 1 && queue_.size() == queue_head_ && !send_queued_file()) {
+            return;
+        }
+        if (write_buffer_size() == 0) {
+            return;
+        }
         add_writer();
     }
     if (state_ == State::open || state_ == State::starting || state_ == State::connecting) {
@@ -573,9 +649,8 @@ bool Transport::send_queued_file() {
     QueuedFile& file = files_[files_head_];
     off_t offset = file.offset;
     int errnum = 0;
-    const ssize_t sent = detail::transfer_errno(errnum, [&] {
-        return ::sendfile(fd_, file.fd, &offset, static_cast<std::size_t>(std::min(file.left, sendfile_chunk)));
-    });
+    const ssize_t sent = sendfile_without_sigpipe(
+        fd_, file.fd, offset, static_cast<std::size_t>(std::min(file.left, sendfile_chunk)), errnum);
     if (sent < 0) {
         if (errnum != 0) {
             finish(last_error(errnum));
@@ -617,29 +692,28 @@ void Transport::add_writer() noexcept {
     if (writer_added_ || reactor_ == nullptr) {
         return;
     }
-    try {
-        reactor_->add_writer(fd_, [this] { on_writable(); });
-        writer_added_ = true;
-    } catch (const std::system_error& error) {
-        finish(error.code());
-    } catch (const std::invalid_argument&) {
-        // The selector cannot watch this descriptor (select's FD_SETSIZE).
-        finish(std::make_error_code(std::errc::invalid_argument));
-    } catch (...) {
-        finish(std::make_error_code(std::errc::not_enough_memory));
+    // EINVAL: the selector cannot watch this descriptor (select's FD_SETSIZE).
+    std::error_code error;
+    reactor_->add_writer(
+        fd_, [this] { on_writable(); }, error);
+    if (error) {
+        finish(error);
+        return;
     }
+    writer_added_ = true;
 }
 
 void Transport::remove_writer() noexcept {
     if (!writer_added_ || reactor_ == nullptr) {
         return;
     }
-    try {
-        reactor_->remove_writer(fd_);
-        writer_added_ = false;
-    } catch (const std::system_error& error) {
-        finish(error.code());
+    std::error_code error;
+    (void)reactor_->remove_writer(fd_, error);
+    if (error) {
+        finish(error);
+        return;
     }
+    writer_added_ = false;
 }
 
 void Transport::on_writable() {
@@ -697,9 +771,14 @@ void Transport::flush_queue() {
     }
     if (write_buffer_size() == 0) {
         remove_writer();
-        if (state_ == State::open) {
-            after_drain();
+        if (state_ != State::open) {
+            return;
         }
+        if (!call_protocol([this] { protocol_->write_drained(); }) || state_ != State::open ||
+            write_buffer_size() > 0) {
+            return;  // ended, or the protocol wrote again: the writer sends that
+        }
+        after_drain();
     }
 }
 
@@ -717,6 +796,9 @@ void Transport::after_drain() {
         }
     }
     if (closing_) {
+        if (!read_eof_) {
+            discard_unread_input(fd_);
+        }
         finish({});
     }
 }
@@ -835,7 +917,7 @@ void Transport::end_now(std::error_code reason) noexcept {
 
 // ----- Timers --------------------------------------------------------------------
 
-void Transport::note_activity() {
+inline void Transport::note_activity() {
     if (idle_timeout_ > Duration::zero()) {
         last_activity_ = reactor_->time();
     }
@@ -1205,9 +1287,12 @@ void Transport::flush_filtered() {
     }
     if (write_buffer_size() == 0) {
         remove_writer();
-        if (state_ == State::open) {
-            after_drain();
+        // Told once the protocol's bytes are out, not again for close_notify.
+        if (!filter_shut_down_ && (!call_protocol([this] { protocol_->write_drained(); }) || state_ != State::open ||
+                                   write_buffer_size() > 0)) {
+            return;  // ended, or the protocol wrote again: the writer sends that
         }
+        after_drain();
     }
 }
 

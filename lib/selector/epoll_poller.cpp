@@ -90,6 +90,28 @@ public:
         if (const int error = add_to_set(fd, mask, token); error != 0) {
             throw_system_error(error, "epoll_ctl(ADD)", fd);
         }
+        record(fd, mask, token);
+    }
+
+    // A refusal is an expected outcome for the error_code form (a regular
+    // file, a closed number), so it costs no exception and no message.
+    void try_add(int fd, Events events, std::uint64_t token, std::error_code& error) noexcept override {
+        error.clear();
+        const std::uint32_t mask = to_epoll_mask(events);
+        if (const int refused = add_to_set(fd, mask, token); refused != 0) {
+            error.assign(refused, std::system_category());
+            return;
+        }
+        try {
+            record(fd, mask, token);
+        } catch (...) {
+            error = std::make_error_code(std::errc::not_enough_memory);
+        }
+    }
+
+    // Notes a registration the set has just taken; on a throw (no memory)
+    // takes it out of the set again.
+    void record(int fd, std::uint32_t mask, std::uint64_t token) {
         try {
             registrations_.at_growing(fd) = {token, mask, State::watched};
             // One slot per registration, as Python does, so one wait can report

@@ -288,6 +288,39 @@ TEST_CASE("register_ with an error_code fails before the kernel without allocati
     CHECK(error == std::errc::no_such_file_or_directory);
 }
 
+#if MUXIO_HAS_EPOLL
+// A refusal by the kernel is an expected outcome of the error_code form: a
+// throw inside it would allocate (the exception and its message).
+TEST_CASE("register_ with an error_code on epoll reports the kernel's refusal without allocating or throwing") {
+    if (!muxio::test::counts_allocations) {
+        return;
+    }
+    FdLeakCheck leak_check;
+    muxio::EpollSelector<int> selector;
+    const muxio::test::UniqueFd regular_file{::open("/dev/null", O_RDONLY | O_CLOEXEC)};  // epoll: EPERM
+    REQUIRE(regular_file.get() >= 0);
+    int closed_fd = -1;
+    {
+        const SocketPair gone;
+        closed_fd = gone.left.get();
+    }
+    std::error_code error;
+    (void)selector.register_(regular_file.get(), EVENT_READ, 1, error);  // warm: the table is grown
+    const std::size_t before = muxio::test::allocation_count();
+    for (int i = 0; i < 100; ++i) {
+        CHECK(selector.register_(regular_file.get(), EVENT_READ, 1, error) == nullptr);
+        CHECK(error == std::errc::operation_not_permitted);
+        CHECK(selector.register_(closed_fd, EVENT_READ, 1, error) == nullptr);
+        CHECK(error == std::errc::bad_file_descriptor);
+    }
+    CHECK(muxio::test::allocation_count() == before);
+    CHECK(selector.get_map().size() == 0U);
+    // The throwing form still names the call and the descriptor.
+    CHECK_THROWS_WITH_AS(selector.register_(regular_file.get(), EVENT_READ, 1), doctest::Contains("epoll_ctl(ADD)"),
+                         std::system_error);
+}
+#endif
+
 // ---------------------------------------------------------------------------
 // Fault injection: a poller whose add() and modify() refuse
 

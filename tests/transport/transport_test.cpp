@@ -587,7 +587,7 @@ TEST_CASE("send_file sends a file slice between the bytes written before and aft
     UniqueFd file = file_with(content);
     side.transport->write(std::string_view{"head:"});
     side.transport->send_file(file.release(), 10, content.size() - 20);
-    CHECK(side.transport->write_buffer_size() == content.size() - 20);
+    CHECK(side.transport->write_buffer_size() <= content.size() - 20);  // what the kernel did not take at once
     side.transport->write(std::string_view{":tail"});
     side.transport->close();
     std::string got;
