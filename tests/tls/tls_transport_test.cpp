@@ -828,3 +828,35 @@ TEST_CASE("a TLS Server counts connections still handshaking against max_connect
     CHECK(server.stats().refused == 1);
     CHECK(events.made == 0);
 }
+
+TEST_CASE(
+    "write_drained over TLS comes once the protocol's queued bytes are out, and a close() from it sends "
+    "close_notify") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    struct Drained : Recorder {
+        int* drained = nullptr;
+        void write_drained() override {
+            ++*drained;
+            transport->close();
+        }
+    };
+    int drained = 0;
+    const std::vector<std::byte> payload = muxio::net_test::pattern(std::size_t{4} * 1024 * 1024, 5);
+    Server server{reactor,
+                  [&](const SocketAddress&) {
+                      auto protocol = std::make_unique<Drained>();
+                      protocol->drained = &drained;
+                      protocol->on_made = [&](Recorder& self) { self.transport->write(payload); };
+                      return protocol;
+                  },
+                  tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<std::string> {
+        TlsStream client = co_await tls_client(reactor, address);
+        co_return co_await read_bytes(client, payload.size() + 1);  // to the close_notify
+    };
+    const std::string got = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
+    CHECK(got == text_of(payload));
+    CHECK(drained == 1);
+}
