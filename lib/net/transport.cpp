@@ -394,10 +394,6 @@ inline std::span<std::byte> Transport::read_buffer() {
 }
 
 void Transport::on_readable() {
-    if (filter_) [[unlikely]] {
-        dispatch([this] { read_filtered(); });
-        return;
-    }
     // Each read's path: the protocol is called in dispatch()'s frame.
     dispatch([this](const detail::TransportFrame& frame) {
         if (state_ != State::open || !reader_added_) {
@@ -445,7 +441,11 @@ void Transport::update_reader() noexcept {
     }
     // EINVAL: the selector cannot watch this descriptor (select's FD_SETSIZE).
     std::error_code error;
-    if (want) {
+    if (want && filter_) [[unlikely]] {
+        // Its own callback, so that the plain read path tests nothing for it.
+        reactor_->add_reader(
+            fd_, [this] { dispatch([this] { read_filtered(); }); }, error);
+    } else if (want) {
         reactor_->add_reader(
             fd_, [this] { on_readable(); }, error);
     } else {
