@@ -188,7 +188,7 @@ TEST_CASE("openssl s_client verifies a TLS Server's certificate and gets its ech
 }
 
 TEST_CASE(
-    "plain-text HTTP to a TLS Server ends with handshake_failed and no connection_made; the server serves the "
+    "plain-text HTTP to a TLS Server ends with handshake_failed and no connection_made, and the server serves the "
     "next client") {
     FdLeakCheck leak_check;
     Reactor reactor;
