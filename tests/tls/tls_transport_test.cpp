@@ -643,7 +643,11 @@ TEST_CASE(
 
 // ----- Allocations --------------------------------------------------------------
 
-TEST_CASE("an echo over TLS between a client transport and a TLS Server allocates nothing per message once warm") {
+// The counter sees operator new, that is muxio's and the protocols'
+// allocations. OpenSSL's own mallocs escape it: OpenSSL 3.0 makes a few per
+// record in its record layer (WPACKET, crypto/packet.c), out of muxio's reach.
+TEST_CASE(
+    "an echo over TLS between a client transport and a TLS Server makes no C++ allocation per message once warm") {
     FdLeakCheck leak_check;
     if (!muxio::test::counts_allocations) {
         return;
