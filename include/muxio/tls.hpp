@@ -1,6 +1,7 @@
 // TLS over OpenSSL: contexts (certificates, verification, ALPN), a TLS
-// state machine without I/O (TlsEngine), and TLS streams for coroutines
-// (TlsStream over any connected StreamSocket). Built as the library
+// state machine without I/O (TlsEngine), TLS streams for coroutines
+// (TlsStream over any connected StreamSocket), and TLS for the callback
+// Transport and Server (tls_filter()). Built as the library
 // muxio::tls when MUXIO_HAS_TLS is 1 (CMake option MUXIO_TLS); this header
 // names no OpenSSL type, so including it needs no OpenSSL headers.
 #pragma once
@@ -21,6 +22,7 @@
 
 #include "muxio/net.hpp"
 #include "muxio/task.hpp"
+#include "muxio/transport.hpp"
 
 namespace muxio {
 
@@ -496,5 +498,27 @@ private:
     bool reading_ = false;
     bool writing_ = false;
 };
+
+// ----- Callback transports ---------------------------------------------------------
+
+/// A TransportOptions::filter running TLS with `context` on each transport
+/// (the server or the client end, by the context's role); a client sends
+/// `server_name` as SNI and verifies the certificate against it. Set it in
+/// ServerOptions::transport for a TLS Server, or pass it to
+/// Transport::connect(). See TransportOptions::filter for what changes:
+/// connection_made() after the handshake; connection_lost() with the
+/// TlsErrc of a failed handshake (certificate_verify_failed,
+/// hostname_mismatch, handshake_failed, ...), with ETIMEDOUT when
+/// TransportOptions::handshake_timeout ran out, with truncated when the
+/// connection ends without the peer's close_notify; the peer's close_notify
+/// is eof_received(); close() and write_eof() send close_notify.
+/// Throws what TlsEngine's constructor throws, at once rather than per
+/// connection: std::invalid_argument for a verifying client context and an
+/// empty `server_name`, or an empty context.
+[[nodiscard]] TransportFilterFactory tls_filter(TlsContext context, std::string server_name = {});
+
+/// The TLS engine of a transport made with tls_filter(), to ask for the
+/// ALPN protocol, version, SNI or cipher; nullptr for any other transport.
+[[nodiscard]] const TlsEngine* tls_engine(const Transport& transport) noexcept;
 
 }  // namespace muxio

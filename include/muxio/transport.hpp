@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -107,6 +108,72 @@ public:
     virtual void connection_lost(std::error_code reason) { (void)reason; }
 };
 
+/// A byte-stream layer between a Transport's socket and its Protocol, one
+/// per connection, without I/O of its own: the extension point through
+/// which muxio::tls runs TLS (tls_filter() in muxio/tls.hpp). A user may
+/// write one too (a test's scrambling filter, a framing or compression
+/// layer), shaped as TLS is: a handshake, then records.
+///
+/// The transport drives it: ciphertext read from the socket goes into
+/// input_space()/commit_input() (input_ended() at the end of the stream),
+/// and whatever output() holds goes to the socket, or to the write queue
+/// behind what is queued there, after every step. A step says with a
+/// Status what it needs next. All calls come from the reactor's thread.
+class TransportFilter {
+public:
+    /// What a step asks for next.
+    enum class Status : std::uint8_t {
+        ok,           ///< Done (read, write: some bytes were moved).
+        want_input,   ///< Needs bytes from the peer; repeat after input.
+        want_output,  ///< Its output is full: repeat once it was taken.
+        closed,       ///< read(): the peer ended its stream cleanly.
+        failed        ///< Failed for good: error() says why; output() may hold an alert.
+    };
+    /// Bytes of plaintext moved by read() or write() and what comes next.
+    struct Result {
+        std::size_t bytes = 0;       ///< Plaintext moved.
+        Status status = Status::ok;  ///< ok when bytes > 0.
+    };
+
+    virtual ~TransportFilter() = default;
+    TransportFilter() = default;
+    TransportFilter(const TransportFilter&) = delete;
+    TransportFilter& operator=(const TransportFilter&) = delete;
+    TransportFilter(TransportFilter&&) = delete;
+    TransportFilter& operator=(TransportFilter&&) = delete;
+
+    /// Runs the handshake as far as the input allows: ok once complete.
+    virtual Status handshake() noexcept = 0;
+    /// Plaintext into `buffer` (not empty): ok with bytes, want_input,
+    /// want_output, closed or failed. Called only after handshake() said ok.
+    virtual Result read(std::span<std::byte> buffer) noexcept = 0;
+    /// Takes plaintext from `buffer`: ok with bytes taken (possibly fewer),
+    /// want_output, or failed. Called only after handshake() said ok.
+    virtual Result write(std::span<const std::byte> buffer) noexcept = 0;
+    /// Queues the end of this side's stream (TLS's close_notify) in the
+    /// output: ok, want_output or failed.
+    virtual Status shutdown() noexcept = 0;
+    /// Where bytes from the socket go; empty when the filter holds all it
+    /// can until read() or handshake() took some.
+    virtual std::span<std::byte> input_space() noexcept = 0;
+    /// `size` bytes were written at input_space().
+    virtual void commit_input(std::size_t size) noexcept = 0;
+    /// The socket's stream from the peer ended.
+    virtual void input_ended() noexcept = 0;
+    /// Bytes for the socket, oldest first (a contiguous part; empty: none).
+    virtual std::span<const std::byte> output() noexcept = 0;
+    /// `size` bytes of output() were taken.
+    virtual void consume_output(std::size_t size) noexcept = 0;
+    /// After failed: why, the code given to Protocol::connection_lost().
+    [[nodiscard]] virtual std::error_code error() const noexcept = 0;
+    /// After failed: a longer explanation for the log; empty if none.
+    [[nodiscard]] virtual std::string_view error_message() const noexcept { return {}; }
+};
+
+/// Makes the TransportFilter of each new transport (see
+/// TransportOptions::filter); it may throw to refuse the connection.
+using TransportFilterFactory = std::function<std::unique_ptr<TransportFilter>()>;
+
 /// How a Transport buffers.
 struct TransportOptions {
     /// Above this many queued bytes the protocol is told pause_writing().
@@ -121,6 +188,27 @@ struct TransportOptions {
     /// Close with ETIMEDOUT (see Protocol::timed_out()) after this long
     /// without a byte read or written; zero: no idle timeout.
     std::chrono::steady_clock::duration idle_timeout{0};
+    /// Makes a filter between the socket and the protocol for each transport
+    /// (TLS: muxio::tls_filter()). Empty: plain bytes.
+    ///
+    /// With a filter, connection_made() runs once its handshake completed;
+    /// a failed handshake gives connection_lost(filter's error) without
+    /// connection_made(). write() passes the bytes through the filter at
+    /// once and the water marks count what it produced and what waits to go
+    /// through it (bytes written before the handshake completed, or queued
+    /// behind a send_file(), whose file is read with pread(2) in pieces as
+    /// the queue drains). close() and write_eof() end the filter's stream
+    /// first (TLS's close_notify); abort() does not. The filter's clean end
+    /// (Status::closed) is the end of stream (eof_received()); an end of the
+    /// socket's stream is whatever error the filter makes of it (TLS:
+    /// truncated). resume_reading() delivers what the filter holds already,
+    /// even if the socket never turns readable again.
+    TransportFilterFactory filter{};
+    /// With a filter: the handshake must complete within this, or the
+    /// connection ends with connection_lost(ETIMEDOUT) and no
+    /// connection_made(). Zero: no bound (the idle timeout does not run
+    /// during the handshake).
+    std::chrono::steady_clock::duration handshake_timeout = std::chrono::seconds{60};
 };
 
 namespace detail {
@@ -299,10 +387,12 @@ public:
     /// Hands the connection's events to another protocol from now on (as
     /// asyncio's set_protocol); it gets no connection_made().
     void set_protocol(Protocol& protocol) noexcept { protocol_ = &protocol; }
+    /// The filter made by TransportOptions::filter; nullptr for plain bytes.
+    [[nodiscard]] TransportFilter* filter() const noexcept { return filter_.get(); }
 
 private:
     friend class Server;
-    enum class State : std::uint8_t { starting, connecting, open, ended, lost };
+    enum class State : std::uint8_t { starting, connecting, handshaking, open, ended, lost };
 
     Transport(Reactor& reactor, int fd, Protocol& protocol, const TransportOptions& options, State state);
 
@@ -334,6 +424,21 @@ private:
     void release_descriptor() noexcept;
     [[nodiscard]] std::span<std::byte> read_buffer();
     static void reactor_closed(detail::CloseHook& hook) noexcept;
+
+    // With a filter (lib/net/transport.cpp, "Filtered streams").
+    void begin_handshake();
+    void drive_handshake();
+    void read_filtered();
+    void deliver_filtered();
+    void write_filtered(std::span<const std::byte> data);
+    void send_file_filtered(int file, std::int64_t offset, std::uint64_t count);
+    void flush_filtered();
+    bool encrypt(std::span<const std::byte> data);
+    bool refill_filtered();
+    bool pump_filter_output();
+    bool shutdown_filter();
+    void fail_filter() noexcept;
+    void schedule_filtered_delivery();
 
     // Runs `body`, a call into the protocol, in a frame; false if the
     // transport was destroyed meanwhile (touch nothing then). An exception
@@ -398,6 +503,18 @@ private:
     SocketAddress connect_to_;  // while connecting
     Release release_ = nullptr;
     void* release_context_ = nullptr;
+    // With a filter: plaintext waiting to go through it (written before the
+    // handshake completed, or behind a file), counted in file_bytes_ with
+    // the files' bytes; files_[].at are positions in this plaintext stream.
+    std::unique_ptr<TransportFilter> filter_;
+    std::vector<std::byte> plain_;
+    std::size_t plain_head_ = 0;
+    std::uint64_t plain_in_ = 0;
+    std::uint64_t plain_out_ = 0;
+    std::unique_ptr<std::byte[]> file_chunk_;  // pread() buffer of send_file()
+    Duration handshake_timeout_{0};
+    bool filter_ready_ = false;      // the handshake completed
+    bool filter_shut_down_ = false;  // shutdown() queued (close_notify)
 };
 
 }  // namespace muxio

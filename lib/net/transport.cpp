@@ -121,6 +121,13 @@ Transport::Transport(Reactor& reactor, int fd, Protocol& protocol, const Transpo
     if (fd < 0) {
         throw std::invalid_argument("Transport: negative descriptor");
     }
+    if (options.filter) {
+        filter_ = options.filter();
+        if (!filter_) {
+            throw std::invalid_argument("Transport: the filter factory returned no filter");
+        }
+        handshake_timeout_ = std::max(options.handshake_timeout, Duration::zero());
+    }
     hook_.owner = this;
     hook_.hook(reactor, detail::CloseHook::Phase::late, &Transport::reactor_closed);
 }
@@ -335,6 +342,10 @@ void Transport::start() {
 }
 
 void Transport::begin() {
+    if (filter_ && !filter_ready_) [[unlikely]] {
+        begin_handshake();
+        return;
+    }
     state_ = State::open;
     if (idle_timeout_ > Duration::zero()) {
         last_activity_ = reactor_->time();
@@ -422,13 +433,19 @@ void Transport::on_readable() {
 }
 
 void Transport::update_reader() noexcept {
-    const bool want = state_ == State::open && !closing_ && !read_eof_ && !read_paused_;
+    // A handshake reads whatever the protocol asked for (it has not been told of the connection yet).
+    const bool want =
+        (state_ == State::open && !closing_ && !read_eof_ && !read_paused_) || state_ == State::handshaking;
     if (want == reader_added_ || reactor_ == nullptr) {
         return;
     }
     // EINVAL: the selector cannot watch this descriptor (select's FD_SETSIZE).
     std::error_code error;
-    if (want) {
+    if (want && filter_) [[unlikely]] {
+        // Its own callback, so that the plain read path tests nothing for it.
+        reactor_->add_reader(
+            fd_, [this] { dispatch([this] { read_filtered(); }); }, error);
+    } else if (want) {
         reactor_->add_reader(
             fd_, [this] { on_readable(); }, error);
     } else {
@@ -449,6 +466,9 @@ void Transport::pause_reading() {
 void Transport::resume_reading() {
     read_paused_ = false;
     update_reader();
+    if (filter_ && state_ == State::open) [[unlikely]] {
+        schedule_filtered_delivery();
+    }
 }
 
 // ----- Writing -------------------------------------------------------------------
@@ -459,6 +479,10 @@ void Transport::write(std::span<const std::byte> data) {
     }
     if (closing_ || eof_pending_) [[unlikely]] {
         throw_closing("Transport::write");
+    }
+    if (filter_) [[unlikely]] {
+        write_filtered(data);
+        return;
     }
     if (data.empty()) {
         return;
@@ -516,6 +540,15 @@ void Transport::writev(std::span<const std::span<const std::byte>> buffers) {
     }
     if (closing_ || eof_pending_) [[unlikely]] {
         throw_closing("Transport::writev");
+    }
+    if (filter_) [[unlikely]] {
+        for (const std::span<const std::byte> buffer : buffers) {
+            write_filtered(buffer);
+            if (state_ >= State::ended) {
+                return;
+            }
+        }
+        return;
     }
     if (state_ != State::open || write_buffer_size() > 0 || buffers.size() > max_iovecs) {
         for (const std::span<const std::byte> buffer : buffers) {
@@ -583,6 +616,10 @@ void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
     }
     if (count == 0) {
         ::close(file);
+        return;
+    }
+    if (filter_) [[unlikely]] {
+        send_file_filtered(file, offset, count);
         return;
     }
     try {
@@ -685,11 +722,17 @@ void Transport::on_writable() {
             on_connected();
         } else if (state_ == State::open) {
             flush_queue();
+        } else if (state_ == State::handshaking) {
+            flush_filtered();
         }
     });
 }
 
 void Transport::flush_queue() {
+    if (filter_) [[unlikely]] {
+        flush_filtered();
+        return;
+    }
     if (files_head_ < files_.size() && files_[files_head_].at == queued_out_) {
         if (!send_queued_file()) {
             return;
@@ -740,6 +783,11 @@ void Transport::flush_queue() {
 }
 
 void Transport::after_drain() {
+    if (filter_ && (closing_ || eof_pending_) && !filter_shut_down_) [[unlikely]] {
+        if (!shutdown_filter()) {
+            return;  // the filter's end (close_notify) is queued: back here once it is sent
+        }
+    }
     if (eof_pending_ && !eof_written_) {
         eof_written_ = true;
         if (::shutdown(fd_, SHUT_WR) != 0 && errno != ENOTCONN) {
@@ -943,6 +991,409 @@ void Transport::on_timer() {
         }
         rearm_timer();
     });
+}
+
+// ----- Filtered streams ------------------------------------------------------------
+//
+// With a filter (TLS), the write queue holds what the filter produced, and
+// plaintext that cannot go through the filter yet (before the handshake
+// completed, or behind a file) waits in plain_, counted in file_bytes_ with
+// the bytes of the files. The filter's output goes straight to the socket
+// when nothing is queued, so a warm connection copies nothing more than the
+// filter itself does.
+
+namespace {
+
+// Plaintext taken from plain_ or read from a file per filter write: a TLS
+// record's worth.
+constexpr std::size_t filter_chunk = std::size_t{16} * 1024;
+// Files and plaintext go through the filter while less than this is queued
+// for the socket, so a large file is not read into memory at once.
+constexpr std::size_t filter_queue_ahead = std::size_t{64} * 1024;
+
+}  // namespace
+
+void Transport::begin_handshake() {
+    state_ = State::handshaking;
+    if (handshake_timeout_ > Duration::zero()) {
+        const TimePoint due = detail::deadline_after(reactor_->time(), handshake_timeout_);
+        timer_.cancel();
+        timer_ = reactor_->call_at(due, [this] {
+            timer_ = {};
+            timer_due_ = TimePoint::max();
+            dispatch([this] {
+                if (state_ == State::handshaking) {
+                    finish(std::make_error_code(std::errc::timed_out));
+                }
+            });
+        });
+        timer_due_ = due;
+    }
+    update_reader();
+    if (state_ == State::handshaking) {
+        drive_handshake();  // a client speaks first; a server finds it wants input
+    }
+}
+
+void Transport::drive_handshake() {
+    for (;;) {
+        const TransportFilter::Status status = filter_->handshake();
+        if (status == TransportFilter::Status::failed || status == TransportFilter::Status::closed) {
+            fail_filter();
+            return;
+        }
+        if (!pump_filter_output()) {
+            return;
+        }
+        if (status == TransportFilter::Status::ok) {
+            break;
+        }
+        if (status == TransportFilter::Status::want_input) {
+            return;
+        }
+    }
+    filter_ready_ = true;
+    timer_.cancel();
+    timer_ = {};
+    timer_due_ = TimePoint::max();
+    // Bytes that came with the end of the handshake are delivered in the next
+    // iteration: connection_made() may destroy the transport, after which
+    // nothing of it may run here.
+    schedule_filtered_delivery();
+    begin();
+}
+
+void Transport::schedule_filtered_delivery() {
+    soon_.cancel();
+    soon_ = reactor_->call_soon([this] {
+        soon_ = {};
+        dispatch([this] {
+            if (state_ == State::open) {
+                deliver_filtered();
+            }
+        });
+    });
+}
+
+void Transport::read_filtered() {
+    if ((state_ != State::open && state_ != State::handshaking) || !reader_added_) {
+        return;
+    }
+    // Empty only while the filter holds a full input it has not taken, which
+    // the steps below take.
+    const std::span<std::byte> space = filter_->input_space();
+    if (!space.empty()) {
+        int errnum = 0;
+        const ssize_t got = detail::transfer_errno(errnum, [&] { return ::recv(fd_, space.data(), space.size(), 0); });
+        if (got > 0) {
+            note_activity();
+            filter_->commit_input(static_cast<std::size_t>(got));
+        } else if (got == 0) {
+            filter_->input_ended();
+        } else if (errnum != 0) {
+            finish(last_error(errnum));
+            return;
+        } else {
+            return;  // nothing after all
+        }
+    }
+    if (state_ == State::handshaking) {
+        drive_handshake();
+    } else {
+        deliver_filtered();
+    }
+}
+
+void Transport::deliver_filtered() {
+    // Bounded: each turn takes input the filter holds, and none is read here.
+    while (state_ == State::open && !read_paused_ && !read_eof_ && !closing_) {
+        std::span<std::byte> buffer;
+        if (!call_protocol([&] { buffer = protocol_->get_buffer(read_size_); }) || state_ != State::open) {
+            return;
+        }
+        if (buffer.empty()) {
+            buffer = read_buffer();
+        }
+        const TransportFilter::Result result = filter_->read(buffer);
+        if (result.status == TransportFilter::Status::failed) {
+            fail_filter();
+            return;
+        }
+        // A read may produce output: a TLS 1.3 key update's answer.
+        if (!pump_filter_output()) {
+            return;
+        }
+        switch (result.status) {
+            case TransportFilter::Status::ok:
+                if (result.bytes == 0) {
+                    return;
+                }
+                if (!call_protocol([&] { protocol_->data_received(buffer.first(result.bytes)); })) {
+                    return;
+                }
+                break;
+            case TransportFilter::Status::want_output:
+                break;  // taken above
+            case TransportFilter::Status::closed: {
+                read_eof_ = true;
+                update_reader();
+                bool keep_open = false;
+                if (!call_protocol([&] { keep_open = protocol_->eof_received(); })) {
+                    return;
+                }
+                if (!keep_open) {
+                    close();
+                }
+                return;
+            }
+            default:
+                return;  // want_input: the reader is registered
+        }
+    }
+}
+
+void Transport::write_filtered(std::span<const std::byte> data) {
+    if (data.empty()) {
+        return;
+    }
+    if (state_ == State::open && file_bytes_ == 0) {
+        if (!encrypt(data)) {
+            return;
+        }
+    } else {
+        // Its turn comes after the handshake or the file before it.
+        if (plain_head_ == plain_.size()) {
+            plain_.clear();
+            plain_head_ = 0;
+        }
+        plain_.insert(plain_.end(), data.begin(), data.end());
+        plain_in_ += data.size();
+        file_bytes_ += data.size();
+        if (state_ == State::open) {
+            add_writer();
+        }
+    }
+    if (state_ < State::ended) {
+        check_high_water();
+    }
+}
+
+void Transport::send_file_filtered(int file, std::int64_t offset, std::uint64_t count) {
+    try {
+        files_.push_back(QueuedFile{plain_in_, file, offset, count});
+    } catch (...) {
+        ::close(file);
+        throw;
+    }
+    file_bytes_ += count;
+    if (state_ == State::open) {
+        add_writer();
+    }
+    if (state_ < State::ended) {
+        check_high_water();
+    }
+}
+
+bool Transport::encrypt(std::span<const std::byte> data) {
+    while (!data.empty()) {
+        const TransportFilter::Result result = filter_->write(data);
+        if (result.status == TransportFilter::Status::failed) {
+            fail_filter();
+            return false;
+        }
+        data = data.subspan(std::min(result.bytes, data.size()));
+        if (!pump_filter_output()) {
+            return false;
+        }
+        if (result.bytes == 0 && result.status != TransportFilter::Status::want_output) {
+            // A filter that takes nothing and wants nothing would loop here.
+            logger().error("Transport: the filter of fd {} took no bytes to write", fd_);
+            finish(std::make_error_code(std::errc::protocol_error));
+            return false;
+        }
+    }
+    return true;
+}
+
+bool Transport::pump_filter_output() {
+    for (;;) {
+        const std::span<const std::byte> output = filter_->output();
+        if (output.empty()) {
+            return true;
+        }
+        std::size_t sent = 0;
+        if (queue_head_ == queue_.size()) {
+            int errnum = 0;
+            const ssize_t done =
+                detail::transfer_errno(errnum, [&] { return ::send(fd_, output.data(), output.size(), MSG_NOSIGNAL); });
+            if (done < 0 && errnum != 0) {
+                finish(last_error(errnum));
+                return false;
+            }
+            if (done > 0) {
+                note_activity();
+                sent = static_cast<std::size_t>(done);
+            }
+        }
+        if (sent < output.size()) {
+            enqueue(output.subspan(sent));
+            add_writer();
+            if (state_ >= State::ended) {
+                return false;
+            }
+        }
+        filter_->consume_output(output.size());
+    }
+}
+
+void Transport::flush_filtered() {
+    if (const std::size_t buffered = queue_.size() - queue_head_; buffered > 0) {
+        int errnum = 0;
+        const ssize_t sent = detail::transfer_errno(
+            errnum, [&] { return ::send(fd_, queue_.data() + queue_head_, buffered, MSG_NOSIGNAL); });
+        if (sent < 0) {
+            if (errnum != 0) {
+                finish(last_error(errnum));
+            }
+            return;
+        }
+        note_activity();
+        queue_head_ += static_cast<std::size_t>(sent);
+        if (queue_head_ == queue_.size()) {
+            queue_.clear();
+            queue_head_ = 0;
+            if (queue_.capacity() > keep_queue_capacity) {
+                std::vector<std::byte>{}.swap(queue_);
+            }
+        }
+    }
+    if (state_ == State::handshaking) {
+        if (queue_head_ == queue_.size()) {
+            remove_writer();  // what waits in plain_ goes once the handshake completed
+        }
+        return;
+    }
+    if (state_ != State::open) {
+        return;
+    }
+    if (file_bytes_ > 0 && queue_head_ == queue_.size() && !refill_filtered()) {
+        return;
+    }
+    if (write_paused_ && write_buffer_size() <= low_water_) {
+        write_paused_ = false;
+        if (!call_protocol([this] { protocol_->resume_writing(); }) || state_ != State::open) {
+            return;
+        }
+    }
+    if (write_buffer_size() == 0) {
+        remove_writer();
+        // Told once the protocol's bytes are out, not again for close_notify.
+        if (!filter_shut_down_ && (!call_protocol([this] { protocol_->write_drained(); }) || state_ != State::open ||
+                                   write_buffer_size() > 0)) {
+            return;  // ended, or the protocol wrote again: the writer sends that
+        }
+        after_drain();
+    }
+}
+
+bool Transport::refill_filtered() {
+    // Bounded per call so one connection's large file does not hold the
+    // loop; the writer stays registered for the rest.
+    std::uint64_t budget = sendfile_chunk;
+    while (state_ == State::open && file_bytes_ > 0 && budget > 0 && queue_.size() - queue_head_ < filter_queue_ahead) {
+        if (files_head_ < files_.size() && files_[files_head_].at == plain_out_) {
+            QueuedFile& file = files_[files_head_];
+            if (!file_chunk_) {
+                file_chunk_ = std::make_unique<std::byte[]>(filter_chunk);
+            }
+            const auto size = static_cast<std::size_t>(std::min<std::uint64_t>(file.left, filter_chunk));
+            int errnum = 0;
+            const ssize_t got = detail::transfer_errno(
+                errnum, [&] { return ::pread(file.fd, file_chunk_.get(), size, static_cast<off_t>(file.offset)); });
+            if (got < 0) {
+                finish(last_error(errnum != 0 ? errnum : EIO));
+                return false;
+            }
+            if (got == 0) {
+                finish(std::make_error_code(std::errc::no_message_available));  // ENODATA: the file is shorter
+                return false;
+            }
+            const auto taken = static_cast<std::uint64_t>(got);
+            file.offset += static_cast<std::int64_t>(taken);
+            file.left -= taken;
+            file_bytes_ -= taken;
+            budget -= std::min(budget, taken);
+            if (file.left == 0) {
+                ::close(std::exchange(file.fd, -1));
+                if (++files_head_ == files_.size()) {
+                    files_.clear();
+                    files_head_ = 0;
+                }
+            }
+            if (!encrypt({file_chunk_.get(), static_cast<std::size_t>(taken)})) {
+                return false;
+            }
+            continue;
+        }
+        std::size_t size = std::min(plain_.size() - plain_head_, filter_chunk);
+        if (files_head_ < files_.size()) {
+            size = static_cast<std::size_t>(std::min<std::uint64_t>(size, files_[files_head_].at - plain_out_));
+        }
+        const std::span<const std::byte> chunk{plain_.data() + plain_head_, size};
+        plain_head_ += size;
+        plain_out_ += size;
+        file_bytes_ -= size;
+        budget -= std::min<std::uint64_t>(budget, size);
+        if (!encrypt(chunk)) {
+            return false;
+        }
+        if (plain_head_ == plain_.size()) {
+            plain_.clear();
+            plain_head_ = 0;
+            if (plain_.capacity() > keep_queue_capacity) {
+                std::vector<std::byte>{}.swap(plain_);
+            }
+        }
+    }
+    return state_ == State::open;
+}
+
+bool Transport::shutdown_filter() {
+    filter_shut_down_ = true;
+    for (;;) {
+        const TransportFilter::Status status = filter_->shutdown();
+        if (!pump_filter_output()) {
+            return false;
+        }
+        if (status != TransportFilter::Status::want_output) {
+            break;  // failed too: the connection ends without it
+        }
+    }
+    if (queue_head_ < queue_.size()) {
+        add_writer();
+        return false;
+    }
+    return state_ == State::open;
+}
+
+void Transport::fail_filter() noexcept {
+    std::error_code reason = filter_->error();
+    if (!reason) {
+        reason = std::make_error_code(std::errc::protocol_error);
+    }
+    try {
+        logger().debug("Transport: fd {} failed: {} ({})", fd_, reason.message(), filter_->error_message());
+    } catch (...) {  // NOLINT(bugprone-empty-catch): only the log line is lost
+    }
+    // Best effort: the alert telling the peer why, if nothing is queued
+    // before it and the socket takes it now.
+    if (queue_head_ == queue_.size() && fd_ >= 0) {
+        const std::span<const std::byte> alert = filter_->output();
+        if (!alert.empty()) {
+            (void)::send(fd_, alert.data(), alert.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
+    }
+    finish(reason);
 }
 
 }  // namespace muxio
