@@ -283,10 +283,13 @@ def a_peer_that_drops_in_the_middle_of_a_record_leaves_the_server_serving_the_ne
         client.sock.sendall(record[:len(record) // 2])
         client.close()
 
-        # The same after a request's first record, with a file being sent.
+        # The same in the middle of a file being sent, and with a reset: the
+        # first bytes of the answer say the server is sending it.
         client = MemoryTls(server.port)
         client.handshake()
         client.sock.sendall(client.record(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n"))
+        client.sock.settimeout(DEADLINE)
+        check(client.sock.recv(1), "the server closed instead of sending the file")
         record = client.record(b"GET / HTTP/1.1\r\n")
         client.sock.sendall(record[:len(record) - 5])
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
