@@ -135,7 +135,9 @@ public:
 
     void connection_lost(std::error_code reason) override {
         if (transport_ == nullptr) {
-            handshake_lost(reason);
+            if (server_.uses_tls()) {
+                handshake_lost(reason);
+            }
             return;
         }
         uncount();
