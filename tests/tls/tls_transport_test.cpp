@@ -11,8 +11,10 @@
 #include <array>
 #include <chrono>
 #include <cstddef>
+#include <exception>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -683,4 +685,146 @@ TEST_CASE("an echo over TLS between a client transport and a TLS Server allocate
     CHECK(allocations == 0);
     transport->close();
     REQUIRE(run_until(reactor, [&] { return client.lost == 1; }));
+}
+
+// ----- The extension point and misuse -----------------------------------------------
+
+namespace {
+
+// A filter of a test's own: no handshake, each byte XORed with a key. It
+// shows that TransportFilter needs nothing of TLS.
+class XorFilter final : public muxio::TransportFilter {
+public:
+    Status handshake() noexcept override { return Status::ok; }
+    Result read(std::span<std::byte> buffer) noexcept override {
+        if (in_.empty()) {
+            return {0, ended_ ? Status::closed : Status::want_input};
+        }
+        const std::size_t size = std::min(buffer.size(), in_.size());
+        for (std::size_t i = 0; i < size; ++i) {
+            buffer[i] = in_[i] ^ key;
+        }
+        in_.erase(0, size);
+        return {size, Status::ok};
+    }
+    Result write(std::span<const std::byte> buffer) noexcept override {
+        for (const std::byte b : buffer) {
+            out_.push_back(b ^ key);
+        }
+        return {buffer.size(), Status::ok};
+    }
+    Status shutdown() noexcept override { return Status::ok; }
+    std::span<std::byte> input_space() noexcept override { return space_; }
+    void commit_input(std::size_t size) noexcept override { in_.append(space_.data(), size); }
+    void input_ended() noexcept override { ended_ = true; }
+    std::span<const std::byte> output() noexcept override { return {out_.data(), out_.size()}; }
+    void consume_output(std::size_t size) noexcept override { out_.erase(0, size); }
+    [[nodiscard]] std::error_code error() const noexcept override { return {}; }
+
+    static constexpr std::byte key{0x5a};
+
+private:
+    std::array<std::byte, 4096> space_{};
+    std::basic_string<std::byte> in_;
+    std::basic_string<std::byte> out_;
+    bool ended_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("a TransportFilter of one's own (XOR) sits between the socket and the protocol of a client and a server") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    ServerOptions options;
+    options.transport.filter = [] { return std::make_unique<XorFilter>(); };
+    Server server{reactor, recording_factory(events), options};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    Recorder client;
+    client.on_made = [](Recorder& self) {
+        CHECK(muxio::tls_engine(*self.transport) == nullptr);
+        CHECK(self.transport->filter() != nullptr);
+        self.transport->write("scrambled both ways");
+    };
+    client.on_data = [](Recorder& self, std::span<const std::byte>) {
+        if (self.received.size() == 19) {
+            self.transport->close();
+        }
+    };
+    TransportOptions client_options;
+    client_options.filter = [] { return std::make_unique<XorFilter>(); };
+    std::unique_ptr<Transport> transport = Transport::connect(reactor, address, client, client_options);
+    REQUIRE(run_until(reactor, [&] { return client.lost == 1 && events.lost == 1; }));
+    CHECK(client.received == "scrambled both ways");
+    CHECK(events.received == "scrambled both ways");
+    CHECK(*client.reason == std::error_code{});
+}
+
+TEST_CASE("a filter factory that returns no filter refuses the transport with std::invalid_argument") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    TcpListener listener = TcpListener::bind(reactor, SocketAddress::ipv4("127.0.0.1", 0));
+    Recorder client;
+    TransportOptions options;
+    options.filter = [] { return std::unique_ptr<muxio::TransportFilter>{}; };
+    CHECK_THROWS_AS((void)Transport::connect(reactor, listener.local_address(), client, options),
+                    std::invalid_argument);
+}
+
+TEST_CASE(
+    "an exception from data_received over TLS aborts the connection with ECONNABORTED and reaches the reactor's "
+    "handler") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    int handled = 0;
+    reactor.set_exception_handler([&](std::exception_ptr) { ++handled; });
+    Events events;
+    Server server{reactor,
+                  [&](const SocketAddress& peer) {
+                      auto protocol = recording_factory(events)(peer);
+                      static_cast<Recorder&>(*protocol).on_data = [](Recorder&, std::span<const std::byte>) {
+                          throw std::runtime_error("the protocol gave up");
+                      };
+                      return protocol;
+                  },
+                  tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<void> {
+        TlsStream client = co_await tls_client(reactor, address);
+        co_await client.write_all("boom");
+        std::array<std::byte, 64> buffer{};
+        try {
+            (void)co_await client.read_some(buffer);
+        } catch (const std::exception&) {
+            // truncated or reset: the server aborted without close_notify
+        }
+    };
+    muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body()));
+    REQUIRE(run_until(reactor, [&] { return events.lost == 1; }));
+    CHECK(events.reasons[0] == std::errc::connection_aborted);
+    CHECK(handled == 1);
+}
+
+TEST_CASE("a TLS Server counts connections still handshaking against max_connections") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    ServerOptions options = tls_server_options();
+    options.max_connections = 1;
+    Server server{reactor, recording_factory(events), options};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    auto body = [&]() -> Task<bool> {
+        TcpStream silent = co_await TcpStream::connect(reactor, address);
+        TlsStream second =
+            TlsStream::client(co_await TcpStream::connect(reactor, address), client_context(), "localhost");
+        try {
+            co_await second.handshake();  // refused: closed at once
+        } catch (const std::exception&) {
+            co_return true;
+        }
+        co_return false;
+    };
+    CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 20s, body())));
+    CHECK(server.stats().refused == 1);
+    CHECK(events.made == 0);
 }
