@@ -22,6 +22,7 @@
 #include <CLI/CLI.hpp>
 
 #include "handler.hpp"
+#include "muxio/config.hpp"
 #include "muxio/log.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/selectors.hpp"
@@ -71,6 +72,7 @@ int run(int argc, char** argv) {
     double idle_seconds = 30.0;
     double header_seconds = 20.0;
     double body_seconds = 60.0;
+    double handshake_seconds = 10.0;
     std::size_t max_connections = 10000;
     std::vector<std::string> selectors;
     for (const std::string_view name : muxio::available_selectors()) {
@@ -102,6 +104,21 @@ int run(int argc, char** argv) {
                        "connections open at once; more are answered 503 and closed "
                        "(default: 10000, fewer if RLIMIT_NOFILE cannot hold two descriptors each)")
             ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
+    CLI::Option* const tls_cert_option =
+        app.add_option("--tls-cert", config.tls_certificate_file,
+                       "serve HTTPS: PEM file of the certificate chain, the server's first (needs --tls-key)")
+            ->check(CLI::ExistingFile);
+    CLI::Option* const tls_key_option =
+        app.add_option("--tls-key", config.tls_key_file,
+                       "serve HTTPS: PEM file of the certificate's private key, unencrypted (needs --tls-cert)")
+            ->check(CLI::ExistingFile);
+    tls_cert_option->needs(tls_key_option);
+    tls_key_option->needs(tls_cert_option);
+    app.add_option("--tls-handshake-timeout", handshake_seconds,
+                   "seconds a TLS handshake may take from the accept; 0: no limit")
+        ->check(CLI::Range(0.0, 86400.0))
+        ->needs(tls_cert_option)
+        ->capture_default_str();
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& error) {
@@ -114,6 +131,15 @@ int run(int argc, char** argv) {
     config.idle_timeout = milliseconds(idle_seconds);
     config.header_timeout = milliseconds(header_seconds);
     config.body_timeout = milliseconds(body_seconds);
+    config.tls_handshake_timeout = milliseconds(handshake_seconds);
+#if !MUXIO_HAS_TLS
+    if (tls_cert_option->count() > 0) {
+        fmt::print(stderr,
+                   "muxio-http was built without TLS (MUXIO_TLS=OFF): --tls-cert and --tls-key are not "
+                   "available\n");
+        return exit_usage;
+    }
+#endif
     config.max_connections = fit_descriptor_limit(max_connections, max_connections_option->count() > 0);
 
     std::optional<muxio::Reactor> reactor;
@@ -124,6 +150,8 @@ int run(int argc, char** argv) {
         return exit_selector_refused;
     }
 
+    // A certificate or key that cannot be used stops it here, before it
+    // listens; the message names the file (muxio::TlsError).
     std::optional<muxio::http::Server> server;
     try {
         muxio::http::Handler handler{root.empty() ? std::nullopt : std::optional<std::string>{root}};
@@ -140,12 +168,17 @@ int run(int argc, char** argv) {
 
     fmt::print("{}\n", server->port());
     (void)std::fflush(stdout);
-    muxio::logger().info("muxio-http: listening on {}:{}, selector {}, root {}", config.bind, server->port(),
-                         reactor->selector_name(), root.empty() ? "(none)" : root);
+    muxio::logger().info("muxio-http: listening on {}:{} ({}), selector {}, root {}", config.bind, server->port(),
+                         config.tls_certificate_file.empty() ? "HTTP" : "HTTPS", reactor->selector_name(),
+                         root.empty() ? "(none)" : root);
 
     reactor->run();
     const muxio::http::ServerStats& stats = server->stats();
     muxio::logger().info("muxio-http: stopped after {} connection(s), {} request(s)", stats.accepted, stats.requests);
+    if (!config.tls_certificate_file.empty()) {
+        muxio::logger().info("muxio-http: {} TLS handshake(s) failed, {} ran out of time", stats.handshake_failures,
+                             stats.handshake_timeouts);
+    }
     return exit_ok;
 }
 

@@ -11,9 +11,13 @@
 
 #include <fmt/format.h>
 
+#include "muxio/config.hpp"
 #include "muxio/log.hpp"
 #include "muxio/net.hpp"
 #include "muxio/transport.hpp"
+#if MUXIO_HAS_TLS
+#include "muxio/tls.hpp"
+#endif
 
 namespace muxio::http {
 
@@ -45,7 +49,8 @@ enum class Awaiting : unsigned char { nothing, head, body };
 // the linger.
 class Server::Connection final : public Protocol {
 public:
-    explicit Connection(Server& server) : server_{server}, parser_{server.config_.limits} {}
+    Connection(Server& server, const SocketAddress& peer)
+        : server_{server}, peer_{peer}, parser_{server.config_.limits} {}
 
     void connection_made(Transport& transport) override {
         transport_ = &transport;
@@ -136,16 +141,27 @@ public:
     }
 
     void connection_lost(std::error_code reason) override {
+        if (transport_ == nullptr) {
+            if (server_.uses_tls()) {
+                handshake_lost(reason);
+            }
+            return;
+        }
         uncount();
         if (reason) {
-            muxio::logger().debug("muxio-http: connection from {}: {}", transport_->peer_address(), reason.message());
+            muxio::logger().debug("muxio-http: connection from {}: {}", peer_, reason.message());
         }
     }
 
     // shutdown(): an idle connection closes now; one sending closes once
-    // sent; one in the middle of a request gets its answer, then closes.
-    void stop() {
-        if (transport_ == nullptr || transport_->is_closing() || lingering_) {
+    // sent; one in the middle of a request gets its answer, then closes;
+    // one still in its TLS handshake has nothing to finish.
+    void stop(Transport& transport) {
+        if (transport_ == nullptr) {
+            transport.abort();
+            return;
+        }
+        if (transport_->is_closing() || lingering_) {
             return;
         }
         if (transport_->write_buffer_size() > 0 || close_after_output_) {
@@ -157,14 +173,29 @@ public:
         }
     }
 
-    void abort() {
+    void abort(Transport& transport) {
         uncount();
-        if (transport_ != nullptr) {
-            transport_->abort();
-        }
+        transport.abort();
     }
 
 private:
+    // With TLS, a connection that ends before connection_made() is a
+    // handshake that failed or ran out of time: it never served a request.
+    void handshake_lost(std::error_code reason) {
+        if (server_.stopping_) {
+            return;  // shutdown() ended it
+        }
+        if (reason == std::errc::timed_out) {
+            ++server_.stats_.timed_out;
+            ++server_.stats_.handshake_timeouts;
+            muxio::logger().debug("muxio-http: connection from {}: TLS handshake not complete in time", peer_);
+        } else {
+            ++server_.stats_.handshake_failures;
+            muxio::logger().debug("muxio-http: connection from {}: TLS handshake did not complete: {}", peer_,
+                                  reason ? reason.message() : std::string{"closed"});
+        }
+    }
+
     void uncount() noexcept {
         if (std::exchange(counted_, false)) {
             --server_.open_;
@@ -349,6 +380,7 @@ private:
     }
 
     Server& server_;
+    SocketAddress peer_;
     Transport* transport_ = nullptr;
     bool counted_ = false;
     bool close_after_output_ = false;
@@ -373,14 +405,30 @@ ServerOptions Server::server_options(const ServerConfig& config) {
     options.transport.idle_timeout = config.idle_timeout;
     options.max_connections = config.max_connections;
     options.over_limit = OverLimit::refuse;
+    if (config.tls_certificate_file.empty() != config.tls_key_file.empty()) {
+        throw std::invalid_argument{"TLS needs both a certificate file and a key file (--tls-cert and --tls-key)"};
+    }
+    if (config.tls_certificate_file.empty()) {
+        return options;
+    }
+#if MUXIO_HAS_TLS
+    TlsServerOptions tls;
+    tls.certificate_chain_file = config.tls_certificate_file;
+    tls.private_key_file = config.tls_key_file;
+    tls.alpn_protocols = {"http/1.1"};
+    options.transport.filter = tls_filter(TlsContext::server(tls));
+    options.transport.handshake_timeout = config.tls_handshake_timeout;
     return options;
+#else
+    throw std::invalid_argument{"muxio-http was built without TLS (MUXIO_TLS=OFF)"};
+#endif
 }
 
 Server::Server(Reactor& reactor, Handler handler, ServerConfig config)
     : reactor_{reactor},
       handler_{std::move(handler)},
       config_{std::move(config)},
-      server_{reactor, [this](const SocketAddress& /*peer*/) { return std::make_unique<Connection>(*this); },
+      server_{reactor, [this](const SocketAddress& peer) { return std::make_unique<Connection>(*this, peer); },
               server_options(config_)} {
     const std::optional<SocketAddress> address = SocketAddress::ip(config_.bind, config_.port);
     if (!address) {
@@ -409,7 +457,8 @@ ServerStats Server::stats() const noexcept {
 }
 
 void Server::close_all() noexcept {
-    server_.for_each_connection([](Transport& transport) { static_cast<Connection&>(transport.protocol()).abort(); });
+    server_.for_each_connection(
+        [](Transport& transport) { static_cast<Connection&>(transport.protocol()).abort(transport); });
     server_.close();
 }
 
@@ -423,7 +472,8 @@ void Server::shutdown() {
     }
     stopping_ = true;
     server_.stop_listening();
-    server_.for_each_connection([](Transport& transport) { static_cast<Connection&>(transport.protocol()).stop(); });
+    server_.for_each_connection(
+        [](Transport& transport) { static_cast<Connection&>(transport.protocol()).stop(transport); });
     muxio::logger().info("muxio-http: shutting down, {} connection(s) finishing", open_);
     grace_timer_ = reactor_.call_later(config_.shutdown_grace, [this] {
         muxio::logger().info("muxio-http: grace period over, closing {} connection(s)", open_);
@@ -439,10 +489,14 @@ void Server::shutdown() {
 // Over max_connections: whatever the client sent already is read first, as
 // closing over unread bytes resets the connection, and the answer with it.
 // One read and one write, neither waited for: the answer is a courtesy.
+// Over TLS there is no plain answer to give: the connection just closes.
 void Server::refuse(int fd) {
     if (const std::optional<std::uint64_t> unlogged = refusal_log_.allow(reactor_.time())) {
         muxio::logger().warn("muxio-http: {} connections open, the most allowed: refusing new ones{}",
                              server_.connection_count(), more_since(*unlogged));
+    }
+    if (uses_tls()) {
+        return;
     }
     refusal_input_.resize(read_size);
     (void)::recv(fd, refusal_input_.data(), refusal_input_.size(), 0);

@@ -51,6 +51,14 @@ struct ServerConfig {
     /// Input read but not yet parsed, at most (it waits while output is high).
     std::size_t input_buffer_limit = std::size_t{64} << 10U;
     ParserLimits limits;
+    /// HTTPS: the server's certificate chain and its private key, PEM files;
+    /// both empty for plain HTTP. Needs muxio built with TLS (MUXIO_HAS_TLS).
+    /// ALPN: http/1.1.
+    std::string tls_certificate_file;
+    std::string tls_key_file;
+    /// HTTPS: a connection whose handshake is not complete this long after
+    /// it was accepted is closed; zero: no limit.
+    std::chrono::milliseconds tls_handshake_timeout{std::chrono::seconds{10}};
 };
 
 /// Counters, for logs and tests.
@@ -70,6 +78,11 @@ struct ServerStats {
     std::uint64_t register_failures = 0;
     /// Request bytes read from every connection.
     std::uint64_t bytes_read = 0;
+    /// HTTPS: handshakes that failed (not TLS, a client rejecting the
+    /// certificate, the peer gone), and those cut by tls_handshake_timeout
+    /// (also counted in timed_out).
+    std::uint64_t handshake_failures = 0;
+    std::uint64_t handshake_timeouts = 0;
 };
 
 /// An HTTP/1.1 server on one reactor, in that reactor's thread.
@@ -90,7 +103,10 @@ class Server {
 public:
     /// Binds and listens (std::system_error if the kernel refuses,
     /// std::invalid_argument for an address that is not numeric) and starts
-    /// accepting on `reactor`, which must outlive the server.
+    /// accepting on `reactor`, which must outlive the server. With TLS files
+    /// configured, loads them first: muxio::TlsError naming the file that is
+    /// missing, unreadable or does not match; std::invalid_argument if only
+    /// one of the two is given, or muxio was built without TLS.
     Server(Reactor& reactor, Handler handler, ServerConfig config);
     /// Closes the listener and every connection.
     ~Server();
@@ -127,6 +143,7 @@ private:
     };
 
     [[nodiscard]] static ServerOptions server_options(const ServerConfig& config);
+    [[nodiscard]] bool uses_tls() const noexcept { return !config_.tls_certificate_file.empty(); }
     void refuse(int fd);
     void close_all() noexcept;
 
