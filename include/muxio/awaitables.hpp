@@ -189,8 +189,8 @@ public:
     /// it. False if a stop request came first (its posted resumption then
     /// ends the wait with Cancelled) or an earlier wake() did. Loop thread
     /// only. std::logic_error if this is not a parked wait suspended on a
-    /// reactor that is still open; what Reactor::call_soon() throws (the
-    /// wait then stays suspended until destroyed, resumed by nothing).
+    /// reactor that is still open; what Reactor::call_soon() throws (on
+    /// another thread, or out of memory), the wait then unchanged.
     bool wake();
     /// Throws Cancelled if a stop token ended the wait.
     void await_resume() const {

@@ -94,13 +94,17 @@ bool ReactorWait::wake() {
     if (kind_ != Kind::parked || !registered_) {
         throw std::logic_error("ReactorWait::wake: not a pending parked wait (awaited, and its reactor not closed)");
     }
+    // Posted before the claim, so that a refusal (wrong thread, no memory)
+    // leaves the wait as it was.
+    TimerHandle posted = reactor_->call_soon([this] { on_woken(); });
     if (!claim()) {
+        posted.cancel();
         return false;  // a stop request won; its post resumes the coroutine
     }
     // Claimed: a stop callback running now on another thread loses and does
     // nothing, and destroying it waits for that run to end.
     stop_listening();
-    timer_ = reactor_->call_soon([this] { on_woken(); });
+    timer_ = posted;
     return true;
 }
 

@@ -345,7 +345,7 @@ void StreamIo::end_from_queue(std::exception_ptr failure) noexcept {
             (void)wait_->wake();
             return;
         } catch (...) {
-            // Out of memory for the callback: resumed by nothing, as below.
+            // Out of memory for the callback: still parked; tried once more below.
         }
     }
     if (armed_) {

@@ -158,6 +158,34 @@ TEST_CASE("wake is refused for a wait that is not parked or not suspended") {
     CHECK(holds_nothing(reactor));
 }
 
+TEST_CASE("wake from another thread is refused and leaves the parked wait to be woken from the loop") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor;
+    Parked parked;
+    muxio::spawn(reactor, park(reactor, {}, parked, Live{}));
+    reactor.run_once(0s);
+    REQUIRE(parked.wait != nullptr);
+    bool refused = false;
+    // While the loop runs, only its thread may use the reactor.
+    reactor.call_soon([&] {
+        std::thread{[&] {
+            try {
+                (void)parked.wait->wake();
+            } catch (const std::logic_error&) {
+                refused = true;
+            }
+        }}.join();
+    });
+    reactor.run_once(0s);
+    CHECK(refused);
+    CHECK(parked.resumed == 0);
+    CHECK(holds_nothing(reactor));
+    CHECK(parked.wait->wake());
+    run_until_resumed(reactor, parked);
+    CHECK(parked.outcome == "woken");
+}
+
 TEST_CASE("a parked wait's frame destroyed while pending, woken or cancelled leaves nothing to run") {
     enum class Before { nothing, wake, stop };
     for (const Before before : {Before::nothing, Before::wake, Before::stop}) {
