@@ -104,9 +104,15 @@ private:
     bool writing_ = false;
 };
 
-// One pending await on the reactor: a reader, a writer or a timer, resumed
-// exactly once, either by the reactor (ready) or by a stop request
-// (cancelled).
+// One pending await on the reactor: a reader, a writer, a timer, the next
+// iteration, or parked, resumed exactly once, either by the reactor (ready),
+// by its owner (a parked wait's wake()) or by a stop request (cancelled).
+//
+// A parked wait registers nothing with the reactor (no descriptor, no timer:
+// Reactor::stats() does not see it); it is for a coroutine that waits for
+// something else on the loop thread to hand over, such as a write queued
+// behind another. Its owner either wakes it or destroys it and hands the
+// suspended coroutine to another wait.
 //
 // Who resumes is decided by one atomic exchange on `claimed_`, because a stop
 // request may come from another thread at any moment. A stop request never
@@ -128,7 +134,8 @@ private:
 // the frame's destruction reaches the reactor.
 class ReactorWait {
 public:
-    enum class Kind : std::uint8_t { read, write, timer, soon };
+    /// What the wait waits for: `parked` is resumed only by wake() or a stop request.
+    enum class Kind : std::uint8_t { read, write, timer, soon, parked };
 
     ReactorWait(Reactor& reactor, Kind kind, int fd, Reactor::TimePoint when, std::stop_token token) noexcept
         : token_{std::move(token)}, kind_{kind}, reactor_{&reactor}, fd_{fd}, when_{when} {}
@@ -177,6 +184,14 @@ public:
     bool await_suspend(std::coroutine_handle<Promise> awaiter) {
         return start(awaiter, ambient_stop_token(awaiter));
     }
+    /// Ends a pending parked wait: its coroutine resumes in the next
+    /// iteration, normally, and a stop request from now on no longer cancels
+    /// it. False if a stop request came first (its posted resumption then
+    /// ends the wait with Cancelled) or an earlier wake() did. Loop thread
+    /// only. std::logic_error if this is not a parked wait suspended on a
+    /// reactor that is still open; what Reactor::call_soon() throws (on
+    /// another thread, or out of memory), the wait then unchanged.
+    bool wake();
     /// Throws Cancelled if a stop token ended the wait.
     void await_resume() const {
         if (cancelled_) [[unlikely]] {
@@ -202,6 +217,7 @@ private:
     void abandon() noexcept;
     [[noreturn]] static void throw_cancelled();
     void on_ready();
+    void on_woken();
     void on_stop() noexcept;
     void finish_cancel();
     void disarm();
@@ -251,7 +267,7 @@ private:
     Reactor* reactor_;
     int fd_;
     Reactor::TimePoint when_;
-    TimerHandle timer_;
+    TimerHandle timer_;  // a timer's, a soon wait's, or a parked wait's posted wake
     ManualLifetime<std::stop_callback<OnStop>> on_token_stop_;
     ManualLifetime<std::stop_callback<OnStop>> on_ambient_stop_;
     ManualLifetime<Hook> hook_;  // alive while registered_ and not on a watch

@@ -180,10 +180,10 @@ class BufferedIo;
 // readiness, so the coroutine resumes once, with the operation over.
 //
 // Writes queue on their socket in the order they were awaited. The first
-// one (the head) waits on the watch; the others wait on a timer that never
-// fires, which gives them the reactor's cancellation for free, until the
-// head ends: then the next one replaces its timer by the watch's write
-// wait, or, when it has to end without writing (a failed or closed
+// one (the head) waits on the watch; the others are parked (a ReactorWait
+// that registers nothing, ended by a stop request like any other) until
+// the head ends: then the next one replaces its parked wait by the watch's
+// write wait, or, when it has to end without writing (a failed or closed
 // socket, a stop already requested), is resumed in the next iteration.
 class StreamIo {
 public:

@@ -49,6 +49,8 @@ bool ReactorWait::start(std::coroutine_handle<> awaiter, std::stop_token ambient
         case Kind::soon:
             timer_ = reactor_->call_soon([this] { on_ready(); });
             break;
+        case Kind::parked:
+            break;  // only the close hook: wake() or a stop request ends it
     }
     hook_.construct(*this).hook(*reactor_, CloseHook::Phase::late, &on_reactor_close);
     registered_ = true;
@@ -84,6 +86,29 @@ void ReactorWait::on_ready() {
     // Destroying a stop_callback waits for it if it runs on another thread
     // now; that run loses the claim and does nothing.
     stop_listening();
+    disarm();
+    ResumeLoop::run(awaiter_);
+}
+
+bool ReactorWait::wake() {
+    if (kind_ != Kind::parked || !registered_) {
+        throw std::logic_error("ReactorWait::wake: not a pending parked wait (awaited, and its reactor not closed)");
+    }
+    // Posted before the claim, so that a refusal (wrong thread, no memory)
+    // leaves the wait as it was.
+    TimerHandle posted = reactor_->call_soon([this] { on_woken(); });
+    if (!claim()) {
+        posted.cancel();
+        return false;  // a stop request won; its post resumes the coroutine
+    }
+    // Claimed: a stop callback running now on another thread loses and does
+    // nothing, and destroying it waits for that run to end.
+    stop_listening();
+    timer_ = posted;
+    return true;
+}
+
+void ReactorWait::on_woken() {
     disarm();
     ResumeLoop::run(awaiter_);
 }
@@ -136,6 +161,7 @@ void ReactorWait::disarm() {
             break;
         case Kind::timer:
         case Kind::soon:
+        case Kind::parked:  // a wake() posted and not run yet, if any
             timer_.cancel();
             break;
     }

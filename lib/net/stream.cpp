@@ -125,7 +125,7 @@ void StreamSocket::end_queued_writes() noexcept {
         detail::StreamIo* const next = std::exchange(write->next_, nullptr);
         write->queued_ = false;
         // The head waits on the watch, which the close ends with Cancelled;
-        // the others wait on their timers.
+        // the others are parked, or have not suspended yet.
         if (!write->on_watch_) {
             write->end_from_queue(nullptr);
         }
@@ -227,7 +227,7 @@ bool StreamIo::is_head() const noexcept {
 
 ReactorWait& StreamIo::wait_in_queue() {
     ReactorWait& wait =
-        wait_.construct(socket_->reactor(), ReactorWait::Kind::timer, -1, Reactor::TimePoint::max(), token_);
+        wait_.construct(socket_->reactor(), ReactorWait::Kind::parked, -1, Reactor::TimePoint{}, token_);
     armed_ = true;
     return wait;
 }
@@ -288,7 +288,7 @@ void StreamIo::leave_queue(bool cancelled) noexcept {
 bool StreamIo::start_as_head() noexcept {
     StreamSocket& socket = *socket_;
     if (armed_) {
-        wait_.destroy();  // the queue's timer, with its stop callbacks and any cancellation posted
+        wait_.destroy();  // the parked wait, with its stop callbacks and any cancellation posted
         armed_ = false;
     }
     if (socket.watch_.reactor() == nullptr) {
@@ -337,11 +337,21 @@ void StreamIo::end_from_queue(std::exception_ptr failure) noexcept {
     queued_ = false;
     ended_in_queue_ = true;
     failure_ = std::move(failure);
+    Reactor* const reactor = socket_->watch_.reactor();
+    if (armed_ && reactor != nullptr) {
+        // Parked behind the writes ahead: woken into the next iteration (or
+        // cancelled there, if a stop request came first).
+        try {
+            (void)wait_->wake();
+            return;
+        } catch (...) {
+            // Out of memory for the callback: still parked; tried once more below.
+        }
+    }
     if (armed_) {
         wait_.destroy();
         armed_ = false;
     }
-    Reactor* const reactor = socket_->watch_.reactor();
     if (reactor == nullptr || handle_ == nullptr) {
         return;  // a closed reactor resumes nothing
     }

@@ -291,3 +291,135 @@ TEST_CASE_FIXTURE(Pair, "a stop from another thread takes a queued write out of 
     };
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
 }
+
+namespace {
+
+// A spawned write that records its id in `ended` with how it ended.
+Task<void> logged_write(muxio::StreamSocket& stream, std::span<const std::byte> message, std::stop_token token, int id,
+                        std::vector<std::pair<int, std::string>>& ended, Live /*held*/) {
+    std::string how = "ok";
+    try {
+        co_await stream.write_all(message, std::move(token));
+    } catch (const muxio::Cancelled&) {
+        how = "cancelled";
+    } catch (const std::system_error& error) {
+        how = error.code().message();
+    }
+    ended.emplace_back(id, std::move(how));
+}
+
+Task<void> await_held(Task<void>& held) {
+    co_await held;
+}
+
+// Runs iterations until `count` writes ended, at most a hundred.
+void run_until_ended(Reactor& reactor, const std::vector<std::pair<int, std::string>>& ended, std::size_t count) {
+    for (int i = 0; i < 100 && ended.size() < count; ++i) {
+        reactor.run_once(1s);
+    }
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Pair, "writes queued behind a blocked write hold no timer of the reactor, nor any callback") {
+    const std::vector<std::byte> first = pattern(1 << 20, 1);
+    const std::vector<std::byte> second = pattern(5000, 2);
+    const std::vector<std::byte> third = pattern(6000, 3);
+    const std::vector<std::byte> fourth = pattern(7000, 4);
+    std::vector<std::pair<int, std::string>> ended;
+    muxio::spawn(reactor, logged_write(left, first, {}, 1, ended, Live{}));
+    muxio::spawn(reactor, logged_write(left, second, {}, 2, ended, Live{}));
+    muxio::spawn(reactor, logged_write(left, third, {}, 3, ended, Live{}));
+    muxio::spawn(reactor, logged_write(left, fourth, {}, 4, ended, Live{}));
+    reactor.run_once(0ms);  // the first waits for room, the three others queue behind it
+    const muxio::ReactorStats stats = reactor.stats();
+    CHECK(stats.timers == 0);
+    CHECK(stats.soon_callbacks == 0);
+    CHECK(stats.writers == 1);  // the head's, on the watch
+    CHECK(ended.empty());
+    CHECK(muxio::run_until_complete(
+        reactor, muxio::with_timeout(reactor, 30s, read_messages(right, {first, second, third, fourth}, Live{}))));
+    run_until_ended(reactor, ended, 4);
+    const std::vector<std::pair<int, std::string>> expected{{1, "ok"}, {2, "ok"}, {3, "ok"}, {4, "ok"}};
+    CHECK(ended == expected);
+    CHECK(reactor.stats().timers == 0);
+}
+
+TEST_CASE_FIXTURE(Pair, "a parked write stopped through its token ends with Cancelled in a later iteration") {
+    const std::vector<std::byte> first = pattern(1 << 20, 1);
+    const std::vector<std::byte> second = pattern(5000, 2);
+    const std::vector<std::byte> third = pattern(6000, 3);
+    std::vector<std::pair<int, std::string>> ended;
+    std::stop_source source;
+    muxio::spawn(reactor, logged_write(left, first, {}, 1, ended, Live{}));
+    muxio::spawn(reactor, logged_write(left, second, source.get_token(), 2, ended, Live{}));
+    muxio::spawn(reactor, logged_write(left, third, {}, 3, ended, Live{}));
+    reactor.run_once(0ms);
+    source.request_stop();
+    CHECK(ended.empty());  // posted to the loop, not run inside request_stop()
+    run_until_ended(reactor, ended, 1);
+    REQUIRE(ended.size() == 1);
+    CHECK(ended[0] == std::pair<int, std::string>{2, "cancelled"});
+    CHECK(muxio::run_until_complete(reactor,
+                                    muxio::with_timeout(reactor, 30s, read_messages(right, {first, third}, Live{}))));
+    run_until_ended(reactor, ended, 3);
+    const std::vector<std::pair<int, std::string>> expected{{2, "cancelled"}, {1, "ok"}, {3, "ok"}};
+    CHECK(ended == expected);
+    CHECK(muxio::test::drain(right.fileno()) == 0);
+}
+
+TEST_CASE_FIXTURE(Pair, "a parked write whose task is destroyed leaves the writes around it queued and intact") {
+    const std::vector<std::byte> first = pattern(1 << 20, 1);
+    const std::vector<std::byte> dropped = pattern(5000, 2);
+    const std::vector<std::byte> third = pattern(6000, 3);
+    std::vector<std::pair<int, std::string>> ended;
+    muxio::spawn(reactor, logged_write(left, first, {}, 1, ended, Live{}));
+    reactor.run_once(0ms);  // the head waits for room
+    // Iteration 1 starts the dropped write (it parks) and spawns the third,
+    // which parks behind it in iteration 2; the loop then stops, and
+    // run_until_complete destroys the dropped write's frame while parked.
+    reactor.call_soon([&] {
+        muxio::spawn(reactor, logged_write(left, third, {}, 3, ended, Live{}));
+        reactor.call_soon([&] { reactor.stop(); });
+    });
+    CHECK_THROWS_AS(muxio::run_until_complete(reactor, logged_write(left, dropped, {}, 2, ended, Live{})),
+                    std::logic_error);
+    CHECK(ended.empty());
+    CHECK(reactor.stats().timers == 0);
+    CHECK(muxio::run_until_complete(reactor,
+                                    muxio::with_timeout(reactor, 30s, read_messages(right, {first, third}, Live{}))));
+    run_until_ended(reactor, ended, 2);
+    const std::vector<std::pair<int, std::string>> expected{{1, "ok"}, {3, "ok"}};
+    CHECK(ended == expected);
+    CHECK(muxio::test::drain(right.fileno()) == 0);  // nothing of the dropped one
+}
+
+TEST_CASE("writes parked when the reactor closes can be destroyed after the reactor, in any order") {
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    const std::vector<std::byte> first = pattern(1 << 20, 1);
+    const std::vector<std::byte> second = pattern(5000, 2);
+    std::vector<std::pair<int, std::string>> ended;
+    // Held by the test, so the reactor's close() does not destroy them.
+    std::optional<Task<void>> head;
+    std::optional<Task<void>> middle;
+    std::optional<Task<void>> last;
+    std::optional<Reactor> reactor{std::in_place};
+    std::optional<std::pair<UnixStream, UnixStream>> streams{UnixStream::pair(*reactor)};
+    UnixStream& left = streams->first;
+    head.emplace(logged_write(left, first, {}, 1, ended, Live{}));
+    middle.emplace(logged_write(left, second, {}, 2, ended, Live{}));
+    last.emplace(logged_write(left, second, {}, 3, ended, Live{}));
+    muxio::spawn(*reactor, await_held(*head));
+    muxio::spawn(*reactor, await_held(*middle));
+    muxio::spawn(*reactor, await_held(*last));
+    reactor->run_once(0ms);  // the head waits for room, the two others are parked
+    REQUIRE(reactor->has_writer(left.fileno()));
+    reactor->close();
+    reactor.reset();
+    middle.reset();  // a parked one first, then the head, which hands over to nobody
+    head.reset();
+    last.reset();
+    CHECK(ended.empty());
+    streams.reset();
+}
