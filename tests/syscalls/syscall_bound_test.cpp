@@ -39,6 +39,7 @@
 #include "echo_server.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
+#include "support/support.hpp"
 #include "support/syscall_counter.hpp"
 
 using namespace std::chrono_literals;
@@ -256,6 +257,7 @@ std::function<std::string(std::string_view, CountingWindow&)> ping_pong_client(i
 // read and its write): fewer means the counter saw nothing.
 void check_bound(const Serve& serve, int connections, double bound) {
 #if MUXIO_TEST_HAS_SYSCALL_COUNTER
+    muxio::test::FdLeakCheck leak_check;
     std::string failure;
     const std::optional<muxio::test::SyscallTally> tally =
         muxio::test::count_server_syscalls(serve, ping_pong_client(connections), run_deadline, failure);
@@ -305,6 +307,7 @@ TEST_SUITE("apps") {
 
     TEST_CASE("the system-call count grows by one per message when the server makes one call more") {
 #if MUXIO_TEST_HAS_SYSCALL_COUNTER
+        muxio::test::FdLeakCheck leak_check;
         std::array<double, 2> per_message{};
         for (const bool extra_call : {false, true}) {
             std::string failure;
@@ -325,6 +328,7 @@ TEST_SUITE("apps") {
 
     TEST_CASE("a server that fails before it is ready gives no count and says why") {
 #if MUXIO_TEST_HAS_SYSCALL_COUNTER
+        muxio::test::FdLeakCheck leak_check;
         std::string failure;
         const auto tally = muxio::test::count_server_syscalls(
             [](const TellClient&) { throw std::runtime_error{"no port today"}; }, ping_pong_client(1), 10s, failure);
