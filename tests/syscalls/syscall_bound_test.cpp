@@ -28,6 +28,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -39,6 +40,7 @@
 #include "echo_server.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
+#include "support/seccomp.hpp"
 #include "support/support.hpp"
 #include "support/syscall_counter.hpp"
 
@@ -336,4 +338,64 @@ TEST_SUITE("apps") {
         CHECK(failure.find("no port today") != std::string::npos);
 #endif
     }
+
+    TEST_CASE("a client that cannot reach the server gives no count and says why") {
+#if MUXIO_TEST_HAS_SYSCALL_COUNTER
+        muxio::test::FdLeakCheck leak_check;
+        std::string failure;
+        // Port 1 on loopback: nothing listens there, connect is refused.
+        const auto tally = muxio::test::count_server_syscalls(
+            [](const TellClient& tell) {
+                tell("1");
+                for (;;) {
+                    ::pause();
+                }
+            },
+            ping_pong_client(1), 10s, failure);
+        CHECK_FALSE(tally.has_value());
+        CHECK(failure.find("connect to 127.0.0.1:1") != std::string::npos);
+#endif
+    }
+
+    TEST_CASE("a server that never answers is killed at the deadline and gives no count") {
+#if MUXIO_TEST_HAS_SYSCALL_COUNTER
+        muxio::test::FdLeakCheck leak_check;
+        std::string failure;
+        // It listens, so connecting works, but it never accepts or reads:
+        // the client would wait its full patience for an answer.
+        const auto tally = muxio::test::count_server_syscalls(
+            [](const TellClient& tell) {
+                muxio::Reactor reactor{muxio::ReactorOptions{readiness_selector, {}}};
+                muxio::TcpListener listener =
+                    muxio::TcpListener::bind(reactor, muxio::SocketAddress::ipv4("127.0.0.1", 0));
+                tell(std::to_string(listener.local_address().port()));
+                for (;;) {
+                    ::pause();
+                }
+            },
+            ping_pong_client(1), 1s, failure);
+        CHECK_FALSE(tally.has_value());
+        CHECK(failure.find("longer than 1000 ms") != std::string::npos);
+#endif
+    }
+
+#if MUXIO_TEST_HAS_SYSCALL_COUNTER && MUXIO_TEST_HAS_SECCOMP
+    TEST_CASE("a kernel that refuses ptrace gives no count and says so") {
+        muxio::test::FdLeakCheck leak_check;
+        // In a child whose kernel refuses ptrace (a filter cannot be lifted).
+        const std::optional<std::string> line = muxio::test::report_from_child(
+            [] {
+                const std::uint32_t ptrace_call = SYS_ptrace;
+                if (!muxio::test::refuse_syscalls_in_this_process(std::span{&ptrace_call, 1}, EPERM)) {
+                    return std::string{"no filter"};
+                }
+                std::string failure;
+                const auto tally = muxio::test::count_server_syscalls(bare_reactor, ping_pong_client(1), 10s, failure);
+                return tally ? std::string{"counted"} : failure;
+            },
+            30s);
+        REQUIRE(line.has_value());
+        CHECK(line->find("refused PTRACE_TRACEME") != std::string::npos);
+    }
+#endif
 }
