@@ -307,12 +307,12 @@ Serve bare_reactor(std::string_view selector) {
 
 TEST_SUITE("apps") {
     // clang-format off
-    MUXIO_SYSCALL_BOUND("an echoed message costs at most 3.25 system calls at 1 connection (bare reactor, epoll)", bare_reactor(readiness_selector), 1, 3.25)
-    MUXIO_SYSCALL_BOUND("an echoed message costs at most 2.25 system calls at 64 connections (bare reactor, epoll)", bare_reactor(readiness_selector), 64, 2.25)
-    MUXIO_SYSCALL_BOUND("an echoed message costs at most 3.25 system calls at 1 connection (callback transport, epoll)", callback_transport(readiness_selector), 1, 3.25)
-    MUXIO_SYSCALL_BOUND("an echoed message costs at most 2.25 system calls at 64 connections (callback transport, epoll)", callback_transport(readiness_selector), 64, 2.25)
-    MUXIO_SYSCALL_BOUND("an echoed message costs at most 3.25 system calls at 1 connection (coroutine streams, epoll)", coroutine_streams(readiness_selector), 1, 3.25)
-    MUXIO_SYSCALL_BOUND("an echoed message costs at most 2.25 system calls at 64 connections (coroutine streams, epoll)", coroutine_streams(readiness_selector), 64, 2.25)
+    MUXIO_SYSCALL_BOUND("an echoed message costs at most 3.25 system calls at 1 connection (bare reactor on epoll)", bare_reactor(readiness_selector), 1, 3.25)
+    MUXIO_SYSCALL_BOUND("an echoed message costs at most 2.25 system calls at 64 connections (bare reactor on epoll)", bare_reactor(readiness_selector), 64, 2.25)
+    MUXIO_SYSCALL_BOUND("an echoed message costs at most 3.25 system calls at 1 connection (callback transport on epoll)", callback_transport(readiness_selector), 1, 3.25)
+    MUXIO_SYSCALL_BOUND("an echoed message costs at most 2.25 system calls at 64 connections (callback transport on epoll)", callback_transport(readiness_selector), 64, 2.25)
+    MUXIO_SYSCALL_BOUND("an echoed message costs at most 3.25 system calls at 1 connection (coroutine streams on epoll)", coroutine_streams(readiness_selector), 1, 3.25)
+    MUXIO_SYSCALL_BOUND("an echoed message costs at most 2.25 system calls at 64 connections (coroutine streams on epoll)", coroutine_streams(readiness_selector), 64, 2.25)
     // clang-format on
 
     TEST_CASE("the system-call count grows by one per message when the server makes one call more") {
