@@ -12,6 +12,7 @@
 #include <array>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -192,6 +193,9 @@ std::optional<SyscallTally> count_server_syscalls(
     OwnedFd told_read{fds[0]};
     OwnedFd told_write{fds[1]};
 
+    // Whatever stdio holds would be written twice if the child flushed it
+    // too (the sanitizers' exit paths do).
+    std::fflush(nullptr);
     const pid_t child = ::fork();
     if (child < 0) {
         failure = fmt::format("fork: {}", std::strerror(errno));
