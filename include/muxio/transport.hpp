@@ -406,6 +406,9 @@ private:
     void on_connected();
     void on_timer();
     void flush_queue();
+    // Sends up to `size` bytes from the queue's head: the count sent, or -1
+    // when the kernel takes nothing now or the send failed (ended then).
+    long send_from_queue(std::size_t size);
     void after_drain();
     void enqueue(std::span<const std::byte> data);
     void drop_queue() noexcept;

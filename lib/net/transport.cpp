@@ -728,6 +728,28 @@ void Transport::on_writable() {
     });
 }
 
+long Transport::send_from_queue(std::size_t size) {
+    int errnum = 0;
+    const ssize_t sent =
+        detail::transfer_errno(errnum, [&] { return ::send(fd_, queue_.data() + queue_head_, size, MSG_NOSIGNAL); });
+    if (sent < 0) {
+        if (errnum != 0) {
+            finish(last_error(errnum));
+        }
+        return -1;
+    }
+    note_activity();
+    queue_head_ += static_cast<std::size_t>(sent);
+    if (queue_head_ == queue_.size()) {
+        queue_.clear();
+        queue_head_ = 0;
+        if (queue_.capacity() > keep_queue_capacity) {
+            std::vector<std::byte>{}.swap(queue_);
+        }
+    }
+    return sent;
+}
+
 void Transport::flush_queue() {
     if (filter_) [[unlikely]] {
         flush_filtered();
@@ -743,25 +765,11 @@ void Transport::flush_queue() {
             files_head_ < files_.size()
                 ? static_cast<std::size_t>(std::min<std::uint64_t>(files_[files_head_].at - queued_out_, buffered))
                 : buffered;
-        int errnum = 0;
-        const ssize_t sent = detail::transfer_errno(
-            errnum, [&] { return ::send(fd_, queue_.data() + queue_head_, size, MSG_NOSIGNAL); });
+        const long sent = send_from_queue(size);
         if (sent < 0) {
-            if (errnum != 0) {
-                finish(last_error(errnum));
-            }
             return;
         }
-        note_activity();
-        queue_head_ += static_cast<std::size_t>(sent);
         queued_out_ += static_cast<std::uint64_t>(sent);
-        if (queue_head_ == queue_.size()) {
-            queue_.clear();
-            queue_head_ = 0;
-            if (queue_.capacity() > keep_queue_capacity) {
-                std::vector<std::byte>{}.swap(queue_);
-            }
-        }
     }
     if (write_paused_ && write_buffer_size() <= low_water_) {
         write_paused_ = false;
@@ -1248,23 +1256,8 @@ bool Transport::pump_filter_output() {
 
 void Transport::flush_filtered() {
     if (const std::size_t buffered = queue_.size() - queue_head_; buffered > 0) {
-        int errnum = 0;
-        const ssize_t sent = detail::transfer_errno(
-            errnum, [&] { return ::send(fd_, queue_.data() + queue_head_, buffered, MSG_NOSIGNAL); });
-        if (sent < 0) {
-            if (errnum != 0) {
-                finish(last_error(errnum));
-            }
+        if (send_from_queue(buffered) < 0) {
             return;
-        }
-        note_activity();
-        queue_head_ += static_cast<std::size_t>(sent);
-        if (queue_head_ == queue_.size()) {
-            queue_.clear();
-            queue_head_ = 0;
-            if (queue_.capacity() > keep_queue_capacity) {
-                std::vector<std::byte>{}.swap(queue_);
-            }
         }
     }
     if (state_ == State::handshaking) {
