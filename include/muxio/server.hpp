@@ -67,7 +67,8 @@ struct ServerStats {
 ///
 /// Accepting: up to accepts_per_wakeup connections per readiness of a
 /// listener. Out of descriptors or memory, accepting pauses (no spinning,
-/// the listener stays open) for accept_retry or until a connection ends.
+/// the listener stays open) for accept_retry or until a connection ends,
+/// with a warning in the log at most once per shortage_warning_interval.
 /// A connection the server cannot set up (the factory throws or returns
 /// null, the reactor refuses the descriptor) is closed at once and counted.
 ///
@@ -78,6 +79,11 @@ struct ServerStats {
 /// afterwards. Belongs to the reactor's thread.
 class Server {
 public:
+    /// A failed accept (out of descriptors or memory) is warned of at most
+    /// once per this long; the failures in between are counted in the next
+    /// warning and logged at debug level.
+    static constexpr std::chrono::seconds shortage_warning_interval{10};
+
     /// Makes the protocol of a new connection from its peer's address; null
     /// refuses the connection (it is closed).
     using ProtocolFactory = std::function<std::unique_ptr<Protocol>(const SocketAddress& peer)>;
@@ -177,7 +183,11 @@ private:
     std::vector<std::byte> read_buffer_;  // shared by the connections' transports
     TimerHandle retry_;
     bool resource_paused_ = false;
-    bool short_of_resources_ = false;  // warned of EMFILE and the like, no accept since
+    // The last warning of a failed accept (EMFILE and the like), and the
+    // failures logged only at debug since.
+    Reactor::TimePoint shortage_warned_at_{};
+    bool shortage_warned_ = false;
+    std::uint64_t shortage_unwarned_ = 0;
     bool destroying_ = false;
     bool shutting_down_ = false;
     std::function<void()> drained_;

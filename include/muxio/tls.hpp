@@ -156,7 +156,7 @@ public:
     /// TlsError(bad_configuration) naming the file and OpenSSL's reason:
     /// "tls server context: certificate chain file /etc/x.pem: No such file
     /// or directory", "... private key file k.pem does not match the
-    /// certificate: key values mismatch"; std::invalid_argument for an ALPN
+    /// certificate of c.pem: key values mismatch"; std::invalid_argument for an ALPN
     /// name that is empty or longer than 255 bytes.
     [[nodiscard]] static TlsContext server(const TlsServerOptions& options);
     /// A client context: verification of the server's chain against

@@ -240,13 +240,23 @@ void Server::on_acceptable(Listener& listener) {
             // Out of descriptors or memory, the connection stays queued; any
             // other error left here is the listener's own (accept_one()
             // skips those of one connection). Either way the listener stays
-            // readable, so trying again at once would spin: pause. Warned
-            // once per spell, not at every retry.
-            if (!short_of_resources_) {
-                logger().warn("Server: accept on {}: {}; pausing accepts", listener.address,
-                              std::strerror(error.value()));
-                short_of_resources_ = true;
+            // readable, so trying again at once would spin: pause. A
+            // shortage that lasts lets one connection in each time another
+            // ends, so the warning is rate-limited rather than once per spell.
+            const Reactor::TimePoint now = reactor_->time();
+            if (!shortage_warned_ || now - shortage_warned_at_ >= shortage_warning_interval) {
+                if (shortage_unwarned_ == 0) {
+                    logger().warn("Server: accept on {}: {}; pausing accepts", listener.address,
+                                  std::strerror(error.value()));
+                } else {
+                    logger().warn("Server: accept on {}: {}; pausing accepts ({} more since the last warning)",
+                                  listener.address, std::strerror(error.value()), shortage_unwarned_);
+                }
+                shortage_warned_ = true;
+                shortage_warned_at_ = now;
+                shortage_unwarned_ = 0;
             } else {
+                ++shortage_unwarned_;
                 logger().debug("Server: accept on {}: {}; pausing accepts", listener.address,
                                std::strerror(error.value()));
             }
@@ -254,7 +264,6 @@ void Server::on_acceptable(Listener& listener) {
             return;
         }
         ++stats_.accepted;
-        short_of_resources_ = false;
         if (options_.max_connections > 0 && count_ >= options_.max_connections) {
             refuse(fd, peer);
             continue;

@@ -159,8 +159,14 @@ TlsContext TlsContext::server(const TlsServerOptions& options) {
                                         detail::take_openssl_errors("cannot be used")));
     }
     if (SSL_CTX_use_PrivateKey_file(native, options.private_key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-        throw_configuration(fmt::format("{}: private key file {}: {}", operation, options.private_key_file,
-                                        detail::take_openssl_errors("cannot be used")));
+        // OpenSSL 3 compares the key with the certificate as it loads it;
+        // say which two files disagree rather than only its reason.
+        const bool mismatch = ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH;
+        throw_configuration(
+            fmt::format("{}: private key file {}{}: {}", operation, options.private_key_file,
+                        mismatch ? fmt::format(" does not match the certificate of {}", options.certificate_chain_file)
+                                 : std::string{},
+                        detail::take_openssl_errors("cannot be used")));
     }
     if (SSL_CTX_check_private_key(native) != 1) {
         throw_configuration(fmt::format("{}: private key file {} does not match the certificate of {}: {}", operation,

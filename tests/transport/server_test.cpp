@@ -242,6 +242,44 @@ TEST_CASE("out of descriptors, accepting pauses without spinning, keeps the list
     CHECK(server.is_accepting());
 }
 
+TEST_CASE("a shortage of descriptors that comes and goes is warned of once per period, not once per spell") {
+    FdLeakCheck leak_check;
+    CapturedLog log{format_shortage_warning ? spdlog::level::warn : spdlog::level::err};
+    Reactor reactor;
+    ServerOptions options;
+    options.accept_retry = 1ms;
+    Server server{reactor, echo_factory(), options};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    {
+        UniqueFd warm = connect_to(address);
+        REQUIRE(run_until(reactor, [&] { return server.connection_count() == 1; }));
+    }
+    REQUIRE(run_until(reactor, [&] { return server.connection_count() == 0; }));
+    // Each spell: a connection waits in the backlog while no descriptor is
+    // free, then is accepted once one is, and ends.
+    constexpr int spells = 3;
+    for (int spell = 0; spell < spells; ++spell) {
+        UniqueFd client = connect_to(address);
+        const std::uint64_t errors_before = server.stats().accept_errors;
+        {
+            NoFreeDescriptors no_descriptors;
+            for (int i = 0; i < 100 && server.stats().accept_errors == errors_before; ++i) {
+                reactor.run_once(20ms);
+            }
+        }
+        REQUIRE(server.stats().accept_errors > errors_before);
+        REQUIRE(run_until(reactor, [&] { return server.connection_count() == 1; }));
+        client = UniqueFd{};
+        REQUIRE(run_until(reactor, [&] { return server.connection_count() == 0; }));
+    }
+    CHECK(server.stats().accept_errors >= static_cast<std::uint64_t>(spells));
+    if constexpr (format_shortage_warning) {
+        const std::string text = log.text();
+        CHECK(text.find("Too many open files") != std::string::npos);
+        CHECK(text.find("Too many open files") == text.rfind("Too many open files"));
+    }
+}
+
 TEST_CASE("a connection over the limit gets the refusal handler's answer and is closed") {
     FdLeakCheck leak_check;
     Reactor reactor;
