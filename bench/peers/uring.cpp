@@ -9,7 +9,6 @@
 #include <sys/mman.h>
 
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <stdexcept>
 
@@ -38,10 +37,21 @@ struct Chunk {
 
 struct UringConnection {
     int fd = -1;
-    bool receiving = false;     // a multishot receive is armed
-    bool sending = false;       // a send is in flight (one at a time keeps the bytes in order)
-    bool closing = false;       // no more receives: close once nothing is in flight
-    std::deque<Chunk> pending;  // the front one is the one being sent
+    bool receiving = false;  // a multishot receive is armed
+    bool sending = false;    // a send is in flight (one at a time keeps the bytes in order)
+    bool closing = false;    // no more receives: close once nothing is in flight
+    // What is still to be echoed, from pending[next] (the one being sent) on:
+    // a vector emptied in place, so echoing allocates nothing once it grew.
+    std::vector<Chunk> pending;
+    std::size_t next = 0;
+    Chunk& front() { return pending[next]; }
+    [[nodiscard]] bool empty() const { return next == pending.size(); }
+    void pop_front() {
+        if (++next == pending.size()) {
+            pending.clear();
+            next = 0;
+        }
+    }
 };
 
 class Server {
@@ -134,7 +144,7 @@ private:
     }
 
     void send_front(UringConnection* connection) {
-        const Chunk& chunk = connection->pending.front();
+        const Chunk& chunk = connection->front();
         io_uring_sqe* sqe = next_sqe();
         ::io_uring_prep_send(sqe, connection->fd, buffer(chunk.bid) + chunk.sent, chunk.length - chunk.sent,
                              MSG_NOSIGNAL);
@@ -212,24 +222,23 @@ private:
             }
             return;
         }
-        Chunk& chunk = connection->pending.front();
+        Chunk& chunk = connection->front();
         chunk.sent += static_cast<unsigned>(result);
         if (chunk.sent == chunk.length) {
             give_back(chunk.bid);
-            connection->pending.pop_front();
+            connection->pop_front();
         }
         if (connection->closing) {
             drop_pending(connection);
-        } else if (!connection->pending.empty()) {
+        } else if (!connection->empty()) {
             send_front(connection);
         }
     }
 
     void drop_pending(UringConnection* connection) {
-        for (const Chunk& chunk : connection->pending) {
-            give_back(chunk.bid);
+        for (; !connection->empty(); connection->pop_front()) {
+            give_back(connection->front().bid);
         }
-        connection->pending.clear();
     }
 
     io_uring ring_{};
