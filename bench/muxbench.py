@@ -435,7 +435,8 @@ def count_syscalls(runner, job, port, pid):
     """echo --syscalls: system calls per message of the server, counted by
     perf (the raw_syscalls:sys_enter tracepoint, every thread) over a second,
     separate client run, so the counting never touches the CPU figures. The
-    messages of the counted window are the client's rate times its length.
+    messages of the counted window are the client's rate times its length
+    (perf's duration_time: from when the counters were attached).
     None if not asked for or perf cannot count (it needs root or
     kernel.perf_event_paranoid = -1)."""
     args = runner.args
@@ -449,17 +450,17 @@ def count_syscalls(runner, job, port, pid):
     client = subprocess.Popen(["taskset", "-c", str(args.client_cpu)] + command, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     time.sleep(warmup + 0.2)  # the connections are up and the client measures
-    started = time.monotonic()
-    perf = subprocess.run(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", str(pid), "--",
-                           "sleep", str(window)], capture_output=True, text=True)
-    elapsed = time.monotonic() - started
+    perf = subprocess.run(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,duration_time", "-p", str(pid),
+                           "--", "sleep", str(window)], capture_output=True, text=True)
     out, _ = client.communicate()
-    count = next((line.split(",")[0] for line in perf.stderr.splitlines() if "raw_syscalls:sys_enter" in line), "")
+    counts = {fields[2]: fields[0] for fields in (line.split(",") for line in perf.stderr.splitlines())
+              if len(fields) > 2}
+    count, elapsed_ns = counts.get("raw_syscalls:sys_enter", ""), counts.get("duration_time", "")
     rate = pairs(out).get("msgs_per_s") if client.returncode == 0 else None
-    if perf.returncode != 0 or not count.isdigit() or not rate:
+    if perf.returncode != 0 or not count.isdigit() or not elapsed_ns.isdigit() or not rate:
         warn(f"syscalls of {job['server']}, {job['connections']} connections not counted: {perf.stderr[-200:]}")
         return None
-    return int(count) / (rate * elapsed)
+    return int(count) / (rate * int(elapsed_ns) / 1e9)
 
 
 def run_http(runner, job, build=None):

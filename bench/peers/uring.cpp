@@ -96,7 +96,13 @@ public:
 
     [[noreturn]] void run() {
         for (;;) {
-            if (const int error = ::io_uring_submit_and_wait(&ring_, 1); error < 0 && error != -EINTR) {
+            // A send to a socket with room completes inside the submission, so
+            // waiting for one completion would return with only those: wait
+            // for one beyond them. A send that has to wait for room delays the
+            // return until one more event, never past the next one that comes.
+            const unsigned wait_for = sends_since_wait_ + 1;
+            sends_since_wait_ = 0;
+            if (const int error = ::io_uring_submit_and_wait(&ring_, wait_for); error < 0 && error != -EINTR) {
                 throw std::system_error(-error, std::system_category(), "io_uring_submit_and_wait");
             }
             unsigned head = 0;
@@ -150,6 +156,7 @@ private:
                              MSG_NOSIGNAL);
         ::io_uring_sqe_set_data64(sqe, tag(connection, send_op));
         connection->sending = true;
+        ++sends_since_wait_;
     }
 
     char* buffer(unsigned short bid) { return storage_.get() + std::size_t{bid} * receive_buffer_size; }
@@ -246,6 +253,7 @@ private:
     io_uring_buf_ring* buffers_ring_ = nullptr;
     std::unique_ptr<char[]> storage_;
     unsigned returned_ = 0;  // buffers added to the ring since the last publish
+    unsigned sends_since_wait_ = 0;
 };
 
 void serve(Mode mode, const Options& options) {
