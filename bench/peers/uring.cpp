@@ -96,24 +96,7 @@ public:
 
     [[noreturn]] void run() {
         for (;;) {
-            // A send to a socket with room completes inside the submission, so
-            // waiting for one completion would return with only those: wait
-            // for one beyond them, unless a connection has more queued behind
-            // its send (that completion is what lets it go on). The wait is
-            // bounded in case a send waiting for room outlives the traffic
-            // (still one io_uring_enter, through IORING_ENTER_EXT_ARG).
-            const unsigned wait_for = queued_behind_send_ ? 1 : sends_since_wait_ + 1;
-            sends_since_wait_ = 0;
-            queued_behind_send_ = false;
-            int error = 0;
-            if (wait_for == 1) {
-                error = ::io_uring_submit_and_wait(&ring_, 1);
-            } else {
-                __kernel_timespec bound{.tv_sec = 0, .tv_nsec = 1'000'000};
-                io_uring_cqe* first = nullptr;
-                error = ::io_uring_submit_and_wait_timeout(&ring_, &first, wait_for, &bound, nullptr);
-            }
-            if (error < 0 && error != -EINTR && error != -ETIME) {
+            if (const int error = ::io_uring_submit_and_wait(&ring_, 1); error < 0 && error != -EINTR) {
                 throw std::system_error(-error, std::system_category(), "io_uring_submit_and_wait");
             }
             unsigned head = 0;
@@ -167,8 +150,6 @@ private:
                              MSG_NOSIGNAL);
         ::io_uring_sqe_set_data64(sqe, tag(connection, send_op));
         connection->sending = true;
-        ++sends_since_wait_;
-        queued_behind_send_ = queued_behind_send_ || connection->pending.size() - connection->next > 1;
     }
 
     char* buffer(unsigned short bid) { return storage_.get() + std::size_t{bid} * receive_buffer_size; }
@@ -221,8 +202,6 @@ private:
                 connection->pending.push_back({bid, static_cast<unsigned>(cqe.res), 0});
                 if (!connection->sending) {
                     send_front(connection);
-                } else {
-                    queued_behind_send_ = true;
                 }
             }
         } else if (cqe.res != -ENOBUFS) {  // end of stream or an error: the multishot is over
@@ -267,8 +246,6 @@ private:
     io_uring_buf_ring* buffers_ring_ = nullptr;
     std::unique_ptr<char[]> storage_;
     unsigned returned_ = 0;  // buffers added to the ring since the last publish
-    unsigned sends_since_wait_ = 0;
-    bool queued_behind_send_ = false;
 };
 
 void serve(Mode mode, const Options& options) {
