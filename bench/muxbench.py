@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""muxbench: muxio against its peers (libuv, libevent, asio, and a raw epoll
-loop as the floor), in interleaved rounds, with the medians, their 90%
+"""muxbench: muxio against its peers (libuv, libevent, asio, and two floors:
+a raw epoll loop and a raw liburing loop), in interleaved rounds, with the medians, their 90%
 intervals and the verdicts of bench/benchstats.py.
 
     muxbench.py echo     ping-pong through every echo server (bench-echo-client)
@@ -44,16 +44,19 @@ sys.path.insert(0, HERE)
 from benchstats import Comparison, median_interval, verdict_against_floor, verdict_against_peers  # noqa: E402
 
 # The per-library programs (bench/peers/) and their variants, by server name.
-PROGRAMS = {"epoll": ("epoll", None), "muxio": ("muxio", None), "muxio-coro": ("muxio-coro", None),
+PROGRAMS = {"epoll": ("epoll", None), "uring": ("uring", None), "muxio": ("muxio", None), "muxio-coro": ("muxio-coro", None),
             "muxio-coro-perconn": ("muxio-coro", "perconn"), "muxio-coro-raw": ("muxio-coro", "raw"),
             "libuv": ("libuv", None), "libevent": ("libevent", None), "asio": ("asio", None),
             "asio-coro": ("asio", "coro")}
 
 # Who is measured (subjects), against whom (peers: the verdict; floor: the
-# tolerance), and which other within-round ratios each table shows.
+# tolerance; floors: more floors, a ratio each but no verdict), and which
+# other within-round ratios each table shows. uring is the completion floor:
+# a raw liburing loop (bench/peers/uring.cpp), epoll the readiness one.
 ROLES = {
     "echo": dict(subjects=("muxio", "muxio-coro"), peers=("libuv", "libevent", "asio", "asio-coro"), floor="epoll",
-                 pairs=(("muxio-coro", "muxio"), ("muxio-coro-perconn", "muxio"), ("muxio-coro-raw", "muxio"),
+                 floors=("uring",),
+                 pairs=(("uring", "epoll"), ("muxio-coro", "muxio"), ("muxio-coro-perconn", "muxio"), ("muxio-coro-raw", "muxio"),
                         ("asio-coro", "asio"))),
     "http": dict(subjects=("muxio-http", "muxio"), peers=("libuv", "libevent", "asio", "nginx"), floor="epoll",
                  pairs=(("muxio-http", "muxio"),)),
@@ -65,7 +68,7 @@ ROLES = {
                    floor="raw-epoll", pairs=(("muxio-epoll", "raw-epoll_pwait2"), ("python-epoll", "muxio-epoll"),
                                               ("python-poll", "muxio-poll"), ("python-select", "muxio-select"))),
     "callgrind": dict(subjects=("muxio", "muxio-coro"), peers=("libuv", "libevent", "asio", "asio-coro"),
-                      floor="epoll", pairs=(), verdicts=False),  # one deterministic count: no noise to judge
+                      floor="epoll", floors=("uring",), pairs=(("uring", "epoll"),), verdicts=False),  # one deterministic count: no noise to judge
 }
 
 # Per results row: its table, group within the table, the metric the
@@ -90,8 +93,9 @@ def describe(run):
     kind = run["bench"]
     if kind == "echo":
         group = f"{run['connections']} conn." + (f", {run['idle']} idle" if run.get("idle") else "")
+        syscalls = (("syscalls_per_msg", "syscalls/msg"),) if "syscalls_per_msg" in run else ()
         return (f"Echo: ping-pong, {run['size']}-byte messages", group, "server_cpu_ns_per_msg", "server CPU ns/msg",
-                (("msgs_per_s", "messages/s"), ("p99_us", "p99 µs"), ("server_vmhwm_kb", "VmHWM KiB")))
+                (("msgs_per_s", "messages/s"), ("p99_us", "p99 µs"), ("server_vmhwm_kb", "VmHWM KiB")) + syscalls)
     if kind == "http":
         return ("HTTP hello: wrk, 1 thread, keep-alive GET /", f"{run['connections']} conn.", "server_cpu_ns_per_req",
                 "server CPU ns/req", (("rps", "requests/s"), ("p50_us", "p50 µs"), ("p99_us", "p99 µs"),
@@ -153,7 +157,8 @@ def summarize(runs, command, tolerance=0.05):
             return statistics.median(values) if values else None
 
         peers = [p for p in roles["peers"] if p in servers and median(series[p]) is not None]
-        known = list(roles["subjects"]) + [roles["floor"]] + list(roles["peers"])
+        floors = [f for f in [roles["floor"]] + list(roles.get("floors", ())) if f]
+        known = list(roles["subjects"]) + floors + list(roles["peers"])
         ordered = [s for s in known if s in servers] + sorted(s for s in servers if s not in known)
         if command == "ab":
             ordered = sorted(servers, key=lambda s: next(iter(servers[s].values()))["index"])
@@ -170,6 +175,9 @@ def summarize(runs, command, tolerance=0.05):
             if server in roles["subjects"] and floor in servers:
                 ratios.append((floor, ratio(server, floor)))
                 verdicts[floor] = verdict_against_floor(ratios[-1][1], tolerance) if roles.get("verdicts", True) else None
+            for other in roles.get("floors", ()):
+                if server in roles["subjects"] and other in servers:
+                    ratios.append((other, ratio(server, other)))
             for a, b in roles["pairs"]:
                 if a == server and b in servers:
                     ratios.append((b, ratio(a, b)))
@@ -410,14 +418,49 @@ def run_echo(runner, job, build=None, perf=False):
         user_share = sum(float(line.split()[0].rstrip("%")) for line in report.splitlines()
                          if "%" in line and "kernel" not in line) / 100 if shares else None
     out, err = client.communicate()
+    syscalls = count_syscalls(runner, job, port, server.pid) if client.returncode == 0 else None
     runner.stop(server)
     if client.returncode != 0:
         warn(f"echo {job['server']}, {job['connections']} connections: {err[-300:]}")
         return []
     row = dict(job, **pairs(out))
+    if syscalls is not None:
+        row["syscalls_per_msg"] = syscalls
     if user_share is not None:
         row["user_ns_per_msg"] = row["server_cpu_ns_per_msg"] * user_share
     return [row]
+
+
+def count_syscalls(runner, job, port, pid):
+    """echo --syscalls: system calls per message of the server, counted by
+    perf (the raw_syscalls:sys_enter tracepoint, every thread) over a second,
+    separate client run, so the counting never touches the CPU figures. The
+    messages of the counted window are the client's rate times its length
+    (perf's duration_time: from when the counters were attached).
+    None if not asked for or perf cannot count (it needs root or
+    kernel.perf_event_paranoid = -1)."""
+    args = runner.args
+    window = getattr(args, "syscalls", None)
+    if not window:
+        return None
+    warmup = 0.3
+    command = [runner.program("echo-client"), "--port", str(port), "--connections", str(job["connections"]),
+               "--size", str(job["size"]), "--warmup", str(warmup), "--duration", str(window + 0.4),
+               "--idle", str(job.get("idle", 0))]
+    client = subprocess.Popen(["taskset", "-c", str(args.client_cpu)] + command, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(warmup + 0.2)  # the connections are up and the client measures
+    perf = subprocess.run(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,duration_time", "-p", str(pid),
+                           "--", "sleep", str(window)], capture_output=True, text=True)
+    out, _ = client.communicate()
+    counts = {fields[2]: fields[0] for fields in (line.split(",") for line in perf.stderr.splitlines())
+              if len(fields) > 2}
+    count, elapsed_ns = counts.get("raw_syscalls:sys_enter", ""), counts.get("duration_time", "")
+    rate = pairs(out).get("msgs_per_s") if client.returncode == 0 else None
+    if perf.returncode != 0 or not count.isdigit() or not elapsed_ns.isdigit() or not rate:
+        warn(f"syscalls of {job['server']}, {job['connections']} connections not counted: {perf.stderr[-200:]}")
+        return None
+    return int(count) / (rate * int(elapsed_ns) / 1e9)
 
 
 def run_http(runner, job, build=None):
@@ -628,7 +671,7 @@ def build(args):
     if args.build_dir == os.path.join(ROOT, "build", "bench") and not os.path.exists(
             os.path.join(args.build_dir, "CMakeCache.txt")):
         subprocess.run(["cmake", "--preset", "bench"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    targets = ["bench-" + name for name in ("epoll", "muxio", "muxio-coro", "libuv", "libevent", "asio", "echo-client",
+    targets = ["bench-" + name for name in ("epoll", "uring", "muxio", "muxio-coro", "libuv", "libevent", "asio", "echo-client",
                                             "select")] + ["muxio-http", "muxio-resp"]
     subprocess.run(["cmake", "--build", args.build_dir, "-j2", "--target"] + targets, check=True,
                    stdout=subprocess.DEVNULL)
@@ -722,11 +765,14 @@ def main():
         return p
 
     p = command("echo", "ping-pong echo: server CPU per message, messages/s, p99, VmHWM",
-                servers="muxio,muxio-coro,muxio-coro-perconn,libuv,libevent,asio,asio-coro,epoll",
+                servers="muxio,muxio-coro,muxio-coro-perconn,libuv,libevent,asio,asio-coro,epoll,uring",
                 connections="1,64,1000", duration=2)
     p.add_argument("--sizes", type=lambda t: listed(t, int), default=[64, 4096], help="message bytes (default 64,4096)")
     p.add_argument("--idle", type=lambda t: listed(t, int), default=[0],
                    help="idle connections held open beside the active ones, e.g. 0,10000 (default 0)")
+    p.add_argument("--syscalls", type=float, nargs="?", const=1.0, default=None, metavar="SECONDS",
+                   help="also count each server's system calls per message with perf, over a separate window of "
+                        "this many seconds after the measured one (default 1; needs root or perf_event_paranoid -1)")
     for name, help_ in (("http", "wrk against the HTTP servers: server CPU per request, requests/s, p50/p99"),
                         ("ab", "A/B of one server from two builds (echo, http or resp)")):
         p = command(name, help_, servers="muxio-http,muxio,libuv,libevent,asio,epoll,nginx" if name == "http" else None,
@@ -768,7 +814,7 @@ def main():
     p.add_argument("--target-ms", type=int, default=20, help="length of one repetition (default 20)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     p = command("callgrind", "user-space instructions per echo message under callgrind: deterministic, no kernel",
-                servers="epoll,muxio,libuv,libevent,asio", connections="1,64,1000", duration=3, rounds=1)
+                servers="epoll,uring,muxio,libuv,libevent,asio", connections="1,64,1000", duration=3, rounds=1)
     p.add_argument("--keep", help="a directory to keep the callgrind files in, for callgrind_annotate")
     p = commands.add_parser("summary", help="the tables of results files (several: their rounds pooled)")
     p.add_argument("files", nargs="+")

@@ -133,6 +133,32 @@ class Summary(unittest.TestCase):
         self.assertAlmostEqual(rows[1]["ratios"][0]["median"], 0.9)
         self.assertAlmostEqual(rows[1]["ratios"][0]["interval"][1], 0.9)
 
+    def test_the_completion_floor_gets_a_ratio_and_no_verdict(self):
+        runs = echo_runs()
+        runs += [dict(r, server="uring", server_cpu_ns_per_msg=800.0) for r in runs if r["server"] == "epoll"]
+        rows, _ = muxbench.summarize(runs, "echo")
+        muxio = next(r for r in rows if r["server"] == "muxio")
+        self.assertEqual([r["over"] for r in muxio["ratios"]], ["best peer libevent", "epoll", "uring"])
+        self.assertAlmostEqual(muxio["ratios"][2]["median"], 1.25)
+        self.assertEqual(set(muxio["verdicts"]), {"peers", "epoll"})
+        uring = next(r for r in rows if r["server"] == "uring")
+        self.assertEqual([r["over"] for r in uring["ratios"]], ["epoll"])
+        self.assertEqual([r["server"] for r in rows][:3], ["muxio", "epoll", "uring"])
+
+    def test_syscalls_per_message_is_a_column_only_when_counted(self):
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            muxbench.print_tables(*muxbench.summarize(echo_runs(), "echo"))
+        self.assertNotIn("syscalls/msg", output.getvalue())
+        runs = [dict(r, syscalls_per_msg=2.0 if r["server"] == "epoll" else 0.5) for r in echo_runs()]
+        rows, cells = muxbench.summarize(runs, "echo")
+        self.assertEqual(next(r for r in rows if r["server"] == "epoll")["figures"]["syscalls_per_msg"], 2.0)
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            muxbench.print_tables(rows, cells)
+        self.assertIn("| VmHWM KiB | syscalls/msg |", output.getvalue())
+        self.assertIn("| 100 | 2.00 |", output.getvalue())
+
     def test_tables_print(self):
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
