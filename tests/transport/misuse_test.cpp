@@ -237,6 +237,28 @@ TEST_CASE(
     CHECK(read_until_size(reactor, side.peer.get(), 1000) == "parent");  // to the end of the stream
 }
 
+TEST_CASE(
+    "a transport closed from another's connection_lost while the reactor closes gets no exception and ends once") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Adopted first{reactor};
+    Adopted second{reactor};
+    REQUIRE(run_until(reactor, [&] { return first.protocol.made == 1 && second.protocol.made == 1; }));
+    std::string refusals;
+    auto close_the_other = [&](Adopted& other) {
+        return [&](Recorder&) {
+            refusals += refusal_of([&] { other.transport->close(); });
+            refusals += refusal_of([&] { other.transport->abort(); });
+        };
+    };
+    first.protocol.on_lost = close_the_other(second);
+    second.protocol.on_lost = close_the_other(first);
+    reactor.close();
+    CHECK(refusals == "no throwno throwno throwno throw");
+    CHECK(first.protocol.lost == 1);
+    CHECK(second.protocol.lost == 1);
+}
+
 TEST_CASE("write after close throws std::logic_error when the queue was empty and close ended the connection at once") {
     FdLeakCheck leak_check;
     Reactor reactor;
