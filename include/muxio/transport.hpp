@@ -247,7 +247,17 @@ struct TransportFrame {
 /// destroyed at any time, also after the reactor.
 ///
 /// Not movable (the reactor's callbacks refer to it); use
-/// std::unique_ptr. Belongs to the reactor's thread.
+/// std::unique_ptr.
+///
+/// Belongs to the reactor's thread: while the connection is live, the
+/// methods that act on it (write(), writev(), send_file(), write_eof(),
+/// close(), abort(), pause_reading(), resume_reading(), the set_*()
+/// methods) throw std::logic_error naming the call, and change nothing,
+/// when called from another thread while the reactor runs (use
+/// Reactor::call_soon_threadsafe()) or in a process forked after the
+/// reactor was made (the connection stays the parent's). Once the
+/// connection ended or the reactor closed they are harmless no-ops from
+/// anywhere.
 class Transport {
 public:
     using Duration = Reactor::Duration;    ///< A delay on the reactor's clock.
@@ -283,7 +293,10 @@ public:
     /// may call Protocol::pause_writing() before it returns. After the
     /// connection broke (the protocol will be told by connection_lost())
     /// the bytes are dropped silently. std::logic_error after close() or
-    /// write_eof(): nothing can follow those.
+    /// write_eof(): nothing can follow those (also once the connection they
+    /// began has ended cleanly; a connection that ended by an error drops
+    /// the bytes silently then too). std::logic_error from another thread
+    /// or a forked child (see the class comment).
     void write(std::span<const std::byte> data);
     /// write() of text.
     void write(std::string_view text) { write(std::as_bytes(std::span{text.data(), text.size()})); }
@@ -310,7 +323,7 @@ public:
     }
     /// Sets the marks of pause_writing() and resume_writing() (low clamped
     /// to high); takes effect at the next write or drain.
-    void set_write_buffer_limits(std::size_t high, std::size_t low) noexcept;
+    void set_write_buffer_limits(std::size_t high, std::size_t low);
     /// The high water mark.
     [[nodiscard]] std::size_t high_water() const noexcept { return high_water_; }
     /// The low water mark.
@@ -336,6 +349,11 @@ public:
     /// connection_lost() with an empty reason. A peer that never reads
     /// keeps it waiting: the idle timeout bounds that (or abort()).
     /// Harmless when closing or over.
+    ///
+    /// With a filter whose handshake has not completed and nothing of the
+    /// protocol's to send (no write() yet): the connection ends at once,
+    /// connection_lost(ECONNABORTED) in the next iteration and no
+    /// connection_made(), instead of waiting for the handshake.
     ///
     /// Just before the descriptor is closed, input the protocol did not
     /// read is read and discarded, up to 64 KiB and without waiting: the
@@ -386,7 +404,10 @@ public:
     [[nodiscard]] Protocol& protocol() const noexcept { return *protocol_; }
     /// Hands the connection's events to another protocol from now on (as
     /// asyncio's set_protocol); it gets no connection_made().
-    void set_protocol(Protocol& protocol) noexcept { protocol_ = &protocol; }
+    void set_protocol(Protocol& protocol) {
+        check_usable("Transport::set_protocol");
+        protocol_ = &protocol;
+    }
     /// The filter made by TransportOptions::filter; nullptr for plain bytes.
     [[nodiscard]] TransportFilter* filter() const noexcept { return filter_.get(); }
 
@@ -399,6 +420,16 @@ private:
     // Called after connection_lost() returned (the Server frees the connection).
     using Release = void (*)(void* context, Transport& transport) noexcept;
 
+    // Refuses another thread and a forked child while the connection is
+    // live; a closed reactor ends its transports (late close hooks), and one
+    // whose hook has not run yet is left to it.
+    void check_usable(std::string_view operation) const {
+        if (state_ < State::ended && !reactor_->is_closed()) {
+            reactor_->require_usable(operation);
+        }
+    }
+    // After close() or write_eof(): throws unless an error ended the connection.
+    [[gnu::cold, gnu::noinline]] void refuse_after_close(const char* operation) const;
     void start();
     void begin();
     void on_readable();
@@ -441,6 +472,9 @@ private:
     bool pump_filter_output();
     bool shutdown_filter();
     void fail_filter() noexcept;
+    // A send failed with `errnum`: ends the connection with it, or cleanly
+    // when only the filter's end was left after the peer's clean end.
+    void finish_send_failure(int errnum) noexcept;
     void schedule_filtered_delivery();
 
     // Runs `body`, a call into the protocol, in a frame; false if the

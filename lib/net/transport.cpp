@@ -106,6 +106,14 @@ ssize_t sendfile_without_sigpipe(int socket, int file, off_t& offset, std::size_
 
 }  // namespace
 
+void Transport::refuse_after_close(const char* operation) const {
+    // A connection that close() or write_eof() ended cleanly still refuses;
+    // one an error ended drops the bytes, as after any error.
+    if (state_ < State::ended || !reason_) {
+        throw_closing(operation);
+    }
+}
+
 // ----- Construction and destruction -------------------------------------------
 
 Transport::Transport(Reactor& reactor, int fd, Protocol& protocol, const TransportOptions& options, State state)
@@ -459,11 +467,13 @@ void Transport::update_reader() noexcept {
 }
 
 void Transport::pause_reading() {
+    check_usable("Transport::pause_reading");
     read_paused_ = true;
     update_reader();
 }
 
 void Transport::resume_reading() {
+    check_usable("Transport::resume_reading");
     read_paused_ = false;
     update_reader();
     if (filter_ && state_ == State::open) [[unlikely]] {
@@ -474,11 +484,12 @@ void Transport::resume_reading() {
 // ----- Writing -------------------------------------------------------------------
 
 void Transport::write(std::span<const std::byte> data) {
+    check_usable("Transport::write");
+    if (closing_ || eof_pending_) [[unlikely]] {
+        refuse_after_close("Transport::write");
+    }
     if (state_ >= State::ended) {
         return;
-    }
-    if (closing_ || eof_pending_) [[unlikely]] {
-        throw_closing("Transport::write");
     }
     if (filter_) [[unlikely]] {
         write_filtered(data);
@@ -535,11 +546,12 @@ void Transport::drop_queue() noexcept {
 }
 
 void Transport::writev(std::span<const std::span<const std::byte>> buffers) {
+    check_usable("Transport::writev");
+    if (closing_ || eof_pending_) [[unlikely]] {
+        refuse_after_close("Transport::writev");
+    }
     if (state_ >= State::ended) {
         return;
-    }
-    if (closing_ || eof_pending_) [[unlikely]] {
-        throw_closing("Transport::writev");
     }
     if (filter_) [[unlikely]] {
         for (const std::span<const std::byte> buffer : buffers) {
@@ -603,16 +615,21 @@ void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
     if (file < 0) {
         throw std::invalid_argument("Transport::send_file: negative descriptor");
     }
+    try {
+        check_usable("Transport::send_file");
+        if (offset < 0) [[unlikely]] {
+            throw std::invalid_argument("Transport::send_file: negative offset");
+        }
+        if (closing_ || eof_pending_) [[unlikely]] {
+            refuse_after_close("Transport::send_file");
+        }
+    } catch (...) {
+        ::close(file);  // this process's copy: a forked child leaves the parent's alone
+        throw;
+    }
     if (state_ >= State::ended) {
         ::close(file);
         return;
-    }
-    if (closing_ || eof_pending_ || offset < 0) [[unlikely]] {
-        ::close(file);
-        if (offset < 0) {
-            throw std::invalid_argument("Transport::send_file: negative offset");
-        }
-        throw_closing("Transport::send_file");
     }
     if (count == 0) {
         ::close(file);
@@ -683,7 +700,8 @@ void Transport::check_high_water() {
     }
 }
 
-void Transport::set_write_buffer_limits(std::size_t high, std::size_t low) noexcept {
+void Transport::set_write_buffer_limits(std::size_t high, std::size_t low) {
+    check_usable("Transport::set_write_buffer_limits");
     high_water_ = high;
     low_water_ = std::min(low, high);
 }
@@ -734,7 +752,7 @@ long Transport::send_from_queue(std::size_t size) {
         detail::transfer_errno(errnum, [&] { return ::send(fd_, queue_.data() + queue_head_, size, MSG_NOSIGNAL); });
     if (sent < 0) {
         if (errnum != 0) {
-            finish(last_error(errnum));
+            finish_send_failure(errnum);
         }
         return -1;
     }
@@ -812,6 +830,7 @@ void Transport::after_drain() {
 }
 
 void Transport::write_eof() {
+    check_usable("Transport::write_eof");
     if (state_ >= State::ended || closing_ || eof_pending_) {
         return;
     }
@@ -824,7 +843,16 @@ void Transport::write_eof() {
 // ----- Ending --------------------------------------------------------------------
 
 void Transport::close() {
+    check_usable("Transport::close");
     if (state_ >= State::ended || closing_) {
+        return;
+    }
+    if (filter_ && state_ < State::open && file_bytes_ == 0) [[unlikely]] {
+        // The handshake has not completed and nothing of the protocol's
+        // waits to go: there is nothing to end cleanly, and waiting would
+        // take the handshake timeout, or forever without one.
+        closing_ = true;
+        finish(std::make_error_code(std::errc::connection_aborted));
         return;
     }
     closing_ = true;
@@ -835,6 +863,7 @@ void Transport::close() {
 }
 
 void Transport::abort(std::error_code reason) {
+    check_usable("Transport::abort");
     finish(reason);
 }
 
@@ -860,12 +889,25 @@ void Transport::finish(std::error_code reason) noexcept {
 }
 
 void Transport::schedule_lost() noexcept {
+    if (reactor_->is_closed()) {
+        return;  // ending from a close hook: its own hook, still to run, delivers
+    }
     try {
         soon_ = reactor_->call_soon([this] { deliver_lost(); });
     } catch (const std::exception& error) {
-        // Out of memory: delivered when the reactor closes, or never if the
-        // owner destroys the transport first.
-        logger().error("Transport: cannot schedule connection_lost: {}", error.what());
+        // Only out of memory gets here: the methods refuse another thread
+        // and a forked child before they change anything, so the end came
+        // from the loop thread. Delivering now would run connection_lost()
+        // inside the caller's Transport method, which the contract rules
+        // out. The transport stays ended with its close hook in place, so
+        // Reactor::close() still delivers it (or the owner destroys it, and
+        // knows).
+        try {
+            logger().error(
+                "Transport: fd closed, cannot schedule connection_lost ({}): delivered when the reactor closes",
+                error.what());
+        } catch (...) {  // NOLINT(bugprone-empty-catch): only the log line is lost
+        }
     }
 }
 
@@ -932,6 +974,7 @@ inline void Transport::note_activity() {
 }
 
 void Transport::set_idle_timeout(Duration timeout) {
+    check_usable("Transport::set_idle_timeout");
     idle_timeout_ = std::max(timeout, Duration::zero());
     if (idle_timeout_ > Duration::zero() && state_ == State::open) {
         last_activity_ = reactor_->time();
@@ -940,6 +983,7 @@ void Transport::set_idle_timeout(Duration timeout) {
 }
 
 void Transport::set_deadline(TimePoint when) {
+    check_usable("Transport::set_deadline");
     deadline_ = when;
     if (state_ == State::open) {
         rearm_timer();
@@ -947,6 +991,7 @@ void Transport::set_deadline(TimePoint when) {
 }
 
 void Transport::set_deadline_after(Duration delay) {
+    check_usable("Transport::set_deadline_after");
     if (state_ >= State::ended) {
         return;
     }
@@ -1235,7 +1280,7 @@ bool Transport::pump_filter_output() {
             const ssize_t done =
                 detail::transfer_errno(errnum, [&] { return ::send(fd_, output.data(), output.size(), MSG_NOSIGNAL); });
             if (done < 0 && errnum != 0) {
-                finish(last_error(errnum));
+                finish_send_failure(errnum);
                 return false;
             }
             if (done > 0) {
@@ -1367,6 +1412,18 @@ bool Transport::shutdown_filter() {
         return false;
     }
     return state_ == State::open;
+}
+
+void Transport::finish_send_failure(int errnum) noexcept {
+    if (filter_shut_down_ && read_eof_) [[unlikely]] {
+        // The peer ended its stream cleanly (its close_notify came) and
+        // closed its socket, which may answer with a reset: our own
+        // close_notify, all that can be left to send, has no one to read
+        // it, and the exchange was complete.
+        finish({});
+        return;
+    }
+    finish(last_error(errnum));
 }
 
 void Transport::fail_filter() noexcept {

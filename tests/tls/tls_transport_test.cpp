@@ -4,14 +4,19 @@
 // stalls), back-pressure, pause/resume, close_notify both ways, send_file,
 // reentrancy, and allocations once warm.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <csignal>
 #include <cstddef>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <span>
 #include <stdexcept>
@@ -863,4 +868,174 @@ TEST_CASE(
     const std::string got = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
     CHECK(got == text_of(payload));
     CHECK(drained == 1);
+}
+
+// ----- Misuse and ending ----------------------------------------------------------
+
+namespace {
+
+// The message of the std::logic_error `call` throws; "no throw" or "other
+// exception" otherwise.
+std::string refusal_of(const std::function<void()>& call) {
+    try {
+        call();
+        return "no throw";
+    } catch (const std::logic_error& refusal) {
+        return refusal.what();
+    } catch (...) {
+        return "other exception";
+    }
+}
+
+// Forks; the child runs `calls`, each of which must throw the fork error,
+// and exits with 0, or 1 if one did not. Waits at most 10 s for it.
+int fork_error_in_child(const std::vector<std::function<void()>>& calls) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int code = 0;
+        for (const auto& call : calls) {
+            if (refusal_of(call).find("fork") == std::string::npos) {
+                code = 1;
+            }
+        }
+        ::_exit(code);
+    }
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    REQUIRE(pidfd >= 0);
+    const muxio::test::UniqueFd owned{pidfd};
+    pollfd watch{pidfd, POLLIN, 0};
+    int ready = 0;
+    do {
+        ready = ::poll(&watch, 1, 10'000);
+    } while (ready == -1 && errno == EINTR);
+    if (ready != 1) {
+        ::kill(pid, SIGKILL);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE_MESSAGE(ready == 1, "the child did not exit in time");
+    REQUIRE(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a TLS transport's write and close in a child forked after the reactor was made throw the fork error, and the "
+    "server reads the parent's bytes only") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    Server server{reactor, recording_factory(events, false), tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    Recorder client;
+    std::unique_ptr<Transport> transport = Transport::connect(reactor, address, client, tls_client_options());
+    REQUIRE(run_until(reactor, [&] { return client.made == 1 && events.made == 1; }));
+    CHECK(fork_error_in_child({
+              [&] { transport->write("child"); },
+              [&] { transport->close(); },
+          }) == 0);
+    transport->write("parent");
+    transport->close();
+    REQUIRE(run_until(reactor, [&] { return client.lost == 1 && events.lost == 1; }));
+    CHECK(*client.reason == std::error_code{});
+    CHECK(events.received == "parent");
+    REQUIRE(events.reasons.size() == 1);
+    CHECK(events.reasons[0] == std::error_code{});
+}
+
+TEST_CASE("write after close over TLS throws std::logic_error, with an empty queue and with queued bytes") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    const std::vector<std::byte> payload = muxio::net_test::pattern(std::size_t{4} * 1024 * 1024, 9);
+    for (const bool queued : {false, true}) {
+        CAPTURE(queued);
+        std::string refusal;
+        bool closed_at_once = false;
+        Events events;
+        Server server{reactor,
+                      [&](const SocketAddress& peer) {
+                          auto protocol = recording_factory(events, false)(peer);
+                          auto& recorder = static_cast<Recorder&>(*protocol);
+                          recorder.on_made = [&](Recorder& self) {
+                              if (queued) {
+                                  self.transport->write(payload);
+                              }
+                              self.transport->close();
+                              closed_at_once = self.transport->is_closed();
+                              refusal = refusal_of([&] { self.transport->write("late"); });
+                          };
+                          return protocol;
+                      },
+                      tls_server_options()};
+        const SocketAddress address = server.listen("127.0.0.1", 0);
+        auto body = [&]() -> Task<std::string> {
+            TlsStream client = co_await tls_client(reactor, address);
+            co_return co_await read_bytes(client, payload.size() + 1);  // to the close_notify
+        };
+        const std::string got = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
+        CHECK(got == (queued ? text_of(payload) : std::string{}));
+        CHECK(closed_at_once == !queued);
+        CHECK(refusal.find("Transport::write") != std::string::npos);
+        REQUIRE(run_until(reactor, [&] { return events.lost == 1; }));
+        CHECK(events.reasons[0] == std::error_code{});
+    }
+}
+
+TEST_CASE(
+    "Server::shutdown ends a TLS connection still waiting for its handshake at once, without a handshake timeout: "
+    "ECONNABORTED and no connection_made") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    ServerOptions options = tls_server_options();
+    options.transport.handshake_timeout = 0s;
+    Server server{reactor, recording_factory(events), options};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    const muxio::test::UniqueFd silent{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    REQUIRE(silent.get() >= 0);
+    REQUIRE(::connect(silent.get(), address.data(), address.size()) == 0);
+    REQUIRE(run_until(reactor, [&] { return server.connection_count() == 1; }));
+    reactor.run_once(0ms);  // the handshake began: the server waits for the ClientHello
+    bool drained = false;
+    server.shutdown([&] { drained = true; });
+    REQUIRE(run_until(
+        reactor, [&] { return drained; }, 5));
+    CHECK(server.connection_count() == 0);
+    CHECK(events.made == 0);
+    REQUIRE(events.reasons.size() == 1);
+    CHECK(events.reasons[0] == std::errc::connection_aborted);
+    std::array<char, 16> buffer{};
+    CHECK(::recv(silent.get(), buffer.data(), buffer.size(), 0) <= 0);  // the end of the stream (or a reset)
+}
+
+TEST_CASE(
+    "a TLS client that writes and closes at once ends the server's connection cleanly: the payload, eof_received "
+    "and an empty reason") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Events events;
+    Server server{reactor, recording_factory(events, false), tls_server_options()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    constexpr int rounds = 8;
+    for (int round = 1; round <= rounds; ++round) {
+        CAPTURE(round);
+        Recorder client;
+        client.on_made = [](Recorder& self) {
+            self.transport->write("payload");
+            self.transport->close();
+        };
+        std::unique_ptr<Transport> transport = Transport::connect(reactor, address, client, tls_client_options());
+        REQUIRE(run_until(reactor, [&] { return client.lost == 1 && events.lost == round; }));
+        CHECK(*client.reason == std::error_code{});
+        REQUIRE(events.reasons.size() == static_cast<std::size_t>(round));
+        CHECK(events.reasons.back() == std::error_code{});
+        CHECK(events.eofs == round);
+    }
+    std::string all;
+    for (int i = 0; i < rounds; ++i) {
+        all += "payload";
+    }
+    CHECK(events.received == all);
 }
