@@ -127,11 +127,14 @@ public:
     void set_refusal_handler(RefusalHandler handler) { refusal_ = std::move(handler); }
 
     /// Closes every listener (a Unix one removes its path); connections go on.
-    void stop_listening() noexcept;
+    /// From another thread while the reactor runs, or in a child forked
+    /// after it was made, this, close(), shutdown() and drain() throw
+    /// std::logic_error (the reactor's message) and change nothing.
+    void stop_listening();
     /// stop_listening(), then abort() every connection: each gets its
     /// connection_lost(ECONNABORTED) in the reactor's next iteration.
     /// Safe from inside a connection's callbacks.
-    void close() noexcept;
+    void close();
     /// stop_listening(), then close() every connection (what is queued is
     /// sent first); `drained` runs once the last connection is lost (at once
     /// if there is none). Replaces an earlier shutdown's callback.
@@ -173,6 +176,15 @@ private:
     static void reactor_closed(detail::CloseHook& hook) noexcept;
 
     Hook hook_;
+    // Refuses another thread and a forked child; nothing once the reactor
+    // closed (its close hooks end the connections).
+    void check_usable(std::string_view operation) const {
+        if (reactor_ != nullptr && !reactor_->is_closed()) {
+            reactor_->require_usable(operation);
+        }
+    }
+    void close_listeners() noexcept;
+
     Reactor* reactor_;
     ProtocolFactory factory_;
     ServerOptions options_;

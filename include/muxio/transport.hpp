@@ -241,6 +241,11 @@ struct TransportFrame {
 /// queue is sent, at abort(), at an error, when its reactor closes, or when
 /// the transport is destroyed. Destroying a transport ends the connection
 /// without calling the protocol (its owner knows); any callback may do it.
+/// Closing the descriptor behind the transport's back is a misuse the
+/// mechanisms see differently: poll and select report it, and the
+/// connection ends with EBADF; epoll drops the registration silently, and
+/// the transport hears nothing more until a write fails or a timer runs
+/// out (an idle timeout bounds it). Use close() or abort().
 ///
 /// Reactor closed first: the transport closes its descriptor and delivers
 /// connection_lost(ECANCELED) from inside Reactor::close(); it may then be

@@ -64,7 +64,7 @@ Server::Server(Reactor& reactor, ProtocolFactory factory, ServerOptions options)
 
 Server::~Server() {
     destroying_ = true;
-    stop_listening();
+    close_listeners();
     if (reactor_ != nullptr) {
         retry_.cancel();
     }
@@ -184,7 +184,12 @@ SocketAddress Server::add_listener(std::unique_ptr<Listener> listener) {
     return added.address;
 }
 
-void Server::stop_listening() noexcept {
+void Server::stop_listening() {
+    check_usable("Server::stop_listening");
+    close_listeners();
+}
+
+void Server::close_listeners() noexcept {
     for (auto& listener : listeners_) {
         if (listener->watched && reactor_ != nullptr) {
             try {
@@ -409,15 +414,17 @@ void Server::released(Connection& connection) noexcept {
     }
 }
 
-void Server::close() noexcept {
-    stop_listening();
+void Server::close() {
+    check_usable("Server::close");
+    close_listeners();
     for (Connection* connection = connections_; connection != nullptr; connection = connection->next) {
         connection->transport.abort();
     }
 }
 
 void Server::shutdown(std::function<void()> drained) {
-    stop_listening();
+    check_usable("Server::shutdown");
+    close_listeners();
     for (Connection* connection = connections_; connection != nullptr; connection = connection->next) {
         connection->transport.close();
     }
@@ -425,7 +432,8 @@ void Server::shutdown(std::function<void()> drained) {
 }
 
 void Server::drain(std::function<void()> drained) {
-    stop_listening();
+    check_usable("Server::drain");
+    close_listeners();
     drained_ = std::move(drained);
     shutting_down_ = true;
     if (count_ == 0) {

@@ -8,8 +8,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -278,6 +281,48 @@ TEST_CASE("a shortage of descriptors that comes and goes is warned of once per p
         CHECK(text.find("Too many open files") != std::string::npos);
         CHECK(text.find("Too many open files") == text.rfind("Too many open files"));
     }
+}
+
+TEST_CASE("stopping a server from another thread while the reactor runs throws std::logic_error and changes nothing") {
+    FdLeakCheck leak_check;
+    Reactor reactor;
+    Server server{reactor, echo_factory()};
+    const SocketAddress address = server.listen("127.0.0.1", 0);
+    UniqueFd client = connect_to(address);
+    REQUIRE(run_until(reactor, [&] { return server.connection_count() == 1; }));
+    const std::vector<std::function<void()>> calls = {[&] { server.stop_listening(); }, [&] { server.close(); },
+                                                      [&] { server.shutdown({}); }, [&] { server.drain({}); }};
+    std::vector<std::string> messages;
+    bool ran = false;
+    reactor.call_soon([&] {
+        // Joined inside the callback: the reactor is running all along.
+        std::thread other{[&] {
+            for (const auto& call : calls) {
+                try {
+                    call();
+                    messages.emplace_back("no throw");
+                } catch (const std::logic_error& refusal) {
+                    messages.emplace_back(refusal.what());
+                }
+            }
+        }};
+        other.join();
+        ran = true;
+    });
+    REQUIRE(run_until(reactor, [&] { return ran; }));
+    REQUIRE(messages.size() == calls.size());
+    for (const std::string& message : messages) {
+        CHECK(message.find("Server::") != std::string::npos);
+        CHECK(message.find("call_soon_threadsafe") != std::string::npos);
+    }
+    // Nothing changed: still listening, the connection still echoes.
+    CHECK(server.is_accepting());
+    write_all(client.get(), "still");
+    CHECK(read_reply(reactor, client.get(), 5) == "still");
+    UniqueFd second = connect_to(address);
+    REQUIRE(run_until(reactor, [&] { return server.connection_count() == 2; }));
+    server.close();
+    CHECK(at_end_of_stream(reactor, client.get()));
 }
 
 TEST_CASE("a connection over the limit gets the refusal handler's answer and is closed") {
