@@ -32,6 +32,8 @@ class Reactor;
 namespace detail {
 
 class FdWatch;
+class CompletionRing;
+struct ReactorCompletions;
 
 // A link in a reactor's list of close hooks. Whatever refers to a reactor and
 // must not outlive it unawares (a socket's readiness watch, a pending await,
@@ -670,6 +672,7 @@ private:
     friend class detail::FdWatch;
     TimerHandle schedule_timer(TimePoint when, Callback&& callback, Duration interval, std::string_view operation);
     friend class detail::CloseHook;
+    friend struct detail::ReactorCompletions;
     struct Impl;
 
     // Whether the calling thread may use the reactor now: it is the one
