@@ -26,8 +26,8 @@
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
-#include "reactor/reactor_impl.hpp"
 #include "reactor/completions.hpp"
+#include "reactor/reactor_impl.hpp"
 #include "selector/descriptor_table.hpp"
 
 namespace muxio {
