@@ -480,6 +480,10 @@ public:
             const Operation& watched = operations_[slot];
             return watched.generation != generation || !watched.in_kernel;
         });
+        // Its final completion waits for dispatch, which would only drop it.
+        if (find_operation(id) != nullptr && !operations_[slot].in_kernel) {
+            free_operation(slot);
+        }
     }
 
     std::span<const std::byte> buffer(std::uint16_t id, std::size_t length) const noexcept override {
