@@ -403,6 +403,7 @@ public:
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = buffer_group;
         io_uring_sqe_set_data64(sqe, id);
+        submit_now_if_polled();
         return id;
     }
 
@@ -412,6 +413,7 @@ public:
         io_uring_sqe* sqe = operation_sqe(id, "io_uring_submit(SEND)", fd);
         io_uring_prep_send(sqe, fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
         io_uring_sqe_set_data64(sqe, id);
+        submit_now_if_polled();
         return id;
     }
 
@@ -421,6 +423,7 @@ public:
         io_uring_sqe* sqe = operation_sqe(id, "io_uring_submit(ACCEPT)", fd);
         io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         io_uring_sqe_set_data64(sqe, id);
+        submit_now_if_polled();
         return id;
     }
 
@@ -448,6 +451,7 @@ public:
         io_uring_prep_cancel64(sqe, id, 0);
         io_uring_sqe_set_data64(sqe, ignored_data);
         operation->cancelled = true;
+        submit_now_if_polled();
     }
 
     void detach(OperationId id) noexcept override {
@@ -750,6 +754,14 @@ private:
             entry.token = old_token;
             queue_rearm(fd, entry);
             throw;
+        }
+    }
+
+    // See fileno(): a request queued between iterations would otherwise wait
+    // for a wait that nothing triggers. Best effort, as rearm_now_if_polled().
+    void submit_now_if_polled() noexcept {
+        if (keep_armed_) {
+            (void)io_uring_submit(&ring_);
         }
     }
 

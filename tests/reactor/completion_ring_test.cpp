@@ -1,5 +1,6 @@
 // The completion ring of an io_uring reactor, driven directly: what the
 // socket layer builds its completion path on.
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -310,4 +311,26 @@ TEST_CASE("closing a reactor with receives and a blocked send in flight ends the
     ring.detach_and_wait(sending);
     CHECK(ring.operations_in_flight() == 0);
     CHECK(seen.entries.empty());
+}
+
+TEST_CASE(
+    "an embedded reactor's descriptor polls readable for the completion of a receive started between iterations") {
+    if (!kernel_has_completions()) {
+        MESSAGE("the kernel lacks the completion path: nothing to test");
+        return;
+    }
+    FdLeakCheck leaks;
+    Reactor reactor{options_for("io_uring")};
+    const int embedded = reactor.embed_fd();
+    CompletionRing& ring = *ReactorCompletions::ring(reactor);
+    SocketPair pair;
+    Seen seen;
+    (void)ring.receive(pair.left.get(), seen.target(pair.left.get()));  // no iteration runs to submit it
+    muxio::test::write_all(pair.right.get(), "wake");
+    pollfd watched{embedded, POLLIN, 0};
+    REQUIRE(::poll(&watched, 1, 5000) == 1);
+    (void)reactor.run_once(0s);
+    REQUIRE(seen.entries.size() == 1);
+    CHECK(bytes_of(ring, seen.entries[0]) == "wake");
+    ring.recycle(CompletionRing::buffer_id(seen.entries[0].flags));
 }
