@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -473,4 +474,48 @@ TEST_CASE("a completion receiver released with a receive in flight and bytes que
         (void)reactor.run_once(0s);
     }
     CHECK(owner.notified == notified);
+}
+
+TEST_CASE("completion targets may start operations while the ring dispatches, however far its tables grow") {
+    if (!kernel_has_completions()) {
+        MESSAGE("the kernel lacks the completion path: nothing to test");
+        return;
+    }
+    FdLeakCheck leaks;
+    Reactor reactor{options_for("io_uring")};
+    CompletionRing& ring = *ReactorCompletions::ring(reactor);
+    SocketPair pair;
+    struct Spawner {
+        CompletionRing* ring;
+        int fd;
+        int completed = 0;
+        int started = 0;
+        std::array<std::byte, 1> byte{};
+        static void done(void* context, std::int32_t result, std::uint32_t /*flags*/) {
+            auto& self = *static_cast<Spawner*>(context);
+            CHECK(result == 1);
+            ++self.completed;
+            // Each completion starts three more, up to a few thousand: the
+            // slot table and the completion queues grow during dispatch.
+            for (int more = 0; more < 3 && self.started < 3000; ++more) {
+                self.start();
+            }
+        }
+        void start() {
+            ++started;
+            (void)ring->send(fd, byte, {&Spawner::done, this, fd});
+        }
+    } spawner{&ring, pair.left.get()};
+    spawner.start();
+    int drained = 0;
+    run_until(
+        reactor,
+        [&] {
+            drained += static_cast<int>(muxio::test::drain(pair.right.get()));
+            return spawner.completed == spawner.started && spawner.started >= 3000;
+        },
+        100'000);
+    drained += static_cast<int>(muxio::test::drain(pair.right.get()));
+    CHECK(drained == spawner.started);
+    CHECK(ring.operations_in_flight() == 0);
 }
