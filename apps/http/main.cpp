@@ -16,6 +16,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <optional>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <CLI/CLI.hpp>
 
 #include "handler.hpp"
@@ -215,15 +217,20 @@ int run(int argc, char** argv) {
     }
 
     muxio::http::ServerStats stats;
+    std::vector<std::uint64_t> accepted_per_thread;
     for (const auto& server : servers) {
         const muxio::http::ServerStats one = server->stats();
         stats.accepted += one.accepted;
         stats.requests += one.requests;
         stats.handshake_failures += one.handshake_failures;
         stats.handshake_timeouts += one.handshake_timeouts;
+        accepted_per_thread.push_back(one.accepted);
     }
     servers.clear();
     muxio::logger().info("muxio-http: stopped after {} connection(s), {} request(s)", stats.accepted, stats.requests);
+    if (threads > 1) {
+        muxio::logger().info("muxio-http: connections accepted per thread: {}", fmt::join(accepted_per_thread, " "));
+    }
     if (!config.tls_certificate_file.empty()) {
         muxio::logger().info("muxio-http: {} TLS handshake(s) failed, {} ran out of time", stats.handshake_failures,
                              stats.handshake_timeouts);

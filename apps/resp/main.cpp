@@ -104,7 +104,12 @@ int run(int argc, char** argv) {
     app.add_option("--log-level", log_level, "stderr logging: trace, debug, info, warn, error, critical, off")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
         ->capture_default_str();
-    CLI11_PARSE(app, argc, argv);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& error) {
+        // --help is 0; a bad command line is 2, as for the other apps.
+        return app.exit(error) == 0 ? 0 : 2;
+    }
 
     options.output_soft_time = std::chrono::seconds{soft_seconds};
     if (const std::string problem = resp::check_options(options); !problem.empty()) {

@@ -105,8 +105,11 @@ public:
     /// (Reactor::add_signal_handler, so the rules of one reactor per signal
     /// apply) records the signal (stopped_by_signal()) and calls
     /// stop_threadsafe(). Call it before run(), or on reactor 0's thread.
-    /// The handlers stay until the reactors close. What add_signal_handler()
-    /// throws.
+    /// Called before run(), the group's other threads start with these
+    /// signals blocked, so the kernel delivers them to reactor 0's thread
+    /// (the one that calls run()) and no other thread's system calls are
+    /// interrupted by them. The handlers stay until the reactors close. What
+    /// add_signal_handler() throws.
     void stop_on_signals(std::initializer_list<int> signals);
     /// The first signal that stop_on_signals() saw, or 0.
     [[nodiscard]] int stopped_by_signal() const noexcept { return stop_signal_.load(std::memory_order_acquire); }
@@ -133,6 +136,7 @@ private:
     std::atomic<bool> ran_{false};
     std::atomic<bool> stop_requested_{false};
     std::atomic<int> stop_signal_{0};
+    std::vector<int> stop_signals_;  // blocked in the threads run() starts
 
     // Setups run one at a time in index order; then every reactor runs.
     std::mutex mutex_;

@@ -2,6 +2,9 @@
 // every reactor runs; stopping goes through each reactor's own queue.
 #include "muxio/reactor_group.hpp"
 
+#include <pthread.h>
+
+#include <csignal>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -60,6 +63,7 @@ void ReactorGroup::stop_on_signals(std::initializer_list<int> signals) {
             stop_signal_.compare_exchange_strong(none, signo, std::memory_order_acq_rel);
             stop_threadsafe();
         });
+        stop_signals_.push_back(signo);
     }
 }
 
@@ -81,11 +85,21 @@ void ReactorGroup::run(const Setup& setup) {
         // be started, they are told the setups failed, and end.
         std::vector<std::jthread> threads;
         threads.reserve(reactors_.size() - 1);
+        // A thread starts with its creator's signal mask.
+        sigset_t blocked;
+        sigset_t previous;
+        sigemptyset(&blocked);
+        for (const int signo : stop_signals_) {
+            sigaddset(&blocked, signo);
+        }
+        ::pthread_sigmask(SIG_BLOCK, &blocked, &previous);
         try {
             for (std::size_t i = 1; i < reactors_.size(); ++i) {
                 threads.emplace_back([this, i, &setup] { thread_main(i, setup); });
             }
+            ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
         } catch (...) {
+            ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
             fail(std::current_exception());
             {
                 std::lock_guard lock{mutex_};

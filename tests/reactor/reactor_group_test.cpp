@@ -4,6 +4,7 @@
 // these under TSan too (the tsan preset): a callback that ran on the wrong
 // thread touches a plain variable of another thread there.
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -494,11 +495,17 @@ TEST_CASE("stop_on_signals stops every reactor of a group when the signal comes 
     group.stop_on_signals({SIGUSR1, SIGUSR2});
     CHECK(group.stopped_by_signal() == 0);
     std::array<int, 2> stops{};
+    const pthread_t reactor_0_thread = ::pthread_self();  // run() runs reactor 0 here
     group.run([&](Reactor& reactor, std::size_t index) -> ReactorGroup::StopCallback {
         watchdogs.arm(reactor, index);
         if (index == 1) {
-            // From reactor 1's thread, once it runs: the handler is reactor 0's.
-            reactor.call_soon([] { REQUIRE(::kill(::getpid(), SIGUSR2) == 0); });
+            // Sent from reactor 1's thread to reactor 0's: a kill() of the
+            // process could land on a thread outside the group (a sanitizer's
+            // own), as reactor 1's blocks it.
+            reactor.call_soon([reactor_0_thread] { REQUIRE(::pthread_kill(reactor_0_thread, SIGUSR2) == 0); });
+            sigset_t mask;
+            REQUIRE(::pthread_sigmask(SIG_BLOCK, nullptr, &mask) == 0);
+            CHECK(sigismember(&mask, SIGUSR2) == 1);
         }
         return [&reactor, &stops, index] {
             ++stops[index];
