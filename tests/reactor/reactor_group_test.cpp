@@ -192,8 +192,11 @@ TEST_CASE(
     std::array<std::thread::id, count> stop_threads{};     // likewise
     std::array<std::thread::id, count> destroy_threads{};  // likewise
     struct OnDestroy {
-        std::thread::id* where;
+        explicit OnDestroy(std::thread::id* where_to) : where{where_to} {}
+        OnDestroy(const OnDestroy&) = delete;
+        OnDestroy& operator=(const OnDestroy&) = delete;
         ~OnDestroy() { *where = std::this_thread::get_id(); }
+        std::thread::id* where;
     };
     group.run([&](Reactor& reactor, std::size_t index) -> ReactorGroup::StopCallback {
         CHECK(&reactor == &group.reactor(index));
@@ -380,6 +383,9 @@ TEST_CASE("a setup that throws on reactor 1 makes run rethrow it, with no reacto
     std::thread::id destroyed_on;
     std::thread::id setup_0_on;
     struct OnDestroy {
+        OnDestroy(std::atomic<bool>* flag_to_set, std::thread::id* where_to) : flag{flag_to_set}, where{where_to} {}
+        OnDestroy(const OnDestroy&) = delete;
+        OnDestroy& operator=(const OnDestroy&) = delete;
         std::atomic<bool>* flag;
         std::thread::id* where;
         ~OnDestroy() {
