@@ -30,6 +30,10 @@ import subprocess
 import sys
 import tempfile
 
+# perf's counts over a run, per message: every system call, and the waits and
+# context switches among them.
+PERF_EVENTS = "raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,context-switches"
+
 
 def server_cpu_ns(pid):
     total = 0
@@ -39,7 +43,7 @@ def server_cpu_ns(pid):
     return total
 
 
-def one_run(args, threads):
+def one_run(args, threads, perf=False):
     server = subprocess.Popen([os.path.join(args.build_dir, "apps", "muxio-echo"), "--port", "0", "--threads",
                                str(threads)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
@@ -49,10 +53,18 @@ def one_run(args, threads):
             command = [os.path.join(args.build_dir, "apps", "muxio-loadgen"), "--port", port, "-c",
                        str(args.connections), "-s", "64", "-n", str(args.messages), "-d", "600", "--progress",
                        "never", "--json", result.name]
+            counter = None
+            if perf:  # counts every thread of the server; slows it, so no CPU figure from this run
+                counter = subprocess.Popen(["perf", "stat", "-x", ",", "-e", PERF_EVENTS, "-p", str(server.pid)],
+                                           stderr=subprocess.PIPE, text=True)
             before = server_cpu_ns(server.pid)
             client = subprocess.Popen(command, stdout=subprocess.DEVNULL)
             _, status, usage = os.wait4(client.pid, 0)
             after = server_cpu_ns(server.pid)
+            if counter is not None:
+                counter.send_signal(signal.SIGINT)
+                counts = {fields[2]: fields[0] for fields in (line.split(",") for line in counter.communicate()[1]
+                                                              .splitlines()) if len(fields) > 2}
             if status != 0:
                 raise RuntimeError(f"muxio-loadgen failed: {status}")
             report = json.load(open(result.name))
@@ -63,8 +75,13 @@ def one_run(args, threads):
     if report["errors"] or report["mismatches"] or messages != args.connections * args.messages:
         raise RuntimeError(f"bad run: {report}")
     client_ns = (usage.ru_utime + usage.ru_stime) * 1e9
-    return dict(server_ns=(after - before) / messages, rate=report["messages_per_second"],
-                client_ns=client_ns / messages)
+    result = dict(server_ns=(after - before) / messages, rate=report["messages_per_second"],
+                  client_ns=client_ns / messages)
+    if perf:
+        for event in PERF_EVENTS.split(","):
+            value = counts.get(event, "")
+            result[event] = int(value) / messages if value.isdigit() else float("nan")
+    return result
 
 
 def main():
@@ -74,6 +91,9 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--messages", type=int, default=3000, help="messages per connection")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--perf", action="store_true",
+                        help="then one run per thread count under perf stat: system calls, epoll_waits and context "
+                             "switches per message (needs root or perf_event_paranoid -1)")
     args = parser.parse_args()
     counts = [int(t) for t in args.threads.split(",")]
     results = {t: [] for t in counts}
@@ -99,6 +119,12 @@ def main():
             ratios = sorted(r["server_ns"] / b["server_ns"] for r, b in zip(results[threads], base))
             print(f"\nserver CPU per message, {threads} threads ÷ {counts[0]} (per round): median "
                   f"{statistics.median(ratios):.3f}, range [{ratios[0]:.3f}, {ratios[-1]:.3f}]")
+    if args.perf:
+        print("\n| --threads | system calls/msg | epoll_wait/msg | context switches/msg |")
+        print("|---:|---:|---:|---:|")
+        for threads in counts:
+            run = one_run(args, threads, perf=True)
+            print(f"| {threads} | " + " | ".join(f"{run[e]:.3f}" for e in PERF_EVENTS.split(",")) + " |")
     return 0
 
 
