@@ -276,10 +276,10 @@ class Runner:
                 if probe.connect_ex(("127.0.0.1", self.port)) != 0:
                     return self.port
 
-    def start(self, command, cpu=None):
+    def start(self, command, cpu=None, name=None):
         log = open(os.path.join(self.tmp, "server.log"), "w")
         process = subprocess.Popen(["taskset", "-c", str(self.args.server_cpu if cpu is None else cpu)] + command,
-                                   stdout=log, stderr=subprocess.STDOUT)
+                                   stdout=log, stderr=subprocess.STDOUT, env=server_env(name))
         log.close()
         self.servers.append(process)
         return process
@@ -350,8 +350,17 @@ def vmhwm_kb(pid):
         return None
 
 
+def server_env(name):
+    """The environment of a server: a name ending in @SELECTOR (muxio-echo@io_uring) runs a muxio server with
+    MUXIO_SELECTOR set, which on io_uring puts its sockets on the completion path."""
+    if not name or "@" not in name:
+        return None
+    return dict(os.environ, MUXIO_SELECTOR=name.split("@", 1)[1])
+
+
 def server_command(runner, name, mode, port, build=None):
-    """The command line of a server by name ("muxio", "muxio-http", ...)."""
+    """The command line of a server by name ("muxio", "muxio-http", ...; see server_env() for name@selector)."""
+    name = name.split("@", 1)[0]
     if os.path.isfile(build or ""):  # a program copied aside, for A/B
         options = ["--mode", mode] + variant_of(name) if name in PROGRAMS else ["--bind", "127.0.0.1"]
         return [build, "--port", str(port)] + options
@@ -400,7 +409,7 @@ http {
 def run_echo(runner, job, build=None, perf=False):
     args = runner.args
     port = runner.next_port()
-    server = runner.start(server_command(runner, job["server"], "echo", port, build))
+    server = runner.start(server_command(runner, job["server"], "echo", port, build), name=job["server"])
     command = [runner.program("echo-client"), "--port", str(port), "--connections", str(job["connections"]),
                "--size", str(job["size"]), "--warmup", str(args.warmup), "--duration", str(args.duration),
                "--server-pid", str(server.pid), "--idle", str(job.get("idle", 0))]
@@ -466,7 +475,7 @@ def count_syscalls(runner, job, port, pid):
 def run_http(runner, job, build=None):
     args = runner.args
     port = runner.next_port()
-    server = runner.start(server_command(runner, job["server"], "http", port, build))
+    server = runner.start(server_command(runner, job["server"], "http", port, build), name=job["server"])
     try:
         if not runner.wait_listening(server, port):
             return []
@@ -497,7 +506,7 @@ def run_http(runner, job, build=None):
 def run_resp(runner, job, build=None):
     args = runner.args
     port = runner.next_port()
-    server = runner.start(server_command(runner, job["server"], "resp", port, build))
+    server = runner.start(server_command(runner, job["server"], "resp", port, build), name=job["server"])
     rows = []
     try:
         if not runner.wait_listening(server, port):
@@ -558,7 +567,7 @@ def run_callgrind(runner, job):
     port = runner.next_port()
     out_file = os.path.join(runner.tmp, f"callgrind.{job['server']}.{job['connections']}")
     server = runner.start(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out_file]
-                          + server_command(runner, job["server"], "echo", port))
+                          + server_command(runner, job["server"], "echo", port), name=job["server"])
     try:
         client = [runner.program("echo-client"), "--port", str(port), "--connections", str(job["connections"]),
                   "--warmup", "0"]

@@ -32,6 +32,8 @@ class Reactor;
 namespace detail {
 
 class FdWatch;
+class CompletionRing;
+struct ReactorCompletions;
 
 // A link in a reactor's list of close hooks. Whatever refers to a reactor and
 // must not outlive it unawares (a socket's readiness watch, a pending await,
@@ -652,8 +654,8 @@ public:
     /// at the next of those). A deadline already due makes it readable at
     /// once; TimePoint::max() never does.
     [[nodiscard]] int embed_fd();
-    /// How long until the reactor has work: zero if callbacks are queued or a
-    /// timer is due, the time to the nearest timer (Duration::max() if it is
+    /// How long until the reactor has work: zero if callbacks are queued, a
+    /// timer is due or socket completions wait to be dispatched, the time to the nearest timer (Duration::max() if it is
     /// further than that), or nullopt if nothing is scheduled or the reactor
     /// is closed.
     [[nodiscard]] std::optional<Duration> time_to_next_work() const;
@@ -670,6 +672,7 @@ private:
     friend class detail::FdWatch;
     TimerHandle schedule_timer(TimePoint when, Callback&& callback, Duration interval, std::string_view operation);
     friend class detail::CloseHook;
+    friend struct detail::ReactorCompletions;
     struct Impl;
 
     // Whether the calling thread may use the reactor now: it is the one

@@ -16,6 +16,7 @@
 
 #include "muxio/error.hpp"
 #include "reactor/reactor_impl.hpp"
+#include "selector/completion_ring.hpp"
 #include "selector/descriptor_table.hpp"
 
 namespace muxio {
@@ -98,7 +99,7 @@ std::optional<Reactor::Duration> Reactor::time_to_next_work() const {
     if (closed_) {
         return std::nullopt;
     }
-    if (!soon_.queue.empty()) {
+    if (!soon_.queue.empty() || (impl_->completions != nullptr && impl_->completions->has_completions())) {
         return Duration::zero();
     }
     if (const auto deadline = impl_->scheduler.next_deadline()) {

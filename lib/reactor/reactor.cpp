@@ -26,6 +26,7 @@
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 #include "muxio/selectors.hpp"
+#include "reactor/completions.hpp"
 #include "reactor/reactor_impl.hpp"
 #include "selector/descriptor_table.hpp"
 
@@ -114,6 +115,7 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     impl_->clock = std::move(options.clock);
     fork_generation_ = current_fork_generation(&Reactor::after_fork_in_child);
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
+    impl_->completions = poller->completion_ring();
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
     detail::OwnedFd wake{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
     if (!wake.valid()) {
@@ -352,6 +354,9 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
             ran += dispatch_io<Timed>(entry.token, entry.events);
         }
     }
+    if (impl.completions != nullptr) {
+        ran += detail::ReactorCompletions::dispatch(*this, *impl.completions);
+    }
     // A few timers ahead are fetched while one runs: in a large heap each
     // one's record and callback are a cache miss, and the order is known.
     constexpr std::size_t prefetch_distance = 4;
@@ -375,6 +380,21 @@ void Reactor::run_iteration(std::optional<Duration> timeout, std::size_t& ran) {
     }
     detail::LoopMetrics::add(impl.metrics.iterations, std::uint64_t{1});
     detail::LoopMetrics::add(impl.metrics.callbacks_run, static_cast<std::uint64_t>(ran - ran_before));
+}
+
+detail::CompletionRing* detail::ReactorCompletions::ring(Reactor& reactor) noexcept {
+    return reactor.closed_ || reactor.forked_away() ? nullptr : reactor.impl_->completions;
+}
+
+std::size_t detail::ReactorCompletions::dispatch(Reactor& reactor, CompletionRing& ring) {
+    return ring.dispatch(
+        [](void* owner, std::exception_ptr error, int fd) {
+            auto& target = *static_cast<Reactor*>(owner);
+            target.impl_->running_fd = fd;
+            target.report(std::move(error), CallbackKind::reader);
+            target.impl_->running_fd = -1;
+        },
+        &reactor);
 }
 
 CallbackOrigin Reactor::origin_of(CallbackKind kind) const noexcept {

@@ -113,6 +113,9 @@ struct Reactor::Impl {
 
     std::function<TimePoint()> clock;
     std::unique_ptr<BaseSelector<FdHandlers>> selector;
+    // The selector's poller's completion ring, when it has one (io_uring):
+    // its completions are dispatched after the ready descriptors'.
+    detail::CompletionRing* completions = nullptr;
     // Timers only; call_soon() callbacks wait in Reactor::soon_.
     detail::Scheduler scheduler;
     // The batch an iteration runs: soon_ as it was when the iteration began.

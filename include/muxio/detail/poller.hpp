@@ -54,6 +54,8 @@ struct timeval;
 
 namespace muxio::detail {
 
+class CompletionRing;
+
 /// How long to wait: nullopt blocks, zero or negative polls, positive waits
 /// at least that long.
 using Timeout = std::optional<std::chrono::nanoseconds>;
@@ -82,6 +84,10 @@ public:
     [[nodiscard]] virtual std::string_view name() const noexcept = 0;
     /// The kernel object owned, or -1 (see the contract above).
     [[nodiscard]] virtual int fileno() const noexcept { return -1; }
+    /// The socket operations this mechanism can run as completions on the
+    /// ring it waits on (io_uring), or nullptr: sockets then use readiness.
+    /// Completions reaped by wait() end it like ready descriptors do.
+    [[nodiscard]] virtual CompletionRing* completion_ring() noexcept { return nullptr; }
 
     /// Starts watching `fd` for `events`. Throws std::system_error when the
     /// kernel refuses (the message names the call and fd) and
