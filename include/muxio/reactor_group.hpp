@@ -40,9 +40,9 @@ namespace muxio {
 ///    send what is queued first, wait for requests to finish) happens on its
 ///    own thread, in its own reactor.
 /// 4. run() returns once every reactor has stopped. A reactor whose run()
-///    returns by itself (its own code called stop()) asks the others to stop
-///    as stop_threadsafe() does, so that run() does not wait forever on the
-///    rest. Each stop callback is destroyed on its reactor's thread after
+///    returns by itself (its own code called stop()) before any stop was
+///    asked for asks the others to stop as stop_threadsafe() does, so that
+///    run() does not wait forever on the rest. Each stop callback is destroyed on its reactor's thread after
 ///    that reactor's run() returned, so it may own what setup made there.
 ///
 /// Errors: the first exception that a setup, a reactor's run() or a stop
