@@ -68,7 +68,7 @@ public:
     /// Makes `threads` reactors, each with `options`. std::invalid_argument
     /// for zero threads; what Reactor's constructor throws (the kernel
     /// refuses the selector or a descriptor).
-    explicit ReactorGroup(std::size_t threads, ReactorOptions options = {});
+    explicit ReactorGroup(std::size_t threads, const ReactorOptions& options = {});
     /// Closes the reactors. Must not be destroyed while run() runs.
     ~ReactorGroup();
     ReactorGroup(const ReactorGroup&) = delete;

@@ -13,7 +13,7 @@
 
 namespace muxio {
 
-ReactorGroup::ReactorGroup(std::size_t threads, ReactorOptions options) {
+ReactorGroup::ReactorGroup(std::size_t threads, const ReactorOptions& options) {
     if (threads == 0) {
         throw std::invalid_argument("ReactorGroup: needs at least one thread");
     }
