@@ -550,3 +550,23 @@ TEST_CASE("completion targets may start operations while the ring dispatches, ho
     CHECK(drained == spawner.started);
     CHECK(ring.operations_in_flight() == 0);
 }
+
+TEST_CASE(
+    "probing the kernel's completion operations leaves no signal on the calling thread: a blocking receive there "
+    "is not interrupted") {
+    FdLeakCheck leaks;
+    (void)muxio::detail::probe_completion_features_on_own_thread();
+    // The probing ring's teardown reaches its submitters some milliseconds
+    // later: a receive blocked well past that would fail with EINTR if this
+    // thread had been one of them.
+    int pair[2] = {-1, -1};
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+    const muxio::test::UniqueFd silent{pair[0]};
+    const muxio::test::UniqueFd peer{pair[1]};
+    const timeval timeout{0, 300'000};
+    REQUIRE(::setsockopt(silent.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) == 0);
+    char byte = 0;
+    errno = 0;
+    CHECK(::recv(silent.get(), &byte, 1, 0) == -1);
+    CHECK(errno == EAGAIN);
+}
