@@ -431,7 +431,19 @@ public:
         const OperationId id = start_operation(target);
         operations_[slot_of(id)].in_kernel = false;
         --in_kernel_;
-        buffer_waiters_.push_back(id);
+        if (buffers_held_ < buffer_count) {
+            // Buffers came back since the kernel found the ring dry (the
+            // receive's -ENOBUFS was reaped before their recycle): no later
+            // recycle may come to wake this waiter, so it runs at once.
+            try {
+                completed_.push_back({id, 0, 0});
+            } catch (...) {
+                free_operation(slot_of(id));
+                throw;
+            }
+        } else {
+            buffer_waiters_.push_back(id);
+        }
         return id;
     }
 
@@ -500,6 +512,9 @@ public:
         }
         io_uring_buf_ring_add(buffers_, buffer_storage_.get() + std::size_t{id} * buffer_size, buffer_size, id,
                               io_uring_buf_ring_mask(buffer_count), static_cast<int>(buffers_returned_++));
+        if (buffers_held_ > 0) {
+            --buffers_held_;
+        }
         if (!buffer_waiters_.empty()) {
             // Within the capacity reserve_completions() keeps for them.
             for (const OperationId waiter : buffer_waiters_) {
@@ -833,6 +848,9 @@ private:
                 if (watch && data == *watch) {
                     watched = cqe->res;
                 } else if ((data & (control_bit | operation_bit)) == operation_bit) {
+                    if (has_buffer(cqe->flags)) {
+                        ++buffers_held_;  // out of the ring until recycle()
+                    }
                     record_completion(data, cqe->res, cqe->flags);
                 } else if ((data & control_bit) == 0) {
                     complete(static_cast<int>(data & 0xffff'ffffU), static_cast<std::uint32_t>(data >> 32U), cqe->res,
@@ -1047,6 +1065,7 @@ private:
             operation.in_kernel = false;
         }
         in_kernel_ = 0;
+        buffers_held_ = 0;
         completed_.clear();
         buffer_waiters_.clear();
     }
@@ -1062,6 +1081,7 @@ private:
     io_uring_buf_ring* buffers_ = nullptr;
     std::unique_ptr<std::byte[]> buffer_storage_;
     unsigned buffers_returned_ = 0;  // recycled since the last publish_buffers()
+    unsigned buffers_held_ = 0;      // filled by the kernel and not recycled yet
 
     io_uring ring_{};
     bool open_ = false;
