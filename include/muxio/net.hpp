@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -172,6 +173,7 @@ class BufferedReader;
 namespace detail {
 
 class BufferedIo;
+class StreamCompletions;
 
 // One read or write of a StreamSocket, awaited without a coroutine frame of
 // its own: it lives in the awaiting coroutine's frame (or in a Task made from
@@ -185,6 +187,13 @@ class BufferedIo;
 // the head ends: then the next one replaces its parked wait by the watch's
 // write wait, or, when it has to end without writing (a failed or closed
 // socket, a stop already requested), is resumed in the next iteration.
+//
+// On a reactor with a completion ring (io_uring, lib/net/stream.cpp) the
+// operation runs on the ring instead (on_ring_): a read takes the bytes the
+// stream's multishot receive queued, waiting for the receive's notification
+// when none are; the head of the write queue submits a send of the caller's
+// buffer and resumes on its completion. A stop request then cancels the
+// send and resumes only once its final completion came.
 class StreamIo {
 public:
     enum class Op : std::uint8_t { read_some, read_exact, write_some, write_all };
@@ -204,6 +213,9 @@ public:
     StreamIo(const StreamIo&) = delete;
     StreamIo& operator=(const StreamIo&) = delete;
     ~StreamIo() {
+        if (on_ring_) [[unlikely]] {
+            leave_ring();  // first: the kernel may still read the buffer
+        }
         if (armed_) {
             wait_.destroy();
         }
@@ -217,6 +229,14 @@ public:
     bool await_ready();
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        if (on_ring_) {
+            handle_ = awaiter.address();
+            ambient_ = ambient_stop_token(awaiter);
+            if (queued_ && !is_head()) {
+                return wait_in_queue().await_suspend(awaiter);
+            }
+            return start_on_ring();
+        }
         if (queued_) {
             handle_ = awaiter.address();
             resume_as_head_ = &suspend_on_watch<Promise>;
@@ -229,6 +249,9 @@ public:
     }
     // The bytes moved; throws what the operation ended with.
     std::size_t await_resume() {
+        if (on_ring_) {
+            return finish_on_ring();
+        }
         if (queued_ || failure_ || ended_in_queue_) [[unlikely]] {
             return finish_queued();
         }
@@ -268,6 +291,37 @@ private:
     bool attempt() noexcept;
     static bool attempt_on_ready(void* self) noexcept { return static_cast<StreamIo*>(self)->attempt(); }
 
+    // The completion path (see the class comment).
+    friend class StreamCompletions;
+    struct RingStop {
+        StreamIo* io;
+        void operator()() const noexcept { io->on_ring_stop(); }
+    };
+    // await_ready() on the ring: true when the operation is over at once.
+    bool ready_on_ring(StreamCompletions& completions);
+    // Takes queued bytes: true once the read is over.
+    bool read_from_ring() noexcept;
+    // The reader waits for bytes, or the head submits its send. False when
+    // a stop was requested already (nothing started: it ends Cancelled).
+    bool start_on_ring();
+    // The head of the queue submits its send (after the writes before it).
+    static bool start_on_ring_as_head(StreamIo& self);
+    void submit_send();
+    static void on_sent(void* context, std::int32_t result, std::uint32_t flags);
+    // The receive queued bytes or ended, and this read waits.
+    void on_ring_data() noexcept;
+    void resume_from_ring() noexcept;
+    std::size_t finish_on_ring();
+    void listen_for_ring_stop();
+    void stop_listening_on_ring() noexcept;
+    // A stop callback: posts on_ring_stop_posted() to the loop (any thread).
+    void on_ring_stop() noexcept;
+    void on_ring_stop_posted() noexcept;
+    // No completion will resume this operation any more (its frame goes,
+    // the socket closes, or the reactor does): detaches what is in flight,
+    // waiting for a send's end so that the kernel is done with the buffer.
+    void leave_ring() noexcept;
+
     // What an attempt reads and writes in the first 64 bytes (see
     // ReactorWait's members): the frame is cold when the fd turns ready.
     StreamSocket* socket_;
@@ -288,6 +342,20 @@ private:
     bool (*resume_as_head_)(StreamIo& self) = nullptr;
     std::exception_ptr failure_;  // what end_from_queue() ended it with
     ManualLifetime<ReactorWait> wait_;
+
+    // The completion path's state; untouched by the readiness path.
+    bool on_ring_ = false;             // the operation runs on the completion ring
+    bool ring_waiting_ = false;        // the reader waits, or the head's send is in flight
+    bool ring_cancelling_ = false;     // a stop request asked the send to end early
+    bool ring_cancelled_ = false;      // it ended by a stop request
+    bool token_stop_alive_ = false;    // on_token_stop_ is alive
+    bool ambient_stop_alive_ = false;  // on_ambient_stop_ is alive
+    std::atomic<bool> ring_stop_seen_{false};
+    std::uint64_t operation_ = 0;        // the send in flight (a CompletionRing's id)
+    std::stop_token ambient_;            // the awaiting task's
+    std::shared_ptr<bool> stop_posted_;  // *stop_posted_: the posted stop may still run
+    ManualLifetime<std::stop_callback<RingStop>> on_token_stop_;
+    ManualLifetime<std::stop_callback<RingStop>> on_ambient_stop_;
 };
 
 }  // namespace detail
@@ -583,16 +651,30 @@ private:
     // Queued writes end: the head with the watch's release, the others in
     // the next iteration, all with muxio::Cancelled.
     void end_queued_writes() noexcept;
+    // The completion path ends (close, release): a send in flight is
+    // detached and waited for, a pending read ends with Cancelled in the
+    // next iteration, the receive stops and its queued bytes are dropped.
+    void end_completions() noexcept;
+
+    // Makes the completion path's state on the first operation, or returns
+    // it; null (remembered in no_completions_) when the reactor has no
+    // completion ring. The fork error in a forked child.
+    detail::StreamCompletions* completions(std::string_view operation);
 
     // The last read_some()/read_exact() read less than it asked for, so the
     // socket was empty then: the next one waits for readiness before reading.
     // Next to the socket's watch, which a read touches anyway.
     bool drained_ = false;
+    // The reactor has no completion ring: reads and writes use readiness.
+    bool no_completions_ = false;
     // errno of the write that broke the write side (ECANCELED: one cancelled
     // part-way through); every later write fails with it.
     int write_error_ = 0;
     detail::StreamIo* write_head_ = nullptr;  // the write queue, oldest first
     detail::StreamIo* write_tail_ = nullptr;
+    // The completion path's receive and its pending read, made by the first
+    // operation on a reactor with a completion ring; null otherwise.
+    detail::StreamCompletions* completions_ = nullptr;
     SocketAddress peer_;
 };
 
