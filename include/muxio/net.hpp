@@ -174,6 +174,12 @@ namespace detail {
 
 class BufferedIo;
 class StreamCompletions;
+// A listener's multishot accept on the completion path (lib/net/listener.cpp).
+class AcceptQueue;
+struct AcceptQueueDeleter {
+    void operator()(AcceptQueue* queue) const noexcept;
+};
+using AcceptQueuePointer = std::unique_ptr<AcceptQueue, AcceptQueueDeleter>;
 
 // One read or write of a StreamSocket, awaited without a coroutine frame of
 // its own: it lives in the awaiting coroutine's frame (or in a Task made from
@@ -575,6 +581,21 @@ enum class ShutdownHow {
 ///   in the next iteration of the loop.
 /// - close() (or destruction, or release()) ends queued writes with
 ///   muxio::Cancelled.
+///
+/// On a reactor whose selector is io_uring and whose kernel has the
+/// operations (unless MUXIO_COMPLETIONS=off is set), reads and writes run
+/// on the ring's completions instead of readiness, with the same results
+/// and errors: the first read starts a multishot receive whose bytes wait
+/// in the ring's buffers (at most 16 of 4 KiB per stream; the receive
+/// pauses beyond that) until a read takes them, and a write submits a send
+/// of the caller's buffer and resumes once the kernel is done with it,
+/// partial sends resubmitted. Neither makes a system call of its own: the
+/// requests go with the loop's next wait. A stop request cancels the send
+/// in flight and resumes only after its final completion; a pending read
+/// ends at once, the bytes staying queued for the next. Closing the stream
+/// (or destroying the awaiting frame) with a send in flight waits for the
+/// kernel to finish with the buffer. release() drops bytes received and
+/// not read yet.
 class StreamSocket : public Socket {
 public:
     /// Reads what is there, at most `buffer.size()` bytes, waiting until at
@@ -607,9 +628,14 @@ public:
         return write_all(std::as_bytes(std::span{text.data(), text.size()}), std::move(token));
     }
 
-    /// One recv(): bytes read (0 at the end of the stream), or nullopt (see Socket).
+    /// One recv(): bytes read (0 at the end of the stream), or nullopt (see
+    /// Socket). Once a read started the stream's receive on the completion
+    /// path (see the class comment), it takes the bytes the receive queued
+    /// instead, without a system call, and nullopt means none are queued yet.
     std::optional<std::size_t> try_read(std::span<std::byte> buffer, std::error_code& error) noexcept;
     /// One send() with MSG_NOSIGNAL: bytes written, or nullopt (see Socket).
+    /// A system call on the completion path too; it does not wait for the
+    /// queued writes, so it is meant for a stream with none pending.
     std::optional<std::size_t> try_write(std::span<const std::byte> buffer, std::error_code& error) noexcept;
 
     /// shutdown(2): ends the reading side, the writing side (the peer reads
@@ -1037,8 +1063,15 @@ public:
     Task<TcpStream> accept(std::error_code& error, std::stop_token token = {});
     /// One accept4(): for callback servers driven by Reactor::add_reader.
     /// EMFILE/ENFILE come back in `error`; retrying at once would spin, as
-    /// the connection stays queued.
+    /// the connection stays queued. Connections the completion path's
+    /// accept (see accept()) took already come first.
     std::optional<TcpStream> try_accept(std::error_code& error) noexcept;
+
+    /// Stops accepting (closing connections accepted and not handed out
+    /// yet), then closes as Socket::close() does.
+    void close() noexcept;
+    /// As Socket::release(), after stopping the accept as close() does.
+    [[nodiscard]] int release() noexcept;
 
     /// The bound address, with the port the kernel chose. No system call.
     [[nodiscard]] const SocketAddress& local_address() const noexcept { return local_; }
@@ -1050,6 +1083,9 @@ private:
     static std::optional<TcpListener> open(Reactor& reactor, const SocketAddress& address, const ListenOptions& options,
                                            std::error_code& error, std::string* failed);
     SocketAddress local_;
+    // On a reactor with a completion ring: the multishot accept and the
+    // connections it took, made by the first accept().
+    detail::AcceptQueuePointer accepted_;
 };
 
 /// How UnixListener::bind() sets up its socket.
@@ -1097,9 +1133,12 @@ public:
     /// As TcpListener::try_accept().
     std::optional<UnixStream> try_accept(std::error_code& error) noexcept;
 
-    /// Removes the path (see UnixListenOptions::unlink_on_close), then
-    /// closes as Socket::close() does.
+    /// Removes the path (see UnixListenOptions::unlink_on_close), stops
+    /// accepting as TcpListener::close() does, then closes as
+    /// Socket::close() does.
     void close() noexcept;
+    /// As TcpListener::release(); the path stays.
+    [[nodiscard]] int release() noexcept;
 
     /// The address bound to. No system call.
     [[nodiscard]] const SocketAddress& local_address() const noexcept { return local_; }
@@ -1119,6 +1158,7 @@ private:
     std::uint64_t inode_ = 0;
     pid_t creator_ = 0;
     bool owns_path_ = false;
+    detail::AcceptQueuePointer accepted_;  // as TcpListener's
 };
 
 /// How UdpSocket::bind() sets up its socket.

@@ -258,8 +258,14 @@ TEST_CASE_FIXTURE(Pair, "a stop from another thread racing with data resumes the
         racer.join();
         std::array<std::byte, 4> rest{};
         std::error_code error;
-        const std::optional<std::size_t> left_over = left.try_read(rest, error);
+        std::optional<std::size_t> left_over = left.try_read(rest, error);
         CHECK_FALSE(error);
+        if (got == -1 && !left_over && muxio::net_test::reads_on_completions(reactor)) {
+            // On the completion path the byte may still be on its way from
+            // the socket to the stream's receive queue: it comes, bounded.
+            auto read_rest = [&]() -> Task<std::size_t> { co_return co_await left.read_some(rest); };
+            left_over = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 10s, read_rest()));
+        }
         if (got == 1) {
             CHECK_FALSE(left_over.has_value());  // nothing more: it would block
         } else {
