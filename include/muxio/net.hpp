@@ -638,6 +638,12 @@ public:
     /// queued writes, so it is meant for a stream with none pending.
     std::optional<std::size_t> try_write(std::span<const std::byte> buffer, std::error_code& error) noexcept;
 
+    /// Whether this stream's reads and writes run on its reactor's completion
+    /// ring (see the class comment) rather than readiness: there a
+    /// try_write() costs a system call that write_all() would spare. False
+    /// for a closed stream.
+    [[nodiscard]] bool uses_completions() const noexcept;
+
     /// shutdown(2): ends the reading side, the writing side (the peer reads
     /// the end of the stream) or both. std::system_error on failure.
     void shutdown(ShutdownHow how = ShutdownHow::write);

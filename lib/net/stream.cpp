@@ -239,6 +239,16 @@ void StreamSocket::end_completions() noexcept {
     }
 }
 
+bool StreamSocket::uses_completions() const noexcept {
+    if (completions_ != nullptr) {
+        return completions_->usable_ring() != nullptr;
+    }
+    if (no_completions_ || !is_open()) {
+        return false;
+    }
+    return detail::ReactorCompletions::ring(reactor()) != nullptr;
+}
+
 detail::StreamCompletions* StreamSocket::completions(std::string_view operation) {
     if (completions_ != nullptr) [[likely]] {
         if (completions_->usable_ring() == nullptr) [[unlikely]] {
