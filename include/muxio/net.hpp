@@ -692,6 +692,8 @@ private:
     // it; null (remembered in no_completions_) when the reactor has no
     // completion ring. The fork error in a forked child.
     detail::StreamCompletions* completions(std::string_view operation);
+    // The completion path's receive was started (by a read of the stream itself).
+    [[nodiscard]] bool receiving_on_ring() const noexcept;
 
     // The last read_some()/read_exact() read less than it asked for, so the
     // socket was empty then: the next one waits for readiness before reading.
@@ -864,6 +866,11 @@ private:
 ///   longest line: a read loop over lines allocates nothing.
 /// - Each operation reads as much as the buffer holds, so a line read is
 ///   usually one recv() for several lines.
+/// - On the completion path (see StreamSocket) the reader reads the socket
+///   with system calls, on readiness, as elsewhere; a stream already read
+///   through its own read_some() or read_exact() there refuses a reader's
+///   operations (std::logic_error), since bytes its receive queued would
+///   be skipped.
 /// - Cancellation (muxio::Cancelled, as on the stream): read_until and
 ///   read_line lose nothing (what was read stays buffered for the next
 ///   call); read_exact has consumed what it stored in its buffer.

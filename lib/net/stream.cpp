@@ -239,6 +239,10 @@ void StreamSocket::end_completions() noexcept {
     }
 }
 
+bool StreamSocket::receiving_on_ring() const noexcept {
+    return completions_ != nullptr && completions_->receiver.wanted();
+}
+
 bool StreamSocket::uses_completions() const noexcept {
     if (completions_ != nullptr) {
         return completions_->usable_ring() != nullptr;

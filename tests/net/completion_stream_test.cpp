@@ -783,3 +783,33 @@ TEST_CASE("on io_uring connections the ring accepted and nobody took are closed 
     };
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
 }
+
+TEST_CASE("on io_uring a BufferedReader reads on readiness, and refuses a stream whose own reads run on the ring") {
+    if (!completions_available()) {
+        return;
+    }
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    Reactor reactor{uring()};
+    auto [left, right] = UnixStream::pair(reactor);
+    auto [other_left, other_right] = UnixStream::pair(reactor);
+    auto body = [&]() -> Task<void> {
+        co_await right.write_all(bytes("one\ntwo\n"));
+        muxio::BufferedReader lines{left};
+        CHECK(co_await lines.read_line(64) == std::optional<std::string_view>{"one"});
+        CHECK(co_await lines.read_line(64) == std::optional<std::string_view>{"two"});
+        // The stream read on its own first: its receive holds what follows.
+        co_await other_right.write_all(bytes("a\nb\n"));
+        std::array<std::byte, 2> first{};
+        co_await other_left.read_exact(first);
+        muxio::BufferedReader refused{other_left};
+        bool threw = false;
+        try {
+            (void)co_await refused.read_line(64);
+        } catch (const std::logic_error& error) {
+            threw = std::string{error.what()}.find("completion ring") != std::string::npos;
+        }
+        CHECK(threw);
+    };
+    muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
+}
