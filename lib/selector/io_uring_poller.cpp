@@ -144,6 +144,13 @@ CompletionFeatures probe_completion_features() noexcept {
         io_uring_buf_ring_advance(buffers, 1);
         const char byte = 'x';
         io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+        if (sqe == nullptr) {  // never for a fresh ring; -O3 cannot tell
+            io_uring_queue_exit(&ring);
+            ::munmap(buffers, sizeof(io_uring_buf));
+            ::close(pair[0]);
+            ::close(pair[1]);
+            return found;
+        }
         io_uring_prep_recv(sqe, pair[0], nullptr, 0, 0);
         sqe->ioprio |= IORING_RECV_MULTISHOT;
         sqe->flags |= IOSQE_BUFFER_SELECT;
