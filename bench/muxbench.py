@@ -681,7 +681,7 @@ def build(args):
             os.path.join(args.build_dir, "CMakeCache.txt")):
         subprocess.run(["cmake", "--preset", "bench"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     targets = ["bench-" + name for name in ("epoll", "uring", "muxio", "muxio-coro", "libuv", "libevent", "asio", "echo-client",
-                                            "select")] + ["muxio-http", "muxio-resp"]
+                                            "select")] + ["muxio-http", "muxio-resp", "muxio-echo"]
     subprocess.run(["cmake", "--build", args.build_dir, "-j2", "--target"] + targets, check=True,
                    stdout=subprocess.DEVNULL)
 

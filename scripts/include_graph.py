@@ -33,7 +33,7 @@ HEADER_LAYERS = {
     ],
     "selector": ["selector.hpp", "selectors.hpp", "file_object.hpp", "detail/poller.hpp",
                  "detail/registration_token.hpp", "detail/selector_loop.hpp"],
-    "reactor": ["reactor.hpp", "detail/soon_queue.hpp"],
+    "reactor": ["reactor.hpp", "detail/soon_queue.hpp", "reactor_group.hpp"],
     "coro": ["task.hpp", "awaitables.hpp", "run.hpp", "combinators.hpp", "task_group.hpp",
              "detail/resume_loop.hpp"],
     "net": ["net.hpp", "transport.hpp", "server.hpp"],

@@ -4,12 +4,19 @@
 // start it with --port 0 and read where to connect), then serves until
 // SIGINT or SIGTERM. Logs go to stderr through the `muxio` logger, quiet
 // unless MUXIO_LOG_LEVEL says otherwise.
+//
+// --threads N runs N reactors on N threads (muxio::ReactorGroup), each with
+// its own server bound to the one port with SO_REUSEPORT; a connection stays
+// on the reactor that accepted it. A signal shuts every server down on its
+// own thread (a second one closes everything), and the closing log line adds
+// up their counters.
 
 #include <sys/resource.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <optional>
@@ -19,12 +26,14 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <CLI/CLI.hpp>
 
 #include "handler.hpp"
 #include "muxio/config.hpp"
 #include "muxio/log.hpp"
 #include "muxio/reactor.hpp"
+#include "muxio/reactor_group.hpp"
 #include "muxio/selectors.hpp"
 #include "server.hpp"
 
@@ -39,6 +48,8 @@ constexpr int exit_selector_refused = 77;
 // Descriptors kept for the listener, the reactor, logs and a refused
 // connection, besides two per connection.
 constexpr std::size_t spare_descriptors = 32;
+// More reactors than this is a mistake, not a configuration.
+constexpr std::size_t max_threads = 256;
 
 // The connection limit to use: `wanted`, or, when it was not asked for
 // explicitly and the descriptor limit cannot hold that many connections,
@@ -74,6 +85,7 @@ int run(int argc, char** argv) {
     double body_seconds = 60.0;
     double handshake_seconds = 10.0;
     std::size_t max_connections = 10000;
+    std::size_t threads = 1;
     std::vector<std::string> selectors;
     for (const std::string_view name : muxio::available_selectors()) {
         selectors.emplace_back(name);
@@ -104,6 +116,11 @@ int run(int argc, char** argv) {
                        "connections open at once; more are answered 503 and closed "
                        "(default: 10000, fewer if RLIMIT_NOFILE cannot hold two descriptors each)")
             ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
+    app.add_option("--threads", threads,
+                   "reactors, each on a thread of its own with its own listener on the port (SO_REUSEPORT); "
+                   "--max-connections is shared out evenly between them")
+        ->check(CLI::Range(std::size_t{1}, max_threads))
+        ->capture_default_str();
     CLI::Option* const tls_cert_option =
         app.add_option("--tls-cert", config.tls_certificate_file,
                        "serve HTTPS: PEM file of the certificate chain, the server's first (needs --tls-key)")
@@ -142,20 +159,23 @@ int run(int argc, char** argv) {
 #endif
     config.max_connections = fit_descriptor_limit(max_connections, max_connections_option->count() > 0);
 
-    std::optional<muxio::Reactor> reactor;
+    // Each server's share of the limit, rounded up: SO_REUSEPORT spreads
+    // connections evenly on average, not exactly.
+    config.max_connections = (config.max_connections + threads - 1) / threads;
+    config.reuse_port = threads > 1;
+
+    std::optional<muxio::ReactorGroup> group;
     try {
-        reactor.emplace(muxio::ReactorOptions{selector, {}});
+        group.emplace(threads, muxio::ReactorOptions{selector, {}});
     } catch (const std::system_error& error) {
         fmt::print(stderr, "muxio-http: the kernel refused the selector: {}\n", error.what());
         return exit_selector_refused;
     }
 
-    // A certificate or key that cannot be used stops it here, before it
-    // listens; the message names the file (muxio::TlsError).
-    std::optional<muxio::http::Server> server;
+    // A directory that cannot be served stops it here, before it listens.
+    std::optional<muxio::http::Handler> handler;
     try {
-        muxio::http::Handler handler{root.empty() ? std::nullopt : std::optional<std::string>{root}};
-        server.emplace(*reactor, std::move(handler), config);
+        handler.emplace(root.empty() ? std::nullopt : std::optional<std::string>{root});
     } catch (const std::invalid_argument& error) {
         fmt::print(stderr, "muxio-http: {}\n(see muxio-http --help)\n", error.what());
         return exit_usage;
@@ -163,18 +183,54 @@ int run(int argc, char** argv) {
 
     // sendfile(2) to a client that went away must be an EPIPE, not a SIGPIPE.
     (void)std::signal(SIGPIPE, SIG_IGN);
-    reactor->add_signal_handler(SIGINT, [&server] { server->shutdown(); });
-    reactor->add_signal_handler(SIGTERM, [&server] { server->shutdown(); });
+    group->stop_on_signals({SIGINT, SIGTERM});
 
-    fmt::print("{}\n", server->port());
-    (void)std::fflush(stdout);
-    muxio::logger().info("muxio-http: listening on {}:{} ({}), selector {}, root {}", config.bind, server->port(),
-                         config.tls_certificate_file.empty() ? "HTTP" : "HTTPS", reactor->selector_name(),
-                         root.empty() ? "(none)" : root);
+    // Each server is made, used and shut down on its reactor's thread; read
+    // and destroyed here once run() has joined them all. A certificate or
+    // key that cannot be used stops the first setup, before anything
+    // listens; the message names the file (muxio::TlsError).
+    std::vector<std::optional<muxio::http::Server>> servers(threads);
+    try {
+        group->run([&](muxio::Reactor& reactor, std::size_t index) -> muxio::ReactorGroup::StopCallback {
+            muxio::http::ServerConfig own = config;
+            if (index > 0) {
+                own.port = servers[0]->port();  // the first bound; the others join it
+            }
+            muxio::http::Server& server = servers[index].emplace(reactor, *handler, own);
+            if (index + 1 == threads) {
+                fmt::print("{}\n", server.port());
+                (void)std::fflush(stdout);
+                muxio::logger().info("muxio-http: listening on {}:{} ({}), selector {}, root {}", config.bind,
+                                     server.port(), config.tls_certificate_file.empty() ? "HTTP" : "HTTPS",
+                                     reactor.selector_name(), root.empty() ? "(none)" : root);
+                if (threads > 1) {
+                    muxio::logger().info("muxio-http: {} threads, at most {} connections each", threads,
+                                         config.max_connections);
+                }
+            }
+            // shutdown() stops the reactor once its connections are done.
+            return [&server] { server.shutdown(); };
+        });
+    } catch (const std::invalid_argument& error) {
+        fmt::print(stderr, "muxio-http: {}\n(see muxio-http --help)\n", error.what());
+        return exit_usage;
+    }
 
-    reactor->run();
-    const muxio::http::ServerStats& stats = server->stats();
+    muxio::http::ServerStats stats;
+    std::vector<std::uint64_t> accepted_per_thread;
+    for (const auto& server : servers) {
+        const muxio::http::ServerStats one = server->stats();
+        stats.accepted += one.accepted;
+        stats.requests += one.requests;
+        stats.handshake_failures += one.handshake_failures;
+        stats.handshake_timeouts += one.handshake_timeouts;
+        accepted_per_thread.push_back(one.accepted);
+    }
+    servers.clear();
     muxio::logger().info("muxio-http: stopped after {} connection(s), {} request(s)", stats.accepted, stats.requests);
+    if (threads > 1) {
+        muxio::logger().info("muxio-http: connections accepted per thread: {}", fmt::join(accepted_per_thread, " "));
+    }
     if (!config.tls_certificate_file.empty()) {
         muxio::logger().info("muxio-http: {} TLS handshake(s) failed, {} ran out of time", stats.handshake_failures,
                              stats.handshake_timeouts);

@@ -436,6 +436,7 @@ Server::Server(Reactor& reactor, Handler handler, ServerConfig config)
     }
     ListenOptions options;
     options.ipv6_only = true;  // --bind :: means IPv6 only; IPv4 has its own addresses
+    options.reuse_port = config_.reuse_port;
     port_ = server_.listen(*address, options).port();
     server_.set_refusal_handler([this](int fd, const SocketAddress& /*peer*/) { refuse(fd); });
 }

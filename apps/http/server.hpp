@@ -24,6 +24,9 @@ struct ServerConfig {
     std::string bind = "127.0.0.1";
     /// 0: a port the kernel picks (see Server::port()).
     std::uint16_t port = 0;
+    /// SO_REUSEPORT: several servers (one per thread) listen on one port,
+    /// the kernel spreading the connections over them.
+    bool reuse_port = false;
     /// A connection with no byte read or written for this long is closed:
     /// the gap between keep-alive requests, a client that stops reading.
     std::chrono::milliseconds idle_timeout{std::chrono::seconds{30}};

@@ -4,6 +4,7 @@
 #include <array>
 #include <iterator>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -687,6 +688,10 @@ bool glob_match(std::string_view pattern, std::string_view text) noexcept {
 After Dispatcher::execute(std::span<const std::string_view> args, std::string& out, std::size_t out_limit) {
     ++commands_run_;
     Context ctx{store_, info_, out_limit};
+    std::unique_lock<std::mutex> lock;
+    if (store_guard_ != nullptr) {
+        lock = std::unique_lock{*store_guard_};
+    }
     const After after = run(ctx, args, out);
     return out.size() > out_limit ? After::over_limit : after;
 }

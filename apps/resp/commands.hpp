@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -54,9 +55,16 @@ struct ServerInfo {
 /// DECRBY, EXPIRE, PEXPIRE (NX, XX, GT, LT), PERSIST, TTL, PTTL, MGET, MSET,
 /// DBSIZE, FLUSHALL, FLUSHDB, SELECT (database 0 only), QUIT, and COMMAND and
 /// CONFIG GET answering just enough for redis-cli and redis-benchmark.
+///
+/// Threads: a Dispatcher belongs to one thread. Several, one per thread,
+/// may share one Store when they share `store_guard` too: execute() then
+/// runs each command with the mutex held, so that every command sees the
+/// keyspace as one (a SET on one thread is seen by a GET on another, INCR is
+/// atomic). Without a guard (null), nothing is locked.
 class Dispatcher {
 public:
-    explicit Dispatcher(Store& store, ServerInfo info = {}) : store_{store}, info_{info} {}
+    explicit Dispatcher(Store& store, ServerInfo info = {}, std::mutex* store_guard = nullptr)
+        : store_{store}, info_{info}, store_guard_{store_guard} {}
 
     /// Appends the reply to `args` (the command name first; at least one
     /// word) to `out`. Every failure is an error reply, never an exception,
@@ -76,6 +84,7 @@ public:
 private:
     Store& store_;
     ServerInfo info_;
+    std::mutex* store_guard_;
     std::uint64_t commands_run_ = 0;
 };
 

@@ -461,6 +461,7 @@ std::uint16_t Server::start() {
     muxio::ListenOptions listen;
     // Restarting while old connections linger in TIME_WAIT must work.
     listen.reuse_address = true;
+    listen.reuse_port = options_.reuse_port;
     port_ = server->listen(*address, listen).port();
     server_ = std::move(server);
     dispatcher_.set_port(port_);

@@ -37,6 +37,9 @@ struct ServerOptions {
     std::string bind = "127.0.0.1";
     /// 0 lets the kernel choose; Server::start() returns the port bound.
     std::uint16_t port = 7379;
+    /// SO_REUSEPORT: several servers (one per thread) listen on one port,
+    /// the kernel spreading the connections over them.
+    bool reuse_port = false;
     /// max_bulk is proto-max-bulk-len: a longer bulk string is a protocol
     /// error, answered before its data is read, and the connection closes.
     ParserLimits limits;

@@ -1,6 +1,7 @@
 #include "store.hpp"
 
 #include <limits>
+#include <mutex>
 
 namespace resp {
 
@@ -138,13 +139,10 @@ void Store::remove(Map::iterator it) {
     map_.erase(it);
 }
 
-ExpiryTimer::ExpiryTimer(muxio::Reactor& reactor, Store& store, std::size_t budget)
-    : reactor_{reactor}, store_{store}, budget_{budget == 0 ? 1 : budget} {
-    store_.on_earlier_deadline([this](Millis deadline) {
-        if (!armed_ || deadline < *armed_) {
-            arm(deadline);
-        }
-    });
+ExpiryTimer::ExpiryTimer(muxio::Reactor& reactor, Store& store, std::size_t budget, std::mutex* store_guard)
+    : reactor_{reactor}, store_{store}, budget_{budget == 0 ? 1 : budget}, store_guard_{store_guard} {
+    const std::unique_lock lock = lock_store();
+    store_.on_earlier_deadline([this](Millis deadline) { earlier_deadline(deadline); });
     if (const auto next = store_.next_deadline()) {
         arm(*next);
     }
@@ -154,7 +152,12 @@ ExpiryTimer::~ExpiryTimer() {
     stop();
 }
 
+std::unique_lock<std::mutex> ExpiryTimer::lock_store() const {
+    return store_guard_ == nullptr ? std::unique_lock<std::mutex>{} : std::unique_lock{*store_guard_};
+}
+
 void ExpiryTimer::stop() noexcept {
+    const std::unique_lock lock = lock_store();
     if (stopped_) {
         return;
     }
@@ -164,6 +167,31 @@ void ExpiryTimer::stop() noexcept {
     store_.on_earlier_deadline({});
 }
 
+// The store's listener: on whatever thread changed the store, the guard held.
+void ExpiryTimer::earlier_deadline(Millis deadline) {
+    if (armed_ && deadline >= *armed_) {
+        return;
+    }
+    if (store_guard_ == nullptr) {
+        arm(deadline);
+    } else if (!rearm_posted_) {
+        rearm_posted_ = true;
+        reactor_.call_soon_threadsafe([this] { rearm(); });
+    }
+}
+
+// On the reactor's thread: sets the timer for the earliest deadline now.
+void ExpiryTimer::rearm() {
+    const std::unique_lock lock = lock_store();
+    rearm_posted_ = false;
+    if (stopped_) {
+        return;
+    }
+    if (const auto next = store_.next_deadline(); next && (!armed_ || *next < *armed_)) {
+        arm(*next);
+    }
+}
+
 void ExpiryTimer::arm(Millis deadline) {
     timer_.cancel();
     armed_ = deadline;
@@ -171,6 +199,7 @@ void ExpiryTimer::arm(Millis deadline) {
 }
 
 void ExpiryTimer::fire() {
+    const std::unique_lock lock = lock_store();
     armed_.reset();
     expired_ += store_.expire_due(budget_);
     const auto next = store_.next_deadline();

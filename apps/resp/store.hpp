@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -110,11 +111,21 @@ private:
 /// existing key, and a callback run per key where one run can remove many.
 /// The timer removes at most `budget` keys per run and comes back in the next
 /// iteration for the rest, so a mass expiry cannot starve clients' I/O.
+///
+/// Threads: with a `store_guard`, the store is shared by threads that each
+/// lock the guard around every use of it (Dispatcher's store_guard). The
+/// timer then runs on `reactor` only, under the guard: a key given an
+/// earlier deadline on another thread has the timer moved through
+/// call_soon_threadsafe(), never from that thread. Meanwhile the lazy check
+/// keeps an expired key invisible to every command. Without a guard, all is
+/// on `reactor`'s thread and nothing is locked. stop() and the destructor
+/// belong to `reactor`'s thread, or to any thread while it does not run.
 class ExpiryTimer {
 public:
     static constexpr std::size_t default_budget = 1000;
 
-    ExpiryTimer(muxio::Reactor& reactor, Store& store, std::size_t budget = default_budget);
+    ExpiryTimer(muxio::Reactor& reactor, Store& store, std::size_t budget = default_budget,
+                std::mutex* store_guard = nullptr);
     ~ExpiryTimer();
     ExpiryTimer(const ExpiryTimer&) = delete;
     ExpiryTimer& operator=(const ExpiryTimer&) = delete;
@@ -127,10 +138,15 @@ public:
 private:
     void arm(Millis deadline);
     void fire();
+    void earlier_deadline(Millis deadline);
+    void rearm();
+    [[nodiscard]] std::unique_lock<std::mutex> lock_store() const;
 
     muxio::Reactor& reactor_;
     Store& store_;
     std::size_t budget_;
+    std::mutex* store_guard_;
+    bool rearm_posted_ = false;  // under the guard: a rearm() is on its way to the reactor
     muxio::TimerHandle timer_;
     std::optional<Millis> armed_;  // the deadline the timer is set for
     std::uint64_t expired_ = 0;

@@ -10,7 +10,8 @@
 ///   `selectors` in C++. muxio::BaseSelector and the named selectors, one per
 ///   kernel mechanism; muxio::DefaultSelector picks the best one.
 /// - **Reactor** (muxio/reactor.hpp): muxio::Reactor, an event loop of fd
-///   callbacks, timers, thread-safe wakeups and signal handlers.
+///   callbacks, timers, thread-safe wakeups and signal handlers;
+///   muxio::ReactorGroup (muxio/reactor_group.hpp) runs one per thread.
 /// - **Coroutines** (muxio/task.hpp, muxio/awaitables.hpp, muxio/run.hpp,
 ///   muxio/combinators.hpp, muxio/task_group.hpp): muxio::Task, awaits of
 ///   readiness and time, spawn(), timeouts and structured concurrency.
@@ -41,6 +42,7 @@
 #include "muxio/log.hpp"
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
+#include "muxio/reactor_group.hpp"
 #include "muxio/run.hpp"
 #include "muxio/selector.hpp"
 #include "muxio/selectors.hpp"

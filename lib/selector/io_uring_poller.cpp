@@ -143,8 +143,8 @@ CompletionFeatures probe_completion_features() noexcept {
         io_uring_buf_ring_add(buffers, storage, sizeof storage, 0, io_uring_buf_ring_mask(1), 0);
         io_uring_buf_ring_advance(buffers, 1);
         const char byte = 'x';
-        io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-        if (sqe == nullptr) {  // never for a fresh ring; -O3 cannot tell
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // never null: the queue is empty
+        if (sqe == nullptr) {
             io_uring_queue_exit(&ring);
             ::munmap(buffers, sizeof(io_uring_buf));
             ::close(pair[0]);
@@ -935,18 +935,15 @@ private:
             slot = free_operations_.back();
             free_operations_.pop_back();
         } else {
+            // Each live operation may have one completion waiting, and each
+            // buffer waiter one more: with room for them reserved as the
+            // table grows, dispatch() and recycle() never allocate.
+            const std::size_t grown = operations_.size() + 1;
+            free_operations_.reserve(grown);
+            buffer_waiters_.reserve(grown);
+            completed_.reserve(grown + completion_entries);
             operations_.emplace_back();
             slot = static_cast<std::uint32_t>(operations_.size() - 1);
-        }
-        // Each live operation may have one completion waiting, and each
-        // buffer waiter one more: dispatch() and recycle() never allocate.
-        try {
-            free_operations_.reserve(operations_.size());
-            buffer_waiters_.reserve(operations_.size());
-            completed_.reserve(operations_.size() + completion_entries);
-        } catch (...) {
-            free_operations_.push_back(slot);
-            throw;
         }
         Operation& operation = operations_[slot];
         operation.target = target;

@@ -3,11 +3,17 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <chrono>
+#include <exception>
+#include <mutex>
 #include <string>
+#include <string_view>
+#include <thread>
 
 #include <fmt/format.h>
 
+#include "commands.hpp"
 #include "muxio/reactor.hpp"
 #include "resp_test_support.hpp"
 #include "store.hpp"
@@ -152,4 +158,37 @@ TEST_CASE("deadlines beyond the reactor's clock saturate instead of overflowing"
     CHECK(resp::to_time_point(Millis::max()) == std::chrono::steady_clock::time_point::max());
     CHECK(resp::to_time_point(Millis{-5}) == std::chrono::steady_clock::time_point{});
     CHECK(resp::to_time_point(Millis{1500}).time_since_epoch() == 1500ms);
+}
+
+TEST_CASE("with a store guard, a deadline set on another thread moves the expiry timer from the reactor's own thread") {
+    muxio::test::FdLeakCheck leak_check;
+    ReactorOnManualClock fixture;
+    std::mutex guard;
+    ExpiryTimer expiry{fixture.reactor, fixture.store, ExpiryTimer::default_budget, &guard};
+    resp::Dispatcher elsewhere{fixture.store, {}, &guard};
+    std::thread setter;
+    bool refused = false;  // written by the setter, read after join()
+    std::string reply;
+    // While the reactor runs, another thread's SET PX reaches the timer: arming
+    // it from there would throw (another thread while the reactor runs).
+    fixture.reactor.call_soon([&] {
+        setter = std::thread{[&] {
+            try {
+                const std::array<std::string_view, 5> args{"SET", "key", "value", "PX", "10"};
+                (void)elsewhere.execute(args, reply);
+            } catch (const std::exception&) {
+                refused = true;
+            }
+            fixture.reactor.call_soon_threadsafe([&] { fixture.reactor.stop(); });
+        }};
+    });
+    fixture.reactor.run();
+    setter.join();
+    CHECK_FALSE(refused);
+    CHECK(reply == "+OK\r\n");
+    CHECK(fixture.reactor.scheduled_count() == 1);  // the timer, armed on the reactor's thread
+    fixture.clock.now += 10ms;
+    fixture.settle();
+    CHECK(fixture.store.stored_count() == 0);
+    CHECK(expiry.expired_count() == 1);
 }
