@@ -191,7 +191,11 @@ private:
             }
             self.accepting_ = 0;
         }
-        self.waiter_ = nullptr;  // its parked wait forgets the reactor on its own
+        // Its parked wait forgets the reactor on its own; the frame may go
+        // after the listener, so it forgets the queue too.
+        if (Wait* waiting = std::exchange(self.waiter_, nullptr)) {
+            waiting->queue_ = nullptr;
+        }
         self.ring_ = nullptr;
     }
 

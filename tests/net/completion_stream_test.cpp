@@ -836,3 +836,23 @@ TEST_CASE("on io_uring a BufferedReader reads on readiness, and refuses a stream
     };
     muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, body()));
 }
+
+TEST_CASE("on io_uring an accept pending when the reactor closes can be destroyed after the listener") {
+    if (!completions_available()) {
+        return;
+    }
+    FdLeakCheck leak_check;
+    FrameLeakCheck frame_check;
+    std::optional<Reactor> reactor{std::in_place, uring()};
+    std::optional<TcpListener> listener{TcpListener::bind(*reactor, muxio::SocketAddress::ipv4("127.0.0.1", 0))};
+    auto accept_one = [](TcpListener& server, Live /*held*/) -> Task<void> { (void)co_await server.accept(); };
+    std::optional<Task<void>> held{accept_one(*listener, Live{})};
+    auto await_held = [](Task<void>& task) -> Task<void> { co_await task; };
+    muxio::spawn(*reactor, await_held(*held));
+    reactor->run_once(0ms);
+    CHECK(ring_of(*reactor).operations_in_flight() == 1);  // the multishot accept
+    reactor->close();
+    listener.reset();  // first: the pending accept forgot it at the reactor's close
+    held.reset();
+    reactor.reset();
+}
