@@ -514,7 +514,10 @@ public:
             return 0;
         }
         // Targets start operations and may reap (detach_and_wait): what they
-        // add waits in completed_ for the next dispatch.
+        // add waits in completed_ for the next dispatch, and dispatching_ is
+        // left alone while it is walked. Both keep the capacity that
+        // start_operation() gave completed_, so recycle() need not allocate.
+        dispatching_.reserve(completed_.capacity());
         std::swap(completed_, dispatching_);
         std::size_t ran = 0;
         for (const Completion& completion : dispatching_) {
@@ -916,7 +919,6 @@ private:
             free_operations_.reserve(operations_.size());
             buffer_waiters_.reserve(operations_.size());
             completed_.reserve(operations_.size() + completion_entries);
-            dispatching_.reserve(operations_.size() + completion_entries);
         } catch (...) {
             free_operations_.push_back(slot);
             throw;
