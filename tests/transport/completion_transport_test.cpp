@@ -29,6 +29,7 @@
 #include "selector/completion_ring.hpp"
 #include "support/seccomp.hpp"
 #include "support/support.hpp"
+#include "transport/completion_support.hpp"
 #include "transport/transport_support.hpp"
 
 namespace muxio::test {

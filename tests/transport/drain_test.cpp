@@ -18,6 +18,7 @@
 #include "muxio/net.hpp"
 #include "muxio/transport.hpp"
 #include "support/support.hpp"
+#include "transport/completion_support.hpp"
 #include "transport/transport_support.hpp"
 
 namespace muxio::test {

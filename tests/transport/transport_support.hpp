@@ -17,7 +17,6 @@
 
 #include "muxio/reactor.hpp"
 #include "muxio/transport.hpp"
-#include "reactor/completions.hpp"
 #include "support/support.hpp"
 
 namespace muxio::test {
@@ -88,14 +87,6 @@ struct Recorder : Protocol {
         }
     }
 };
-
-/// Whether the transports of `reactor` run on the io_uring completion path
-/// (MUXIO_SELECTOR=io_uring on a kernel with multishot receive): their
-/// writes are queued until the loop's next wait carries the send.
-inline bool on_completion_path(Reactor& reactor) {
-    detail::CompletionRing* ring = detail::ReactorCompletions::ring(reactor);
-    return ring != nullptr && ring->features().receive;
-}
 
 /// Runs iterations until `done()` holds, at most `limit` of them and 10 s;
 /// returns whether it held.

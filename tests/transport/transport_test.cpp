@@ -19,6 +19,7 @@
 #include "support/captured_log.hpp"
 #include "support/seccomp.hpp"
 #include "support/support.hpp"
+#include "transport/completion_support.hpp"
 #include "transport/transport_support.hpp"
 
 namespace muxio::test {
