@@ -910,18 +910,15 @@ private:
             slot = free_operations_.back();
             free_operations_.pop_back();
         } else {
+            // Each live operation may have one completion waiting, and each
+            // buffer waiter one more: with room for them reserved as the
+            // table grows, dispatch() and recycle() never allocate.
+            const std::size_t grown = operations_.size() + 1;
+            free_operations_.reserve(grown);
+            buffer_waiters_.reserve(grown);
+            completed_.reserve(grown + completion_entries);
             operations_.emplace_back();
             slot = static_cast<std::uint32_t>(operations_.size() - 1);
-        }
-        // Each live operation may have one completion waiting, and each
-        // buffer waiter one more: dispatch() and recycle() never allocate.
-        try {
-            free_operations_.reserve(operations_.size());
-            buffer_waiters_.reserve(operations_.size());
-            completed_.reserve(operations_.size() + completion_entries);
-        } catch (...) {
-            free_operations_.push_back(slot);
-            throw;
         }
         Operation& operation = operations_[slot];
         operation.target = target;

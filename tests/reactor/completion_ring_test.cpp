@@ -4,10 +4,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -15,6 +18,7 @@
 #include <doctest/doctest.h>
 
 #include "muxio/reactor.hpp"
+#include "net/completion_receiver.hpp"
 #include "reactor/completions.hpp"
 #include "support/support.hpp"
 
@@ -23,6 +27,7 @@ namespace {
 using muxio::Reactor;
 using muxio::ReactorOptions;
 using muxio::detail::CompletionFeatures;
+using muxio::detail::CompletionReceiver;
 using muxio::detail::CompletionRing;
 using muxio::detail::CompletionTarget;
 using muxio::detail::OperationId;
@@ -333,4 +338,184 @@ TEST_CASE(
     REQUIRE(seen.entries.size() == 1);
     CHECK(bytes_of(ring, seen.entries[0]) == "wake");
     ring.recycle(CompletionRing::buffer_id(seen.entries[0].flags));
+}
+
+// ----- The receiving half built on the ring (lib/net/completion_receiver.hpp) -----
+
+namespace {
+
+struct ReceiverOwner {
+    int notified = 0;
+    static void notify(void* owner) { ++static_cast<ReceiverOwner*>(owner)->notified; }
+};
+
+std::string read_all(CompletionReceiver& receiver) {
+    std::string out(receiver.queued_bytes(), '\0');
+    const std::size_t got = receiver.read(std::as_writable_bytes(std::span{out}));
+    out.resize(got);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("a completion receiver hands over a stream in order, whatever the pieces, and then its end") {
+    if (!kernel_has_completions()) {
+        MESSAGE("the kernel lacks the completion path: nothing to test");
+        return;
+    }
+    FdLeakCheck leaks;
+    Reactor reactor{options_for("io_uring")};
+    CompletionRing& ring = *ReactorCompletions::ring(reactor);
+    SocketPair pair;
+    ReceiverOwner owner;
+    CompletionReceiver receiver{ring, pair.left.get(), &ReceiverOwner::notify, &owner};
+    receiver.start();
+    std::string sent;
+    std::string received;
+    for (int piece = 0; piece < 200; ++piece) {
+        const std::string bytes(static_cast<std::size_t>(1 + (piece * 37) % 3000), static_cast<char>('a' + piece % 26));
+        muxio::test::write_all(pair.right.get(), bytes);
+        sent += bytes;
+        run_until(reactor, [&] { return receiver.queued_bytes() != 0; });
+        // Read in odd sizes, leaving some queued now and then.
+        std::string chunk(std::min<std::size_t>(receiver.queued_bytes(), 1000), '\0');
+        chunk.resize(receiver.read(std::as_writable_bytes(std::span{chunk})));
+        received += chunk;
+    }
+    pair.right.reset();
+    run_until(reactor, [&] { return receiver.ended(); });
+    received += read_all(receiver);
+    CHECK(received == sent);
+    CHECK_FALSE(receiver.error());
+    CHECK(owner.notified > 0);
+    CHECK(ring.operations_in_flight() == 0);
+}
+
+TEST_CASE("a completion receiver stops receiving at its queue limit and goes on as it is consumed, losing nothing") {
+    if (!kernel_has_completions()) {
+        MESSAGE("the kernel lacks the completion path: nothing to test");
+        return;
+    }
+    FdLeakCheck leaks;
+    Reactor reactor{options_for("io_uring")};
+    CompletionRing& ring = *ReactorCompletions::ring(reactor);
+    SocketPair pair;
+    ReceiverOwner owner;
+    CompletionReceiver receiver{ring, pair.left.get(), &ReceiverOwner::notify, &owner};
+    receiver.start();
+    std::string sent;
+    // One byte per iteration: each arrival fills a buffer of its own.
+    for (int round = 0; round < 3 * static_cast<int>(CompletionReceiver::queue_limit); ++round) {
+        const char byte = static_cast<char>('A' + round % 26);
+        sent += byte;
+        muxio::test::write_all(pair.right.get(), std::string(1, byte));
+        for (int iteration = 0; iteration < 3; ++iteration) {
+            (void)reactor.run_once(0s);
+        }
+    }
+    // The receive was cancelled at the limit: the rest waits in the socket.
+    CHECK(receiver.queued_bytes() >= CompletionReceiver::queue_limit);
+    CHECK(receiver.queued_bytes() < sent.size());
+    CHECK(ring.operations_in_flight() == 0);
+    std::string received = read_all(receiver);
+    run_until(reactor, [&] { return received.size() + receiver.queued_bytes() == sent.size(); });
+    received += read_all(receiver);
+    CHECK(received == sent);
+}
+
+TEST_CASE("a paused completion receiver keeps what arrived and takes nothing more until started again") {
+    if (!kernel_has_completions()) {
+        MESSAGE("the kernel lacks the completion path: nothing to test");
+        return;
+    }
+    FdLeakCheck leaks;
+    Reactor reactor{options_for("io_uring")};
+    CompletionRing& ring = *ReactorCompletions::ring(reactor);
+    SocketPair pair;
+    ReceiverOwner owner;
+    CompletionReceiver receiver{ring, pair.left.get(), &ReceiverOwner::notify, &owner};
+    receiver.start();
+    muxio::test::write_all(pair.right.get(), "first");
+    run_until(reactor, [&] { return receiver.queued_bytes() == 5; });
+    receiver.pause();
+    run_until(reactor, [&] { return ring.operations_in_flight() == 0; });
+    muxio::test::write_all(pair.right.get(), "second");
+    for (int iteration = 0; iteration < 3; ++iteration) {
+        (void)reactor.run_once(0s);
+    }
+    CHECK(receiver.queued_bytes() == 5);
+    CHECK(read_all(receiver) == "first");
+    CHECK(receiver.queued_bytes() == 0);
+    receiver.start();
+    run_until(reactor, [&] { return receiver.queued_bytes() == 6; });
+    CHECK(read_all(receiver) == "second");
+}
+
+TEST_CASE("a completion receiver released with a receive in flight and bytes queued leaves no operation behind") {
+    if (!kernel_has_completions()) {
+        MESSAGE("the kernel lacks the completion path: nothing to test");
+        return;
+    }
+    FdLeakCheck leaks;
+    Reactor reactor{options_for("io_uring")};
+    CompletionRing& ring = *ReactorCompletions::ring(reactor);
+    SocketPair pair;
+    ReceiverOwner owner;
+    {
+        CompletionReceiver receiver{ring, pair.left.get(), &ReceiverOwner::notify, &owner};
+        receiver.start();
+        muxio::test::write_all(pair.right.get(), "held");
+        run_until(reactor, [&] { return receiver.queued_bytes() == 4; });
+        muxio::test::write_all(pair.right.get(), "late");
+    }
+    run_until(reactor, [&] { return ring.operations_in_flight() == 0; });
+    const int notified = owner.notified;
+    for (int iteration = 0; iteration < 3; ++iteration) {
+        (void)reactor.run_once(0s);
+    }
+    CHECK(owner.notified == notified);
+}
+
+TEST_CASE("completion targets may start operations while the ring dispatches, however far its tables grow") {
+    if (!kernel_has_completions()) {
+        MESSAGE("the kernel lacks the completion path: nothing to test");
+        return;
+    }
+    FdLeakCheck leaks;
+    Reactor reactor{options_for("io_uring")};
+    CompletionRing& ring = *ReactorCompletions::ring(reactor);
+    SocketPair pair;
+    struct Spawner {
+        CompletionRing* ring;
+        int fd;
+        int completed = 0;
+        int started = 0;
+        std::array<std::byte, 1> byte{};
+        static void done(void* context, std::int32_t result, std::uint32_t /*flags*/) {
+            auto& self = *static_cast<Spawner*>(context);
+            CHECK(result == 1);
+            ++self.completed;
+            // Each completion starts three more, up to a few thousand: the
+            // slot table and the completion queues grow during dispatch.
+            for (int more = 0; more < 3 && self.started < 3000; ++more) {
+                self.start();
+            }
+        }
+        void start() {
+            ++started;
+            (void)ring->send(fd, byte, {&Spawner::done, this, fd});
+        }
+    } spawner{&ring, pair.left.get()};
+    spawner.start();
+    int drained = 0;
+    run_until(
+        reactor,
+        [&] {
+            drained += static_cast<int>(muxio::test::drain(pair.right.get()));
+            return spawner.completed == spawner.started && spawner.started >= 3000;
+        },
+        100'000);
+    drained += static_cast<int>(muxio::test::drain(pair.right.get()));
+    CHECK(drained == spawner.started);
+    CHECK(ring.operations_in_flight() == 0);
 }
