@@ -431,7 +431,14 @@ public:
         const OperationId id = start_operation(target);
         operations_[slot_of(id)].in_kernel = false;
         --in_kernel_;
-        buffer_waiters_.push_back(id);
+        if (buffers_returned_ != 0) {
+            // Buffers came back since the kernel found the ring empty (they
+            // go to it with the next wait): waiting for another recycle
+            // could wait for ever, when no other socket has any to give.
+            completed_.push_back({id, 0, 0});  // within what start_operation() reserved
+        } else {
+            buffer_waiters_.push_back(id);
+        }
         return id;
     }
 
