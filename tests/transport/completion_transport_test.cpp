@@ -557,6 +557,28 @@ TEST_CASE("on io_uring many connections holding data run the buffer ring dry and
     }
 }
 
+TEST_CASE("on io_uring one connection with more input waiting than the whole buffer ring gets all of it in order") {
+    if (!completions_here()) {
+        return;
+    }
+    FdLeakCheck leak_check;
+    Reactor reactor{io_uring_options()};
+    TcpPair pair;
+    Recorder protocol;
+    Transport transport{reactor, pair.accepted.release(), protocol};
+    REQUIRE(run_until(reactor, [&] { return protocol.made == 1; }));
+    // More than the ring's 2048 buffers of 4 KiB reach the socket at once,
+    // so a single wait can empty the ring and end the receive for want of
+    // buffers, after which only the bytes delivered in the same batch give
+    // buffers back.
+    const std::string text = pattern(std::size_t{12} * 1024 * 1024);
+    const int flags = ::fcntl(pair.client.get(), F_GETFL);
+    REQUIRE(::fcntl(pair.client.get(), F_SETFL, flags | O_NONBLOCK) == 0);
+    REQUIRE(feed(reactor, pair.client.get(), text));
+    REQUIRE(run_until(reactor, [&] { return protocol.received.size() >= text.size(); }));
+    CHECK(protocol.received == text);
+}
+
 TEST_CASE("on io_uring an end of stream that arrives during a pause is told after resume_reading, after the data") {
     if (!completions_here()) {
         return;
