@@ -505,6 +505,7 @@ private:
     void update_completion_reader() noexcept;
     void on_received();
     void deliver_received(const detail::TransportFrame& frame);
+    void deliver_queued(const detail::TransportFrame& frame);
     void schedule_completion_delivery();
     void on_sent(std::int32_t result);
     bool pump_completions();

@@ -132,7 +132,8 @@ struct Transport::Completions {
     std::vector<std::byte> out;  // the send in flight reads out[out_head, ...)
     std::size_t out_head = 0;
     std::uint64_t fork_generation;
-    bool delivering = false;  // data_received() has a provided buffer of the receiver's
+    bool delivering = false;   // data_received() has a provided buffer of the receiver's
+    bool in_delivery = false;  // deliver_received() runs
 };
 
 void Transport::refuse_after_close(const char* operation) const {
@@ -521,13 +522,15 @@ void Transport::pause_reading() {
 
 void Transport::resume_reading() {
     check_usable("Transport::resume_reading");
-    read_paused_ = false;
+    const bool was_paused = std::exchange(read_paused_, false);
     update_reader();
     if (filter_ && state_ == State::open) [[unlikely]] {
         schedule_filtered_delivery();
-    } else if (completions_ && reader_added_ &&
+    } else if (completions_ && was_paused && reader_added_ && !completions_->in_delivery &&
                (completions_->receiver.queued_bytes() > 0 || completions_->receiver.ended())) {
-        schedule_completion_delivery();  // what arrived while paused
+        // What arrived while paused, from the next iteration (a delivery
+        // under way goes on by itself).
+        schedule_completion_delivery();
     }
 }
 
@@ -1572,6 +1575,21 @@ void Transport::on_received() {
 }
 
 void Transport::deliver_received(const detail::TransportFrame& frame) {
+    completions_->in_delivery = true;
+    try {
+        deliver_queued(frame);
+    } catch (...) {
+        if (!frame.destroyed) {
+            completions_->in_delivery = false;
+        }
+        throw;
+    }
+    if (!frame.destroyed) {
+        completions_->in_delivery = false;
+    }
+}
+
+void Transport::deliver_queued(const detail::TransportFrame& frame) {
     detail::CompletionReceiver& receiver = completions_->receiver;
     while (state_ == State::open && reader_added_) {
         std::span<const std::byte> bytes = receiver.front();
