@@ -143,7 +143,14 @@ CompletionFeatures probe_completion_features() noexcept {
         io_uring_buf_ring_add(buffers, storage, sizeof storage, 0, io_uring_buf_ring_mask(1), 0);
         io_uring_buf_ring_advance(buffers, 1);
         const char byte = 'x';
-        io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // never null: the queue is empty
+        if (sqe == nullptr) {
+            io_uring_queue_exit(&ring);
+            ::munmap(buffers, sizeof(io_uring_buf));
+            ::close(pair[0]);
+            ::close(pair[1]);
+            return found;
+        }
         io_uring_prep_recv(sqe, pair[0], nullptr, 0, 0);
         sqe->ioprio |= IORING_RECV_MULTISHOT;
         sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -431,11 +438,16 @@ public:
         const OperationId id = start_operation(target);
         operations_[slot_of(id)].in_kernel = false;
         --in_kernel_;
-        if (buffers_returned_ != 0) {
-            // Buffers came back since the kernel found the ring empty (they
-            // go to it with the next wait): waiting for another recycle
-            // could wait for ever, when no other socket has any to give.
-            completed_.push_back({id, 0, 0});  // within what start_operation() reserved
+        if (buffers_held_ < buffer_count) {
+            // Buffers came back since the kernel found the ring dry (the
+            // receive's -ENOBUFS was reaped before their recycle): no later
+            // recycle may come to wake this waiter, so it runs at once.
+            try {
+                completed_.push_back({id, 0, 0});
+            } catch (...) {
+                free_operation(slot_of(id));
+                throw;
+            }
         } else {
             buffer_waiters_.push_back(id);
         }
@@ -507,6 +519,9 @@ public:
         }
         io_uring_buf_ring_add(buffers_, buffer_storage_.get() + std::size_t{id} * buffer_size, buffer_size, id,
                               io_uring_buf_ring_mask(buffer_count), static_cast<int>(buffers_returned_++));
+        if (buffers_held_ > 0) {
+            --buffers_held_;
+        }
         if (!buffer_waiters_.empty()) {
             // Within the capacity reserve_completions() keeps for them.
             for (const OperationId waiter : buffer_waiters_) {
@@ -840,6 +855,9 @@ private:
                 if (watch && data == *watch) {
                     watched = cqe->res;
                 } else if ((data & (control_bit | operation_bit)) == operation_bit) {
+                    if (has_buffer(cqe->flags)) {
+                        ++buffers_held_;  // out of the ring until recycle()
+                    }
                     record_completion(data, cqe->res, cqe->flags);
                 } else if ((data & control_bit) == 0) {
                     complete(static_cast<int>(data & 0xffff'ffffU), static_cast<std::uint32_t>(data >> 32U), cqe->res,
@@ -1051,6 +1069,7 @@ private:
             operation.in_kernel = false;
         }
         in_kernel_ = 0;
+        buffers_held_ = 0;
         completed_.clear();
         buffer_waiters_.clear();
     }
@@ -1066,6 +1085,7 @@ private:
     io_uring_buf_ring* buffers_ = nullptr;
     std::unique_ptr<std::byte[]> buffer_storage_;
     unsigned buffers_returned_ = 0;  // recycled since the last publish_buffers()
+    unsigned buffers_held_ = 0;      // filled by the kernel and not recycled yet
 
     io_uring ring_{};
     bool open_ = false;

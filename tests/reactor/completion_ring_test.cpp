@@ -203,6 +203,37 @@ TEST_CASE("a receive ended by a dry buffer ring loses no byte and goes on when a
     ring.recycle(CompletionRing::buffer_id(seen.entries.back().flags));
 }
 
+TEST_CASE("waiting for buffers after they all came back runs at once rather than waiting for another recycle") {
+    if (!kernel_has_completions()) {
+        MESSAGE("the kernel lacks the completion path: nothing to test");
+        return;
+    }
+    FdLeakCheck leaks;
+    Reactor reactor{options_for("io_uring")};
+    CompletionRing& ring = *ReactorCompletions::ring(reactor);
+    SocketPair pair;
+    Seen seen;
+    (void)ring.receive(pair.left.get(), seen.target(pair.left.get()));
+    bool dry = false;
+    for (int round = 0; round < 10'000 && !dry; ++round) {
+        muxio::test::write_all(pair.right.get(), "x");
+        const std::size_t before = seen.entries.size();
+        run_until(reactor, [&] { return seen.entries.size() > before; });
+        dry = seen.entries.back().result == -ENOBUFS;
+    }
+    REQUIRE(dry);
+    // The owner learns of the dry ring only after it gave every buffer back
+    // (its ENOBUFS reaped in the same batch as the data it consumed).
+    for (std::size_t index = 0; index + 1 < seen.entries.size(); ++index) {
+        ring.recycle(CompletionRing::buffer_id(seen.entries[index].flags));
+    }
+    (void)reactor.run_once(0s);
+    Seen woken;
+    (void)ring.wait_for_buffers(woken.target(-1));
+    run_until(
+        reactor, [&] { return !woken.entries.empty(); }, 10);
+}
+
 TEST_CASE("a detached operation runs its target no more and gives back the buffers of its late completions") {
     if (!kernel_has_completions()) {
         MESSAGE("the kernel lacks the completion path: nothing to test");
