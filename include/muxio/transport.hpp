@@ -509,6 +509,7 @@ private:
     void schedule_completion_delivery();
     void on_sent(std::int32_t result);
     bool pump_completions();
+    bool submit_send(std::size_t size);
     void settle_writes();
     void stop_completions(bool now) noexcept;
 

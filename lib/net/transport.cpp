@@ -1667,11 +1667,41 @@ void Transport::write_completion(std::span<const std::byte> data) {
     if (data.empty()) {
         return;
     }
-    enqueue(data);
-    if (state_ == State::open && completions_->sending == 0 && !writer_added_ && !pump_completions()) {
-        return;
+    Completions& completions = *completions_;
+    if (state_ == State::open && completions.sending == 0 && completions.out_head == completions.out.size() &&
+        queue_head_ == queue_.size() && files_head_ == files_.size() && !writer_added_) {
+        // Nothing waits before it (an answer to a request, typically): the
+        // bytes go straight into the send's buffer, whose storage is kept.
+        completions.out.assign(data.begin(), data.end());
+        completions.out_head = 0;
+        queued_in_ += data.size();
+        file_bytes_ += data.size();
+        if (!submit_send(data.size())) {
+            return;
+        }
+    } else {
+        enqueue(data);
+        if (state_ == State::open && completions.sending == 0 && !writer_added_ && !pump_completions()) {
+            return;
+        }
     }
     check_high_water();
+}
+
+bool Transport::submit_send(std::size_t size) {
+    Completions& completions = *completions_;
+    try {
+        completions.sending =
+            completions.ring->send(fd_, {completions.out.data() + completions.out_head, size},
+                                   {[](void* transport, std::int32_t result, std::uint32_t /*flags*/) {
+                                        static_cast<Transport*>(transport)->on_sent(result);
+                                    },
+                                    this, fd_});
+    } catch (...) {
+        finish(detail::code_of_current_exception());
+        return false;
+    }
+    return true;
 }
 
 bool Transport::pump_completions() {
@@ -1706,15 +1736,7 @@ bool Transport::pump_completions() {
             // Up to the next file.
             size = static_cast<std::size_t>(std::min<std::uint64_t>(size, files_[files_head_].at - queued_out_));
         }
-        try {
-            completions.sending =
-                completions.ring->send(fd_, {completions.out.data() + completions.out_head, size},
-                                       {[](void* transport, std::int32_t result, std::uint32_t /*flags*/) {
-                                            static_cast<Transport*>(transport)->on_sent(result);
-                                        },
-                                        this, fd_});
-        } catch (...) {
-            finish(detail::code_of_current_exception());
+        if (!submit_send(size)) {
             return false;
         }
     }
@@ -1748,6 +1770,10 @@ void Transport::on_sent(std::int32_t result) {
             sent.out_head = 0;
             if (sent.out.capacity() > keep_queue_capacity) {
                 std::vector<std::byte>{}.swap(sent.out);
+            }
+            if (queue_head_ == queue_.size() && files_head_ == files_.size() && !writer_added_) {
+                settle_writes();  // all out: nothing to pump
+                return;
             }
         }
         if (pump_completions()) {
