@@ -122,7 +122,9 @@ void StreamCompletions::end() noexcept {
         io->end_from_queue(nullptr);  // Cancelled, in the next iteration
     }
     if (ring != nullptr) {
-        receiver.release();
+        // Waits for the receive's end: it holds the socket open, and the
+        // peer would otherwise see the close only with the loop's next wait.
+        receiver.release(true);
     } else {
         receiver.forget_ring();
     }
