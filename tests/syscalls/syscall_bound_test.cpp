@@ -378,9 +378,13 @@ Serve bare_reactor(std::string_view selector) {
 // (1.002 or 1.996 measured: two when the send's completion ends a wait
 // before the next message arrives), a fraction at 64 (0.016 to 0.031). At least one call per 100 messages shows
 // the counter counted.
-#define MUXIO_COMPLETION_SYSCALL_BOUND(name, serve, connections, bound) \
-    TEST_CASE(name) {                                                   \
-        check_bound(serve, connections, bound, 0.01);                   \
+#define MUXIO_COMPLETION_SYSCALL_BOUND(name, serve, connections, bound)                   \
+    TEST_CASE(name) {                                                                     \
+        if (!muxio::detail::completion_features().receive) {                              \
+            MESSAGE("the kernel lacks io_uring's multishot receive: no completion path"); \
+            return;                                                                       \
+        }                                                                                 \
+        check_bound(serve, connections, bound, 0.01);                                     \
     }
 
 TEST_SUITE("apps") {
