@@ -57,7 +57,8 @@ ROLES = {
     "echo": dict(subjects=("muxio", "muxio-coro"), peers=("libuv", "libevent", "asio", "asio-coro"), floor="epoll",
                  floors=("uring",),
                  pairs=(("uring", "epoll"), ("muxio-coro", "muxio"), ("muxio-coro-perconn", "muxio"), ("muxio-coro-raw", "muxio"),
-                        ("asio-coro", "asio"))),
+                        ("asio-coro", "asio"), ("muxio-echo@io_uring", "uring"), ("muxio-echo@io_uring", "epoll"),
+                        ("muxio-echo@io_uring", "muxio-echo"), ("muxio-coro-perconn@io_uring", "uring"))),
     "http": dict(subjects=("muxio-http", "muxio"), peers=("libuv", "libevent", "asio", "nginx"), floor="epoll",
                  pairs=(("muxio-http", "muxio"),)),
     "resp": dict(subjects=("muxio-resp",), peers=("redis-server",), floor=None, pairs=()),
@@ -68,7 +69,9 @@ ROLES = {
                    floor="raw-epoll", pairs=(("muxio-epoll", "raw-epoll_pwait2"), ("python-epoll", "muxio-epoll"),
                                               ("python-poll", "muxio-poll"), ("python-select", "muxio-select"))),
     "callgrind": dict(subjects=("muxio", "muxio-coro"), peers=("libuv", "libevent", "asio", "asio-coro"),
-                      floor="epoll", floors=("uring",), pairs=(("uring", "epoll"),), verdicts=False),  # one deterministic count: no noise to judge
+                      floor="epoll", floors=("uring",),
+                      pairs=(("uring", "epoll"), ("muxio-echo@io_uring", "uring"), ("muxio-echo@io_uring", "muxio-echo")),
+                      verdicts=False),  # one deterministic count: no noise to judge
 }
 
 # Per results row: its table, group within the table, the metric the

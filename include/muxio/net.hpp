@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -172,6 +173,13 @@ class BufferedReader;
 namespace detail {
 
 class BufferedIo;
+class StreamCompletions;
+// A listener's multishot accept on the completion path (lib/net/listener.cpp).
+class AcceptQueue;
+struct AcceptQueueDeleter {
+    void operator()(AcceptQueue* queue) const noexcept;
+};
+using AcceptQueuePointer = std::unique_ptr<AcceptQueue, AcceptQueueDeleter>;
 
 // One read or write of a StreamSocket, awaited without a coroutine frame of
 // its own: it lives in the awaiting coroutine's frame (or in a Task made from
@@ -185,6 +193,13 @@ class BufferedIo;
 // the head ends: then the next one replaces its parked wait by the watch's
 // write wait, or, when it has to end without writing (a failed or closed
 // socket, a stop already requested), is resumed in the next iteration.
+//
+// On a reactor with a completion ring (io_uring, lib/net/stream.cpp) the
+// operation runs on the ring instead (on_ring_): a read takes the bytes the
+// stream's multishot receive queued, waiting for the receive's notification
+// when none are; the head of the write queue submits a send of the caller's
+// buffer and resumes on its completion. A stop request then cancels the
+// send and resumes only once its final completion came.
 class StreamIo {
 public:
     enum class Op : std::uint8_t { read_some, read_exact, write_some, write_all };
@@ -204,6 +219,9 @@ public:
     StreamIo(const StreamIo&) = delete;
     StreamIo& operator=(const StreamIo&) = delete;
     ~StreamIo() {
+        if (on_ring_) [[unlikely]] {
+            leave_ring();  // first: the kernel may still read the buffer
+        }
         if (armed_) {
             wait_.destroy();
         }
@@ -217,6 +235,14 @@ public:
     bool await_ready();
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+        if (on_ring_) {
+            handle_ = awaiter.address();
+            ambient_ = ambient_stop_token(awaiter);
+            if (queued_ && !is_head()) {
+                return wait_in_queue().await_suspend(awaiter);
+            }
+            return start_on_ring();
+        }
         if (queued_) {
             handle_ = awaiter.address();
             resume_as_head_ = &suspend_on_watch<Promise>;
@@ -229,6 +255,9 @@ public:
     }
     // The bytes moved; throws what the operation ended with.
     std::size_t await_resume() {
+        if (on_ring_) {
+            return finish_on_ring();
+        }
         if (queued_ || failure_ || ended_in_queue_) [[unlikely]] {
             return finish_queued();
         }
@@ -268,6 +297,37 @@ private:
     bool attempt() noexcept;
     static bool attempt_on_ready(void* self) noexcept { return static_cast<StreamIo*>(self)->attempt(); }
 
+    // The completion path (see the class comment).
+    friend class StreamCompletions;
+    struct RingStop {
+        StreamIo* io;
+        void operator()() const noexcept { io->on_ring_stop(); }
+    };
+    // await_ready() on the ring: true when the operation is over at once.
+    bool ready_on_ring(StreamCompletions& completions);
+    // Takes queued bytes: true once the read is over.
+    bool read_from_ring() noexcept;
+    // The reader waits for bytes, or the head submits its send. False when
+    // a stop was requested already (nothing started: it ends Cancelled).
+    bool start_on_ring();
+    // The head of the queue submits its send (after the writes before it).
+    static bool start_on_ring_as_head(StreamIo& self);
+    void submit_send();
+    static void on_sent(void* context, std::int32_t result, std::uint32_t flags);
+    // The receive queued bytes or ended, and this read waits.
+    void on_ring_data() noexcept;
+    void resume_from_ring() noexcept;
+    std::size_t finish_on_ring();
+    void listen_for_ring_stop();
+    void stop_listening_on_ring() noexcept;
+    // A stop callback: posts on_ring_stop_posted() to the loop (any thread).
+    void on_ring_stop() noexcept;
+    void on_ring_stop_posted() noexcept;
+    // No completion will resume this operation any more (its frame goes,
+    // the socket closes, or the reactor does): detaches what is in flight,
+    // waiting for a send's end so that the kernel is done with the buffer.
+    void leave_ring() noexcept;
+
     // What an attempt reads and writes in the first 64 bytes (see
     // ReactorWait's members): the frame is cold when the fd turns ready.
     StreamSocket* socket_;
@@ -288,6 +348,20 @@ private:
     bool (*resume_as_head_)(StreamIo& self) = nullptr;
     std::exception_ptr failure_;  // what end_from_queue() ended it with
     ManualLifetime<ReactorWait> wait_;
+
+    // The completion path's state; untouched by the readiness path.
+    bool on_ring_ = false;             // the operation runs on the completion ring
+    bool ring_waiting_ = false;        // the reader waits, or the head's send is in flight
+    bool ring_cancelling_ = false;     // a stop request asked the send to end early
+    bool ring_cancelled_ = false;      // it ended by a stop request
+    bool token_stop_alive_ = false;    // on_token_stop_ is alive
+    bool ambient_stop_alive_ = false;  // on_ambient_stop_ is alive
+    std::atomic<bool> ring_stop_seen_{false};
+    std::uint64_t operation_ = 0;        // the send in flight (a CompletionRing's id)
+    std::stop_token ambient_;            // the awaiting task's
+    std::shared_ptr<bool> stop_posted_;  // *stop_posted_: the posted stop may still run
+    ManualLifetime<std::stop_callback<RingStop>> on_token_stop_;
+    ManualLifetime<std::stop_callback<RingStop>> on_ambient_stop_;
 };
 
 }  // namespace detail
@@ -507,6 +581,21 @@ enum class ShutdownHow {
 ///   in the next iteration of the loop.
 /// - close() (or destruction, or release()) ends queued writes with
 ///   muxio::Cancelled.
+///
+/// On a reactor whose selector is io_uring and whose kernel has the
+/// operations (unless MUXIO_COMPLETIONS=off is set), reads and writes run
+/// on the ring's completions instead of readiness, with the same results
+/// and errors: the first read starts a multishot receive whose bytes wait
+/// in the ring's buffers (at most 16 of 4 KiB per stream; the receive
+/// pauses beyond that) until a read takes them, and a write submits a send
+/// of the caller's buffer and resumes once the kernel is done with it,
+/// partial sends resubmitted. Neither makes a system call of its own: the
+/// requests go with the loop's next wait. A stop request cancels the send
+/// in flight and resumes only after its final completion; a pending read
+/// ends at once, the bytes staying queued for the next. Closing the stream
+/// (or destroying the awaiting frame) with a send in flight waits for the
+/// kernel to finish with the buffer. release() drops bytes received and
+/// not read yet.
 class StreamSocket : public Socket {
 public:
     /// Reads what is there, at most `buffer.size()` bytes, waiting until at
@@ -539,10 +628,21 @@ public:
         return write_all(std::as_bytes(std::span{text.data(), text.size()}), std::move(token));
     }
 
-    /// One recv(): bytes read (0 at the end of the stream), or nullopt (see Socket).
+    /// One recv(): bytes read (0 at the end of the stream), or nullopt (see
+    /// Socket). Once a read started the stream's receive on the completion
+    /// path (see the class comment), it takes the bytes the receive queued
+    /// instead, without a system call, and nullopt means none are queued yet.
     std::optional<std::size_t> try_read(std::span<std::byte> buffer, std::error_code& error) noexcept;
     /// One send() with MSG_NOSIGNAL: bytes written, or nullopt (see Socket).
+    /// A system call on the completion path too; it does not wait for the
+    /// queued writes, so it is meant for a stream with none pending.
     std::optional<std::size_t> try_write(std::span<const std::byte> buffer, std::error_code& error) noexcept;
+
+    /// Whether this stream's reads and writes run on its reactor's completion
+    /// ring (see the class comment) rather than readiness: there a
+    /// try_write() costs a system call that write_all() would spare. False
+    /// for a closed stream.
+    [[nodiscard]] bool uses_completions() const noexcept;
 
     /// shutdown(2): ends the reading side, the writing side (the peer reads
     /// the end of the stream) or both. std::system_error on failure.
@@ -583,16 +683,32 @@ private:
     // Queued writes end: the head with the watch's release, the others in
     // the next iteration, all with muxio::Cancelled.
     void end_queued_writes() noexcept;
+    // The completion path ends (close, release): a send in flight is
+    // detached and waited for, a pending read ends with Cancelled in the
+    // next iteration, the receive stops and its queued bytes are dropped.
+    void end_completions() noexcept;
+
+    // Makes the completion path's state on the first operation, or returns
+    // it; null (remembered in no_completions_) when the reactor has no
+    // completion ring. The fork error in a forked child.
+    detail::StreamCompletions* completions(std::string_view operation);
+    // The completion path's receive was started (by a read of the stream itself).
+    [[nodiscard]] bool receiving_on_ring() const noexcept;
 
     // The last read_some()/read_exact() read less than it asked for, so the
     // socket was empty then: the next one waits for readiness before reading.
     // Next to the socket's watch, which a read touches anyway.
     bool drained_ = false;
+    // The reactor has no completion ring: reads and writes use readiness.
+    bool no_completions_ = false;
     // errno of the write that broke the write side (ECANCELED: one cancelled
     // part-way through); every later write fails with it.
     int write_error_ = 0;
     detail::StreamIo* write_head_ = nullptr;  // the write queue, oldest first
     detail::StreamIo* write_tail_ = nullptr;
+    // The completion path's receive and its pending read, made by the first
+    // operation on a reactor with a completion ring; null otherwise.
+    detail::StreamCompletions* completions_ = nullptr;
     SocketAddress peer_;
 };
 
@@ -750,6 +866,11 @@ private:
 ///   longest line: a read loop over lines allocates nothing.
 /// - Each operation reads as much as the buffer holds, so a line read is
 ///   usually one recv() for several lines.
+/// - On the completion path (see StreamSocket) the reader reads the socket
+///   with system calls, on readiness, as elsewhere; a stream already read
+///   through its own read_some() or read_exact() there refuses a reader's
+///   operations (std::logic_error), since bytes its receive queued would
+///   be skipped.
 /// - Cancellation (muxio::Cancelled, as on the stream): read_until and
 ///   read_line lose nothing (what was read stays buffered for the next
 ///   call); read_exact has consumed what it stored in its buffer.
@@ -955,8 +1076,15 @@ public:
     Task<TcpStream> accept(std::error_code& error, std::stop_token token = {});
     /// One accept4(): for callback servers driven by Reactor::add_reader.
     /// EMFILE/ENFILE come back in `error`; retrying at once would spin, as
-    /// the connection stays queued.
+    /// the connection stays queued. Connections the completion path's
+    /// accept (see accept()) took already come first.
     std::optional<TcpStream> try_accept(std::error_code& error) noexcept;
+
+    /// Stops accepting (closing connections accepted and not handed out
+    /// yet), then closes as Socket::close() does.
+    void close() noexcept;
+    /// As Socket::release(), after stopping the accept as close() does.
+    [[nodiscard]] int release() noexcept;
 
     /// The bound address, with the port the kernel chose. No system call.
     [[nodiscard]] const SocketAddress& local_address() const noexcept { return local_; }
@@ -968,6 +1096,9 @@ private:
     static std::optional<TcpListener> open(Reactor& reactor, const SocketAddress& address, const ListenOptions& options,
                                            std::error_code& error, std::string* failed);
     SocketAddress local_;
+    // On a reactor with a completion ring: the multishot accept and the
+    // connections it took, made by the first accept().
+    detail::AcceptQueuePointer accepted_;
 };
 
 /// How UnixListener::bind() sets up its socket.
@@ -1015,9 +1146,12 @@ public:
     /// As TcpListener::try_accept().
     std::optional<UnixStream> try_accept(std::error_code& error) noexcept;
 
-    /// Removes the path (see UnixListenOptions::unlink_on_close), then
-    /// closes as Socket::close() does.
+    /// Removes the path (see UnixListenOptions::unlink_on_close), stops
+    /// accepting as TcpListener::close() does, then closes as
+    /// Socket::close() does.
     void close() noexcept;
+    /// As TcpListener::release(); the path stays.
+    [[nodiscard]] int release() noexcept;
 
     /// The address bound to. No system call.
     [[nodiscard]] const SocketAddress& local_address() const noexcept { return local_; }
@@ -1037,6 +1171,7 @@ private:
     std::uint64_t inode_ = 0;
     pid_t creator_ = 0;
     bool owns_path_ = false;
+    detail::AcceptQueuePointer accepted_;  // as TcpListener's
 };
 
 /// How UdpSocket::bind() sets up its socket.

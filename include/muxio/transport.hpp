@@ -202,7 +202,8 @@ struct TransportOptions {
     /// (Status::closed) is the end of stream (eof_received()); an end of the
     /// socket's stream is whatever error the filter makes of it (TLS:
     /// truncated). resume_reading() delivers what the filter holds already,
-    /// even if the socket never turns readable again.
+    /// even if the socket never turns readable again. A filtered transport
+    /// runs on readiness also where the reactor offers completions.
     TransportFilterFactory filter{};
     /// With a filter: the handshake must complete within this, or the
     /// connection ends with connection_lost(ETIMEDOUT) and no
@@ -232,6 +233,22 @@ struct TransportFrame {
 /// callback sends as the socket drains. So the common case costs one send
 /// system call, no copy and no allocation. The queue keeps its storage once
 /// it has grown (up to a bound), so a warm connection does not allocate.
+///
+/// On the io_uring completion path (a reactor whose selector is io_uring on
+/// a kernel with multishot receive, unless MUXIO_COMPLETIONS=off) a
+/// transport without a filter makes no read or send system call per
+/// message: a multishot receive fills the reactor's provided buffers and
+/// data_received() gets such a buffer itself (or a copy in the span
+/// get_buffer() returned), and write() copies into the write queue, which
+/// goes out as one send submission at a time; the loop's one io_uring_enter
+/// per iteration carries them. The contract is the same, with these
+/// differences of degree: every write is queued until its send completes
+/// (write_buffer_size() counts it, the water marks apply to it, and
+/// write_drained() follows each send that empties the queue); after
+/// pause_reading(), the receive is cancelled only once bytes arrive, which
+/// then wait, queued, for resume_reading(); send_file() still calls
+/// sendfile(2) when the file's turn comes. A transport with a filter (TLS)
+/// stays on readiness.
 ///
 /// Ownership: whoever creates a transport owns it (a Server owns the
 /// transports and protocols of its connections and frees them after
@@ -482,6 +499,20 @@ private:
     void finish_send_failure(int errnum) noexcept;
     void schedule_filtered_delivery();
 
+    // On the completion path (lib/net/transport.cpp, "Completions").
+    struct Completions;
+    void write_completion(std::span<const std::byte> data);
+    void update_completion_reader() noexcept;
+    void on_received();
+    void deliver_received(const detail::TransportFrame& frame);
+    void deliver_queued(const detail::TransportFrame& frame);
+    void schedule_completion_delivery();
+    void on_sent(std::int32_t result);
+    bool pump_completions();
+    bool submit_send(std::size_t size);
+    void settle_writes();
+    void stop_completions(bool now) noexcept;
+
     // Runs `body`, a call into the protocol, in a frame; false if the
     // transport was destroyed meanwhile (touch nothing then). An exception
     // aborts the connection and is rethrown after the frame closes.
@@ -530,7 +561,9 @@ private:
     std::uint64_t queued_out_ = 0;  // bytes of queue_ ever sent
     std::vector<QueuedFile> files_;
     std::size_t files_head_ = 0;
-    std::uint64_t file_bytes_ = 0;             // left to send of files_
+    // Counted in write_buffer_size() outside queue_: left to send of files_,
+    // and on the completion path the bytes of the send in flight.
+    std::uint64_t file_bytes_ = 0;
     std::span<std::byte> shared_buffer_;       // a Server's, shared by its connections
     std::unique_ptr<std::byte[]> own_buffer_;  // allocated at the first read needing it
     detail::TransportFrame* frames_ = nullptr;
@@ -557,6 +590,11 @@ private:
     Duration handshake_timeout_{0};
     bool filter_ready_ = false;      // the handshake completed
     bool filter_shut_down_ = false;  // shutdown() queued (close_notify)
+    // A filter or the completion path: write() and writev() go their own
+    // way (one test on the plain path for both).
+    bool indirect_ = false;
+    // The completion path's receive and send; null on readiness.
+    std::unique_ptr<Completions> completions_;
 };
 
 }  // namespace muxio

@@ -96,6 +96,14 @@ bool BufferedIo::await_ready() {
     }
     awaited_ = true;
     reader_->stream_->require_open(operation_name(op_));
+    if (reader_->stream_->receiving_on_ring()) [[unlikely]] {
+        // The reader reads the socket itself: bytes the ring's receive
+        // queued would be skipped, and later ones raced for.
+        throw std::logic_error(
+            fmt::format("{}: the stream's reads run on the completion ring already (a read_some() or read_exact() on "
+                        "the stream itself): read it through one of them only",
+                        operation_name(op_)));
+    }
     if (op_ == Op::read_until || op_ == Op::read_line) {
         if (delimiter_.empty()) {
             throw std::invalid_argument(fmt::format("{}: the delimiter is empty", operation_name(op_)));

@@ -163,12 +163,16 @@ void CompletionReceiver::finish(std::error_code error) noexcept {
     error_ = error;
 }
 
-void CompletionReceiver::release() noexcept {
+void CompletionReceiver::release(bool wait) noexcept {
     if (ring_ == nullptr) {
         return;
     }
     if (receiving_ != 0) {
-        ring_->detach(std::exchange(receiving_, 0));
+        if (wait) {
+            ring_->detach_and_wait(std::exchange(receiving_, 0));
+        } else {
+            ring_->detach(std::exchange(receiving_, 0));
+        }
     }
     if (waiting_for_buffers_ != 0) {
         ring_->detach(std::exchange(waiting_for_buffers_, 0));

@@ -65,8 +65,11 @@ public:
     [[nodiscard]] std::error_code error() const noexcept { return error_; }
 
     /// Detaches what runs and gives the queued buffers back; afterwards the
-    /// receiver does nothing. For a socket being closed. Idempotent.
-    void release() noexcept;
+    /// receiver does nothing. For a socket being closed. Idempotent. With
+    /// `wait`, waits until the kernel ended the receive (one io_uring_enter):
+    /// the receive holds the socket open, so without it the peer sees the
+    /// close only with the loop's next wait.
+    void release(bool wait = false) noexcept;
     /// The reactor closed its ring: forget it without touching it (its
     /// buffers are gone with it). Afterwards the receiver does nothing.
     void forget_ring() noexcept;

@@ -8,17 +8,258 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <deque>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include <fmt/format.h>
 
+#include "muxio/awaitables.hpp"
 #include "muxio/error.hpp"
 
 #include "net/socket_ops.hpp"
+#include "reactor/completions.hpp"
 
 namespace muxio {
+
+// ----- The completion path's accept ---------------------------------------------------
+
+namespace detail {
+
+// A listener's multishot accept on the reactor's completion ring and the
+// connections it took, oldest first. Started by the first accept() and
+// again by any accept() that finds nothing queued after the kernel ended it
+// (an error such as EMFILE ends it: reported once, then retried only by the
+// next accept(), so nothing spins). Paused while `limit` connections wait:
+// a server that stops accepting leaves the rest in the kernel's backlog.
+// On the heap, so that a move of the listener moves nothing the ring points to.
+class AcceptQueue : private CloseHook {
+public:
+    static constexpr std::size_t limit = 64;
+
+    // An accept() waiting for a connection: a parked wait, woken by the
+    // completion (in the next iteration; accepting is no hot path) or
+    // ended with Cancelled by a stop request, as any other await.
+    class Wait {
+    public:
+        Wait(AcceptQueue& queue, Reactor& reactor, std::stop_token token) noexcept
+            : queue_{&queue}, wait_{reactor, ReactorWait::Kind::parked, -1, Reactor::TimePoint{}, std::move(token)} {}
+        Wait(const Wait&) = delete;
+        Wait& operator=(const Wait&) = delete;
+        ~Wait() { leave(); }
+        [[nodiscard]] bool await_ready() const noexcept { return false; }
+        template <class Promise>
+        bool await_suspend(std::coroutine_handle<Promise> awaiter) {
+            queue_->waiter_ = this;
+            if (!wait_.await_suspend(awaiter)) {
+                leave();
+                return false;
+            }
+            return true;
+        }
+        void await_resume() {
+            leave();
+            wait_.await_resume();  // Cancelled
+            if (closed_) {
+                throw Cancelled{};
+            }
+        }
+
+    private:
+        friend class AcceptQueue;
+        void leave() noexcept {
+            if (queue_ != nullptr && queue_->waiter_ == this) {
+                queue_->waiter_ = nullptr;
+            }
+        }
+        AcceptQueue* queue_;
+        ReactorWait wait_;
+        bool closed_ = false;  // the listener closed while it waited
+    };
+
+    AcceptQueue(Reactor& reactor, CompletionRing& ring, int fd) noexcept
+        : ring_{&ring}, fd_{fd}, generation_{fork_generation.load(std::memory_order_relaxed)} {
+        hook(reactor, Phase::late, &on_reactor_close);
+    }
+    AcceptQueue(const AcceptQueue&) = delete;
+    AcceptQueue& operator=(const AcceptQueue&) = delete;
+    ~AcceptQueue() {
+        if (accepting_ != 0) {
+            if (CompletionRing* ring = usable_ring()) {
+                ring->detach(accepting_);
+            }
+        }
+        for (const int fd : accepted_) {
+            ::close(fd);
+        }
+        if (Wait* waiting = std::exchange(waiter_, nullptr)) {
+            waiting->queue_ = nullptr;
+            waiting->closed_ = true;
+            try {
+                (void)waiting->wait_.wake();
+            } catch (...) {
+                // The reactor is closed, or the wait was cancelled already.
+            }
+        }
+    }
+
+    [[nodiscard]] CompletionRing* usable_ring() const noexcept {
+        return ring_ != nullptr && fork_generation.load(std::memory_order_relaxed) == generation_ ? ring_ : nullptr;
+    }
+
+    // The oldest connection taken; or -1 with `error` set to what ended the
+    // accept, reported once; or -1 with `error` clear, the accept running.
+    // Throws what the ring throws when it refuses the request.
+    int take(std::error_code& error) {
+        error.clear();
+        if (!accepted_.empty()) {
+            const int fd = accepted_.front();
+            accepted_.pop_front();
+            if (accepting_ == 0 && accepted_.size() < limit) {
+                start();
+            }
+            return fd;
+        }
+        if (error_ != 0) {
+            error = errno_code(std::exchange(error_, 0));
+            return -1;
+        }
+        if (accepting_ == 0) {
+            start();
+        }
+        return -1;
+    }
+
+private:
+    void start() {
+        if (CompletionRing* ring = usable_ring()) {
+            accepting_ = ring->accept(fd_, {&AcceptQueue::on_accept, this, fd_});
+        }
+    }
+
+    static void on_accept(void* context, std::int32_t result, std::uint32_t flags) {
+        auto& self = *static_cast<AcceptQueue*>(context);
+        if ((flags & CompletionRing::more_flag) == 0) {
+            self.accepting_ = 0;
+        }
+        if (result >= 0) {
+            self.accepted_.push_back(result);
+            if (self.accepting_ != 0 && self.accepted_.size() >= limit) {
+                if (CompletionRing* ring = self.usable_ring()) {
+                    ring->cancel(self.accepting_);
+                }
+            }
+        } else if (result == -ECANCELED) {
+            return;  // paused: the next take() starts it again
+        } else {
+            switch (-result) {
+                case EINTR:
+                case EAGAIN:
+                case ECONNABORTED:
+                case EPROTO:
+                case ENETDOWN:
+                case ENOPROTOOPT:
+                case EHOSTDOWN:
+                case ENONET:
+                case EHOSTUNREACH:
+                case ENETUNREACH:
+                    // One queued connection's trouble, not the listener's.
+                    if (self.accepting_ == 0 && self.waiter_ != nullptr) {
+                        self.start();
+                    }
+                    return;
+                default:
+                    self.error_ = -result;
+                    break;
+            }
+        }
+        if (self.waiter_ != nullptr) {
+            try {
+                (void)self.waiter_->wait_.wake();
+            } catch (...) {
+                // Out of memory for the wake: the connection stays queued for the next accept().
+            }
+        }
+    }
+
+    static void on_reactor_close(CloseHook& hook) noexcept {
+        auto& self = static_cast<AcceptQueue&>(hook);
+        if (self.accepting_ != 0) {
+            if (CompletionRing* ring = self.usable_ring()) {
+                ring->detach(self.accepting_);
+            }
+            self.accepting_ = 0;
+        }
+        // Its parked wait forgets the reactor on its own; the frame may go
+        // after the listener, so it forgets the queue too.
+        if (Wait* waiting = std::exchange(self.waiter_, nullptr)) {
+            waiting->queue_ = nullptr;
+        }
+        self.ring_ = nullptr;
+    }
+
+    CompletionRing* ring_;
+    int fd_;
+    std::uint64_t generation_;  // fork_generation when made
+    OperationId accepting_ = 0;
+    std::deque<int> accepted_;
+    int error_ = 0;  // what ended the accept, not reported yet
+    Wait* waiter_ = nullptr;
+};
+
+void AcceptQueueDeleter::operator()(AcceptQueue* queue) const noexcept {
+    delete queue;
+}
+
+namespace {
+
+// The listener's queue, made by its first accept() on a reactor whose ring
+// accepts; null on readiness. The fork error in a forked child.
+AcceptQueue* accept_queue(Reactor& reactor, int fd, AcceptQueuePointer& queue) {
+    if (queue) {
+        if (queue->usable_ring() == nullptr) {
+            reactor.require_usable("accept");
+        }
+        return queue.get();
+    }
+    CompletionRing* const ring = ReactorCompletions::ring(reactor);
+    if (ring == nullptr || !ring->features().accept) {
+        return nullptr;
+    }
+    reactor.require_usable("accept");
+    queue.reset(new AcceptQueue{reactor, *ring, fd});
+    return queue.get();
+}
+
+// accept() of either listener on the completion path: the accepted
+// descriptor, or -1 with `error` set when `error` is given (thrown otherwise).
+template <class Listener>
+Task<int> accept_completed(Listener& listener, AcceptQueue& queue, std::error_code* error, std::stop_token token) {
+    for (;;) {
+        std::error_code failure;
+        const int fd = queue.take(failure);
+        if (fd >= 0) {
+            if (error != nullptr) {
+                error->clear();
+            }
+            co_return fd;
+        }
+        if (failure) {
+            if (error == nullptr) {
+                throw_system_error(failure.value(), fmt::format("accept on {}", listener.local_address()),
+                                   listener.fileno());
+            }
+            *error = failure;
+            co_return -1;  // not retried: the connection stays queued
+        }
+        co_await AcceptQueue::Wait{queue, listener.reactor(), token};
+    }
+}
+
+}  // namespace
+
+}  // namespace detail
 
 // ----- TcpListener ----------------------------------------------------------------
 
@@ -88,7 +329,29 @@ std::optional<TcpListener> TcpListener::bind(Reactor& reactor, const SocketAddre
     return open(reactor, address, options, error, nullptr);
 }
 
+void TcpListener::close() noexcept {
+    accepted_.reset();
+    Socket::close();
+}
+
+int TcpListener::release() noexcept {
+    accepted_.reset();
+    return Socket::release();
+}
+
 std::optional<TcpStream> TcpListener::try_accept(std::error_code& error) noexcept {
+    if (accepted_ && is_open()) {
+        try {
+            if (const int fd = accepted_->take(error); fd >= 0) {
+                return TcpStream{reactor(), fd, detail::peer_of(fd)};
+            }
+        } catch (...) {
+            // The ring refused to start the accept again: the kernel's call below answers.
+        }
+        if (error) {
+            return std::nullopt;
+        }
+    }
     SocketAddress peer;
     const int fd = detail::accept_one(fileno(), peer, error);
     if (fd < 0) {
@@ -119,6 +382,10 @@ bool accept_now(Listener& listener, Stream& out) {
 
 Task<TcpStream> TcpListener::accept(std::stop_token token) {
     require_open("accept");
+    if (detail::AcceptQueue* queue = detail::accept_queue(reactor(), fileno(), accepted_)) {
+        const int fd = co_await detail::accept_completed(*this, *queue, nullptr, std::move(token));
+        co_return TcpStream{reactor(), fd, detail::peer_of(fd)};
+    }
     TcpStream accepted;
     while (!accept_now(*this, accepted)) {
         co_await readable(token);
@@ -128,6 +395,13 @@ Task<TcpStream> TcpListener::accept(std::stop_token token) {
 
 Task<TcpStream> TcpListener::accept(std::error_code& error, std::stop_token token) {
     require_open("accept");
+    if (detail::AcceptQueue* queue = detail::accept_queue(reactor(), fileno(), accepted_)) {
+        const int fd = co_await detail::accept_completed(*this, *queue, &error, std::move(token));
+        if (fd < 0) {
+            co_return TcpStream{};
+        }
+        co_return TcpStream{reactor(), fd, detail::peer_of(fd)};
+    }
     for (;;) {
         std::optional<TcpStream> accepted = try_accept(error);
         if (accepted) {
@@ -148,7 +422,8 @@ UnixListener::UnixListener(UnixListener&& other) noexcept
       device_{other.device_},
       inode_{other.inode_},
       creator_{other.creator_},
-      owns_path_{std::exchange(other.owns_path_, false)} {}
+      owns_path_{std::exchange(other.owns_path_, false)},
+      accepted_{std::move(other.accepted_)} {}
 
 UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
     if (this != &other) {
@@ -159,6 +434,7 @@ UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
         inode_ = other.inode_;
         creator_ = other.creator_;
         owns_path_ = std::exchange(other.owns_path_, false);
+        accepted_ = std::move(other.accepted_);
     }
     return *this;
 }
@@ -169,7 +445,13 @@ UnixListener::~UnixListener() {
 
 void UnixListener::close() noexcept {
     unlink_path();
+    accepted_.reset();
     Socket::close();
+}
+
+int UnixListener::release() noexcept {
+    accepted_.reset();
+    return Socket::release();
 }
 
 void UnixListener::unlink_path() noexcept {
@@ -244,6 +526,18 @@ std::optional<UnixListener> UnixListener::bind(Reactor& reactor, const SocketAdd
 }
 
 std::optional<UnixStream> UnixListener::try_accept(std::error_code& error) noexcept {
+    if (accepted_ && is_open()) {
+        try {
+            if (const int fd = accepted_->take(error); fd >= 0) {
+                return UnixStream{reactor(), fd, detail::peer_of(fd)};
+            }
+        } catch (...) {
+            // As TcpListener::try_accept().
+        }
+        if (error) {
+            return std::nullopt;
+        }
+    }
     SocketAddress peer;
     const int fd = detail::accept_one(fileno(), peer, error);
     if (fd < 0) {
@@ -254,6 +548,10 @@ std::optional<UnixStream> UnixListener::try_accept(std::error_code& error) noexc
 
 Task<UnixStream> UnixListener::accept(std::stop_token token) {
     require_open("accept");
+    if (detail::AcceptQueue* queue = detail::accept_queue(reactor(), fileno(), accepted_)) {
+        const int fd = co_await detail::accept_completed(*this, *queue, nullptr, std::move(token));
+        co_return UnixStream{reactor(), fd, detail::peer_of(fd)};
+    }
     UnixStream accepted;
     while (!accept_now(*this, accepted)) {
         co_await readable(token);
@@ -263,6 +561,13 @@ Task<UnixStream> UnixListener::accept(std::stop_token token) {
 
 Task<UnixStream> UnixListener::accept(std::error_code& error, std::stop_token token) {
     require_open("accept");
+    if (detail::AcceptQueue* queue = detail::accept_queue(reactor(), fileno(), accepted_)) {
+        const int fd = co_await detail::accept_completed(*this, *queue, &error, std::move(token));
+        if (fd < 0) {
+            co_return UnixStream{};
+        }
+        co_return UnixStream{reactor(), fd, detail::peer_of(fd)};
+    }
     for (;;) {
         std::optional<UnixStream> accepted = try_accept(error);
         if (accepted) {

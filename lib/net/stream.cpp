@@ -1,6 +1,9 @@
-// The stream sockets of include/muxio/net.hpp. Every operation is the
-// asyncio sock_* pattern: the system call first, a wait for readiness
-// through muxio::readable/writable only when it would block.
+// The stream sockets of include/muxio/net.hpp. On a readiness selector
+// every operation is the asyncio sock_* pattern: the system call first, a
+// wait for readiness through the socket's watch only when it would block.
+// On a reactor with a completion ring (io_uring) reads take what the
+// stream's multishot receive queued and writes are sends submitted to the
+// ring, so a loop iteration makes no read or write system call of its own.
 #include "muxio/net.hpp"
 
 #include <netinet/in.h>
@@ -12,16 +15,123 @@
 #include <cerrno>
 #include <cstddef>
 #include <exception>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
 #include <fmt/format.h>
 
+#include "muxio/detail/resume_loop.hpp"
 #include "muxio/error.hpp"
 
+#include "net/completion_receiver.hpp"
 #include "net/socket_ops.hpp"
+#include "reactor/completions.hpp"
 
 namespace muxio {
+
+namespace detail {
+
+// The completion path's state of one stream: its receive, its pending read
+// and the send in flight, made by the stream's first operation on a reactor
+// with a completion ring. On the heap, so that a stream on readiness pays
+// one pointer for it and a move of the stream moves nothing the ring or the
+// receive point to.
+class StreamCompletions : private CloseHook {
+public:
+    StreamCompletions(Reactor& reactor, CompletionRing& ring, int fd) noexcept
+        : receiver{ring, fd, &on_data, this},
+          receive_on_ring{ring.features().receive},
+          ring_{&ring},
+          generation_{fork_generation.load(std::memory_order_relaxed)} {
+        hook(reactor, Phase::late, &on_reactor_close);
+    }
+    StreamCompletions(const StreamCompletions&) = delete;
+    StreamCompletions& operator=(const StreamCompletions&) = delete;
+    ~StreamCompletions() {
+        if (usable_ring() == nullptr) {
+            receiver.forget_ring();  // the receiver's destructor must not touch it
+        }
+    }
+
+    // The ring, unless the reactor closed it or this is a forked child,
+    // whose ring is the parent's.
+    [[nodiscard]] CompletionRing* usable_ring() const noexcept {
+        return ring_ != nullptr && fork_generation.load(std::memory_order_relaxed) == generation_ ? ring_ : nullptr;
+    }
+
+    // Ends what waits on the ring for the socket's close: see
+    // StreamSocket::end_completions().
+    void end() noexcept;
+
+    CompletionReceiver receiver;
+    StreamIo* reader = nullptr;   // the read waiting for bytes
+    StreamIo* sender = nullptr;   // the write whose send is in flight
+    bool receive_on_ring;         // reads run on the ring (features().receive)
+    bool error_reported = false;  // the receive's error was thrown once; then reads see the end
+
+private:
+    static void on_data(void* owner) {
+        auto& self = *static_cast<StreamCompletions*>(owner);
+        if (StreamIo* waiting = self.reader) {
+            waiting->on_ring_data();  // may close or destroy the stream: the last thing here
+        }
+    }
+    // Late: the spawned frames are gone (their operations detached); what
+    // is left stays suspended, and the ring's close waits for the sends.
+    static void on_reactor_close(CloseHook& hook) noexcept {
+        auto& self = static_cast<StreamCompletions&>(hook);
+        CompletionRing* const ring = self.usable_ring();
+        for (StreamIo* io : {std::exchange(self.reader, nullptr), std::exchange(self.sender, nullptr)}) {
+            if (io != nullptr) {
+                io->stop_listening_on_ring();
+                if (io->operation_ != 0 && ring != nullptr) {
+                    ring->detach(io->operation_);
+                }
+                io->operation_ = 0;
+                io->ring_waiting_ = false;
+            }
+        }
+        if (ring != nullptr) {
+            self.receiver.release();
+        } else {
+            self.receiver.forget_ring();
+        }
+        self.ring_ = nullptr;
+    }
+
+    CompletionRing* ring_;
+    std::uint64_t generation_;  // fork_generation when made
+};
+
+void StreamCompletions::end() noexcept {
+    CompletionRing* const ring = usable_ring();
+    if (StreamIo* io = std::exchange(sender, nullptr)) {
+        io->stop_listening_on_ring();
+        if (io->operation_ != 0 && ring != nullptr) {
+            ring->detach_and_wait(io->operation_);  // the caller's buffer is the kernel's until then
+        }
+        io->operation_ = 0;
+        io->ring_waiting_ = false;
+        io->on_watch_ = false;  // end_queued_writes() ends it
+    }
+    if (StreamIo* io = std::exchange(reader, nullptr)) {
+        io->stop_listening_on_ring();
+        io->ring_waiting_ = false;
+        io->end_from_queue(nullptr);  // Cancelled, in the next iteration
+    }
+    if (ring != nullptr) {
+        // Waits for the receive's end: it holds the socket open, and the
+        // peer would otherwise see the close only with the loop's next wait.
+        receiver.release(true);
+    } else {
+        receiver.forget_ring();
+    }
+    unhook();
+}
+
+}  // namespace detail
 
 // ----- Socket -----------------------------------------------------------------------
 
@@ -82,9 +192,11 @@ void Socket::refuse_closed(std::string_view operation) const {
 StreamSocket::StreamSocket(StreamSocket&& other) noexcept
     : Socket{std::move(other)},
       drained_{std::exchange(other.drained_, false)},
+      no_completions_{std::exchange(other.no_completions_, false)},
       write_error_{std::exchange(other.write_error_, 0)},
       write_head_{std::exchange(other.write_head_, nullptr)},
       write_tail_{std::exchange(other.write_tail_, nullptr)},
+      completions_{std::exchange(other.completions_, nullptr)},
       peer_{other.peer_} {
     for (detail::StreamIo* write = write_head_; write != nullptr; write = write->next_) {
         write->socket_ = this;
@@ -96,9 +208,11 @@ StreamSocket& StreamSocket::operator=(StreamSocket&& other) noexcept {
         close();
         Socket::operator=(std::move(other));
         drained_ = std::exchange(other.drained_, false);
+        no_completions_ = std::exchange(other.no_completions_, false);
         write_error_ = std::exchange(other.write_error_, 0);
         write_head_ = std::exchange(other.write_head_, nullptr);
         write_tail_ = std::exchange(other.write_tail_, nullptr);
+        completions_ = std::exchange(other.completions_, nullptr);
         peer_ = other.peer_;
         for (detail::StreamIo* write = write_head_; write != nullptr; write = write->next_) {
             write->socket_ = this;
@@ -108,13 +222,55 @@ StreamSocket& StreamSocket::operator=(StreamSocket&& other) noexcept {
 }
 
 void StreamSocket::close() noexcept {
+    end_completions();
     end_queued_writes();
     Socket::close();
 }
 
 int StreamSocket::release() noexcept {
+    end_completions();
     end_queued_writes();
+    no_completions_ = false;
     return Socket::release();
+}
+
+void StreamSocket::end_completions() noexcept {
+    if (completions_ != nullptr) [[unlikely]] {
+        completions_->end();
+        delete std::exchange(completions_, nullptr);
+    }
+}
+
+bool StreamSocket::receiving_on_ring() const noexcept {
+    return completions_ != nullptr && completions_->receiver.wanted();
+}
+
+bool StreamSocket::uses_completions() const noexcept {
+    if (completions_ != nullptr) {
+        return completions_->usable_ring() != nullptr;
+    }
+    if (no_completions_ || !is_open()) {
+        return false;
+    }
+    return detail::ReactorCompletions::ring(reactor()) != nullptr;
+}
+
+detail::StreamCompletions* StreamSocket::completions(std::string_view operation) {
+    if (completions_ != nullptr) [[likely]] {
+        if (completions_->usable_ring() == nullptr) [[unlikely]] {
+            reactor().require_usable(operation);  // a forked child: the fork error
+        }
+        return completions_;
+    }
+    Reactor& owner = reactor();
+    detail::CompletionRing* const ring = detail::ReactorCompletions::ring(owner);
+    if (ring == nullptr) {
+        no_completions_ = true;
+        return nullptr;
+    }
+    owner.require_usable(operation);  // the ring is the loop thread's
+    completions_ = new detail::StreamCompletions{owner, *ring, fileno()};
+    return completions_;
 }
 
 void StreamSocket::end_queued_writes() noexcept {
@@ -141,6 +297,31 @@ void StreamSocket::fail(int errnum, std::string_view verb) const {
 }
 
 std::optional<std::size_t> StreamSocket::try_read(std::span<std::byte> buffer, std::error_code& error) noexcept {
+    if (completions_ != nullptr && completions_->receiver.wanted() && is_open()) [[unlikely]] {
+        // The receive runs: what it queued comes first, and a recv() now
+        // could take bytes that arrived after those it has yet to hand over.
+        detail::CompletionReceiver& receiver = completions_->receiver;
+        error.clear();
+        if (buffer.empty()) {
+            return 0;
+        }
+        try {
+            if (const std::size_t got = receiver.read(buffer); got > 0) {
+                return got;
+            }
+        } catch (...) {
+            error = detail::errno_code(ENOMEM);
+            return std::nullopt;
+        }
+        if (!receiver.ended()) {
+            return std::nullopt;  // would block
+        }
+        if (receiver.error() && !std::exchange(completions_->error_reported, true)) {
+            error = receiver.error();
+            return std::nullopt;
+        }
+        return 0;
+    }
     return detail::transfer(error, [&] { return ::recv(fileno(), buffer.data(), buffer.size(), 0); });
 }
 
@@ -186,6 +367,13 @@ bool StreamIo::await_ready() {
     }
     awaited_ = true;
     socket_->require_open(operation_name(op_));
+    if (!socket_->no_completions_) {
+        if (StreamCompletions* completions = socket_->completions(operation_name(op_))) {
+            if (!reading() || completions->receive_on_ring) {
+                return ready_on_ring(*completions);
+            }
+        }
+    }
     if (reading()) {
         // After a read that emptied the socket, a read now would most likely
         // fail with EAGAIN: a wasted system call per message in a
@@ -301,6 +489,19 @@ bool StreamIo::start_as_head() noexcept {
         unlink_head();
         end_from_queue(std::make_exception_ptr(
             make_system_error(socket.write_error_, write_failure(socket, socket.write_error_), socket.fileno())));
+        return false;
+    }
+    if (on_ring_) {
+        try {
+            if (start_on_ring()) {
+                return true;
+            }
+        } catch (...) {
+            // The ring refused the send: ends as cancelled below, as a
+            // refused registration does.
+        }
+        unlink_head();
+        end_from_queue(nullptr);
         return false;
     }
     try {
@@ -439,6 +640,257 @@ bool StreamIo::attempt() noexcept {
             break;
     }
     return error_ != 0;  // failed, or would block
+}
+
+// ----- StreamIo on the completion ring -------------------------------------------
+
+bool StreamIo::ready_on_ring(StreamCompletions& completions) {
+    on_ring_ = true;
+    StreamSocket& socket = *socket_;
+    if (reading()) {
+        if (completions.reader != nullptr) {
+            throw std::logic_error(fmt::format("{}: fd {} already has a waiting reader (is another task reading it?)",
+                                               operation_name(op_), socket.fileno()));
+        }
+        if (read_buffer_.empty()) {
+            return true;
+        }
+        completions.receiver.start();
+        return read_from_ring();
+    }
+    if (socket.write_error_ != 0) [[unlikely]] {
+        error_ = socket.write_error_;
+        return true;
+    }
+    if (socket.write_head_ == nullptr && write_buffer_.empty()) {
+        return true;
+    }
+    // The head submits its send in await_suspend(), once it knows the
+    // awaiting task's stop token; the others wait for their turn.
+    queued_ = true;
+    if (socket.write_tail_ == nullptr) {
+        socket.write_head_ = this;
+    } else {
+        socket.write_tail_->next_ = this;
+    }
+    socket.write_tail_ = this;
+    return false;
+}
+
+bool StreamIo::read_from_ring() noexcept {
+    StreamCompletions& completions = *socket_->completions_;
+    CompletionReceiver& receiver = completions.receiver;
+    try {
+        done_ += receiver.read(read_buffer_.subspan(done_));
+    } catch (...) {
+        error_ = ENOMEM;  // the receive could not start again
+        return true;
+    }
+    if (op_ == Op::read_some ? done_ > 0 : done_ == read_buffer_.size()) {
+        return true;
+    }
+    if (!receiver.ended()) {
+        return false;
+    }
+    // As recv() reports them: an error once, then the end of the stream.
+    if (receiver.error() && !completions.error_reported) {
+        completions.error_reported = true;
+        error_ = receiver.error().value();
+    } else if (op_ == Op::read_exact) {
+        end_of_stream_ = true;
+    }
+    return true;
+}
+
+bool StreamIo::start_on_ring() {
+    if (ended_in_queue_) [[unlikely]] {
+        return false;
+    }
+    if (token_.stop_requested() || ambient_.stop_requested()) {
+        ring_cancelled_ = true;
+        return false;  // resumes at once and throws Cancelled; nothing was sent
+    }
+    StreamCompletions& completions = *socket_->completions_;
+    if (reading()) {
+        completions.reader = this;
+        ring_waiting_ = true;
+    } else {
+        submit_send();
+        on_watch_ = true;  // the head, busy: leave_queue() starts no other
+    }
+    listen_for_ring_stop();
+    return true;
+}
+
+void StreamIo::submit_send() {
+    StreamCompletions& completions = *socket_->completions_;
+    CompletionRing* const ring = completions.usable_ring();
+    if (ring == nullptr) {
+        socket_->reactor().require_usable(operation_name(op_));
+        throw std::logic_error(fmt::format("{}: reactor is closed", operation_name(op_)));
+    }
+    const int fd = socket_->fileno();
+    operation_ = ring->send(fd, write_buffer_.subspan(done_), {&StreamIo::on_sent, this, fd});
+    completions.sender = this;
+    ring_waiting_ = true;
+}
+
+void StreamIo::on_sent(void* context, std::int32_t result, std::uint32_t /*flags*/) {
+    auto& self = *static_cast<StreamIo*>(context);
+    self.operation_ = 0;
+    self.socket_->completions_->sender = nullptr;
+    if (result >= 0) {
+        self.done_ += static_cast<std::size_t>(result);
+        if (self.op_ == Op::write_all && self.done_ < self.write_buffer_.size()) {
+            if (self.ring_cancelling_) {
+                self.ring_cancelled_ = true;  // part of the message is out: the write side breaks
+            } else {
+                // A partial send: the rest goes in the next submission.
+                try {
+                    self.submit_send();
+                    return;
+                } catch (const std::system_error& error) {
+                    self.error_ = error.code().category() == std::system_category() ? error.code().value() : EIO;
+                } catch (...) {
+                    self.error_ = ENOMEM;
+                }
+            }
+        }
+    } else if (result == -ECANCELED && self.ring_cancelling_) {
+        self.ring_cancelled_ = true;
+    } else {
+        self.error_ = -result;
+    }
+    self.resume_from_ring();
+}
+
+void StreamIo::on_ring_data() noexcept {
+    if (read_from_ring()) {
+        socket_->completions_->reader = nullptr;
+        resume_from_ring();
+    }
+}
+
+void StreamIo::resume_from_ring() noexcept {
+    ring_waiting_ = false;
+    stop_listening_on_ring();
+    // The resumed task's exceptions stay in its frame; a noexcept callback
+    // of the ring is where muxio resumes coroutines from, as the reactor's.
+    ResumeLoop::run(std::coroutine_handle<>::from_address(handle_));
+}
+
+std::size_t StreamIo::finish_on_ring() {
+    bool cancelled = ring_cancelled_;
+    if (armed_) {
+        try {
+            wait_->await_resume();  // parked behind other writes, or ended from the queue
+        } catch (const Cancelled&) {
+            cancelled = true;
+        }
+    }
+    if (queued_) {
+        leave_queue(cancelled);
+    }
+    if (failure_) {
+        std::rethrow_exception(failure_);
+    }
+    if (cancelled || ended_in_queue_) {
+        throw Cancelled{};
+    }
+    if (error_ != 0 || end_of_stream_) [[unlikely]] {
+        fail();
+    }
+    return done_;
+}
+
+void StreamIo::listen_for_ring_stop() {
+    if (token_.stop_possible()) {
+        on_token_stop_.construct(token_, RingStop{this});
+        token_stop_alive_ = true;
+    }
+    if (ambient_.stop_possible()) {
+        on_ambient_stop_.construct(ambient_, RingStop{this});
+        ambient_stop_alive_ = true;
+    }
+}
+
+void StreamIo::stop_listening_on_ring() noexcept {
+    // Destroying a stop_callback waits for it if it runs on another thread.
+    if (token_stop_alive_) {
+        token_stop_alive_ = false;
+        on_token_stop_.destroy();
+    }
+    if (ambient_stop_alive_) {
+        ambient_stop_alive_ = false;
+        on_ambient_stop_.destroy();
+    }
+    if (stop_posted_) {
+        *stop_posted_ = false;
+    }
+}
+
+void StreamIo::on_ring_stop() noexcept {
+    if (ring_stop_seen_.exchange(true)) {
+        return;
+    }
+    // Any thread: the ring is the loop's, so the loop cancels. Written
+    // before the post, read on the loop thread after it, or after the
+    // callback's destruction waited for this call.
+    Reactor* const reactor = socket_->watch_.reactor();
+    if (reactor == nullptr) {
+        return;
+    }
+    stop_posted_ = std::make_shared<bool>(true);
+    try {
+        reactor->call_soon_threadsafe([this, still_waiting = stop_posted_] {
+            if (*still_waiting) {
+                on_ring_stop_posted();
+            }
+        });
+    } catch (...) {
+        // The reactor is closed: nothing resumes the coroutine any more.
+    }
+}
+
+void StreamIo::on_ring_stop_posted() noexcept {
+    *stop_posted_ = false;
+    if (!ring_waiting_) {
+        return;
+    }
+    StreamCompletions& completions = *socket_->completions_;
+    if (reading()) {
+        // No kernel operation is the read's: the bytes stay queued for the next one.
+        completions.reader = nullptr;
+        ring_cancelled_ = true;
+        resume_from_ring();
+        return;
+    }
+    // The kernel may be reading the buffer: the send's final completion resumes.
+    if (operation_ != 0 && !ring_cancelling_) {
+        ring_cancelling_ = true;
+        if (CompletionRing* const ring = completions.usable_ring()) {
+            ring->cancel(operation_);
+        }
+    }
+}
+
+void StreamIo::leave_ring() noexcept {
+    stop_listening_on_ring();
+    if (!ring_waiting_) {
+        return;
+    }
+    ring_waiting_ = false;
+    StreamCompletions& completions = *socket_->completions_;
+    if (completions.reader == this) {
+        completions.reader = nullptr;
+    }
+    if (operation_ != 0) {
+        if (CompletionRing* const ring = completions.usable_ring()) {
+            ring->detach_and_wait(operation_);
+        }
+        operation_ = 0;
+        completions.sender = nullptr;
+    }
 }
 
 void StreamIo::fail() const {

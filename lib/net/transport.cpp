@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <exception>
 #include <stdexcept>
 #include <type_traits>
@@ -21,7 +23,10 @@
 #include "muxio/error.hpp"
 #include "muxio/log.hpp"
 
+#include "base/exception_code.hpp"
+#include "net/completion_receiver.hpp"
 #include "net/socket_ops.hpp"
+#include "reactor/completions.hpp"
 
 // A call into the protocol links a frame on the stack into frames_ and
 // unlinks it when the call returns, unless the transport was destroyed
@@ -106,6 +111,31 @@ ssize_t sendfile_without_sigpipe(int socket, int file, off_t& offset, std::size_
 
 }  // namespace
 
+// The completion path's state: the receive, the send in flight and the bytes
+// it reads, which stay put (the kernel reads them when the loop next enters
+// it) while write() fills queue_.
+struct Transport::Completions {
+    Completions(detail::CompletionRing& on, int fd, Transport& owner) noexcept
+        : ring{&on},
+          receiver{on, fd, [](void* transport) { static_cast<Transport*>(transport)->on_received(); }, &owner},
+          fork_generation{detail::fork_generation.load(std::memory_order_relaxed)} {}
+
+    // In a child forked after the reactor was made the ring is the
+    // parent's: nothing may be submitted to it from here.
+    [[nodiscard]] bool forked_away() const noexcept {
+        return detail::fork_generation.load(std::memory_order_relaxed) != fork_generation;
+    }
+
+    detail::CompletionRing* ring;  // null once released
+    detail::CompletionReceiver receiver;
+    detail::OperationId sending = 0;
+    std::vector<std::byte> out;  // the send in flight reads out[out_head, ...)
+    std::size_t out_head = 0;
+    std::uint64_t fork_generation;
+    bool delivering = false;   // data_received() has a provided buffer of the receiver's
+    bool in_delivery = false;  // deliver_received() runs
+};
+
 void Transport::refuse_after_close(const char* operation) const {
     // A connection that close() or write_eof() ended cleanly still refuses;
     // one an error ended drops the bytes, as after any error.
@@ -135,7 +165,11 @@ Transport::Transport(Reactor& reactor, int fd, Protocol& protocol, const Transpo
             throw std::invalid_argument("Transport: the filter factory returned no filter");
         }
         handshake_timeout_ = std::max(options.handshake_timeout, Duration::zero());
+    } else if (detail::CompletionRing* ring = detail::ReactorCompletions::ring(reactor);
+               ring != nullptr && ring->features().receive) {
+        completions_ = std::make_unique<Completions>(*ring, fd, *this);
     }
+    indirect_ = filter_ != nullptr || completions_ != nullptr;
     hook_.owner = this;
     hook_.hook(reactor, detail::CloseHook::Phase::late, &Transport::reactor_closed);
 }
@@ -195,6 +229,9 @@ Transport::~Transport() {
         soon_.cancel();
         timer_.cancel();
     }
+    if (completions_) {
+        stop_completions(true);  // before the bytes of a send in flight go
+    }
     release_descriptor();
     drop_queue();
 }
@@ -239,6 +276,11 @@ void Transport::release_descriptor() noexcept {
 
 void Transport::reactor_closed(detail::CloseHook& hook) noexcept {
     Transport& self = *static_cast<Hook&>(hook).owner;
+    if (self.completions_) {
+        // The ring is still open: the operations go, and a send in flight is
+        // waited for, since its bytes may go with connection_lost() below.
+        self.stop_completions(true);
+    }
     // The registrations and queued callbacks went with the reactor; the
     // handles must not be used any more.
     self.reactor_ = nullptr;
@@ -366,10 +408,12 @@ void Transport::begin() {
     if (state_ != State::open) {
         return;
     }
-    if (write_buffer_size() > 0) {
-        add_writer();
-    } else {
+    if (write_buffer_size() == 0) {
         after_drain();
+    } else if (!completions_) {
+        add_writer();
+    } else if (pump_completions()) {
+        settle_writes();  // a file may have gone whole
     }
 }
 
@@ -380,8 +424,8 @@ void Transport::on_connected() {
         finish(error.code());
         return;
     }
-    if (write_buffer_size() == 0) {
-        remove_writer();
+    if (write_buffer_size() == 0 || completions_) {
+        remove_writer();  // the completion path sends with submissions
     }
     begin();
 }
@@ -441,6 +485,10 @@ void Transport::on_readable() {
 }
 
 void Transport::update_reader() noexcept {
+    if (completions_) {
+        update_completion_reader();
+        return;
+    }
     // A handshake reads whatever the protocol asked for (it has not been told of the connection yet).
     const bool want =
         (state_ == State::open && !closing_ && !read_eof_ && !read_paused_) || state_ == State::handshaking;
@@ -474,10 +522,15 @@ void Transport::pause_reading() {
 
 void Transport::resume_reading() {
     check_usable("Transport::resume_reading");
-    read_paused_ = false;
+    const bool was_paused = std::exchange(read_paused_, false);
     update_reader();
     if (filter_ && state_ == State::open) [[unlikely]] {
         schedule_filtered_delivery();
+    } else if (completions_ && was_paused && reader_added_ && !completions_->in_delivery &&
+               (completions_->receiver.queued_bytes() > 0 || completions_->receiver.ended())) {
+        // What arrived while paused, from the next iteration (a delivery
+        // under way goes on by itself).
+        schedule_completion_delivery();
     }
 }
 
@@ -491,8 +544,12 @@ void Transport::write(std::span<const std::byte> data) {
     if (state_ >= State::ended) {
         return;
     }
-    if (filter_) [[unlikely]] {
-        write_filtered(data);
+    if (indirect_) [[unlikely]] {
+        if (filter_) {
+            write_filtered(data);
+        } else {
+            write_completion(data);
+        }
         return;
     }
     if (data.empty()) {
@@ -553,9 +610,14 @@ void Transport::writev(std::span<const std::span<const std::byte>> buffers) {
     if (state_ >= State::ended) {
         return;
     }
-    if (filter_) [[unlikely]] {
+    if (indirect_) [[unlikely]] {
+        // The completion path queues each and sends them with one submission.
         for (const std::span<const std::byte> buffer : buffers) {
-            write_filtered(buffer);
+            if (filter_) {
+                write_filtered(buffer);
+            } else {
+                write_completion(buffer);
+            }
             if (state_ >= State::ended) {
                 return;
             }
@@ -646,6 +708,18 @@ void Transport::send_file(int file, std::int64_t offset, std::uint64_t count) {
         throw;
     }
     file_bytes_ += count;
+    if (completions_ && state_ == State::open) {
+        // Its turn comes once the bytes queued before it went out.
+        // A file sent whole now is taken at once, as on readiness: no
+        // write_drained().
+        if (completions_->sending == 0 && !writer_added_ && !pump_completions()) {
+            return;
+        }
+        if (state_ == State::open) {
+            check_high_water();
+        }
+        return;
+    }
     if (state_ == State::open) {
         // Alone in the queue, it is sent now, as write() sends, and waits
         // for writability only for what the kernel does not take.
@@ -769,8 +843,12 @@ long Transport::send_from_queue(std::size_t size) {
 }
 
 void Transport::flush_queue() {
-    if (filter_) [[unlikely]] {
-        flush_filtered();
+    if (indirect_) [[unlikely]] {
+        if (filter_) {
+            flush_filtered();
+        } else if (pump_completions()) {
+            settle_writes();  // a file's turn: writable again
+        }
         return;
     }
     if (files_head_ < files_.size() && files_[files_head_].at == queued_out_) {
@@ -873,6 +951,9 @@ void Transport::finish(std::error_code reason) noexcept {
     }
     state_ = State::ended;
     reason_ = reason;
+    if (completions_) {
+        stop_completions(false);
+    }
     release_descriptor();
     if (reactor_ == nullptr) {
         return;  // the close hook delivers
@@ -1444,6 +1525,309 @@ void Transport::fail_filter() noexcept {
         }
     }
     finish(reason);
+}
+
+// ----- Completions -----------------------------------------------------------------
+//
+// On the io_uring completion path the receiver's multishot receive fills the
+// reactor's provided buffers and on_received() hands them to the protocol;
+// write() queues, and one send at a time goes out of Completions::out, so
+// that bytes stay ordered and in place while the kernel reads them. Files
+// still go by sendfile(2) on writability when their turn comes.
+
+void Transport::update_completion_reader() noexcept {
+    const bool open_for_reading = state_ == State::open && !closing_ && !read_eof_;
+    const bool want = open_for_reading && !read_paused_;
+    if (want) {
+        if (!reader_added_) {
+            try {
+                completions_->receiver.start();
+            } catch (...) {
+                finish(detail::code_of_current_exception());
+                return;
+            }
+            reader_added_ = true;
+        }
+        return;
+    }
+    reader_added_ = false;
+    // A pause alone leaves the receive running: it is cancelled when bytes
+    // arrive meanwhile (on_received()), so a pause and a resume within one
+    // exchange (a write over the high water mark) cost nothing.
+    if (!open_for_reading && completions_->ring != nullptr) {
+        completions_->receiver.pause();
+    }
+}
+
+void Transport::on_received() {
+    dispatch([this](const detail::TransportFrame& frame) {
+        if (state_ != State::open) {
+            return;
+        }
+        if (!reader_added_) {
+            if (read_paused_) {
+                completions_->receiver.pause();  // bytes came during a pause: they wait
+            }
+            return;
+        }
+        deliver_received(frame);
+    });
+}
+
+void Transport::deliver_received(const detail::TransportFrame& frame) {
+    completions_->in_delivery = true;
+    try {
+        deliver_queued(frame);
+    } catch (...) {
+        if (!frame.destroyed) {
+            completions_->in_delivery = false;
+        }
+        throw;
+    }
+    if (!frame.destroyed) {
+        completions_->in_delivery = false;
+    }
+}
+
+void Transport::deliver_queued(const detail::TransportFrame& frame) {
+    detail::CompletionReceiver& receiver = completions_->receiver;
+    while (state_ == State::open && reader_added_) {
+        std::span<const std::byte> bytes = receiver.front();
+        if (bytes.empty()) {
+            if (!receiver.ended()) {
+                return;
+            }
+            if (receiver.error()) {
+                finish(receiver.error());
+                return;
+            }
+            read_eof_ = true;
+            update_reader();
+            bool keep_open = false;
+            if (!call_protocol([&] { keep_open = protocol_->eof_received(); })) {
+                return;
+            }
+            if (!keep_open) {
+                close();
+            }
+            return;
+        }
+        bytes = bytes.first(std::min(bytes.size(), read_size_));
+        const std::span<std::byte> buffer = protocol_->get_buffer(read_size_);
+        if (frame.destroyed || state_ != State::open || !reader_added_) {
+            return;
+        }
+        note_activity();
+        if (buffer.empty()) {
+            // The provided buffer itself: it goes back to the ring once the
+            // protocol is done with it.
+            completions_->delivering = true;
+            try {
+                protocol_->data_received(bytes);
+            } catch (...) {
+                if (!frame.destroyed) {
+                    completions_->delivering = false;  // the end that follows releases it all
+                }
+                throw;
+            }
+            if (frame.destroyed) {
+                return;
+            }
+            completions_->delivering = false;
+            if (state_ >= State::ended) {
+                stop_completions(true);  // what the end left for after the call
+                return;
+            }
+            receiver.consume(bytes.size());
+        } else {
+            const std::size_t size = std::min(bytes.size(), buffer.size());
+            std::memcpy(buffer.data(), bytes.data(), size);
+            receiver.consume(size);
+            protocol_->data_received(buffer.first(size));
+            if (frame.destroyed) {
+                return;
+            }
+        }
+    }
+}
+
+void Transport::schedule_completion_delivery() {
+    soon_.cancel();
+    soon_ = reactor_->call_soon([this] {
+        soon_ = {};
+        dispatch([this](const detail::TransportFrame& frame) {
+            if (state_ == State::open) {
+                deliver_received(frame);
+            }
+        });
+    });
+}
+
+void Transport::write_completion(std::span<const std::byte> data) {
+    if (data.empty()) {
+        return;
+    }
+    Completions& completions = *completions_;
+    if (state_ == State::open && completions.sending == 0 && completions.out_head == completions.out.size() &&
+        queue_head_ == queue_.size() && files_head_ == files_.size() && !writer_added_) {
+        // Nothing waits before it (an answer to a request, typically): the
+        // bytes go straight into the send's buffer, whose storage is kept.
+        completions.out.assign(data.begin(), data.end());
+        completions.out_head = 0;
+        queued_in_ += data.size();
+        file_bytes_ += data.size();
+        if (!submit_send(data.size())) {
+            return;
+        }
+    } else {
+        enqueue(data);
+        if (state_ == State::open && completions.sending == 0 && !writer_added_ && !pump_completions()) {
+            return;
+        }
+    }
+    check_high_water();
+}
+
+bool Transport::submit_send(std::size_t size) {
+    Completions& completions = *completions_;
+    try {
+        completions.sending =
+            completions.ring->send(fd_, {completions.out.data() + completions.out_head, size},
+                                   {[](void* transport, std::int32_t result, std::uint32_t /*flags*/) {
+                                        static_cast<Transport*>(transport)->on_sent(result);
+                                    },
+                                    this, fd_});
+    } catch (...) {
+        finish(detail::code_of_current_exception());
+        return false;
+    }
+    return true;
+}
+
+bool Transport::pump_completions() {
+    Completions& completions = *completions_;
+    while (completions.sending == 0 && state_ == State::open) {
+        if (files_head_ < files_.size() && files_[files_head_].at == queued_out_) {
+            if (!send_queued_file()) {
+                return false;
+            }
+            if (files_head_ < files_.size() && files_[files_head_].at == queued_out_) {
+                add_writer();  // the rest once the socket drains
+                return state_ == State::open;
+            }
+            continue;
+        }
+        if (completions.out_head == completions.out.size()) {
+            if (queue_head_ == queue_.size()) {
+                break;
+            }
+            // The queue becomes the send's: write() fills the other vector
+            // meanwhile, so each keeps its storage and neither moves in flight.
+            completions.out.clear();
+            completions.out_head = 0;
+            completions.out.swap(queue_);
+            if (queue_head_ > 0) {
+                completions.out_head = std::exchange(queue_head_, 0);
+            }
+            file_bytes_ += completions.out.size() - completions.out_head;
+        }
+        std::size_t size = completions.out.size() - completions.out_head;
+        if (files_head_ < files_.size()) {
+            // Up to the next file.
+            size = static_cast<std::size_t>(std::min<std::uint64_t>(size, files_[files_head_].at - queued_out_));
+        }
+        if (!submit_send(size)) {
+            return false;
+        }
+    }
+    if (writer_added_ && !(files_head_ < files_.size() && files_[files_head_].at == queued_out_)) {
+        remove_writer();
+    }
+    return state_ == State::open;
+}
+
+void Transport::on_sent(std::int32_t result) {
+    Completions& completions = *completions_;
+    completions.sending = 0;
+    if (state_ != State::open) {
+        // Cancelled by the end of the connection: the bytes may go now.
+        return;
+    }
+    dispatch([this, result] {
+        Completions& sent = *completions_;
+        if (result <= 0) {
+            // 0 for a non-empty send would make the next one spin.
+            finish_send_failure(result < 0 ? -result : EIO);
+            return;
+        }
+        const auto taken = static_cast<std::size_t>(result);
+        note_activity();
+        sent.out_head += taken;
+        file_bytes_ -= taken;
+        queued_out_ += taken;
+        if (sent.out_head == sent.out.size()) {
+            sent.out.clear();
+            sent.out_head = 0;
+            if (sent.out.capacity() > keep_queue_capacity) {
+                std::vector<std::byte>{}.swap(sent.out);
+            }
+            if (queue_head_ == queue_.size() && files_head_ == files_.size() && !writer_added_) {
+                settle_writes();  // all out: nothing to pump
+                return;
+            }
+        }
+        if (pump_completions()) {
+            settle_writes();
+        }
+    });
+}
+
+void Transport::settle_writes() {
+    if (write_paused_ && write_buffer_size() <= low_water_) {
+        write_paused_ = false;
+        if (!call_protocol([this] { protocol_->resume_writing(); }) || state_ != State::open) {
+            return;
+        }
+    }
+    if (write_buffer_size() == 0) {
+        if (!call_protocol([this] { protocol_->write_drained(); }) || state_ != State::open ||
+            write_buffer_size() > 0) {
+            return;  // ended, or the protocol wrote again: that send is on its way
+        }
+        after_drain();
+    }
+}
+
+void Transport::stop_completions(bool now) noexcept {
+    Completions& completions = *completions_;
+    reader_added_ = false;
+    if (completions.ring == nullptr) {
+        return;
+    }
+    if (completions.forked_away()) {
+        // The parent's ring: forgotten untouched; the memory here is this
+        // process's copy.
+        completions.receiver.forget_ring();
+        completions.sending = 0;
+        completions.ring = nullptr;
+        return;
+    }
+    // Waited for, not only cancelled: the operations hold the socket open,
+    // and the peer is to see the end when connection_lost() comes, not at
+    // the loop's next wait. It costs one io_uring_enter per connection end,
+    // as removing a readiness registration does.
+    if (completions.sending != 0) {
+        completions.ring->detach_and_wait(std::exchange(completions.sending, 0));
+    }
+    if (completions.delivering && !now) {
+        // Inside data_received(): its bytes are a provided buffer, which must
+        // not go back to the kernel (a wait could refill it) before the call
+        // returns; deliver_received() releases the receiver then.
+        completions.receiver.pause();
+        return;
+    }
+    completions.receiver.release(true);
+    completions.ring = nullptr;
 }
 
 }  // namespace muxio

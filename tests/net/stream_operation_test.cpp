@@ -25,6 +25,7 @@
 #include "muxio/net.hpp"
 #include "muxio/run.hpp"
 #include "muxio/task_group.hpp"
+#include "net/completion_support.hpp"
 #include "net/net_support.hpp"
 #include "support/support.hpp"
 
@@ -95,10 +96,17 @@ TEST_CASE_FIXTURE(Pair, "a ping-pong over read_some and write_all allocates noth
     CHECK(muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 30s, both())) == 0);
 }
 
-TEST_CASE_FIXTURE(Pair, "a wakeup that finds the data gone keeps the read waiting") {
+TEST_CASE("a wakeup that finds the data gone keeps the read waiting") {
     // The fd turns readable, but a callback of the same iteration takes the
     // byte first: the read's attempt would block, so it waits on without
     // resuming its task, and returns the next data, not an empty read.
+    // A detail of the readiness path: on the completion path nothing but
+    // the stream's receive takes bytes from the socket.
+    const muxio::net_test::ReadinessOnly readiness_only;
+    Pair pair;
+    Reactor& reactor = pair.reactor;
+    UnixStream& left = pair.left;
+    UnixStream& right = pair.right;
     std::string stolen;
     auto reader = [](UnixStream& stream, Live /*held*/) -> Task<std::string> {
         std::array<std::byte, 16> buffer{};
@@ -250,8 +258,14 @@ TEST_CASE_FIXTURE(Pair, "a stop from another thread racing with data resumes the
         racer.join();
         std::array<std::byte, 4> rest{};
         std::error_code error;
-        const std::optional<std::size_t> left_over = left.try_read(rest, error);
+        std::optional<std::size_t> left_over = left.try_read(rest, error);
         CHECK_FALSE(error);
+        if (got == -1 && !left_over && muxio::net_test::reads_on_completions(reactor)) {
+            // On the completion path the byte may still be on its way from
+            // the socket to the stream's receive queue: it comes, bounded.
+            auto read_rest = [&]() -> Task<std::size_t> { co_return co_await left.read_some(rest); };
+            left_over = muxio::run_until_complete(reactor, muxio::with_timeout(reactor, 10s, read_rest()));
+        }
         if (got == 1) {
             CHECK_FALSE(left_over.has_value());  // nothing more: it would block
         } else {

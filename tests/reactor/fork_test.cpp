@@ -37,6 +37,7 @@
 #include "muxio/net.hpp"
 #include "muxio/reactor.hpp"
 #include "muxio/run.hpp"
+#include "net/completion_support.hpp"
 #include "reactor/reactor_support.hpp"
 #include "support/support.hpp"
 
@@ -335,6 +336,9 @@ TEST_CASE("a forked child's remove_reader and remove_writer throw and leave the 
 
 TEST_CASE("sockets closed or destroyed in a forked child keep their registrations in the parent") {
     FdLeakCheck leak_check;
+    // About readiness registrations: on io_uring the sockets use readiness too
+    // (the completion path's fork rules are in the transport and stream suites).
+    const muxio::net_test::ReadinessOnly readiness;
     MUXIO_FOR_EACH_SELECTOR(name) {
         Reactor parent{with_selector(name)};
         // A stream with a lasting reader (an await on it ended, the
@@ -393,6 +397,9 @@ TEST_CASE("sockets closed or destroyed in a forked child keep their registration
 
 TEST_CASE("a reactor closed or destroyed in a forked child leaves the parent's tasks waiting") {
     FdLeakCheck leak_check;
+    // About readiness registrations: on io_uring the sockets use readiness too
+    // (the completion path's fork rules are in the transport and stream suites).
+    const muxio::net_test::ReadinessOnly readiness;
     MUXIO_FOR_EACH_SELECTOR(name) {
         for (const bool destroy : {false, true}) {
             CAPTURE(destroy);
@@ -655,4 +662,38 @@ TEST_CASE("a Unix listener closed or destroyed in a forked child leaves the pare
         CHECK(::access(path.c_str(), F_OK) != 0);  // the parent's own close removes it
     }
     CHECK(::rmdir(directory_template) == 0);
+}
+
+TEST_CASE(
+    "on io_uring completions, a stream read in a forked child refuses there, and closing it there spares the parent") {
+    FdLeakCheck leak_check;
+    if (!muxio::detail::completion_features().receive) {
+        MESSAGE("the kernel lacks io_uring's multishot receive: no completion path");
+        return;
+    }
+    muxio::ReactorOptions options;
+    options.selector = "io_uring";
+    Reactor parent{options};
+    auto [socket, peer] = UnixStream::pair(parent);
+    std::optional<UnixStream> stream{std::move(socket)};
+    REQUIRE(muxio::net_test::reads_on_completions(parent));
+    // A read in flight on the ring: its receive is armed in the kernel.
+    std::string got;
+    muxio::spawn(parent, read_some_into(*stream, got));
+    (void)parent.run_once(0s);
+    REQUIRE(stream->uses_completions());
+    CHECK(in_child([&]() -> int {
+              std::string child_got;
+              if (const int result = expect_fork_refusal(
+                      parent_call_soon_allowed, [&] { muxio::spawn(parent, read_some_into(*stream, child_got)); });
+                  result != ok) {
+                  return result;
+              }
+              stream->close();  // the child's copy only: nothing reaches the parent's ring
+              stream.reset();
+              return ok;
+          }) == ok);
+    // The parent's read still completes through its ring.
+    muxio::test::write_all(peer.fileno(), "after");
+    CHECK(run_until(parent, [&] { return got == "after"; }));
 }

@@ -19,6 +19,7 @@
 #include "support/captured_log.hpp"
 #include "support/seccomp.hpp"
 #include "support/support.hpp"
+#include "transport/completion_support.hpp"
 #include "transport/transport_support.hpp"
 
 namespace muxio::test {
@@ -84,9 +85,18 @@ TEST_CASE("a write the kernel takes at once is sent without queueing") {
     Adopted side{reactor};
     REQUIRE(run_until(reactor, [&] { return side.protocol.made == 1; }));
     side.transport->write(std::string_view{"ping"});
-    CHECK(side.transport->write_buffer_size() == 0);
     std::string got;
-    CHECK(read_available(side.peer.get(), got));
+    if (on_completion_path(reactor)) {
+        // No send system call from write(): the loop's next wait carries it.
+        CHECK(side.transport->write_buffer_size() == 4);
+        CHECK(run_until(reactor, [&] {
+            (void)read_available(side.peer.get(), got);
+            return side.transport->write_buffer_size() == 0 && got.size() >= 4;
+        }));
+    } else {
+        CHECK(side.transport->write_buffer_size() == 0);
+        CHECK(read_available(side.peer.get(), got));
+    }
     CHECK(got == "ping");
 }
 
@@ -587,7 +597,8 @@ TEST_CASE("send_file sends a file slice between the bytes written before and aft
     UniqueFd file = file_with(content);
     side.transport->write(std::string_view{"head:"});
     side.transport->send_file(file.release(), 10, content.size() - 20);
-    CHECK(side.transport->write_buffer_size() <= content.size() - 20);  // what the kernel did not take at once
+    // What the kernel did not take at once (on the completion path, "head:" too, until its send completes).
+    CHECK(side.transport->write_buffer_size() <= content.size() - 20 + (on_completion_path(reactor) ? 5 : 0));
     side.transport->write(std::string_view{":tail"});
     side.transport->close();
     std::string got;
