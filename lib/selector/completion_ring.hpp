@@ -59,6 +59,11 @@ struct CompletionFeatures {
 /// force each fallback; nullptr restores the probed answer. Rings made
 /// before keep what they were made with.
 void set_completion_features_for_testing(const CompletionFeatures* features) noexcept;
+/// Probes the kernel afresh, as completion_features() does once, on a
+/// thread of its own: the probing ring's teardown signals every thread
+/// that submitted to it, and a blocking call there would fail with EINTR.
+/// Linux only (the io_uring selector); tests call it to check just that.
+[[nodiscard]] CompletionFeatures probe_completion_features_on_own_thread() noexcept;
 
 class CompletionRing {
 public:

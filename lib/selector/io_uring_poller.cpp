@@ -26,6 +26,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "muxio/detail/poller.hpp"
@@ -179,6 +181,21 @@ std::atomic<const CompletionFeatures*> forced_features{nullptr};
 
 }  // namespace
 
+// Every thread that submitted to a ring is sent task work, as a signal,
+// when the ring is torn down, which the kernel does in a worker some
+// milliseconds after io_uring_queue_exit() returns: a blocking system call
+// of the probing thread, with a timeout (SO_RCVTIMEO), would fail with
+// EINTR then. A thread of its own takes that signal and ends.
+CompletionFeatures probe_completion_features_on_own_thread() noexcept {
+    CompletionFeatures found;
+    try {
+        std::thread{[&found] { found = probe_completion_features(); }}.join();
+    } catch (const std::system_error&) {
+        found = probe_completion_features();  // no thread to spare: the caller takes the signal
+    }
+    return found;
+}
+
 CompletionFeatures completion_features() noexcept {
     if (const CompletionFeatures* forced = forced_features.load(std::memory_order_acquire)) {
         return *forced;
@@ -188,7 +205,7 @@ CompletionFeatures completion_features() noexcept {
         if (setting != nullptr && (std::strcmp(setting, "off") == 0 || std::strcmp(setting, "0") == 0)) {
             return CompletionFeatures{};
         }
-        return probe_completion_features();
+        return probe_completion_features_on_own_thread();
     }();
     return probed;
 }

@@ -13,6 +13,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -549,4 +550,31 @@ TEST_CASE("completion targets may start operations while the ring dispatches, ho
     drained += static_cast<int>(muxio::test::drain(pair.right.get()));
     CHECK(drained == spawner.started);
     CHECK(ring.operations_in_flight() == 0);
+}
+
+TEST_CASE(
+    "probing the kernel's completion operations leaves no signal on the calling thread: a blocking receive there "
+    "is not interrupted") {
+    FdLeakCheck leaks;
+    int pair[2] = {-1, -1};
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+    const muxio::test::UniqueFd silent{pair[0]};
+    const muxio::test::UniqueFd peer{pair[1]};
+    const timeval timeout{0, 300'000};
+    REQUIRE(::setsockopt(silent.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) == 0);
+    // A fresh thread: none of the rings closed by earlier cases in this
+    // process has it among the threads it signals on teardown.
+    ssize_t got = 0;
+    int error = 0;
+    std::thread{[&] {
+        (void)muxio::detail::probe_completion_features_on_own_thread();
+        // The probing ring's teardown reaches its submitters some
+        // milliseconds later: a receive blocked well past that would fail
+        // with EINTR if this thread had been one of them.
+        char byte = 0;
+        got = ::recv(silent.get(), &byte, 1, 0);
+        error = errno;
+    }}.join();
+    CHECK(got == -1);
+    CHECK(error == EAGAIN);
 }
