@@ -594,6 +594,11 @@ public:
     /// removal or cancellation reaches the parent's kernel objects.
     /// std::logic_error while running (from another thread: stop it with
     /// stop_threadsafe() first, then close it); harmless when already closed.
+    /// On io_uring the kernel finishes tearing the ring down some
+    /// milliseconds later and then interrupts, once, a blocking system call
+    /// of each thread that ever submitted to it (the thread that made the
+    /// reactor, the one that ran it): such a call may fail with EINTR, which
+    /// callers of blocking calls must retry anyway.
     void close();
     /// Any thread may ask: a running reactor cannot be closed.
     [[nodiscard]] bool is_closed() const noexcept { return closed_; }
