@@ -305,6 +305,8 @@ private:
     };
     // await_ready() on the ring: true when the operation is over at once.
     bool ready_on_ring(StreamCompletions& completions);
+    // Queues this write behind the socket's others (or as their head).
+    void join_write_queue(StreamSocket& socket) noexcept;
     // Takes queued bytes: true once the read is over.
     bool read_from_ring() noexcept;
     // The reader waits for bytes, or the head submits its send. False when

@@ -506,6 +506,8 @@ private:
     void on_received();
     void deliver_received(const detail::TransportFrame& frame);
     void deliver_queued(const detail::TransportFrame& frame);
+    // The peer ended its stream: eof_received(), and close() unless it keeps it open.
+    [[gnu::cold]] void end_of_input();
     void schedule_completion_delivery();
     void on_sent(std::int32_t result);
     bool pump_completions();

@@ -399,13 +399,7 @@ bool StreamIo::await_ready() {
         }
     }
     // Behind other writes, or the head that waits for room.
-    queued_ = true;
-    if (socket.write_tail_ == nullptr) {
-        socket.write_head_ = this;
-    } else {
-        socket.write_tail_->next_ = this;
-    }
-    socket.write_tail_ = this;
+    join_write_queue(socket);
     return false;
 }
 
@@ -642,6 +636,16 @@ bool StreamIo::attempt() noexcept {
     return error_ != 0;  // failed, or would block
 }
 
+void StreamIo::join_write_queue(StreamSocket& socket) noexcept {
+    queued_ = true;
+    if (socket.write_tail_ == nullptr) {
+        socket.write_head_ = this;
+    } else {
+        socket.write_tail_->next_ = this;
+    }
+    socket.write_tail_ = this;
+}
+
 // ----- StreamIo on the completion ring -------------------------------------------
 
 bool StreamIo::ready_on_ring(StreamCompletions& completions) {
@@ -667,13 +671,7 @@ bool StreamIo::ready_on_ring(StreamCompletions& completions) {
     }
     // The head submits its send in await_suspend(), once it knows the
     // awaiting task's stop token; the others wait for their turn.
-    queued_ = true;
-    if (socket.write_tail_ == nullptr) {
-        socket.write_head_ = this;
-    } else {
-        socket.write_tail_->next_ = this;
-    }
-    socket.write_tail_ = this;
+    join_write_queue(socket);
     return false;
 }
 

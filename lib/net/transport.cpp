@@ -467,15 +467,7 @@ void Transport::on_readable() {
             return;
         }
         if (got == 0) {
-            read_eof_ = true;
-            update_reader();
-            bool keep_open = false;
-            if (!call_protocol([&] { keep_open = protocol_->eof_received(); })) {
-                return;
-            }
-            if (!keep_open) {
-                close();
-            }
+            end_of_input();
             return;
         }
         if (errnum != 0) {
@@ -1589,6 +1581,18 @@ void Transport::deliver_received(const detail::TransportFrame& frame) {
     }
 }
 
+void Transport::end_of_input() {
+    read_eof_ = true;
+    update_reader();
+    bool keep_open = false;
+    if (!call_protocol([&] { keep_open = protocol_->eof_received(); })) {
+        return;
+    }
+    if (!keep_open) {
+        close();
+    }
+}
+
 void Transport::deliver_queued(const detail::TransportFrame& frame) {
     detail::CompletionReceiver& receiver = completions_->receiver;
     while (state_ == State::open && reader_added_) {
@@ -1601,15 +1605,7 @@ void Transport::deliver_queued(const detail::TransportFrame& frame) {
                 finish(receiver.error());
                 return;
             }
-            read_eof_ = true;
-            update_reader();
-            bool keep_open = false;
-            if (!call_protocol([&] { keep_open = protocol_->eof_received(); })) {
-                return;
-            }
-            if (!keep_open) {
-                close();
-            }
+            end_of_input();
             return;
         }
         bytes = bytes.first(std::min(bytes.size(), read_size_));
