@@ -660,9 +660,9 @@ public:
     /// once; TimePoint::max() never does.
     [[nodiscard]] int embed_fd();
     /// How long until the reactor has work: zero if callbacks are queued, a
-    /// timer is due or socket completions wait to be dispatched, the time to the nearest timer (Duration::max() if it is
-    /// further than that), or nullopt if nothing is scheduled or the reactor
-    /// is closed.
+    /// timer is due or socket completions wait to be dispatched, the time
+    /// to the nearest timer (Duration::max() if it is further than that),
+    /// or nullopt if nothing is scheduled or the reactor is closed.
     [[nodiscard]] std::optional<Duration> time_to_next_work() const;
 
     /// The selector's mechanism name.
