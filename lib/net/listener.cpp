@@ -18,6 +18,7 @@
 #include "muxio/awaitables.hpp"
 #include "muxio/error.hpp"
 
+#include "base/exception_code.hpp"
 #include "net/socket_ops.hpp"
 #include "reactor/completions.hpp"
 
@@ -151,7 +152,17 @@ private:
                 }
             }
         } else if (result == -ECANCELED) {
-            return;  // paused: the next take() starts it again
+            // Paused with a full queue. An accept that drained the queue and
+            // waits since would wait for ever: it restarts the accept now.
+            if (self.waiter_ == nullptr || !self.accepted_.empty()) {
+                return;  // the next take() starts it again
+            }
+            try {
+                self.start();
+                return;
+            } catch (...) {
+                self.error_ = code_of_current_exception().value();
+            }
         } else {
             switch (-result) {
                 case EINTR:

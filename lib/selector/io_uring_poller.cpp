@@ -190,8 +190,10 @@ CompletionFeatures probe_completion_features_on_own_thread() noexcept {
     CompletionFeatures found;
     try {
         std::thread{[&found] { found = probe_completion_features(); }}.join();
-    } catch (const std::system_error&) {
-        found = probe_completion_features();  // no thread to spare: the caller takes the signal
+    } catch (...) {
+        // No thread to spare (std::system_error), or no memory for one: the
+        // caller probes, and takes the teardown's interruption itself.
+        found = probe_completion_features();
     }
     return found;
 }

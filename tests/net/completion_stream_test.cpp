@@ -856,3 +856,46 @@ TEST_CASE("on io_uring an accept pending when the reactor closes can be destroye
     held.reset();
     reactor.reset();
 }
+
+TEST_CASE("on io_uring an accept loop takes every connection of a burst larger than the queue the ring accepts into") {
+    if (!completions_available()) {
+        return;
+    }
+    FdLeakCheck leak_check;
+    Reactor reactor{uring()};
+    TcpListener listener = TcpListener::bind(reactor, muxio::SocketAddress::ipv4("127.0.0.1", 0));
+    const muxio::SocketAddress address = listener.local_address();
+    constexpr int clients = 400;  // several times the 64 the multishot accept queues before it pauses
+    std::vector<muxio::test::UniqueFd> connected;
+    connected.reserve(clients);
+    // Connections keep arriving while the multishot accept pauses at a full
+    // queue and while the loop drains it: a pause that ends with the queue
+    // empty and an accept waiting must start accepting again.
+    std::thread connector{[&] {
+        for (int i = 0; i < clients; ++i) {
+            const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (fd < 0) {
+                return;
+            }
+            connected.emplace_back(fd);
+            if (::connect(fd, address.data(), address.size()) != 0) {
+                return;
+            }
+        }
+    }};
+    int accepted = 0;
+    auto body = [&]() -> Task<void> {
+        while (accepted < clients) {
+            TcpStream stream = co_await muxio::with_timeout(reactor, 10s, listener.accept());
+            ++accepted;
+        }
+    };
+    try {
+        muxio::run_until_complete(reactor, body());
+    } catch (const std::exception& error) {
+        MESSAGE("accepting stopped: " << error.what());
+    }
+    connector.join();
+    CHECK(connected.size() == static_cast<std::size_t>(clients));
+    CHECK(accepted == clients);
+}
