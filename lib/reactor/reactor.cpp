@@ -116,6 +116,12 @@ Reactor::Reactor(ReactorOptions options) : impl_{std::make_unique<Impl>()} {
     fork_generation_ = current_fork_generation(&Reactor::after_fork_in_child);
     auto poller = options.selector.empty() ? detail::make_default_poller() : detail::make_poller(options.selector);
     impl_->completions = poller->completion_ring();
+    if (impl_->completions != nullptr) {
+        // A first call through the interface, now: UBSan checks a dynamic
+        // type once, through a pipe, which a process out of descriptors
+        // (an accept failing with EMFILE) could not make later.
+        (void)impl_->completions->has_completions();
+    }
     impl_->selector = std::make_unique<detail::NamedSelector<FdHandlers>>(std::move(poller));
     detail::OwnedFd wake{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
     if (!wake.valid()) {
