@@ -163,27 +163,14 @@ private:
             } catch (...) {
                 self.error_ = code_of_current_exception().value();
             }
-        } else {
-            switch (-result) {
-                case EINTR:
-                case EAGAIN:
-                case ECONNABORTED:
-                case EPROTO:
-                case ENETDOWN:
-                case ENOPROTOOPT:
-                case EHOSTDOWN:
-                case ENONET:
-                case EHOSTUNREACH:
-                case ENETUNREACH:
-                    // One queued connection's trouble, not the listener's.
-                    if (self.accepting_ == 0 && self.waiter_ != nullptr) {
-                        self.start();
-                    }
-                    return;
-                default:
-                    self.error_ = -result;
-                    break;
+        } else if (-result == EINTR || -result == EAGAIN || is_connection_error(-result)) {
+            // One queued connection's trouble, not the listener's.
+            if (self.accepting_ == 0 && self.waiter_ != nullptr) {
+                self.start();
             }
+            return;
+        } else {
+            self.error_ = -result;
         }
         if (self.waiter_ != nullptr) {
             try {

@@ -171,6 +171,22 @@ void finish_connect(int fd, std::error_code& error) noexcept {
     }
 }
 
+bool is_connection_error(int errnum) noexcept {
+    switch (errnum) {
+        case ECONNABORTED:
+        case EPROTO:
+        case ENETDOWN:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case ENETUNREACH:
+            return true;
+        default:
+            return false;
+    }
+}
+
 int accept_one(int listener, SocketAddress& peer, std::error_code& error) noexcept {
     // Errors that concern one queued connection, not the listener: the next
     // one may be fine (accept(2), "Error handling"). Bounded, in case a
@@ -185,22 +201,8 @@ int accept_one(int listener, SocketAddress& peer, std::error_code& error) noexce
             return fd;
         }
         const int errnum = errno;
-        switch (errnum) {
-            case EINTR:
-            case ECONNABORTED:
-            case EPROTO:
-            case ENETDOWN:
-            case ENOPROTOOPT:
-            case EHOSTDOWN:
-            case ENONET:
-            case EHOSTUNREACH:
-            case ENETUNREACH:
-                if (skipped < max_skipped) {
-                    continue;
-                }
-                break;
-            default:
-                break;
+        if ((errnum == EINTR || is_connection_error(errnum)) && skipped < max_skipped) {
+            continue;
         }
         // EMFILE and ENFILE land here: the connection stays queued, so
         // retrying now would spin; the caller decides.

@@ -99,6 +99,10 @@ void finish_connect(int fd, const SocketAddress& address);
 bool start_connect(int fd, const SocketAddress& address, std::error_code& error) noexcept;
 void finish_connect(int fd, std::error_code& error) noexcept;
 
+// Whether an accept failed for one queued connection's trouble (it went
+// away, the network failed it), not the listener's: the next one may work.
+bool is_connection_error(int errnum) noexcept;
+
 // One accept4(), new descriptor non-blocking and close-on-exec: the
 // descriptor, or -1 with `error` cleared (none queued) or set.
 int accept_one(int listener, SocketAddress& peer, std::error_code& error) noexcept;
